@@ -1,0 +1,75 @@
+# Nautilus: everything is installed from nothing by these targets.
+#   make test    venv + dependencies + OpenSSL 3.5 (if needed) + C core, then pytest
+#   make bench   benchmarks (pytest-benchmark primitives + raw EVP driver)
+#   make lint    ruff check, ruff format --check, mypy --strict
+#   make asan    rebuild the C core with ASan/UBSan and run the C-facing tests
+#   make clean   remove build products (keeps the OpenSSL build); distclean: all
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEPS_STAMP := $(VENV)/.nautilus-deps
+NATIVE_STAMP := build/.native-built
+C_SOURCES := $(wildcard csrc/*.c csrc/*.h csrc/cdef/*.h) build_ffi.py nautilus/_version.py
+PYTEST_ARGS ?=
+ASAN_DIR := build/asan
+
+.PHONY: all build openssl test bench bench-micro lint format asan clean distclean
+
+all: build
+
+$(DEPS_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "setuptools>=69" wheel "cffi>=1.17"
+	$(PY) -m pip install -q -e ".[test,dev]" --no-build-isolation --config-settings editable_mode=compat
+	mkdir -p build && touch $(NATIVE_STAMP) $@
+
+openssl: $(DEPS_STAMP)
+	$(PY) build_ffi.py --openssl
+
+$(NATIVE_STAMP): $(DEPS_STAMP) $(C_SOURCES)
+	$(PY) build_ffi.py --openssl
+	$(PY) setup.py -q build_ext --inplace
+	touch $@
+
+build: $(NATIVE_STAMP)
+
+test: build
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: build
+	$(PY) benchmarks/run_primitives.py
+
+bench-micro: build
+	$(PY) -m pytest benchmarks --benchmark-only --benchmark-columns=min,median,ops -q
+
+lint: $(DEPS_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: $(DEPS_STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+# The sanitized build goes into a copy of the package so that it never mixes
+# with the normal one; the interpreter is not sanitized, so libasan is preloaded.
+asan: $(DEPS_STAMP)
+	$(PY) build_ffi.py --openssl
+	rm -rf $(ASAN_DIR) && mkdir -p $(ASAN_DIR)
+	cp -r nautilus csrc tests build_ffi.py setup.py pyproject.toml README.md $(ASAN_DIR)/
+	rm -f $(ASAN_DIR)/nautilus/_native*.so
+	cd $(ASAN_DIR) && NAUTILUS_OPENSSL_DIR=$${NAUTILUS_OPENSSL_DIR:-$(CURDIR)/build/openssl} \
+	  NAUTILUS_SANITIZE=1 $(CURDIR)/$(PY) setup.py -q build_ext --inplace
+	cd $(ASAN_DIR) && LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  PYTHONPATH=$(CURDIR)/$(ASAN_DIR) $(CURDIR)/$(PY) -m pytest -m native -p no:cacheprovider -q tests
+
+clean:
+	rm -rf build/temp* build/lib* $(ASAN_DIR) $(NATIVE_STAMP) nautilus/_native*.so nautilus/_native.c \
+	  .pytest_cache .mypy_cache .ruff_cache .hypothesis .benchmarks *.egg-info
+	find . -name __pycache__ -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf build $(VENV)

@@ -1,0 +1,7 @@
+/* Everything the cffi module exposes (the cdef/ headers mirror these). */
+#ifndef NT_API_H
+#define NT_API_H
+#include "nt_common.h"
+#include "nt_kem.h"
+#include "nt_record.h"
+#endif

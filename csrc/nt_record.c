@@ -1,0 +1,381 @@
+/* Batched record sealing and opening on OpenSSL EVP AEADs. The per-record path
+ * allocates nothing: the EVP context is made once per direction and re-keyed. */
+#include "nt_record.h"
+
+#include <limits.h>
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <string.h>
+
+struct nt_aead {
+    EVP_CIPHER_CTX *ctx;
+    int cipher;
+    int encrypt;
+    int failed;
+    uint8_t iv[NT_RECORD_IV_BYTES];
+    uint64_t seq;
+    uint64_t limit;
+    size_t max_fragment;
+};
+
+typedef struct {
+    int id;
+    const char *name;
+    size_t key_len;
+} nt_aead_desc;
+
+static const nt_aead_desc AEADS[] = {
+    {NT_AEAD_AES_256_GCM, "AES-256-GCM", 32},
+    {NT_AEAD_AES_128_GCM, "AES-128-GCM", 16},
+    {NT_AEAD_CHACHA20_POLY1305, "ChaCha20-Poly1305", 32},
+};
+
+static const nt_aead_desc *find(int cipher)
+{
+    for (size_t i = 0; i < sizeof(AEADS) / sizeof(AEADS[0]); i++)
+        if (AEADS[i].id == cipher)
+            return &AEADS[i];
+    return NULL;
+}
+
+int nt_aead_key_bytes(int cipher, size_t *key_len)
+{
+    const nt_aead_desc *d = find(cipher);
+    if (d == NULL || key_len == NULL)
+        return NT_ERR_ARG;
+    *key_len = d->key_len;
+    return NT_OK;
+}
+
+static int set_key(nt_aead *st, const uint8_t *key, size_t key_len, const uint8_t *iv,
+                   size_t iv_len)
+{
+    const nt_aead_desc *d = find(st->cipher);
+    EVP_CIPHER *c;
+    int ok;
+
+    if (key == NULL || iv == NULL)
+        return NT_ERR_ARG;
+    if (key_len != d->key_len || iv_len != NT_RECORD_IV_BYTES)
+        return NT_ERR_LENGTH;
+    c = EVP_CIPHER_fetch(NULL, d->name, NULL);
+    if (c == NULL) {
+        ERR_clear_error();
+        return NT_ERR_CRYPTO;
+    }
+    /* The IV is set per record; init here with the key only. */
+    ok = EVP_CipherInit_ex(st->ctx, c, NULL, key, NULL, st->encrypt) > 0;
+    EVP_CIPHER_free(c);
+    if (!ok) {
+        ERR_clear_error();
+        st->failed = 1;
+        return NT_ERR_CRYPTO;
+    }
+    memcpy(st->iv, iv, NT_RECORD_IV_BYTES);
+    st->seq = 0;
+    st->failed = 0;
+    return NT_OK;
+}
+
+int nt_aead_new(int cipher, int encrypt, const uint8_t *key, size_t key_len, const uint8_t *iv,
+                size_t iv_len, nt_aead **out)
+{
+    nt_aead *st;
+    int rc;
+
+    if (out == NULL)
+        return NT_ERR_ARG;
+    *out = NULL;
+    if (find(cipher) == NULL)
+        return NT_ERR_ARG;
+    if ((st = OPENSSL_zalloc(sizeof(*st))) == NULL)
+        return NT_ERR_NOMEM;
+    st->cipher = cipher;
+    st->encrypt = encrypt ? 1 : 0;
+    st->limit = NT_RECORD_DEFAULT_LIMIT;
+    st->max_fragment = NT_RECORD_DEFAULT_FRAGMENT;
+    if ((st->ctx = EVP_CIPHER_CTX_new()) == NULL) {
+        OPENSSL_free(st);
+        return NT_ERR_NOMEM;
+    }
+    rc = set_key(st, key, key_len, iv, iv_len);
+    if (rc != NT_OK) {
+        nt_aead_free(st);
+        return rc;
+    }
+    *out = st;
+    return NT_OK;
+}
+
+void nt_aead_free(nt_aead *st)
+{
+    if (st == NULL)
+        return;
+    EVP_CIPHER_CTX_free(st->ctx); /* cleanses the key schedule */
+    OPENSSL_clear_free(st, sizeof(*st));
+}
+
+int nt_aead_rekey(nt_aead *st, const uint8_t *key, size_t key_len, const uint8_t *iv,
+                  size_t iv_len)
+{
+    if (st == NULL)
+        return NT_ERR_ARG;
+    return set_key(st, key, key_len, iv, iv_len);
+}
+
+int nt_aead_set_limit(nt_aead *st, uint64_t records)
+{
+    if (st == NULL || records == 0)
+        return NT_ERR_ARG;
+    st->limit = records;
+    return NT_OK;
+}
+
+int nt_aead_set_max_fragment(nt_aead *st, size_t max_fragment)
+{
+    if (st == NULL || max_fragment == 0 || max_fragment > NT_RECORD_MAX_FRAGMENT)
+        return NT_ERR_ARG;
+    st->max_fragment = max_fragment;
+    return NT_OK;
+}
+
+int nt_aead_set_sequence(nt_aead *st, uint64_t sequence)
+{
+    if (st == NULL)
+        return NT_ERR_ARG;
+    st->seq = sequence;
+    return NT_OK;
+}
+
+uint64_t nt_aead_sequence(const nt_aead *st)
+{
+    return st != NULL ? st->seq : 0;
+}
+
+uint64_t nt_aead_remaining(const nt_aead *st)
+{
+    if (st == NULL || st->failed || st->seq >= st->limit)
+        return 0;
+    return st->limit - st->seq;
+}
+
+size_t nt_aead_max_fragment(const nt_aead *st)
+{
+    return st != NULL ? st->max_fragment : 0;
+}
+
+static void make_nonce(const nt_aead *st, uint64_t seq, uint8_t nonce[NT_RECORD_IV_BYTES])
+{
+    memcpy(nonce, st->iv, NT_RECORD_IV_BYTES);
+    for (int i = 0; i < 8; i++)
+        nonce[NT_RECORD_IV_BYTES - 1 - i] ^= (uint8_t)(seq >> (8 * i));
+}
+
+/* One AEAD pass: (in || trailer) -> out, with `aad`; the tag is written
+ * (encrypt) or checked (decrypt). Lengths must fit in an int. */
+static int aead_run(nt_aead *st, int enc, const uint8_t nonce[NT_RECORD_IV_BYTES],
+                    const uint8_t *aad, size_t aad_len, const uint8_t *in, size_t in_len,
+                    const uint8_t *trailer, size_t trailer_len, uint8_t *out, uint8_t *tag)
+{
+    int n = 0;
+    if (EVP_CipherInit_ex(st->ctx, NULL, NULL, NULL, nonce, enc) <= 0)
+        goto fail;
+    if (aad_len > 0 && EVP_CipherUpdate(st->ctx, NULL, &n, aad, (int)aad_len) <= 0)
+        goto fail;
+    if (in_len > 0) {
+        if (EVP_CipherUpdate(st->ctx, out, &n, in, (int)in_len) <= 0 || (size_t)n != in_len)
+            goto fail;
+    }
+    if (trailer_len > 0) {
+        if (EVP_CipherUpdate(st->ctx, out + in_len, &n, trailer, (int)trailer_len) <= 0
+            || (size_t)n != trailer_len)
+            goto fail;
+    }
+    if (!enc
+        && EVP_CIPHER_CTX_ctrl(st->ctx, EVP_CTRL_AEAD_SET_TAG, NT_RECORD_TAG_BYTES, tag) <= 0)
+        goto fail;
+    if (EVP_CipherFinal_ex(st->ctx, out + in_len + trailer_len, &n) <= 0 || n != 0)
+        return enc ? NT_ERR_CRYPTO : (ERR_clear_error(), NT_ERR_AUTH);
+    if (enc
+        && EVP_CIPHER_CTX_ctrl(st->ctx, EVP_CTRL_AEAD_GET_TAG, NT_RECORD_TAG_BYTES, tag) <= 0)
+        goto fail;
+    return NT_OK;
+fail:
+    ERR_clear_error();
+    return NT_ERR_CRYPTO;
+}
+
+static size_t records_for(const nt_aead *st, size_t len)
+{
+    return len == 0 ? 1 : (len - 1) / st->max_fragment + 1;
+}
+
+size_t nt_seal_size(const nt_aead *st, size_t plaintext_len)
+{
+    size_t n;
+    if (st == NULL)
+        return 0;
+    n = records_for(st, plaintext_len);
+    if (n > (SIZE_MAX - plaintext_len) / NT_RECORD_OVERHEAD)
+        return 0;
+    return plaintext_len + n * NT_RECORD_OVERHEAD;
+}
+
+int nt_seal(nt_aead *st, uint8_t type, const uint8_t *in, size_t in_len, uint8_t *out,
+            size_t out_cap, size_t *out_len, size_t *records)
+{
+    size_t n, need, pos = 0, off = 0;
+    uint8_t nonce[NT_RECORD_IV_BYTES];
+    int rc = NT_OK;
+
+    if (st == NULL || out == NULL || out_len == NULL || records == NULL
+        || (in == NULL && in_len > 0) || type == 0)
+        return NT_ERR_ARG;
+    *out_len = 0;
+    *records = 0;
+    if (st->failed || !st->encrypt)
+        return NT_ERR_STATE;
+    need = nt_seal_size(st, in_len);
+    if (need == 0 || out_cap < need)
+        return NT_ERR_BUFFER;
+    n = records_for(st, in_len);
+    if (st->seq >= st->limit || st->limit - st->seq < n)
+        return NT_ERR_LIMIT; /* never reuse a nonce: the caller must rekey */
+    for (size_t r = 0; r < n; r++) {
+        size_t frag = in_len - off < st->max_fragment ? in_len - off : st->max_fragment;
+        size_t body = frag + 1 + NT_RECORD_TAG_BYTES;
+        uint8_t *hdr = out + pos;
+        hdr[0] = NT_RECORD_SEALED_TYPE;
+        hdr[1] = (uint8_t)(body >> 16);
+        hdr[2] = (uint8_t)(body >> 8);
+        hdr[3] = (uint8_t)body;
+        make_nonce(st, st->seq, nonce);
+        rc = aead_run(st, 1, nonce, hdr, NT_RECORD_HEADER_BYTES, frag ? in + off : NULL, frag,
+                      &type, 1, hdr + NT_RECORD_HEADER_BYTES,
+                      hdr + NT_RECORD_HEADER_BYTES + frag + 1);
+        if (rc != NT_OK) {
+            st->failed = 1;
+            OPENSSL_cleanse(out, need);
+            return rc;
+        }
+        st->seq++;
+        off += frag;
+        pos += NT_RECORD_HEADER_BYTES + body;
+    }
+    *out_len = pos;
+    *records = n;
+    return NT_OK;
+}
+
+int nt_open(nt_aead *st, uint8_t *in, size_t in_len, uint8_t *out, size_t out_cap,
+            uint8_t batch_type, nt_span *spans, size_t max_spans, size_t *n_spans,
+            size_t *consumed)
+{
+    size_t pos = 0, outpos = 0, n = 0;
+    uint8_t nonce[NT_RECORD_IV_BYTES];
+    int rc = NT_OK;
+
+    if (st == NULL || (in == NULL && in_len > 0) || spans == NULL || n_spans == NULL
+        || consumed == NULL || max_spans == 0)
+        return NT_ERR_ARG;
+    *n_spans = 0;
+    *consumed = 0;
+    if (st->failed || st->encrypt)
+        return NT_ERR_STATE;
+    while (n < max_spans && in_len - pos >= NT_RECORD_HEADER_BYTES) {
+        uint8_t *hdr = in + pos;
+        size_t body = ((size_t)hdr[1] << 16) | ((size_t)hdr[2] << 8) | hdr[3];
+        size_t ctlen;
+        uint8_t *dst;
+
+        if (hdr[0] != NT_RECORD_SEALED_TYPE || body < 1 + NT_RECORD_TAG_BYTES
+            || body > st->max_fragment + 1 + NT_RECORD_TAG_BYTES) {
+            rc = NT_ERR_FORMAT;
+            break;
+        }
+        if (in_len - pos - NT_RECORD_HEADER_BYTES < body)
+            break; /* incomplete: wait for more bytes */
+        ctlen = body - NT_RECORD_TAG_BYTES;
+        if (out != NULL && out_cap - outpos < ctlen) {
+            if (n == 0)
+                rc = NT_ERR_BUFFER;
+            break;
+        }
+        if (st->seq >= st->limit) {
+            rc = NT_ERR_LIMIT; /* the peer did not rekey in time */
+            break;
+        }
+        dst = out != NULL ? out + outpos : hdr + NT_RECORD_HEADER_BYTES;
+        make_nonce(st, st->seq, nonce);
+        rc = aead_run(st, 0, nonce, hdr, NT_RECORD_HEADER_BYTES, hdr + NT_RECORD_HEADER_BYTES,
+                      ctlen, NULL, 0, dst, hdr + NT_RECORD_HEADER_BYTES + ctlen);
+        if (rc == NT_OK && dst[ctlen - 1] == 0)
+            rc = NT_ERR_FORMAT;
+        if (rc != NT_OK) {
+            OPENSSL_cleanse(dst, ctlen); /* release no byte of a bad record */
+            break;
+        }
+        st->seq++;
+        spans[n].offset = out != NULL ? outpos : pos + NT_RECORD_HEADER_BYTES;
+        spans[n].length = ctlen - 1;
+        spans[n].type = dst[ctlen - 1];
+        n++;
+        outpos += ctlen - 1;
+        pos += NT_RECORD_HEADER_BYTES + body;
+        if (spans[n - 1].type != batch_type)
+            break;
+    }
+    *n_spans = n;
+    *consumed = pos;
+    if (rc != NT_OK && rc != NT_ERR_BUFFER)
+        st->failed = 1;
+    return rc;
+}
+
+static int oneshot_check(const nt_aead *st, const uint8_t *nonce, size_t nonce_len,
+                         const uint8_t *aad, size_t aad_len, const uint8_t *in, size_t in_len,
+                         const uint8_t *out)
+{
+    if (st == NULL || nonce == NULL || out == NULL || (aad == NULL && aad_len > 0)
+        || (in == NULL && in_len > 0))
+        return NT_ERR_ARG;
+    if (nonce_len != NT_RECORD_IV_BYTES)
+        return NT_ERR_LENGTH;
+    if (aad_len > INT_MAX || in_len > INT_MAX - NT_RECORD_TAG_BYTES)
+        return NT_ERR_LENGTH;
+    if (st->failed)
+        return NT_ERR_STATE;
+    return NT_OK;
+}
+
+int nt_aead_encrypt(nt_aead *st, const uint8_t *nonce, size_t nonce_len, const uint8_t *aad,
+                    size_t aad_len, const uint8_t *in, size_t in_len, uint8_t *out,
+                    size_t out_cap)
+{
+    int rc = oneshot_check(st, nonce, nonce_len, aad, aad_len, in, in_len, out);
+    if (rc != NT_OK)
+        return rc;
+    if (out_cap < in_len + NT_RECORD_TAG_BYTES)
+        return NT_ERR_BUFFER;
+    return aead_run(st, 1, nonce, aad, aad_len, in, in_len, NULL, 0, out, out + in_len);
+}
+
+int nt_aead_decrypt(nt_aead *st, const uint8_t *nonce, size_t nonce_len, const uint8_t *aad,
+                    size_t aad_len, const uint8_t *in, size_t in_len, uint8_t *out,
+                    size_t out_cap)
+{
+    int rc = oneshot_check(st, nonce, nonce_len, aad, aad_len, in, in_len, out);
+    size_t ctlen;
+    if (rc != NT_OK)
+        return rc;
+    if (in_len < NT_RECORD_TAG_BYTES)
+        return NT_ERR_LENGTH;
+    ctlen = in_len - NT_RECORD_TAG_BYTES;
+    if (out_cap < ctlen)
+        return NT_ERR_BUFFER;
+    rc = aead_run(st, 0, nonce, aad, aad_len, in, ctlen, NULL, 0, out, (uint8_t *)in + ctlen);
+    if (rc != NT_OK)
+        OPENSSL_cleanse(out, ctlen);
+    return rc;
+}

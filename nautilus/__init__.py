@@ -1,0 +1,27 @@
+"""Nautilus: post-quantum secure transport for Python.
+
+The primitives live in :mod:`nautilus.kem` (ML-KEM, X25519 and hybrid KEMs),
+:mod:`nautilus.record` (batched AEAD record sealing) and :mod:`nautilus.kdf`.
+"""
+
+from nautilus._version import __version__
+from nautilus.exceptions import (
+    ClosedError,
+    CryptoFailure,
+    IntegrityError,
+    InvalidKey,
+    NautilusError,
+    RecordFormatError,
+    RecordLimitReached,
+)
+
+__all__ = [
+    "ClosedError",
+    "CryptoFailure",
+    "IntegrityError",
+    "InvalidKey",
+    "NautilusError",
+    "RecordFormatError",
+    "RecordLimitReached",
+    "__version__",
+]

@@ -1,0 +1,346 @@
+"""The only importer of the compiled ``nautilus._native`` module.
+
+Everything that crosses into C goes through here: argument checks happen
+before every call, sizes come from the C constants, and C error codes become
+Nautilus exceptions. Public modules (``nautilus.kem``, ``nautilus.record``) use
+these helpers and never see cffi objects except opaque handles.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from nautilus._version import __version__
+from nautilus.exceptions import (
+    ClosedError,
+    CryptoFailure,
+    IntegrityError,
+    InvalidKey,
+    RecordFormatError,
+    RecordLimitReached,
+)
+
+try:
+    from nautilus._native import ffi, lib
+except ImportError as exc:  # pragma: no cover - depends on the build
+    raise ImportError(
+        "nautilus's C core (nautilus._native) is not built: run `make build` "
+        f"(or `pip install .`) in the source tree ({exc})"
+    ) from exc
+
+_native_version = ffi.string(lib.nt_version()).decode()
+if _native_version != __version__:  # pragma: no cover - a stale build
+    raise ImportError(
+        f"nautilus._native was built for version {_native_version}, but the Python "
+        f"package is {__version__}: rebuild it (`make build`)"
+    )
+if lib.nt_openssl_version_num() < 0x30500000:  # pragma: no cover - depends on the build
+    raise ImportError(
+        "nautilus._native is linked to "
+        f"{ffi.string(lib.nt_openssl_version_text()).decode()}; it needs OpenSSL >= 3.5"
+    )
+
+OPENSSL_VERSION = ffi.string(lib.nt_openssl_version_text()).decode()
+
+
+def _fail(rc: int, what: str) -> Exception:
+    if rc == lib.NT_ERR_INVALID_KEY:
+        return InvalidKey(f"{what}: the key is malformed or fails the FIPS 203 checks")
+    if rc == lib.NT_ERR_ZERO_SECRET:
+        return InvalidKey(f"{what}: X25519 gave the all-zero shared secret (low-order point)")
+    if rc == lib.NT_ERR_LENGTH:
+        return ValueError(f"{what}: an input has the wrong length")
+    if rc == lib.NT_ERR_AUTH:
+        return IntegrityError(f"{what}: authentication tag did not verify")
+    if rc == lib.NT_ERR_FORMAT:
+        return RecordFormatError(f"{what}: malformed record")
+    if rc == lib.NT_ERR_LIMIT:
+        return RecordLimitReached(f"{what}: record limit for this key reached; rekey first")
+    if rc == lib.NT_ERR_STATE:
+        return ClosedError(f"{what}: the object failed before or lacks the data asked for")
+    if rc == lib.NT_ERR_BUFFER:
+        return ValueError(f"{what}: output buffer too small")
+    if rc == lib.NT_ERR_NOMEM:
+        return MemoryError(f"{what}: out of memory")
+    if rc == lib.NT_ERR_ARG:
+        return ValueError(f"{what}: invalid argument")
+    return CryptoFailure(f"{what}: OpenSSL failure (code {rc})")
+
+
+def check(rc: int, what: str) -> None:
+    """Raise the exception for C return code ``rc`` (nothing for NT_OK)."""
+    if rc != lib.NT_OK:
+        raise _fail(rc, what)
+
+
+def as_bytes(name: str, value: object, length: int | None = None) -> bytes:
+    """Return ``value`` as bytes, or raise TypeError / ValueError naming ``name``."""
+    if isinstance(value, bytes):
+        data = value
+    elif isinstance(value, (bytearray, memoryview)):
+        data = bytes(value)
+    else:
+        raise TypeError(f"{name} must be bytes-like, not {type(value).__name__}")
+    if length is not None and len(data) != length:
+        raise ValueError(f"{name} must be {length} bytes long, got {len(data)}")
+    return data
+
+
+# --- KEMs --------------------------------------------------------------------
+
+
+class KemSizes(NamedTuple):
+    public: int
+    ciphertext: int
+    shared: int
+    seed: int
+    private: int
+    entropy: int
+
+
+KEM_IDS = {
+    "mlkem768": lib.NT_KEM_MLKEM768,
+    "mlkem1024": lib.NT_KEM_MLKEM1024,
+    "x25519": lib.NT_KEM_X25519,
+    "x25519-mlkem768": lib.NT_KEM_X25519_MLKEM768,
+    "x25519-mlkem1024": lib.NT_KEM_X25519_MLKEM1024,
+}
+
+
+def _kem_sizes(alg: int) -> KemSizes:
+    out = ffi.new("size_t[6]")
+    check(lib.nt_kem_sizes(alg, out, out + 1, out + 2, out + 3, out + 4, out + 5), "kem sizes")
+    return KemSizes(*(int(x) for x in out))
+
+
+KEM_SIZES = {name: _kem_sizes(alg) for name, alg in KEM_IDS.items()}
+
+
+def _key_handle(ptr: Any) -> Any:
+    return ffi.gc(ptr[0], lib.nt_key_free)
+
+
+def kem_generate(alg: str, seed: bytes | None) -> Any:
+    out = ffi.new("nt_key **")
+    if seed is None:
+        check(lib.nt_key_generate(KEM_IDS[alg], ffi.NULL, 0, out), f"{alg} key generation")
+    else:
+        check(lib.nt_key_generate(KEM_IDS[alg], seed, len(seed), out), f"{alg} key from seed")
+    return _key_handle(out)
+
+
+def kem_from_public(alg: str, data: bytes) -> Any:
+    out = ffi.new("nt_key **")
+    check(lib.nt_key_from_public(KEM_IDS[alg], data, len(data), out), f"{alg} public key")
+    return _key_handle(out)
+
+
+def kem_from_private(alg: str, data: bytes) -> Any:
+    out = ffi.new("nt_key **")
+    check(lib.nt_key_from_private(KEM_IDS[alg], data, len(data), out), f"{alg} private key")
+    return _key_handle(out)
+
+
+def _key_bytes(fn: Any, handle: Any, cap: int, what: str) -> bytes:
+    buf = ffi.new("uint8_t[]", cap)
+    n = ffi.new("size_t *")
+    try:
+        check(fn(handle, buf, cap, n), what)
+        return bytes(ffi.buffer(buf, n[0]))
+    finally:
+        ffi.memmove(buf, b"\x00" * cap, cap)
+
+
+def kem_public_bytes(handle: Any) -> bytes:
+    return _key_bytes(lib.nt_key_public_bytes, handle, lib.NT_KEM_MAX_PUBLIC_BYTES, "public key")
+
+
+def kem_seed_bytes(handle: Any) -> bytes:
+    return _key_bytes(lib.nt_key_seed_bytes, handle, lib.NT_KEM_MAX_SEED_BYTES, "private seed")
+
+
+def kem_private_bytes(handle: Any) -> bytes:
+    return _key_bytes(
+        lib.nt_key_private_bytes, handle, lib.NT_KEM_MAX_PRIVATE_BYTES, "expanded private key"
+    )
+
+
+def kem_encapsulate(alg: str, handle: Any, entropy: bytes | None) -> tuple[bytes, bytes]:
+    sizes = KEM_SIZES[alg]
+    ct = ffi.new("uint8_t[]", sizes.ciphertext)
+    ss = ffi.new("uint8_t[]", sizes.shared)
+    if entropy is None:
+        rc = lib.nt_kem_encapsulate(handle, ffi.NULL, 0, ct, sizes.ciphertext, ss, sizes.shared)
+    else:
+        rc = lib.nt_kem_encapsulate(
+            handle, entropy, len(entropy), ct, sizes.ciphertext, ss, sizes.shared
+        )
+    check(rc, f"{alg} encapsulation")
+    shared = bytes(ffi.buffer(ss))
+    ffi.memmove(ss, b"\x00" * sizes.shared, sizes.shared)
+    return shared, bytes(ffi.buffer(ct))
+
+
+def kem_decapsulate(alg: str, handle: Any, ciphertext: bytes) -> bytes:
+    sizes = KEM_SIZES[alg]
+    ss = ffi.new("uint8_t[]", sizes.shared)
+    check(
+        lib.nt_kem_decapsulate(handle, ciphertext, len(ciphertext), ss, sizes.shared),
+        f"{alg} decapsulation",
+    )
+    shared = bytes(ffi.buffer(ss))
+    ffi.memmove(ss, b"\x00" * sizes.shared, sizes.shared)
+    return shared
+
+
+# --- AEAD records --------------------------------------------------------------
+
+AEAD_IDS = {
+    "aes-256-gcm": lib.NT_AEAD_AES_256_GCM,
+    "aes-128-gcm": lib.NT_AEAD_AES_128_GCM,
+    "chacha20-poly1305": lib.NT_AEAD_CHACHA20_POLY1305,
+}
+
+
+def _aead_key_bytes(cipher: int) -> int:
+    out = ffi.new("size_t *")
+    check(lib.nt_aead_key_bytes(cipher, out), "cipher key size")
+    return int(out[0])
+
+
+AEAD_KEY_BYTES = {name: _aead_key_bytes(cid) for name, cid in AEAD_IDS.items()}
+RECORD_HEADER_BYTES: int = lib.NT_RECORD_HEADER_BYTES
+RECORD_TAG_BYTES: int = lib.NT_RECORD_TAG_BYTES
+RECORD_IV_BYTES: int = lib.NT_RECORD_IV_BYTES
+RECORD_OVERHEAD: int = lib.NT_RECORD_OVERHEAD
+RECORD_SEALED_TYPE: int = lib.NT_RECORD_SEALED_TYPE
+RECORD_MAX_FRAGMENT: int = lib.NT_RECORD_MAX_FRAGMENT
+RECORD_DEFAULT_FRAGMENT: int = lib.NT_RECORD_DEFAULT_FRAGMENT
+RECORD_DEFAULT_LIMIT: int = lib.NT_RECORD_DEFAULT_LIMIT
+UINT64_MAX = (1 << 64) - 1
+
+
+def aead_new(cipher: str, encrypt: bool, key: bytes, iv: bytes) -> Any:
+    out = ffi.new("nt_aead **")
+    check(
+        lib.nt_aead_new(AEAD_IDS[cipher], int(encrypt), key, len(key), iv, len(iv), out),
+        f"{cipher} key setup",
+    )
+    return ffi.gc(out[0], lib.nt_aead_free)
+
+
+def aead_free(handle: Any) -> None:
+    """Wipe and free now (rather than at garbage collection)."""
+    ffi.release(handle)
+
+
+def aead_rekey(handle: Any, key: bytes, iv: bytes) -> None:
+    check(lib.nt_aead_rekey(handle, key, len(key), iv, len(iv)), "rekey")
+
+
+def aead_set_limit(handle: Any, records: int) -> None:
+    check(lib.nt_aead_set_limit(handle, records), "record limit")
+
+
+def aead_set_max_fragment(handle: Any, size: int) -> None:
+    check(lib.nt_aead_set_max_fragment(handle, size), "maximum record size")
+
+
+def aead_set_sequence(handle: Any, seq: int) -> None:
+    check(lib.nt_aead_set_sequence(handle, seq), "sequence number")
+
+
+def aead_sequence(handle: Any) -> int:
+    return int(lib.nt_aead_sequence(handle))
+
+
+def aead_remaining(handle: Any) -> int:
+    return int(lib.nt_aead_remaining(handle))
+
+
+def aead_max_fragment(handle: Any) -> int:
+    return int(lib.nt_aead_max_fragment(handle))
+
+
+def seal_size(handle: Any, n: int) -> int:
+    size = int(lib.nt_seal_size(handle, n))
+    if size == 0:
+        raise ValueError(f"{n} bytes is too much to seal in one call")
+    return size
+
+
+def seal_into(handle: Any, content_type: int, data: Any, out: Any) -> tuple[int, int]:
+    """Seal ``data`` into writable buffer ``out``; return (bytes written, records)."""
+    src = ffi.from_buffer(data)
+    dst = ffi.from_buffer(out, require_writable=True)
+    out_len = ffi.new("size_t[2]")
+    check(
+        lib.nt_seal(handle, content_type, src, len(src), dst, len(dst), out_len, out_len + 1),
+        "seal",
+    )
+    return int(out_len[0]), int(out_len[1])
+
+
+class Span(NamedTuple):
+    """One opened record: its content is ``buffer[offset:offset + length]``."""
+
+    content_type: int
+    offset: int
+    length: int
+
+
+_MAX_SPANS = 1024
+
+
+class OpenFailure(Exception):
+    """Internal: carries the spans that verified before a failing record."""
+
+    def __init__(self, error: Exception, spans: list[Span], consumed: int):
+        super().__init__(str(error))
+        self.error = error
+        self.spans = spans
+        self.consumed = consumed
+
+
+def open_spans(handle: Any, data: Any, out: Any, batch_type: int) -> tuple[list[Span], int]:
+    """Open the complete records at the start of writable ``data``.
+
+    With ``out`` None, content is decrypted in place in ``data``; otherwise it is
+    packed into ``out``. Returns (spans, bytes consumed); raises OpenFailure.
+    """
+    src = ffi.from_buffer(data, require_writable=True)
+    if out is None:
+        dst, cap = ffi.NULL, 0
+    else:
+        dst = ffi.from_buffer(out, require_writable=True)
+        cap = len(dst)
+    spans_c = ffi.new("nt_span[]", _MAX_SPANS)
+    counts = ffi.new("size_t[2]")
+    rc = lib.nt_open(
+        handle, src, len(src), dst, cap, batch_type, spans_c, _MAX_SPANS, counts, counts + 1
+    )
+    spans = [
+        Span(int(spans_c[i].type), int(spans_c[i].offset), int(spans_c[i].length))
+        for i in range(counts[0])
+    ]
+    if rc != lib.NT_OK:
+        raise OpenFailure(_fail(rc, "open"), spans, int(counts[1]))
+    return spans, int(counts[1])
+
+
+def aead_oneshot(handle: Any, encrypt: bool, nonce: bytes, aad: bytes, data: bytes) -> bytes:
+    if encrypt:
+        out_len = len(data) + RECORD_TAG_BYTES
+        out = ffi.new("uint8_t[]", out_len)
+        rc = lib.nt_aead_encrypt(handle, nonce, len(nonce), aad, len(aad), data, len(data), out,
+                                 out_len)
+        check(rc, "encrypt")
+        return bytes(ffi.buffer(out))
+    if len(data) < RECORD_TAG_BYTES:
+        raise IntegrityError("decrypt: input shorter than the authentication tag")
+    out_len = len(data) - RECORD_TAG_BYTES
+    out = ffi.new("uint8_t[]", max(out_len, 1))
+    rc = lib.nt_aead_decrypt(handle, nonce, len(nonce), aad, len(aad), data, len(data), out,
+                             out_len)
+    check(rc, "decrypt")
+    return bytes(ffi.buffer(out, out_len))

@@ -1,0 +1,3 @@
+"""The package version (also stamped into the compiled core)."""
+
+__version__ = "0.1.0"

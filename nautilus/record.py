@@ -1,0 +1,395 @@
+"""Record protection: AEAD sealing and opening of many records per call.
+
+A :class:`RecordSealer` and a :class:`RecordOpener` each hold one direction's
+AEAD key, static IV and 64-bit sequence number; the nonce of record *n* is
+``iv XOR n`` and is never sent. One call to :meth:`RecordSealer.seal` splits its
+input into as many records as needed; one call to :meth:`RecordOpener.open`
+decrypts every complete record in a receive buffer. The wire format is in
+``docs/record-layer.md``.
+
+Ciphers: ``"aes-256-gcm"``, ``"aes-128-gcm"``, ``"chacha20-poly1305"``.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, NamedTuple
+
+from nautilus import _bindings as _b
+from nautilus.exceptions import ClosedError, IntegrityError
+
+__all__ = [
+    "AEAD",
+    "CIPHERS",
+    "DEFAULT_MAX_FRAGMENT",
+    "DEFAULT_RECORD_LIMIT",
+    "HEADER_SIZE",
+    "IV_SIZE",
+    "MAX_FRAGMENT",
+    "RECORD_OVERHEAD",
+    "TAG_SIZE",
+    "ContentType",
+    "OpenResult",
+    "Record",
+    "RecordOpener",
+    "RecordSealer",
+    "Span",
+    "key_size",
+]
+
+CIPHERS: tuple[str, ...] = tuple(_b.AEAD_IDS)
+"""Supported AEAD names."""
+HEADER_SIZE = _b.RECORD_HEADER_BYTES
+TAG_SIZE = _b.RECORD_TAG_BYTES
+IV_SIZE = _b.RECORD_IV_BYTES
+RECORD_OVERHEAD = _b.RECORD_OVERHEAD
+"""Bytes a sealed record adds to its content (header, inner type, tag)."""
+MAX_FRAGMENT = _b.RECORD_MAX_FRAGMENT
+DEFAULT_MAX_FRAGMENT = _b.RECORD_DEFAULT_FRAGMENT
+DEFAULT_RECORD_LIMIT = _b.RECORD_DEFAULT_LIMIT
+Span = _b.Span
+
+
+class ContentType(enum.IntEnum):
+    """Inner content types of sealed records (as in TLS 1.3)."""
+
+    ALERT = 21
+    HANDSHAKE = 22
+    APPLICATION_DATA = 23
+    KEY_UPDATE = 24
+
+
+class Record(NamedTuple):
+    """One opened record (or, when merged, a run of records of one type)."""
+
+    content_type: int
+    data: bytes
+
+
+class OpenResult(NamedTuple):
+    """What :meth:`RecordOpener.open` found."""
+
+    records: list[Record]
+    consumed: int
+    """Input bytes used; the rest starts with an incomplete record."""
+    record_count: int
+    """Records opened (more than ``len(records)`` when runs were merged)."""
+
+
+def key_size(cipher: str) -> int:
+    """Key length in bytes for ``cipher``.
+
+    Raises:
+        ValueError: unknown cipher name.
+    """
+    return _b.AEAD_KEY_BYTES[_cipher_name(cipher)]
+
+
+def _cipher_name(cipher: object) -> str:
+    if not isinstance(cipher, str):
+        raise TypeError(f"cipher must be a str, not {type(cipher).__name__}")
+    if cipher not in _b.AEAD_IDS:
+        raise ValueError(f"unknown cipher {cipher!r}; expected one of {', '.join(CIPHERS)}")
+    return cipher
+
+
+def _content_type(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"content_type must be an int, not {type(value).__name__}")
+    if not 1 <= value <= 255:
+        raise ValueError(f"content_type must be in 1..255, got {value}")
+    return int(value)
+
+
+class _Direction:
+    __slots__ = ("_cipher", "_handle")
+    _ENCRYPT: bool
+
+    def __init__(
+        self,
+        cipher: str,
+        key: bytes,
+        iv: bytes,
+        *,
+        max_fragment: int = DEFAULT_MAX_FRAGMENT,
+        record_limit: int = DEFAULT_RECORD_LIMIT,
+    ) -> None:
+        self._cipher = _cipher_name(cipher)
+        self._handle: Any = None
+        k = _b.as_bytes("key", key, _b.AEAD_KEY_BYTES[self._cipher])
+        i = _b.as_bytes("iv", iv, IV_SIZE)
+        _check_int("max_fragment", max_fragment, 1, MAX_FRAGMENT)
+        _check_int("record_limit", record_limit, 1, _b.UINT64_MAX)
+        handle = _b.aead_new(self._cipher, self._ENCRYPT, k, i)
+        _b.aead_set_max_fragment(handle, max_fragment)
+        _b.aead_set_limit(handle, record_limit)
+        self._handle = handle
+
+    @property
+    def cipher(self) -> str:
+        """The AEAD name."""
+        return self._cipher
+
+    @property
+    def sequence(self) -> int:
+        """Sequence number of the next record."""
+        return _b.aead_sequence(self._live())
+
+    @property
+    def records_remaining(self) -> int:
+        """Records this key may still protect before a rekey is needed."""
+        return _b.aead_remaining(self._live())
+
+    @property
+    def max_fragment(self) -> int:
+        """Largest record content in bytes."""
+        return _b.aead_max_fragment(self._live())
+
+    def rekey(self, key: bytes, iv: bytes) -> None:
+        """Switch to a new key and IV; the sequence number restarts at 0.
+
+        Raises:
+            TypeError, ValueError: wrong types or lengths.
+            nautilus.ClosedError: closed.
+        """
+        k = _b.as_bytes("key", key, _b.AEAD_KEY_BYTES[self._cipher])
+        i = _b.as_bytes("iv", iv, IV_SIZE)
+        _b.aead_rekey(self._live(), k, i)
+
+    def _set_sequence(self, value: int) -> None:
+        """Start from sequence ``value`` (tests of counter exhaustion)."""
+        _check_int("sequence", value, 0, _b.UINT64_MAX)
+        _b.aead_set_sequence(self._live(), value)
+
+    def close(self) -> None:
+        """Wipe the key now. Further use raises :class:`nautilus.ClosedError`."""
+        if self._handle is not None:
+            _b.aead_free(self._handle)
+            self._handle = None
+
+    def _live(self) -> Any:
+        if self._handle is None:
+            raise ClosedError(f"{type(self).__name__} is closed")
+        return self._handle
+
+    def __enter__(self) -> _Direction:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._handle is None else f"seq={self.sequence}"
+        return f"<{type(self).__name__} {self._cipher} {state}>"
+
+
+def _check_int(name: str, value: object, lo: int, hi: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be in {lo}..{hi}, got {value}")
+
+
+class RecordSealer(_Direction):
+    """Seals outgoing records for one direction of a connection.
+
+    Args:
+        cipher: AEAD name.
+        key: traffic key (:func:`key_size` bytes).
+        iv: 12-byte static IV.
+        max_fragment: largest content per record (default 16 KiB, at most 256 KiB).
+        record_limit: records this key may seal before :meth:`seal` refuses
+            (default 2**23).
+
+    Raises:
+        TypeError, ValueError: wrong types, lengths or ranges.
+    """
+
+    __slots__ = ()
+    _ENCRYPT = True
+
+    def sealed_size(self, length: int) -> int:
+        """Bytes that sealing ``length`` bytes of content produces."""
+        _check_int("length", length, 0, 1 << 62)
+        return _b.seal_size(self._live(), length)
+
+    def seal(self, data: bytes, content_type: int = ContentType.APPLICATION_DATA) -> bytes:
+        """Seal ``data`` into as many records as it needs; return the wire bytes.
+
+        Empty ``data`` makes one empty record.
+
+        Raises:
+            TypeError, ValueError: bad arguments.
+            nautilus.RecordLimitReached: the key may not seal that many more
+                records; nothing was sealed, rekey and call again.
+            nautilus.ClosedError: closed, or failed before.
+        """
+        out = bytearray(self.sealed_size(_byte_len(data)))
+        n = self.seal_into(data, out, content_type)
+        del out[n:]
+        return bytes(out)
+
+    def seal_into(
+        self, data: bytes, out: bytearray | memoryview, content_type: int = 23
+    ) -> int:
+        """Like :meth:`seal`, writing into ``out``; returns the bytes written.
+
+        Raises:
+            ValueError: ``out`` is smaller than :meth:`sealed_size`.
+            (and as :meth:`seal`)
+        """
+        ct = _content_type(content_type)
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
+        if not isinstance(out, (bytearray, memoryview)):
+            raise TypeError(f"out must be a bytearray or writable memoryview, not {type(out).__name__}")
+        written, _records = _b.seal_into(self._live(), ct, data, out)
+        return written
+
+
+def _byte_len(data: object) -> int:
+    if isinstance(data, (bytes, bytearray)):
+        return len(data)
+    if isinstance(data, memoryview):
+        return data.nbytes
+    raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
+
+
+class RecordOpener(_Direction):
+    """Opens incoming records for one direction of a connection.
+
+    Takes the same arguments as :class:`RecordSealer`; ``max_fragment`` bounds
+    the records it accepts (a larger one is a :class:`nautilus.RecordFormatError`).
+    After any failure the opener refuses all further input.
+    """
+
+    __slots__ = ("_scratch",)
+    _ENCRYPT = False
+
+    def __init__(self, cipher: str, key: bytes, iv: bytes, **kwargs: Any) -> None:
+        super().__init__(cipher, key, iv, **kwargs)
+        self._scratch = bytearray()
+
+    def open_spans(
+        self,
+        data: bytearray | memoryview,
+        out: bytearray | memoryview | None = None,
+        batch_type: int = ContentType.APPLICATION_DATA,
+    ) -> tuple[list[Span], int]:
+        """Open complete records at the start of ``data`` without copying.
+
+        With ``out`` None the content is decrypted in place and each
+        :class:`Span` points into ``data``; otherwise the contents are packed
+        one after another into ``out`` and spans point there. Opening stops
+        after the first record whose type is not ``batch_type`` (so that the
+        caller can act on it, for example rekey), at an incomplete record, or
+        when ``out`` is full. Returns ``(spans, bytes consumed)``.
+
+        Raises:
+            nautilus.IntegrityError: a record failed authentication (altered,
+                reordered, replayed); ``.records`` holds the spans before it.
+            nautilus.RecordFormatError: a malformed or oversized record.
+            nautilus.RecordLimitReached: the peer passed the record limit.
+            nautilus.ClosedError: closed, or failed before.
+        """
+        if not isinstance(data, (bytearray, memoryview)):
+            raise TypeError(f"data must be a bytearray or writable memoryview, not {type(data).__name__}")
+        try:
+            return _b.open_spans(self._live(), data, out, _content_type(batch_type))
+        except _b.OpenFailure as failure:
+            err = failure.error
+            if isinstance(err, IntegrityError):
+                err.records = list(failure.spans)
+                err.consumed = failure.consumed
+            raise err from None
+
+    def open(
+        self,
+        data: bytes | bytearray | memoryview,
+        *,
+        merge: bool = False,
+        batch_type: int = ContentType.APPLICATION_DATA,
+    ) -> OpenResult:
+        """Open every complete record at the start of ``data`` (not modified).
+
+        With ``merge`` True, consecutive records of one type come back as one
+        :class:`Record`. Stops as :meth:`open_spans` does.
+
+        Raises:
+            nautilus.IntegrityError: as :meth:`open_spans`; ``.records`` holds
+                the :class:`Record` objects that verified before the bad one.
+            (and as :meth:`open_spans`)
+        """
+        n = _byte_len(data)
+        work = bytearray(data)
+        if len(self._scratch) < n:
+            self._scratch = bytearray(n)
+        try:
+            spans, consumed = self.open_spans(work, self._scratch, batch_type)
+        except IntegrityError as exc:
+            exc.records = self._to_records(list(exc.records), merge)  # type: ignore[arg-type]
+            raise
+        return OpenResult(self._to_records(spans, merge), consumed, len(spans))
+
+    def _to_records(self, spans: list[Span], merge: bool) -> list[Record]:
+        view = memoryview(self._scratch)
+        records: list[Record] = []
+        if merge:
+            i = 0
+            while i < len(spans):
+                j = i
+                while j + 1 < len(spans) and spans[j + 1].content_type == spans[i].content_type:
+                    j += 1
+                start, end = spans[i].offset, spans[j].offset + spans[j].length
+                records.append(Record(spans[i].content_type, bytes(view[start:end])))
+                i = j + 1
+        else:
+            for s in spans:
+                records.append(Record(s.content_type, bytes(view[s.offset : s.offset + s.length])))
+        return records
+
+
+class AEAD:
+    """One-shot AEAD with an explicit 12-byte nonce (the same C code as records).
+
+    For known-answer tests and small protocol uses; records use
+    :class:`RecordSealer`/:class:`RecordOpener`, which manage nonces themselves.
+
+    Raises:
+        TypeError, ValueError: unknown cipher or wrong key length.
+    """
+
+    __slots__ = ("_cipher", "_handle")
+
+    def __init__(self, cipher: str, key: bytes) -> None:
+        self._cipher = _cipher_name(cipher)
+        k = _b.as_bytes("key", key, _b.AEAD_KEY_BYTES[self._cipher])
+        self._handle = _b.aead_new(self._cipher, True, k, bytes(IV_SIZE))
+
+    def encrypt(self, nonce: bytes, data: bytes, associated_data: bytes = b"") -> bytes:
+        """Return ciphertext || 16-byte tag.
+
+        Raises:
+            TypeError, ValueError: wrong types; nonce not 12 bytes.
+        """
+        n = _b.as_bytes("nonce", nonce, IV_SIZE)
+        return _b.aead_oneshot(
+            self._handle, True, n, _b.as_bytes("associated_data", associated_data),
+            _b.as_bytes("data", data),
+        )
+
+    def decrypt(self, nonce: bytes, data: bytes, associated_data: bytes = b"") -> bytes:
+        """Verify and decrypt ciphertext || tag.
+
+        Raises:
+            nautilus.IntegrityError: the tag does not verify.
+            TypeError, ValueError: wrong types; nonce not 12 bytes.
+        """
+        n = _b.as_bytes("nonce", nonce, IV_SIZE)
+        return _b.aead_oneshot(
+            self._handle, False, n, _b.as_bytes("associated_data", associated_data),
+            _b.as_bytes("data", data),
+        )
+
+    def __repr__(self) -> str:
+        return f"<AEAD {self._cipher}>"
