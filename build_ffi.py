@@ -124,7 +124,7 @@ def _from_prefix(prefix: Path, origin: str) -> OpenSSLLocation:
     for libdir in (prefix / "lib", prefix / "lib64"):
         static = libdir / "libcrypto.a"
         shared = sorted(libdir.glob("libcrypto.so*"))
-        if shared and not (prefix == OPENSSL_PREFIX):
+        if shared and prefix != OPENSSL_PREFIX:
             return OpenSSLLocation(
                 include_dirs=[str(include)],
                 library_dirs=[str(libdir)],
@@ -323,7 +323,11 @@ def make_ffibuilder():  # type: ignore[no-untyped-def]
     compile_args = [*OUR_WARNINGS, "-O2", "-std=c11"]
     link_args = list(location.extra_link_args)
     if os.environ.get("NAUTILUS_SANITIZE"):
-        san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
+        san = [
+            "-fsanitize=address,undefined",
+            "-fno-sanitize-recover=all",
+            "-fno-omit-frame-pointer",
+        ]
         compile_args += [*san, "-O1", "-g"]
         link_args += san
     ffi.set_source(

@@ -268,12 +268,41 @@ int nt_seal(nt_aead *st, uint8_t type, const uint8_t *in, size_t in_len, uint8_t
     return NT_OK;
 }
 
+/* Decrypt one record body: content -> dst (clen bytes), inner type -> *inner. */
+static int open_one(nt_aead *st, const uint8_t *hdr, const uint8_t *body, size_t clen,
+                    uint8_t *dst, uint8_t *inner)
+{
+    uint8_t nonce[NT_RECORD_IV_BYTES];
+    int n = 0;
+
+    make_nonce(st, st->seq, nonce);
+    if (EVP_CipherInit_ex(st->ctx, NULL, NULL, NULL, nonce, 0) <= 0
+        || EVP_CipherUpdate(st->ctx, NULL, &n, hdr, NT_RECORD_HEADER_BYTES) <= 0)
+        goto fail;
+    if (clen > 0
+        && (EVP_CipherUpdate(st->ctx, dst, &n, body, (int)clen) <= 0 || (size_t)n != clen))
+        goto fail;
+    if (EVP_CipherUpdate(st->ctx, inner, &n, body + clen, 1) <= 0 || n != 1)
+        goto fail;
+    if (EVP_CIPHER_CTX_ctrl(st->ctx, EVP_CTRL_AEAD_SET_TAG, NT_RECORD_TAG_BYTES,
+                            (void *)(body + clen + 1))
+        <= 0)
+        goto fail;
+    if (EVP_CipherFinal_ex(st->ctx, dst + clen, &n) <= 0 || n != 0) {
+        ERR_clear_error();
+        return NT_ERR_AUTH;
+    }
+    return *inner == 0 ? NT_ERR_FORMAT : NT_OK;
+fail:
+    ERR_clear_error();
+    return NT_ERR_CRYPTO;
+}
+
 int nt_open(nt_aead *st, uint8_t *in, size_t in_len, uint8_t *out, size_t out_cap,
             uint8_t batch_type, nt_span *spans, size_t max_spans, size_t *n_spans,
             size_t *consumed)
 {
     size_t pos = 0, outpos = 0, n = 0;
-    uint8_t nonce[NT_RECORD_IV_BYTES];
     int rc = NT_OK;
 
     if (st == NULL || (in == NULL && in_len > 0) || spans == NULL || n_spans == NULL
@@ -286,8 +315,8 @@ int nt_open(nt_aead *st, uint8_t *in, size_t in_len, uint8_t *out, size_t out_ca
     while (n < max_spans && in_len - pos >= NT_RECORD_HEADER_BYTES) {
         uint8_t *hdr = in + pos;
         size_t body = ((size_t)hdr[1] << 16) | ((size_t)hdr[2] << 8) | hdr[3];
-        size_t ctlen;
-        uint8_t *dst;
+        size_t clen; /* content length, without the inner type byte */
+        uint8_t *dst, inner = 0;
 
         if (hdr[0] != NT_RECORD_SEALED_TYPE || body < 1 + NT_RECORD_TAG_BYTES
             || body > st->max_fragment + 1 + NT_RECORD_TAG_BYTES) {
@@ -296,39 +325,43 @@ int nt_open(nt_aead *st, uint8_t *in, size_t in_len, uint8_t *out, size_t out_ca
         }
         if (in_len - pos - NT_RECORD_HEADER_BYTES < body)
             break; /* incomplete: wait for more bytes */
-        ctlen = body - NT_RECORD_TAG_BYTES;
-        if (out != NULL && out_cap - outpos < ctlen) {
+        clen = body - 1 - NT_RECORD_TAG_BYTES;
+        if (out != NULL && out_cap - outpos < clen) {
             if (n == 0)
                 rc = NT_ERR_BUFFER;
             break;
         }
         if (st->seq >= st->limit) {
-            rc = NT_ERR_LIMIT; /* the peer did not rekey in time */
+            /* The peer did not rekey in time. Report what verified first; the
+             * next call fails (the caller may rekey, which clears this). */
+            if (n == 0)
+                rc = NT_ERR_LIMIT;
             break;
         }
         dst = out != NULL ? out + outpos : hdr + NT_RECORD_HEADER_BYTES;
-        make_nonce(st, st->seq, nonce);
-        rc = aead_run(st, 0, nonce, hdr, NT_RECORD_HEADER_BYTES, hdr + NT_RECORD_HEADER_BYTES,
-                      ctlen, NULL, 0, dst, hdr + NT_RECORD_HEADER_BYTES + ctlen);
-        if (rc == NT_OK && dst[ctlen - 1] == 0)
-            rc = NT_ERR_FORMAT;
+        rc = open_one(st, hdr, hdr + NT_RECORD_HEADER_BYTES, clen, dst, &inner);
         if (rc != NT_OK) {
-            OPENSSL_cleanse(dst, ctlen); /* release no byte of a bad record */
+            /* Release no byte of a bad record: its content, and in place also
+             * the (still encrypted) inner type position. */
+            OPENSSL_cleanse(dst, clen);
+            if (out == NULL)
+                dst[clen] = 0;
+            OPENSSL_cleanse(&inner, 1);
             break;
         }
         st->seq++;
         spans[n].offset = out != NULL ? outpos : pos + NT_RECORD_HEADER_BYTES;
-        spans[n].length = ctlen - 1;
-        spans[n].type = dst[ctlen - 1];
+        spans[n].length = clen;
+        spans[n].type = inner;
         n++;
-        outpos += ctlen - 1;
+        outpos += clen;
         pos += NT_RECORD_HEADER_BYTES + body;
-        if (spans[n - 1].type != batch_type)
+        if (inner != batch_type)
             break;
     }
     *n_spans = n;
     *consumed = pos;
-    if (rc != NT_OK && rc != NT_ERR_BUFFER)
+    if (rc != NT_OK && rc != NT_ERR_BUFFER && rc != NT_ERR_LIMIT)
         st->failed = 1;
     return rc;
 }

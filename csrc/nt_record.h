@@ -65,9 +65,11 @@ int nt_seal(nt_aead *st, uint8_t type, const uint8_t *in, size_t in_len, uint8_t
  * With out == NULL the content is decrypted in place; otherwise it is packed
  * into out (which must not overlap in). Stops after the first record whose
  * type is not batch_type, at an incomplete record, or when out is full.
- * On NT_ERR_AUTH / NT_ERR_FORMAT the records before the bad one are reported
- * in spans (they are authentic); the bad one's bytes are zeroed and the state
- * fails for good. */
+ * `out` needs room for the contents only. On NT_ERR_AUTH / NT_ERR_FORMAT the
+ * records before the bad one are reported in spans (they are authentic); the
+ * bad one's bytes are zeroed and the state fails for good. At the record limit
+ * the records before it are returned with NT_OK and the next call returns
+ * NT_ERR_LIMIT (nothing fails: the caller may rekey). */
 int nt_open(nt_aead *st, uint8_t *in, size_t in_len, uint8_t *out, size_t out_cap,
             uint8_t batch_type, nt_span *spans, size_t max_spans, size_t *n_spans,
             size_t *consumed);

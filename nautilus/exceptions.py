@@ -7,13 +7,22 @@ so code that catches the builtins keeps working.
 from __future__ import annotations
 
 __all__ = [
+    "AuthenticationFailed",
     "ClosedError",
+    "ConnectionLost",
     "CryptoFailure",
+    "HandshakeError",
+    "HandshakeTimeout",
+    "IdentityFileError",
     "IntegrityError",
     "InvalidKey",
+    "KeyAgreementFailed",
     "NautilusError",
+    "NegotiationFailed",
+    "ProtocolViolation",
     "RecordFormatError",
     "RecordLimitReached",
+    "SessionKeyDerivationFailed",
 ]
 
 
@@ -56,3 +65,44 @@ class ClosedError(NautilusError, ValueError):
 
 class CryptoFailure(NautilusError):
     """OpenSSL reported an unexpected failure (out of memory, broken build)."""
+
+
+class IdentityFileError(NautilusError, ValueError):
+    """An identity or known-peers file is unreadable, corrupt, of the wrong kind,
+    or has permissions that let other users read it."""
+
+
+class ConnectionLost(NautilusError, ConnectionError):
+    """The connection ended without a clean close (no close_notify): the data
+    received may have been truncated by an attacker."""
+
+
+class HandshakeError(NautilusError):
+    """The handshake failed. Subclasses say what went wrong; the connection is
+    closed, and an alert was sent to the peer where that was safe."""
+
+
+class NegotiationFailed(HandshakeError):
+    """No common version, group, cipher, namespace or required handshake step."""
+
+
+class AuthenticationFailed(HandshakeError):
+    """The peer's identity is not trusted, or its proof of it (signature,
+    certificate, Finished MAC) did not verify."""
+
+
+class KeyAgreementFailed(HandshakeError):
+    """The key exchange failed (malformed or invalid key share)."""
+
+
+class SessionKeyDerivationFailed(HandshakeError):
+    """Traffic keys could not be derived from the handshake secrets."""
+
+
+class HandshakeTimeout(HandshakeError, TimeoutError):
+    """The handshake did not complete within the context's handshake_timeout."""
+
+
+class ProtocolViolation(HandshakeError):
+    """The peer sent something the protocol does not allow: garbage, a message
+    out of order, an oversized message, a stale timestamp."""

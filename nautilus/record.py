@@ -13,7 +13,7 @@ Ciphers: ``"aes-256-gcm"``, ``"aes-128-gcm"``, ``"chacha20-poly1305"``.
 from __future__ import annotations
 
 import enum
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from nautilus import _bindings as _b
 from nautilus.exceptions import ClosedError, IntegrityError
@@ -229,9 +229,7 @@ class RecordSealer(_Direction):
         del out[n:]
         return bytes(out)
 
-    def seal_into(
-        self, data: bytes, out: bytearray | memoryview, content_type: int = 23
-    ) -> int:
+    def seal_into(self, data: bytes, out: bytearray | memoryview, content_type: int = 23) -> int:
         """Like :meth:`seal`, writing into ``out``; returns the bytes written.
 
         Raises:
@@ -242,7 +240,7 @@ class RecordSealer(_Direction):
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
         if not isinstance(out, (bytearray, memoryview)):
-            raise TypeError(f"out must be a bytearray or writable memoryview, not {type(out).__name__}")
+            raise TypeError(f"out must be a bytearray or memoryview, not {type(out).__name__}")
         written, _records = _b.seal_into(self._live(), ct, data, out)
         return written
 
@@ -293,7 +291,7 @@ class RecordOpener(_Direction):
             nautilus.ClosedError: closed, or failed before.
         """
         if not isinstance(data, (bytearray, memoryview)):
-            raise TypeError(f"data must be a bytearray or writable memoryview, not {type(data).__name__}")
+            raise TypeError(f"data must be a bytearray or memoryview, not {type(data).__name__}")
         try:
             return _b.open_spans(self._live(), data, out, _content_type(batch_type))
         except _b.OpenFailure as failure:
@@ -327,7 +325,7 @@ class RecordOpener(_Direction):
         try:
             spans, consumed = self.open_spans(work, self._scratch, batch_type)
         except IntegrityError as exc:
-            exc.records = self._to_records(list(exc.records), merge)  # type: ignore[arg-type]
+            exc.records = list(self._to_records(cast("list[Span]", exc.records), merge))
             raise
         return OpenResult(self._to_records(spans, merge), consumed, len(spans))
 
@@ -374,7 +372,10 @@ class AEAD:
         """
         n = _b.as_bytes("nonce", nonce, IV_SIZE)
         return _b.aead_oneshot(
-            self._handle, True, n, _b.as_bytes("associated_data", associated_data),
+            self._handle,
+            True,
+            n,
+            _b.as_bytes("associated_data", associated_data),
             _b.as_bytes("data", data),
         )
 
@@ -387,7 +388,10 @@ class AEAD:
         """
         n = _b.as_bytes("nonce", nonce, IV_SIZE)
         return _b.aead_oneshot(
-            self._handle, False, n, _b.as_bytes("associated_data", associated_data),
+            self._handle,
+            False,
+            n,
+            _b.as_bytes("associated_data", associated_data),
             _b.as_bytes("data", data),
         )
 

@@ -306,9 +306,12 @@ def open_spans(handle: Any, data: Any, out: Any, batch_type: int) -> tuple[list[
     """Open the complete records at the start of writable ``data``.
 
     With ``out`` None, content is decrypted in place in ``data``; otherwise it is
-    packed into ``out``. Returns (spans, bytes consumed); raises OpenFailure.
+    packed into ``out``. Calls into C as often as needed (each call opens at most
+    _MAX_SPANS records) and stops where C stops for a reason other than that
+    bound. Returns (spans, bytes consumed); raises OpenFailure.
     """
     src = ffi.from_buffer(data, require_writable=True)
+    total = len(src)
     if out is None:
         dst, cap = ffi.NULL, 0
     else:
@@ -316,31 +319,43 @@ def open_spans(handle: Any, data: Any, out: Any, batch_type: int) -> tuple[list[
         cap = len(dst)
     spans_c = ffi.new("nt_span[]", _MAX_SPANS)
     counts = ffi.new("size_t[2]")
-    rc = lib.nt_open(
-        handle, src, len(src), dst, cap, batch_type, spans_c, _MAX_SPANS, counts, counts + 1
-    )
-    spans = [
-        Span(int(spans_c[i].type), int(spans_c[i].offset), int(spans_c[i].length))
-        for i in range(counts[0])
-    ]
-    if rc != lib.NT_OK:
-        raise OpenFailure(_fail(rc, "open"), spans, int(counts[1]))
-    return spans, int(counts[1])
+    spans: list[Span] = []
+    pos = outpos = 0
+    while True:
+        out_ptr = ffi.NULL if out is None else dst + outpos
+        rc = lib.nt_open(
+            handle, src + pos, total - pos, out_ptr, cap - outpos, batch_type,
+            spans_c, _MAX_SPANS, counts, counts + 1,
+        )  # fmt: skip
+        n = int(counts[0])
+        base = outpos if out is not None else pos
+        for i in range(n):
+            s = spans_c[i]
+            spans.append(Span(int(s.type), base + int(s.offset), int(s.length)))
+        if out is not None and n:
+            outpos += int(spans_c[n - 1].offset) + int(spans_c[n - 1].length)
+        pos += int(counts[1])
+        if rc != lib.NT_OK:
+            raise OpenFailure(_fail(rc, "open"), spans, pos)
+        if n < _MAX_SPANS or spans[-1].content_type != batch_type:
+            return spans, pos
 
 
 def aead_oneshot(handle: Any, encrypt: bool, nonce: bytes, aad: bytes, data: bytes) -> bytes:
     if encrypt:
         out_len = len(data) + RECORD_TAG_BYTES
         out = ffi.new("uint8_t[]", out_len)
-        rc = lib.nt_aead_encrypt(handle, nonce, len(nonce), aad, len(aad), data, len(data), out,
-                                 out_len)
+        rc = lib.nt_aead_encrypt(
+            handle, nonce, len(nonce), aad, len(aad), data, len(data), out, out_len
+        )
         check(rc, "encrypt")
         return bytes(ffi.buffer(out))
     if len(data) < RECORD_TAG_BYTES:
         raise IntegrityError("decrypt: input shorter than the authentication tag")
     out_len = len(data) - RECORD_TAG_BYTES
     out = ffi.new("uint8_t[]", max(out_len, 1))
-    rc = lib.nt_aead_decrypt(handle, nonce, len(nonce), aad, len(aad), data, len(data), out,
-                             out_len)
+    rc = lib.nt_aead_decrypt(
+        handle, nonce, len(nonce), aad, len(aad), data, len(data), out, out_len
+    )
     check(rc, "decrypt")
     return bytes(ffi.buffer(out, out_len))
