@@ -298,18 +298,15 @@ fail:
     return NT_ERR_CRYPTO;
 }
 
-int nt_open(nt_aead *st, uint8_t *in, size_t in_len, uint8_t *out, size_t out_cap,
-            uint8_t batch_type, nt_span *spans, size_t max_spans, size_t *n_spans,
-            size_t *consumed)
+/* The one opening loop behind nt_open and nt_open_packed. With spans == NULL
+ * only the summary is kept (no per-record output, no record count bound). */
+static int open_loop(nt_aead *st, uint8_t *in, size_t in_len, uint8_t *out, size_t out_cap,
+                     uint8_t batch_type, nt_span *spans, size_t max_spans, nt_open_summary *sum)
 {
     size_t pos = 0, outpos = 0, n = 0;
     int rc = NT_OK;
 
-    if (st == NULL || (in == NULL && in_len > 0) || spans == NULL || n_spans == NULL
-        || consumed == NULL || max_spans == 0)
-        return NT_ERR_ARG;
-    *n_spans = 0;
-    *consumed = 0;
+    memset(sum, 0, sizeof(*sum));
     if (st->failed || st->encrypt)
         return NT_ERR_STATE;
     while (n < max_spans && in_len - pos >= NT_RECORD_HEADER_BYTES) {
@@ -350,20 +347,49 @@ int nt_open(nt_aead *st, uint8_t *in, size_t in_len, uint8_t *out, size_t out_ca
             break;
         }
         st->seq++;
-        spans[n].offset = out != NULL ? outpos : pos + NT_RECORD_HEADER_BYTES;
-        spans[n].length = clen;
-        spans[n].type = inner;
+        if (spans != NULL) {
+            spans[n].offset = out != NULL ? outpos : pos + NT_RECORD_HEADER_BYTES;
+            spans[n].length = clen;
+            spans[n].type = inner;
+        }
         n++;
+        sum->last_type = inner;
+        sum->last_length = clen;
         outpos += clen;
         pos += NT_RECORD_HEADER_BYTES + body;
         if (inner != batch_type)
             break;
     }
-    *n_spans = n;
-    *consumed = pos;
+    sum->records = n;
+    sum->consumed = pos;
+    sum->written = out != NULL ? outpos : 0;
     if (rc != NT_OK && rc != NT_ERR_BUFFER && rc != NT_ERR_LIMIT)
         st->failed = 1;
     return rc;
+}
+
+int nt_open(nt_aead *st, uint8_t *in, size_t in_len, uint8_t *out, size_t out_cap,
+            uint8_t batch_type, nt_span *spans, size_t max_spans, size_t *n_spans,
+            size_t *consumed)
+{
+    nt_open_summary sum;
+    int rc;
+
+    if (st == NULL || (in == NULL && in_len > 0) || spans == NULL || n_spans == NULL
+        || consumed == NULL || max_spans == 0)
+        return NT_ERR_ARG;
+    rc = open_loop(st, in, in_len, out, out_cap, batch_type, spans, max_spans, &sum);
+    *n_spans = sum.records;
+    *consumed = sum.consumed;
+    return rc;
+}
+
+int nt_open_packed(nt_aead *st, uint8_t *in, size_t in_len, uint8_t *out, size_t out_cap,
+                   uint8_t batch_type, nt_open_summary *summary)
+{
+    if (st == NULL || (in == NULL && in_len > 0) || out == NULL || summary == NULL)
+        return NT_ERR_ARG;
+    return open_loop(st, in, in_len, out, out_cap, batch_type, NULL, SIZE_MAX, summary);
 }
 
 static int oneshot_check(const nt_aead *st, const uint8_t *nonce, size_t nonce_len,

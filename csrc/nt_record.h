@@ -39,6 +39,16 @@ typedef struct {
     uint8_t type;
 } nt_span;
 
+/* What nt_open_packed did: records opened, input consumed, output written,
+ * and the type and content length of the last record opened. */
+typedef struct {
+    size_t records;
+    size_t consumed;
+    size_t written;
+    size_t last_length;
+    uint8_t last_type;
+} nt_open_summary;
+
 int nt_aead_key_bytes(int cipher, size_t *key_len);
 int nt_aead_new(int cipher, int encrypt, const uint8_t *key, size_t key_len, const uint8_t *iv,
                 size_t iv_len, nt_aead **out);
@@ -77,6 +87,11 @@ int nt_open(nt_aead *st, uint8_t *in, size_t in_len, uint8_t *out, size_t out_ca
 /* One AEAD operation with an explicit 12-byte nonce and additional data,
  * through the same code as the records (for known-answer tests).
  * encrypt: out = ciphertext || tag; decrypt: in = ciphertext || tag. */
+/* As nt_open with `out`, but keeps only a summary: no per-record spans and no
+ * bound on the record count. Every record but the last is of batch_type, so
+ * out[0, written) holds their contents back to back, the last one's last. */
+int nt_open_packed(nt_aead *st, uint8_t *in, size_t in_len, uint8_t *out, size_t out_cap,
+                   uint8_t batch_type, nt_open_summary *summary);
 int nt_aead_encrypt(nt_aead *st, const uint8_t *nonce, size_t nonce_len, const uint8_t *aad,
                     size_t aad_len, const uint8_t *in, size_t in_len, uint8_t *out,
                     size_t out_cap);

@@ -30,6 +30,7 @@ __all__ = [
     "TAG_SIZE",
     "ContentType",
     "OpenResult",
+    "PackedOpen",
     "Record",
     "RecordOpener",
     "RecordSealer",
@@ -48,6 +49,7 @@ MAX_FRAGMENT = _b.RECORD_MAX_FRAGMENT
 DEFAULT_MAX_FRAGMENT = _b.RECORD_DEFAULT_FRAGMENT
 DEFAULT_RECORD_LIMIT = _b.RECORD_DEFAULT_LIMIT
 Span = _b.Span
+PackedOpen = _b.PackedOpen
 
 
 class ContentType(enum.IntEnum):
@@ -261,12 +263,48 @@ class RecordOpener(_Direction):
     After any failure the opener refuses all further input.
     """
 
-    __slots__ = ("_scratch",)
+    __slots__ = ("_scratch", "_summary")
     _ENCRYPT = False
 
     def __init__(self, cipher: str, key: bytes, iv: bytes, **kwargs: Any) -> None:
         super().__init__(cipher, key, iv, **kwargs)
         self._scratch = bytearray()
+        self._summary = _b.new_open_summary()
+
+    def open_packed(
+        self,
+        data: bytearray | memoryview,
+        out: bytearray | memoryview,
+        batch_type: int = ContentType.APPLICATION_DATA,
+    ) -> PackedOpen:
+        """Open every complete record of ``data`` into ``out``, keeping no per-record data.
+
+        The fast path for bulk data: one C call however many records there
+        are. Every record opened but the last is of ``batch_type`` (opening
+        stops after any other type), so ``out[:written]`` holds their contents
+        back to back, the last record's content (``last_length`` bytes, type
+        ``last_type``) at its end. ``out`` must be at least as long as the
+        contents; ``len(data)`` always suffices.
+
+        Raises:
+            nautilus.IntegrityError: as :meth:`open_spans`; ``.records`` holds
+                one :class:`PackedOpen` describing the records that verified.
+            (and as :meth:`open_spans`)
+        """
+        if not isinstance(data, (bytearray, memoryview)):
+            raise TypeError(f"data must be a bytearray or memoryview, not {type(data).__name__}")
+        if not isinstance(out, (bytearray, memoryview)):
+            raise TypeError(f"out must be a bytearray or memoryview, not {type(out).__name__}")
+        try:
+            return _b.open_packed(
+                self._live(), data, out, _content_type(batch_type), self._summary
+            )
+        except _b.OpenFailure as failure:
+            err = failure.error
+            if isinstance(err, IntegrityError):
+                err.records = list(failure.spans)
+                err.consumed = failure.consumed
+            raise err from None
 
     def open_spans(
         self,

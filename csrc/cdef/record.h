@@ -19,6 +19,16 @@ typedef struct {
     uint8_t type;
 } nt_span;
 
+/* What nt_open_packed did: records opened, input consumed, output written,
+ * and the type and content length of the last record opened. */
+typedef struct {
+    size_t records;
+    size_t consumed;
+    size_t written;
+    size_t last_length;
+    uint8_t last_type;
+} nt_open_summary;
+
 int nt_aead_key_bytes(int cipher, size_t *key_len);
 int nt_aead_new(int cipher, int encrypt, const uint8_t *key, size_t key_len, const uint8_t *iv,
                 size_t iv_len, nt_aead **out);
@@ -37,6 +47,8 @@ int nt_seal(nt_aead *st, uint8_t type, const uint8_t *in, size_t in_len, uint8_t
 int nt_open(nt_aead *st, uint8_t *in, size_t in_len, uint8_t *out, size_t out_cap,
             uint8_t batch_type, nt_span *spans, size_t max_spans, size_t *n_spans,
             size_t *consumed);
+int nt_open_packed(nt_aead *st, uint8_t *in, size_t in_len, uint8_t *out, size_t out_cap,
+                   uint8_t batch_type, nt_open_summary *summary);
 int nt_aead_encrypt(nt_aead *st, const uint8_t *nonce, size_t nonce_len, const uint8_t *aad,
                     size_t aad_len, const uint8_t *in, size_t in_len, uint8_t *out,
                     size_t out_cap);

@@ -341,6 +341,39 @@ def open_spans(handle: Any, data: Any, out: Any, batch_type: int) -> tuple[list[
             return spans, pos
 
 
+class PackedOpen(NamedTuple):
+    """Summary of a packed open: every record but the last is of the batch type,
+    so ``out[:written]`` holds their contents back to back, the last one's last."""
+
+    records: int
+    consumed: int
+    written: int
+    last_type: int
+    last_length: int
+
+
+def new_open_summary() -> Any:
+    return ffi.new("nt_open_summary *")
+
+
+def open_packed(
+    handle: Any, data: Any, out: Any, batch_type: int, summary: Any
+) -> PackedOpen:
+    """Open all complete records of ``data`` into ``out``; raises OpenFailure
+    (whose ``spans`` is then a one-element list holding the PackedOpen of the
+    records that verified)."""
+    src = ffi.from_buffer(data, require_writable=True)
+    dst = ffi.from_buffer(out, require_writable=True)
+    rc = lib.nt_open_packed(handle, src, len(src), dst, len(dst), batch_type, summary)
+    result = PackedOpen(
+        int(summary.records), int(summary.consumed), int(summary.written),
+        int(summary.last_type), int(summary.last_length),
+    )  # fmt: skip
+    if rc != lib.NT_OK:
+        raise OpenFailure(_fail(rc, "open"), [result], result.consumed)  # type: ignore[list-item]
+    return result
+
+
 def aead_oneshot(handle: Any, encrypt: bool, nonce: bytes, aad: bytes, data: bytes) -> bytes:
     if encrypt:
         out_len = len(data) + RECORD_TAG_BYTES
