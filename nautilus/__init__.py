@@ -1,12 +1,16 @@
 """Nautilus: post-quantum secure transport for Python.
 
-The primitives live in :mod:`nautilus.kem` (ML-KEM, X25519 and hybrid KEMs),
+The ways in: :class:`Context` (settings and trust, like ``ssl.SSLContext``),
+:class:`Connection` (the sans-IO protocol) and :mod:`nautilus.asyncio`. The
+primitives live in :mod:`nautilus.kem` (ML-KEM, X25519 and hybrid KEMs),
 :mod:`nautilus.record` (batched AEAD record sealing) and :mod:`nautilus.kdf`.
 """
 
 from nautilus._version import __version__
+from nautilus.context import Context
 from nautilus.exceptions import (
     AuthenticationFailed,
+    CertificateExpired,
     ClosedError,
     ConnectionLost,
     CryptoFailure,
@@ -23,23 +27,71 @@ from nautilus.exceptions import (
     RecordLimitReached,
     SessionKeyDerivationFailed,
 )
+from nautilus.identity import (
+    Certificate,
+    Identity,
+    InvalidCertificate,
+    KnownPeers,
+    PeerKey,
+    TrustStore,
+)
+from nautilus.protocol.connection import Connection
+from nautilus.protocol.events import (
+    AlertReceived,
+    ConnectionClosed,
+    DataReceived,
+    Event,
+    HandshakeCompleted,
+    KeysUpdated,
+    SessionInfo,
+)
+from nautilus.protocol.state import State
+from nautilus.protocol.steps import (
+    AuthenticationStep,
+    CustomProtocolStep,
+    Handshake,
+    HandshakeStep,
+    StepContext,
+)
 
 __all__ = [
+    "AlertReceived",
     "AuthenticationFailed",
+    "AuthenticationStep",
+    "Certificate",
+    "CertificateExpired",
     "ClosedError",
+    "Connection",
+    "ConnectionClosed",
     "ConnectionLost",
+    "Context",
     "CryptoFailure",
+    "CustomProtocolStep",
+    "DataReceived",
+    "Event",
+    "Handshake",
+    "HandshakeCompleted",
     "HandshakeError",
+    "HandshakeStep",
     "HandshakeTimeout",
+    "Identity",
     "IdentityFileError",
     "IntegrityError",
+    "InvalidCertificate",
     "InvalidKey",
     "KeyAgreementFailed",
+    "KeysUpdated",
+    "KnownPeers",
     "NautilusError",
     "NegotiationFailed",
+    "PeerKey",
     "ProtocolViolation",
     "RecordFormatError",
     "RecordLimitReached",
+    "SessionInfo",
     "SessionKeyDerivationFailed",
+    "State",
+    "StepContext",
+    "TrustStore",
     "__version__",
 ]

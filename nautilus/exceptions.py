@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "AuthenticationFailed",
+    "CertificateExpired",
     "ClosedError",
     "ConnectionLost",
     "CryptoFailure",
@@ -89,6 +90,10 @@ class NegotiationFailed(HandshakeError):
 class AuthenticationFailed(HandshakeError):
     """The peer's identity is not trusted, or its proof of it (signature,
     certificate, Finished MAC) did not verify."""
+
+
+class CertificateExpired(AuthenticationFailed):
+    """The peer's certificate is outside its validity period (expired, or not yet valid)."""
 
 
 class KeyAgreementFailed(HandshakeError):

@@ -215,7 +215,11 @@ class RecordSealer(_Direction):
         _check_int("length", length, 0, 1 << 62)
         return _b.seal_size(self._live(), length)
 
-    def seal(self, data: bytes, content_type: int = ContentType.APPLICATION_DATA) -> bytes:
+    def seal(
+        self,
+        data: bytes | bytearray | memoryview,
+        content_type: int = ContentType.APPLICATION_DATA,
+    ) -> bytes:
         """Seal ``data`` into as many records as it needs; return the wire bytes.
 
         Empty ``data`` makes one empty record.
@@ -231,7 +235,12 @@ class RecordSealer(_Direction):
         del out[n:]
         return bytes(out)
 
-    def seal_into(self, data: bytes, out: bytearray | memoryview, content_type: int = 23) -> int:
+    def seal_into(
+        self,
+        data: bytes | bytearray | memoryview,
+        out: bytearray | memoryview,
+        content_type: int = ContentType.APPLICATION_DATA,
+    ) -> int:
         """Like :meth:`seal`, writing into ``out``; returns the bytes written.
 
         Raises:
@@ -296,9 +305,7 @@ class RecordOpener(_Direction):
         if not isinstance(out, (bytearray, memoryview)):
             raise TypeError(f"out must be a bytearray or memoryview, not {type(out).__name__}")
         try:
-            return _b.open_packed(
-                self._live(), data, out, _content_type(batch_type), self._summary
-            )
+            return _b.open_packed(self._live(), data, out, _content_type(batch_type), self._summary)
         except _b.OpenFailure as failure:
             err = failure.error
             if isinstance(err, IntegrityError):

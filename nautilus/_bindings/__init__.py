@@ -271,13 +271,12 @@ def seal_size(handle: Any, n: int) -> int:
 
 def seal_into(handle: Any, content_type: int, data: Any, out: Any) -> tuple[int, int]:
     """Seal ``data`` into writable buffer ``out``; return (bytes written, records)."""
-    src = ffi.from_buffer(data)
-    dst = ffi.from_buffer(out, require_writable=True)
     out_len = ffi.new("size_t[2]")
-    check(
-        lib.nt_seal(handle, content_type, src, len(src), dst, len(dst), out_len, out_len + 1),
-        "seal",
-    )
+    # The buffers are released on exit, even when an exception keeps this frame alive,
+    # so that the caller may resize them afterwards.
+    with ffi.from_buffer(data) as src, ffi.from_buffer(out, require_writable=True) as dst:
+        rc = lib.nt_seal(handle, content_type, src, len(src), dst, len(dst), out_len, out_len + 1)
+    check(rc, "seal")
     return int(out_len[0]), int(out_len[1])
 
 
@@ -311,28 +310,35 @@ def open_spans(handle: Any, data: Any, out: Any, batch_type: int) -> tuple[list[
     bound. Returns (spans, bytes consumed); raises OpenFailure.
     """
     src = ffi.from_buffer(data, require_writable=True)
-    total = len(src)
-    if out is None:
-        dst, cap = ffi.NULL, 0
-    else:
-        dst = ffi.from_buffer(out, require_writable=True)
-        cap = len(dst)
+    dst = ffi.NULL if out is None else ffi.from_buffer(out, require_writable=True)
+    try:
+        return _open_spans_loop(handle, src, dst, out is not None, batch_type)
+    finally:  # release the exports even if an exception keeps this frame alive
+        ffi.release(src)
+        if out is not None:
+            ffi.release(dst)
+
+
+def _open_spans_loop(
+    handle: Any, src: Any, dst: Any, packed: bool, batch_type: int
+) -> tuple[list[Span], int]:
+    total, cap = len(src), len(dst) if packed else 0
     spans_c = ffi.new("nt_span[]", _MAX_SPANS)
     counts = ffi.new("size_t[2]")
     spans: list[Span] = []
     pos = outpos = 0
     while True:
-        out_ptr = ffi.NULL if out is None else dst + outpos
+        out_ptr = dst + outpos if packed else ffi.NULL
         rc = lib.nt_open(
             handle, src + pos, total - pos, out_ptr, cap - outpos, batch_type,
             spans_c, _MAX_SPANS, counts, counts + 1,
         )  # fmt: skip
         n = int(counts[0])
-        base = outpos if out is not None else pos
+        base = outpos if packed else pos
         for i in range(n):
             s = spans_c[i]
             spans.append(Span(int(s.type), base + int(s.offset), int(s.length)))
-        if out is not None and n:
+        if packed and n:
             outpos += int(spans_c[n - 1].offset) + int(spans_c[n - 1].length)
         pos += int(counts[1])
         if rc != lib.NT_OK:
@@ -356,15 +362,15 @@ def new_open_summary() -> Any:
     return ffi.new("nt_open_summary *")
 
 
-def open_packed(
-    handle: Any, data: Any, out: Any, batch_type: int, summary: Any
-) -> PackedOpen:
+def open_packed(handle: Any, data: Any, out: Any, batch_type: int, summary: Any) -> PackedOpen:
     """Open all complete records of ``data`` into ``out``; raises OpenFailure
     (whose ``spans`` is then a one-element list holding the PackedOpen of the
     records that verified)."""
-    src = ffi.from_buffer(data, require_writable=True)
-    dst = ffi.from_buffer(out, require_writable=True)
-    rc = lib.nt_open_packed(handle, src, len(src), dst, len(dst), batch_type, summary)
+    with (
+        ffi.from_buffer(data, require_writable=True) as src,
+        ffi.from_buffer(out, require_writable=True) as dst,
+    ):
+        rc = lib.nt_open_packed(handle, src, len(src), dst, len(dst), batch_type, summary)
     result = PackedOpen(
         int(summary.records), int(summary.consumed), int(summary.written),
         int(summary.last_type), int(summary.last_length),

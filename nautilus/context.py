@@ -1,0 +1,197 @@
+"""``nautilus.Context``: configuration shared by many connections (like ``ssl.SSLContext``)."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+
+from nautilus.identity import Identity, PeerKey, TrustStore
+from nautilus.kem import GROUPS
+from nautilus.protocol.steps import Handshake
+from nautilus.record import CIPHERS, MAX_FRAGMENT
+
+__all__ = ["CIPHER_IDS", "DEFAULT_GROUPS", "GROUP_IDS", "Context", "default_ciphers"]
+
+# Wire ids. Where TLS has a code point for the same construction we use it.
+GROUP_IDS: dict[str, int] = {
+    "x25519-mlkem768": 0x11EC,  # TLS X25519MLKEM768 (same byte layout)
+    "x25519-mlkem1024": 0xFE01,  # private use: no TLS code point
+    "mlkem1024": 0x0202,  # TLS MLKEM1024
+    "mlkem768": 0x0201,  # TLS MLKEM768
+    "x25519": 0x001D,  # TLS x25519
+}
+CIPHER_IDS: dict[str, int] = {
+    "aes-128-gcm": 0x1301,
+    "aes-256-gcm": 0x1302,
+    "chacha20-poly1305": 0x1303,
+}
+DEFAULT_GROUPS: tuple[str, ...] = ("x25519-mlkem768", "x25519-mlkem1024", "mlkem1024", "mlkem768")
+"""Groups offered by default; ``x25519`` alone (not post-quantum) only when named."""
+CLIENT_AUTH_MODES = ("off", "optional", "required")
+MIN_RECORD_SIZE = 512
+REPLAY_CACHE_SIZE = 65536
+
+if set(GROUP_IDS) != set(GROUPS) or set(CIPHER_IDS) != set(CIPHERS):  # pragma: no cover
+    raise ImportError("nautilus.context: wire ids out of step with nautilus.kem / nautilus.record")
+
+
+def _cpu_has_aes() -> bool:
+    machine = platform.machine().lower()
+    if machine in ("arm64", "aarch64"):
+        return True  # ARMv8 crypto extensions are near-universal on 64-bit ARM servers
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith(("flags", "Features")):
+                    return " aes" in line
+    except OSError:
+        pass
+    return machine in ("x86_64", "amd64")
+
+
+def default_ciphers() -> tuple[str, ...]:
+    """AES-GCM first where the CPU has AES instructions, ChaCha20-Poly1305 elsewhere."""
+    if _cpu_has_aes():
+        return ("aes-256-gcm", "chacha20-poly1305", "aes-128-gcm")
+    return ("chacha20-poly1305", "aes-256-gcm", "aes-128-gcm")
+
+
+def _names(kind: str, value: object, allowed: dict[str, int]) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise TypeError(f"{kind} must be a sequence of names, not {type(value).__name__}")
+    out = []
+    for item in value:
+        if not isinstance(item, str):
+            raise TypeError(f"{kind} entries must be str, not {type(item).__name__}")
+        if item not in allowed:
+            raise ValueError(f"unknown {kind[:-1]} {item!r}; expected one of {', '.join(allowed)}")
+        if item in out:
+            raise ValueError(f"{kind[:-1]} {item!r} listed twice")
+        out.append(item)
+    if not out:
+        raise ValueError(f"{kind} must not be empty")
+    return tuple(out)
+
+
+def _number(name: str, value: object, lo: float, hi: float) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
+    if not (math.isfinite(value) and lo <= value <= hi):
+        raise ValueError(f"{name} must be in {lo}..{hi}, got {value}")
+    return float(value)
+
+
+def _integer(name: str, value: object, lo: int, hi: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be in {lo}..{hi}, got {value}")
+    return value
+
+
+class Context:
+    """Settings and trust for many connections; the ``ssl.SSLContext`` of Nautilus.
+
+    Args:
+        identity: this side's identity (required to act as a server, and for
+            client authentication).
+        trusted_peers: pinned peer keys or peer ids (an allow-list).
+        known_peers_file: trust-on-first-use file, like SSH's known_hosts.
+        trusted_issuers: issuers whose certificates are accepted.
+        groups: key-exchange groups in preference order (default
+            :data:`DEFAULT_GROUPS`; ``"x25519"`` only when listed).
+        ciphers: AEADs in preference order (default :func:`default_ciphers`).
+        client_auth: ``"off"``, ``"optional"`` or ``"required"`` (servers).
+        handshake_timeout: seconds a handshake may take, on both sides.
+        namespace: application id; both sides must use the same one.
+        max_message_size: bound of one message of the message API.
+        max_clock_skew: seconds a client hello's timestamp may differ from now.
+        max_record_size: largest record content this side sends and accepts
+            (512 B to 256 KiB; default 16 KiB).
+        key_update_records, key_update_bytes: keys are ratcheted automatically
+            after this many records or bytes in one direction.
+        handshake: the handshake steps (default: the core steps only).
+
+    Raises:
+        TypeError, ValueError: any argument of the wrong type or out of range,
+            with a message naming it.
+    """
+
+    def __init__(
+        self,
+        identity: Identity | None = None,
+        *,
+        trusted_peers: Iterable[PeerKey | str] = (),
+        known_peers_file: str | os.PathLike[str] | None = None,
+        trusted_issuers: Iterable[PeerKey | str] = (),
+        groups: Sequence[str] | None = None,
+        ciphers: Sequence[str] | None = None,
+        client_auth: str = "off",
+        handshake_timeout: float = 10.0,
+        namespace: str = "nautilus",
+        max_message_size: int = 16 * 1024 * 1024,
+        max_clock_skew: float = 120.0,
+        max_record_size: int = 16384,
+        key_update_records: int = 1 << 22,
+        key_update_bytes: int = 1 << 36,
+        handshake: Handshake | None = None,
+    ) -> None:
+        if identity is not None and not isinstance(identity, Identity):
+            raise TypeError(f"identity must be a nautilus.Identity, not {type(identity).__name__}")
+        self.identity = identity
+        self.trust = TrustStore(
+            trusted_peers=trusted_peers,
+            known_peers_file=known_peers_file,
+            trusted_issuers=trusted_issuers,
+        )
+        self.groups = _names("groups", DEFAULT_GROUPS if groups is None else groups, GROUP_IDS)
+        self.ciphers = _names(
+            "ciphers", default_ciphers() if ciphers is None else ciphers, CIPHER_IDS
+        )
+        if client_auth not in CLIENT_AUTH_MODES:
+            raise ValueError(f"client_auth must be one of {CLIENT_AUTH_MODES}, got {client_auth!r}")
+        self.client_auth = client_auth
+        self.handshake_timeout = _number("handshake_timeout", handshake_timeout, 0.001, 86400)
+        if not isinstance(namespace, str):
+            raise TypeError(f"namespace must be a str, not {type(namespace).__name__}")
+        if not 1 <= len(namespace.encode()) <= 255:
+            raise ValueError("namespace must be 1 to 255 bytes of UTF-8")
+        self.namespace = namespace
+        self.max_message_size = _integer("max_message_size", max_message_size, 1, 1 << 31)
+        self.max_clock_skew = _number("max_clock_skew", max_clock_skew, 0.0, 86400)
+        self.max_record_size = _integer(
+            "max_record_size", max_record_size, MIN_RECORD_SIZE, MAX_FRAGMENT
+        )
+        self.key_update_records = _integer("key_update_records", key_update_records, 1, 1 << 22)
+        self.key_update_bytes = _integer("key_update_bytes", key_update_bytes, 1, 1 << 40)
+        if handshake is not None and not isinstance(handshake, Handshake):
+            raise TypeError(f"handshake must be a Handshake, not {type(handshake).__name__}")
+        self.handshake = handshake if handshake is not None else Handshake()
+        self._replay_lock = threading.Lock()
+        self._seen_hellos: OrderedDict[bytes, float] = OrderedDict()
+
+    def _hello_replayed(self, random: bytes, now: float) -> bool:
+        """Record a client hello's random; True if it was seen within the window.
+
+        Entries live for twice ``max_clock_skew`` (any older hello is refused
+        by its timestamp anyway); the cache is bounded, oldest out first.
+        """
+        with self._replay_lock:
+            cache = self._seen_hellos
+            while cache:
+                oldest, expiry = next(iter(cache.items()))
+                if expiry > now and len(cache) < REPLAY_CACHE_SIZE:
+                    break
+                del cache[oldest]
+            if random in cache:
+                return True
+            cache[random] = now + 2 * self.max_clock_skew + 1.0
+            return False
+
+    def __repr__(self) -> str:
+        who = self.identity.peer_id if self.identity is not None else "no identity"
+        return f"<nautilus.Context {who} groups={list(self.groups)} ciphers={list(self.ciphers)}>"

@@ -1,0 +1,1 @@
+"""The sans-IO protocol: messages, state table, key schedule, steps, connection."""

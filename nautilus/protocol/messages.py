@@ -1,0 +1,379 @@
+"""Handshake messages, alerts and their byte encodings (docs/protocol.md, section 3).
+
+Each message is a frozen dataclass with ``encode_body()`` and ``decode_body()``;
+:func:`frame` and :class:`HandshakeBuffer` add and strip the 4-byte handshake
+header ``msg_type (1) | length (3)``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from nautilus.protocol.codec import DecodeError, Reader, Writer
+
+PROTOCOL_VERSION = 1
+RANDOM_SIZE = 32
+FINISHED_SIZE = 32
+MAX_HANDSHAKE_MESSAGE = 65536
+"""Largest handshake message body accepted; a longer one is a protocol violation."""
+
+# Record types on the wire (outer header byte).
+RECORD_ALERT_PLAIN = 0x15
+RECORD_HANDSHAKE_PLAIN = 0x16
+RECORD_SEALED = 0x17
+PLAIN_HEADER_SIZE = 4
+MAX_PLAIN_FRAGMENT = 16384
+
+
+class MsgType(enum.IntEnum):
+    """Handshake message types."""
+
+    CLIENT_HELLO = 1
+    SERVER_HELLO = 2
+    HELLO_RETRY = 3
+    IDENTITY = 4
+    VERIFY = 5
+    STEP_DATA = 6
+    FINISHED = 7
+    ENCRYPTED_EXTENSIONS = 8
+
+
+class AlertCode(enum.IntEnum):
+    """Alert codes (one byte). Every alert but close_notify is fatal."""
+
+    CLOSE_NOTIFY = 0
+    UNEXPECTED_MESSAGE = 10
+    BAD_RECORD_MAC = 20
+    RECORD_OVERFLOW = 22
+    NEGOTIATION_FAILED = 40
+    AUTHENTICATION_FAILED = 42
+    CERTIFICATE_EXPIRED = 45
+    ILLEGAL_PARAMETER = 47
+    UNTRUSTED_PEER = 48
+    WRONG_PEER = 49
+    DECODE_ERROR = 50
+    DECRYPT_ERROR = 51
+    PROTOCOL_VERSION = 70
+    INTERNAL_ERROR = 80
+    HANDSHAKE_TIMEOUT = 90
+    STALE_HELLO = 91
+    REPLAYED_HELLO = 92
+    NAMESPACE_MISMATCH = 93
+    KEY_DERIVATION_FAILED = 94
+    CERTIFICATE_REQUIRED = 116
+
+    @classmethod
+    def describe(cls, code: int) -> str:
+        """A readable name for ``code`` (unknown codes included)."""
+        try:
+            return cls(code).name.lower()
+        except ValueError:
+            return f"unknown_alert_{code}"
+
+
+class ClientAuth(enum.IntEnum):
+    """Client authentication modes, as sent in EncryptedExtensions."""
+
+    OFF = 0
+    OPTIONAL = 1
+    REQUIRED = 2
+
+
+@dataclass(frozen=True)
+class StepOffer:
+    """A handshake step a side supports."""
+
+    protocol_id: str
+    required: bool
+
+
+def _encode_id(w: Writer, ident: str) -> None:
+    data = ident.encode()
+    w.vec8(data)
+
+
+def _decode_id(r: Reader) -> str:
+    data = r.vec8()
+    if not data:
+        raise DecodeError("decode_error: empty step id")
+    try:
+        return data.decode("ascii")
+    except UnicodeDecodeError:
+        raise DecodeError("decode_error: step id is not ASCII") from None
+
+
+@dataclass(frozen=True)
+class ClientHello:
+    random: bytes
+    timestamp_ms: int
+    namespace: bytes
+    ciphers: tuple[int, ...]
+    groups: tuple[int, ...]
+    share_group: int
+    share: bytes
+    expected_peer: bytes
+    steps: tuple[StepOffer, ...]
+    max_record_size: int
+    psk_identity: bytes = b""
+    version: int = PROTOCOL_VERSION
+
+    def encode_body(self) -> bytes:
+        w = Writer().u16(self.version).raw(self.random).u64(self.timestamp_ms)
+        w.vec8(self.namespace)
+        w.u8(len(self.ciphers))
+        for c in self.ciphers:
+            w.u16(c)
+        w.u8(len(self.groups))
+        for g in self.groups:
+            w.u16(g)
+        w.u16(self.share_group).vec16(self.share).vec8(self.expected_peer)
+        w.u8(len(self.steps))
+        for s in self.steps:
+            _encode_id(w, s.protocol_id)
+            w.u8(1 if s.required else 0)
+        w.u32(self.max_record_size).vec16(self.psk_identity)
+        return w.bytes()
+
+    @classmethod
+    def decode_body(cls, body: bytes) -> ClientHello:
+        r = Reader(body)
+        version = r.u16()
+        random = r.raw(RANDOM_SIZE)
+        ts = r.u64()
+        namespace = r.vec8()
+        ciphers = tuple(r.u16() for _ in range(r.u8()))
+        groups = tuple(r.u16() for _ in range(r.u8()))
+        share_group = r.u16()
+        share = r.vec16()
+        expected = r.vec8()
+        steps = []
+        for _ in range(r.u8()):
+            ident = _decode_id(r)
+            flags = r.u8()
+            if flags > 1:
+                raise DecodeError("decode_error: unknown step flags")
+            steps.append(StepOffer(ident, bool(flags)))
+        max_record = r.u32()
+        psk = r.vec16()
+        r.done()
+        return cls(
+            random,
+            ts,
+            namespace,
+            ciphers,
+            groups,
+            share_group,
+            share,
+            expected,
+            tuple(steps),
+            max_record,
+            psk,
+            version,
+        )
+
+
+@dataclass(frozen=True)
+class HelloRetry:
+    group: int
+    version: int = PROTOCOL_VERSION
+
+    def encode_body(self) -> bytes:
+        return Writer().u16(self.version).u16(self.group).bytes()
+
+    @classmethod
+    def decode_body(cls, body: bytes) -> HelloRetry:
+        r = Reader(body)
+        version, group = r.u16(), r.u16()
+        r.done()
+        return cls(group, version)
+
+
+@dataclass(frozen=True)
+class ServerHello:
+    random: bytes
+    group: int
+    cipher: int
+    share: bytes
+    version: int = PROTOCOL_VERSION
+
+    def encode_body(self) -> bytes:
+        w = Writer().u16(self.version).raw(self.random).u16(self.group).u16(self.cipher)
+        return w.vec16(self.share).bytes()
+
+    @classmethod
+    def decode_body(cls, body: bytes) -> ServerHello:
+        r = Reader(body)
+        version = r.u16()
+        random = r.raw(RANDOM_SIZE)
+        group, cipher = r.u16(), r.u16()
+        share = r.vec16()
+        r.done()
+        return cls(random, group, cipher, share, version)
+
+
+@dataclass(frozen=True)
+class EncryptedExtensions:
+    client_auth: int
+    steps: tuple[str, ...]
+    max_record_size: int
+
+    def encode_body(self) -> bytes:
+        w = Writer().u8(self.client_auth).u8(len(self.steps))
+        for s in self.steps:
+            _encode_id(w, s)
+        return w.u32(self.max_record_size).bytes()
+
+    @classmethod
+    def decode_body(cls, body: bytes) -> EncryptedExtensions:
+        r = Reader(body)
+        auth = r.u8()
+        if auth > ClientAuth.REQUIRED:
+            raise DecodeError("decode_error: unknown client_auth mode")
+        steps = tuple(_decode_id(r) for _ in range(r.u8()))
+        max_record = r.u32()
+        r.done()
+        return cls(auth, steps, max_record)
+
+
+@dataclass(frozen=True)
+class IdentityMsg:
+    peer_key: bytes
+    certificate: bytes
+
+    def encode_body(self) -> bytes:
+        return Writer().vec16(self.peer_key).vec24(self.certificate).bytes()
+
+    @classmethod
+    def decode_body(cls, body: bytes) -> IdentityMsg:
+        r = Reader(body)
+        key, cert = r.vec16(), r.vec24()
+        r.done()
+        if not key:
+            raise DecodeError("decode_error: empty identity key")
+        return cls(key, cert)
+
+
+@dataclass(frozen=True)
+class Verify:
+    signature: bytes
+
+    def encode_body(self) -> bytes:
+        return Writer().vec16(self.signature).bytes()
+
+    @classmethod
+    def decode_body(cls, body: bytes) -> Verify:
+        r = Reader(body)
+        sig = r.vec16()
+        r.done()
+        return cls(sig)
+
+
+@dataclass(frozen=True)
+class StepData:
+    protocol_id: str
+    payload: bytes
+
+    def encode_body(self) -> bytes:
+        w = Writer()
+        _encode_id(w, self.protocol_id)
+        return w.vec24(self.payload).bytes()
+
+    @classmethod
+    def decode_body(cls, body: bytes) -> StepData:
+        r = Reader(body)
+        ident = _decode_id(r)
+        payload = r.vec24()
+        r.done()
+        return cls(ident, payload)
+
+
+@dataclass(frozen=True)
+class Finished:
+    verify_data: bytes
+
+    def encode_body(self) -> bytes:
+        return self.verify_data
+
+    @classmethod
+    def decode_body(cls, body: bytes) -> Finished:
+        if len(body) != FINISHED_SIZE:
+            raise DecodeError("decode_error: Finished has the wrong length")
+        return cls(body)
+
+
+Message = (
+    ClientHello
+    | ServerHello
+    | HelloRetry
+    | EncryptedExtensions
+    | IdentityMsg
+    | Verify
+    | StepData
+    | Finished
+)
+
+MESSAGE_TYPES: dict[MsgType, type[Message]] = {
+    MsgType.CLIENT_HELLO: ClientHello,
+    MsgType.SERVER_HELLO: ServerHello,
+    MsgType.HELLO_RETRY: HelloRetry,
+    MsgType.ENCRYPTED_EXTENSIONS: EncryptedExtensions,
+    MsgType.IDENTITY: IdentityMsg,
+    MsgType.VERIFY: Verify,
+    MsgType.STEP_DATA: StepData,
+    MsgType.FINISHED: Finished,
+}
+_TYPE_OF = {cls: t for t, cls in MESSAGE_TYPES.items()}
+
+
+def frame(msg: Message) -> bytes:
+    """The full handshake message: header + body."""
+    body = msg.encode_body()
+    return Writer().u8(_TYPE_OF[type(msg)]).vec24(body).bytes()
+
+
+class HandshakeBuffer:
+    """Reassembles handshake messages from record contents."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    def __bool__(self) -> bool:
+        return bool(self._buf)
+
+    def next_message(self) -> tuple[MsgType, bytes, bytes] | None:
+        """Return ``(type, body, full encoding)`` of the next complete message.
+
+        Raises:
+            ProtocolViolation: unknown type or a length over MAX_HANDSHAKE_MESSAGE.
+        """
+        if len(self._buf) < 4:
+            return None
+        length = int.from_bytes(self._buf[1:4], "big")
+        if length > MAX_HANDSHAKE_MESSAGE:
+            raise DecodeError(f"record_overflow: handshake message of {length} bytes")
+        try:
+            mtype = MsgType(self._buf[0])
+        except ValueError:
+            raise DecodeError(
+                f"unexpected_message: unknown handshake type {self._buf[0]}"
+            ) from None
+        if len(self._buf) < 4 + length:
+            return None
+        full = bytes(self._buf[: 4 + length])
+        del self._buf[: 4 + length]
+        return mtype, full[4:], full
+
+
+def decode(mtype: MsgType, body: bytes) -> Message:
+    """Decode a message body of type ``mtype``.
+
+    Raises:
+        ProtocolViolation: malformed body.
+    """
+    return MESSAGE_TYPES[mtype].decode_body(body)
