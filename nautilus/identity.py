@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
 import hashlib
 import hmac
 import math
@@ -241,16 +242,24 @@ _D: Final = (-121665 * pow(121666, _P - 2, _P)) % _P
 _SQRT_M1: Final = pow(2, (_P - 1) // 4, _P)
 
 
-def _ed_add(x1: int, y1: int, x2: int, y2: int) -> tuple[int, int]:
-    """Affine addition on edwards25519 (complete: no exceptional cases)."""
-    t = _D * x1 * x2 * y1 * y2 % _P
-    x3 = (x1 * y2 + y1 * x2) * pow(1 + t, _P - 2, _P) % _P
-    y3 = (y1 * y2 + x1 * x2) * pow(1 - t, _P - 2, _P) % _P
-    return x3, y3
+def _ed_double(x: int, y: int, z: int) -> tuple[int, int, int]:
+    """Point doubling on edwards25519 (a = -1) in projective coordinates: no inversion."""
+    a, b = x * x % _P, y * y % _P
+    c = 2 * z * z % _P
+    e = ((x + y) * (x + y) - a - b) % _P
+    g = (b - a) % _P
+    f = (g - c) % _P
+    h = (-a - b) % _P
+    return e * f % _P, g * h % _P, f * g % _P
 
 
+@functools.lru_cache(maxsize=4096)
 def _ed25519_public_problem(raw: bytes) -> str | None:
-    """Why ``raw`` is not an acceptable Ed25519 public key, or None if it is."""
+    """Why ``raw`` is not an acceptable Ed25519 public key, or None if it is.
+
+    Costs one modular exponentiation (the square root of decompression); the
+    result is cached, as the same peers come back.
+    """
     y = int.from_bytes(raw, "little")
     sign = y >> 255
     y &= (1 << 255) - 1
@@ -258,7 +267,8 @@ def _ed25519_public_problem(raw: bytes) -> str | None:
         return "non-canonical Ed25519 point encoding"
     u = (y * y - 1) % _P
     v = (_D * y * y + 1) % _P
-    x = u * pow(v, 3, _P) * pow(u * pow(v, 7, _P), (_P - 5) // 8, _P) % _P
+    v3 = v * v % _P * v % _P
+    x = u * v3 * pow(u * v3 * v3 % _P * v % _P, (_P - 5) // 8, _P) % _P
     check = v * x * x % _P
     if check == (-u) % _P and check != u:
         x = x * _SQRT_M1 % _P
@@ -266,12 +276,10 @@ def _ed25519_public_problem(raw: bytes) -> str | None:
         return "not a point on the Ed25519 curve"
     if x == 0 and sign:
         return "non-canonical Ed25519 point encoding"
-    if x & 1 != sign:
-        x = _P - x
-    px, py = x, y
+    px, py, pz = x, y, 1  # the sign of x does not change the order
     for _ in range(3):  # multiply by the cofactor 8
-        px, py = _ed_add(px, py, px, py)
-    if px == 0 and py == 1:
+        px, py, pz = _ed_double(px, py, pz)
+    if px == 0 and py == pz:
         return "Ed25519 key of small order (it would accept forged signatures)"
     return None
 
