@@ -20,12 +20,15 @@ from nautilus.exceptions import (
     IntegrityError,
     InvalidKey,
     KeyAgreementFailed,
+    MessageTooLarge,
     NautilusError,
     NegotiationFailed,
     ProtocolViolation,
     RecordFormatError,
     RecordLimitReached,
     SessionKeyDerivationFailed,
+    WantReadError,
+    WantWriteError,
 )
 from nautilus.identity import (
     Certificate,
@@ -43,6 +46,7 @@ from nautilus.protocol.events import (
     Event,
     HandshakeCompleted,
     KeysUpdated,
+    MessageReceived,
     SessionInfo,
 )
 from nautilus.protocol.state import State
@@ -82,6 +86,8 @@ __all__ = [
     "KeyAgreementFailed",
     "KeysUpdated",
     "KnownPeers",
+    "MessageReceived",
+    "MessageTooLarge",
     "NautilusError",
     "NegotiationFailed",
     "PeerKey",
@@ -93,5 +99,7 @@ __all__ = [
     "State",
     "StepContext",
     "TrustStore",
+    "WantReadError",
+    "WantWriteError",
     "__version__",
 ]

@@ -18,12 +18,15 @@ __all__ = [
     "IntegrityError",
     "InvalidKey",
     "KeyAgreementFailed",
+    "MessageTooLarge",
     "NautilusError",
     "NegotiationFailed",
     "ProtocolViolation",
     "RecordFormatError",
     "RecordLimitReached",
     "SessionKeyDerivationFailed",
+    "WantReadError",
+    "WantWriteError",
 ]
 
 
@@ -71,6 +74,20 @@ class CryptoFailure(NautilusError):
 class IdentityFileError(NautilusError, ValueError):
     """An identity or known-peers file is unreadable, corrupt, of the wrong kind,
     or has permissions that let other users read it."""
+
+
+class MessageTooLarge(NautilusError, ValueError):
+    """A message is larger than the context's ``max_message_size``; nothing was sent."""
+
+
+class WantReadError(NautilusError, BlockingIOError):
+    """Non-blocking socket: the operation needs more data from the peer first
+    (wait until the socket is readable and retry), like ``ssl.SSLWantReadError``."""
+
+
+class WantWriteError(NautilusError, BlockingIOError):
+    """Non-blocking socket: the operation must write to the peer first (wait
+    until the socket is writable and retry), like ``ssl.SSLWantWriteError``."""
 
 
 class ConnectionLost(NautilusError, ConnectionError):

@@ -59,6 +59,7 @@ class ContentType(enum.IntEnum):
     HANDSHAKE = 22
     APPLICATION_DATA = 23
     KEY_UPDATE = 24
+    MESSAGE = 25
 
 
 class Record(NamedTuple):

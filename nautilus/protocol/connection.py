@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import deque
+from collections.abc import Iterable
 from typing import NoReturn, cast
 
 from nautilus.context import CIPHER_IDS, GROUP_IDS, Context
@@ -30,6 +31,7 @@ from nautilus.exceptions import (
     IntegrityError,
     InvalidKey,
     KeyAgreementFailed,
+    MessageTooLarge,
     NautilusError,
     NegotiationFailed,
     ProtocolViolation,
@@ -47,6 +49,7 @@ from nautilus.protocol.events import (
     Event,
     HandshakeCompleted,
     KeysUpdated,
+    MessageReceived,
     SessionInfo,
 )
 from nautilus.protocol.messages import (
@@ -195,7 +198,9 @@ class Connection:
         self._deadline: float | None = None
         self._session: SessionInfo | None = None
         self._error: NautilusError | None = None
-        self._pending: list[bytes] = []
+        self._pending: list[tuple[int, bytes]] = []
+        self._batch_type: int = ContentType.APPLICATION_DATA
+        self._messages = bytearray()
         self._steps: tuple[HandshakeStep, ...] = context.handshake.custom_steps
         self._auth_step = context.handshake.authentication
         self._agreed: list[HandshakeStep] = []
@@ -319,9 +324,55 @@ class Connection:
         if not data:
             return
         if self._state is not State.CONNECTED:
-            self._pending.append(bytes(data))
+            self._pending.append((ContentType.APPLICATION_DATA, bytes(data)))
             return
-        self._seal_application(data)
+        self._seal_application(data, ContentType.APPLICATION_DATA)
+
+    def send_message(self, message: bytes | bytearray | memoryview) -> None:
+        """Send one message of the message API (delivered whole, as MessageReceived).
+
+        Messages travel in their own record type, so they may be mixed with
+        :meth:`send_data`; each is at most the context's ``max_message_size``.
+
+        Raises:
+            TypeError: not bytes-like.
+            nautilus.MessageTooLarge: over ``max_message_size``; nothing was sent
+                and the connection stays usable.
+            ClosedError: the connection is closed.
+        """
+        self.send_messages((message,))
+
+    def send_messages(self, messages: Iterable[bytes | bytearray | memoryview]) -> None:
+        """Send many messages at once: they are framed together and sealed in one call.
+
+        All or nothing: every message is checked before any is sent.
+
+        Raises:
+            as :meth:`send_message`.
+        """
+        if isinstance(messages, (bytes, bytearray, memoryview, str)):
+            raise TypeError("messages must be an iterable of bytes-like objects, not one object")
+        limit = self._ctx.max_message_size
+        parts: list[bytes | bytearray | memoryview] = []
+        for m in messages:
+            if not isinstance(m, (bytes, bytearray, memoryview)):
+                raise TypeError(f"a message must be bytes-like, not {type(m).__name__}")
+            n = m.nbytes if isinstance(m, memoryview) else len(m)
+            if n > limit:
+                raise MessageTooLarge(
+                    f"a message of {n} bytes exceeds max_message_size ({limit} bytes)"
+                )
+            parts.append(n.to_bytes(4, "big"))
+            parts.append(m)
+        if self._state is State.CLOSED:
+            raise ClosedError("the connection is closed") from self._error
+        if not parts:
+            return
+        framed = b"".join(parts)
+        if self._state is not State.CONNECTED:
+            self._pending.append((ContentType.MESSAGE, framed))
+            return
+        self._seal_application(framed, ContentType.MESSAGE)
 
     def data_to_send(self) -> bytes:
         """Bytes to write to the transport (and forget)."""
@@ -476,7 +527,7 @@ class Connection:
         if len(self._scratch) < len(self._in):
             self._scratch = bytearray(max(len(self._in), 2 * len(self._scratch)))
         try:
-            opened = opener.open_packed(self._in, self._scratch)
+            opened = opener.open_packed(self._in, self._scratch, self._batch_type)
         except RecordLimitReached:
             _abort(
                 ProtocolViolation,
@@ -506,28 +557,39 @@ class Connection:
         return True
 
     def _deliver(self, opened: PackedOpen) -> None:
-        """Act on opened records: a run of application data, then maybe one other."""
-        last_is_data = opened.last_type == ContentType.APPLICATION_DATA
-        data_end = opened.written if last_is_data else opened.written - opened.last_length
-        if opened.records > (0 if last_is_data else 1):
-            if ContentType.APPLICATION_DATA not in CONTENT_ALLOWED[self._state]:
-                _abort(
-                    ProtocolViolation,
-                    AlertCode.UNEXPECTED_MESSAGE,
-                    f"unexpected_message: application data in state {self._state.value}",
-                )
-            if data_end:
-                self._events.append(DataReceived(bytes(self._scratch[:data_end])))
-        if last_is_data:
+        """Act on opened records: a run of the batch type, then maybe one other.
+
+        The batch type follows the traffic: it becomes the type of the last
+        data or message record seen, so a run of either is opened in one call.
+        """
+        batch = self._batch_type
+        last_in_run = opened.last_type == batch
+        run_end = opened.written if last_in_run else opened.written - opened.last_length
+        if opened.records > (0 if last_in_run else 1):
+            self._content(batch, 0, run_end)
+        if last_in_run or self._state is State.CLOSED:
             return
         ctype = opened.last_type
+        self._content(ctype, run_end, opened.written)
+        if ctype in (ContentType.APPLICATION_DATA, ContentType.MESSAGE):
+            self._batch_type = ctype
+
+    def _content(self, ctype: int, start: int, end: int) -> None:
+        """Handle the content ``self._scratch[start:end]`` of type ``ctype``."""
         if ctype not in CONTENT_ALLOWED[self._state]:
             _abort(
                 ProtocolViolation,
                 AlertCode.UNEXPECTED_MESSAGE,
                 f"unexpected_message: content type {ctype} in state {self._state.value}",
             )
-        payload = bytes(self._scratch[data_end : opened.written])
+        if ctype == ContentType.APPLICATION_DATA:
+            if end > start:
+                self._events.append(DataReceived(bytes(self._scratch[start:end])))
+            return
+        if ctype == ContentType.MESSAGE:
+            self._feed_messages(start, end)
+            return
+        payload = bytes(self._scratch[start:end])
         if ctype == ContentType.HANDSHAKE:
             if not payload:
                 _abort(ProtocolViolation, AlertCode.DECODE_ERROR, "decode_error: empty record")
@@ -536,6 +598,35 @@ class Connection:
             self._on_alert(payload)
         elif ctype == ContentType.KEY_UPDATE:
             self._on_key_update(payload)
+
+    def _feed_messages(self, start: int, end: int) -> None:
+        """Cut length-prefixed messages out of the message stream."""
+        buf = self._messages
+        if buf:
+            buf += self._scratch[start:end]
+            data: bytes | bytearray = buf
+            pos, stop = 0, len(buf)
+        else:  # the common case: parse straight from the opened records
+            data, pos, stop = self._scratch, start, end
+        limit = self._ctx.max_message_size
+        events = self._events
+        while stop - pos >= 4:
+            n = int.from_bytes(data[pos : pos + 4], "big")
+            if n > limit:
+                _abort(
+                    ProtocolViolation,
+                    AlertCode.RECORD_OVERFLOW,
+                    f"record_overflow: the peer sent a message of {n} bytes "
+                    f"(max_message_size is {limit})",
+                )
+            if stop - pos - 4 < n:
+                break
+            events.append(MessageReceived(bytes(data[pos + 4 : pos + 4 + n])))
+            pos += 4 + n
+        if data is buf:
+            del buf[:pos]
+        else:
+            buf += self._scratch[pos:stop]
 
     def _install(
         self, send_secret: bytes | None, recv_secret: bytes | None, *, handshake: bool = False
@@ -578,7 +669,7 @@ class Connection:
                 return  # nothing more can be said safely
         self._out += _plain_record(RECORD_ALERT_PLAIN, payload)
 
-    def _seal_application(self, data: bytes | bytearray | memoryview) -> None:
+    def _seal_application(self, data: bytes | bytearray | memoryview, ctype: int) -> None:
         sealer = self._sealer
         assert sealer is not None
         view = memoryview(data).cast("B")
@@ -592,7 +683,7 @@ class Connection:
                 self._send_key_update(False)
                 continue
             n = min(total - pos, room_records * sealer.max_fragment, room_bytes)
-            self._out += sealer.seal(view[pos : pos + n])
+            self._out += sealer.seal(view[pos : pos + n], ctype)
             pos += n
             self._bytes_since_update += n
 
@@ -1099,6 +1190,12 @@ class Connection:
                 expired = isinstance(exc, CertificateExpired)
                 alert = AlertCode.CERTIFICATE_EXPIRED if expired else AlertCode.UNTRUSTED_PEER
                 raise _Abort(exc, alert) from None
+            except Exception as exc:  # an unusable known-peers file, a custom step's bug
+                _abort(
+                    AuthenticationFailed,
+                    AlertCode.INTERNAL_ERROR,
+                    f"could not decide whether the peer is trusted: {type(exc).__name__}: {exc}",
+                )
         else:
             self._trust = None  # server without trust settings: accepts any client key
         self._absorb(full)
@@ -1146,8 +1243,8 @@ class Connection:
         self._peer_payloads.clear()
         self._events.append(HandshakeCompleted(self._session))
         pending, self._pending = self._pending, []
-        for data in pending:
-            self._seal_application(data)
+        for ctype, data in pending:
+            self._seal_application(data, ctype)
 
     def _sealer_fragment(self) -> None:
         """Application records use the negotiated size (handshake ones were <= 16 KiB)."""

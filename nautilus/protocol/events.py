@@ -53,6 +53,13 @@ class DataReceived(Event):
 
 
 @dataclass(frozen=True)
+class MessageReceived(Event):
+    """One whole message of the message API (``Connection.send_message``)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
 class KeysUpdated(Event):
     """The receiving (``direction="receive"``) or sending keys were ratcheted."""
 

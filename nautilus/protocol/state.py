@@ -101,7 +101,7 @@ CONTENT_ALLOWED: dict[State, frozenset[int]] = {
     s: frozenset({ContentType.ALERT, ContentType.HANDSHAKE}) for s in HANDSHAKE_STATES
 }
 CONTENT_ALLOWED[S.CONNECTED] = frozenset(
-    {ContentType.ALERT, ContentType.APPLICATION_DATA, ContentType.KEY_UPDATE}
+    {ContentType.ALERT, ContentType.APPLICATION_DATA, ContentType.KEY_UPDATE, ContentType.MESSAGE}
 )
 CONTENT_ALLOWED[S.CLOSED] = frozenset()
 

@@ -1,0 +1,477 @@
+"""The asyncio glue: one protocol that owns a TCP transport and a sans-IO Connection.
+
+:class:`_NautilusProtocol` is what the event loop sees: it feeds received
+bytes to a :class:`nautilus.Connection`, writes what the connection wants sent,
+drives the handshake timer, and, once the handshake has completed, creates the
+application's protocol and hands it a :class:`NautilusTransport`. Everything
+here is thin on purpose; the protocol logic lives in the Connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from nautilus.exceptions import ClosedError, ConnectionLost, HandshakeError, NautilusError
+from nautilus.protocol.connection import Connection
+from nautilus.protocol.events import ConnectionClosed, DataReceived, HandshakeCompleted
+
+__all__ = ["NautilusTransport"]
+
+logger = logging.getLogger("nautilus.asyncio")
+
+_Buffer = bytes | bytearray | memoryview
+_WARN_WRITES_AFTER_CLOSE = 5
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _name(error: BaseException) -> str:
+    """The public class name of a Nautilus error (DecodeError -> ProtocolViolation)."""
+    for cls in type(error).__mro__:
+        if cls.__module__ == "nautilus.exceptions":
+            return cls.__name__
+    return type(error).__name__
+
+
+class NautilusTransport(asyncio.Transport):
+    """The transport an application protocol gets: :meth:`write` seals.
+
+    It behaves like the transport of ``loop.create_connection()``, with these
+    differences: :meth:`write_eof` is not supported (the protocol has no
+    half-close; :meth:`can_write_eof` is False), ``get_extra_info("nautilus")``
+    returns the :class:`nautilus.SessionInfo`, and :meth:`update_keys` /
+    :meth:`export_keying_material` reach the session. Every other extra-info
+    name (``"peername"``, ``"sockname"``, ``"socket"``...) is answered by the
+    underlying TCP transport, as are flow control and the write buffer.
+
+    Writing after :meth:`close` (or after the connection was lost) drops the
+    data, as asyncio's own transports do; ``StreamWriter.drain()`` reports why
+    the connection ended.
+    """
+
+    __slots__ = ("_conn", "_owner", "_tcp")
+
+    def __init__(self, owner: _NautilusProtocol, tcp: asyncio.Transport) -> None:
+        super().__init__()
+        self._owner = owner
+        self._conn = owner._conn
+        self._tcp = tcp
+
+    # ------------------------------------------------------------------ writing
+
+    def write(self, data: _Buffer) -> None:
+        """Seal ``data`` and send it (or queue it in the TCP transport's buffer).
+
+        Raises:
+            TypeError: ``data`` is not bytes-like.
+        """
+        owner = self._owner
+        if owner._closing:
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
+            owner._writes_after_close += 1
+            if owner._writes_after_close == _WARN_WRITES_AFTER_CLOSE:
+                logger.warning("nautilus: write() on a closed connection (data dropped)")
+            return
+        conn = self._conn
+        conn.send_data(data)
+        if not owner._in_callback:  # inside a callback the owner flushes once at the end
+            out = conn.data_to_send()
+            if out:
+                self._tcp.write(out)
+
+    def writelines(self, list_of_data: Iterable[_Buffer]) -> None:
+        """Write the buffers as one (they are joined, then sealed in one call).
+
+        Raises:
+            TypeError: an item is not bytes-like.
+        """
+        self.write(b"".join(list_of_data))
+
+    def write_eof(self) -> None:
+        """Not supported: Nautilus has no half-close; use :meth:`close`.
+
+        Raises:
+            NotImplementedError: always.
+        """
+        raise NotImplementedError("Nautilus connections have no half-close; use close()")
+
+    def can_write_eof(self) -> bool:
+        """False: see :meth:`write_eof`."""
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        """Bytes (sealed) waiting in the TCP transport's buffer."""
+        return self._tcp.get_write_buffer_size()
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        """The TCP transport's ``(low, high)`` write-buffer water marks."""
+        return self._tcp.get_write_buffer_limits()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        """Set the TCP transport's water marks; they drive ``pause_writing()``.
+
+        Raises:
+            ValueError: as for asyncio transports (``high`` < ``low``...).
+        """
+        self._tcp.set_write_buffer_limits(high, low)
+
+    # ------------------------------------------------------------------ reading
+
+    def pause_reading(self) -> None:
+        """Stop reading from the socket until :meth:`resume_reading`."""
+        self._tcp.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Resume reading from the socket."""
+        self._tcp.resume_reading()
+
+    def is_reading(self) -> bool:
+        """True unless reading is paused or the transport is closing."""
+        return self._tcp.is_reading()
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def close(self) -> None:
+        """Send close_notify after any data written, then close the socket.
+
+        The protocol's ``connection_lost(None)`` follows once the TCP
+        transport has flushed its buffer. Idempotent.
+        """
+        owner = self._owner
+        if owner._closing:
+            return
+        owner._closing = True
+        self._conn.close()
+        owner._transmit()
+        self._tcp.close()
+
+    def abort(self) -> None:
+        """Close at once: buffered data is lost and no close_notify is sent,
+        so the peer sees a truncated connection (``ConnectionLost``)."""
+        owner = self._owner
+        owner._closing = True
+        self._conn.close()
+        self._conn.data_to_send()  # discard the close_notify: this is an abort
+        owner._cancel_timer()
+        self._tcp.abort()
+
+    def is_closing(self) -> bool:
+        """True once the connection is closing or closed (either side)."""
+        return self._owner._closing or self._tcp.is_closing()
+
+    # ------------------------------------------------------------------ details
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """``"nautilus"``: the :class:`nautilus.SessionInfo`; anything else:
+        the TCP transport's answer (``"peername"``, ``"sockname"``, ``"socket"``...)."""
+        if name == "nautilus":
+            return self._conn.session
+        return self._tcp.get_extra_info(name, default)
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        """Deliver further events to ``protocol`` (an :class:`asyncio.Protocol`).
+
+        Raises:
+            TypeError: ``protocol`` is not an asyncio.Protocol.
+        """
+        if not isinstance(protocol, asyncio.Protocol):
+            raise TypeError(f"protocol must be an asyncio.Protocol, not {type(protocol).__name__}")
+        self._owner._app = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        """The application protocol events are delivered to."""
+        app = self._owner._app
+        assert app is not None
+        return app
+
+    def update_keys(self, request_peer: bool = True) -> None:
+        """Ratchet the sending keys now (and ask the peer to ratchet its own).
+
+        Raises:
+            nautilus.ClosedError: the connection is closed.
+        """
+        if self._owner._closing:
+            raise ClosedError("the connection is closed")
+        self._conn.update_keys(request_peer)
+        self._owner._transmit()
+
+    def export_keying_material(self, label: bytes, context: bytes, length: int) -> bytes:
+        """Keying material bound to this session (channel binding).
+
+        Raises:
+            TypeError: wrong types.  ValueError: ``length`` not in 1..8160.
+            nautilus.ClosedError: the connection is closed.
+        """
+        return self._conn.export_keying_material(label, context, length)
+
+    def __repr__(self) -> str:
+        state = "closing" if self.is_closing() else "open"
+        return f"<nautilus.asyncio.NautilusTransport {self._conn.role} {state}>"
+
+
+class _NautilusProtocol(asyncio.Protocol):
+    """Owns the TCP transport and the Connection; creates the app protocol.
+
+    ``waiter`` (clients) is resolved when the handshake completes, or set to
+    the handshake's error; servers pass None and log failed handshakes.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        conn: Connection,
+        app_factory: Callable[[], asyncio.BaseProtocol],
+        waiter: asyncio.Future[None] | None,
+    ) -> None:
+        self._loop = loop
+        self._conn = conn
+        self._app_factory = app_factory
+        self._waiter = waiter
+        self._tcp: asyncio.Transport | None = None
+        self._app: asyncio.Protocol | None = None
+        self._transport: NautilusTransport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._in_callback = False
+        self._closing = False
+        self._tcp_lost = False
+        self._app_lost = False
+        self._app_exc: Exception | None = None
+        self._write_paused = False
+        self._writes_after_close = 0
+
+    # ------------------------------------------------------- TCP protocol calls
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._tcp = transport
+        self._conn.start(_now())
+        self._transmit()
+        self._dispatch()
+        self._arm_timer()
+
+    def data_received(self, data: bytes) -> None:
+        conn = self._conn
+        try:
+            conn.receive_data(data, _now())
+        except Exception as exc:  # the Connection promises not to raise here
+            self._engine_error(exc)
+        # Dispatch first, then send once: what the Connection queued (handshake
+        # flight, key update, close_notify reply) and what the application
+        # wrote from its callbacks leave in order, in one TCP write.
+        self._in_callback = True
+        try:
+            self._dispatch()
+        finally:
+            self._in_callback = False
+        self._transmit()
+        if self._app is None:
+            self._arm_timer()
+
+    def eof_received(self) -> bool:
+        # Without close_notify this is a truncation (or a handshake cut short).
+        self._conn.receive_eof()
+        self._dispatch()
+        return False  # let the TCP transport close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._tcp_lost = True
+        self._closing = True
+        self._cancel_timer()
+        conn = self._conn
+        if not conn.is_closed:
+            conn.receive_eof()
+            err = conn.error
+            if err is not None and exc is not None and err.__cause__ is None:
+                err.__cause__ = exc
+            self._dispatch()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            lost = HandshakeError("the connection closed before the handshake completed")
+            lost.__cause__ = exc
+            waiter.set_exception(lost)
+        self._lose_app()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        if self._app is not None:
+            self._app.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._app is not None:
+            self._app.resume_writing()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _transmit(self) -> None:
+        out = self._conn.data_to_send()
+        if out and not self._tcp_lost:
+            tcp = self._tcp
+            assert tcp is not None
+            tcp.write(out)
+
+    def _dispatch(self) -> None:
+        conn = self._conn
+        while (event := conn.next_event()) is not None:
+            if type(event) is DataReceived:
+                app = self._app
+                if app is not None and not self._closing:
+                    app.data_received(event.data)
+            elif type(event) is HandshakeCompleted:
+                self._handshake_completed()
+            elif type(event) is ConnectionClosed:
+                self._connection_closed(event.error)
+            # KeysUpdated and AlertReceived need nothing from us.
+
+    def _handshake_completed(self) -> None:
+        self._cancel_timer()
+        tcp = self._tcp
+        assert tcp is not None
+        transport = NautilusTransport(self, tcp)
+        self._transport = transport
+        try:
+            app = self._app_factory()
+            if not isinstance(app, asyncio.Protocol):
+                raise TypeError(
+                    f"the protocol factory must return an asyncio.Protocol, "
+                    f"not {type(app).__name__}"
+                )
+            self._app = app
+            app.connection_made(transport)
+        except Exception as exc:
+            self._app = None
+            if self._waiter is not None:
+                if not self._waiter.done():
+                    self._waiter.set_exception(exc)
+            else:
+                logger.exception("nautilus: the protocol factory or connection_made() failed")
+            self._abort()
+            return
+        if self._write_paused:
+            app.pause_writing()
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _connection_closed(self, error: NautilusError | None) -> None:
+        app = self._app
+        if error is None:  # close_notify from the peer: a clean end of stream
+            closing, self._closing = self._closing, True  # writes from now on are dropped
+            if app is not None and not closing:
+                app.eof_received()  # no half-close: the return value cannot keep it open
+            self._shutdown(clean=True)
+            return
+        if app is not None:
+            self._app_exc = error
+            self._shutdown(clean=False)
+            # Tell the application now rather than once TCP has closed, so
+            # that a StreamWriter.drain() racing with this reports ``error``.
+            self._lose_app()
+            return
+        if self._waiter is not None:
+            if not self._waiter.done():
+                self._waiter.set_exception(error)
+        else:
+            self._log_failure(error)
+        self._shutdown(clean=False)
+
+    def _shutdown(self, *, clean: bool) -> None:
+        """Send what the Connection queued (close_notify, an alert), then close TCP.
+
+        After an error, a TCP buffer that has not drained means the peer is
+        not reading: abort rather than wait for it forever.
+        """
+        self._closing = True
+        self._cancel_timer()
+        tcp = self._tcp
+        if tcp is None or self._tcp_lost:
+            return
+        backlog = tcp.get_write_buffer_size()
+        self._transmit()
+        if not clean and backlog:
+            tcp.abort()
+        else:
+            tcp.close()
+
+    def _lose_app(self) -> None:
+        app = self._app
+        if app is not None and not self._app_lost:
+            self._app_lost = True
+            app.connection_lost(self._app_exc)
+
+    def _abort(self) -> None:
+        """Drop the connection without close_notify (used on local failures)."""
+        self._closing = True
+        self._cancel_timer()
+        if not self._conn.is_closed:
+            self._conn.close()
+        self._conn.data_to_send()
+        if self._tcp is not None and not self._tcp_lost:
+            self._tcp.abort()
+
+    def _engine_error(self, exc: Exception) -> None:
+        """``Connection.receive_data`` raised although it should not.
+
+        If the Connection still closed itself (its ConnectionClosed event is
+        queued), that event is used as usual. Otherwise the connection is
+        dropped without close_notify and ``exc`` is reported if it is a
+        Nautilus error (an unusable known-peers file raises
+        ``IdentityFileError``), else a ``ConnectionLost`` caused by it.
+        """
+        conn = self._conn
+        if conn.is_closed and conn.error is not None:
+            logger.error("nautilus: Connection.receive_data raised %r", exc, exc_info=exc)
+            return
+        if isinstance(exc, NautilusError):
+            error: NautilusError = exc
+        else:
+            logger.error("nautilus: Connection.receive_data raised %r", exc, exc_info=exc)
+            error = ConnectionLost(f"internal error in the protocol engine: {exc!r}")
+            error.__cause__ = exc
+        self._abort()
+        if self._app is not None:
+            self._app_exc = error
+            self._lose_app()
+        elif self._waiter is not None:
+            if not self._waiter.done():
+                self._waiter.set_exception(error)
+        else:
+            self._log_failure(error)
+
+    def _log_failure(self, error: BaseException) -> None:
+        peer = self._tcp.get_extra_info("peername") if self._tcp is not None else None
+        logger.debug("nautilus: handshake with %s failed: %s: %s", peer, _name(error), error)
+
+    def _arm_timer(self) -> None:
+        when = self._conn.get_timer()
+        if when == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = when
+        if when is not None:
+            loop = self._loop
+            delay = max(0.0, when - _now())
+            self._timer = loop.call_at(loop.time() + delay, self._on_timer)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self._conn.handle_timer(_now())
+        self._transmit()
+        self._dispatch()
+        self._arm_timer()

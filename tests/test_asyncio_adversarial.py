@@ -1,0 +1,639 @@
+"""nautilus.asyncio against misbehaving peers and a man in the middle.
+
+Every test runs a Nautilus echo server with normal clients talking to it in
+the background for the whole test (the harness fails if any of them fails),
+attacks it, and checks that a normal client still completes a handshake
+afterwards. Attacks come from raw sockets, sans-IO Connections driven by
+hand, and a record-aware TCP proxy on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+import pytest
+
+import nautilus
+import nautilus.asyncio as na
+from nautilus import Connection, Context, Identity
+
+HOST = "127.0.0.1"
+GROUPS = ("x25519-mlkem768", "x25519-mlkem1024", "mlkem1024", "mlkem768", "x25519")
+SERVER_ID = Identity.generate()
+CLIENT_ID = Identity.generate()
+OTHER_ID = Identity.generate()
+LOGGER = "nautilus.asyncio"
+
+ALERT_RECORD = 0x15
+HANDSHAKE_RECORD = 0x16
+SEALED_RECORD = 0x17
+
+
+def run(coro: Coroutine[Any, Any, Any], timeout: float = 15.0) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def good_client_ctx(**kw: Any) -> Context:
+    kw.setdefault("trusted_peers", [SERVER_ID.public])
+    return Context(**kw)
+
+
+def plain_alert(code: int) -> bytes:
+    return bytes([ALERT_RECORD, 0, 0, 1, code])
+
+
+# --------------------------------------------------------------------- harness
+
+
+class Harness:
+    """An echo server plus background traffic from well-behaved clients."""
+
+    def __init__(self, caplog: pytest.LogCaptureFixture, ctx: Context) -> None:
+        self.caplog = caplog
+        self.ctx = ctx
+        self.port = 0
+        self.server_errors: list[BaseException] = []
+        self.handled: list[tuple[str, int]] = []  # peernames the application saw
+        self.background_ok = 0
+        self.background_failures: list[BaseException] = []
+        self._stop = asyncio.Event()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def _echo(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.handled.append(writer.get_extra_info("peername"))
+        self._writers.append(writer)
+        try:
+            while data := await reader.read(1 << 16):
+                writer.write(data)
+                await writer.drain()
+        except Exception as exc:
+            self.server_errors.append(exc)
+        finally:
+            writer.close()
+
+    async def normal_session(self, payload: bytes = b"still serving") -> None:
+        """A well-behaved client: handshake, echo, clean close."""
+        reader, writer = await asyncio.wait_for(
+            na.open_connection(HOST, self.port, context=good_client_ctx()), 5
+        )
+        writer.write(payload)
+        assert await asyncio.wait_for(reader.readexactly(len(payload)), 5) == payload
+        writer.close()
+        await writer.wait_closed()
+
+    async def _background(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self.normal_session(os.urandom(100))
+                self.background_ok += 1
+            except Exception as exc:  # pragma: no cover - reported by stop()
+                self.background_failures.append(exc)
+            await asyncio.sleep(0.02)
+
+    async def wait_for_log(self, *needles: str, timeout: float = 3.0) -> str:
+        """Wait for a nautilus.asyncio log line containing every needle."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for record in self.caplog.records:
+                if record.name == LOGGER:
+                    text = record.getMessage()
+                    if all(n in text for n in needles):
+                        return text
+            if time.monotonic() > deadline:
+                lines = [r.getMessage() for r in self.caplog.records if r.name == LOGGER]
+                raise AssertionError(f"no log line with {needles}; got {lines}")
+            await asyncio.sleep(0.01)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Harness]:
+        self.caplog.set_level(logging.DEBUG, logger=LOGGER)
+        server = await na.start_server(self._echo, HOST, 0, context=self.ctx)
+        self.port = server.sockets[0].getsockname()[1]
+        await self.normal_session()
+        traffic = asyncio.create_task(self._background())
+        try:
+            yield self
+            # after the attack, the same server still serves a normal client
+            await self.normal_session(b"after the attack")
+        finally:
+            self._stop.set()
+            await traffic
+            for writer in self._writers:
+                writer.close()
+            server.close()
+            await server.wait_closed()
+        assert not self.background_failures, self.background_failures
+        assert self.background_ok >= 1
+
+
+def harness(caplog: pytest.LogCaptureFixture, **kw: Any) -> Harness:
+    return Harness(caplog, Context(SERVER_ID, **kw))
+
+
+class Raw:
+    """What a raw-socket exchange got back."""
+
+    def __init__(self, reply: bytes, elapsed: float, sockname: tuple[str, int]) -> None:
+        self.reply, self.elapsed, self.sockname = reply, elapsed, sockname
+
+
+async def raw_exchange(port: int, data: bytes, *, timeout: float = 5.0) -> Raw:
+    """Send ``data`` on a plain TCP socket; return all bytes until EOF, and the time."""
+    t0 = time.monotonic()
+    reader, writer = await asyncio.open_connection(HOST, port)
+    sockname = writer.get_extra_info("sockname")
+    if data:
+        writer.write(data)
+    try:
+        reply = await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.close()
+    return Raw(reply, time.monotonic() - t0, sockname)
+
+
+# ------------------------------------------------------------------------ proxy
+
+
+class RecordSplitter:
+    """Cuts a byte stream into records: type (1) | length (3) | payload."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self.buf += data
+        out = []
+        while len(self.buf) >= 4:
+            end = 4 + int.from_bytes(self.buf[1:4], "big")
+            if len(self.buf) < end:
+                break
+            out.append(bytes(self.buf[:end]))
+            del self.buf[:end]
+        return out
+
+
+Hook = Callable[[bytes, int], bytes]
+"""(record, index of the record in its direction) -> record to forward."""
+
+
+class Proxy:
+    """A loopback TCP proxy that forwards whole records, through optional hooks."""
+
+    def __init__(self, target: int, c2s: Hook | None = None, s2c: Hook | None = None) -> None:
+        self.target = target
+        self.c2s, self.s2c = c2s, s2c
+        self.first_flights: list[bytes] = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> Proxy:
+        self._server = await asyncio.start_server(self._handle, HOST, 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:  # ends the pumps (cancelling the handler
+            writer.close()  # tasks would make asyncio 3.11 log errors)
+        await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), 5)
+        await self._server.wait_closed()
+
+    async def _handle(self, creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter) -> None:
+        sreader, swriter = await asyncio.open_connection(HOST, self.target)
+        self._writers += [cwriter, swriter]
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await asyncio.gather(
+                self._pump(creader, swriter, self.c2s, record_first=True),
+                self._pump(sreader, cwriter, self.s2c, record_first=False),
+            )
+        finally:
+            self._tasks.discard(task)
+
+    async def _pump(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        hook: Hook | None,
+        *,
+        record_first: bool,
+    ) -> None:
+        split = RecordSplitter()
+        index = 0
+        try:
+            while data := await reader.read(1 << 16):
+                out = []
+                for record in split.feed(data):
+                    if record_first and index == 0:
+                        self.first_flights.append(record)
+                    out.append(hook(record, index) if hook is not None else record)
+                    index += 1
+                if out:
+                    writer.write(b"".join(out))
+                    await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def replay_first_flight(self, which: int = 0) -> Raw:
+        """Send a recorded client first flight on a new connection."""
+        return await raw_exchange(self.target, self.first_flights[which])
+
+
+def flip_bit(record: bytes) -> bytes:
+    """Flip one bit in the middle of a record's ciphertext (not the header)."""
+    tampered = bytearray(record)
+    tampered[4 + (len(record) - 4) // 2] ^= 0x01
+    return bytes(tampered)
+
+
+# ----------------------------------------------------- authentication failures
+
+
+def test_wrong_expected_peer(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        async with harness(caplog).running() as h:
+            with pytest.raises(nautilus.AuthenticationFailed):
+                await na.open_connection(
+                    HOST, h.port, context=good_client_ctx(), expected_peer=OTHER_ID.public
+                )
+            await h.wait_for_log("handshake", "AuthenticationFailed", "wrong target")
+
+    run(main())
+
+
+def test_untrusted_server_key(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        async with harness(caplog).running() as h:
+            with pytest.raises(nautilus.AuthenticationFailed, match="not trusted"):
+                await na.open_connection(
+                    HOST, h.port, context=Context(trusted_peers=[OTHER_ID.public])
+                )
+            await h.wait_for_log("AuthenticationFailed", "untrusted_peer")
+
+    run(main())
+
+
+def test_client_without_identity_when_client_auth_required(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def main() -> None:
+        hx = harness(caplog, client_auth="required", trusted_peers=[CLIENT_ID.public])
+        hx.normal_session = _mutual_session(hx)  # type: ignore[method-assign]
+        async with hx.running() as h:
+            with pytest.raises(nautilus.AuthenticationFailed, match="requires client auth"):
+                await na.open_connection(HOST, h.port, context=good_client_ctx())
+            await h.wait_for_log("AuthenticationFailed", "certificate_required")
+
+    run(main())
+
+
+def _mutual_session(h: Harness) -> Callable[..., Coroutine[Any, Any, None]]:
+    async def session(payload: bytes = b"still serving") -> None:
+        ctx = Context(CLIENT_ID, trusted_peers=[SERVER_ID.public])
+        reader, writer = await na.open_connection(HOST, h.port, context=ctx)
+        writer.write(payload)
+        assert await asyncio.wait_for(reader.readexactly(len(payload)), 5) == payload
+        writer.close()
+        await writer.wait_closed()
+
+    return session
+
+
+async def _untrusted_client(h: Harness) -> BaseException:
+    """The client's side of its handshake completes (1-RTT); the server then
+    rejects it, and the client learns it on its first read."""
+    ctx = Context(OTHER_ID, trusted_peers=[SERVER_ID.public])
+    reader, writer = await na.open_connection(HOST, h.port, context=ctx)
+    with pytest.raises(nautilus.NautilusError) as info:
+        await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    await h.wait_for_log("AuthenticationFailed", OTHER_ID.peer_id, "not trusted")
+    assert writer.get_extra_info("sockname") not in h.handled  # never reached the app
+    return info.value
+
+
+def test_untrusted_client_when_client_auth_required(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        hx = harness(caplog, client_auth="required", trusted_peers=[CLIENT_ID.public])
+        hx.normal_session = _mutual_session(hx)  # type: ignore[method-assign]
+        async with hx.running() as h:
+            await _untrusted_client(h)
+
+    run(main())
+
+
+def test_untrusted_client_learns_authentication_failed(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        hx = harness(caplog, client_auth="required", trusted_peers=[CLIENT_ID.public])
+        hx.normal_session = _mutual_session(hx)  # type: ignore[method-assign]
+        async with hx.running() as h:
+            error = await _untrusted_client(h)
+            assert isinstance(error, nautilus.AuthenticationFailed), repr(error)
+
+    run(main())
+
+
+# ---------------------------------------------------------- negotiation failures
+
+
+@pytest.mark.parametrize(
+    ("server_kw", "client_kw", "needle"),
+    [
+        ({"groups": ["mlkem768"]}, {"groups": ["x25519"]}, "key-exchange group"),
+        ({"ciphers": ["aes-128-gcm"]}, {"ciphers": ["chacha20-poly1305"]}, "cipher"),
+        ({"namespace": "app-a"}, {"namespace": "app-b"}, "namespace"),
+    ],
+    ids=["no-common-group", "no-common-cipher", "namespace-mismatch"],
+)
+def test_negotiation_failures(
+    caplog: pytest.LogCaptureFixture,
+    server_kw: dict[str, Any],
+    client_kw: dict[str, Any],
+    needle: str,
+) -> None:
+    async def main() -> None:
+        hx = harness(caplog, **server_kw)
+        good = {k: v for k, v in server_kw.items()}
+
+        async def session(payload: bytes = b"still serving") -> None:
+            reader, writer = await na.open_connection(
+                HOST, hx.port, context=good_client_ctx(**good)
+            )
+            writer.write(payload)
+            assert await asyncio.wait_for(reader.readexactly(len(payload)), 5) == payload
+            writer.close()
+            await writer.wait_closed()
+
+        hx.normal_session = session  # type: ignore[method-assign]
+        async with hx.running() as h:
+            with pytest.raises(nautilus.NegotiationFailed):
+                await na.open_connection(HOST, h.port, context=good_client_ctx(**client_kw))
+            await h.wait_for_log("NegotiationFailed", needle)
+
+    run(main())
+
+
+# ------------------------------------------------------------- raw-socket abuse
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"GET / HTTP/1.1\r\nHost: example\r\n\r\n",
+        b"\x00" * 64,
+        b"\x17\x00\x00\x20" + b"\xaa" * 32,  # a sealed record before any key exists
+        b"\x16\x00\x00\x08\x63\x00\x00\x04abcd",  # unknown handshake message type
+        b"\x16\x00\x00\x08\x01\x00\x00\x04abcd",  # a ClientHello that does not decode
+        b"\x15\x00\x00\x01\x28",  # a plaintext alert (negotiation_failed) at the start
+        bytes(range(256)) * 8,
+    ],
+    ids=["http", "zeros", "sealed-first", "bad-type", "bad-hello", "alert-first", "bytes"],
+)
+def test_garbage_from_a_raw_socket(caplog: pytest.LogCaptureFixture, garbage: bytes) -> None:
+    async def main() -> None:
+        async with harness(caplog).running() as h:
+            raw = await raw_exchange(h.port, garbage)
+            assert raw.elapsed < 2
+            # an alert or nothing at all (an alert received is never answered)
+            assert raw.reply == b"" or raw.reply[0] == ALERT_RECORD
+            assert raw.sockname not in h.handled
+            await h.wait_for_log("handshake", "failed")
+
+    run(main())
+
+
+@pytest.mark.parametrize("layer", ["record", "message"])
+def test_oversized_handshake_message(caplog: pytest.LogCaptureFixture, layer: str) -> None:
+    """A plaintext handshake record (or message) declaring a huge length is
+    refused at once: the server does not wait to buffer it."""
+    if layer == "record":
+        attack = b"\x16\xff\xff\xff" + b"\x01" * 1000
+    else:  # a full 16 KiB record whose message header declares 16 MiB
+        attack = b"\x16\x00\x40\x00" + b"\x01\xff\xff\xff" + b"\x00" * (16384 - 4)
+
+    async def main() -> None:
+        async with harness(caplog).running() as h:
+            raw = await raw_exchange(h.port, attack)
+            assert raw.reply == plain_alert(22)  # record_overflow
+            assert raw.elapsed < 2
+            await h.wait_for_log("ProtocolViolation", "record_overflow")
+
+    run(main())
+
+
+# --------------------------------------------------------------------- timeouts
+
+
+def test_silent_client_is_timed_out_by_the_server(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        async with harness(caplog, handshake_timeout=0.5).running() as h:
+            silent = asyncio.create_task(raw_exchange(h.port, b""))
+            await asyncio.sleep(0.1)
+            await h.normal_session(b"served while a client stays silent")
+            raw = await silent
+            assert raw.reply == plain_alert(90)  # handshake_timeout
+            assert 0.4 < raw.elapsed < 3
+            await h.wait_for_log("HandshakeTimeout")
+
+    run(main())
+
+
+def test_silent_server_times_out_the_client() -> None:
+    async def main() -> None:
+        seen = asyncio.get_running_loop().create_future()
+
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            seen.set_result(await reader.read())  # everything until the client closes
+            writer.close()
+
+        server = await asyncio.start_server(silent, HOST, 0)
+        port = server.sockets[0].getsockname()[1]
+        t0 = time.monotonic()
+        with pytest.raises(nautilus.HandshakeTimeout):
+            await na.open_connection(HOST, port, context=good_client_ctx(handshake_timeout=0.3))
+        assert 0.25 < time.monotonic() - t0 < 3
+        sent = await asyncio.wait_for(seen, 3)
+        assert sent[0] == HANDSHAKE_RECORD  # the ClientHello...
+        assert sent.endswith(plain_alert(90))  # ... then the timeout alert, then EOF
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_client_that_stalls_after_its_hello(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        async with harness(caplog, handshake_timeout=0.5).running() as h:
+            hand = Connection(good_client_ctx(), "client")
+            hand.start(time.time())
+            stalled = asyncio.create_task(raw_exchange(h.port, hand.data_to_send()))
+            await asyncio.sleep(0.1)
+            await h.normal_session(b"served while a client stalls")
+            raw = await stalled
+            assert raw.reply[0] == HANDSHAKE_RECORD  # the server's flight...
+            # ... then its timeout alert, sealed: header, 1-byte alert, type, 16-byte tag
+            assert raw.reply[-22:-18] == bytes([SEALED_RECORD, 0, 0, 18])
+            assert 0.4 < raw.elapsed < 3
+            assert raw.sockname not in h.handled
+            await h.wait_for_log("HandshakeTimeout")
+
+    run(main())
+
+
+# ------------------------------------------------------------ man in the middle
+
+
+@pytest.mark.parametrize("direction", ["client-to-server", "server-to-client"])
+def test_tampered_application_record(caplog: pytest.LogCaptureFixture, direction: str) -> None:
+    armed = False
+    tampered = 0
+
+    def tamper(record: bytes, _index: int) -> bytes:
+        nonlocal tampered
+        if armed and record[0] == SEALED_RECORD and not tampered:
+            tampered += 1
+            return flip_bit(record)
+        return record
+
+    async def main() -> None:
+        nonlocal armed
+        async with harness(caplog).running() as h:
+            hooks = {"c2s": tamper} if direction == "client-to-server" else {"s2c": tamper}
+            async with Proxy(h.port, **hooks) as proxy:
+                reader, writer = await na.open_connection(
+                    HOST, proxy.port, context=good_client_ctx(), server_name="proxied"
+                )
+                writer.write(b"ping")
+                assert await reader.readexactly(4) == b"ping"
+                armed = True
+                writer.write(b"this record gets one bit flipped")
+                with pytest.raises(nautilus.IntegrityError):
+                    await asyncio.wait_for(reader.read(), 5)
+                assert tampered == 1
+                writer.close()
+                for _ in range(300):
+                    if h.server_errors:
+                        break
+                    await asyncio.sleep(0.01)
+                # the server's reader raised too: it detected the forgery itself
+                # (client-to-server) or got the client's bad_record_mac alert
+                assert [type(e) for e in h.server_errors] == [nautilus.IntegrityError]
+
+    run(main())
+
+
+def test_tampered_record_after_good_records_in_one_segment(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Good records before the forged one are delivered; then IntegrityError."""
+    armed = False
+    sealed_after_arming = 0
+
+    def tamper(record: bytes, _index: int) -> bytes:
+        nonlocal sealed_after_arming
+        if not (armed and record[0] == SEALED_RECORD):
+            return record
+        sealed_after_arming += 1
+        return flip_bit(record) if sealed_after_arming == 3 else record
+
+    async def main() -> None:
+        nonlocal armed
+        async with harness(caplog).running() as h, Proxy(h.port, c2s=tamper) as proxy:
+            reader, writer = await na.open_connection(
+                HOST, proxy.port, context=good_client_ctx(), server_name="proxied"
+            )
+            writer.write(b"ping")
+            assert await reader.readexactly(4) == b"ping"
+            armed = True
+            writer.write(os.urandom(40000))  # three records, forwarded in one write
+            with pytest.raises(nautilus.NautilusError):
+                await asyncio.wait_for(reader.read(), 5)
+            for _ in range(300):
+                if h.server_errors:
+                    break
+                await asyncio.sleep(0.01)
+            assert [type(e) for e in h.server_errors] == [nautilus.IntegrityError]
+
+    run(main())
+
+
+def _replace_server_share(record: bytes) -> bytes:
+    """Decode a plaintext ServerHello record and replace its key share with
+    random bytes of the same length."""
+    assert record[0] == HANDSHAKE_RECORD
+    assert record[4] == 2  # ServerHello
+    body = 8  # record header (4) + handshake header (4)
+    share_len_at = body + 2 + 32 + 2 + 2  # version, random, group, cipher
+    share_len = int.from_bytes(record[share_len_at : share_len_at + 2], "big")
+    start = share_len_at + 2
+    assert start + share_len == len(record)
+    return record[:start] + os.urandom(share_len)
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_substituted_server_key_share(caplog: pytest.LogCaptureFixture, group: str) -> None:
+    def mitm(record: bytes, index: int) -> bytes:
+        return _replace_server_share(record) if index == 0 else record
+
+    async def main() -> None:
+        async with harness(caplog, groups=list(GROUPS)).running() as h:
+            async with Proxy(h.port, s2c=mitm) as proxy:
+                with pytest.raises(nautilus.KeyAgreementFailed):
+                    await na.open_connection(
+                        HOST,
+                        proxy.port,
+                        context=good_client_ctx(groups=[group]),
+                        server_name="proxied",
+                    )
+            await h.wait_for_log("handshake", "failed")
+
+    run(main())
+
+
+def test_replayed_client_hello(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        async with harness(caplog).running() as h, Proxy(h.port) as proxy:
+            reader, writer = await na.open_connection(
+                HOST, proxy.port, context=good_client_ctx(), server_name="proxied"
+            )
+            writer.write(b"original")
+            assert await reader.readexactly(8) == b"original"
+            writer.close()
+            await writer.wait_closed()
+            # the recorded ClientHello, sent again on a new connection
+            raw = await proxy.replay_first_flight(0)
+            assert raw.reply == plain_alert(92)  # replayed_hello, then EOF
+            await h.wait_for_log("ProtocolViolation", "replay")
+            assert raw.sockname not in h.handled  # never reached the application
+
+    run(main())
+
+
+def test_replay_while_the_original_is_still_connected(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        async with harness(caplog).running() as h, Proxy(h.port) as proxy:
+            reader, writer = await na.open_connection(
+                HOST, proxy.port, context=good_client_ctx(), server_name="proxied"
+            )
+            raw = await proxy.replay_first_flight(0)
+            assert raw.reply == plain_alert(92)
+            # the original connection is unaffected
+            writer.write(b"original")
+            assert await reader.readexactly(8) == b"original"
+            writer.close()
+            await writer.wait_closed()
+
+    run(main())
