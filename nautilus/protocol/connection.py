@@ -15,6 +15,7 @@ types, sending on a closed connection) raises at once.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections import deque
 from collections.abc import Iterable
@@ -53,6 +54,7 @@ from nautilus.protocol.events import (
     SessionInfo,
 )
 from nautilus.protocol.messages import (
+    MAX_HANDSHAKE_MESSAGE,
     MAX_PLAIN_FRAGMENT,
     PLAIN_HEADER_SIZE,
     RANDOM_SIZE,
@@ -83,7 +85,7 @@ from nautilus.protocol.state import (
     State,
     transition,
 )
-from nautilus.protocol.steps import HandshakeStep, StepContext
+from nautilus.protocol.steps import AuthenticationStep, HandshakeStep, StepContext
 from nautilus.record import ContentType, PackedOpen, RecordOpener, RecordSealer
 
 __all__ = ["Connection"]
@@ -98,12 +100,14 @@ _AUTH_MODE = {
 _SERVER_VERIFY = b"nautilus1 server verify\x00"
 _CLIENT_VERIFY = b"nautilus1 client verify\x00"
 _HANDSHAKE_RECORD = 16384
+# StepData = id<8> + payload<24> inside a handshake message of at most MAX_HANDSHAKE_MESSAGE.
+_MAX_STEP_PAYLOAD = MAX_HANDSHAKE_MESSAGE - 1 - 255 - 3
 _REMOTE_ALERT_ERRORS: dict[int, type[NautilusError]] = {
     AlertCode.NEGOTIATION_FAILED: NegotiationFailed,
     AlertCode.PROTOCOL_VERSION: NegotiationFailed,
     AlertCode.NAMESPACE_MISMATCH: NegotiationFailed,
     AlertCode.AUTHENTICATION_FAILED: AuthenticationFailed,
-    AlertCode.CERTIFICATE_EXPIRED: AuthenticationFailed,
+    AlertCode.CERTIFICATE_EXPIRED: CertificateExpired,
     AlertCode.UNTRUSTED_PEER: AuthenticationFailed,
     AlertCode.WRONG_PEER: AuthenticationFailed,
     AlertCode.DECRYPT_ERROR: AuthenticationFailed,
@@ -319,6 +323,8 @@ class Connection:
         """
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
+        if isinstance(data, memoryview) and not data.c_contiguous:
+            raise TypeError("data must be a contiguous buffer")
         if self._state is State.CLOSED:
             raise ClosedError("the connection is closed") from self._error
         if not data:
@@ -430,9 +436,13 @@ class Connection:
             raise TypeError("length must be an int")
         if not 1 <= length <= 255 * ks.HASH_SIZE:
             raise ValueError(f"length must be in 1..{255 * ks.HASH_SIZE}, got {length}")
-        if self._keys is None or not self._keys.exporter:
-            raise ClosedError("keying material is available once the handshake has completed")
-        return self._keys.export(label, context, length)
+        keys = self._keys
+        if self._session is None or self._error is not None or keys is None or not keys.exporter:
+            raise ClosedError(
+                "keying material is available once the handshake has completed, "
+                "and not after a failure"
+            )
+        return keys.export(label, context, length)
 
     def __repr__(self) -> str:
         return f"<nautilus.Connection {self._role} {self._state.value}>"
@@ -442,6 +452,8 @@ class Connection:
     def _set_now(self, now: float) -> None:
         if not isinstance(now, (int, float)) or isinstance(now, bool):
             raise TypeError(f"now must be a number (UNIX time), not {type(now).__name__}")
+        if not math.isfinite(now):
+            raise ValueError(f"now must be a finite UNIX time, got {now}")
         self._now = float(now)
 
     def _set_state(self, new: State) -> None:
@@ -453,6 +465,7 @@ class Connection:
         if alert is not None:
             self._send_alert(alert)
         self._error = error
+        self._keys = None
         self._events.append(ConnectionClosed(error))
         self._teardown()
 
@@ -791,6 +804,13 @@ class Connection:
                 HandshakeError,
                 AlertCode.INTERNAL_ERROR,
                 f"handshake step {step.protocol_id!r}: {hook} must return bytes or None",
+            )
+        if result is not None and len(result) > _MAX_STEP_PAYLOAD:
+            _abort(
+                HandshakeError,
+                AlertCode.INTERNAL_ERROR,
+                f"handshake step {step.protocol_id!r}: {hook} returned {len(result)} bytes; "
+                f"a step payload is at most {_MAX_STEP_PAYLOAD}",
             )
         return result
 
@@ -1171,7 +1191,8 @@ class Connection:
                 AlertCode.WRONG_PEER,
                 f"wrong peer: expected {want}, got {key.peer_id}",
             )
-        if self._client or self._ctx.trust.configured:
+        custom_rule = type(self._auth_step) is not AuthenticationStep
+        if self._client or self._ctx.trust.configured or custom_rule:
             name = (
                 self._server_name
                 if self._client

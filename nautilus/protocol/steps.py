@@ -243,8 +243,10 @@ class Handshake:
         """
         i = self._index(protocol_id)
         old = self._steps[i]
-        if old.core and not isinstance(step, type(old).__mro__[0].__mro__[0]):
-            raise ValueError(f"{protocol_id!r} can only be replaced by a {type(old).__name__}")
+        if old.core:
+            base = next(cls for cls in _CORE_ORDER if isinstance(old, cls))
+            if not isinstance(step, base):
+                raise ValueError(f"{protocol_id!r} can only be replaced by a {base.__name__}")
         candidate = list(self._steps)
         candidate[i] = step
         self._validate(candidate)

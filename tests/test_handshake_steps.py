@@ -1,0 +1,631 @@
+"""Custom handshake steps (CustomProtocolStep), the Handshake editing API, a
+replaced AuthenticationStep, and what a step's hooks see (StepContext)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from typing import Any
+
+import pytest
+from protocol_helpers import (
+    Pair,
+    assert_closed_with,
+    cached_identity,
+    event_types,
+)
+
+from nautilus import (
+    AlertReceived,
+    AuthenticationFailed,
+    AuthenticationStep,
+    ConnectionClosed,
+    CustomProtocolStep,
+    Handshake,
+    HandshakeCompleted,
+    HandshakeError,
+    HandshakeStep,
+    NegotiationFailed,
+    PeerKey,
+    StepContext,
+)
+from nautilus.protocol.steps import FinishedStep, KeyExchangeStep
+
+CORE = ["nautilus/key-exchange", "nautilus/authentication", "nautilus/finished"]
+
+
+def handshake_with(*steps: HandshakeStep) -> Handshake:
+    hs = Handshake()
+    for step in steps:
+        hs.add(step)
+    return hs
+
+
+def run(
+    server_steps: tuple[HandshakeStep, ...] = (),
+    client_steps: tuple[HandshakeStep, ...] = (),
+    *,
+    server: dict[str, Any] | None = None,
+    client: dict[str, Any] | None = None,
+) -> Pair:
+    server_opts = dict(server or {}, handshake=handshake_with(*server_steps))
+    client_opts = dict(client or {}, handshake=handshake_with(*client_steps))
+    pair = Pair.make(server=server_opts, client=client_opts)
+    pair.connect()
+    return pair
+
+
+def steps_of(events: list[object]) -> tuple[str, ...]:
+    done = [e for e in events if isinstance(e, HandshakeCompleted)]
+    assert len(done) == 1, events
+    return done[0].session.steps
+
+
+# ------------------------------------------------------------------ access token
+
+TOKEN_KEY = os.urandom(32)
+
+
+def _token_step(token: bytes) -> tuple[CustomProtocolStep, CustomProtocolStep]:
+    def client_payload(ctx: StepContext, server_payload: bytes | None) -> bytes:
+        assert server_payload is None
+        return token
+
+    def verify(ctx: StepContext, payload: bytes | None) -> None:
+        want = hmac.new(TOKEN_KEY, b"alice", hashlib.sha256).digest()
+        if payload is None or not hmac.compare_digest(payload, want):
+            raise ValueError("bad access token")
+
+    sid = "example.com/access-token/1"
+    return (
+        CustomProtocolStep(sid, required=True, verify_client_payload=verify),
+        CustomProtocolStep(sid, required=True, client_payload=client_payload),
+    )
+
+
+def test_access_token_accepted() -> None:
+    good = hmac.new(TOKEN_KEY, b"alice", hashlib.sha256).digest()
+    server_step, client_step = _token_step(good)
+    pair = run((server_step,), (client_step,))
+    assert steps_of(pair.client_events) == ("example.com/access-token/1",)
+    assert steps_of(pair.server_events) == ("example.com/access-token/1",)
+
+
+def test_access_token_rejected_fails_on_both_sides() -> None:
+    server_step, client_step = _token_step(b"forged" * 5)
+    pair = run((server_step,), (client_step,))
+    assert_closed_with(pair.server, pair.server_events, AuthenticationFailed)
+    assert "bad access token" in str(pair.server.error)
+    assert "example.com/access-token/1" in str(pair.server.error)
+    assert "HandshakeCompleted" not in event_types(pair.server_events)
+    # The client had finished its side (1-RTT) and then learns of the rejection.
+    assert event_types(pair.client_events) == [
+        "HandshakeCompleted",
+        "AlertReceived",
+        "ConnectionClosed",
+    ]
+    assert pair.client_events[1] == AlertReceived(42, "authentication_failed")
+    assert_closed_with(pair.client, pair.client_events, AuthenticationFailed)
+
+
+# ----------------------------------------------------------------- proof of work
+
+
+def _leading_zero_bits(digest: bytes) -> int:
+    n = int.from_bytes(digest, "big")
+    return len(digest) * 8 - n.bit_length()
+
+
+class ProofOfWork(HandshakeStep):
+    """Server: a challenge; client: a nonce with ``bits`` leading zero bits of
+    SHA-256(challenge || nonce); server: the check."""
+
+    protocol_id = "example.com/pow/1"
+    required = True
+
+    def __init__(self, bits: int = 8, *, cheat: bool = False, max_bits: int = 16) -> None:
+        self.bits = bits
+        self.cheat = cheat
+        self.max_bits = max_bits
+        self.tries = 0
+
+    def server_payload(self, ctx: StepContext) -> bytes:
+        challenge = os.urandom(16) + bytes([self.bits])
+        ctx.state["challenge"] = challenge
+        return challenge
+
+    def client_payload(self, ctx: StepContext, server_payload: bytes | None) -> bytes:
+        assert server_payload is not None
+        assert len(server_payload) == 17
+        bits = server_payload[16]
+        if bits > self.max_bits:
+            raise AuthenticationFailed(f"proof of work of {bits} bits is too expensive")
+        for nonce in range(1 << 24):
+            self.tries += 1
+            candidate = nonce.to_bytes(8, "big")
+            good = _leading_zero_bits(hashlib.sha256(server_payload + candidate).digest()) >= bits
+            if good != self.cheat:  # a cheater sends the first nonce that does not qualify
+                return candidate
+        raise AssertionError("no nonce found")
+
+    def verify_client_payload(self, ctx: StepContext, payload: bytes | None) -> None:
+        challenge = ctx.state["challenge"]
+        if payload is None or len(payload) != 8:
+            raise ValueError("missing proof of work")
+        digest = hashlib.sha256(challenge + payload).digest()
+        if _leading_zero_bits(digest) < challenge[16]:
+            raise ValueError("insufficient proof of work")
+
+
+def test_proof_of_work_step() -> None:
+    client_pow = ProofOfWork()
+    pair = run((ProofOfWork(bits=10),), (client_pow,))
+    assert steps_of(pair.server_events) == ("example.com/pow/1",)
+    assert steps_of(pair.client_events) == ("example.com/pow/1",)
+    assert client_pow.tries >= 1
+
+
+def test_proof_of_work_cheater_is_rejected() -> None:
+    pair = run((ProofOfWork(bits=12),), (ProofOfWork(cheat=True),))
+    assert_closed_with(pair.server, pair.server_events, AuthenticationFailed)
+    assert "insufficient proof of work" in str(pair.server.error)
+    assert_closed_with(pair.client, pair.client_events, AuthenticationFailed)
+
+
+def test_client_refuses_an_expensive_challenge() -> None:
+    pair = run((ProofOfWork(bits=40),), (ProofOfWork(max_bits=16),))
+    assert_closed_with(pair.client, pair.client_events, AuthenticationFailed)
+    assert "too expensive" in str(pair.client.error)
+    assert_closed_with(pair.server, pair.server_events, AuthenticationFailed)
+    assert AlertReceived(42, "authentication_failed") in pair.server_events
+
+
+# ------------------------------------------------------------- rejections, errors
+
+
+def test_client_hook_raising_a_plain_exception_is_authentication_failed() -> None:
+    def boom(ctx: StepContext, payload: bytes | None) -> bytes:
+        raise RuntimeError("server payload looks wrong")
+
+    sid = "example.com/check"
+    pair = run(
+        (CustomProtocolStep(sid, server_payload=lambda ctx: b"x"),),
+        (CustomProtocolStep(sid, client_payload=boom),),
+    )
+    assert_closed_with(pair.client, pair.client_events, AuthenticationFailed)
+    assert "example.com/check" in str(pair.client.error)
+    assert "server payload looks wrong" in str(pair.client.error)
+    assert_closed_with(pair.server, pair.server_events, AuthenticationFailed)
+
+
+def test_hook_raising_a_handshake_error_keeps_its_class() -> None:
+    def refuse(ctx: StepContext) -> bytes:
+        raise NegotiationFailed("no compatible policy")
+
+    sid = "example.com/policy"
+    pair = run((CustomProtocolStep(sid, server_payload=refuse),), (CustomProtocolStep(sid),))
+    assert_closed_with(pair.server, pair.server_events, NegotiationFailed)
+    assert str(pair.server.error) == "no compatible policy"
+    # The peer learns only "authentication_failed".
+    assert_closed_with(pair.client, pair.client_events, AuthenticationFailed)
+
+
+@pytest.mark.parametrize("side", ["server", "client"])
+def test_hook_returning_a_non_bytes_value(side: str) -> None:
+    sid = "example.com/bad-return"
+    if side == "server":
+        server_step = CustomProtocolStep(sid, server_payload=lambda ctx: "text")  # type: ignore[arg-type,return-value]
+        client_step = CustomProtocolStep(sid)
+    else:
+        server_step = CustomProtocolStep(sid)
+        client_step = CustomProtocolStep(sid, client_payload=lambda ctx, p: bytearray(b"x"))  # type: ignore[arg-type,return-value]
+    pair = run((server_step,), (client_step,))
+    me, peer = (pair.server, pair.client) if side == "server" else (pair.client, pair.server)
+    my_events, peer_events = (
+        (pair.server_events, pair.client_events)
+        if side == "server"
+        else (pair.client_events, pair.server_events)
+    )
+    assert_closed_with(me, my_events, HandshakeError)
+    assert "must return bytes or None" in str(me.error)
+    assert_closed_with(peer, peer_events, HandshakeError)
+    assert AlertReceived(80, "internal_error") in peer_events
+
+
+# -------------------------------------------------------------- negotiation
+
+
+def _counting_step(sid: str, calls: list[str], *, required: bool = False) -> CustomProtocolStep:
+    def sp(ctx: StepContext) -> bytes:
+        calls.append(f"{ctx.role}:server_payload:{sid}")
+        return b"s"
+
+    def cp(ctx: StepContext, payload: bytes | None) -> bytes:
+        calls.append(f"{ctx.role}:client_payload:{sid}")
+        return b"c"
+
+    def vp(ctx: StepContext, payload: bytes | None) -> None:
+        calls.append(f"{ctx.role}:verify:{sid}")
+
+    return CustomProtocolStep(
+        sid, required=required, server_payload=sp, client_payload=cp, verify_client_payload=vp
+    )
+
+
+@pytest.mark.parametrize("holder", ["server", "client"])
+def test_optional_step_on_one_side_only_is_skipped(holder: str) -> None:
+    calls: list[str] = []
+    step = _counting_step("example.com/optional", calls)
+    pair = run((step,) if holder == "server" else (), (step,) if holder == "client" else ())
+    assert pair.client.handshake_complete
+    assert pair.server.handshake_complete
+    assert steps_of(pair.client_events) == ()
+    assert steps_of(pair.server_events) == ()
+    assert calls == []
+
+
+@pytest.mark.parametrize("holder", ["server", "client"])
+def test_required_step_unsupported_by_the_peer(holder: str) -> None:
+    calls: list[str] = []
+    step = _counting_step("example.com/required", calls, required=True)
+    pair = run((step,) if holder == "server" else (), (step,) if holder == "client" else ())
+    assert_closed_with(pair.server, pair.server_events, NegotiationFailed)
+    assert_closed_with(pair.client, pair.client_events, NegotiationFailed)
+    assert "example.com/required" in str(pair.server.error)
+    assert calls == []
+
+
+def test_required_on_one_side_optional_on_the_other_runs() -> None:
+    calls: list[str] = []
+    pair = run(
+        (_counting_step("example.com/s", calls, required=True),),
+        (_counting_step("example.com/s", calls, required=False),),
+    )
+    assert steps_of(pair.client_events) == ("example.com/s",)
+    assert calls == [
+        "server:server_payload:example.com/s",
+        "client:client_payload:example.com/s",
+        "server:verify:example.com/s",
+    ]
+
+
+def test_steps_run_in_the_servers_order() -> None:
+    calls: list[str] = []
+    a_s, b_s = _counting_step("a.example/1", calls), _counting_step("b.example/1", calls)
+    a_c, b_c = _counting_step("a.example/1", calls), _counting_step("b.example/1", calls)
+    pair = run((a_s, b_s), (b_c, a_c))
+    assert steps_of(pair.server_events) == ("a.example/1", "b.example/1")
+    assert steps_of(pair.client_events) == ("a.example/1", "b.example/1")
+    assert calls == [
+        "server:server_payload:a.example/1",
+        "server:server_payload:b.example/1",
+        "client:client_payload:a.example/1",
+        "client:client_payload:b.example/1",
+        "server:verify:a.example/1",
+        "server:verify:b.example/1",
+    ]
+
+
+def test_hooks_returning_none_send_nothing() -> None:
+    seen: list[Any] = []
+    sid = "example.com/silent"
+    pair = run(
+        (CustomProtocolStep(sid, verify_client_payload=lambda ctx, p: seen.append(("v", p))),),
+        (CustomProtocolStep(sid, client_payload=lambda ctx, p: seen.append(("c", p))),),
+    )
+    assert pair.server.handshake_complete
+    assert seen == [("c", None), ("v", None)]
+
+
+# ------------------------------------------------------------------ StepContext
+
+
+def test_step_context_sees_transcript_hash_peer_key_and_keeps_state() -> None:
+    seen: list[tuple[str, StepContext, bytes, PeerKey | None]] = []
+    client_ident = cached_identity("ed25519", 1)
+    server_ident = cached_identity()
+
+    def sp(ctx: StepContext) -> bytes:
+        ctx.state["n"] = 1
+        seen.append(("sp", ctx, ctx.transcript_hash, ctx.peer_key))
+        return ctx.transcript_hash
+
+    def cp(ctx: StepContext, payload: bytes | None) -> bytes:
+        seen.append(("cp", ctx, ctx.transcript_hash, ctx.peer_key))
+        assert payload is not None
+        assert len(payload) == 32
+        return payload
+
+    def vp(ctx: StepContext, payload: bytes | None) -> None:
+        ctx.state["n"] += 1
+        seen.append(("vp", ctx, ctx.transcript_hash, ctx.peer_key))
+        # The client echoed the hash the server saw when it sent its payload.
+        assert payload == seen[0][2]
+
+    sid = "example.com/binding"
+    pair = run(
+        (CustomProtocolStep(sid, server_payload=sp, verify_client_payload=vp),),
+        (CustomProtocolStep(sid, client_payload=cp),),
+        server={"namespace": "ns/1", "client_auth": "required"},
+        client={"namespace": "ns/1", "identity": client_ident},
+    )
+    assert pair.server.handshake_complete
+    (_, sctx, sp_hash, sp_peer), (_, cctx, cp_hash, cp_peer), (_, vctx, vp_hash, vp_peer) = seen
+    assert (sctx.role, cctx.role) == ("server", "client")
+    assert sctx.namespace == cctx.namespace == "ns/1"
+    assert sp_peer is None  # the client's identity comes later
+    assert cp_peer == server_ident.public
+    assert vp_peer == client_ident.public
+    assert vctx is sctx
+    assert vctx.state == {"n": 2}
+    assert len({sp_hash, cp_hash, vp_hash}) == 3  # the transcript grows
+    assert all(len(h) == 32 for h in (sp_hash, cp_hash, vp_hash))
+
+    seen.clear()
+    again = run(
+        (CustomProtocolStep(sid, server_payload=sp, verify_client_payload=vp),),
+        (CustomProtocolStep(sid, client_payload=cp),),
+    )
+    assert again.server.handshake_complete
+    assert seen[0][2] != sp_hash  # bound to this handshake
+    assert seen[2][3] is None  # no client authentication: no peer key for the server
+
+
+# ------------------------------------------------------------- Handshake editing
+
+
+def test_default_handshake() -> None:
+    hs = Handshake()
+    assert hs.ids() == CORE
+    assert hs.custom_steps == ()
+    assert type(hs.authentication) is AuthenticationStep
+    assert [type(s) for s in hs.steps] == [KeyExchangeStep, AuthenticationStep, FinishedStep]
+    assert all(s.core and s.required for s in hs.steps)
+    assert "nautilus/finished" in repr(hs)
+
+
+def test_add_insert_remove_replace() -> None:
+    hs = Handshake()
+    a = CustomProtocolStep("a.example")
+    b = CustomProtocolStep("b.example", required=True)
+    c = CustomProtocolStep("c.example")
+    hs.add(a)
+    hs.add(b)
+    assert hs.ids() == [*CORE[:2], "a.example", "b.example", CORE[2]]
+    hs.insert(2, c)
+    assert hs.ids() == [*CORE[:2], "c.example", "a.example", "b.example", CORE[2]]
+    assert hs.custom_steps == (c, a, b)
+    assert hs.remove("a.example") is a
+    assert hs.ids() == [*CORE[:2], "c.example", "b.example", CORE[2]]
+    d = CustomProtocolStep("d.example")
+    assert hs.replace("c.example", d) is c
+    assert hs.custom_steps == (d, b)
+    assert "required" in repr(b)
+    assert "b.example" in repr(b)
+
+
+def test_editing_refusals_leave_the_handshake_unchanged() -> None:
+    hs = handshake_with(CustomProtocolStep("a.example"))
+    before = hs.steps
+    dup = CustomProtocolStep("a.example")
+    with pytest.raises(ValueError, match="duplicate"):
+        hs.add(dup)
+    with pytest.raises(ValueError, match="duplicate"):
+        hs.add(CustomProtocolStep("nautilus/finished"))
+    with pytest.raises(ValueError, match="core step"):
+        hs.remove("nautilus/authentication")
+    with pytest.raises(ValueError, match="core step"):
+        hs.remove("nautilus/key-exchange")
+    with pytest.raises(ValueError, match="no step"):
+        hs.remove("nope.example")
+    with pytest.raises(ValueError, match="no step"):
+        hs.replace("nope.example", CustomProtocolStep("x.example"))
+    with pytest.raises(ValueError, match="after authentication"):
+        hs.insert(1, CustomProtocolStep("early.example"))  # before authentication
+    with pytest.raises(ValueError, match="after authentication"):
+        hs.insert(0, CustomProtocolStep("first.example"))
+    with pytest.raises(ValueError, match="after authentication"):
+        hs.insert(len(hs.steps), CustomProtocolStep("last.example"))  # after Finished
+    with pytest.raises(ValueError, match="can only be replaced by a AuthenticationStep"):
+        hs.replace("nautilus/authentication", CustomProtocolStep("x.example"))
+    with pytest.raises(ValueError, match="can only be replaced by a KeyExchangeStep"):
+        hs.replace("nautilus/key-exchange", AuthenticationStep())
+    with pytest.raises(ValueError, match="can only be replaced by a FinishedStep"):
+        hs.replace("nautilus/finished", KeyExchangeStep())
+    with pytest.raises(ValueError, match="duplicate"):
+        hs.replace("a.example", CustomProtocolStep("nautilus/finished"))
+    with pytest.raises(TypeError):
+        hs.add("a.example")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        hs.replace("a.example", object())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="duplicate"):
+        hs.add(AuthenticationStep())
+
+    class SecondAuth(AuthenticationStep):
+        protocol_id = "example.com/second-auth"
+
+    with pytest.raises(ValueError, match="core steps"):
+        hs.add(SecondAuth())  # a second core step
+    assert hs.steps == before
+
+
+def test_handshake_constructor_validates() -> None:
+    ke, auth, fin = KeyExchangeStep(), AuthenticationStep(), FinishedStep()
+    custom = CustomProtocolStep("c.example")
+    assert Handshake([ke, auth, custom, fin]).custom_steps == (custom,)
+    with pytest.raises(ValueError, match="core steps"):
+        Handshake([auth, ke, fin])
+    with pytest.raises(ValueError, match="core steps"):
+        Handshake([ke, fin])
+    with pytest.raises(ValueError, match="after authentication"):
+        Handshake([ke, custom, auth, fin])
+    with pytest.raises(TypeError):
+        Handshake([ke, auth, "x", fin])  # type: ignore[list-item]
+
+
+def test_custom_protocol_step_argument_checks() -> None:
+    for bad in ("", "has space", "tab\tid", "é.example", "x" * 256):
+        with pytest.raises(ValueError, match="protocol_id"):
+            CustomProtocolStep(bad)
+    assert CustomProtocolStep("x" * 255).protocol_id == "x" * 255
+    with pytest.raises(TypeError):
+        CustomProtocolStep(b"bytes.example")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        CustomProtocolStep("a.example", required=1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="server_payload"):
+        CustomProtocolStep("a.example", server_payload=b"x")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="verify_client_payload"):
+        CustomProtocolStep("a.example", verify_client_payload="no")  # type: ignore[arg-type]
+
+
+def test_subclassed_step_with_a_bad_id_is_refused() -> None:
+    class NoId(HandshakeStep):
+        pass
+
+    with pytest.raises(ValueError, match="protocol_id"):
+        Handshake().add(NoId())
+
+
+# ---------------------------------------------------------- AuthenticationStep
+
+
+class HybridOnly(AuthenticationStep):
+    """A policy: pinned and post-quantum (hybrid) keys only."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def verify_peer(self, trust: Any, key: PeerKey, **kwargs: Any) -> str:
+        how = super().verify_peer(trust, key, **kwargs)
+        self.calls.append(key.kind)
+        if key.kind != "ed25519+ml-dsa-65":
+            raise AuthenticationFailed(f"policy: {key.kind} keys are not accepted")
+        return how
+
+
+def _client_with_policy(policy: AuthenticationStep) -> dict[str, Any]:
+    hs = Handshake()
+    old = hs.replace("nautilus/authentication", policy)
+    assert type(old) is AuthenticationStep
+    assert hs.authentication is policy
+    return {"handshake": hs}
+
+
+@pytest.mark.parametrize(("kind", "ok"), [("ed25519", False), ("ed25519+ml-dsa-65", True)])
+def test_replaced_authentication_step_adds_a_rule(kind: str, ok: bool) -> None:
+    policy = HybridOnly()
+    server_ident = cached_identity(kind)
+    pair = Pair.make(server_ident, client=_client_with_policy(policy))
+    pair.connect()
+    assert policy.calls == [kind]
+    if ok:
+        assert pair.client.handshake_complete
+        assert pair.server.handshake_complete
+        assert pair.client.session.trust == "pinned"
+    else:
+        assert_closed_with(pair.client, pair.client_events, AuthenticationFailed)
+        assert "policy" in str(pair.client.error)
+        assert_closed_with(pair.server, pair.server_events, AuthenticationFailed)
+
+
+def test_replaced_authentication_step_still_requires_base_trust() -> None:
+    policy = HybridOnly()
+    pair = Pair.make(
+        cached_identity("ed25519+ml-dsa-65"), pin=False, client=_client_with_policy(policy)
+    )
+    pair.connect()
+    assert_closed_with(pair.client, pair.client_events, AuthenticationFailed)
+    assert policy.calls == []  # the base check failed first
+
+
+def test_authentication_step_may_name_its_own_trust() -> None:
+    class Directory(AuthenticationStep):
+        def verify_peer(self, trust: Any, key: PeerKey, **kwargs: Any) -> str:
+            if key != cached_identity().public:
+                raise AuthenticationFailed("not in the directory")
+            return "directory"
+
+    pair = Pair.make(pin=False, client=_client_with_policy(Directory()))
+    pair.connect()
+    assert pair.client.session is not None
+    assert pair.client.session.trust == "directory"
+
+
+def test_server_side_authentication_step_checks_clients() -> None:
+    client_ident = cached_identity("ed25519", 1)
+    policy = HybridOnly()
+    hs = Handshake()
+    hs.replace("nautilus/authentication", policy)
+    pair = Pair.make(
+        server={
+            "handshake": hs,
+            "client_auth": "required",
+            "trusted_peers": [client_ident.public],
+        },
+        client={"identity": client_ident},
+    )
+    pair.connect()
+    assert policy.calls == ["ed25519"]
+    assert_closed_with(pair.server, pair.server_events, AuthenticationFailed)
+    assert_closed_with(pair.client, pair.client_events, AuthenticationFailed)
+    assert isinstance(pair.client_events[-1], ConnectionClosed)
+
+
+def test_server_side_custom_rule_runs_without_a_trust_store() -> None:
+    class RejectAll(AuthenticationStep):
+        def verify_peer(self, trust: Any, key: PeerKey, **kwargs: Any) -> str:
+            raise AuthenticationFailed("closed for maintenance")
+
+    hs = Handshake()
+    hs.replace("nautilus/authentication", RejectAll())
+    pair = Pair.make(
+        server={"handshake": hs, "client_auth": "required"},
+        client={"identity": cached_identity("ed25519", 1)},
+    )
+    pair.connect()
+    assert_closed_with(pair.server, pair.server_events, AuthenticationFailed)
+
+
+def test_a_replaced_authentication_step_can_be_replaced_again() -> None:
+    hs = Handshake()
+    first = HybridOnly()
+    hs.replace("nautilus/authentication", first)
+    assert hs.replace("nautilus/authentication", AuthenticationStep()) is first
+    assert type(hs.authentication) is AuthenticationStep
+
+
+@pytest.mark.parametrize("size", [1, 20_000, 65_000])
+def test_large_step_payloads_span_several_records(size: int) -> None:
+    sid = "example.com/blob"
+    received: list[bytes | None] = []
+    blob = os.urandom(size)
+
+    def echo(ctx: StepContext, payload: bytes | None) -> bytes | None:
+        received.append(payload)
+        return payload
+
+    pair = run(
+        (
+            CustomProtocolStep(
+                sid, server_payload=lambda ctx: blob, verify_client_payload=lambda c, p: None
+            ),
+        ),
+        (CustomProtocolStep(sid, client_payload=echo),),
+    )
+    assert pair.server.handshake_complete
+    assert received == [blob]
+
+
+def test_step_payload_over_the_message_limit_fails_the_handshake() -> None:
+    # Handshake messages are limited to 64 KiB: the sending side refuses an
+    # oversized payload itself (its own step is at fault) and tells the peer.
+    sid = "example.com/too-big"
+    pair = run(
+        (CustomProtocolStep(sid, server_payload=lambda ctx: bytes(70_000)),),
+        (CustomProtocolStep(sid),),
+    )
+    assert_closed_with(pair.server, pair.server_events, HandshakeError)
+    assert "at most" in str(pair.server.error)
+    assert_closed_with(pair.client, pair.client_events, HandshakeError)
+    assert "internal_error" in str(pair.client.error)

@@ -1,0 +1,903 @@
+"""The sans-IO Connection between two honest peers: negotiation, round trips,
+session info, data, key updates, exporters, closing, client authentication,
+identities, certificates, known peers and API misuse."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+from protocol_helpers import (
+    ALL_CIPHERS,
+    ALL_GROUPS,
+    KINDS,
+    NOW,
+    Pair,
+    assert_closed_with,
+    cached_identity,
+    drain_events,
+    event_types,
+    make_identity,
+    pump,
+    received_data,
+    split_plain_handshake,
+    split_records,
+)
+
+from nautilus import (
+    AlertReceived,
+    AuthenticationFailed,
+    Certificate,
+    CertificateExpired,
+    ClosedError,
+    ConnectionClosed,
+    ConnectionLost,
+    Context,
+    DataReceived,
+    HandshakeCompleted,
+    HandshakeError,
+    Identity,
+    InvalidKey,
+    KeysUpdated,
+    NegotiationFailed,
+    ProtocolViolation,
+    State,
+)
+from nautilus.context import DEFAULT_GROUPS
+from nautilus.protocol.connection import Connection
+from nautilus.protocol.messages import RECORD_SEALED, MsgType
+from nautilus.record import RECORD_OVERHEAD
+
+
+def connected_pair(**kwargs: object) -> Pair:
+    pair = Pair.make(**kwargs)  # type: ignore[arg-type]
+    pair.handshake()
+    return pair
+
+
+def completed(events: list[object]) -> HandshakeCompleted:
+    done = [e for e in events if isinstance(e, HandshakeCompleted)]
+    assert len(done) == 1, events
+    return done[0]
+
+
+# ------------------------------------------------------------- negotiation, RTTs
+
+
+@pytest.mark.parametrize("cipher", ALL_CIPHERS)
+@pytest.mark.parametrize("group", ALL_GROUPS)
+def test_handshake_every_group_and_cipher(group: str, cipher: str) -> None:
+    server_ident = cached_identity()
+    opts = {"groups": [group], "ciphers": [cipher]}
+    pair = Pair.make(server_ident, server=opts, client=opts)
+    flights = pair.handshake()
+    # ClientHello -> server flight -> client Finished: one round trip before the
+    # client may send, plus the Finished flight.
+    assert flights == 3
+    assert event_types(pair.client_events) == ["HandshakeCompleted"]
+    assert event_types(pair.server_events) == ["HandshakeCompleted"]
+    cs = pair.client_events[0].session
+    ss = pair.server_events[0].session
+    for s in (cs, ss):
+        assert (s.group, s.cipher, s.namespace, s.steps) == (group, cipher, "nautilus", ())
+        assert s.max_record_size == 16384
+        assert s.resumed is False
+    assert (cs.role, ss.role) == ("client", "server")
+    assert cs.peer_key == server_ident.public
+    assert cs.peer_id == server_ident.peer_id
+    assert cs.trust == "pinned"
+    assert ss.peer_key is None
+    assert ss.peer_id is None
+    assert ss.trust is None
+    assert pair.client.session is cs
+    assert pair.server.session is ss
+    assert pair.client.state is State.CONNECTED is pair.server.state
+    assert pair.client.get_timer() is None
+    assert pair.server.get_timer() is None
+
+    pair.client.send_data(b"ping " + group.encode())
+    pair.server.send_data(b"pong " + cipher.encode())
+    assert pair.pump() == 2
+    assert received_data(pair.server_events) == b"ping " + group.encode()
+    assert received_data(pair.client_events) == b"pong " + cipher.encode()
+
+
+def _first_server_message(flight_log: list[tuple[str, bytes]]) -> MsgType:
+    role, wire = flight_log[1]
+    assert role == "server"
+    messages, _ = split_plain_handshake(wire)
+    return messages[0][0]
+
+
+@pytest.mark.parametrize(
+    ("client_groups", "server_groups", "chosen"),
+    [
+        (("mlkem768", "x25519-mlkem1024"), ("x25519-mlkem1024", "mlkem768"), "x25519-mlkem1024"),
+        (("x25519-mlkem768", "mlkem1024"), ("mlkem1024",), "mlkem1024"),
+        (("x25519", "x25519-mlkem768"), ("x25519-mlkem768", "x25519"), "x25519-mlkem768"),
+    ],
+)
+def test_hello_retry_costs_one_extra_round_trip(
+    client_groups: tuple[str, ...], server_groups: tuple[str, ...], chosen: str
+) -> None:
+    log: list[tuple[str, bytes]] = []
+
+    def record(src: Connection, dst: Connection, data: bytes) -> bytes:
+        log.append((src.role, data))
+        return data
+
+    pair = Pair.make(server={"groups": server_groups}, client={"groups": client_groups})
+    pair.start()
+    flights = pair.pump(record)
+    assert pair.client.handshake_complete
+    assert pair.server.handshake_complete
+    # ClientHello, HelloRetry, ClientHello again, server flight, client Finished.
+    assert flights == 5
+    assert [r for r, _ in log] == ["client", "server", "client", "server", "client"]
+    assert _first_server_message(log) is MsgType.HELLO_RETRY
+    assert len(split_records(log[1][1])) == 1  # the retry request is alone in its flight
+    assert completed(pair.client_events).session.group == chosen
+    assert completed(pair.server_events).session.group == chosen
+
+
+def _round_trip(pair: Pair) -> None:
+    pair.server.receive_data(pair.client.data_to_send(), NOW)
+    pair.client.receive_data(pair.server.data_to_send(), NOW)
+
+
+@pytest.mark.parametrize(
+    ("server_groups", "rtts"), [(("x25519-mlkem768",), 1), (("mlkem1024", "x25519-mlkem768"), 2)]
+)
+def test_client_can_send_after_one_round_trip_or_two_with_retry(
+    server_groups: tuple[str, ...], rtts: int
+) -> None:
+    pair = Pair.make(server={"groups": server_groups})
+    pair.start()
+    for _ in range(rtts - 1):
+        _round_trip(pair)
+        assert not pair.client.handshake_complete
+    _round_trip(pair)
+    assert pair.client.handshake_complete
+    assert not pair.server.handshake_complete  # it still waits for the client's Finished
+    pair.client.send_data(b"first bytes")
+    pair.server.receive_data(pair.client.data_to_send(), NOW)
+    assert event_types(drain_events(pair.server)) == ["HandshakeCompleted", "DataReceived"]
+
+
+def test_no_retry_when_the_first_share_is_the_servers_choice() -> None:
+    log: list[tuple[str, bytes]] = []
+
+    def record(src: Connection, dst: Connection, data: bytes) -> bytes:
+        log.append((src.role, data))
+        return data
+
+    pair = Pair.make(
+        server={"groups": ["mlkem768", "mlkem1024"]}, client={"groups": ["mlkem1024", "mlkem768"]}
+    )
+    pair.start()
+    # The server prefers mlkem768 but the client's share is mlkem1024, which the
+    # server also accepts: the server picks by its own preference, so it retries.
+    assert pair.pump(record) == 5
+    assert _first_server_message(log) is MsgType.HELLO_RETRY
+    assert completed(pair.client_events).session.group == "mlkem768"
+
+
+def test_server_preference_decides_the_cipher() -> None:
+    pair = connected_pair(
+        server={"ciphers": ["aes-128-gcm", "chacha20-poly1305"]},
+        client={"ciphers": ["chacha20-poly1305", "aes-256-gcm", "aes-128-gcm"]},
+    )
+    assert completed(pair.client_events).session.cipher == "aes-128-gcm"
+    assert completed(pair.server_events).session.cipher == "aes-128-gcm"
+
+
+def test_x25519_alone_is_not_offered_by_default() -> None:
+    assert "x25519" not in Context().groups
+    assert Context().groups == DEFAULT_GROUPS
+    # A client that only speaks x25519 cannot reach a default server ...
+    pair = Pair.make(client={"groups": ["x25519"]})
+    pair.connect()
+    assert_closed_with(pair.server, pair.server_events, NegotiationFailed)
+    assert_closed_with(pair.client, pair.client_events, NegotiationFailed)
+    assert AlertReceived(40, "negotiation_failed") in pair.client_events
+    # ... and a default client never agrees to x25519 with a server that prefers it.
+    pair = connected_pair(server={"groups": ["x25519", "mlkem768"]})
+    assert completed(pair.client_events).session.group == "mlkem768"
+    # Listed on both sides, it works.
+    pair = connected_pair(server={"groups": ["x25519"]}, client={"groups": ["x25519"]})
+    assert completed(pair.client_events).session.group == "x25519"
+
+
+# ------------------------------------------------------------------ session info
+
+
+def test_trust_pinned_by_peer_id_string() -> None:
+    ident = cached_identity()
+    pair = connected_pair(client={"trusted_peers": [ident.peer_id]})
+    assert completed(pair.client_events).session.trust == "pinned"
+
+
+@pytest.mark.parametrize("as_string", [False, True])
+def test_trust_expected_peer(as_string: bool) -> None:
+    ident = cached_identity()
+    expected = ident.peer_id if as_string else ident.public
+    pair = connected_pair(pin=False, expected_peer=expected)
+    session = completed(pair.client_events).session
+    assert session.trust == "expected"
+    assert session.peer_key == ident.public
+
+
+def test_expected_peer_wins_over_pins() -> None:
+    ident = cached_identity()
+    pair = connected_pair(expected_peer=ident.public)  # also pinned
+    assert completed(pair.client_events).session.trust == "expected"
+
+
+def test_namespace_is_reported() -> None:
+    pair = connected_pair(server={"namespace": "chat/v2"}, client={"namespace": "chat/v2"})
+    assert completed(pair.client_events).session.namespace == "chat/v2"
+    assert completed(pair.server_events).session.namespace == "chat/v2"
+
+
+def test_max_record_size_is_the_smaller_of_both() -> None:
+    pair = connected_pair(server={"max_record_size": 1024}, client={"max_record_size": 4096})
+    assert completed(pair.client_events).session.max_record_size == 1024
+    assert completed(pair.server_events).session.max_record_size == 1024
+    pair.client.send_data(b"c" * 5000)
+    pair.server.send_data(b"s" * 5000)
+    c_wire = pair.client.data_to_send()
+    s_wire = pair.server.data_to_send()
+    assert [len(r) for r in split_records(c_wire)] == [1024 + RECORD_OVERHEAD] * 4 + [
+        5000 - 4096 + RECORD_OVERHEAD
+    ]
+    assert len(split_records(s_wire)) == 5
+    pair.server.receive_data(c_wire, NOW)
+    pair.client.receive_data(s_wire, NOW)
+    pair.collect()
+    assert received_data(pair.server_events) == b"c" * 5000
+    assert received_data(pair.client_events) == b"s" * 5000
+
+
+# -------------------------------------------------------------------------- data
+
+
+def test_client_data_queued_before_the_handshake_rides_with_its_finished() -> None:
+    pair = Pair.make()
+    pair.client.send_data(b"early-1")  # even before start()
+    pair.start()
+    pair.client.send_data(bytearray(b"early-2"))
+    pair.client.send_data(memoryview(b"early-3"))
+    pair.client.send_data(b"")  # nothing
+    assert pair.pump() == 3  # no extra flight: the data goes with the Finished
+    assert event_types(pair.server_events) == ["HandshakeCompleted", "DataReceived"]
+    assert received_data(pair.server_events) == b"early-1early-2early-3"
+
+
+def test_server_data_queued_before_the_handshake_is_sent_once_connected() -> None:
+    pair = Pair.make()
+    pair.start()
+    pair.server.send_data(b"hello from the server")
+    assert pair.pump() == 4
+    assert event_types(pair.client_events) == ["HandshakeCompleted", "DataReceived"]
+    assert received_data(pair.client_events) == b"hello from the server"
+
+
+def test_data_both_ways_many_messages() -> None:
+    pair = connected_pair()
+    for i in range(20):
+        pair.client.send_data(b"c%d;" % i)
+        pair.server.send_data(b"s%d;" % i)
+        pair.pump()
+    assert received_data(pair.server_events) == b"".join(b"c%d;" % i for i in range(20))
+    assert received_data(pair.client_events) == b"".join(b"s%d;" % i for i in range(20))
+
+
+@pytest.mark.parametrize("size", [16384, 16385, 200_000])
+def test_large_data_is_split_into_records_and_merged(size: int) -> None:
+    pair = connected_pair()
+    data = os.urandom(size)
+    pair.client.send_data(data)
+    wire = pair.client.data_to_send()
+    records = split_records(wire)
+    assert len(records) == math.ceil(size / 16384)
+    assert all(r[0] == RECORD_SEALED for r in records)
+    assert max(len(r) for r in records) == 16384 + RECORD_OVERHEAD
+    pair.server.receive_data(wire, NOW)
+    events = drain_events(pair.server)
+    assert event_types(events) == ["DataReceived"]  # one event for the whole run
+    assert received_data(events) == data
+
+
+def test_large_data_fed_byte_ranges_arrives_in_order() -> None:
+    pair = connected_pair()
+    data = os.urandom(50_000)
+    pair.server.send_data(data)
+    wire = pair.server.data_to_send()
+    for i in range(0, len(wire), 777):
+        pair.client.receive_data(wire[i : i + 777])
+    assert received_data(drain_events(pair.client)) == data
+
+
+# --------------------------------------------------------------------- key update
+
+
+def test_update_keys_ratchets_both_directions() -> None:
+    pair = connected_pair()
+    pair.collect()
+    pair.client_events.clear()
+    pair.server_events.clear()
+    pair.client.update_keys()
+    assert drain_events(pair.client) == [KeysUpdated("send")]
+    pair.server.receive_data(pair.client.data_to_send(), NOW)
+    # The server follows the request: it ratchets its receiving and sending keys.
+    assert drain_events(pair.server) == [KeysUpdated("receive"), KeysUpdated("send")]
+    pair.client.receive_data(pair.server.data_to_send(), NOW)
+    assert drain_events(pair.client) == [KeysUpdated("receive")]
+    assert pair.client.data_to_send() == b""  # no ping-pong of updates
+
+    pair.client.send_data(b"after update")
+    pair.server.send_data(b"and back")
+    pair.pump()
+    assert received_data(pair.server_events) == b"after update"
+    assert received_data(pair.client_events) == b"and back"
+
+
+def test_update_keys_without_request_ratchets_one_direction() -> None:
+    pair = connected_pair()
+    pair.server.update_keys(request_peer=False)
+    pair.server.send_data(b"x")
+    assert drain_events(pair.server) == [KeysUpdated("send")]
+    pair.client.receive_data(pair.server.data_to_send(), NOW)
+    assert drain_events(pair.client) == [KeysUpdated("receive"), DataReceived(b"x")]
+    assert pair.client.data_to_send() == b""
+
+
+def test_repeated_key_updates_keep_data_flowing() -> None:
+    pair = connected_pair()
+    for i in range(5):
+        (pair.client if i % 2 else pair.server).update_keys()
+        pair.client.send_data(b"%d" % i)
+        pair.server.send_data(b"%d" % i)
+        pair.pump()
+    assert received_data(pair.server_events) == b"01234"
+    assert received_data(pair.client_events) == b"01234"
+    assert [e.direction for e in pair.client_events if isinstance(e, KeysUpdated)] == [
+        "receive",
+        "send",
+        "send",
+        "receive",
+        "receive",
+        "send",
+        "send",
+        "receive",
+        "receive",
+        "send",
+    ]
+
+
+def test_automatic_key_update_after_key_update_records() -> None:
+    pair = connected_pair(client={"key_update_records": 2, "max_record_size": 512})
+    pair.collect()
+    data = os.urandom(512 * 7)
+    pair.client.send_data(data)
+    sent = drain_events(pair.client)
+    # 7 records, a key update after every 2: 3 updates, each one record more.
+    assert sent == [KeysUpdated("send")] * 3
+    wire = pair.client.data_to_send()
+    assert len(split_records(wire)) == 7 + 3
+    pair.server.receive_data(wire, NOW)
+    events = drain_events(pair.server)
+    assert [e for e in events if isinstance(e, KeysUpdated)] == [KeysUpdated("receive")] * 3
+    assert received_data(events) == data
+    assert pair.server.data_to_send() == b""  # automatic updates do not ask the peer
+
+
+def test_automatic_key_update_after_key_update_bytes() -> None:
+    pair = connected_pair(server={"key_update_bytes": 1000})
+    data = os.urandom(3500)
+    pair.server.send_data(data[:2500])
+    pair.server.send_data(data[2500:])
+    assert drain_events(pair.server) == [KeysUpdated("send")] * 3
+    pair.client.receive_data(pair.server.data_to_send(), NOW)
+    events = drain_events(pair.client)
+    assert event_types(events).count("KeysUpdated") == 3
+    assert received_data(events) == data
+
+
+# ----------------------------------------------------------------------- exporter
+
+
+def test_export_keying_material_matches_and_is_per_session() -> None:
+    a = connected_pair()
+    b = connected_pair()
+    ea_c = a.client.export_keying_material(b"EXPORTER-test", b"ctx", 48)
+    ea_s = a.server.export_keying_material(b"EXPORTER-test", b"ctx", 48)
+    assert ea_c == ea_s
+    assert len(ea_c) == 48
+    assert b.client.export_keying_material(b"EXPORTER-test", b"ctx", 48) != ea_c
+    assert a.client.export_keying_material(b"EXPORTER-other", b"ctx", 48) != ea_c
+    assert a.client.export_keying_material(b"EXPORTER-test", b"ctx2", 48) != ea_c
+    assert a.client.export_keying_material(b"EXPORTER-test", b"ctx", 16) != ea_c[:16]
+    assert len(a.server.export_keying_material(b"", b"", 8160)) == 8160
+    # Key updates do not change the exporter.
+    a.client.update_keys()
+    a.pump()
+    assert a.server.export_keying_material(b"EXPORTER-test", b"ctx", 48) == ea_c
+
+
+def test_export_keying_material_argument_checks() -> None:
+    pair = Pair.make()
+    pair.start()
+    with pytest.raises(ClosedError):
+        pair.client.export_keying_material(b"l", b"c", 32)
+    pair.pump()
+    conn = pair.client
+    with pytest.raises(ValueError, match="length"):
+        conn.export_keying_material(b"l", b"c", 0)
+    with pytest.raises(ValueError, match="length"):
+        conn.export_keying_material(b"l", b"c", 8161)
+    with pytest.raises(TypeError):
+        conn.export_keying_material("l", b"c", 32)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        conn.export_keying_material(b"l", bytearray(b"c"), 32)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        conn.export_keying_material(b"l", b"c", 32.0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        conn.export_keying_material(b"l", b"c", True)
+
+
+# --------------------------------------------------------------------------- close
+
+
+@pytest.mark.parametrize("closer", ["client", "server"])
+def test_close_notify(closer: str) -> None:
+    pair = connected_pair()
+    pair.collect()
+    pair.client_events.clear()
+    pair.server_events.clear()
+    me, peer = (pair.client, pair.server) if closer == "client" else (pair.server, pair.client)
+    me.send_data(b"last words")
+    me.close()
+    assert me.is_closed
+    assert me.error is None
+    assert drain_events(me) == []
+    me.close()  # idempotent
+    peer.receive_data(me.data_to_send(), NOW)
+    events = drain_events(peer)
+    assert events == [
+        DataReceived(b"last words"),
+        AlertReceived(0, "close_notify"),
+        ConnectionClosed(None),
+    ]
+    assert peer.is_closed
+    assert peer.error is None
+    # The peer answers with its own close_notify; the closed side ignores it.
+    answer = peer.data_to_send()
+    assert answer[:1] == bytes([RECORD_SEALED])
+    me.receive_data(answer, NOW)
+    assert drain_events(me) == []
+    with pytest.raises(ClosedError):
+        peer.send_data(b"x")
+
+
+def test_close_before_start_sends_nothing() -> None:
+    conn = Connection(Context(), "client")
+    conn.close()
+    assert conn.is_closed
+    assert conn.data_to_send() == b""
+    with pytest.raises(ClosedError):
+        conn.start(NOW)
+
+
+def test_eof_after_handshake_without_close_notify_is_connection_lost() -> None:
+    pair = connected_pair()
+    pair.collect()
+    pair.client.receive_eof()
+    events = drain_events(pair.client)
+    assert event_types(events) == ["ConnectionClosed"]
+    assert_closed_with(pair.client, events, ConnectionLost)
+    assert pair.client.data_to_send() == b""  # nothing to say on a dead transport
+    pair.client.receive_eof()  # again: nothing new
+    assert drain_events(pair.client) == []
+
+
+def test_eof_after_close_notify_is_clean() -> None:
+    pair = connected_pair()
+    pair.server.close()
+    pair.pump()
+    pair.client.receive_eof()
+    assert pair.client.error is None
+    assert [e for e in pair.client_events if isinstance(e, ConnectionClosed)] == [
+        ConnectionClosed(None)
+    ]
+
+
+def test_eof_during_handshake_is_a_handshake_error() -> None:
+    pair = Pair.make()
+    pair.start()
+    pair.server.receive_data(pair.client.data_to_send(), NOW)
+    pair.client.receive_eof()
+    events = drain_events(pair.client)
+    assert_closed_with(pair.client, events, HandshakeError)
+
+
+# --------------------------------------------------------------- client auth
+
+
+def test_client_auth_off_sends_no_identity() -> None:
+    client_ident = cached_identity("ed25519", 1)
+    pair = connected_pair(client={"identity": client_ident})
+    s = completed(pair.server_events).session
+    assert s.peer_key is None
+    assert s.trust is None
+
+
+def test_client_auth_optional_without_identity() -> None:
+    pair = connected_pair(server={"client_auth": "optional"})
+    s = completed(pair.server_events).session
+    assert s.peer_key is None
+    assert s.trust is None
+
+
+def test_client_auth_optional_with_identity() -> None:
+    client_ident = cached_identity("ed25519", 1)
+    pair = connected_pair(server={"client_auth": "optional"}, client={"identity": client_ident})
+    s = completed(pair.server_events).session
+    assert s.peer_key == client_ident.public
+    assert s.peer_id == client_ident.peer_id
+    assert s.trust is None  # a server without trust settings takes any client key
+
+
+def test_client_auth_required_and_pinned() -> None:
+    client_ident = cached_identity("ed25519", 1)
+    pair = connected_pair(
+        server={"client_auth": "required", "trusted_peers": [client_ident.public]},
+        client={"identity": client_ident},
+    )
+    s = completed(pair.server_events).session
+    assert (s.peer_key, s.trust) == (client_ident.public, "pinned")
+
+
+def test_client_auth_required_without_identity_fails_on_both_sides() -> None:
+    pair = Pair.make(server={"client_auth": "required"})
+    pair.connect()
+    assert_closed_with(pair.client, pair.client_events, AuthenticationFailed)
+    assert_closed_with(pair.server, pair.server_events, AuthenticationFailed)
+    assert AlertReceived(116, "certificate_required") in pair.server_events
+    assert "HandshakeCompleted" not in event_types(pair.client_events)
+    assert "HandshakeCompleted" not in event_types(pair.server_events)
+
+
+def test_client_auth_required_with_untrusted_client_fails_on_both_sides() -> None:
+    client_ident = cached_identity("ed25519", 1)
+    stranger = cached_identity("ed25519", 2)
+    pair = Pair.make(
+        server={"client_auth": "required", "trusted_peers": [stranger.public]},
+        client={"identity": client_ident},
+    )
+    pair.connect()
+    assert_closed_with(pair.server, pair.server_events, AuthenticationFailed)
+    assert_closed_with(pair.client, pair.client_events, AuthenticationFailed)
+    assert AlertReceived(48, "untrusted_peer") in pair.client_events
+    assert "HandshakeCompleted" not in event_types(pair.server_events)
+
+
+# ----------------------------------------------------------------- identity kinds
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_server_identity_kinds(kind: str) -> None:
+    ident = cached_identity(kind)
+    pair = connected_pair(server_identity=ident)
+    s = completed(pair.client_events).session
+    assert s.peer_key == ident.public
+    assert s.peer_key.kind == kind
+    assert s.trust == "pinned"
+    if kind == "ed25519":
+        assert s.peer_id.startswith("did:key:z6Mk")
+    else:
+        assert s.peer_id.startswith("nautilus:")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_client_identity_kinds(kind: str) -> None:
+    client_ident = cached_identity(kind)
+    pair = connected_pair(
+        server={"client_auth": "required", "trusted_peers": [client_ident.peer_id]},
+        client={"identity": client_ident},
+    )
+    s = completed(pair.server_events).session
+    assert (s.peer_key, s.trust) == (client_ident.public, "pinned")
+
+
+# -------------------------------------------------------------------- certificates
+
+
+def _certified_server(
+    issuer: Identity, name: str = "db.example", *, not_before: float, not_after: float
+) -> Identity:
+    ident = make_identity()
+    cert = Certificate.issue(issuer, ident.public, name, not_before=not_before, not_after=not_after)
+    return ident.with_certificate(cert)
+
+
+def test_certificate_from_a_trusted_issuer() -> None:
+    issuer = cached_identity("ed25519", 3)
+    server = _certified_server(issuer, not_before=NOW - 60, not_after=NOW + 3600)
+    pair = connected_pair(
+        server_identity=server,
+        pin=False,
+        client={"trusted_issuers": [issuer.public]},
+        server_name="db.example",
+    )
+    s = completed(pair.client_events).session
+    assert (s.peer_key, s.trust) == (server.public, "certificate")
+
+
+def test_certificate_from_an_ml_dsa_issuer_by_peer_id() -> None:
+    issuer = cached_identity("ml-dsa-65")
+    server = _certified_server(issuer, not_before=NOW - 60, not_after=NOW + 3600)
+    pair = connected_pair(
+        server_identity=server, pin=False, client={"trusted_issuers": [issuer.peer_id]}
+    )
+    assert completed(pair.client_events).session.trust == "certificate"
+
+
+@pytest.mark.parametrize(
+    ("window", "server_name", "trusted_issuer_n", "alert", "message", "client_cls"),
+    [
+        ((NOW - 7200, NOW - 3600), "db.example", 3, 45, "expired", CertificateExpired),
+        ((NOW + 3600, NOW + 7200), "db.example", 3, 45, "not yet valid", CertificateExpired),
+        ((NOW - 60, NOW + 3600), "db.example", 4, 48, "unknown issuer", AuthenticationFailed),
+        (
+            (NOW - 60, NOW + 3600),
+            "other.example",
+            3,
+            48,
+            "not for 'other.example'",
+            AuthenticationFailed,
+        ),
+    ],
+    ids=["expired", "not-yet-valid", "wrong-issuer", "wrong-name"],
+)
+def test_bad_certificate_fails_on_both_sides(
+    window: tuple[float, float],
+    server_name: str,
+    trusted_issuer_n: int,
+    alert: int,
+    message: str,
+    client_cls: type[Exception],
+) -> None:
+    issuer = cached_identity("ed25519", 3)
+    server = _certified_server(issuer, not_before=window[0], not_after=window[1])
+    trusted = cached_identity("ed25519", trusted_issuer_n)
+    pair = Pair.make(
+        server,
+        pin=False,
+        client={"trusted_issuers": [trusted.public]},
+        server_name=server_name,
+    )
+    pair.connect()
+    assert_closed_with(pair.client, pair.client_events, client_cls)
+    assert message in str(pair.client.error)
+    assert_closed_with(pair.server, pair.server_events, client_cls)
+    assert any(isinstance(e, AlertReceived) and e.code == alert for e in pair.server_events)
+
+
+def test_certificate_is_ignored_without_trusted_issuers() -> None:
+    issuer = cached_identity("ed25519", 3)
+    server = _certified_server(issuer, not_before=NOW - 60, not_after=NOW + 3600)
+    pair = Pair.make(server, pin=False, client={"trusted_peers": [cached_identity().public]})
+    pair.connect()
+    assert_closed_with(pair.client, pair.client_events, AuthenticationFailed)
+    assert "not trusted" in str(pair.client.error)
+    assert_closed_with(pair.server, pair.server_events, AuthenticationFailed)
+
+
+# ---------------------------------------------------------------- known peers
+
+
+def test_known_peers_trust_on_first_use(tmp_path: object) -> None:
+    path = os.path.join(str(tmp_path), "known_peers")
+    server = make_identity()
+    opts = {"known_peers_file": path}
+
+    first = connected_pair(server_identity=server, pin=False, client=opts, server_name="db:5432")
+    assert completed(first.client_events).session.trust == "first-use"
+    assert os.path.exists(path)
+    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+    with open(path) as fh:
+        text = fh.read()
+    assert f"db:5432 {server.peer_id} " in text
+
+    again = connected_pair(server_identity=server, pin=False, client=opts, server_name="db:5432")
+    assert completed(again.client_events).session.trust == "known-peers"
+
+    # Another name is another first use.
+    other = connected_pair(server_identity=server, pin=False, client=opts, server_name="db2:5432")
+    assert completed(other.client_events).session.trust == "first-use"
+
+    impostor = Pair.make(make_identity(), pin=False, client=opts, server_name="db:5432")
+    impostor.connect()
+    assert_closed_with(impostor.client, impostor.client_events, AuthenticationFailed)
+    message = str(impostor.client.error)
+    assert "'db:5432'" in message
+    assert "changed" in message
+    assert "line 2" in message
+    assert_closed_with(impostor.server, impostor.server_events, AuthenticationFailed)
+    with open(path) as fh:
+        lines = [ln for ln in fh.read().splitlines() if ln and not ln.startswith("#")]
+    # The impostor was not recorded: one line per name, both for the real key.
+    assert [ln.split()[:2] for ln in lines] == [
+        ["db:5432", server.peer_id],
+        ["db2:5432", server.peer_id],
+    ]
+
+
+def test_known_peers_needs_a_server_name(tmp_path: object) -> None:
+    path = os.path.join(str(tmp_path), "known_peers")
+    pair = Pair.make(pin=False, client={"known_peers_file": path})
+    pair.connect()
+    assert_closed_with(pair.client, pair.client_events, AuthenticationFailed)
+    assert "name" in str(pair.client.error)
+    assert_closed_with(pair.server, pair.server_events, AuthenticationFailed)
+    assert not os.path.exists(path)
+
+
+def test_no_trust_at_all_fails() -> None:
+    pair = Pair.make(pin=False)
+    pair.connect()
+    assert_closed_with(pair.client, pair.client_events, AuthenticationFailed)
+    assert "no trust configured" in str(pair.client.error)
+    assert_closed_with(pair.server, pair.server_events, AuthenticationFailed)
+
+
+# -------------------------------------------------------------------- API misuse
+
+
+def test_constructor_argument_checks() -> None:
+    ident = cached_identity()
+    with pytest.raises(TypeError):
+        Connection(object(), "client")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="role"):
+        Connection(Context(), "peer")
+    with pytest.raises(ValueError, match="identity"):
+        Connection(Context(), "server")
+    with pytest.raises(ValueError, match="clients only"):
+        Connection(Context(ident), "server", expected_peer=ident.public)
+    with pytest.raises(ValueError, match="clients only"):
+        Connection(Context(ident), "server", server_name="x")
+    with pytest.raises(TypeError):
+        Connection(Context(), "client", server_name=b"host")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        Connection(Context(), "client", expected_peer=b"key")  # type: ignore[arg-type]
+    with pytest.raises(InvalidKey):
+        Connection(Context(), "client", expected_peer="did:key:not-a-key")
+
+
+def test_calls_before_start() -> None:
+    conn = Connection(Context(), "client")
+    assert conn.state is State.CLIENT_START
+    assert conn.get_timer() is None
+    assert conn.data_to_send() == b""
+    with pytest.raises(ClosedError, match="start"):
+        conn.receive_data(b"\x16\x00\x00\x01\x00", NOW)
+    with pytest.raises(ClosedError):
+        conn.update_keys()
+    assert conn.next_event() is None
+
+
+def test_bad_argument_types() -> None:
+    pair = Pair.make()
+    with pytest.raises(TypeError):
+        pair.client.start("now")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        pair.client.start(True)
+    assert pair.client.state is State.CLIENT_START  # a bad call changes nothing
+    pair.start()
+    with pytest.raises(ClosedError):
+        pair.client.start(NOW)
+    with pytest.raises(TypeError):
+        pair.client.receive_data("text")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        pair.client.receive_data(b"", now="later")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        pair.client.send_data("text")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        pair.client.send_data(None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        pair.client.handle_timer(None)  # type: ignore[arg-type]
+    with pytest.raises(ClosedError):
+        pair.client.update_keys()
+    pair.pump()
+    assert pair.client.handshake_complete
+
+
+def test_send_on_closed_raises_closed_error_chained_to_the_failure() -> None:
+    pair = Pair.make(pin=False)
+    pair.connect()
+    assert pair.client.is_closed
+    with pytest.raises(ClosedError) as info:
+        pair.client.send_data(b"x")
+    assert isinstance(info.value.__cause__, AuthenticationFailed)
+    with pytest.raises(ClosedError):
+        pair.client.update_keys()
+    # Receiving on a closed connection is ignored rather than an error.
+    pair.client.receive_data(b"\x17\x00\x00\x05hello", NOW)
+    assert drain_events(pair.client) == []
+
+    done = connected_pair()
+    done.client.close()
+    with pytest.raises(ClosedError):
+        done.client.send_data(b"x")
+    with pytest.raises(ClosedError):
+        done.client.update_keys()
+
+
+def test_repr_and_role() -> None:
+    conn = Connection(Context(), "client")
+    assert conn.role == "client"
+    assert "client" in repr(conn)
+    assert "client_start" in repr(conn)
+    assert pump(conn, Connection(Context(cached_identity()), "server")) == 0
+
+
+def test_server_cannot_export_before_the_client_finished() -> None:
+    pair = Pair.make()
+    pair.start()
+    pair.server.receive_data(pair.client.data_to_send(), NOW)
+    assert not pair.server.handshake_complete
+    with pytest.raises(ClosedError):
+        pair.server.export_keying_material(b"label", b"", 32)
+
+
+def test_no_export_after_a_failed_handshake() -> None:
+    pair = Pair.make(server={"client_auth": "required"})
+    pair.connect()
+    assert isinstance(pair.server.error, AuthenticationFailed)
+    with pytest.raises(ClosedError):
+        pair.server.export_keying_material(b"label", b"", 32)
+
+
+def test_simultaneous_key_updates_cross_cleanly() -> None:
+    pair = connected_pair()
+    pair.collect()
+    pair.client_events.clear()
+    pair.server_events.clear()
+    pair.client.update_keys()
+    pair.server.update_keys()
+    pair.client.send_data(b"from client")
+    pair.server.send_data(b"from server")
+    pair.pump()
+    for events, data in (
+        (pair.client_events, b"from server"),
+        (pair.server_events, b"from client"),
+    ):
+        directions = [e.direction for e in events if isinstance(e, KeysUpdated)]
+        assert sorted(directions) == ["receive", "receive", "send", "send"]
+        assert received_data(events) == data
+    pair.client.send_data(b"again")
+    pair.server.send_data(b"again")
+    pair.pump()
+    assert received_data(pair.server_events).endswith(b"again")
+    assert received_data(pair.client_events).endswith(b"again")
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_now_is_refused(bad: float) -> None:
+    server = Connection(Context(cached_identity()), "server")
+    with pytest.raises(ValueError, match="now"):
+        server.start(bad)
+
+
+def test_nan_now_does_not_let_a_stale_hello_through() -> None:
+    pair = Pair.make()
+    pair.client.start(NOW - 10**6)
+    pair.server.start(NOW)
+    try:
+        pair.server.receive_data(pair.client.data_to_send(), math.nan)
+    except ValueError:
+        return  # refusing the bad time is fine too
+    pair.collect()
+    assert_closed_with(pair.server, pair.server_events, ProtocolViolation)

@@ -1,0 +1,988 @@
+"""Attacks on the in-memory protocol: men in the middle, downgrades, wrong or
+untrusted peers, failed negotiation, stale and replayed hellos, damaged records,
+malformed input and timeouts. Each test checks both sides: the side that
+detects the problem, and the peer after the alert has been carried across."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import pytest
+from protocol_helpers import (
+    NOW,
+    Pair,
+    assert_closed_with,
+    cached_identity,
+    drain_events,
+    event_types,
+    handshake_message,
+    plain_record,
+    pump,
+    received_data,
+    rewrite_plain_handshake,
+    split_plain_handshake,
+    split_records,
+)
+
+from nautilus import (
+    AlertReceived,
+    AuthenticationFailed,
+    CertificateExpired,
+    ConnectionClosed,
+    ConnectionLost,
+    Context,
+    CustomProtocolStep,
+    Handshake,
+    HandshakeError,
+    HandshakeTimeout,
+    IntegrityError,
+    KeyAgreementFailed,
+    NegotiationFailed,
+    ProtocolViolation,
+    State,
+)
+from nautilus.context import CIPHER_IDS, GROUP_IDS
+from nautilus.kem import GROUPS
+from nautilus.protocol import keyschedule as ks
+from nautilus.protocol.connection import Connection
+from nautilus.protocol.messages import (
+    RECORD_ALERT_PLAIN,
+    RECORD_HANDSHAKE_PLAIN,
+    RECORD_SEALED,
+    ClientAuth,
+    ClientHello,
+    EncryptedExtensions,
+    Finished,
+    HelloRetry,
+    IdentityMsg,
+    MsgType,
+    ServerHello,
+    frame,
+)
+from nautilus.record import DEFAULT_RECORD_LIMIT, ContentType, RecordSealer
+
+
+def alert_codes(events: list[object]) -> list[int]:
+    return [e.code for e in events if isinstance(e, AlertReceived)]
+
+
+def both_fail(pair: Pair, client_cls: type, server_cls: type) -> None:
+    assert_closed_with(pair.client, pair.client_events, client_cls)
+    assert_closed_with(pair.server, pair.server_events, server_cls)
+    assert "HandshakeCompleted" not in event_types(pair.client_events)
+    assert "HandshakeCompleted" not in event_types(pair.server_events)
+
+
+def client_hello_editor(
+    edit: Callable[[ClientHello], ClientHello],
+) -> Callable[[Connection, Connection, bytes], bytes]:
+    """An intercept that rewrites every plaintext ClientHello the client sends."""
+
+    def intercept(src: Connection, dst: Connection, data: bytes) -> bytes:
+        if src.role != "client" or data[0] != RECORD_HANDSHAKE_PLAIN:
+            return data
+        return rewrite_plain_handshake(
+            data,
+            lambda _t, body: edit(ClientHello.decode_body(body)).encode_body(),
+            only=MsgType.CLIENT_HELLO,
+        )
+
+    return intercept
+
+
+# ------------------------------------------------------------ men in the middle
+
+
+@pytest.mark.parametrize("group", ["x25519-mlkem768", "mlkem1024", "x25519"])
+def test_mitm_substitutes_the_kem_share_in_server_hello(group: str) -> None:
+    hello: list[ClientHello] = []
+
+    def mitm(src: Connection, dst: Connection, data: bytes) -> bytes:
+        if src.role == "client" and data[0] == RECORD_HANDSHAKE_PLAIN:
+            (msg,), _ = split_plain_handshake(data)
+            hello.append(ClientHello.decode_body(msg[1]))
+            return data
+        if src.role == "server" and data[0] == RECORD_HANDSHAKE_PLAIN:
+            # A valid ciphertext for the client's key, whose secret the MITM knows.
+            pub = GROUPS[group].PUBLIC_KEY_CLASS.from_public_bytes(hello[0].share)
+            _secret, ours = pub.encapsulate()
+
+            def swap(_t: MsgType, body: bytes) -> bytes:
+                sh = ServerHello.decode_body(body)
+                assert len(ours) == len(sh.share)
+                assert ours != sh.share
+                return dataclasses.replace(sh, share=ours).encode_body()
+
+            return rewrite_plain_handshake(data, swap, only=MsgType.SERVER_HELLO)
+        return data
+
+    opts = {"groups": [group]}
+    pair = Pair.make(server=opts, client=opts)
+    pair.connect(mitm)
+    both_fail(pair, KeyAgreementFailed, KeyAgreementFailed)
+    assert alert_codes(pair.server_events) == []  # its alert was unreadable: other keys
+
+
+def test_mitm_with_its_own_identity_is_not_trusted() -> None:
+    real = cached_identity()
+    mitm_ident = cached_identity("ed25519", 7)
+    client = Connection(Context(trusted_peers=[real.public]), "client")
+    mitm_server = Connection(Context(mitm_ident), "server")
+    mitm_client = Connection(Context(trusted_peers=[real.public]), "client")
+    server = Connection(Context(real), "server")
+    for conn in (client, mitm_server, mitm_client, server):
+        conn.start(NOW)
+    pump(client, mitm_server)
+    pump(mitm_client, server)
+    c_events = drain_events(client)
+    assert_closed_with(client, c_events, AuthenticationFailed)
+    assert "not trusted" in str(client.error)
+    m_events = drain_events(mitm_server)
+    assert_closed_with(mitm_server, m_events, AuthenticationFailed)
+    assert alert_codes(m_events) == [48]  # untrusted_peer
+    assert not server.is_closed  # the real server merely saw an ordinary client
+    assert server.state is State.CONNECTED
+
+
+def test_mitm_presenting_the_real_key_cannot_sign_for_it() -> None:
+    real = cached_identity()
+    mitm_server = Connection(Context(cached_identity("ed25519", 7)), "server")
+    # The attacker's server sends the real server's public key but signs the
+    # transcript with its own key.
+    mitm_server._identity_message = lambda: IdentityMsg(real.public.to_bytes(), b"")  # type: ignore[method-assign]
+    client = Connection(Context(trusted_peers=[real.public]), "client")
+    client.start(NOW)
+    mitm_server.start(NOW)
+    pump(client, mitm_server)
+    c_events = drain_events(client)
+    assert_closed_with(client, c_events, AuthenticationFailed)
+    assert "signature" in str(client.error)
+    m_events = drain_events(mitm_server)
+    assert_closed_with(mitm_server, m_events, AuthenticationFailed)
+    assert alert_codes(m_events) == [51]  # decrypt_error
+
+
+def test_mitm_stripping_expected_peer_breaks_the_transcript() -> None:
+    real = cached_identity()
+    mitm_ident = cached_identity("ed25519", 7)
+    pair = Pair.make(mitm_ident, pin=False, expected_peer=real.public)
+    pair.connect(client_hello_editor(lambda ch: dataclasses.replace(ch, expected_peer=b"")))
+    both_fail(pair, KeyAgreementFailed, KeyAgreementFailed)
+
+
+# -------------------------------------------------------------------- downgrades
+
+
+def test_downgrade_of_groups_fails_instead_of_negotiating_weaker() -> None:
+    strongest = GROUP_IDS["x25519-mlkem1024"]
+    opts = {"groups": ["x25519-mlkem1024", "mlkem768"]}
+    pair = Pair.make(server=opts, client=opts)
+    strip = client_hello_editor(
+        lambda ch: dataclasses.replace(ch, groups=tuple(g for g in ch.groups if g != strongest))
+    )
+    pair.connect(strip)
+    both_fail(pair, KeyAgreementFailed, KeyAgreementFailed)
+
+
+def test_downgrade_of_groups_in_first_hello_only_is_caught_on_retry() -> None:
+    strongest = GROUP_IDS["x25519-mlkem1024"]
+    opts = {"groups": ["x25519-mlkem1024", "mlkem768"]}
+    pair = Pair.make(server=opts, client=opts)
+    seen = []
+    edit = client_hello_editor(
+        lambda ch: dataclasses.replace(ch, groups=tuple(g for g in ch.groups if g != strongest))
+    )
+
+    def first_only(src: Connection, dst: Connection, data: bytes) -> bytes:
+        if src.role == "client":
+            seen.append(data)
+            if len(seen) == 1:
+                return edit(src, dst, data)
+        return data
+
+    pair.connect(first_only)
+    assert_closed_with(pair.server, pair.server_events, ProtocolViolation)
+    assert "retried client hello differs" in str(pair.server.error)
+    assert_closed_with(pair.client, pair.client_events, KeyAgreementFailed)
+    assert alert_codes(pair.client_events) == [47]  # illegal_parameter
+
+
+def test_downgrade_of_ciphers_fails() -> None:
+    opts = {"ciphers": ["aes-256-gcm", "chacha20-poly1305", "aes-128-gcm"]}
+    pair = Pair.make(server=opts, client=opts)
+    weakest = CIPHER_IDS["aes-128-gcm"]
+    pair.connect(client_hello_editor(lambda ch: dataclasses.replace(ch, ciphers=(weakest,))))
+    both_fail(pair, KeyAgreementFailed, KeyAgreementFailed)
+
+
+def test_mitm_changing_the_cipher_in_server_hello_fails() -> None:
+    opts = {"ciphers": ["aes-256-gcm", "aes-128-gcm"]}
+    pair = Pair.make(server=opts, client=opts)
+
+    def swap(src: Connection, dst: Connection, data: bytes) -> bytes:
+        if src.role == "server" and data[0] == RECORD_HANDSHAKE_PLAIN:
+            return rewrite_plain_handshake(
+                data,
+                lambda _t, b: dataclasses.replace(
+                    ServerHello.decode_body(b), cipher=CIPHER_IDS["aes-128-gcm"]
+                ).encode_body(),
+                only=MsgType.SERVER_HELLO,
+            )
+        return data
+
+    pair.connect(swap)
+    both_fail(pair, KeyAgreementFailed, KeyAgreementFailed)
+
+
+def test_server_hello_with_a_group_that_had_no_share() -> None:
+    opts = {"groups": ["x25519-mlkem768", "mlkem768"]}
+    pair = Pair.make(server=opts, client=opts)
+
+    def swap(src: Connection, dst: Connection, data: bytes) -> bytes:
+        if src.role == "server" and data[0] == RECORD_HANDSHAKE_PLAIN:
+            return rewrite_plain_handshake(
+                data,
+                lambda _t, b: dataclasses.replace(
+                    ServerHello.decode_body(b), group=GROUP_IDS["mlkem768"]
+                ).encode_body(),
+                only=MsgType.SERVER_HELLO,
+            )
+        return data
+
+    pair.connect(swap)
+    assert_closed_with(pair.client, pair.client_events, ProtocolViolation)
+    # The client's alert is sent in plaintext (no keys yet); the server has keys
+    # already but accepts plaintext alerts during the handshake.
+    assert_closed_with(pair.server, pair.server_events, KeyAgreementFailed)
+    assert alert_codes(pair.server_events) == [47]
+
+
+# ------------------------------------------------------------ wrong/untrusted peers
+
+
+@pytest.mark.parametrize("as_string", [False, True], ids=["peer-key", "peer-id"])
+def test_wrong_expected_peer(as_string: bool) -> None:
+    other = cached_identity("ed25519", 5)
+    expected = other.peer_id if as_string else other.public
+    pair = Pair.make(expected_peer=expected)
+    pair.connect()
+    both_fail(pair, AuthenticationFailed, AuthenticationFailed)
+    assert "another peer" in str(pair.server.error)
+    assert alert_codes(pair.client_events) == [49]  # wrong_peer
+
+
+def test_wrong_expected_peer_caught_by_the_client_itself() -> None:
+    # A server that ignores the expected_peer hint still cannot pass the
+    # client's own check after the signature.
+    other = cached_identity("ed25519", 5)
+    pair = Pair.make(expected_peer=other.public)
+    pair.client._expected_hash = lambda: b""  # type: ignore[method-assign]
+    pair.connect()
+    both_fail(pair, AuthenticationFailed, AuthenticationFailed)
+    assert "wrong peer" in str(pair.client.error)
+    assert alert_codes(pair.server_events) == [49]
+
+
+def test_untrusted_peer() -> None:
+    pair = Pair.make(pin=False, client={"trusted_peers": [cached_identity("ed25519", 5).public]})
+    pair.connect()
+    both_fail(pair, AuthenticationFailed, AuthenticationFailed)
+    assert "not in trusted_peers" in str(pair.client.error)
+    assert alert_codes(pair.server_events) == [48]
+
+
+# ------------------------------------------------------------------- negotiation
+
+
+@pytest.mark.parametrize(
+    ("server", "client", "what"),
+    [
+        ({"groups": ["mlkem1024"]}, {"groups": ["mlkem768", "x25519-mlkem768"]}, "group"),
+        ({"ciphers": ["aes-128-gcm"]}, {"ciphers": ["chacha20-poly1305"]}, "cipher"),
+    ],
+)
+def test_no_common_group_or_cipher(server: dict, client: dict, what: str) -> None:
+    pair = Pair.make(server=server, client=client)
+    pair.connect()
+    both_fail(pair, NegotiationFailed, NegotiationFailed)
+    assert what in str(pair.server.error)
+    assert alert_codes(pair.client_events) == [40]
+    assert pair.client.data_to_send() == b""
+    assert pair.server.data_to_send() == b""
+
+
+def test_namespace_mismatch() -> None:
+    pair = Pair.make(server={"namespace": "chat"}, client={"namespace": "files"})
+    pair.connect()
+    both_fail(pair, NegotiationFailed, NegotiationFailed)
+    assert "namespace" in str(pair.server.error)
+    assert alert_codes(pair.client_events) == [93]
+
+
+def _with_step(step: CustomProtocolStep) -> Handshake:
+    hs = Handshake()
+    hs.add(step)
+    return hs
+
+
+@pytest.mark.parametrize("requirer", ["client", "server"])
+def test_required_step_missing_on_the_peer(requirer: str) -> None:
+    hs = _with_step(CustomProtocolStep("example.com/token/1", required=True))
+    opts = {"handshake": hs}
+    pair = Pair.make(
+        server=opts if requirer == "server" else {}, client=opts if requirer == "client" else {}
+    )
+    pair.connect()
+    both_fail(pair, NegotiationFailed, NegotiationFailed)
+    assert "example.com/token/1" in str(pair.server.error)
+    assert alert_codes(pair.client_events) == [40]
+
+
+def test_server_agreeing_to_an_unoffered_step_is_refused() -> None:
+    # The server knows a step the client never offered and claims it agreed.
+    step = CustomProtocolStep("example.com/x")
+    liar = Connection(Context(cached_identity(), handshake=_with_step(step)), "server")
+    liar._agree_steps = lambda offered: [step]  # type: ignore[method-assign]
+    client = Connection(Context(trusted_peers=[cached_identity().public]), "client")
+    client.start(NOW)
+    liar.start(NOW)
+    pump(client, liar)
+    c_events = drain_events(client)
+    assert_closed_with(client, c_events, NegotiationFailed)
+    assert "not offered" in str(client.error)
+    assert_closed_with(liar, drain_events(liar), KeyAgreementFailed)  # illegal_parameter
+
+
+# ------------------------------------------------------------- stale and replayed
+
+
+@pytest.mark.parametrize("offset", [-3600.0, -121.0, 121.0, 86400.0])
+def test_stale_or_future_client_hello(offset: float) -> None:
+    pair = Pair.make()
+    pair.client.start(NOW + offset)
+    pair.server.start(NOW)
+    pair.pump()
+    both_fail(pair, ProtocolViolation, ProtocolViolation)
+    assert "timestamp" in str(pair.server.error)
+    assert alert_codes(pair.client_events) == [91]  # stale_hello
+
+
+@pytest.mark.parametrize("offset", [-119.0, 119.0])
+def test_clock_skew_within_the_limit_is_accepted(offset: float) -> None:
+    pair = Pair.make()
+    pair.client.start(NOW + offset)
+    pair.server.start(NOW)
+    pair.pump()
+    assert pair.client.handshake_complete
+    assert pair.server.handshake_complete
+
+
+def test_max_clock_skew_is_configurable() -> None:
+    pair = Pair.make(server={"max_clock_skew": 5.0})
+    pair.client.start(NOW - 6)
+    pair.server.start(NOW)
+    pair.pump()
+    both_fail(pair, ProtocolViolation, ProtocolViolation)
+
+
+def test_replayed_client_hello_is_refused_by_the_same_context() -> None:
+    server_ctx = Context(cached_identity())
+    client = Connection(Context(trusted_peers=[cached_identity().public]), "client")
+    client.start(NOW)
+    hello = client.data_to_send()
+    first = Connection(server_ctx, "server")
+    first.start(NOW)
+    first.receive_data(hello, NOW)
+    assert first.state is State.SERVER_WAIT_FLIGHT
+
+    replay = Connection(server_ctx, "server")
+    replay.start(NOW + 1)
+    replay.receive_data(hello, NOW + 1)
+    events = drain_events(replay)
+    assert_closed_with(replay, events, ProtocolViolation)
+    assert "replay" in str(replay.error)
+    assert replay.data_to_send() == plain_record(RECORD_ALERT_PLAIN, bytes([92]))
+
+    # The genuine handshake is unaffected.
+    pump(client, first)
+    assert client.handshake_complete
+    assert first.handshake_complete
+    # Another context has its own replay cache.
+    elsewhere = Connection(Context(cached_identity()), "server")
+    elsewhere.start(NOW)
+    elsewhere.receive_data(hello, NOW)
+    assert elsewhere.state is State.SERVER_WAIT_FLIGHT
+
+
+# ------------------------------------------------------- records after handshake
+
+
+def _three_records(pair: Pair) -> list[bytes]:
+    wires = []
+    for i in range(3):
+        pair.client.send_data(bytes([0x41 + i]) * (10 + i))
+        wires.append(pair.client.data_to_send())
+    assert all(len(split_records(w)) == 1 for w in wires)
+    return wires
+
+
+def _flip(record: bytes, pos: int) -> bytes:
+    b = bytearray(record)
+    b[pos] ^= 0x01
+    return bytes(b)
+
+
+DAMAGE = {
+    "tampered-ciphertext": lambda r: r[0] + _flip(r[1], 8) + r[2],
+    "tampered-tag": lambda r: r[0] + _flip(r[1], len(r[1]) - 1) + r[2],
+    "tampered-header": lambda r: r[0] + _flip(r[1], 0)[:1] + r[1][1:] + r[2],
+    "truncated": lambda r: r[0] + r[1][:-5] + r[2],
+    "reordered": lambda r: r[0] + r[2] + r[1],
+    "replayed": lambda r: r[0] + r[1] + r[1],
+    "dropped": lambda r: r[0] + r[2],
+}
+GOOD_PREFIX = {
+    "tampered-ciphertext": b"A" * 10,
+    "tampered-tag": b"A" * 10,
+    "tampered-header": b"A" * 10,
+    "truncated": b"A" * 10,
+    "reordered": b"A" * 10,
+    "replayed": b"A" * 10 + b"B" * 11,
+    "dropped": b"A" * 10,
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_damaged_records_after_the_handshake(damage: str) -> None:
+    pair = Pair.make()
+    pair.handshake()
+    wire = DAMAGE[damage](_three_records(pair))
+    pair.server.receive_data(wire, NOW)
+    events = drain_events(pair.server)
+    # (A header byte changed inside a batch of sealed records is a malformed record.)
+    assert_closed_with(pair.server, events, IntegrityError)
+    assert received_data(events) == GOOD_PREFIX[damage]  # no byte of the bad record
+    alert = pair.server.data_to_send()
+    assert split_records(alert)[0][:1] == bytes([RECORD_SEALED])  # the alert is encrypted
+    pair.client.receive_data(alert, NOW)
+    c_events = drain_events(pair.client)
+    assert_closed_with(pair.client, c_events, IntegrityError)
+    assert alert_codes(c_events) == [20]  # bad_record_mac
+
+
+def test_first_record_tampered_delivers_nothing() -> None:
+    pair = Pair.make()
+    pair.handshake()
+    r = _three_records(pair)
+    pair.server.receive_data(_flip(r[0], 10) + r[1] + r[2], NOW)
+    events = drain_events(pair.server)
+    assert event_types(events) == ["ConnectionClosed"]
+    assert_closed_with(pair.server, events, IntegrityError)
+
+
+def test_record_cut_short_then_eof_is_connection_lost() -> None:
+    pair = Pair.make()
+    pair.handshake()
+    r = _three_records(pair)
+    pair.server.receive_data(r[0] + r[1][:-3], NOW)
+    pair.server.receive_eof()
+    events = drain_events(pair.server)
+    assert received_data(events) == b"A" * 10
+    assert_closed_with(pair.server, events, ConnectionLost)
+
+
+def test_tampering_is_detected_in_the_other_direction_too() -> None:
+    pair = Pair.make()
+    pair.handshake()
+    pair.server.send_data(b"secret")
+    wire = pair.server.data_to_send()
+    pair.client.receive_data(_flip(wire, 12), NOW)
+    events = drain_events(pair.client)
+    assert_closed_with(pair.client, events, IntegrityError)
+    assert received_data(events) == b""
+
+
+# ------------------------------------------------------------- malformed input
+
+
+@pytest.mark.parametrize("victim", ["server", "client"])
+@pytest.mark.parametrize(
+    "garbage",
+    [b"GET / HTTP/1.1\r\n\r\n", b"\x00\x00\x00\x00", b"\x18\x00\x00\x01\x00", b"\xff"],
+    ids=["http", "zeros", "type-0x18", "type-0xff"],
+)
+def test_garbage_or_unknown_record_type(victim: str, garbage: bytes) -> None:
+    pair = Pair.make()
+    pair.start()
+    hello = pair.client.data_to_send()
+    if victim == "server":
+        pair.server.receive_data(garbage, NOW)
+        pair.collect()
+        assert_closed_with(pair.server, pair.server_events, ProtocolViolation)
+        assert "unknown record type" in str(pair.server.error)
+        pair.client.receive_data(pair.server.data_to_send(), NOW)
+        pair.collect()
+        assert_closed_with(pair.client, pair.client_events, ProtocolViolation)
+    else:
+        pair.server.receive_data(hello, NOW)
+        pair.client.receive_data(garbage, NOW)
+        pair.collect()
+        assert_closed_with(pair.client, pair.client_events, ProtocolViolation)
+        pair.server.receive_data(pair.client.data_to_send(), NOW)
+        pair.collect()
+        assert_closed_with(pair.server, pair.server_events, ProtocolViolation)
+    assert 50 in alert_codes(pair.client_events + pair.server_events)  # decode_error
+
+
+def test_garbage_after_a_valid_hello() -> None:
+    pair = Pair.make()
+    pair.start()
+    pair.server.receive_data(pair.client.data_to_send() + b"\x99junk", NOW)
+    pair.collect()
+    assert_closed_with(pair.server, pair.server_events, ProtocolViolation)
+
+
+@pytest.mark.parametrize("declared", [65537, 0xFFFFFF])
+def test_oversized_handshake_message_header(declared: int) -> None:
+    pair = Pair.make()
+    pair.start()
+    header = bytes([MsgType.CLIENT_HELLO]) + declared.to_bytes(3, "big")
+    pair.server.receive_data(plain_record(RECORD_HANDSHAKE_PLAIN, header), NOW)
+    pair.collect()
+    assert_closed_with(pair.server, pair.server_events, ProtocolViolation, exact=False)
+    assert "handshake message of" in str(pair.server.error)
+    pair.client.receive_data(pair.server.data_to_send(), NOW)
+    pair.collect()
+    assert_closed_with(pair.client, pair.client_events, ProtocolViolation)
+    assert alert_codes(pair.client_events) == [22]  # record_overflow
+
+
+def test_handshake_message_at_the_size_limit_is_not_an_overflow() -> None:
+    pair = Pair.make()
+    pair.start()
+    header = bytes([MsgType.CLIENT_HELLO]) + (65536).to_bytes(3, "big")
+    pair.server.receive_data(plain_record(RECORD_HANDSHAKE_PLAIN, header), NOW)
+    assert drain_events(pair.server) == []  # waits for the body
+    assert pair.server.state is State.SERVER_WAIT_HELLO
+
+
+@pytest.mark.parametrize("length", [0, 16385, 0xFFFFFF])
+def test_plaintext_record_length_out_of_range(length: int) -> None:
+    pair = Pair.make()
+    pair.start()
+    pair.server.receive_data(bytes([RECORD_HANDSHAKE_PLAIN]) + length.to_bytes(3, "big"), NOW)
+    pair.collect()
+    assert_closed_with(pair.server, pair.server_events, ProtocolViolation)
+    assert "record_overflow" in str(pair.server.error)
+
+
+def test_unknown_handshake_message_type() -> None:
+    pair = Pair.make()
+    pair.start()
+    pair.server.receive_data(plain_record(RECORD_HANDSHAKE_PLAIN, handshake_message(99, b"")))
+    pair.collect()
+    assert_closed_with(pair.server, pair.server_events, ProtocolViolation, exact=False)
+    pair.client.receive_data(pair.server.data_to_send(), NOW)
+    pair.collect()
+    assert_closed_with(pair.client, pair.client_events, ProtocolViolation)
+
+
+def test_plaintext_handshake_record_after_the_handshake() -> None:
+    pair = Pair.make()
+    pair.handshake()
+    fake = plain_record(RECORD_HANDSHAKE_PLAIN, frame(Finished(bytes(32))))
+    pair.client.receive_data(fake, NOW)
+    pair.collect()
+    assert_closed_with(pair.client, pair.client_events, ProtocolViolation)
+    assert "plaintext handshake record" in str(pair.client.error)
+    pair.server.receive_data(pair.client.data_to_send(), NOW)
+    pair.collect()
+    assert_closed_with(pair.server, pair.server_events, ProtocolViolation)
+    assert alert_codes(pair.server_events) == [10]  # unexpected_message
+
+
+def test_plaintext_handshake_record_after_key_agreement_mid_handshake() -> None:
+    pair = Pair.make()
+    pair.start()
+    pair.server.receive_data(pair.client.data_to_send(), NOW)
+    flight = pair.server.data_to_send()
+    records = split_records(flight)
+    # ServerHello (plaintext), then an injected plaintext record where the
+    # encrypted flight should be.
+    pair.client.receive_data(records[0], NOW)
+    assert pair.client.state is State.CLIENT_WAIT_EXTENSIONS
+    pair.client.receive_data(plain_record(RECORD_HANDSHAKE_PLAIN, frame(Finished(bytes(32)))))
+    pair.collect()
+    assert_closed_with(pair.client, pair.client_events, ProtocolViolation)
+    pair.server.receive_data(pair.client.data_to_send(), NOW)
+    pair.collect()
+    assert_closed_with(pair.server, pair.server_events, ProtocolViolation)
+
+
+def test_finished_in_plaintext_first_is_out_of_order() -> None:
+    pair = Pair.make()
+    pair.start()
+    pair.server.receive_data(pair.client.data_to_send(), NOW)
+    pair.server.data_to_send()  # the real flight is lost
+    pair.client.receive_data(plain_record(RECORD_HANDSHAKE_PLAIN, frame(Finished(bytes(32)))))
+    pair.collect()
+    assert_closed_with(pair.client, pair.client_events, ProtocolViolation)
+    assert "FINISHED in state client_wait_hello" in str(pair.client.error)
+    pair.server.receive_data(pair.client.data_to_send(), NOW)
+    pair.collect()
+    assert_closed_with(pair.server, pair.server_events, ProtocolViolation)
+    assert alert_codes(pair.server_events) == [10]
+
+
+def test_client_hello_sent_to_a_client_is_out_of_order() -> None:
+    a = Connection(Context(), "client")
+    b = Connection(Context(), "client")
+    a.start(NOW)
+    b.start(NOW)
+    pump(a, b)
+    for conn in (a, b):
+        assert_closed_with(conn, drain_events(conn), ProtocolViolation)
+
+
+def test_second_client_hello_after_the_server_flight() -> None:
+    pair = Pair.make()
+    pair.start()
+    hello = pair.client.data_to_send()
+    pair.server.receive_data(hello, NOW)
+    pair.server.receive_data(hello, NOW)
+    pair.collect()
+    assert_closed_with(pair.server, pair.server_events, ProtocolViolation)
+
+
+def test_sealed_record_before_keys() -> None:
+    pair = Pair.make()
+    pair.start()
+    pair.server.receive_data(bytes([RECORD_SEALED]) + (20).to_bytes(3, "big") + bytes(20))
+    pair.collect()
+    assert_closed_with(pair.server, pair.server_events, ProtocolViolation)
+    assert "before keys" in str(pair.server.error)
+
+
+def test_plaintext_alert_on_an_encrypted_connection() -> None:
+    pair = Pair.make()
+    pair.handshake()
+    pair.client.receive_data(plain_record(RECORD_ALERT_PLAIN, b"\x00"), NOW)
+    pair.collect()
+    assert_closed_with(pair.client, pair.client_events, ProtocolViolation)
+    assert ConnectionClosed(None) not in pair.client_events
+
+
+def test_malformed_alert_during_the_handshake() -> None:
+    pair = Pair.make()
+    pair.start()
+    pair.server.receive_data(plain_record(RECORD_ALERT_PLAIN, b"\x28\x00"), NOW)
+    pair.collect()
+    assert_closed_with(pair.server, pair.server_events, ProtocolViolation)
+
+
+@pytest.mark.parametrize(
+    ("code", "during", "cls"),
+    [
+        (200, True, HandshakeError),
+        (80, True, HandshakeError),
+        (200, False, ConnectionLost),
+        (20, True, KeyAgreementFailed),
+        (20, False, IntegrityError),
+        (45, False, CertificateExpired),
+    ],
+)
+def test_alert_codes_map_to_named_errors(code: int, during: bool, cls: type) -> None:
+    pair = Pair.make()
+    if during:
+        pair.start()
+        pair.server.receive_data(plain_record(RECORD_ALERT_PLAIN, bytes([code])), NOW)
+    else:
+        pair.handshake()
+        pair.server.receive_data(
+            pair.client._sealer.seal(bytes([code]), ContentType.ALERT),  # type: ignore[union-attr]
+            NOW,
+        )
+    events = drain_events(pair.server)
+    assert_closed_with(pair.server, events, cls)
+    assert next(e for e in events if isinstance(e, AlertReceived)).code == code
+
+
+@pytest.mark.parametrize("payload", [b"", b"\x02", b"\x01\x01"])
+def test_malformed_key_update(payload: bytes) -> None:
+    pair = Pair.make()
+    pair.handshake()
+    forged = pair.client._sealer.seal(payload, ContentType.KEY_UPDATE)  # type: ignore[union-attr]
+    pair.server.receive_data(forged, NOW)
+    pair.collect()
+    assert_closed_with(pair.server, pair.server_events, ProtocolViolation)
+    pair.client.receive_data(pair.server.data_to_send(), NOW)
+    pair.collect()
+    assert_closed_with(pair.client, pair.client_events, ProtocolViolation)
+
+
+def test_handshake_content_after_the_handshake_is_refused() -> None:
+    pair = Pair.make()
+    pair.handshake()
+    forged = pair.client._sealer.seal(frame(Finished(bytes(32))), ContentType.HANDSHAKE)  # type: ignore[union-attr]
+    pair.server.receive_data(forged, NOW)
+    pair.collect()
+    assert_closed_with(pair.server, pair.server_events, ProtocolViolation)
+
+
+def test_application_data_during_the_handshake_is_refused() -> None:
+    pair = Pair.make(server={"ciphers": ["aes-256-gcm"]})
+    pair.start()
+    pair.server.receive_data(pair.client.data_to_send(), NOW)
+    records = split_records(pair.server.data_to_send())
+    pair.client.receive_data(records[0], NOW)  # ServerHello: keys agreed
+    # Application data sealed with the server's handshake key, as the first record.
+    key, iv = ks.traffic_keys(pair.server._keys.server_hs, "aes-256-gcm")  # type: ignore[union-attr]
+    forged = RecordSealer("aes-256-gcm", key, iv).seal(b"too early")
+    pair.client.receive_data(forged, NOW)
+    events = drain_events(pair.client)
+    assert_closed_with(pair.client, events, ProtocolViolation)
+    assert received_data(events) == b""
+
+
+# ------------------------------------------------------------------------ timeouts
+
+
+def test_handshake_timeout_on_both_sides() -> None:
+    pair = Pair.make(server={"handshake_timeout": 5.0}, client={"handshake_timeout": 3.0})
+    pair.start()
+    assert pair.client.get_timer() == NOW + 3.0
+    assert pair.server.get_timer() == NOW + 5.0
+    pair.server.receive_data(pair.client.data_to_send(), NOW)  # the answer is lost
+    pair.server.data_to_send()
+    pair.client.handle_timer(NOW + 2.999)
+    pair.server.handle_timer(NOW + 4.0)
+    assert not pair.client.is_closed
+    assert not pair.server.is_closed
+    pair.client.handle_timer(NOW + 3.0)
+    pair.server.handle_timer(NOW + 5.0)
+    pair.collect()
+    assert_closed_with(pair.client, pair.client_events, HandshakeTimeout)
+    assert_closed_with(pair.server, pair.server_events, HandshakeTimeout)
+    assert isinstance(pair.client.error, TimeoutError)
+    assert pair.client.get_timer() is None
+    assert pair.server.get_timer() is None
+
+
+def test_handshake_timeout_alert_reaches_the_peer() -> None:
+    pair = Pair.make()
+    pair.start()
+    pair.client.handle_timer(NOW + 10.0)
+    pair.pump()
+    assert_closed_with(pair.client, pair.client_events, HandshakeTimeout)
+    assert_closed_with(pair.server, pair.server_events, HandshakeTimeout)
+    assert alert_codes(pair.server_events) == [90]
+
+
+def test_timer_is_off_once_connected() -> None:
+    pair = Pair.make()
+    pair.start()
+    assert pair.client.get_timer() == NOW + 10.0
+    pair.pump()
+    assert pair.client.get_timer() is None
+    assert pair.server.get_timer() is None
+    pair.client.handle_timer(NOW + 1e6)
+    pair.server.handle_timer(NOW + 1e6)
+    assert pair.client.handshake_complete
+    assert pair.server.handshake_complete
+    assert drain_events(pair.client) == []
+
+
+# ---------------------------------------------------------- closing mid-handshake
+
+
+def test_client_closes_during_the_handshake() -> None:
+    pair = Pair.make()
+    pair.start()
+    pair.server.receive_data(pair.client.data_to_send(), NOW)
+    pair.client.close()
+    assert drain_events(pair.client) == []
+    pair.pump()
+    assert event_types(pair.server_events) == ["AlertReceived", "ConnectionClosed"]
+    assert_closed_with(pair.server, pair.server_events, HandshakeError)
+    assert "during the handshake" in str(pair.server.error)
+
+
+def test_server_closes_before_answering() -> None:
+    pair = Pair.make()
+    pair.start()
+    hello = pair.client.data_to_send()
+    pair.server.close()
+    pair.client.receive_data(pair.server.data_to_send(), NOW)
+    pair.collect()
+    assert event_types(pair.client_events) == ["AlertReceived", "ConnectionClosed"]
+    assert AlertReceived(0, "close_notify") in pair.client_events
+    assert_closed_with(pair.client, pair.client_events, HandshakeError)
+    pair.server.receive_data(hello, NOW)  # ignored: closed
+    assert drain_events(pair.server) == []
+
+
+# ------------------------------------------------------- forged retry, key change
+
+
+def test_forged_hello_retry_cannot_downgrade_the_group() -> None:
+    # The client offers a hybrid group first and plain x25519 second. A MITM
+    # drops the first hello and asks the client to retry with x25519; the
+    # server never saw the first hello and picks by its own preference.
+    opts = {"groups": ["x25519-mlkem768", "x25519"]}
+    pair = Pair.make(server=opts, client=opts)
+    pair.start()
+    pair.client.data_to_send()  # dropped
+    forged = HelloRetry(GROUP_IDS["x25519"])
+    pair.client.receive_data(plain_record(RECORD_HANDSHAKE_PLAIN, frame(forged)), NOW)
+    assert pair.client.state is State.CLIENT_WAIT_RETRIED_HELLO
+    pair.pump()
+    assert_closed_with(pair.client, pair.client_events, ProtocolViolation)
+    assert "HELLO_RETRY" in str(pair.client.error)
+    assert_closed_with(pair.server, pair.server_events, ProtocolViolation)
+    assert "HandshakeCompleted" not in event_types(pair.client_events)
+
+
+def test_hello_retry_for_the_group_already_shared_is_refused() -> None:
+    pair = Pair.make()
+    pair.start()
+    pair.client.data_to_send()
+    forged = HelloRetry(GROUP_IDS["x25519-mlkem768"])  # the client's own share group
+    pair.client.receive_data(plain_record(RECORD_HANDSHAKE_PLAIN, frame(forged)), NOW)
+    pair.collect()
+    assert_closed_with(pair.client, pair.client_events, ProtocolViolation)
+    assert "not offered" in str(pair.client.error)
+
+
+def test_hello_retry_for_an_unoffered_group_is_refused() -> None:
+    pair = Pair.make()  # default groups: no plain x25519
+    pair.start()
+    pair.client.data_to_send()
+    forged = HelloRetry(GROUP_IDS["x25519"])
+    pair.client.receive_data(plain_record(RECORD_HANDSHAKE_PLAIN, frame(forged)), NOW)
+    pair.collect()
+    assert_closed_with(pair.client, pair.client_events, ProtocolViolation)
+
+
+@pytest.mark.parametrize("side", ["server", "client"])
+def test_handshake_message_split_across_the_key_change(side: str) -> None:
+    pair = Pair.make()
+    pair.start()
+    hello = pair.client.data_to_send()
+    # Trailing bytes of a next message in the same plaintext record as the
+    # hello: they would have to be read in plaintext after keys are agreed.
+    extra = handshake_message(MsgType.FINISHED, bytes(32))[:10]
+    if side == "server":
+        messages, _ = split_plain_handshake(hello)
+        payload = handshake_message(messages[0][0], messages[0][1]) + extra
+        pair.server.receive_data(plain_record(RECORD_HANDSHAKE_PLAIN, payload), NOW)
+        pair.collect()
+        assert_closed_with(pair.server, pair.server_events, ProtocolViolation)
+        assert "split across a key change" in str(pair.server.error)
+    else:
+        pair.server.receive_data(hello, NOW)
+        flight = pair.server.data_to_send()
+        messages, _rest = split_plain_handshake(flight)
+        payload = handshake_message(messages[0][0], messages[0][1]) + extra
+        pair.client.receive_data(plain_record(RECORD_HANDSHAKE_PLAIN, payload), NOW)
+        pair.collect()
+        assert_closed_with(pair.client, pair.client_events, ProtocolViolation)
+        assert "split across a key change" in str(pair.client.error)
+
+
+def test_encrypted_extensions_in_plaintext_after_server_hello_is_refused() -> None:
+    pair = Pair.make()
+    pair.start()
+    pair.server.receive_data(pair.client.data_to_send(), NOW)
+    flight = pair.server.data_to_send()
+    messages, _rest = split_plain_handshake(flight)
+    sh = handshake_message(messages[0][0], messages[0][1])
+    ee = frame(EncryptedExtensions(0, (), 16384))
+    pair.client.receive_data(plain_record(RECORD_HANDSHAKE_PLAIN, sh + ee), NOW)
+    pair.collect()
+    assert_closed_with(pair.client, pair.client_events, ProtocolViolation)
+
+
+# ------------------------------------------------------------ dishonest clients
+
+
+def _lie_about_client_auth(client: Connection, mode: ClientAuth) -> None:
+    honest = client._on_extensions
+
+    def lying(msg: EncryptedExtensions, full: bytes) -> State:
+        state = honest(msg, full)
+        client._client_auth = mode
+        return state
+
+    client._on_extensions = lying  # type: ignore[method-assign]
+
+
+def test_client_identity_when_authentication_is_off_is_refused() -> None:
+    pair = Pair.make(client={"identity": cached_identity("ed25519", 1)})
+    _lie_about_client_auth(pair.client, ClientAuth.OPTIONAL)
+    pair.connect()
+    assert_closed_with(pair.server, pair.server_events, ProtocolViolation)
+    assert "client authentication is off" in str(pair.server.error)
+    assert_closed_with(pair.client, pair.client_events, ProtocolViolation)
+    assert alert_codes(pair.client_events) == [10]
+
+
+@pytest.mark.parametrize("with_step", [False, True])
+def test_server_enforces_required_client_auth(with_step: bool) -> None:
+    # The client has an identity but pretends it was not asked for one.
+    step = CustomProtocolStep("example.com/s", client_payload=lambda ctx, p: b"answer")
+    opts: dict = {"handshake": _with_step(step)} if with_step else {}
+    pair = Pair.make(
+        server={"client_auth": "required", **opts},
+        client={"identity": cached_identity("ed25519", 1), **opts},
+    )
+    _lie_about_client_auth(pair.client, ClientAuth.OFF)
+    pair.connect()
+    assert_closed_with(pair.server, pair.server_events, AuthenticationFailed)
+    assert "sent no identity" in str(pair.server.error)
+    assert "HandshakeCompleted" not in event_types(pair.server_events)
+    assert_closed_with(pair.client, pair.client_events, AuthenticationFailed)
+    assert alert_codes(pair.client_events) == [116]
+
+
+def test_client_finished_with_a_wrong_mac() -> None:
+    pair = Pair.make(server={"ciphers": ["chacha20-poly1305"]})
+    stolen: list[bytes] = []
+    honest = pair.client._on_server_finished
+
+    def steal(msg: Finished, full: bytes) -> State:
+        stolen.append(pair.client._keys.client_hs)  # type: ignore[union-attr]
+        return honest(msg, full)
+
+    pair.client._on_server_finished = steal  # type: ignore[method-assign]
+    pair.start()
+    pair.server.receive_data(pair.client.data_to_send(), NOW)
+    pair.client.receive_data(pair.server.data_to_send(), NOW)
+    assert pair.client.handshake_complete
+    pair.client.data_to_send()  # the genuine Finished is replaced by a forged one
+    key, iv = ks.traffic_keys(stolen[0], "chacha20-poly1305")
+    forged = RecordSealer("chacha20-poly1305", key, iv).seal(
+        frame(Finished(bytes(32))), ContentType.HANDSHAKE
+    )
+    pair.server.receive_data(forged, NOW)
+    pair.collect()
+    assert_closed_with(pair.server, pair.server_events, AuthenticationFailed)
+    assert "Finished MAC" in str(pair.server.error)
+    pair.client.receive_data(pair.server.data_to_send(), NOW)
+    pair.collect()
+    assert_closed_with(pair.client, pair.client_events, AuthenticationFailed)
+    assert alert_codes(pair.client_events) == [51]
+
+
+def test_peer_past_the_record_limit_without_key_update() -> None:
+    pair = Pair.make(server={"ciphers": ["aes-128-gcm"]})
+    pair.handshake()
+    key, iv = ks.traffic_keys(pair.client._send_secret, "aes-128-gcm")
+    rogue = RecordSealer("aes-128-gcm", key, iv, record_limit=2**64 - 1)
+    rogue._set_sequence(DEFAULT_RECORD_LIMIT - 1)
+    pair.server._opener._set_sequence(DEFAULT_RECORD_LIMIT - 1)  # type: ignore[union-attr]
+    pair.server.receive_data(rogue.seal(b"last") + rogue.seal(b"one too many"), NOW)
+    events = drain_events(pair.server)
+    assert received_data(events) == b"last"
+    assert_closed_with(pair.server, events, ProtocolViolation)
+    assert "key update" in str(pair.server.error)
