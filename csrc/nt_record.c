@@ -385,11 +385,12 @@ int nt_open(nt_aead *st, uint8_t *in, size_t in_len, uint8_t *out, size_t out_ca
 }
 
 int nt_open_packed(nt_aead *st, uint8_t *in, size_t in_len, uint8_t *out, size_t out_cap,
-                   uint8_t batch_type, nt_open_summary *summary)
+                   uint8_t batch_type, size_t max_records, nt_open_summary *summary)
 {
     if (st == NULL || (in == NULL && in_len > 0) || out == NULL || summary == NULL)
         return NT_ERR_ARG;
-    return open_loop(st, in, in_len, out, out_cap, batch_type, NULL, SIZE_MAX, summary);
+    return open_loop(st, in, in_len, out, out_cap, batch_type, NULL,
+                     max_records == 0 ? SIZE_MAX : max_records, summary);
 }
 
 static int oneshot_check(const nt_aead *st, const uint8_t *nonce, size_t nonce_len,

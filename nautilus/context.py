@@ -13,6 +13,13 @@ from nautilus.identity import Identity, PeerKey, TrustStore
 from nautilus.kem import GROUPS
 from nautilus.protocol.steps import Handshake
 from nautilus.record import CIPHERS, MAX_FRAGMENT
+from nautilus.sessions import (
+    MAX_TICKET_LIFETIME,
+    EarlyDataReplayCache,
+    SessionCache,
+    SessionTable,
+    TicketKeys,
+)
 
 __all__ = ["CIPHER_IDS", "DEFAULT_GROUPS", "GROUP_IDS", "Context", "default_ciphers"]
 
@@ -32,6 +39,7 @@ CIPHER_IDS: dict[str, int] = {
 DEFAULT_GROUPS: tuple[str, ...] = ("x25519-mlkem768", "x25519-mlkem1024", "mlkem1024", "mlkem768")
 """Groups offered by default; ``x25519`` alone (not post-quantum) only when named."""
 CLIENT_AUTH_MODES = ("off", "optional", "required")
+RESUMPTION_MODES = ("psk_dhe", "psk_only", "off")
 MIN_RECORD_SIZE = 512
 REPLAY_CACHE_SIZE = 65536
 
@@ -114,7 +122,23 @@ class Context:
             (512 B to 256 KiB; default 16 KiB).
         key_update_records, key_update_bytes: keys are ratcheted automatically
             after this many records or bytes in one direction.
+        rekey_interval: seconds after which sending keys are ratcheted
+            automatically (None: no age limit).
         handshake: the handshake steps (default: the core steps only).
+        resumption: ``"psk_dhe"`` (resume with a ticket plus a fresh key
+            exchange: forward secret), ``"psk_only"`` (client: ask for the
+            faster resumption without a key exchange, not forward secret for
+            that session; server: also grant it) or ``"off"``.
+        session_cache: (client) where tickets are kept; by default each
+            context has its own in-memory :class:`SessionCache`.
+        ticket_lifetime: (server) seconds a ticket is valid (at most 7 days).
+        ticket_key_rotation: (server) seconds between ticket-key rotations.
+        tickets_per_handshake: (server) tickets sent after each handshake (0: none).
+        early_data: allow 0-RTT early data (client: send it; server: accept
+            it). Off by default: early data can be replayed by an attacker.
+        max_early_data: (server) most early-data bytes a ticket allows.
+        early_data_window: (server) seconds a client's view of a ticket's age
+            may differ from the server's for its early data to be accepted.
 
     Raises:
         TypeError, ValueError: any argument of the wrong type or out of range,
@@ -138,7 +162,16 @@ class Context:
         max_record_size: int = 16384,
         key_update_records: int = 1 << 22,
         key_update_bytes: int = 1 << 36,
+        rekey_interval: float | None = None,
         handshake: Handshake | None = None,
+        resumption: str = "psk_dhe",
+        session_cache: SessionCache | None = None,
+        ticket_lifetime: float = 7200.0,
+        ticket_key_rotation: float = 3600.0,
+        tickets_per_handshake: int = 1,
+        early_data: bool = False,
+        max_early_data: int = 16384,
+        early_data_window: float = 10.0,
     ) -> None:
         if identity is not None and not isinstance(identity, Identity):
             raise TypeError(f"identity must be a nautilus.Identity, not {type(identity).__name__}")
@@ -168,11 +201,42 @@ class Context:
         )
         self.key_update_records = _integer("key_update_records", key_update_records, 1, 1 << 22)
         self.key_update_bytes = _integer("key_update_bytes", key_update_bytes, 1, 1 << 40)
+        self.rekey_interval = (
+            None if rekey_interval is None else _number("rekey_interval", rekey_interval, 1e-3, 1e9)
+        )
+        if resumption not in RESUMPTION_MODES:
+            raise ValueError(f"resumption must be one of {RESUMPTION_MODES}, got {resumption!r}")
+        self.resumption = resumption
+        if session_cache is not None and not isinstance(session_cache, SessionCache):
+            raise TypeError(
+                f"session_cache must be a nautilus.SessionCache, not {type(session_cache).__name__}"
+            )
+        self.session_cache = session_cache if session_cache is not None else SessionCache()
+        self.ticket_lifetime = _number("ticket_lifetime", ticket_lifetime, 1.0, MAX_TICKET_LIFETIME)
+        self.ticket_key_rotation = _number("ticket_key_rotation", ticket_key_rotation, 1.0, 1e9)
+        self.tickets_per_handshake = _integer("tickets_per_handshake", tickets_per_handshake, 0, 8)
+        if not isinstance(early_data, bool):
+            raise TypeError(f"early_data must be a bool, not {type(early_data).__name__}")
+        self.early_data = early_data
+        self.max_early_data = _integer("max_early_data", max_early_data, 0, 1 << 20)
+        self.early_data_window = _number("early_data_window", early_data_window, 0.0, 3600.0)
+        self.sessions = SessionTable()
+        """(server) The live sessions of this context, for operators."""
+        self._ticket_keys: TicketKeys | None = None
+        self._early_replay = EarlyDataReplayCache()
         if handshake is not None and not isinstance(handshake, Handshake):
             raise TypeError(f"handshake must be a Handshake, not {type(handshake).__name__}")
         self.handshake = handshake if handshake is not None else Handshake()
         self._replay_lock = threading.Lock()
         self._seen_hellos: OrderedDict[bytes, float] = OrderedDict()
+
+    @property
+    def ticket_keys(self) -> TicketKeys:
+        """(server) The ticket keys, made on first use."""
+        with self._replay_lock:
+            if self._ticket_keys is None:
+                self._ticket_keys = TicketKeys(self.ticket_key_rotation, self.ticket_lifetime)
+            return self._ticket_keys
 
     def _hello_replayed(self, random: bytes, now: float) -> bool:
         """Record a client hello's random; True if it was seen within the window.

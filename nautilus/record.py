@@ -13,7 +13,7 @@ Ciphers: ``"aes-256-gcm"``, ``"aes-128-gcm"``, ``"chacha20-poly1305"``.
 from __future__ import annotations
 
 import enum
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 from nautilus import _bindings as _b
 from nautilus.exceptions import ClosedError, IntegrityError
@@ -104,6 +104,9 @@ def _content_type(value: object) -> int:
     return int(value)
 
 
+_D = TypeVar("_D", bound="_Direction")
+
+
 class _Direction:
     __slots__ = ("_cipher", "_handle")
     _ENCRYPT: bool
@@ -175,7 +178,7 @@ class _Direction:
             raise ClosedError(f"{type(self).__name__} is closed")
         return self._handle
 
-    def __enter__(self) -> _Direction:
+    def __enter__(self: _D) -> _D:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -286,6 +289,7 @@ class RecordOpener(_Direction):
         data: bytearray | memoryview,
         out: bytearray | memoryview,
         batch_type: int = ContentType.APPLICATION_DATA,
+        max_records: int = 0,
     ) -> PackedOpen:
         """Open every complete record of ``data`` into ``out``, keeping no per-record data.
 
@@ -294,7 +298,8 @@ class RecordOpener(_Direction):
         stops after any other type), so ``out[:written]`` holds their contents
         back to back, the last record's content (``last_length`` bytes, type
         ``last_type``) at its end. ``out`` must be at least as long as the
-        contents; ``len(data)`` always suffices.
+        contents; ``len(data)`` always suffices. ``max_records`` bounds the
+        number of records opened (0: no bound).
 
         Raises:
             nautilus.IntegrityError: as :meth:`open_spans`; ``.records`` holds
@@ -305,8 +310,11 @@ class RecordOpener(_Direction):
             raise TypeError(f"data must be a bytearray or memoryview, not {type(data).__name__}")
         if not isinstance(out, (bytearray, memoryview)):
             raise TypeError(f"out must be a bytearray or memoryview, not {type(out).__name__}")
+        _check_int("max_records", max_records, 0, 1 << 62)
         try:
-            return _b.open_packed(self._live(), data, out, _content_type(batch_type), self._summary)
+            return _b.open_packed(
+                self._live(), data, out, _content_type(batch_type), self._summary, max_records
+            )
         except _b.OpenFailure as failure:
             err = failure.error
             if isinstance(err, IntegrityError):

@@ -154,12 +154,18 @@ class Pair:
         now: float = NOW,
         **client_kwargs: Any,
     ) -> Pair:
-        """Contexts from keyword dicts; with ``pin`` the client pins the server's key."""
+        """Contexts from keyword dicts; with ``pin`` the client pins the server's key.
+
+        The server sends no session tickets unless ``server`` asks for them
+        (``tickets_per_handshake``): tickets are a flight after the handshake,
+        and most tests count the handshake's flights.
+        """
         ident = server_identity if server_identity is not None else cached_identity()
         client_opts = dict(client or {})
         if pin:
             client_opts.setdefault("trusted_peers", [ident.public])
-        return cls(Context(**client_opts), Context(ident, **(server or {})), client_kwargs, now)
+        server_opts = {"tickets_per_handshake": 0, **(server or {})}
+        return cls(Context(**client_opts), Context(ident, **server_opts), client_kwargs, now)
 
     def start(self) -> None:
         self.client.start(self.now)

@@ -579,8 +579,8 @@ def _replace_server_share(record: bytes) -> bytes:
     share_len_at = body + 2 + 32 + 2 + 2  # version, random, group, cipher
     share_len = int.from_bytes(record[share_len_at : share_len_at + 2], "big")
     start = share_len_at + 2
-    assert start + share_len == len(record)
-    return record[:start] + os.urandom(share_len)
+    assert start + share_len + 1 == len(record)  # then psk_mode (1 byte)
+    return record[:start] + os.urandom(share_len) + record[start + share_len :]
 
 
 @pytest.mark.parametrize("group", GROUPS)

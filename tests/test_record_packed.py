@@ -143,3 +143,16 @@ def test_same_records_as_open_spans(chunks: list[bytes], types: list[int], fragm
         return runs
 
     assert joined(got) == joined(expected)
+
+
+def test_max_records_bounds_one_call() -> None:
+    sealer, opener = pair()
+    wire = bytearray(b"".join(sealer.seal(bytes([i]) * 3) for i in range(5)))
+    out = bytearray(len(wire))
+    first = opener.open_packed(wire, out, max_records=2)
+    assert (first.records, bytes(out[: first.written])) == (2, b"\x00" * 3 + b"\x01" * 3)
+    rest = opener.open_packed(wire[first.consumed :], out)
+    assert rest.records == 3
+    assert rest.consumed == len(wire) - first.consumed
+    with pytest.raises(ValueError, match="max_records"):
+        opener.open_packed(wire, out, max_records=-1)

@@ -362,7 +362,9 @@ def new_open_summary() -> Any:
     return ffi.new("nt_open_summary *")
 
 
-def open_packed(handle: Any, data: Any, out: Any, batch_type: int, summary: Any) -> PackedOpen:
+def open_packed(
+    handle: Any, data: Any, out: Any, batch_type: int, summary: Any, max_records: int = 0
+) -> PackedOpen:
     """Open all complete records of ``data`` into ``out``; raises OpenFailure
     (whose ``spans`` is then a one-element list holding the PackedOpen of the
     records that verified)."""
@@ -370,7 +372,9 @@ def open_packed(handle: Any, data: Any, out: Any, batch_type: int, summary: Any)
         ffi.from_buffer(data, require_writable=True) as src,
         ffi.from_buffer(out, require_writable=True) as dst,
     ):
-        rc = lib.nt_open_packed(handle, src, len(src), dst, len(dst), batch_type, summary)
+        rc = lib.nt_open_packed(
+            handle, src, len(src), dst, len(dst), batch_type, max_records, summary
+        )
     result = PackedOpen(
         int(summary.records), int(summary.consumed), int(summary.written),
         int(summary.last_type), int(summary.last_length),

@@ -15,10 +15,13 @@ types, sending on a closed connection) raises at once.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
+import secrets
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from typing import NoReturn, cast
 
 from nautilus.context import CIPHER_IDS, GROUP_IDS, Context
@@ -47,6 +50,8 @@ from nautilus.protocol.events import (
     AlertReceived,
     ConnectionClosed,
     DataReceived,
+    EarlyDataReceived,
+    EarlyDataRejected,
     Event,
     HandshakeCompleted,
     KeysUpdated,
@@ -54,6 +59,7 @@ from nautilus.protocol.events import (
     SessionInfo,
 )
 from nautilus.protocol.messages import (
+    BINDER_SIZE,
     MAX_HANDSHAKE_MESSAGE,
     MAX_PLAIN_FRAGMENT,
     PLAIN_HEADER_SIZE,
@@ -70,6 +76,9 @@ from nautilus.protocol.messages import (
     HelloRetry,
     IdentityMsg,
     Message,
+    NewSessionTicket,
+    PskMode,
+    PskOffer,
     ServerHello,
     StepData,
     StepOffer,
@@ -86,9 +95,12 @@ from nautilus.protocol.state import (
     transition,
 )
 from nautilus.protocol.steps import AuthenticationStep, HandshakeStep, StepContext
-from nautilus.record import ContentType, PackedOpen, RecordOpener, RecordSealer
+from nautilus.record import TAG_SIZE, ContentType, PackedOpen, RecordOpener, RecordSealer
+from nautilus.sessions import MAX_TICKET_LIFETIME, SessionCache, StoredTicket, TicketContents
 
-__all__ = ["Connection"]
+__all__ = ["Connection", "ConnectionStats"]
+
+log = logging.getLogger("nautilus.protocol")
 
 _GROUP_BY_ID = {v: k for k, v in GROUP_IDS.items()}
 _CIPHER_BY_ID = {v: k for k, v in CIPHER_IDS.items()}
@@ -121,6 +133,20 @@ _REMOTE_ALERT_ERRORS: dict[int, type[NautilusError]] = {
     AlertCode.STALE_HELLO: ProtocolViolation,
     AlertCode.REPLAYED_HELLO: ProtocolViolation,
 }
+
+
+@dataclass(frozen=True)
+class ConnectionStats:
+    """Counters of a connection (``Connection.stats``)."""
+
+    started: float
+    """When the handshake completed (UNIX time; 0 before)."""
+    bytes_sent: int
+    """Application bytes (stream data and framed messages) sent."""
+    bytes_received: int
+    key_updates: int
+    """Key updates, both directions."""
+    last_key_update: float | None
 
 
 class _Abort(Exception):
@@ -220,6 +246,25 @@ class Connection:
         self._cipher = ""
         self._client_auth = ClientAuth.OFF
         self._send_fragment = min(context.max_record_size, _HANDSHAKE_RECORD)
+        # Resumption and early data.
+        self._resumed = False
+        self._ticket: StoredTicket | None = None  # client: the ticket offered
+        self._psk_keys: ks.KeySchedule | None = None
+        self._psk_mode = PskMode.NONE
+        self._early_sent = b""  # client: early data in flight, until accepted/rejected
+        self._early_accepted = False
+        self._early_opener: RecordOpener | None = None  # server
+        self._early_left = 0  # server: early records still to open
+        self._early_skip = 0  # server: refused early records still to skip
+        self._early_bytes = 0
+        self._early_limit = 0
+        # Counters (Connection.stats).
+        self._started = 0.0
+        self._bytes_sent = 0
+        self._bytes_received = 0
+        self._key_updates = 0
+        self._last_update: float | None = None  # when our sending keys last changed
+        self._last_any_update: float | None = None
 
     # ----------------------------------------------------------------- public API
 
@@ -252,21 +297,36 @@ class Connection:
         """Why the connection failed, if it did."""
         return self._error
 
-    def start(self, now: float) -> None:
+    def start(self, now: float, *, early_data: bytes | None = None) -> None:
         """Begin: a client sends its hello; both arm the handshake timer.
 
+        Args:
+            now: the time (UNIX seconds).
+            early_data: (client) application data to send with the first
+                flight as 0-RTT early data, when the context allows it and a
+                ticket permits it; otherwise it is sent once the handshake
+                completes. If the server refuses it, ``EarlyDataRejected``
+                reports it (to send again). Early data can be replayed by an
+                attacker: only send what is safe to process twice.
+
         Raises:
-            TypeError: ``now`` is not a number.
+            TypeError: ``now`` is not a number, ``early_data`` not bytes.
+            ValueError: ``early_data`` on a server.
             ClosedError: already started.
         """
         self._set_now(now)
+        if early_data is not None:
+            if self._role != "client":
+                raise ValueError("early_data is for clients")
+            if not isinstance(early_data, (bytes, bytearray, memoryview)):
+                raise TypeError(f"early_data must be bytes-like, not {type(early_data).__name__}")
         nxt = LOCAL_TRANSITIONS.get((self._state, "start"))
         if nxt is None:
             raise ClosedError(f"start() called in state {self._state.value}")
         self._deadline = self._now + self._ctx.handshake_timeout
         try:
             if self._client:
-                self._send_client_hello()
+                self._send_client_hello(bytes(early_data) if early_data else b"")
         except _Abort as abort:
             self._fail(abort.error, abort.alert)
             return
@@ -387,8 +447,14 @@ class Connection:
         return out
 
     def get_timer(self) -> float | None:
-        """When :meth:`handle_timer` must be called next (UNIX time), or None."""
-        return self._deadline if self._state in HANDSHAKE_STATES else None
+        """When :meth:`handle_timer` must be called next (UNIX time), or None:
+        the handshake deadline, then (with ``rekey_interval``) the next key update."""
+        if self._state in HANDSHAKE_STATES:
+            return self._deadline
+        interval = self._ctx.rekey_interval
+        if self._state is State.CONNECTED and interval is not None and self._last_update:
+            return self._last_update + interval
+        return None
 
     def handle_timer(self, now: float) -> None:
         """Fire the handshake timeout if ``now`` is past it.
@@ -404,6 +470,27 @@ class Connection:
                 ),
                 AlertCode.HANDSHAKE_TIMEOUT,
             )
+        elif self._state is State.CONNECTED and self._rekey_due():
+            self._send_key_update(False)
+
+    @property
+    def stats(self) -> ConnectionStats:
+        """Counters of this connection (application bytes, key updates)."""
+        return ConnectionStats(
+            started=self._started,
+            bytes_sent=self._bytes_sent,
+            bytes_received=self._bytes_received,
+            key_updates=self._key_updates,
+            last_key_update=self._last_any_update,
+        )
+
+    def _rekey_due(self) -> bool:
+        interval = self._ctx.rekey_interval
+        return (
+            interval is not None
+            and self._last_update is not None
+            and self._now - self._last_update >= interval
+        )
 
     def update_keys(self, request_peer: bool = True) -> None:
         """Ratchet the sending keys now, and ask the peer to ratchet its own.
@@ -470,12 +557,15 @@ class Connection:
         self._teardown()
 
     def _teardown(self) -> None:
+        if self._state is State.CONNECTED and not self._client:
+            self._ctx.sessions._remove(self)
         self._state = State.CLOSED
         self._deadline = None
-        for direction in (self._sealer, self._opener):
+        for direction in (self._sealer, self._opener, self._early_opener):
             if direction is not None:
                 direction.close()
-        self._sealer = self._opener = None
+        self._sealer = self._opener = self._early_opener = None
+        self._psk_keys = None
         self._kem = None
         self._send_secret = self._recv_secret = b""
         self._pending.clear()
@@ -487,6 +577,10 @@ class Connection:
         buf = self._in
         while buf and self._state is not State.CLOSED:
             rtype = buf[0]
+            if rtype == RECORD_SEALED and (self._early_skip or self._early_left):
+                if not self._early_record():
+                    return
+                continue
             if rtype == RECORD_SEALED:
                 if self._opener is None:
                     _abort(
@@ -532,6 +626,50 @@ class Connection:
                         "unexpected_message: plaintext alert on an encrypted connection",
                     )
                 self._on_alert(payload)
+
+    def _early_record(self) -> bool:
+        """(server) Open or skip the early-data records announced by the ClientHello."""
+        buf = self._in
+        if len(buf) < PLAIN_HEADER_SIZE:
+            return False
+        if self._early_skip:
+            size = PLAIN_HEADER_SIZE + int.from_bytes(buf[1:4], "big")
+            if size > PLAIN_HEADER_SIZE + _HANDSHAKE_RECORD + 1 + TAG_SIZE:
+                _abort(ProtocolViolation, AlertCode.RECORD_OVERFLOW,
+                       "record_overflow: oversized early-data record")  # fmt: skip
+            if len(buf) < size:
+                return False
+            del buf[:size]  # refused early data: skipped unread
+            self._early_skip -= 1
+            return True
+        opener = self._early_opener
+        assert opener is not None
+        if len(self._scratch) < len(buf):
+            self._scratch = bytearray(len(buf))
+        try:
+            opened = opener.open_packed(
+                buf, self._scratch, ContentType.APPLICATION_DATA, self._early_left
+            )
+        except NautilusError:
+            _abort(KeyAgreementFailed, AlertCode.BAD_RECORD_MAC,
+                   "the client's early data did not decrypt")  # fmt: skip
+        del buf[: opened.consumed]
+        if not opened.records:
+            return False
+        if opened.last_type != ContentType.APPLICATION_DATA:
+            _abort(ProtocolViolation, AlertCode.UNEXPECTED_MESSAGE,
+                   "unexpected_message: early data must be application data")  # fmt: skip
+        self._early_bytes += opened.written
+        if self._early_bytes > self._early_limit:
+            _abort(ProtocolViolation, AlertCode.RECORD_OVERFLOW,
+                   "record_overflow: more early data than the ticket allows")  # fmt: skip
+        if opened.written:
+            self._events.append(EarlyDataReceived(bytes(self._scratch[: opened.written])))
+        self._early_left -= opened.records
+        if not self._early_left:
+            opener.close()
+            self._early_opener = None
+        return True
 
     def _open_records(self) -> bool:
         """Open what complete records there are; False if more bytes are needed."""
@@ -597,9 +735,11 @@ class Connection:
             )
         if ctype == ContentType.APPLICATION_DATA:
             if end > start:
+                self._bytes_received += end - start
                 self._events.append(DataReceived(bytes(self._scratch[start:end])))
             return
         if ctype == ContentType.MESSAGE:
+            self._bytes_received += end - start
             self._feed_messages(start, end)
             return
         payload = bytes(self._scratch[start:end])
@@ -689,6 +829,11 @@ class Connection:
         total, pos = len(view), 0
         per_key_records = self._ctx.key_update_records
         per_key_bytes = self._ctx.key_update_bytes
+        if self._rekey_due():
+            self._send_key_update(False)
+            sealer = self._sealer
+            assert sealer is not None
+        self._bytes_sent += total
         while pos < total:
             room_records = per_key_records - sealer.sequence
             room_bytes = per_key_bytes - self._bytes_since_update
@@ -705,12 +850,16 @@ class Connection:
         assert sealer is not None
         self._out += sealer.seal(bytes([1 if request_peer else 0]), ContentType.KEY_UPDATE)
         self._install(ks.next_traffic_secret(self._send_secret), None)
+        self._last_update = self._last_any_update = self._now
+        self._key_updates += 1
         self._events.append(KeysUpdated("send"))
 
     def _on_key_update(self, payload: bytes) -> None:
         if len(payload) != 1 or payload[0] > 1:
             _abort(ProtocolViolation, AlertCode.DECODE_ERROR, "decode_error: malformed key update")
         self._install(None, ks.next_traffic_secret(self._recv_secret))
+        self._last_any_update = self._now
+        self._key_updates += 1
         self._events.append(KeysUpdated("receive"))
         if payload[0] == 1:
             self._send_key_update(False)
@@ -834,10 +983,19 @@ class Connection:
 
     # ---------------------------------------------------------------- client side
 
-    def _send_client_hello(self) -> None:
+    def _send_client_hello(self, early_data: bytes) -> None:
         group = self._ctx.groups[0]
         self._kem = GROUPS[group].generate()
-        self._hello = ClientHello(
+        ticket = self._ticket = self._pick_ticket()
+        early = b""
+        if (
+            ticket is not None
+            and early_data
+            and self._ctx.early_data
+            and len(early_data) <= ticket.max_early_data
+        ):
+            early = early_data
+        hello = ClientHello(
             random=os.urandom(RANDOM_SIZE),
             timestamp_ms=int(self._now * 1000),
             namespace=self._ctx.namespace.encode(),
@@ -849,7 +1007,75 @@ class Connection:
             steps=tuple(StepOffer(s.protocol_id, s.required) for s in self._steps),
             max_record_size=self._ctx.max_record_size,
         )
+        early_records = -(-len(early) // _HANDSHAKE_RECORD)
+        self._send_hello(hello, early_records)
+        if early:
+            assert ticket is not None
+            assert self._psk_keys is not None
+            secret = self._psk_keys.early_traffic(self._hash())
+            cipher = _CIPHER_BY_ID[ticket.cipher]
+            key, iv = ks.traffic_keys(secret, cipher)
+            with RecordSealer(cipher, key, iv, max_fragment=_HANDSHAKE_RECORD) as sealer:
+                self._out += sealer.seal(early)
+            self._early_sent = early
+        elif early_data:
+            self._pending.append((ContentType.APPLICATION_DATA, early_data))
+
+    def _send_hello(self, hello: ClientHello, early_records: int) -> None:
+        """Send a ClientHello; with a ticket, add the resumption offer and its binder."""
+        ticket = self._ticket
+        if ticket is None:
+            self._hello = hello
+            self._send_handshake(hello)
+            return
+        mode = PskMode.PSK_ONLY if self._ctx.resumption == "psk_only" else PskMode.PSK_DHE
+        age_ms = max(0, int((self._now - ticket.received) * 1000))
+        offer = PskOffer(
+            mode, ticket.ticket, (age_ms + ticket.age_add) % (1 << 32), early_records,
+            bytes(BINDER_SIZE),
+        )  # fmt: skip
+        hello = replace(hello, psk_offer=offer.encode())
+        unbound = frame(hello)  # the binder is its last BINDER_SIZE bytes, still zero
+        keys = self._psk_keys = ks.KeySchedule(ticket.psk)
+        h = self._transcript.copy()
+        h.update(unbound)
+        binder = keys.binder(h.digest())
+        self._hello = replace(hello, psk_offer=replace(offer, binder=binder).encode())
         self._send_handshake(self._hello)
+
+    def _cache_key(self) -> str | None:
+        exp = self._expected_peer
+        if exp is None and self._server_name is None:
+            return None  # nothing names the server: its tickets could not be found again
+        peer_id = "*" if exp is None else (exp.peer_id if isinstance(exp, PeerKey) else exp)
+        return SessionCache.key(peer_id, self._server_name)
+
+    def _pick_ticket(self) -> StoredTicket | None:
+        """(client) A cached ticket for this server that the context still trusts."""
+        ctx = self._ctx
+        key = self._cache_key()
+        if ctx.resumption == "off" or key is None:
+            return None
+        while (ticket := ctx.session_cache.take(key, self._now)) is not None:
+            if ticket.namespace != ctx.namespace.encode() or ticket.cipher not in _CIPHER_BY_ID:
+                continue
+            try:
+                server_key = PeerKey.from_bytes(ticket.server_key)
+                cert = (
+                    Certificate.from_bytes(ticket.server_certificate)
+                    if ticket.server_certificate
+                    else None
+                )
+                self._auth_step.verify_peer(
+                    ctx.trust, server_key, certificate=cert, name=self._server_name,
+                    now=self._now, expected_peer=self._expected_peer,
+                )  # fmt: skip
+            except Exception as exc:  # trust changed: this ticket is no use, try the next
+                log.debug("cached ticket not used: %s", type(exc).__name__)
+                continue
+            self._peer_key, self._peer_cert = server_key, cert
+            return ticket
+        return None
 
     def _on_hello_retry(self, msg: HelloRetry, full: bytes) -> State:
         hello = self._hello
@@ -865,21 +1091,11 @@ class Connection:
             )
         self._absorb(full)
         self._kem = GROUPS[group].generate()
-        self._hello = ClientHello(
-            hello.random,
-            hello.timestamp_ms,
-            hello.namespace,
-            hello.ciphers,
-            hello.groups,
-            msg.group,
-            self._kem.public_key().public_bytes_raw(),
-            hello.expected_peer,
-            hello.steps,
-            hello.max_record_size,
-            hello.psk_identity,
-            hello.version,
-        )
-        self._send_handshake(self._hello)
+        retried = replace(
+            hello, share_group=msg.group, share=self._kem.public_key().public_bytes_raw(),
+            psk_offer=b"",
+        )  # fmt: skip
+        self._send_hello(retried, 0)  # early data is never accepted after a retry
         return State.CLIENT_WAIT_RETRIED_HELLO
 
     def _on_server_hello(self, msg: ServerHello, full: bytes) -> State:
@@ -903,16 +1119,34 @@ class Connection:
         self._group = _GROUP_BY_ID[msg.group]
         self._cipher = _CIPHER_BY_ID[msg.cipher]
         self._absorb(full)
-        try:
-            shared = kem.decapsulate(msg.share)
-        except (InvalidKey, ValueError) as exc:
-            _abort(
-                KeyAgreementFailed,
-                AlertCode.ILLEGAL_PARAMETER,
-                f"the server's key share is invalid: {exc}",
-            )
+        offered = PskOffer.decode(hello.psk_offer).mode if hello.psk_offer else PskMode.NONE
+        if msg.psk_mode != PskMode.NONE and (
+            offered == PskMode.NONE or (msg.psk_mode == PskMode.PSK_ONLY != offered)
+        ):
+            _abort(ProtocolViolation, AlertCode.ILLEGAL_PARAMETER,
+                   "the server resumed in a way the client did not offer")  # fmt: skip
+        if msg.psk_mode == PskMode.PSK_ONLY:
+            if msg.share:
+                _abort(ProtocolViolation, AlertCode.ILLEGAL_PARAMETER,
+                       "a key share in a resumption without key exchange")  # fmt: skip
+            shared = ks.ZEROS
+        else:
+            try:
+                shared = kem.decapsulate(msg.share)
+            except (InvalidKey, ValueError) as exc:
+                _abort(
+                    KeyAgreementFailed,
+                    AlertCode.ILLEGAL_PARAMETER,
+                    f"the server's key share is invalid: {exc}",
+                )
         self._kem = None
-        keys = ks.KeySchedule()
+        self._psk_mode = PskMode(msg.psk_mode)
+        if msg.psk_mode != PskMode.NONE:
+            assert self._psk_keys is not None
+            keys, self._resumed = self._psk_keys, True
+        else:  # a full handshake: forget what the ticket said about the server
+            keys, self._peer_key, self._peer_cert = ks.KeySchedule(), None, None
+        self._psk_keys = None
         keys.handshake(shared, self._hash())
         self._keys = keys
         self._install(keys.client_hs, keys.server_hs, handshake=True)
@@ -935,10 +1169,25 @@ class Connection:
                 )
         if not 512 <= msg.max_record_size <= (1 << 18):
             _abort(ProtocolViolation, AlertCode.ILLEGAL_PARAMETER, "invalid max_record_size")
+        if msg.early_data_accepted and not (self._early_sent and self._resumed):
+            _abort(ProtocolViolation, AlertCode.ILLEGAL_PARAMETER,
+                   "the server accepted early data that was not sent")  # fmt: skip
+        if self._resumed and msg.client_auth != ClientAuth.OFF:
+            _abort(ProtocolViolation, AlertCode.ILLEGAL_PARAMETER,
+                   "a resumed session asked for client authentication")  # fmt: skip
         self._agreed = [offered[i] for i in msg.steps]
         self._client_auth = ClientAuth(msg.client_auth)
         self._send_fragment = min(self._ctx.max_record_size, msg.max_record_size)
         self._absorb(full)
+        if self._early_sent:
+            if msg.early_data_accepted:
+                self._early_accepted = True
+            else:
+                self._events.append(EarlyDataRejected(self._early_sent))
+            self._early_sent = b""
+        if self._resumed:
+            self._trust = "resumed"
+            return State.CLIENT_WAIT_FINISHED
         return State.CLIENT_WAIT_IDENTITY
 
     def _on_server_finished(self, msg: Finished, full: bytes) -> State:
@@ -1051,9 +1300,25 @@ class Connection:
             )
         if not 512 <= msg.max_record_size <= (1 << 18):
             _abort(ProtocolViolation, AlertCode.ILLEGAL_PARAMETER, "invalid max_record_size")
+        offer = PskOffer.decode(msg.psk_offer) if msg.psk_offer else None
+        retry = GROUP_IDS[group] != msg.share_group
+        contents = self._usable_ticket(offer) if offer is not None and not retry else None
+        if offer is not None and contents is not None:
+            keys = ks.KeySchedule(contents.psk)
+            h = self._transcript.copy()
+            h.update(full[:-BINDER_SIZE] + bytes(BINDER_SIZE))
+            if not ks.finished_ok(keys.binder(h.digest()), offer.binder):
+                _abort(AuthenticationFailed, AlertCode.DECRYPT_ERROR,
+                       "the resumption binder did not verify")  # fmt: skip
+            allow_psk_only = ctx.resumption == "psk_only"
+            mode = PskMode(offer.mode) if allow_psk_only else PskMode.PSK_DHE
+        else:
+            keys, mode = ks.KeySchedule(), PskMode.NONE
         self._absorb(full)
         self._group, self._cipher = group, cipher
-        if GROUP_IDS[group] != msg.share_group:
+        if offer is not None and offer.early_records:
+            self._decide_early_data(offer, contents, keys, retry or first is not None)
+        if retry:
             if first is not None:
                 _abort(
                     ProtocolViolation,
@@ -1064,31 +1329,46 @@ class Connection:
             self._send_handshake(HelloRetry(GROUP_IDS[group]))
             return State.SERVER_WAIT_RETRIED_HELLO
         self._hello = msg
-        pub_cls = GROUPS[group].PUBLIC_KEY_CLASS
-        try:
-            shared, reply = pub_cls.from_public_bytes(msg.share).encapsulate()
-        except (InvalidKey, ValueError) as exc:
-            _abort(
-                KeyAgreementFailed,
-                AlertCode.ILLEGAL_PARAMETER,
-                f"the client's {group} key share is invalid: {exc}",
-            )
+        if mode == PskMode.PSK_ONLY:
+            shared, reply = ks.ZEROS, b""
+        else:
+            pub_cls = GROUPS[group].PUBLIC_KEY_CLASS
+            try:
+                shared, reply = pub_cls.from_public_bytes(msg.share).encapsulate()
+            except (InvalidKey, ValueError) as exc:
+                _abort(
+                    KeyAgreementFailed,
+                    AlertCode.ILLEGAL_PARAMETER,
+                    f"the client's {group} key share is invalid: {exc}",
+                )
+        self._psk_mode = mode
+        self._resumed = mode != PskMode.NONE
         self._send_handshake(
-            ServerHello(os.urandom(RANDOM_SIZE), GROUP_IDS[group], CIPHER_IDS[cipher], reply)
+            ServerHello(os.urandom(RANDOM_SIZE), GROUP_IDS[group], CIPHER_IDS[cipher], reply, mode)
         )
-        keys = ks.KeySchedule()
         keys.handshake(shared, self._hash())
         self._keys = keys
         self._install(keys.server_hs, keys.client_hs, handshake=True)
-        self._client_auth = _AUTH_MODE[ctx.client_auth]
+        self._client_auth = ClientAuth.OFF if self._resumed else _AUTH_MODE[ctx.client_auth]
         self._send_fragment = min(ctx.max_record_size, msg.max_record_size)
         self._send_handshake(
             EncryptedExtensions(
-                self._client_auth, tuple(s.protocol_id for s in self._agreed), ctx.max_record_size
+                self._client_auth,
+                tuple(s.protocol_id for s in self._agreed),
+                ctx.max_record_size,
+                self._early_accepted,
             )
         )
-        self._send_handshake(self._identity_message())
-        self._send_handshake(self._sign_transcript(_SERVER_VERIFY))
+        if self._resumed:
+            assert contents is not None
+            self._trust = "resumed"
+            if contents.client_key:
+                self._peer_key = PeerKey.from_bytes(contents.client_key)
+                if contents.client_certificate:
+                    self._peer_cert = Certificate.from_bytes(contents.client_certificate)
+        else:
+            self._send_handshake(self._identity_message())
+            self._send_handshake(self._sign_transcript(_SERVER_VERIFY))
         for step in self._agreed:
             payload = self._run_hook(step, "server_payload")
             if payload is not None:
@@ -1101,6 +1381,82 @@ class Connection:
         self._install(keys.server_app, None)
         self._sealer_fragment()
         return State.SERVER_WAIT_FLIGHT
+
+    def _usable_ticket(self, offer: PskOffer) -> TicketContents | None:
+        """(server) The ticket's contents if it can be honoured, else None (which
+        means a full handshake: never an error)."""
+        ctx, now = self._ctx, self._now
+        if ctx.resumption == "off":
+            return None
+        contents = ctx.ticket_keys.open(offer.ticket, now)
+        if contents is None:
+            return None
+        ident = ctx.identity
+        assert ident is not None
+        if not contents.issued - 60 <= now <= contents.issued + contents.lifetime:
+            return None
+        if contents.namespace != ctx.namespace.encode():
+            return None
+        if contents.server_id_hash != hashlib.sha256(ident.peer_id.encode()).digest():
+            return None
+        if not contents.client_key:
+            return None if ctx.client_auth == "required" else contents
+        # The client was authenticated: it must still be trusted.
+        try:
+            key = PeerKey.from_bytes(contents.client_key)
+            cert = (
+                Certificate.from_bytes(contents.client_certificate)
+                if contents.client_certificate
+                else None
+            )
+            if ctx.trust.configured or type(self._auth_step) is not AuthenticationStep:
+                self._auth_step.verify_peer(
+                    ctx.trust, key, certificate=cert,
+                    name=cert.subject_name if cert is not None else None,
+                    now=now, expected_peer=None,
+                )  # fmt: skip
+        except Exception:
+            return None
+        return contents
+
+    def _decide_early_data(
+        self,
+        offer: PskOffer,
+        contents: TicketContents | None,
+        keys: ks.KeySchedule,
+        retried: bool,
+    ) -> None:
+        """(server) Accept the announced early records, or arrange to skip them.
+
+        Called with the ClientHello in the transcript."""
+        ctx = self._ctx
+        accept = (
+            contents is not None
+            and not retried
+            and ctx.early_data
+            and contents.max_early_data > 0
+            and contents.cipher in _CIPHER_BY_ID
+            and offer.early_records <= -(-contents.max_early_data // _HANDSHAKE_RECORD)
+        )
+        if accept:
+            assert contents is not None
+            client_age = ((offer.obfuscated_age - contents.age_add) % (1 << 32)) / 1000.0
+            server_age = self._now - contents.issued
+            accept = abs(client_age - server_age) <= ctx.early_data_window and (
+                ctx._early_replay.first_use(
+                    offer.ticket, contents.issued + contents.lifetime, self._now
+                )
+            )
+        if not accept:
+            self._early_skip = offer.early_records
+            return
+        assert contents is not None
+        cipher = _CIPHER_BY_ID[contents.cipher]
+        key, iv = ks.traffic_keys(keys.early_traffic(self._hash()), cipher)
+        self._early_opener = RecordOpener(cipher, key, iv, max_fragment=_HANDSHAKE_RECORD)
+        self._early_left = offer.early_records
+        self._early_limit = contents.max_early_data
+        self._early_accepted = True
 
     def _agree_steps(self, offered: tuple[StepOffer, ...]) -> list[HandshakeStep]:
         theirs = {o.protocol_id: o for o in offered}
@@ -1250,6 +1606,7 @@ class Connection:
             self._install(None, keys.client_app)  # sending keys switched after our Finished
         keys.wipe_handshake()
         self._deadline = None
+        self._started = self._last_update = self._now
         self._session = SessionInfo(
             role=self._role,
             group=self._group,
@@ -1259,13 +1616,65 @@ class Connection:
             namespace=self._ctx.namespace,
             steps=tuple(s.protocol_id for s in self._agreed),
             max_record_size=self._send_fragment,
+            resumed=self._resumed,
+            early_data_accepted=self._early_accepted,
         )
         self._step_state.clear()
         self._peer_payloads.clear()
         self._events.append(HandshakeCompleted(self._session))
+        if not self._client:
+            self._ctx.sessions._add(self)
+            self._send_tickets()
         pending, self._pending = self._pending, []
         for ctype, data in pending:
             self._seal_application(data, ctype)
+
+    def _send_tickets(self) -> None:
+        """(server) Session tickets for resuming later; this server keeps no state."""
+        ctx, keys, ident = self._ctx, self._keys, self._ctx.identity
+        if ctx.resumption == "off" or not ctx.tickets_per_handshake:
+            return
+        assert keys is not None
+        assert ident is not None
+        assert self._sealer is not None
+        max_early = ctx.max_early_data if ctx.early_data else 0
+        server_hash = hashlib.sha256(ident.peer_id.encode()).digest()
+        client_key = self._peer_key.to_bytes() if self._peer_key is not None else b""
+        client_cert = self._peer_cert.to_bytes() if self._peer_cert is not None else b""
+        for _ in range(ctx.tickets_per_handshake):
+            nonce, age_add = os.urandom(8), secrets.randbits(32)
+            contents = TicketContents(
+                self._now, ctx.ticket_lifetime, CIPHER_IDS[self._cipher], keys.ticket_psk(nonce),
+                server_hash, ctx.namespace.encode(), client_key, client_cert, max_early, age_add,
+            )  # fmt: skip
+            ticket = ctx.ticket_keys.seal(contents, self._now)
+            msg = NewSessionTicket(int(ctx.ticket_lifetime), age_add, nonce, ticket, max_early)
+            self._out += self._sealer.seal(frame(msg), ContentType.HANDSHAKE)
+
+    def _on_new_session_ticket(self, msg: NewSessionTicket, full: bytes) -> State:
+        """(client) Keep a ticket in the context's session cache."""
+        if not self._client:
+            _abort(ProtocolViolation, AlertCode.UNEXPECTED_MESSAGE,
+                   "unexpected_message: a client sent a session ticket")  # fmt: skip
+        keys, key = self._keys, self._cache_key()
+        if keys is None or key is None or self._peer_key is None or not msg.lifetime:
+            return State.CONNECTED
+        self._ctx.session_cache.store(
+            key,
+            StoredTicket(
+                ticket=msg.ticket,
+                psk=keys.ticket_psk(msg.nonce),
+                cipher=CIPHER_IDS[self._cipher],
+                server_key=self._peer_key.to_bytes(),
+                server_certificate=self._peer_cert.to_bytes() if self._peer_cert else b"",
+                received=self._now,
+                lifetime=min(float(msg.lifetime), MAX_TICKET_LIFETIME),
+                age_add=msg.age_add,
+                max_early_data=msg.max_early_data,
+                namespace=self._ctx.namespace.encode(),
+            ),
+        )
+        return State.CONNECTED
 
     def _sealer_fragment(self) -> None:
         """Application records use the negotiated size (handshake ones were <= 16 KiB)."""

@@ -30,6 +30,9 @@ class SessionInfo:
     """Custom handshake steps that ran."""
     max_record_size: int
     resumed: bool = False
+    """True when the handshake resumed a session from a ticket."""
+    early_data_accepted: bool = False
+    """True when the server accepted the client's 0-RTT early data."""
 
     @property
     def peer_id(self) -> str | None:
@@ -55,6 +58,32 @@ class DataReceived(Event):
 @dataclass(frozen=True)
 class MessageReceived(Event):
     """One whole message of the message API (``Connection.send_message``)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class EarlyDataReceived(Event):
+    """(Server) 0-RTT data sent with the client's first flight.
+
+    **It may be a replay**: an attacker who recorded a client's first flight
+    can send it again. Nautilus accepts each ticket's early data once per
+    server context and only within a freshness window, but that does not
+    stop a replay to another server holding the same ticket keys, nor one
+    before this server saw the original. Act on early data only if doing so
+    twice is harmless (idempotent requests), or wait for HandshakeCompleted.
+    """
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class EarlyDataRejected(Event):
+    """(Client) the server did not accept the 0-RTT data given to ``start()``.
+
+    None of it was processed; ``data`` is all of it, to send again now that
+    the handshake is complete (the connection does not resend it by itself).
+    """
 
     data: bytes
 

@@ -87,6 +87,16 @@ class KeySchedule:
         self.master = b""
         self.client_app = self.server_app = self.exporter = self.resumption = b""
 
+    def binder(self, transcript_hash: bytes) -> bytes:
+        """The PSK binder over the transcript through the ClientHello with its
+        binder zeroed (proves the client holds the ticket's secret)."""
+        binder_key = derive_secret(self._early, b"res binder", EMPTY_HASH)
+        return finished_mac(binder_key, transcript_hash)
+
+    def early_traffic(self, transcript_hash: bytes) -> bytes:
+        """The client's early (0-RTT) traffic secret (transcript: the ClientHello)."""
+        return derive_secret(self._early, b"c e traffic", transcript_hash)
+
     def handshake(self, shared_secret: bytes, transcript_hash: bytes) -> None:
         """Mix in the key exchange's secret; derive the handshake traffic secrets."""
         try:
@@ -108,6 +118,10 @@ class KeySchedule:
     def resumption_secret(self, transcript_hash: bytes) -> None:
         """Derive the resumption secret (transcript through client Finished)."""
         self.resumption = derive_secret(self.master, b"res master", transcript_hash)
+
+    def ticket_psk(self, nonce: bytes) -> bytes:
+        """The PSK of the ticket with ``nonce`` (needs the resumption secret)."""
+        return expand_label(self.resumption, b"resumption", nonce, HASH_SIZE)
 
     def export(self, label: bytes, context: bytes, length: int) -> bytes:
         """Keying material for channel binding (RFC 8446 section 7.5 form)."""

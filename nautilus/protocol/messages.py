@@ -37,6 +37,7 @@ class MsgType(enum.IntEnum):
     STEP_DATA = 6
     FINISHED = 7
     ENCRYPTED_EXTENSIONS = 8
+    NEW_SESSION_TICKET = 9
 
 
 class AlertCode(enum.IntEnum):
@@ -70,6 +71,49 @@ class AlertCode(enum.IntEnum):
             return cls(code).name.lower()
         except ValueError:
             return f"unknown_alert_{code}"
+
+
+class PskMode(enum.IntEnum):
+    """Resumption modes (ClientHello offer, ServerHello answer)."""
+
+    NONE = 0
+    PSK_DHE = 1
+    """The ticket's secret plus a fresh hybrid key exchange: forward secret."""
+    PSK_ONLY = 2
+    """The ticket's secret alone: fastest, not forward secret for that session."""
+
+
+BINDER_SIZE = 32
+
+
+@dataclass(frozen=True)
+class PskOffer:
+    """The resumption offer inside a ClientHello. The binder is the last
+    BINDER_SIZE bytes of the whole ClientHello message."""
+
+    mode: int
+    ticket: bytes
+    obfuscated_age: int
+    early_records: int
+    binder: bytes
+
+    def encode(self) -> bytes:
+        w = Writer().u8(self.mode).vec16(self.ticket).u32(self.obfuscated_age)
+        return w.u32(self.early_records).raw(self.binder).bytes()
+
+    @classmethod
+    def decode(cls, data: bytes) -> PskOffer:
+        r = Reader(data)
+        mode = r.u8()
+        if mode not in (PskMode.PSK_DHE, PskMode.PSK_ONLY):
+            raise DecodeError("decode_error: unknown resumption mode")
+        ticket = r.vec16()
+        age, early = r.u32(), r.u32()
+        binder = r.raw(BINDER_SIZE)
+        r.done()
+        if not ticket:
+            raise DecodeError("decode_error: empty ticket")
+        return cls(mode, ticket, age, early, binder)
 
 
 class ClientAuth(enum.IntEnum):
@@ -115,7 +159,8 @@ class ClientHello:
     expected_peer: bytes
     steps: tuple[StepOffer, ...]
     max_record_size: int
-    psk_identity: bytes = b""
+    psk_offer: bytes = b""
+    """Empty, or an encoded :class:`PskOffer` (always the last field)."""
     version: int = PROTOCOL_VERSION
 
     def encode_body(self) -> bytes:
@@ -132,7 +177,7 @@ class ClientHello:
         for s in self.steps:
             _encode_id(w, s.protocol_id)
             w.u8(1 if s.required else 0)
-        w.u32(self.max_record_size).vec16(self.psk_identity)
+        w.u32(self.max_record_size).vec16(self.psk_offer)
         return w.bytes()
 
     @classmethod
@@ -195,11 +240,12 @@ class ServerHello:
     group: int
     cipher: int
     share: bytes
+    psk_mode: int = PskMode.NONE
     version: int = PROTOCOL_VERSION
 
     def encode_body(self) -> bytes:
         w = Writer().u16(self.version).raw(self.random).u16(self.group).u16(self.cipher)
-        return w.vec16(self.share).bytes()
+        return w.vec16(self.share).u8(self.psk_mode).bytes()
 
     @classmethod
     def decode_body(cls, body: bytes) -> ServerHello:
@@ -208,8 +254,11 @@ class ServerHello:
         random = r.raw(RANDOM_SIZE)
         group, cipher = r.u16(), r.u16()
         share = r.vec16()
+        psk_mode = r.u8()
         r.done()
-        return cls(random, group, cipher, share, version)
+        if psk_mode > PskMode.PSK_ONLY:
+            raise DecodeError("decode_error: unknown resumption mode")
+        return cls(random, group, cipher, share, psk_mode, version)
 
 
 @dataclass(frozen=True)
@@ -217,12 +266,13 @@ class EncryptedExtensions:
     client_auth: int
     steps: tuple[str, ...]
     max_record_size: int
+    early_data_accepted: bool = False
 
     def encode_body(self) -> bytes:
         w = Writer().u8(self.client_auth).u8(len(self.steps))
         for s in self.steps:
             _encode_id(w, s)
-        return w.u32(self.max_record_size).bytes()
+        return w.u32(self.max_record_size).u8(1 if self.early_data_accepted else 0).bytes()
 
     @classmethod
     def decode_body(cls, body: bytes) -> EncryptedExtensions:
@@ -232,8 +282,35 @@ class EncryptedExtensions:
             raise DecodeError("decode_error: unknown client_auth mode")
         steps = tuple(_decode_id(r) for _ in range(r.u8()))
         max_record = r.u32()
+        early = r.u8()
         r.done()
-        return cls(auth, steps, max_record)
+        if early > 1:
+            raise DecodeError("decode_error: bad early_data flag")
+        return cls(auth, steps, max_record, bool(early))
+
+
+@dataclass(frozen=True)
+class NewSessionTicket:
+    lifetime: int
+    age_add: int
+    nonce: bytes
+    ticket: bytes
+    max_early_data: int
+
+    def encode_body(self) -> bytes:
+        w = Writer().u32(self.lifetime).u32(self.age_add).vec8(self.nonce).vec16(self.ticket)
+        return w.u32(self.max_early_data).bytes()
+
+    @classmethod
+    def decode_body(cls, body: bytes) -> NewSessionTicket:
+        r = Reader(body)
+        lifetime, age_add = r.u32(), r.u32()
+        nonce, ticket = r.vec8(), r.vec16()
+        max_early = r.u32()
+        r.done()
+        if not ticket:
+            raise DecodeError("decode_error: empty ticket")
+        return cls(lifetime, age_add, nonce, ticket, max_early)
 
 
 @dataclass(frozen=True)
@@ -311,6 +388,7 @@ Message = (
     | Verify
     | StepData
     | Finished
+    | NewSessionTicket
 )
 
 MESSAGE_TYPES: dict[MsgType, type[Message]] = {
@@ -322,6 +400,7 @@ MESSAGE_TYPES: dict[MsgType, type[Message]] = {
     MsgType.VERIFY: Verify,
     MsgType.STEP_DATA: StepData,
     MsgType.FINISHED: Finished,
+    MsgType.NEW_SESSION_TICKET: NewSessionTicket,
 }
 _TYPE_OF = {cls: t for t, cls in MESSAGE_TYPES.items()}
 

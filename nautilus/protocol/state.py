@@ -55,7 +55,7 @@ HANDSHAKE_TRANSITIONS: dict[tuple[State, MsgType], tuple[str, frozenset[State]]]
     ),
     (S.CLIENT_WAIT_EXTENSIONS, M.ENCRYPTED_EXTENSIONS): (
         "_on_extensions",
-        frozenset({S.CLIENT_WAIT_IDENTITY}),
+        frozenset({S.CLIENT_WAIT_IDENTITY, S.CLIENT_WAIT_FINISHED}),  # full / resumed
     ),
     (S.CLIENT_WAIT_IDENTITY, M.IDENTITY): ("_on_identity", frozenset({S.CLIENT_WAIT_VERIFY})),
     (S.CLIENT_WAIT_VERIFY, M.VERIFY): ("_on_verify", frozenset({S.CLIENT_WAIT_FINISHED})),
@@ -84,6 +84,10 @@ HANDSHAKE_TRANSITIONS: dict[tuple[State, MsgType], tuple[str, frozenset[State]]]
         frozenset({S.SERVER_WAIT_FINISHED}),
     ),
     (S.SERVER_WAIT_FINISHED, M.FINISHED): ("_on_client_finished", frozenset({S.CONNECTED})),
+    (S.CONNECTED, M.NEW_SESSION_TICKET): (
+        "_on_new_session_ticket",  # client only: a server refuses it
+        frozenset({S.CONNECTED}),
+    ),
 }
 
 # Transitions made by local actions rather than by a received message.
@@ -101,9 +105,20 @@ CONTENT_ALLOWED: dict[State, frozenset[int]] = {
     s: frozenset({ContentType.ALERT, ContentType.HANDSHAKE}) for s in HANDSHAKE_STATES
 }
 CONTENT_ALLOWED[S.CONNECTED] = frozenset(
-    {ContentType.ALERT, ContentType.APPLICATION_DATA, ContentType.KEY_UPDATE, ContentType.MESSAGE}
+    {
+        ContentType.ALERT,
+        ContentType.APPLICATION_DATA,
+        ContentType.KEY_UPDATE,
+        ContentType.MESSAGE,
+        ContentType.HANDSHAKE,  # NewSessionTicket only (the table above)
+    }
 )
 CONTENT_ALLOWED[S.CLOSED] = frozenset()
+
+# Early data (0-RTT): a server that accepted it reads, right after the
+# ClientHello, exactly the number of application-data records the hello
+# announced, under the early traffic keys; one that refused it skips them
+# unread. This is the only application data accepted before `connected`.
 
 # States in which a plaintext (not yet encrypted) handshake record may arrive.
 PLAINTEXT_HANDSHAKE_STATES = frozenset(
