@@ -1,8 +1,9 @@
 # Nautilus: everything is installed from nothing by these targets.
 #   make test    venv + dependencies + OpenSSL 3.5 (if needed) + C core, then pytest
-#   make bench   benchmarks (pytest-benchmark primitives + raw EVP driver)
+#   make bench   benchmarks (pytest-benchmark primitives + raw EVP driver, then transport)
+#   make bench-transport  only the transport comparison (Nautilus vs ssl vs plain asyncio)
 #   make lint    ruff check, ruff format --check, mypy --strict
-#   make asan    rebuild the C core with ASan/UBSan and run the C-facing tests
+#   make asan    rebuild the C core with ASan/UBSan and run the test suite on it
 #   make clean   remove build products (keeps the OpenSSL build); distclean: all
 
 PYTHON ?= python3
@@ -14,7 +15,7 @@ C_SOURCES := $(wildcard csrc/*.c csrc/*.h csrc/cdef/*.h) build_ffi.py nautilus/_
 PYTEST_ARGS ?=
 ASAN_DIR := build/asan
 
-.PHONY: all build openssl test bench bench-micro lint format asan clean distclean
+.PHONY: all build openssl test bench bench-transport bench-micro lint format asan clean distclean
 
 all: build
 
@@ -40,6 +41,10 @@ test: build
 
 bench: build
 	$(PY) benchmarks/run_primitives.py
+	$(PY) benchmarks/compare.py
+
+bench-transport: build
+	$(PY) benchmarks/compare.py
 
 bench-micro: build
 	$(PY) -m pytest benchmarks --benchmark-only --benchmark-columns=min,median,ops -q
@@ -58,13 +63,14 @@ format: $(DEPS_STAMP)
 asan: $(DEPS_STAMP)
 	$(PY) build_ffi.py --openssl
 	rm -rf $(ASAN_DIR) && mkdir -p $(ASAN_DIR)
-	cp -r nautilus csrc tests build_ffi.py setup.py pyproject.toml README.md $(ASAN_DIR)/
+	cp -r nautilus csrc tests docs build_ffi.py setup.py pyproject.toml README.md $(ASAN_DIR)/
 	rm -f $(ASAN_DIR)/nautilus/_native*.so
 	cd $(ASAN_DIR) && NAUTILUS_OPENSSL_DIR=$${NAUTILUS_OPENSSL_DIR:-$(CURDIR)/build/openssl} \
 	  NAUTILUS_SANITIZE=1 $(CURDIR)/$(PY) setup.py -q build_ext --inplace
 	cd $(ASAN_DIR) && LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-	  PYTHONPATH=$(CURDIR)/$(ASAN_DIR) $(CURDIR)/$(PY) -m pytest -m native -p no:cacheprovider -q tests
+	  PYTHONPATH=$(CURDIR)/$(ASAN_DIR) $(CURDIR)/$(PY) -m pytest -p no:cacheprovider -q tests \
+	  --ignore=tests/test_bench_smoke.py
 
 clean:
 	rm -rf build/temp* build/lib* $(ASAN_DIR) $(NATIVE_STAMP) nautilus/_native*.so nautilus/_native.c \

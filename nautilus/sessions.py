@@ -110,8 +110,9 @@ class TicketKeys:
 
     Args:
         rotation: seconds between key rotations.
-        lifetime: ticket lifetime; the previous key keeps opening tickets for
-            this long after a rotation.
+        lifetime: ticket lifetime; a retired key keeps opening tickets for
+            this long after its retirement (so every ticket opens for its whole
+            lifetime, whatever the rotation interval).
 
     Raises:
         ValueError: a non-positive rotation or lifetime, or a lifetime over 7 days.
@@ -126,23 +127,33 @@ class TicketKeys:
         self.lifetime = lifetime
         self._lock = threading.Lock()
         self._current: _Key | None = None
-        self._previous: _Key | None = None
-        self._retired_at = 0.0
+        # Retired keys with the time they retired: each still opens tickets for
+        # one lifetime (a ticket sealed just before retirement lives that long).
+        self._retired: list[tuple[_Key, float]] = []
+
+    def _retire_locked(self, now: float) -> _Key:
+        if self._current is not None:
+            self._retired.append((self._current, now))
+        self._current = _Key(now)
+        return self._current
 
     def _rotate_if_due(self, now: float) -> _Key:
         cur = self._current
         if cur is None or now - cur.created >= self.rotation or now < cur.created:
-            self._previous, self._retired_at = cur, now
-            cur = self._current = _Key(now)
-        if self._previous is not None and now - self._retired_at > self.lifetime:
-            self._previous = None
+            cur = self._retire_locked(now)
+        self._retired = [(k, t) for k, t in self._retired if now - t <= self.lifetime]
         return cur
 
     def rotate(self, now: float) -> None:
         """Rotate now (tests, or an operator who suspects a leak)."""
         with self._lock:
-            self._previous, self._retired_at = self._current, now
-            self._current = _Key(now)
+            self._retire_locked(now)
+
+    def retire_all(self) -> None:
+        """Forget every key: every ticket issued so far stops opening."""
+        with self._lock:
+            self._current = None
+            self._retired.clear()
 
     def seal(self, contents: TicketContents, now: float) -> bytes:
         """An opaque ticket: key id || nonce || AES-256-GCM(contents)."""
@@ -159,9 +170,9 @@ class TicketKeys:
         key_id, nonce = ticket[:_KEY_ID_SIZE], ticket[_KEY_ID_SIZE : _KEY_ID_SIZE + _NONCE_SIZE]
         with self._lock:
             self._rotate_if_due(now)
-            keys = [k for k in (self._current, self._previous) if k is not None]
+            keys = [self._current, *(k for k, _ in self._retired)]
         for key in keys:
-            if key.key_id == key_id:
+            if key is not None and key.key_id == key_id:
                 try:
                     plain = key.aead.decrypt(
                         nonce, ticket[_KEY_ID_SIZE + _NONCE_SIZE :], _TICKET_AAD + key_id

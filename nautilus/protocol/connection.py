@@ -1361,8 +1361,8 @@ class Connection:
         )
         if self._resumed:
             assert contents is not None
-            self._trust = "resumed"
             if contents.client_key:
+                self._trust = "resumed"
                 self._peer_key = PeerKey.from_bytes(contents.client_key)
                 if contents.client_certificate:
                     self._peer_cert = Certificate.from_bytes(contents.client_certificate)
