@@ -57,6 +57,7 @@ from nautilus.protocol.steps import (
     HandshakeStep,
     StepContext,
 )
+from nautilus.sockets import NautilusSocket, create_connection
 
 __all__ = [
     "AlertReceived",
@@ -89,6 +90,7 @@ __all__ = [
     "MessageReceived",
     "MessageTooLarge",
     "NautilusError",
+    "NautilusSocket",
     "NegotiationFailed",
     "PeerKey",
     "ProtocolViolation",
@@ -102,4 +104,5 @@ __all__ = [
     "WantReadError",
     "WantWriteError",
     "__version__",
+    "create_connection",
 ]

@@ -8,6 +8,7 @@ import platform
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from nautilus.identity import Identity, PeerKey, TrustStore
 from nautilus.kem import GROUPS
@@ -20,6 +21,11 @@ from nautilus.sessions import (
     SessionTable,
     TicketKeys,
 )
+
+if TYPE_CHECKING:
+    import socket
+
+    from nautilus.sockets import NautilusSocket
 
 __all__ = ["CIPHER_IDS", "DEFAULT_GROUPS", "GROUP_IDS", "Context", "default_ciphers"]
 
@@ -229,6 +235,33 @@ class Context:
         self.handshake = handshake if handshake is not None else Handshake()
         self._replay_lock = threading.Lock()
         self._seen_hellos: OrderedDict[bytes, float] = OrderedDict()
+
+    def wrap_socket(
+        self,
+        sock: socket.socket,
+        server_side: bool = False,
+        expected_peer: PeerKey | str | None = None,
+        do_handshake_on_connect: bool = True,
+        server_name: str | None = None,
+    ) -> NautilusSocket:
+        """Wrap a connected (or, for clients, about to connect) TCP socket, like
+        ``ssl.SSLContext.wrap_socket``; see :class:`nautilus.NautilusSocket`.
+
+        Raises:
+            TypeError, ValueError: bad arguments.
+            nautilus.HandshakeError: (with ``do_handshake_on_connect``) the
+                handshake failed; the socket is closed.
+        """
+        from nautilus.sockets import wrap_socket
+
+        return wrap_socket(
+            self,
+            sock,
+            server_side=server_side,
+            expected_peer=expected_peer,
+            do_handshake_on_connect=do_handshake_on_connect,
+            server_name=server_name,
+        )
 
     @property
     def ticket_keys(self) -> TicketKeys:

@@ -1,0 +1,1304 @@
+"""Nautilus over blocking (and non-blocking) sockets: the ``ssl.SSLSocket`` of Nautilus.
+
+:func:`wrap_socket` (reached through :meth:`nautilus.Context.wrap_socket`) and
+:func:`create_connection` return a :class:`NautilusSocket`, a
+:class:`socket.socket` subclass whose ``recv``/``send`` family seals and opens
+Nautilus records, so code written for sockets (``socketserver``,
+``http.server``, ``http.client`` with a small ``connect`` override,
+``makefile()`` readers and writers) runs over Nautilus unchanged.
+
+The adapter is thin: a sans-IO :class:`nautilus.Connection` does the protocol,
+this module moves bytes between it and the socket. Four locks make one reader
+thread and one writer thread safe together:
+
+* the *state lock* guards every call into the Connection and is never held
+  across a blocking socket call;
+* the *write lock* is held by whoever takes bytes from the Connection's output
+  and writes them, so records reach the socket in the order they were sealed
+  (records carry sequence numbers); a reader that produced output (a key-update
+  answer, a close_notify reply) only *tries* it, so that it never waits for a
+  writer blocked on a full socket buffer;
+* the *read lock* serializes readers; the *handshake lock* serializes the
+  handshake, which whichever thread comes first runs (it is the only reader
+  until the handshake completes), so a writer never waits for a reader
+  blocked on the socket.
+
+Locks are taken in the order read, handshake, write, state.
+
+See ``docs/sockets.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import operator
+import os
+import select
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from nautilus.context import Context
+from nautilus.exceptions import (
+    ClosedError,
+    ConnectionLost,
+    HandshakeError,
+    MessageTooLarge,
+    NautilusError,
+    WantReadError,
+    WantWriteError,
+)
+from nautilus.identity import PeerKey
+from nautilus.protocol import events as _events
+from nautilus.protocol.connection import Connection
+from nautilus.protocol.events import ConnectionClosed, DataReceived, MessageReceived, SessionInfo
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer, WriteableBuffer
+
+__all__ = ["NautilusSocket", "create_connection", "wrap_socket"]
+
+RECV_BUFFER_SIZE = 256 * 1024
+"""Bytes asked of the kernel per read: records are opened in large batches."""
+
+_raw_recv_into = socket.socket.recv_into
+_raw_send = socket.socket.send
+_raw_sendall = socket.socket.sendall
+_raw_shutdown = socket.socket.shutdown
+_DONTWAIT: int = getattr(socket, "MSG_DONTWAIT", 0)
+_HAS_POLL = hasattr(select, "poll")
+_SHUT_MODES = (socket.SHUT_RD, socket.SHUT_WR, socket.SHUT_RDWR)
+_DEFAULT_TIMEOUT: Any = getattr(socket, "_GLOBAL_DEFAULT_TIMEOUT", object())
+
+# (Server) 0-RTT data, when the context accepts it: delivered as stream data.
+_EarlyDataReceived: Any = getattr(_events, "EarlyDataReceived", None)
+
+# What a call sends through _submit().
+_DATA, _MESSAGES, _KEY_UPDATE = 0, 1, 2
+
+
+def _wait(sock: socket.socket, write: bool, timeout: float | None) -> bool:
+    """Wait until ``sock`` is readable (or writable); False if ``timeout`` passed first."""
+    if timeout is not None and timeout < 0:
+        timeout = 0.0
+    if _HAS_POLL:
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT if write else select.POLLIN)
+        return bool(poller.poll(None if timeout is None else timeout * 1000.0))
+    if write:  # pragma: no cover - platforms without poll()
+        return bool(select.select([], [sock], [sock], timeout)[1])
+    return bool(select.select([sock], [], [sock], timeout)[0])  # pragma: no cover
+
+
+def _check_flags(call: str, flags: object) -> None:
+    if isinstance(flags, bool) or not isinstance(flags, int):
+        raise TypeError(f"flags must be an int, not {type(flags).__name__}")
+    if flags:
+        raise ValueError(f"non-zero flags not allowed in calls to {call}() on NautilusSocket")
+
+
+def _nbytes(data: object) -> int:
+    """Length in bytes of a bytes-like object; TypeError for anything else."""
+    if isinstance(data, (bytes, bytearray)):
+        return len(data)
+    try:
+        view = data if isinstance(data, memoryview) else memoryview(data)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"a bytes-like object is required, not {type(data).__name__}") from None
+    if not view.c_contiguous:
+        raise TypeError("a contiguous bytes-like object is required")
+    return view.nbytes
+
+
+def _as_buffer(data: ReadableBuffer) -> bytes | bytearray | memoryview:
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return data
+    return memoryview(data).cast("B")
+
+
+def _default_server_name(address: object) -> str | None:
+    if not isinstance(address, tuple) or len(address) < 2:
+        return None
+    host, port = address[0], address[1]
+    if not isinstance(host, str) or isinstance(port, bool) or not isinstance(port, (int, str)):
+        return None
+    if ":" in host and not host.startswith("["):  # IPv6 literal: [::1]:443
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
+
+
+class NautilusSocket(socket.socket):
+    """A TCP socket carrying a Nautilus connection, with the surface of ``ssl.SSLSocket``.
+
+    Made by :meth:`nautilus.Context.wrap_socket` or :func:`create_connection`,
+    not directly. Stream calls (:meth:`recv`, :meth:`recv_into`, :meth:`send`,
+    :meth:`sendall`, ``makefile()``) and the message API (:meth:`send_message`,
+    :meth:`send_messages`, :meth:`recv_message`) may be mixed: each kind is
+    buffered separately. Timeouts (``settimeout``/``setblocking``) apply as on
+    a plain socket; in non-blocking mode the calls raise
+    :class:`nautilus.WantReadError` / :class:`nautilus.WantWriteError`.
+
+    One reader thread and one writer thread may use a socket at the same time.
+
+    Attributes:
+        context: the :class:`nautilus.Context`.
+        server_side: True for the server end.
+        server_name: (clients) the name the known-peers file records the server under.
+    """
+
+    __slots__ = (
+        "_conn",
+        "_connected",
+        "_connecting",
+        "_context",
+        "_do_handshake_on_connect",
+        "_eof",
+        "_error",
+        "_error_raised",
+        "_expected_peer",
+        "_fd_closed",
+        "_hs_done",
+        "_hs_lock",
+        "_msgs",
+        "_queued",
+        "_rbuf",
+        "_rdata",
+        "_rdview",
+        "_read_lock",
+        "_ready",
+        "_rmore",
+        "_rpos",
+        "_rview",
+        "_server_name",
+        "_server_side",
+        "_started",
+        "_state_lock",
+        "_timed_rekey",
+        "_unsent",
+        "_write_lock",
+    )
+
+    _conn: Connection
+    _context: Context
+    _server_side: bool
+    _server_name: str | None
+    _expected_peer: PeerKey | str | None
+    _do_handshake_on_connect: bool
+    _connected: bool
+    _connecting: bool
+    _started: bool
+    _timed_rekey: bool
+    _hs_done: bool
+    _ready: bool
+    _eof: bool
+    _error: BaseException | None
+    _error_raised: bool
+    _fd_closed: bool
+    _read_lock: threading.Lock
+    _hs_lock: threading.Lock
+    _write_lock: threading.Lock
+    _state_lock: threading.Lock
+    _rbuf: bytearray
+    _rview: memoryview
+    _rdata: bytes
+    _rdview: memoryview | None
+    _rpos: int
+    _rmore: deque[bytes]
+    _msgs: deque[bytes]
+    _queued: list[bytes]
+    _unsent: memoryview | None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError(
+            f"{self.__class__.__name__} does not have a public constructor; "
+            "use Context.wrap_socket() or nautilus.create_connection()"
+        )
+
+    @classmethod
+    def _create(
+        cls,
+        sock: socket.socket,
+        context: Context,
+        conn: Connection,
+        *,
+        server_side: bool,
+        server_name: str | None,
+        expected_peer: PeerKey | str | None,
+        do_handshake_on_connect: bool,
+        connected: bool,
+    ) -> NautilusSocket:
+        """Take over ``sock``'s file descriptor (``sock`` is detached, as ssl does)."""
+        self = cls.__new__(cls)
+        socket.socket.__init__(self, sock.family, sock.type, sock.proto, sock.fileno())
+        timeout = sock.gettimeout()
+        sock.detach()
+        self.settimeout(timeout)
+        self._conn = conn
+        self._context = context
+        self._server_side = server_side
+        self._server_name = server_name
+        self._expected_peer = expected_peer
+        self._do_handshake_on_connect = do_handshake_on_connect
+        self._connecting = False
+        self._started = False
+        self._hs_done = False
+        self._ready = False
+        self._eof = False
+        self._error = None
+        self._error_raised = False
+        self._fd_closed = False
+        self._read_lock = threading.Lock()
+        self._hs_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._rbuf = bytearray(RECV_BUFFER_SIZE)
+        self._rview = memoryview(self._rbuf)
+        self._rdata = b""
+        self._rdview = None
+        self._rpos = 0
+        self._rmore = deque()
+        self._msgs = deque()
+        self._queued = []
+        self._unsent = None
+        self._connected = connected
+        self._timed_rekey = getattr(context, "rekey_interval", None) is not None
+        return self
+
+    # ------------------------------------------------------------- attributes
+
+    @property
+    def context(self) -> Context:
+        """The :class:`nautilus.Context` this socket was made with."""
+        return self._context
+
+    @property
+    def server_side(self) -> bool:
+        """True for the server end of the connection."""
+        return self._server_side
+
+    @property
+    def server_name(self) -> str | None:
+        """(Clients) the name the known-peers file records the server under."""
+        return self._server_name
+
+    @property
+    def session(self) -> SessionInfo | None:
+        """The :class:`nautilus.SessionInfo` (``peer_id``, ``group``, ``cipher``,
+        ``resumed``...), or None before the handshake has completed."""
+        return self._conn.session
+
+    def pending(self) -> int:
+        """Stream bytes already received and decrypted, ready for :meth:`recv`
+        without touching the socket (as ``ssl.SSLSocket.pending``)."""
+        return len(self._rdata) - self._rpos + sum(len(c) for c in tuple(self._rmore))
+
+    def pending_messages(self) -> int:
+        """Messages already received, ready for :meth:`recv_message`."""
+        return len(self._msgs)
+
+    # ---------------------------------------------------------------- connect
+
+    def connect(self, address: Any) -> None:
+        """Connect to ``address``, then (with ``do_handshake_on_connect``) run the handshake.
+
+        ``server_name``, if it was not given to ``wrap_socket``, becomes
+        ``"host:port"`` of ``address``.
+
+        Raises:
+            ValueError: a server-side socket, or one already connected.
+            TypeError: a malformed address.
+            OSError: the TCP connection failed (``BlockingIOError`` while a
+                non-blocking connect is in progress).
+            nautilus.HandshakeError: the handshake failed (subclasses name why).
+            TimeoutError: the socket's timeout expired.
+        """
+        self._real_connect(address, connect_ex=False)
+
+    def connect_ex(self, address: Any) -> int:
+        """As :meth:`connect`, but a TCP failure is returned as an errno value.
+
+        Raises:
+            as :meth:`connect` for everything but TCP errors.
+        """
+        return self._real_connect(address, connect_ex=True)
+
+    def _real_connect(self, address: Any, *, connect_ex: bool) -> int:
+        if self._server_side:
+            raise ValueError("can't connect in server-side mode")
+        if self._connected or self._connecting:
+            raise ValueError("attempt to connect an already-connected NautilusSocket")
+        if self._fd_closed:
+            raise OSError(errno.EBADF, "the socket is closed")
+        if self._server_name is None:
+            name = _default_server_name(address)
+            if name is not None:
+                self._conn = Connection(
+                    self._context, "client", server_name=name, expected_peer=self._expected_peer
+                )
+                self._server_name = name
+        if connect_ex:
+            rc = super().connect_ex(address)
+        else:
+            try:
+                super().connect(address)
+            except BlockingIOError:
+                self._connecting = True
+                raise
+            rc = 0
+        if rc in (errno.EINPROGRESS, errno.EWOULDBLOCK):
+            self._connecting = True
+        if rc == 0:
+            self._connected = True
+            if self._do_handshake_on_connect:
+                self.do_handshake()
+        return rc
+
+    def accept(self) -> tuple[NautilusSocket, Any]:
+        """(A wrapped listening socket, server side) accept a connection and wrap it.
+
+        The new socket runs the handshake now when ``do_handshake_on_connect``
+        was set, else on first use or :meth:`do_handshake`.
+
+        Raises:
+            ValueError: not a server-side socket.
+            OSError: as ``socket.accept``.
+            nautilus.HandshakeError: the handshake failed (the socket is closed).
+        """
+        if not self._server_side:
+            raise ValueError("accept() needs a server-side NautilusSocket")
+        newsock, addr = super().accept()
+        wrapped = wrap_socket(
+            self._context,
+            newsock,
+            server_side=True,
+            do_handshake_on_connect=self._do_handshake_on_connect,
+        )
+        return wrapped, addr
+
+    # -------------------------------------------------------------- handshake
+
+    def do_handshake(self) -> None:
+        """Run the handshake (or the rest of it) now.
+
+        Every I/O call does this implicitly first, as in ``ssl``. The
+        context's ``handshake_timeout`` bounds the handshake in every mode; the
+        socket's own timeout bounds each call. In non-blocking mode, call it
+        again when the socket is ready as the exception says.
+
+        Raises:
+            nautilus.NegotiationFailed, nautilus.AuthenticationFailed,
+            nautilus.KeyAgreementFailed, nautilus.ProtocolViolation,
+            nautilus.SessionKeyDerivationFailed: the handshake failed; the
+                connection is shut down (an alert was sent where safe).
+            nautilus.HandshakeTimeout: ``handshake_timeout`` passed.
+            nautilus.HandshakeError: the peer closed the connection during the
+                handshake without saying why.
+            TimeoutError: the socket's timeout expired first; the handshake
+                may be resumed by calling again.
+            nautilus.WantReadError, nautilus.WantWriteError: non-blocking mode.
+            nautilus.ClosedError: the handshake failed earlier, or the
+                connection was shut down.
+            OSError: the socket is not connected, or closed (``EBADF``).
+        """
+        if self._fd_closed:
+            raise OSError(errno.EBADF, "the socket is closed")
+        with self._hs_lock:
+            self._handshake_locked()
+
+    def _handshake_locked(self) -> None:
+        """The handshake, with the handshake lock held.
+
+        Only the holder of the handshake lock reads from the socket until the
+        handshake has completed; only holders of the read lock do afterwards.
+        """
+        timeout = self.gettimeout()
+        if self._hs_done:
+            self._hs_write(timeout)
+            return
+        if self._error is not None:
+            raise ClosedError(f"the connection failed: {self._error}") from self._error
+        if self._eof:
+            raise ClosedError("the connection was shut down before the handshake")
+        if not self._connected:
+            self._check_connected(timeout)
+        conn = self._conn
+        if not self._started:
+            with self._state_lock:
+                conn.start(time.time())
+                self._started = True
+                self._take_output()
+        user_deadline = None if not timeout else time.monotonic() + timeout
+        while True:
+            if conn.session is not None:
+                self._hs_done = True
+                self._ready = not self._fd_closed
+                if self._eof:  # the peer closed (or failed) at once: let reads report it
+                    self._flush_nowait()
+                else:
+                    self._hs_write(timeout)
+                return
+            if self._eof:
+                self._fail_handshake()
+            self._hs_write(timeout)
+            self._hs_read(timeout, user_deadline)
+
+    def _check_connected(self, timeout: float | None) -> None:
+        try:
+            self.getpeername()
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTCONN, errno.EINVAL):
+                raise
+            if self._connecting:
+                err = self.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    self._connecting = False
+                    raise OSError(err, os.strerror(err)) from None
+                if timeout == 0.0:
+                    raise WantWriteError(
+                        errno.EAGAIN, "the TCP connection is still being made"
+                    ) from None
+            raise OSError(errno.ENOTCONN, "the socket is not connected") from None
+        self._connected = True
+        self._connecting = False
+
+    def _hs_write(self, timeout: float | None) -> None:
+        if self._unsent is None and not self._queued:
+            return
+        with self._write_lock:
+            try:
+                self._write_out(timeout, nowait=False)
+            except BlockingIOError:
+                raise WantWriteError(errno.EAGAIN, "the socket is not writable") from None
+
+    def _hs_read(self, timeout: float | None, user_deadline: float | None) -> None:
+        conn = self._conn
+        hs_deadline = conn.get_timer()
+        if timeout == 0.0:
+            try:
+                n = _raw_recv_into(self, self._rview)
+            except BlockingIOError:
+                if hs_deadline is not None and time.time() >= hs_deadline:
+                    self._fire_timer()
+                    return
+                raise WantReadError(
+                    errno.EAGAIN, "the handshake needs data from the peer"
+                ) from None
+            except OSError as exc:
+                self._lost(exc)
+                return
+            self._feed(n)
+            return
+        wait = None if hs_deadline is None else hs_deadline - time.time()
+        user_wait = None if user_deadline is None else user_deadline - time.monotonic()
+        by_user = user_wait is not None and (wait is None or user_wait < wait)
+        if not _wait(self, False, user_wait if by_user else wait):
+            if by_user:
+                raise TimeoutError("timed out")
+            self._fire_timer()
+            return
+        try:
+            n = _raw_recv_into(self, self._rview)
+        except (BlockingIOError, InterruptedError):
+            return  # a spurious wake-up: wait again
+        except TimeoutError:
+            raise
+        except OSError as exc:
+            self._lost(exc)
+            return
+        self._feed(n)
+
+    def _fire_timer(self) -> None:
+        with self._state_lock:
+            self._conn.handle_timer(time.time())
+            self._drain()
+            self._take_output()
+
+    def _fail_handshake(self) -> NoReturn:
+        """The Connection closed during the handshake: send its alert, shut down, raise."""
+        self._flush_nowait()
+        self._shutdown_tcp()
+        error = self._error
+        if error is None:
+            error = HandshakeError("the connection closed during the handshake")
+            self._error = error
+        self._error_raised = True
+        raise error
+
+    # -------------------------------------------------------------- receiving
+
+    def recv(self, bufsize: int = 1024, flags: int = 0) -> bytes:
+        """Up to ``bufsize`` bytes of stream data (messages are left for :meth:`recv_message`).
+
+        Returns ``b""`` at a clean end: the peer sent close_notify (or this
+        side shut the connection down).
+
+        Raises:
+            TypeError, ValueError: bad ``bufsize`` or non-zero ``flags``.
+            nautilus.ConnectionLost: the connection ended without close_notify
+                (truncation), or was reset.
+            nautilus.IntegrityError, nautilus.ProtocolViolation: the peer sent
+                a forged or malformed record; the connection is shut down (an
+                alert was sent). Later calls raise ``ClosedError``.
+            TimeoutError: the socket's timeout expired; nothing was lost and
+                the call may be retried.
+            nautilus.WantReadError, nautilus.WantWriteError: non-blocking mode.
+            nautilus.HandshakeError and subclasses: the implicit handshake failed.
+            OSError: the socket is closed (``EBADF``) or not connected.
+        """
+        if type(bufsize) is not int:
+            bufsize = operator.index(bufsize)
+        if bufsize < 0:
+            raise ValueError("negative buffersize in recv")
+        if flags:
+            _check_flags("recv", flags)
+        if not bufsize:
+            return b""
+        with self._read_lock:
+            data = self._rdata
+            pos = self._rpos
+            if pos >= len(data):
+                data = self._next_chunk()
+                if not data:
+                    return b""
+                pos = 0
+            end = pos + bufsize
+            if end >= len(data):
+                self._rdata = b""
+                self._rpos = 0
+                return data if pos == 0 else data[pos:]
+            self._rpos = end
+            return data[pos:end]
+
+    def recv_into(self, buffer: WriteableBuffer, nbytes: int = 0, flags: int = 0) -> int:
+        """Receive up to ``nbytes`` (default: the buffer's size) stream bytes into ``buffer``.
+
+        Returns the number of bytes written, 0 at a clean end.
+
+        Raises:
+            TypeError: ``buffer`` is not a writable bytes-like object.
+            ValueError: ``nbytes`` negative or larger than the buffer,
+                non-zero ``flags``.
+            as :meth:`recv` otherwise.
+        """
+        view = memoryview(buffer)
+        if view.readonly:
+            raise TypeError("recv_into() needs a writable bytes-like object")
+        if view.ndim != 1 or view.itemsize != 1:
+            view = view.cast("B")
+        size = len(view)
+        if nbytes:
+            if type(nbytes) is not int:
+                nbytes = operator.index(nbytes)
+            if nbytes < 0:
+                raise ValueError("negative buffersize in recv_into")
+            if nbytes > size:
+                raise ValueError("buffer too small for requested bytes")
+            size = nbytes
+        elif type(nbytes) is not int:
+            operator.index(nbytes)
+        if flags:
+            _check_flags("recv_into", flags)
+        if not size:
+            return 0
+        with self._read_lock:
+            data = self._rdata
+            pos = self._rpos
+            if pos >= len(data):
+                data = self._next_chunk()
+                if not data:
+                    return 0
+                pos = 0
+            n = len(data) - pos
+            if n > size:
+                n = size
+            elif pos == 0:  # the whole chunk
+                view[:n] = data
+                self._rdata = b""
+                return n
+            dview = self._rdview
+            if dview is None:
+                dview = self._rdview = memoryview(data)
+            end = pos + n
+            view[:n] = dview[pos:end]
+            if end < len(data):
+                self._rpos = end
+            else:
+                self._rdata = b""
+                self._rdview = None
+                self._rpos = 0
+            return n
+
+    def recv_message(self) -> bytes:
+        """The next whole message of the message API (at most ``max_message_size``).
+
+        Stream data that arrives meanwhile is kept for :meth:`recv`.
+
+        Raises:
+            EOFError: the peer closed the connection cleanly (close_notify)
+                and no message is left (as ``multiprocessing`` connections do).
+            nautilus.ProtocolViolation: the peer sent a message larger than
+                this context's ``max_message_size`` (or another malformed
+                record); the connection is shut down.
+            as :meth:`recv` otherwise.
+        """
+        with self._read_lock:
+            msgs = self._msgs
+            while not msgs:
+                if self._fd_closed:
+                    raise OSError(errno.EBADF, "the socket is closed")
+                if not self._hs_done:
+                    with self._hs_lock:
+                        self._handshake_locked()
+                    continue
+                if self._eof:
+                    self._end_of_stream()
+                    raise EOFError("the peer closed the connection")
+                self._fill()
+            return msgs.popleft()
+
+    def _next_chunk(self) -> bytes:
+        """Install the next buffered chunk of stream data, reading if needed (read lock held).
+
+        Returns b"" at a clean end of stream.
+        """
+        more = self._rmore
+        while not more:
+            if self._fd_closed:
+                raise OSError(errno.EBADF, "the socket is closed")
+            if not self._hs_done:
+                with self._hs_lock:
+                    self._handshake_locked()
+                continue
+            if self._eof:
+                self._end_of_stream()
+                self._rdata = b""
+                self._rpos = 0
+                return b""
+            self._fill()
+        data = more.popleft()
+        self._rdata = data
+        self._rdview = None
+        self._rpos = 0
+        return data
+
+    def _end_of_stream(self) -> None:
+        """No more data will come: return after a clean end, raise after a failure."""
+        error = self._error
+        if error is None:
+            return
+        if not self._error_raised:
+            self._error_raised = True
+            raise error
+        raise ClosedError(f"the connection failed earlier: {error}") from error
+
+    def _fill(self) -> None:
+        """Read from the socket once and feed the Connection (read lock held)."""
+        if self._unsent is not None or self._queued:
+            self._flush_nowait()
+        try:
+            n = _raw_recv_into(self, self._rview)
+        except BlockingIOError:
+            if self._unsent is not None or self._queued:
+                raise WantWriteError(errno.EAGAIN, "output is waiting for the socket") from None
+            raise WantReadError(errno.EAGAIN, "no data from the peer yet") from None
+        except TimeoutError:
+            raise
+        except InterruptedError:  # pragma: no cover - a signal handler raised nothing
+            return
+        except OSError as exc:
+            if self._fd_closed:
+                raise
+            self._lost(exc)
+            return
+        self._feed(n)
+
+    def _feed(self, n: int) -> None:
+        """Give ``n`` bytes read (0: end of file) to the Connection; collect its events."""
+        with self._state_lock:
+            conn = self._conn
+            if n:
+                conn.receive_data(self._rview[:n], time.time())
+            else:
+                conn.receive_eof()
+            self._drain()
+            out = conn.data_to_send()
+            if out:
+                self._queued.append(out)
+        if self._queued:
+            self._flush_nowait()
+        if self._error is not None and self._conn.session is not None:
+            self._shutdown_tcp()  # failed after the handshake: the alert is out (if it could be)
+
+    def _drain(self) -> None:
+        """Sort the Connection's events into the buffers (state lock held)."""
+        conn = self._conn
+        while (event := conn.next_event()) is not None:
+            if type(event) is DataReceived:
+                self._rmore.append(event.data)
+            elif type(event) is MessageReceived:
+                self._msgs.append(event.data)
+            elif type(event) is ConnectionClosed:
+                self._eof = True
+                if event.error is not None and self._error is None:
+                    self._error = event.error
+            elif type(event) is _EarlyDataReceived:
+                early: Any = event
+                self._rmore.append(early.data)
+            # HandshakeCompleted (conn.session tells), KeysUpdated, AlertReceived: nothing.
+
+    def _lost(self, exc: OSError) -> None:
+        """Reading failed (a reset...): the Connection ends as at an end of file."""
+        with self._state_lock:
+            self._conn.receive_eof()
+            self._drain()
+            self._take_output()
+        if self._error is None:
+            self._error = ConnectionLost(f"the connection was lost: {exc}")
+        if self._error.__cause__ is None:
+            self._error.__cause__ = exc
+        self._eof = True
+
+    # ---------------------------------------------------------------- sending
+
+    def send(self, data: ReadableBuffer, flags: int = 0) -> int:
+        """Seal and send ``data``; returns ``len(data)`` (all of it is accepted).
+
+        Blocking mode: returns once everything is written to the socket.
+        With a timeout: a ``TimeoutError`` means the data *was* accepted
+        (sealed) but part of it is not written yet; it stays queued and is
+        written first by the next call on the socket (do not send it again).
+        Non-blocking: what the socket does not take at once stays queued and
+        is written by the next call; ``WantWriteError`` means earlier output
+        still waits and *nothing* of ``data`` was accepted (retry with the
+        same data). ``send(b"")`` just writes what is queued.
+
+        Raises:
+            TypeError: ``data`` is not bytes-like.  ValueError: non-zero flags.
+            nautilus.ClosedError: the connection is closed (by either side, or
+                after an error, which it is chained from).
+            TimeoutError, nautilus.WantWriteError, nautilus.WantReadError: see above
+                (WantReadError: the implicit handshake waits for the peer).
+            nautilus.HandshakeError and subclasses: the implicit handshake failed.
+            OSError: the socket failed (``BrokenPipeError``...), or is closed.
+        """
+        if type(data) is bytes:
+            n = len(data)
+        else:
+            n = _nbytes(data)
+            data = _as_buffer(data)
+        if flags:
+            _check_flags("send", flags)
+        if not self._ready:
+            self._prepare_write()
+        self._submit(_DATA, data)
+        return n
+
+    def sendall(self, data: ReadableBuffer, flags: int = 0) -> None:
+        """Seal ``data`` in one call and write it with one socket ``sendall``.
+
+        Same semantics as :meth:`send` (which also sends everything).
+
+        Raises:
+            as :meth:`send`.
+        """
+        if type(data) is not bytes:
+            _nbytes(data)
+            data = _as_buffer(data)
+        if flags:
+            _check_flags("sendall", flags)
+        if not self._ready:
+            self._prepare_write()
+        self._submit(_DATA, data)
+
+    def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
+        """Send a binary file's contents (read and sealed in Python: no ``os.sendfile``).
+
+        Returns the number of bytes sent; the file position is left after them.
+
+        Raises:
+            TypeError, ValueError: bad ``file``, ``offset`` or ``count``.
+            as :meth:`sendall` otherwise.
+        """
+        if "b" not in getattr(file, "mode", "b"):
+            raise ValueError("file should be opened in binary mode")
+        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+            raise ValueError(f"offset must be a non-negative int, got {offset!r}")
+        if count is not None and (
+            not isinstance(count, int) or isinstance(count, bool) or count <= 0
+        ):
+            raise ValueError(f"count must be a positive int, got {count!r}")
+        if offset:
+            file.seek(offset)
+        total = 0
+        try:
+            while count is None or total < count:
+                want = RECV_BUFFER_SIZE if count is None else min(RECV_BUFFER_SIZE, count - total)
+                chunk = file.read(want)
+                if not chunk:
+                    break
+                self.sendall(chunk)
+                total += len(chunk)
+        finally:
+            if total and hasattr(file, "seek"):
+                file.seek(offset + total)
+        return total
+
+    def send_message(self, message: ReadableBuffer) -> None:
+        """Send one message of the message API (delivered whole by the peer's ``recv_message``).
+
+        Same write semantics as :meth:`send`.
+
+        Raises:
+            TypeError: not bytes-like.
+            nautilus.MessageTooLarge: over the context's ``max_message_size``;
+                nothing was sent and the socket stays usable.
+            as :meth:`send` otherwise.
+        """
+        self.send_messages((message,))
+
+    def send_messages(self, messages: Iterable[ReadableBuffer]) -> None:
+        """Send many messages, framed together and sealed in one call (all or nothing).
+
+        Raises:
+            TypeError: ``messages`` is one bytes-like object or str, or holds
+                something that is not bytes-like.
+            nautilus.MessageTooLarge: one is over ``max_message_size``; none was sent.
+            as :meth:`send` otherwise.
+        """
+        if isinstance(messages, (bytes, bytearray, memoryview, str)):
+            raise TypeError("messages must be an iterable of bytes-like objects, not one object")
+        try:
+            batch = [_as_buffer(m) for m in messages]
+        except TypeError as exc:
+            raise TypeError(f"a message must be bytes-like: {exc}") from None
+        limit = self._context.max_message_size
+        for m in batch:
+            n = _nbytes(m)
+            if n > limit:
+                raise MessageTooLarge(
+                    f"a message of {n} bytes exceeds max_message_size ({limit} bytes)"
+                )
+        if not self._ready:
+            self._prepare_write()
+        self._submit(_MESSAGES, batch)
+
+    def update_keys(self, request_peer: bool = True) -> None:
+        """Ratchet the sending keys now (and ask the peer to ratchet its own).
+
+        Raises:
+            TypeError: ``request_peer`` is not a bool.
+            nautilus.ClosedError: the connection is closed.
+            as :meth:`send` otherwise (the key update is written like data).
+        """
+        if not isinstance(request_peer, bool):
+            raise TypeError(f"request_peer must be a bool, not {type(request_peer).__name__}")
+        if not self._ready:
+            self._prepare_write()
+        self._submit(_KEY_UPDATE, request_peer)
+
+    def export_keying_material(self, label: bytes, context: bytes, length: int) -> bytes:
+        """Keying material bound to this session (channel binding), as in RFC 5705.
+
+        Raises:
+            TypeError: ``label``/``context`` not bytes, ``length`` not an int.
+            ValueError: ``length`` not in 1..8160.
+            nautilus.ClosedError: the handshake has not completed.
+        """
+        with self._state_lock:
+            return self._conn.export_keying_material(label, context, length)
+
+    def _prepare_write(self) -> None:
+        """Slow path of the writers: closed socket, implicit handshake."""
+        if self._fd_closed:
+            raise OSError(errno.EBADF, "the socket is closed")
+        if not self._hs_done:
+            with self._hs_lock:
+                self._handshake_locked()
+
+    def _submit(self, kind: int, payload: Any) -> None:
+        """Seal ``payload`` and write it after everything queued, in order (see :meth:`send`)."""
+        timeout = self.gettimeout()
+        with self._write_lock:
+            if timeout == 0.0 and (self._unsent is not None or self._queued):
+                try:
+                    self._write_out(timeout, nowait=False)
+                except BlockingIOError:
+                    raise WantWriteError(
+                        errno.EAGAIN, "earlier output still waits for the socket"
+                    ) from None
+            with self._state_lock:
+                conn = self._conn
+                if self._timed_rekey:  # keys that are due for renewal by age go first
+                    conn.handle_timer(time.time())
+                if kind == _DATA:
+                    conn.send_data(payload)
+                elif kind == _MESSAGES:
+                    conn.send_messages(payload)
+                else:
+                    conn.update_keys(payload)
+                out = conn.data_to_send()
+                if out and (self._unsent is not None or self._queued):
+                    self._queued.append(out)  # after older output, in order
+                    out = b""
+            try:
+                if out:
+                    if timeout is None:  # the common case: one sendall, nothing queued
+                        _raw_sendall(self, out)
+                    else:
+                        self._unsent = memoryview(out)
+                if self._unsent is not None or self._queued:
+                    self._write_out(timeout, nowait=False)
+            except BlockingIOError:
+                if timeout != 0.0:  # pragma: no cover - only non-blocking sockets say so
+                    raise
+        if self._queued:  # a reader queued output while we held the lock
+            self._flush_nowait()
+
+    # ------------------------------------------------------------ the writing
+
+    def _take_output(self) -> None:
+        """Move the Connection's output to the queue (state lock held)."""
+        out = self._conn.data_to_send()
+        if out:
+            self._queued.append(out)
+
+    def _write_out(self, timeout: float | None, *, nowait: bool) -> None:
+        """Write what is unsent, then everything queued, in order (write lock held).
+
+        ``nowait``: never block (one attempt per buffer). Raises what the
+        socket raises; what was not written stays in ``_unsent``.
+        """
+        while True:
+            view = self._unsent
+            if view is None:
+                if not self._queued:
+                    return
+                with self._state_lock:
+                    queued = self._queued
+                    self._queued = []
+                buf = queued[0] if len(queued) == 1 else b"".join(queued)
+                if timeout is None and not nowait:
+                    _raw_sendall(self, buf)  # a failure here breaks the connection anyway
+                    continue
+                view = memoryview(buf)
+            self._unsent = view
+            if nowait:
+                if timeout and not _wait(self, True, 0.0):
+                    raise BlockingIOError(errno.EAGAIN, "the socket is not writable")
+                sent = _raw_send(self, view, _DONTWAIT)
+                self._unsent = view[sent:] if sent < len(view) else None
+                if self._unsent is not None:
+                    raise BlockingIOError(errno.EAGAIN, "the socket took part of the data")
+                continue
+            while view:
+                sent = _raw_send(self, view)
+                view = view[sent:]
+                self._unsent = view if view else None
+
+    def _flush_nowait(self) -> None:
+        """Write queued output if that needs no waiting: neither for the write
+        lock (a writer holding it writes what was queued before releasing it)
+        nor for the socket. Errors are left for the next call to meet."""
+        while self._unsent is not None or self._queued:
+            if not self._write_lock.acquire(blocking=False):
+                return
+            try:
+                self._write_out(self.gettimeout(), nowait=True)
+            except OSError:
+                return
+            finally:
+                self._write_lock.release()
+
+    # ---------------------------------------------------------------- closing
+
+    def shutdown(self, how: int) -> None:
+        """Shut the connection down: ``SHUT_WR``/``SHUT_RDWR`` send close_notify first.
+
+        Nautilus has no half-close: after ``SHUT_WR`` (or ``SHUT_RDWR``) the
+        session is over in both directions; :meth:`recv` returns what was
+        already received, then ``b""``. ``SHUT_RD`` ends reading only.
+        The TCP socket is then shut down as asked; ``close()`` still has to
+        release it.
+
+        Raises:
+            TypeError, ValueError: ``how`` is not SHUT_RD, SHUT_WR or SHUT_RDWR.
+            OSError: the socket is closed or not connected; writing the
+                close_notify failed. TimeoutError: its write timed out.
+        """
+        if isinstance(how, bool) or not isinstance(how, int):
+            raise TypeError(f"how must be an int, not {type(how).__name__}")
+        if how not in _SHUT_MODES:
+            raise ValueError(f"how must be SHUT_RD, SHUT_WR or SHUT_RDWR, got {how}")
+        if self._fd_closed:
+            raise OSError(errno.EBADF, "the socket is closed")
+        if how != socket.SHUT_RD:
+            self._goodbye(raise_errors=True)
+        self._eof = True
+        super().shutdown(how)
+
+    def close(self) -> None:
+        """Send close_notify and close the socket (idempotent).
+
+        As for plain sockets, the connection stays open until the last
+        ``makefile()`` object is closed too; close_notify goes out then.
+        Writing it follows the socket's mode (blocking: until written; with a
+        timeout: at most that long; non-blocking: one try). What has already
+        arrived is read first, so that the kernel closes rather than resets.
+
+        Raises:
+            Nothing: errors while writing the close_notify are ignored.
+        """
+        super().close()
+
+    def _goodbye(self, *, raise_errors: bool) -> None:
+        """Close the Connection (close_notify once the handshake has begun) and write it."""
+        if not self._connected:
+            return
+        self._absorb_arrived()
+        with self._state_lock:
+            self._conn.close()
+            self._take_output()
+        self._eof = True
+        self._ready = False
+        if self._unsent is None and not self._queued:
+            return
+        timeout = self.gettimeout()
+        locked = self._write_lock.acquire(
+            blocking=timeout != 0.0, timeout=timeout if timeout else -1
+        )
+        if not locked:
+            return
+        try:
+            self._write_out(timeout, nowait=timeout == 0.0)
+        except OSError:
+            if raise_errors:
+                raise
+        finally:
+            self._write_lock.release()
+
+    def _absorb_arrived(self) -> None:
+        """Before closing: feed what has already arrived (a session ticket, say).
+
+        A socket closed with unread bytes in its kernel buffer is reset
+        rather than closed, and a reset can destroy data the peer has not read
+        yet. This reads, without waiting, what is there (if no reader is busy).
+        """
+        if not self._hs_done or self._eof or not self._read_lock.acquire(blocking=False):
+            return
+        try:
+            for _ in range(64):
+                if not _wait(self, False, 0.0):
+                    return
+                try:
+                    n = _raw_recv_into(self, self._rview, 0, _DONTWAIT)
+                except OSError:
+                    return
+                self._feed(n)
+                if not n or self._eof:
+                    return
+        finally:
+            self._read_lock.release()
+
+    def _real_close(self) -> None:
+        """Close for good (the last ``makefile()`` object is closed): close_notify, then the fd."""
+        if not self._fd_closed:
+            with contextlib.suppress(NautilusError):  # Connection.close() does not raise
+                self._goodbye(raise_errors=False)
+            self._fd_closed = True
+            self._ready = False
+            self._eof = True
+        super()._real_close()  # type: ignore[misc]
+
+    def _shutdown_tcp(self) -> None:
+        with contextlib.suppress(OSError):
+            _raw_shutdown(self, socket.SHUT_RDWR)
+
+    # ---------------------------------------------------- not for this socket
+
+    def dup(self) -> NoReturn:
+        """Not supported (as in ``ssl``).
+
+        Raises:
+            NotImplementedError: always.
+        """
+        raise NotImplementedError(f"can't dup() {self.__class__.__name__} instances")
+
+    def recvfrom(self, *args: Any, **kwargs: Any) -> NoReturn:
+        """Not supported on a connection. Raises ValueError (as ``ssl``)."""
+        raise ValueError("recvfrom not allowed on instances of NautilusSocket")
+
+    def recvfrom_into(self, *args: Any, **kwargs: Any) -> NoReturn:
+        """Not supported on a connection. Raises ValueError (as ``ssl``)."""
+        raise ValueError("recvfrom_into not allowed on instances of NautilusSocket")
+
+    def sendto(self, *args: Any, **kwargs: Any) -> NoReturn:
+        """Not supported on a connection. Raises ValueError (as ``ssl``)."""
+        raise ValueError("sendto not allowed on instances of NautilusSocket")
+
+    def recvmsg(self, *args: Any, **kwargs: Any) -> NoReturn:
+        """Not supported. Raises NotImplementedError (as ``ssl``)."""
+        raise NotImplementedError("recvmsg not allowed on instances of NautilusSocket")
+
+    def recvmsg_into(self, *args: Any, **kwargs: Any) -> NoReturn:
+        """Not supported. Raises NotImplementedError (as ``ssl``)."""
+        raise NotImplementedError("recvmsg_into not allowed on instances of NautilusSocket")
+
+    def sendmsg(self, *args: Any, **kwargs: Any) -> NoReturn:
+        """Not supported. Raises NotImplementedError (as ``ssl``)."""
+        raise NotImplementedError("sendmsg not allowed on instances of NautilusSocket")
+
+
+def wrap_socket(
+    context: Context,
+    sock: socket.socket,
+    *,
+    server_side: bool = False,
+    expected_peer: PeerKey | str | None = None,
+    do_handshake_on_connect: bool = True,
+    server_name: str | None = None,
+) -> NautilusSocket:
+    """Wrap a TCP socket; what :meth:`nautilus.Context.wrap_socket` calls.
+
+    ``sock`` is taken over (detached), as ``ssl`` does. A connected socket
+    runs the handshake now when ``do_handshake_on_connect`` (it must then be
+    in blocking or timeout mode); an unconnected client socket runs it in
+    :meth:`NautilusSocket.connect`; otherwise the first I/O call, or
+    :meth:`NautilusSocket.do_handshake`, runs it. A wrapped listening socket
+    (``server_side=True``) hands out wrapped sockets from ``accept()``.
+
+    ``server_name`` (clients) defaults to ``"host:port"`` of the peer address
+    (of the address given to ``connect()`` for an unconnected socket).
+
+    Raises:
+        TypeError, ValueError: bad arguments (not a Context, not a stream
+            socket, already wrapped, ``expected_peer``/``server_name`` on the
+            server side, ``do_handshake_on_connect`` with a non-blocking
+            socket, a server context without identity...), before any I/O.
+        OSError: the socket is closed or failed.
+        nautilus.HandshakeError and subclasses, TimeoutError: the handshake
+            failed (the socket is closed).
+    """
+    if not isinstance(context, Context):
+        raise TypeError(f"context must be a nautilus.Context, not {type(context).__name__}")
+    if isinstance(sock, NautilusSocket):
+        raise ValueError("the socket is already a NautilusSocket")
+    if not isinstance(sock, socket.socket):
+        raise TypeError(f"sock must be a socket.socket, not {type(sock).__name__}")
+    if sock.type != socket.SOCK_STREAM:
+        raise ValueError("only stream (TCP) sockets can carry Nautilus")
+    for name, value in (
+        ("server_side", server_side),
+        ("do_handshake_on_connect", do_handshake_on_connect),
+    ):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be a bool, not {type(value).__name__}")
+    if sock.fileno() == -1:
+        raise OSError(errno.EBADF, "the socket is closed")
+    try:
+        peer = sock.getpeername()
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTCONN, errno.EINVAL):
+            raise
+        peer = None
+    if not server_side and server_name is None and peer is not None:
+        server_name = _default_server_name(peer)
+    role = "server" if server_side else "client"
+    conn = Connection(context, role, server_name=server_name, expected_peer=expected_peer)
+    if do_handshake_on_connect and peer is not None and sock.gettimeout() == 0.0:
+        raise ValueError("do_handshake_on_connect should not be specified for non-blocking sockets")
+    wrapped = NautilusSocket._create(
+        sock,
+        context,
+        conn,
+        server_side=server_side,
+        server_name=server_name,
+        expected_peer=expected_peer,
+        do_handshake_on_connect=do_handshake_on_connect,
+        connected=peer is not None,
+    )
+    if do_handshake_on_connect and wrapped._connected:
+        try:
+            wrapped.do_handshake()
+        except BaseException:
+            wrapped.close()
+            raise
+    return wrapped
+
+
+def create_connection(
+    address: tuple[str, int],
+    *,
+    context: Context,
+    expected_peer: PeerKey | str | None = None,
+    timeout: float | None = None,
+    source_address: tuple[str, int] | None = None,
+    server_name: str | None = None,
+) -> NautilusSocket:
+    """Connect over TCP like ``socket.create_connection``, then run the handshake.
+
+    ``timeout`` (None: blocking; ``socket.getdefaulttimeout()`` when given
+    ``socket._GLOBAL_DEFAULT_TIMEOUT``, as ``http.client`` does) stays the
+    socket's timeout afterwards. ``server_name`` defaults to ``"host:port"``
+    (``"[host]:port"`` for an IPv6 literal).
+
+    Returns:
+        The connected :class:`NautilusSocket`, its handshake completed.
+
+    Raises:
+        TypeError, ValueError: bad arguments (timeout 0 included: the
+            handshake needs to block), before any I/O.
+        OSError: the TCP connection could not be made.
+        TimeoutError: ``timeout`` expired (connecting or during the handshake).
+        nautilus.NegotiationFailed, nautilus.AuthenticationFailed,
+        nautilus.KeyAgreementFailed, nautilus.HandshakeTimeout,
+        nautilus.ProtocolViolation, nautilus.SessionKeyDerivationFailed:
+            the handshake failed (the socket is closed).
+        nautilus.HandshakeError: the server closed the connection during the
+            handshake without saying why.
+    """
+    if not isinstance(context, Context):
+        raise TypeError(f"context must be a nautilus.Context, not {type(context).__name__}")
+    if not isinstance(address, tuple) or len(address) != 2:
+        raise TypeError("address must be a (host, port) tuple")
+    host, port = address
+    if not isinstance(host, str):
+        raise TypeError(f"host must be a str, not {type(host).__name__}")
+    if isinstance(port, bool) or not isinstance(port, (int, str)):
+        raise TypeError(f"port must be an int or a str, not {type(port).__name__}")
+    if isinstance(port, int) and not 0 <= port <= 65535:
+        raise ValueError(f"port must be in 0..65535, got {port}")
+    if timeout is not None and timeout is not _DEFAULT_TIMEOUT:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
+        if not timeout > 0:
+            raise ValueError(f"timeout must be positive (or None to block), got {timeout}")
+    if source_address is not None and not isinstance(source_address, tuple):
+        raise TypeError("source_address must be a (host, port) tuple or None")
+    if server_name is None:
+        server_name = _default_server_name(address)
+    conn = Connection(context, "client", server_name=server_name, expected_peer=expected_peer)
+    sock = socket.create_connection(address, timeout, source_address)
+    try:
+        wrapped = NautilusSocket._create(
+            sock,
+            context,
+            conn,
+            server_side=False,
+            server_name=server_name,
+            expected_peer=expected_peer,
+            do_handshake_on_connect=True,
+            connected=True,
+        )
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        wrapped.do_handshake()
+    except BaseException:
+        wrapped.close()
+        raise
+    return wrapped

@@ -1,0 +1,1187 @@
+"""nautilus.NautilusSocket end to end over real loopback TCP sockets.
+
+Each test runs its server end in a thread (:class:`Peer`); the peer's socket
+has a timeout, so a stuck test fails with a timeout there, and a watchdog
+bounds every test in time.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import errno
+import faulthandler
+import hashlib
+import io
+import os
+import random
+import selectors
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import nautilus
+from nautilus import Connection, Context, Identity, NautilusSocket
+from nautilus.sockets import wrap_socket
+
+GROUPS = ("x25519-mlkem768", "x25519-mlkem1024", "mlkem1024", "mlkem768", "x25519")
+CIPHERS = ("aes-256-gcm", "chacha20-poly1305", "aes-128-gcm")
+HOST = "127.0.0.1"
+PEER_TIMEOUT = 10.0
+
+SERVER_ID = Identity.generate()
+CLIENT_ID = Identity.generate()
+OTHER_ID = Identity.generate()
+
+
+@pytest.fixture(autouse=True)
+def _watchdog() -> Iterator[None]:
+    """Bound every test: dump the stacks and exit if one hangs."""
+    faulthandler.dump_traceback_later(60, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
+
+
+def server_ctx(**kw: Any) -> Context:
+    return Context(SERVER_ID, **kw)
+
+
+def client_ctx(**kw: Any) -> Context:
+    kw.setdefault("trusted_peers", [SERVER_ID.public])
+    return Context(**kw)
+
+
+class Peer:
+    """Accept ``count`` connections in a thread and run ``handler`` on each.
+
+    With ``wrap`` the accepted socket is wrapped (server side, handshake at
+    once) and closed after the handler; otherwise the handler gets the raw
+    socket. Results and errors are collected; :meth:`result` joins.
+    """
+
+    def __init__(
+        self,
+        handler: Callable[[Any], Any],
+        ctx: Context | None = None,
+        *,
+        count: int = 1,
+        wrap: bool = True,
+        timeout: float | None = PEER_TIMEOUT,
+    ) -> None:
+        self.handler = handler
+        self.ctx = ctx if ctx is not None else server_ctx()
+        self.count = count
+        self.wrap = wrap
+        self.timeout = timeout
+        self.listener = socket.create_server((HOST, 0))
+        self.listener.settimeout(PEER_TIMEOUT)
+        self.port: int = self.listener.getsockname()[1]
+        self.address = (HOST, self.port)
+        self.results: list[Any] = []
+        self.errors: list[BaseException] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            for _ in range(self.count):
+                raw, _ = self.listener.accept()
+                raw.settimeout(self.timeout)
+                try:
+                    if self.wrap:
+                        with self.ctx.wrap_socket(raw, server_side=True) as sock:
+                            self.results.append(self.handler(sock))
+                    else:
+                        with raw:
+                            self.results.append(self.handler(raw))
+                except BaseException as exc:
+                    self.errors.append(exc)
+        except BaseException as exc:
+            self.errors.append(exc)
+        finally:
+            self.listener.close()
+
+    def join(self, timeout: float = 20.0) -> None:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the peer thread did not finish"
+
+    def result(self, timeout: float = 20.0) -> Any:
+        """The handler's result (the only one, or the list); re-raise its error."""
+        self.join(timeout)
+        if self.errors:
+            raise self.errors[0]
+        return self.results[0] if self.count == 1 else self.results
+
+
+def echo(sock: NautilusSocket) -> int:
+    total = 0
+    while data := sock.recv(1 << 16):
+        sock.sendall(data)
+        total += len(data)
+    return total
+
+
+def recv_exactly(sock: NautilusSocket, n: int) -> bytes:
+    out = bytearray()
+    while len(out) < n:
+        data = sock.recv(n - len(out))
+        if not data:
+            raise EOFError(f"the peer closed after {len(out)} of {n} bytes")
+        out += data
+    return bytes(out)
+
+
+def connect(peer: Peer, **kw: Any) -> NautilusSocket:
+    ctx = kw.pop("context", None) or client_ctx()
+    return nautilus.create_connection(peer.address, context=ctx, **kw)
+
+
+def raw_handshake(sock: socket.socket, conn: Connection) -> None:
+    """Drive a sans-IO Connection's handshake over a plain socket."""
+    conn.start(time.time())
+    while not conn.handshake_complete:
+        out = conn.data_to_send()
+        if out:
+            sock.sendall(out)
+        data = sock.recv(65536)
+        assert data, "the peer closed during the handshake"
+        conn.receive_data(data, time.time())
+        assert not conn.is_closed, conn.error
+    out = conn.data_to_send()
+    if out:
+        sock.sendall(out)
+
+
+def read_until_eof(sock: socket.socket) -> bytes:
+    out = bytearray()
+    with contextlib.suppress(ConnectionResetError):
+        while data := sock.recv(65536):
+            out += data
+    return bytes(out)
+
+
+# --------------------------------------------------------------------- matrix
+
+
+@pytest.mark.parametrize("cipher", CIPHERS)
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_group_and_cipher(group: str, cipher: str) -> None:
+    def handler(sock: NautilusSocket) -> tuple[Any, int]:
+        return sock.session, echo(sock)
+
+    peer = Peer(handler, server_ctx(groups=[group], ciphers=[cipher]))
+    sizes = (1, 100, 16383, 16384, 16385, 100_000, 300_000)
+    with connect(peer, context=client_ctx(groups=[group], ciphers=[cipher])) as sock:
+        info = sock.session
+        assert info is not None
+        assert (info.role, info.group, info.cipher) == ("client", group, cipher)
+        assert info.peer_id == SERVER_ID.peer_id
+        assert info.trust == "pinned"
+        assert info.resumed is False
+        assert sock.server_side is False
+        for size in sizes:
+            data = random.randbytes(size)
+            assert sock.send(data) == size
+            assert recv_exactly(sock, size) == data
+            sock.sendall(data)
+            buf = bytearray(size)
+            view = memoryview(buf)
+            got = 0
+            while got < size:
+                n = sock.recv_into(view[got:])
+                assert n > 0
+                got += n
+            assert buf == data
+    srv, total = peer.result()
+    assert (srv.role, srv.group, srv.cipher, srv.peer_id) == ("server", group, cipher, None)
+    assert total == 2 * sum(sizes)
+
+
+def test_hello_retry_and_client_authentication() -> None:
+    def handler(sock: NautilusSocket) -> Any:
+        sock.sendall(b"hi")
+        return sock.session
+
+    peer = Peer(handler, server_ctx(groups=["x25519-mlkem768", "mlkem768"], client_auth="required"))
+    ctx = Context(
+        CLIENT_ID, trusted_peers=[SERVER_ID.public], groups=["mlkem768", "x25519-mlkem768"]
+    )
+    with connect(peer, context=ctx) as sock:
+        assert sock.recv(10) == b"hi"
+        assert sock.session is not None
+        assert sock.session.group == "x25519-mlkem768"
+    srv = peer.result()
+    assert srv.peer_id == CLIENT_ID.peer_id
+
+
+# ------------------------------------------------------------- stream calls
+
+
+def test_recv_variants_and_buffers() -> None:
+    payload = bytes(range(256)) * 64  # 16 KiB
+
+    def handler(sock: NautilusSocket) -> None:
+        sock.sendall(payload)
+        assert sock.recv(1) == b"!"
+
+    peer = Peer(handler)
+    with connect(peer) as sock:
+        assert sock.recv(0) == b""
+        assert sock.recv_into(bytearray(0)) == 0
+        first = sock.recv(10)  # a short read from a larger buffered chunk
+        assert first == payload[: len(first)]
+        got = bytearray(first)
+        arr = array.array("i", bytes(400))  # 4-byte items: counted in bytes
+        n = sock.recv_into(arr)
+        assert 0 < n <= 400
+        got += arr.tobytes()[:n]
+        buf = bytearray(1000)
+        n = sock.recv_into(buf, 7)
+        assert 0 < n <= 7
+        got += buf[:n]
+        while len(got) < len(payload):
+            got += sock.recv(3000)
+        assert bytes(got) == payload
+        assert sock.pending() == 0
+        assert sock.send(memoryview(b"!")) == 1
+    peer.result()
+
+
+def test_send_accepts_any_bytes_like_object() -> None:
+    peer = Peer(lambda sock: recv_exactly(sock, 12 + 8 + 3))
+    with connect(peer) as sock:
+        sock.sendall(array.array("i", [1, 2, 3]))
+        assert sock.send(memoryview(b"abcdefgh")) == 8
+        sock.sendall(bytearray(b"xyz"))
+        assert sock.send(b"") == 0
+        assert sock.recv(1) == b""  # the server is done: nothing was lost
+    assert peer.result() == array.array("i", [1, 2, 3]).tobytes() + b"abcdefghxyz"
+
+
+def test_makefile_readline_binary() -> None:
+    lines = [f"line {i} {'x' * (i % 50)}\n".encode() for i in range(20_000)]
+
+    def handler(sock: NautilusSocket) -> None:
+        with sock.makefile("wb") as out:
+            for line in lines:
+                out.write(line)
+        with sock.makefile("rb") as inp:
+            assert inp.readline() == b"done\n"
+
+    peer = Peer(handler)
+    with connect(peer) as sock, sock.makefile("rwb") as f:
+        for i, want in enumerate(lines):
+            assert f.readline() == want, i
+        f.write(b"done\n")
+        f.flush()
+    peer.result()
+
+
+def test_makefile_text() -> None:
+    lines = [f"ligne {i} été ✓ {i * 7}\n" for i in range(20_000)]
+
+    def handler(sock: NautilusSocket) -> int:
+        with sock.makefile("w", encoding="utf-8") as out:
+            out.writelines(lines)
+        with sock.makefile("r", encoding="utf-8") as inp:
+            return sum(1 for _ in inp)
+
+    peer = Peer(handler)
+    with connect(peer) as sock:
+        with sock.makefile("r", encoding="utf-8", newline="") as f:
+            for want in lines:
+                assert f.readline() == want
+        with sock.makefile("w", encoding="utf-8") as w:
+            w.write("a\nb\nc\n")
+    assert peer.result() == 3
+
+
+def test_makefile_keeps_the_connection_open_after_close() -> None:
+    """As http.client does: the file outlives ``sock.close()``; close_notify
+    goes out when the last file is closed."""
+
+    def handler(sock: NautilusSocket) -> bytes:
+        sock.sendall(b"response body")
+        return sock.recv(10)
+
+    peer = Peer(handler)
+    sock = connect(peer)
+    f = sock.makefile("rb")
+    sock.close()
+    assert f.read(13) == b"response body"
+    f.close()
+    assert sock.fileno() == -1
+    assert peer.result() == b""  # the server saw close_notify: a clean end
+
+
+def test_large_transfer_sha256() -> None:
+    size = 24 * 1024 * 1024
+
+    def handler(sock: NautilusSocket) -> bytes:
+        h = hashlib.sha256()
+        rng = random.Random(1)
+        sent = 0
+        while sent < size:
+            chunk = rng.randbytes(min(size - sent, rng.randint(1, 1 << 20)))
+            h.update(chunk)
+            sock.sendall(chunk)
+            sent += len(chunk)
+        return h.digest()
+
+    peer = Peer(handler)
+    h = hashlib.sha256()
+    got = 0
+    buf = bytearray(1 << 20)
+    with connect(peer) as sock:
+        while n := sock.recv_into(buf):
+            h.update(memoryview(buf)[:n])
+            got += n
+    assert got == size
+    assert peer.result() == h.digest()
+
+
+def test_sendfile(tmp_path: Any) -> None:
+    path = tmp_path / "f.bin"
+    data = random.randbytes(700_000)
+    path.write_bytes(data)
+    peer = Peer(lambda sock: recv_exactly(sock, 600_000))
+    with connect(peer) as sock, open(path, "rb") as f:
+        assert sock.sendfile(f, offset=100_000) == 600_000
+        assert f.tell() == 700_000
+        with pytest.raises(ValueError, match="binary"), open(path) as text:
+            sock.sendfile(text)
+        assert sock.recv(1) == b""
+    assert peer.result() == data[100_000:]
+
+
+# ------------------------------------------------------------------ timeouts
+
+
+def test_recv_timeout_then_retry() -> None:
+    go = threading.Event()
+
+    def handler(sock: NautilusSocket) -> None:
+        assert go.wait(10)
+        sock.sendall(b"late")
+        assert sock.recv(1) == b""
+
+    peer = Peer(handler)
+    with connect(peer, timeout=5) as sock:
+        assert sock.gettimeout() == 5
+        sock.settimeout(0.1)
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError):
+            sock.recv(10)
+        with pytest.raises(socket.timeout):
+            sock.recv_into(bytearray(10))
+        assert time.monotonic() - t0 < 2
+        go.set()
+        sock.settimeout(5)
+        assert recv_exactly(sock, 4) == b"late"
+    peer.result()
+
+
+def test_handshake_timeout_against_a_silent_server() -> None:
+    listener = socket.create_server((HOST, 0))  # accepts (backlog) and never answers
+    with listener:
+        ctx = client_ctx(handshake_timeout=0.3)
+        t0 = time.monotonic()
+        with pytest.raises(nautilus.HandshakeTimeout):
+            nautilus.create_connection(listener.getsockname(), context=ctx)
+        assert 0.25 < time.monotonic() - t0 < 3
+
+
+def test_handshake_timeout_on_the_server_side() -> None:
+    def handler(raw: socket.socket) -> None:
+        ctx = server_ctx(handshake_timeout=0.3)
+        sock = wrap_socket(ctx, raw, server_side=True, do_handshake_on_connect=False)
+        with sock, pytest.raises(nautilus.HandshakeTimeout):
+            sock.do_handshake()
+        with pytest.raises(OSError, match="closed"):
+            sock.recv(1)
+
+    peer = Peer(handler, wrap=False)
+    with socket.create_connection(peer.address, timeout=5) as silent:
+        data = read_until_eof(silent)  # the server's alert, then the end
+        assert data[:1] == b"\x15"
+    peer.result()
+
+
+def test_socket_timeout_shorter_than_the_handshake_timeout_is_resumable() -> None:
+    def handler(raw: socket.socket) -> None:
+        time.sleep(0.4)  # answer late
+        with server_ctx().wrap_socket(raw, server_side=True) as sock:
+            echo(sock)
+
+    peer = Peer(handler, wrap=False)
+    raw = socket.create_connection(peer.address)
+    sock = client_ctx().wrap_socket(raw, do_handshake_on_connect=False)
+    with sock:
+        sock.settimeout(0.1)
+        timeouts = 0
+        while True:
+            try:
+                sock.do_handshake()
+                break
+            except nautilus.HandshakeTimeout:
+                raise
+            except TimeoutError:
+                timeouts += 1
+                assert timeouts < 100
+        assert timeouts >= 2
+        assert sock.session is not None
+        sock.settimeout(5)
+        sock.sendall(b"ok")
+        assert recv_exactly(sock, 2) == b"ok"
+    peer.result()
+
+
+def test_timed_out_send_stays_queued_and_is_flushed_later() -> None:
+    size = 16 * 1024 * 1024
+    release = threading.Event()
+
+    def handler(sock: NautilusSocket) -> bytes:
+        assert release.wait(10)  # do not read until the client timed out
+        return hashlib.sha256(recv_exactly(sock, size + 3)).digest()
+
+    peer = Peer(handler)
+    data = random.randbytes(size)
+    with connect(peer) as sock:
+        sock.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            sock.sendall(data)  # more than the socket buffers hold
+        release.set()
+        sock.settimeout(10)
+        sock.sendall(b"end")  # writes the rest first, in order
+        assert sock.recv(1) == b""
+    assert peer.result() == hashlib.sha256(data + b"end").digest()
+
+
+# -------------------------------------------------------------- non-blocking
+
+
+def drive(sel: selectors.BaseSelector, step: Callable[[], bool], sock: socket.socket) -> None:
+    """Call ``step`` until it returns True, waiting as its Want* errors say."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            if step():
+                return
+            events = selectors.EVENT_READ
+        except nautilus.WantReadError:
+            events = selectors.EVENT_READ
+        except nautilus.WantWriteError:
+            events = selectors.EVENT_WRITE
+        sel.modify(sock, events)
+        assert time.monotonic() < deadline
+        sel.select(1.0)
+
+
+def test_non_blocking_both_ends_in_one_selector_loop() -> None:
+    """Both ends non-blocking in one thread: the handshake and a 4 MiB exchange
+    in each direction are driven only through WantReadError/WantWriteError."""
+    listener = socket.create_server((HOST, 0))
+    raw_c = socket.create_connection(listener.getsockname())
+    raw_s, _ = listener.accept()
+    listener.close()
+    for raw in (raw_c, raw_s):
+        raw.setblocking(False)
+    client = client_ctx().wrap_socket(raw_c, do_handshake_on_connect=False)
+    server = server_ctx().wrap_socket(raw_s, server_side=True, do_handshake_on_connect=False)
+    assert client.gettimeout() == 0.0
+    with pytest.raises(nautilus.WantReadError) as info:
+        server.do_handshake()
+    assert info.value.errno == errno.EAGAIN
+    sel = selectors.DefaultSelector()
+    ends = {"client": client, "server": server}
+    size = 4 * 1024 * 1024
+    out = {name: random.randbytes(size) for name in ends}
+    sent = dict.fromkeys(ends, 0)
+    got = {name: bytearray() for name in ends}
+    done_hs: set[str] = set()
+    flushed: set[str] = set()
+    for name, sock in ends.items():
+        sel.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, name)
+    deadline = time.monotonic() + 20
+    while len(flushed) < 2 or any(len(got[n]) < size for n in ends):
+        assert time.monotonic() < deadline, "the selector loop did not finish"
+        for key, _mask in sel.select(1.0):
+            name = key.data
+            sock = ends[name]
+            want = selectors.EVENT_READ
+            try:
+                if name not in done_hs:
+                    sock.do_handshake()
+                    done_hs.add(name)
+                while sent[name] < size:  # write as long as the socket takes it
+                    chunk = out[name][sent[name] : sent[name] + 100_000]
+                    sent[name] += sock.send(chunk)
+                if name not in flushed:
+                    sock.send(b"")  # write what is still queued
+                    flushed.add(name)
+                while True:  # read everything available, buffered data included
+                    data = sock.recv(65536)
+                    assert data, "unexpected end of stream"
+                    got[name] += data
+            except nautilus.WantReadError:
+                want = selectors.EVENT_READ
+            except nautilus.WantWriteError:
+                want = selectors.EVENT_READ | selectors.EVENT_WRITE
+            sel.modify(sock, want, name)
+    assert bytes(got["client"]) == out["server"]
+    assert bytes(got["server"]) == out["client"]
+    assert client.session is not None
+    assert server.session is not None
+    sel.close()
+    client.close()
+    server.setblocking(True)
+    server.settimeout(5)
+    assert server.recv(1) == b""
+    server.close()
+
+
+def test_non_blocking_connect_then_handshake() -> None:
+    peer = Peer(echo)
+    sock = client_ctx().wrap_socket(socket.socket(), do_handshake_on_connect=False)
+    sock.setblocking(False)
+    assert sock.connect_ex(peer.address) in (0, errno.EINPROGRESS)
+    sel = selectors.DefaultSelector()
+    sel.register(sock, selectors.EVENT_WRITE)
+
+    def handshake() -> bool:
+        sock.do_handshake()
+        return True
+
+    drive(sel, handshake, sock)
+    assert sock.server_name == f"{HOST}:{peer.port}"
+    assert sock.send(b"ping") == 4
+
+    def read() -> bool:
+        return sock.recv(10) == b"ping"
+
+    drive(sel, read, sock)
+    sel.close()
+    sock.close()
+    peer.result()
+
+
+def test_wrap_rejects_handshake_on_connect_for_non_blocking_sockets() -> None:
+    peer = Peer(lambda raw: read_until_eof(raw), wrap=False)
+    raw = socket.create_connection(peer.address)
+    raw.setblocking(False)
+    with pytest.raises(ValueError, match="non-blocking"):
+        client_ctx().wrap_socket(raw)
+    assert raw.fileno() != -1  # refused before taking the socket over
+    raw.close()
+    assert peer.result() == b""
+
+
+# ------------------------------------------------------------------ closing
+
+
+def test_clean_close_gives_empty_reads() -> None:
+    def handler(sock: NautilusSocket) -> None:
+        sock.sendall(b"last words")
+        sock.send_message(b"last message")
+
+    peer = Peer(handler)
+    with connect(peer) as sock:
+        assert recv_exactly(sock, 10) == b"last words"
+        assert sock.recv(10) == b""
+        assert sock.recv(10) == b""
+        assert sock.recv_into(bytearray(5)) == 0
+        assert sock.recv_message() == b"last message"
+        with pytest.raises(EOFError):
+            sock.recv_message()
+        with pytest.raises(nautilus.ClosedError):
+            sock.sendall(b"too late")
+    peer.result()
+
+
+def test_context_manager_closes_and_sends_close_notify() -> None:
+    peer = Peer(lambda sock: sock.recv(10))
+    with connect(peer) as sock:
+        fd = sock.fileno()
+        assert fd >= 0
+    assert sock.fileno() == -1
+    assert peer.result() == b""  # a clean end, not ConnectionLost
+    with pytest.raises(OSError, match="closed") as info:
+        sock.recv(1)
+    assert info.value.errno == errno.EBADF
+    with pytest.raises(OSError, match="closed"):
+        sock.sendall(b"x")
+    sock.close()  # idempotent
+
+
+def test_shutdown_write_ends_the_session() -> None:
+    def handler(sock: NautilusSocket) -> bytes:
+        sock.sendall(b"ready")
+        data = recv_exactly(sock, 5)
+        assert sock.recv(10) == b""
+        return data
+
+    peer = Peer(handler)
+    with connect(peer) as sock:
+        assert recv_exactly(sock, 5) == b"ready"
+        sock.sendall(b"hello")
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(10) == b""  # no half-close: reading is over too
+        with pytest.raises(nautilus.ClosedError):
+            sock.sendall(b"more")
+    assert peer.result() == b"hello"
+
+
+def test_truncation_raises_connection_lost() -> None:
+    def handler(raw: socket.socket) -> None:
+        conn = Connection(server_ctx(), "server")
+        raw_handshake(raw, conn)
+        conn.send_data(b"partial")
+        raw.sendall(conn.data_to_send())
+        # and now close TCP without close_notify
+
+    peer = Peer(handler, wrap=False)
+    with connect(peer) as sock:
+        peer.result()
+        assert recv_exactly(sock, 7) == b"partial"
+        with pytest.raises(nautilus.ConnectionLost):
+            sock.recv(10)
+        with pytest.raises(nautilus.ClosedError) as info:
+            sock.recv(10)
+        assert isinstance(info.value.__cause__, nautilus.ConnectionLost)
+
+
+def test_end_during_the_handshake_raises_handshake_error() -> None:
+    peer = Peer(lambda raw: raw.recv(65536), wrap=False)  # read the hello, then close
+    with pytest.raises(nautilus.HandshakeError) as info:
+        connect(peer)
+    assert type(info.value) is nautilus.HandshakeError
+    peer.result()
+
+
+def test_forged_record_raises_integrity_error_and_sends_an_alert() -> None:
+    def handler(raw: socket.socket) -> bytes:
+        conn = Connection(server_ctx(), "server")
+        raw_handshake(raw, conn)
+        conn.send_data(b"genuine")
+        raw.sendall(conn.data_to_send())
+        conn.send_data(b"forged!")
+        record = bytearray(conn.data_to_send())
+        record[-1] ^= 1
+        raw.sendall(record)
+        return read_until_eof(raw)
+
+    peer = Peer(handler, wrap=False)
+    with connect(peer) as sock:
+        assert recv_exactly(sock, 7) == b"genuine"
+        with pytest.raises(nautilus.IntegrityError):
+            sock.recv(10)
+        with pytest.raises(nautilus.ClosedError):
+            sock.sendall(b"x")
+    alert = peer.result()
+    assert alert
+    assert alert[0] == 0x17
+
+
+# ----------------------------------------------------------------- threads
+
+
+def test_one_reader_and_one_writer_thread_on_each_side() -> None:
+    """Both directions at once, with automatic key updates every 16 records and
+    explicit ones (answered by the reader threads) on top; every byte is hashed."""
+    size = 8 * 1024 * 1024
+
+    def pump(sock: NautilusSocket, seed: int) -> tuple[bytes, bytes]:
+        sent = hashlib.sha256()
+        received = hashlib.sha256()
+        errors: list[BaseException] = []
+
+        def writer() -> None:
+            try:
+                rng = random.Random(seed)
+                total = 0
+                i = 0
+                while total < size:
+                    chunk = rng.randbytes(min(size - total, rng.randint(1, 200_000)))
+                    sent.update(chunk)
+                    if i % 3:
+                        sock.sendall(chunk)
+                    else:
+                        sock.send(chunk)
+                    total += len(chunk)
+                    i += 1
+                    if i % 20 == 0:
+                        sock.update_keys(request_peer=True)
+            except BaseException as exc:
+                errors.append(exc)
+
+        def reader() -> None:
+            try:
+                total = 0
+                buf = bytearray(100_000)
+                while total < size:
+                    n = sock.recv_into(buf)
+                    assert n, "early end of stream"
+                    received.update(memoryview(buf)[:n])
+                    total += n
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=f, daemon=True) for f in (writer, reader)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+            assert not t.is_alive()
+        if errors:
+            raise errors[0]
+        return sent.digest(), received.digest()
+
+    ctx_kw = {"key_update_records": 16}
+    peer = Peer(lambda sock: pump(sock, 2), server_ctx(**ctx_kw))
+    with connect(peer, context=client_ctx(**ctx_kw)) as sock:
+        c_sent, c_received = pump(sock, 1)
+    s_sent, s_received = peer.result()
+    assert c_sent == s_received
+    assert s_sent == c_received
+
+
+# ------------------------------------------------------------- message API
+
+
+def test_ten_thousand_messages_in_order() -> None:
+    count = 10_000
+
+    def handler(sock: NautilusSocket) -> list[bytes]:
+        got = [sock.recv_message() for _ in range(2 * count)]
+        sock.send_message(b"done")
+        return got
+
+    peer = Peer(handler)
+    msgs = [struct.pack(">I", i) + b"m" * (i % 97) for i in range(count)]
+    with connect(peer) as sock:
+        for m in msgs:
+            sock.send_message(m)
+        sock.send_messages(msgs)  # the same again, batched in one call
+        assert sock.recv_message() == b"done"
+    assert peer.result() == msgs + msgs
+
+
+def test_message_bounds_locally() -> None:
+    peer = Peer(lambda sock: [sock.recv_message() for _ in range(3)])
+    with connect(peer, context=client_ctx(max_message_size=1000)) as sock:
+        with pytest.raises(nautilus.MessageTooLarge):
+            sock.send_message(b"x" * 1001)
+        with pytest.raises(nautilus.MessageTooLarge):
+            sock.send_messages([b"fine", b"x" * 1001])  # all or nothing
+        sock.send_message(b"x" * 1000)
+        sock.send_messages([b"", b"after"])
+        assert sock.recv(1) == b""
+    assert peer.result() == [b"x" * 1000, b"", b"after"]
+
+
+def test_oversized_message_from_the_peer_is_a_protocol_violation() -> None:
+    def handler(sock: NautilusSocket) -> None:
+        assert sock.recv_message() == b"small"
+        with pytest.raises(nautilus.ProtocolViolation):
+            sock.recv_message()
+
+    peer = Peer(handler, server_ctx(max_message_size=100))
+    with connect(peer, context=client_ctx(max_message_size=10_000)) as sock:
+        sock.send_message(b"small")
+        sock.send_message(b"y" * 5000)  # fine by the client's bound, not the server's
+        with pytest.raises(nautilus.ProtocolViolation):  # the server's alert
+            sock.recv(10)
+    peer.result()
+
+
+def test_messages_and_stream_data_interleaved() -> None:
+    chunks = [random.randbytes(random.randint(1, 40_000)) for _ in range(50)]
+    msgs = [f"message {i}".encode() for i in range(50)]
+
+    def handler(sock: NautilusSocket) -> tuple[bytes, list[bytes]]:
+        # All the stream data first, then all the messages: each kind is
+        # buffered apart from the other.
+        data = recv_exactly(sock, sum(map(len, chunks)))
+        got = [sock.recv_message() for _ in msgs]
+        assert sock.pending_messages() == 0
+        return data, got
+
+    peer = Peer(handler)
+    with connect(peer) as sock:
+        for chunk, msg in zip(chunks, msgs, strict=True):
+            sock.sendall(chunk)
+            sock.send_message(msg)
+        assert sock.recv(1) == b""
+    data, got = peer.result()
+    assert data == b"".join(chunks)
+    assert got == msgs
+
+
+# ----------------------------------------------------------------- details
+
+
+def test_addresses_fileno_and_attributes() -> None:
+    def handler(sock: NautilusSocket) -> tuple[Any, Any, bool]:
+        found = (sock.getpeername(), sock.getsockname(), sock.server_side)
+        sock.sendall(b"k")
+        return found
+
+    peer = Peer(handler)
+    with connect(peer) as sock:
+        assert isinstance(sock, socket.socket)
+        assert isinstance(sock, NautilusSocket)
+        assert sock.getpeername() == peer.address
+        assert sock.getsockname()[0] == HOST
+        assert sock.fileno() >= 0
+        assert sock.family == socket.AF_INET
+        assert sock.type == socket.SOCK_STREAM
+        assert isinstance(sock.context, Context)
+        assert sock.server_name == f"{HOST}:{peer.port}"
+        assert "NautilusSocket" in repr(sock)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        local = sock.getsockname()
+        assert sock.recv(1) == b"k"
+    peername, sockname, server_side = peer.result()
+    assert peername == local
+    assert sockname == peer.address
+    assert server_side is True
+
+
+def test_export_keying_material_and_update_keys() -> None:
+    def handler(sock: NautilusSocket) -> bytes:
+        key = sock.export_keying_material(b"label", b"ctx", 32)
+        sock.update_keys()
+        echo(sock)
+        return key
+
+    peer = Peer(handler)
+    with connect(peer) as sock:
+        key = sock.export_keying_material(b"label", b"ctx", 32)
+        sock.update_keys(request_peer=False)
+        for _ in range(3):
+            sock.sendall(b"after key update")
+            assert recv_exactly(sock, 16) == b"after key update"
+            sock.update_keys()
+    assert peer.result() == key
+
+
+def test_connect_an_unconnected_socket() -> None:
+    peer = Peer(echo)
+    sock = client_ctx().wrap_socket(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    with sock:
+        assert sock.session is None
+        with pytest.raises(OSError, match="not connected"):
+            sock.recv(1)
+        sock.connect(peer.address)  # the handshake runs here
+        assert sock.session is not None
+        assert sock.server_name == f"{HOST}:{peer.port}"
+        with pytest.raises(ValueError, match="already"):
+            sock.connect(peer.address)
+        sock.sendall(b"x")
+        assert sock.recv(1) == b"x"
+    peer.result()
+
+
+def test_connect_ex_reports_errors() -> None:
+    port = socket.create_server((HOST, 0))
+    address = port.getsockname()
+    port.close()  # nobody listens there now
+    with client_ctx().wrap_socket(socket.socket()) as sock:
+        assert sock.connect_ex(address) == errno.ECONNREFUSED
+
+
+def test_wrapped_listener_accepts_wrapped_sockets() -> None:
+    listener = server_ctx().wrap_socket(socket.create_server((HOST, 0)), server_side=True)
+    listener.settimeout(PEER_TIMEOUT)
+    results: list[Any] = []
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            results.append(conn.session)
+            echo(conn)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    with listener, nautilus.create_connection(listener.getsockname(), context=client_ctx()) as s:
+        s.sendall(b"abc")
+        assert recv_exactly(s, 3) == b"abc"
+        with pytest.raises(ValueError, match="server-side"):
+            s.accept()
+    thread.join(10)
+    assert results
+    assert results[0].role == "server"
+
+
+def test_implicit_handshake_on_first_use() -> None:
+    peer = Peer(echo)
+    raw = socket.create_connection(peer.address)
+    sock = client_ctx().wrap_socket(raw, do_handshake_on_connect=False)
+    with sock:
+        assert sock.session is None
+        sock.sendall(b"implicit")  # runs the handshake first
+        assert sock.session is not None
+        assert recv_exactly(sock, 8) == b"implicit"
+    peer.result()
+
+
+# -------------------------------------------------------- handshake failures
+
+
+def test_wrong_expected_peer() -> None:
+    def handler(raw: socket.socket) -> None:
+        sock = server_ctx().wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+        with sock, pytest.raises(nautilus.AuthenticationFailed):
+            sock.do_handshake()
+
+    peer = Peer(handler, wrap=False)
+    with pytest.raises(nautilus.AuthenticationFailed, match=r"wrong"):
+        nautilus.create_connection(
+            peer.address, context=Context(), expected_peer=OTHER_ID.public.peer_id
+        )
+    peer.result()
+
+
+def test_untrusted_server_from_create_connection() -> None:
+    def handler(raw: socket.socket) -> None:
+        s = server_ctx().wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+        with s, pytest.raises(nautilus.AuthenticationFailed):
+            s.do_handshake()
+
+    peer = Peer(handler, wrap=False)
+    with pytest.raises(nautilus.AuthenticationFailed, match="no trust configured"):
+        nautilus.create_connection(peer.address, context=Context())
+    peer.result()
+
+
+def test_untrusted_server_from_do_handshake() -> None:
+    ctx = Context(trusted_peers=[OTHER_ID.public])
+
+    def handler(raw: socket.socket) -> None:
+        s = server_ctx().wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+        with s, pytest.raises(nautilus.AuthenticationFailed):
+            s.do_handshake()
+
+    peer = Peer(handler, wrap=False)
+    raw = socket.create_connection(peer.address)
+    with ctx.wrap_socket(raw, do_handshake_on_connect=False) as sock:
+        with pytest.raises(nautilus.AuthenticationFailed, match=r"trust"):
+            sock.do_handshake()
+        with pytest.raises(nautilus.ClosedError):
+            sock.do_handshake()
+        with pytest.raises(nautilus.ClosedError):
+            sock.recv(1)
+        with pytest.raises(nautilus.ClosedError):
+            sock.sendall(b"x")
+        assert sock.session is None
+    peer.result()
+
+
+def test_required_client_auth_without_a_client_identity() -> None:
+    def handler(raw: socket.socket) -> None:
+        ctx = server_ctx(client_auth="required")
+        s = ctx.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+        with s, pytest.raises(nautilus.AuthenticationFailed):
+            s.do_handshake()
+
+    peer = Peer(handler, wrap=False)
+    with pytest.raises(nautilus.AuthenticationFailed, match="client authentication"):
+        connect(peer)
+    peer.result()
+
+
+# ------------------------------------------------------------ bad arguments
+
+
+def test_bad_arguments_are_refused_before_any_io() -> None:
+    seen: list[bytes] = []
+
+    def handler(raw: socket.socket) -> None:
+        seen.append(read_until_eof(raw))
+
+    peer = Peer(handler, wrap=False)
+    raw = socket.create_connection(peer.address)
+    sock = client_ctx().wrap_socket(raw, do_handshake_on_connect=False)
+    with sock:
+        bad: list[tuple[type[BaseException], Callable[[], object]]] = [
+            (ValueError, lambda: sock.recv(-1)),
+            (TypeError, lambda: sock.recv("10")),  # type: ignore[arg-type]
+            (ValueError, lambda: sock.recv(10, 1)),
+            (TypeError, lambda: sock.recv(10, "x")),  # type: ignore[arg-type]
+            (TypeError, lambda: sock.recv_into(b"readonly")),
+            (TypeError, lambda: sock.recv_into("str")),  # type: ignore[arg-type]
+            (ValueError, lambda: sock.recv_into(bytearray(4), 10)),
+            (ValueError, lambda: sock.recv_into(bytearray(4), -1)),
+            (ValueError, lambda: sock.recv_into(bytearray(4), 2, 1)),
+            (TypeError, lambda: sock.send("text")),  # type: ignore[arg-type]
+            (TypeError, lambda: sock.sendall(123)),  # type: ignore[arg-type]
+            (ValueError, lambda: sock.send(b"x", 1)),
+            (ValueError, lambda: sock.sendall(b"x", socket.MSG_OOB)),
+            (TypeError, lambda: sock.send_message("text")),  # type: ignore[arg-type]
+            (TypeError, lambda: sock.send_messages(b"one object")),
+            (TypeError, lambda: sock.send_messages([b"a", 1])),  # type: ignore[list-item]
+            (TypeError, lambda: sock.send_messages(None)),  # type: ignore[arg-type]
+            (nautilus.MessageTooLarge, lambda: sock.send_message(b"x" * (16 * 1024 * 1024 + 1))),
+            (TypeError, lambda: sock.update_keys("yes")),  # type: ignore[arg-type]
+            (TypeError, lambda: sock.shutdown("x")),  # type: ignore[arg-type]
+            (ValueError, lambda: sock.shutdown(99)),
+            (TypeError, lambda: sock.export_keying_material("a", b"", 32)),  # type: ignore[arg-type]
+            (ValueError, lambda: sock.export_keying_material(b"a", b"", 0)),
+            (ValueError, lambda: sock.sendto(b"x", ("h", 1))),
+            (ValueError, lambda: sock.recvfrom(1)),
+            (NotImplementedError, lambda: sock.recvmsg(1)),
+            (NotImplementedError, lambda: sock.dup()),
+            (ValueError, lambda: sock.accept()),
+            (ValueError, lambda: sock.sendfile(io.BytesIO(b"x"), -1)),
+        ]
+        for exc, call in bad:
+            with pytest.raises(exc):
+                call()
+        assert sock.session is None
+        with pytest.raises(nautilus.ClosedError):  # keys exist only after the handshake
+            sock.export_keying_material(b"a", b"", 32)
+        os.close(sock.detach())  # close without a word: the peer must have seen nothing
+    peer.result()
+    assert seen == [b""]
+
+
+def test_bad_arguments_to_the_constructors() -> None:
+    ctx = client_ctx()
+    with pytest.raises(TypeError):
+        NautilusSocket()
+    with pytest.raises(TypeError):
+        wrap_socket("not a context", socket.socket())  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        ctx.wrap_socket("not a socket")  # type: ignore[arg-type]
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp,
+        pytest.raises(ValueError, match="stream"),
+    ):
+        ctx.wrap_socket(udp)
+    with socket.socket() as s:
+        with pytest.raises(TypeError):
+            ctx.wrap_socket(s, server_side=1)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="clients only"):
+            server_ctx().wrap_socket(s, server_side=True, expected_peer=OTHER_ID.public)
+        with pytest.raises(ValueError, match="identity"):
+            ctx.wrap_socket(s, server_side=True)
+        with pytest.raises(TypeError):
+            ctx.wrap_socket(s, expected_peer=42)  # type: ignore[arg-type]
+        assert s.fileno() != -1  # none of these took the socket over
+    for kwargs, exc in [
+        ({"address": "127.0.0.1:80"}, TypeError),
+        ({"address": (HOST, 70000)}, ValueError),
+        ({"address": (HOST, 1), "timeout": 0}, ValueError),
+        ({"address": (HOST, 1), "timeout": "1"}, TypeError),
+        ({"address": (HOST, 1), "context": "ctx"}, TypeError),
+        ({"address": (HOST, 1), "server_name": 5}, TypeError),
+        ({"address": (HOST, 1), "expected_peer": "not a peer id"}, ValueError),
+        ({"address": (HOST, 1), "source_address": "x"}, TypeError),
+    ]:
+        kwargs.setdefault("context", ctx)
+        with pytest.raises(exc):
+            nautilus.create_connection(**kwargs)  # type: ignore[arg-type]
+    with client_ctx().wrap_socket(socket.socket(), server_side=False) as s:
+        pass
+    listener = server_ctx().wrap_socket(socket.socket(), server_side=True)
+    with listener, pytest.raises(ValueError, match="server-side"):
+        listener.connect((HOST, 1))
+
+
+def test_session_resumption_with_a_ticket() -> None:
+    def handler(sock: NautilusSocket) -> bool:
+        sock.sendall(b"hi")  # after the session ticket
+        assert sock.recv(1) == b""
+        assert sock.session is not None
+        return sock.session.resumed
+
+    peer = Peer(handler, count=2)
+    ctx = client_ctx()
+    with connect(peer, context=ctx) as sock:
+        assert recv_exactly(sock, 2) == b"hi"
+        assert sock.session is not None
+        assert sock.session.resumed is False
+    with connect(peer, context=ctx) as sock:
+        assert recv_exactly(sock, 2) == b"hi"
+        assert sock.session is not None
+        assert sock.session.resumed is True
+    assert peer.result() == [False, True]
+
+
+def test_mixed_partial_reads_of_one_chunk() -> None:
+    payload = random.randbytes(200_000)
+
+    def handler(sock: NautilusSocket) -> None:
+        sock.sendall(payload)
+        assert sock.recv(1) == b""
+
+    peer = Peer(handler)
+    with connect(peer) as sock:
+        t0 = time.monotonic()
+        assert sock.recv(0) == b""  # does not wait for data
+        assert time.monotonic() - t0 < 1
+        got = bytearray()
+        buf = bytearray(5000)
+        rng = random.Random(3)
+        while len(got) < len(payload):
+            if rng.random() < 0.5:
+                got += sock.recv(rng.randint(1, 7000))
+            else:
+                n = sock.recv_into(buf, rng.randint(1, 5000))
+                got += buf[:n]
+        assert bytes(got) == payload
+    peer.result()
+
+
+def test_writer_during_a_handshake_driven_by_a_reader() -> None:
+    """A reader starts the implicit handshake and then blocks reading; a writer
+    that arrived during the handshake must not wait for that read."""
+
+    def handler(raw: socket.socket) -> None:
+        time.sleep(0.3)  # a slow server: both threads meet in the handshake
+        with server_ctx().wrap_socket(raw, server_side=True) as sock:
+            echo(sock)
+
+    peer = Peer(handler, wrap=False)
+    sock = client_ctx().wrap_socket(
+        socket.create_connection(peer.address), do_handshake_on_connect=False
+    )
+    sock.settimeout(10)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(recv_exactly(sock, 4)), daemon=True)
+    with sock:
+        reader.start()
+        time.sleep(0.1)
+        sock.sendall(b"ping")  # the server answers only once it has this
+        reader.join(10)
+        assert got == [b"ping"]
+    peer.result()
+
+
+def test_early_data_reaches_the_server_as_stream_data() -> None:
+    if "early_data" not in Context.__init__.__code__.co_varnames:
+        pytest.skip("this build has no 0-RTT")
+
+    peer = Peer(lambda sock: sock.recv(100), server_ctx(early_data=True), count=2)
+    ctx = client_ctx(early_data=True)
+    with connect(peer, context=ctx) as sock:  # the first session: a ticket
+        sock.sendall(b"first")
+        assert sock.recv(1) == b""
+    raw = socket.create_connection(peer.address, timeout=PEER_TIMEOUT)
+    with raw:
+        conn = Connection(ctx, "client", server_name=f"{HOST}:{peer.port}")
+        conn.start(time.time(), early_data=b"early!")
+        raw.sendall(conn.data_to_send())
+        while not conn.handshake_complete:
+            conn.receive_data(raw.recv(65536), time.time())
+            raw.sendall(conn.data_to_send())
+        assert conn.session is not None
+        assert conn.session.early_data_accepted  # type: ignore[attr-defined]
+        conn.close()
+        raw.sendall(conn.data_to_send())
+    assert peer.result() == [b"first", b"early!"]
