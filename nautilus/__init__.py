@@ -43,6 +43,8 @@ from nautilus.protocol.events import (
     AlertReceived,
     ConnectionClosed,
     DataReceived,
+    EarlyDataReceived,
+    EarlyDataRejected,
     Event,
     HandshakeCompleted,
     KeysUpdated,
@@ -57,6 +59,7 @@ from nautilus.protocol.steps import (
     HandshakeStep,
     StepContext,
 )
+from nautilus.sessions import SessionCache
 from nautilus.sockets import NautilusSocket, create_connection
 
 __all__ = [
@@ -73,6 +76,8 @@ __all__ = [
     "CryptoFailure",
     "CustomProtocolStep",
     "DataReceived",
+    "EarlyDataReceived",
+    "EarlyDataRejected",
     "Event",
     "Handshake",
     "HandshakeCompleted",
@@ -96,6 +101,7 @@ __all__ = [
     "ProtocolViolation",
     "RecordFormatError",
     "RecordLimitReached",
+    "SessionCache",
     "SessionInfo",
     "SessionKeyDerivationFailed",
     "State",

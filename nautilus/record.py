@@ -211,8 +211,17 @@ class RecordSealer(_Direction):
         TypeError, ValueError: wrong types, lengths or ranges.
     """
 
-    __slots__ = ()
+    __slots__ = ("_out_len",)
     _ENCRYPT = True
+
+    def __init__(self, cipher: str, key: bytes, iv: bytes, **kwargs: Any) -> None:
+        super().__init__(cipher, key, iv, **kwargs)
+        self._out_len = _b.new_out_len()
+
+    def _seal_chunk(self, data: bytes | bytearray | memoryview, content_type: int) -> bytearray:
+        """Internal fast path (no argument checks): the sealed records of ``data``
+        in a new bytearray. Raises as :meth:`seal`."""
+        return _b.seal_chunk(self._live(), content_type, data, self._out_len)
 
     def sealed_size(self, length: int) -> int:
         """Bytes that sealing ``length`` bytes of content produces."""
@@ -283,6 +292,19 @@ class RecordOpener(_Direction):
         super().__init__(cipher, key, iv, **kwargs)
         self._scratch = bytearray()
         self._summary = _b.new_open_summary()
+
+    def _open_fast(
+        self, data: bytearray, out: bytearray, batch_type: int, max_records: int = 0
+    ) -> PackedOpen:
+        """Internal fast path of :meth:`open_packed` (no argument checks)."""
+        try:
+            return _b.open_packed(self._live(), data, out, batch_type, self._summary, max_records)
+        except _b.OpenFailure as failure:
+            err = failure.error
+            if isinstance(err, IntegrityError):
+                err.records = list(failure.spans)
+                err.consumed = failure.consumed
+            raise err from None
 
     def open_packed(
         self,

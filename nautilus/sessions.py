@@ -20,8 +20,10 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import stat
+import tempfile
 import threading
 import weakref
 from collections import OrderedDict
@@ -54,6 +56,7 @@ MAX_TICKET_LIFETIME = 7 * 24 * 3600.0
 _TICKET_VERSION = 1
 _TICKET_AAD = b"nautilus ticket v1"
 _KEY_ID_SIZE = 8
+_MAX_RETIRED_KEYS = 64
 _NONCE_SIZE = 12
 
 
@@ -142,10 +145,12 @@ class TicketKeys:
         if cur is None or now - cur.created >= self.rotation or now < cur.created:
             cur = self._retire_locked(now)
         self._retired = [(k, t) for k, t in self._retired if now - t <= self.lifetime]
+        del self._retired[:-_MAX_RETIRED_KEYS]  # older tickets then fall back to full handshakes
         return cur
 
     def rotate(self, now: float) -> None:
-        """Rotate now (tests, or an operator who suspects a leak)."""
+        """Start sealing with a new key now; tickets under the old ones stay valid.
+        (To void every ticket, after a suspected leak: :meth:`retire_all`.)"""
         with self._lock:
             self._retire_locked(now)
 
@@ -205,8 +210,13 @@ class EarlyDataReplayCache:
                 if exp > now:
                     break
                 del seen[oldest]
-            if tid in seen or len(seen) >= self._max:
+            if tid in seen:
                 return False
+            if len(seen) >= self._max:  # entries expire out of order: sweep them all
+                for old in [k for k, e in seen.items() if e <= now]:
+                    del seen[old]
+                if len(seen) >= self._max:
+                    return False
             seen[tid] = expires
             return True
 
@@ -251,6 +261,9 @@ class StoredTicket:
     def from_json(cls, d: dict[str, Any]) -> StoredTicket:
         def unb64(k: str) -> bytes:
             return base64.b64decode(d[k], validate=True)
+
+        if not all(math.isfinite(float(d[k])) for k in ("received", "lifetime")):
+            raise ValueError("non-finite time in a stored ticket")
 
         return cls(
             unb64("ticket"),
@@ -363,21 +376,29 @@ class SessionCache:
             return
         except OSError as exc:
             raise IdentityFileError(f"session cache {str(path)!r} cannot be read: {exc}") from None
-        with os.fdopen(fd, "rb") as fh:
-            mode = os.fstat(fh.fileno()).st_mode
-            if stat.S_IMODE(mode) & 0o077:
-                raise IdentityFileError(
-                    f"session cache {str(path)!r} is accessible to other users "
-                    f"(mode {stat.S_IMODE(mode):o}); it holds secrets: chmod 600 it"
-                )
-            raw = fh.read()
+        try:
+            with os.fdopen(fd, "rb") as fh:
+                mode = stat.S_IMODE(os.fstat(fh.fileno()).st_mode)
+                raw = b"" if mode & 0o077 else fh.read()
+        except OSError as exc:  # a directory, an I/O error
+            raise IdentityFileError(f"session cache {str(path)!r} cannot be read: {exc}") from None
+        if mode & 0o077:
+            raise IdentityFileError(
+                f"session cache {str(path)!r} is accessible to other users "
+                f"(mode {mode:o}); it holds secrets: chmod 600 it"
+            )
         try:
             data = json.loads(raw.decode())
             if data.get("format") != "nautilus-session-cache-v1":
                 raise ValueError("not a Nautilus session cache")
             for key, items in data["servers"].items():
-                self._entries[str(key)] = [StoredTicket.from_json(i) for i in items]
-        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
+                tickets = [StoredTicket.from_json(i) for i in items]
+                self._entries[str(key)] = tickets[-self.tickets_per_server :]
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        except (
+            ValueError, KeyError, TypeError, AttributeError, binascii.Error, RecursionError
+        ) as exc:  # fmt: skip
             log.warning(
                 "session cache %s is corrupt (%s); starting empty", path, type(exc).__name__
             )
@@ -391,8 +412,9 @@ class SessionCache:
             "format": "nautilus-session-cache-v1",
             "servers": {k: [t.to_json() for t in v] for k, v in self._entries.items()},
         }
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # mkstemp: a new file (O_EXCL) with mode 0600, never one left by someone else.
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "w") as fh:
                 json.dump(data, fh)

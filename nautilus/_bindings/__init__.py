@@ -280,6 +280,29 @@ def seal_into(handle: Any, content_type: int, data: Any, out: Any) -> tuple[int,
     return int(out_len[0]), int(out_len[1])
 
 
+def new_out_len() -> Any:
+    return ffi.new("size_t[2]")
+
+
+def seal_chunk(handle: Any, content_type: int, data: Any, out_len: Any) -> bytearray:
+    """The fast path of the connection: seal ``data`` (bytes, or a contiguous
+    buffer) into a new bytearray of exactly the sealed size. No argument
+    checks: the caller's own data, already validated."""
+    n = len(data) if type(data) is bytes else memoryview(data).nbytes
+    need = lib.nt_seal_size(handle, n)
+    buf = bytearray(need)
+    if type(data) is bytes:
+        rc = lib.nt_seal(handle, content_type, data, n, ffi.from_buffer(buf), need, out_len,
+                         out_len + 1)  # fmt: skip
+    else:
+        with ffi.from_buffer(data) as src:  # released even if an exception keeps the frame
+            rc = lib.nt_seal(handle, content_type, src, n, ffi.from_buffer(buf), need, out_len,
+                             out_len + 1)  # fmt: skip
+    if rc != lib.NT_OK:
+        raise _fail(rc, "seal")
+    return buf
+
+
 class Span(NamedTuple):
     """One opened record: its content is ``buffer[offset:offset + length]``."""
 

@@ -26,15 +26,22 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from nautilus.asyncio._transport import NautilusTransport, _NautilusProtocol
+from nautilus.asyncio.channel import Channel, open_channel, start_channel_server
+from nautilus.asyncio.node import Node, RetryPolicy
 from nautilus.context import Context
 from nautilus.identity import PeerKey
 from nautilus.protocol.connection import Connection
 
 __all__ = [
+    "Channel",
     "NautilusTransport",
+    "Node",
+    "RetryPolicy",
     "create_connection",
     "create_server",
+    "open_channel",
     "open_connection",
+    "start_channel_server",
     "start_server",
 ]
 
@@ -89,6 +96,7 @@ async def create_connection(
     context: Context,
     expected_peer: PeerKey | str | None = None,
     server_name: str | None = None,
+    early_data: bytes | None = None,
     **kw: Any,
 ) -> tuple[NautilusTransport, _P]:
     """Connect over TCP, run the handshake, then start ``protocol_factory()``'s protocol.
@@ -97,6 +105,12 @@ async def create_connection(
     with a :class:`NautilusTransport`, only once the handshake has completed.
     ``server_name`` (default ``"host:port"``, ``"[host]:port"`` for IPv6
     literals) is the name the known-peers file records the server under.
+    ``early_data`` is sent as 0-RTT data with the first flight when the
+    context allows it (``early_data=True``) and a cached ticket permits it;
+    otherwise, or if the server refuses it, it is sent right after the
+    handshake. ``transport.get_extra_info("nautilus").early_data_accepted``
+    says which. Early data can be replayed by an attacker: only send requests
+    that are safe to process twice.
     Other keyword arguments go to ``loop.create_connection()`` (``local_addr``,
     ``family``, ``sock``, ``happy_eyeballs_delay``...).
 
@@ -120,10 +134,14 @@ async def create_connection(
     _check_kw(kw)
     if server_name is None:
         server_name = _default_server_name(host, port)
+    if early_data is not None and not isinstance(early_data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"early_data must be bytes-like, not {type(early_data).__name__}")
     conn = Connection(context, "client", server_name=server_name, expected_peer=expected_peer)
     loop = asyncio.get_running_loop()
     waiter: asyncio.Future[None] = loop.create_future()
-    owner = _NautilusProtocol(loop, conn, protocol_factory, waiter)
+    owner = _NautilusProtocol(
+        loop, conn, protocol_factory, waiter, bytes(early_data) if early_data else None
+    )
     addr: Any = (host, port)  # typeshed's overloads want both or neither; asyncio checks
     await loop.create_connection(lambda: owner, *addr, **kw)
     try:
@@ -184,6 +202,7 @@ async def open_connection(
     expected_peer: PeerKey | str | None = None,
     server_name: str | None = None,
     limit: int = _DEFAULT_LIMIT,
+    early_data: bytes | None = None,
     **kw: Any,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Connect and complete the handshake; return asyncio streams.
@@ -193,7 +212,8 @@ async def open_connection(
     peer's close_notify; an end without it raises
     :class:`nautilus.ConnectionLost` (truncation), and a record that fails
     authentication raises :class:`nautilus.IntegrityError`.
-    See :func:`create_connection` for ``server_name`` and ``**kw``.
+    See :func:`create_connection` for ``server_name``, ``early_data`` (0-RTT)
+    and ``**kw``.
 
     Raises:
         TypeError, ValueError: bad arguments, before any I/O.
@@ -211,6 +231,7 @@ async def open_connection(
         context=context,
         expected_peer=expected_peer,
         server_name=server_name,
+        early_data=early_data,
         **kw,
     )
     writer = asyncio.StreamWriter(transport, protocol, reader, loop)

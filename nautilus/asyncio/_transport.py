@@ -17,7 +17,14 @@ from typing import Any
 
 from nautilus.exceptions import ClosedError, ConnectionLost, HandshakeError, NautilusError
 from nautilus.protocol.connection import Connection
-from nautilus.protocol.events import ConnectionClosed, DataReceived, HandshakeCompleted
+from nautilus.protocol.events import (
+    ConnectionClosed,
+    DataReceived,
+    EarlyDataReceived,
+    EarlyDataRejected,
+    HandshakeCompleted,
+    MessageReceived,
+)
 
 __all__ = ["NautilusTransport"]
 
@@ -25,6 +32,7 @@ logger = logging.getLogger("nautilus.asyncio")
 
 _Buffer = bytes | bytearray | memoryview
 _WARN_WRITES_AFTER_CLOSE = 5
+_LINGER = 5.0  # seconds a closing side waits for the peer's FIN (see _close_after_peer)
 
 
 def _now() -> float:
@@ -86,6 +94,33 @@ class NautilusTransport(asyncio.Transport):
             if out:
                 self._tcp.write(out)
 
+    # ------------------------------------------------- message API (hook)
+    # Used by nautilus.asyncio.channel: whole messages (Connection.send_messages)
+    # rather than stream data. Received messages go to the application
+    # protocol's ``message_received(data)`` method, if it has one.
+
+    def send_messages(self, messages: Iterable[_Buffer]) -> None:
+        """Frame and seal ``messages`` in one call (``Connection.send_messages``).
+
+        Unlike :meth:`write`, sending on a closed connection raises.
+
+        Raises:
+            TypeError: ``messages`` is not an iterable of bytes-like objects.
+            nautilus.MessageTooLarge: a message is over the context's
+                ``max_message_size``; nothing was sent, the connection is usable.
+            nautilus.ClosedError: the connection is closed or closing (the
+                failure, if it failed, is the ``__cause__``).
+        """
+        owner = self._owner
+        if owner._closing:
+            raise ClosedError("the connection is closed") from (owner._app_exc or self._conn.error)
+        conn = self._conn
+        conn.send_messages(messages)
+        if not owner._in_callback:
+            out = conn.data_to_send()
+            if out:
+                self._tcp.write(out)
+
     def writelines(self, list_of_data: Iterable[_Buffer]) -> None:
         """Write the buffers as one (they are joined, then sealed in one call).
 
@@ -142,7 +177,8 @@ class NautilusTransport(asyncio.Transport):
         """Send close_notify after any data written, then close the socket.
 
         The protocol's ``connection_lost(None)`` follows once the TCP
-        transport has flushed its buffer. Idempotent.
+        transport has flushed its buffer and the peer has closed its side
+        (see ``_close_after_peer``). Idempotent.
         """
         owner = self._owner
         if owner._closing:
@@ -150,7 +186,7 @@ class NautilusTransport(asyncio.Transport):
         owner._closing = True
         self._conn.close()
         owner._transmit()
-        self._tcp.close()
+        owner._close_after_peer()
 
     def abort(self) -> None:
         """Close at once: buffered data is lost and no close_notify is sent,
@@ -229,8 +265,11 @@ class _NautilusProtocol(asyncio.Protocol):
         conn: Connection,
         app_factory: Callable[[], asyncio.BaseProtocol],
         waiter: asyncio.Future[None] | None,
+        early_data: bytes | None = None,
     ) -> None:
         self._loop = loop
+        self._early_data = early_data  # client: 0-RTT data for the first flight
+        self._early_received: list[bytes] = []  # server: accepted 0-RTT data, held for the app
         self._conn = conn
         self._app_factory = app_factory
         self._waiter = waiter
@@ -246,13 +285,15 @@ class _NautilusProtocol(asyncio.Protocol):
         self._app_exc: Exception | None = None
         self._write_paused = False
         self._writes_after_close = 0
+        self._linger_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------- TCP protocol calls
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._tcp = transport
-        self._conn.start(_now())
+        self._conn.start(_now(), early_data=self._early_data)
+        self._early_data = None
         self._transmit()
         self._dispatch()
         self._arm_timer()
@@ -285,6 +326,9 @@ class _NautilusProtocol(asyncio.Protocol):
         self._tcp_lost = True
         self._closing = True
         self._cancel_timer()
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
         conn = self._conn
         if not conn.is_closed:
             conn.receive_eof()
@@ -325,6 +369,19 @@ class _NautilusProtocol(asyncio.Protocol):
                 app = self._app
                 if app is not None and not self._closing:
                     app.data_received(event.data)
+            elif type(event) is MessageReceived:
+                app = self._app
+                if app is not None and not self._closing:
+                    deliver = getattr(app, "message_received", None)  # message API hook
+                    if deliver is not None:
+                        deliver(event.data)
+            elif type(event) is EarlyDataReceived:
+                # Before the handshake completes there is no application yet:
+                # it gets this data first, as ordinary stream data (the server
+                # context opted into 0-RTT, replays included).
+                self._early_received.append(event.data)
+            elif type(event) is EarlyDataRejected:
+                conn.send_data(event.data)  # the server never saw it: send it normally
             elif type(event) is HandshakeCompleted:
                 self._handshake_completed()
             elif type(event) is ConnectionClosed:
@@ -346,6 +403,9 @@ class _NautilusProtocol(asyncio.Protocol):
                 )
             self._app = app
             app.connection_made(transport)
+            early, self._early_received = self._early_received, []
+            for data in early:
+                app.data_received(data)
         except Exception as exc:
             self._app = None
             if self._waiter is not None:
@@ -397,8 +457,33 @@ class _NautilusProtocol(asyncio.Protocol):
         self._transmit()
         if not clean and backlog:
             tcp.abort()
-        else:
+        elif clean or self._app is None:
             tcp.close()
+        else:
+            self._close_after_peer()  # so that the alert reaches the application's peer
+
+    # ------------------------------------------------- lingering close (fix)
+
+    def _close_after_peer(self) -> None:
+        """Close TCP once the peer has closed its side (a "lingering close").
+
+        Closing a socket that has unread data, or that receives data later
+        (the server's post-handshake ticket, the peer's reply close_notify),
+        makes the kernel answer with RST, and the peer may then lose what was
+        sent before our close_notify. So: half-close now (after the TCP
+        buffer is flushed), keep reading (the closed Connection drops it), and
+        close on the peer's FIN (``eof_received``) or after ``_LINGER`` seconds.
+        """
+        tcp = self._tcp
+        if tcp is None or self._tcp_lost:
+            return
+        if not tcp.can_write_eof():
+            tcp.close()
+            return
+        tcp.resume_reading()  # the peer's FIN must be read even if the app paused reading
+        tcp.write_eof()
+        if self._linger_timer is None:
+            self._linger_timer = self._loop.call_later(_LINGER, tcp.close)
 
     def _lose_app(self) -> None:
         app = self._app

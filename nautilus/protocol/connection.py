@@ -213,7 +213,7 @@ class Connection:
         self._expected_peer = expected_peer
         self._state = State.CLIENT_START if self._client else State.SERVER_START
         self._events: deque[Event] = deque()
-        self._out = bytearray()
+        self._out: list[bytes | bytearray] = []  # joined once by data_to_send()
         self._in = bytearray()
         self._scratch = bytearray()
         self._hs = HandshakeBuffer()
@@ -442,8 +442,11 @@ class Connection:
 
     def data_to_send(self) -> bytes:
         """Bytes to write to the transport (and forget)."""
-        out = bytes(self._out)
-        self._out.clear()
+        chunks = self._out
+        if not chunks:
+            return b""
+        out = bytes(chunks[0]) if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
         return out
 
     def get_timer(self) -> float | None:
@@ -647,7 +650,7 @@ class Connection:
         if len(self._scratch) < len(buf):
             self._scratch = bytearray(len(buf))
         try:
-            opened = opener.open_packed(
+            opened = opener._open_fast(
                 buf, self._scratch, ContentType.APPLICATION_DATA, self._early_left
             )
         except NautilusError:
@@ -664,6 +667,7 @@ class Connection:
             _abort(ProtocolViolation, AlertCode.RECORD_OVERFLOW,
                    "record_overflow: more early data than the ticket allows")  # fmt: skip
         if opened.written:
+            self._bytes_received += opened.written
             self._events.append(EarlyDataReceived(bytes(self._scratch[: opened.written])))
         self._early_left -= opened.records
         if not self._early_left:
@@ -678,7 +682,7 @@ class Connection:
         if len(self._scratch) < len(self._in):
             self._scratch = bytearray(max(len(self._in), 2 * len(self._scratch)))
         try:
-            opened = opener.open_packed(self._in, self._scratch, self._batch_type)
+            opened = opener._open_fast(self._in, self._scratch, self._batch_type)
         except RecordLimitReached:
             _abort(
                 ProtocolViolation,
@@ -816,11 +820,11 @@ class Connection:
         payload = bytes([code])
         if self._sealer is not None:
             try:
-                self._out += self._sealer.seal(payload, ContentType.ALERT)
+                self._out.append(self._sealer._seal_chunk(payload, ContentType.ALERT))
                 return
             except NautilusError:
                 return  # nothing more can be said safely
-        self._out += _plain_record(RECORD_ALERT_PLAIN, payload)
+        self._out.append(_plain_record(RECORD_ALERT_PLAIN, payload))
 
     def _seal_application(self, data: bytes | bytearray | memoryview, ctype: int) -> None:
         sealer = self._sealer
@@ -841,14 +845,16 @@ class Connection:
                 self._send_key_update(False)
                 continue
             n = min(total - pos, room_records * sealer.max_fragment, room_bytes)
-            self._out += sealer.seal(view[pos : pos + n], ctype)
+            self._out.append(sealer._seal_chunk(data if n == total else view[pos : pos + n], ctype))
             pos += n
             self._bytes_since_update += n
 
     def _send_key_update(self, request_peer: bool) -> None:
         sealer = self._sealer
         assert sealer is not None
-        self._out += sealer.seal(bytes([1 if request_peer else 0]), ContentType.KEY_UPDATE)
+        self._out.append(
+            sealer._seal_chunk(b"\x01" if request_peer else b"\x00", ContentType.KEY_UPDATE)
+        )
         self._install(ks.next_traffic_secret(self._send_secret), None)
         self._last_update = self._last_any_update = self._now
         self._key_updates += 1
@@ -924,9 +930,10 @@ class Connection:
         self._absorb(data)
         if self._sealer is None:
             for i in range(0, len(data), MAX_PLAIN_FRAGMENT):
-                self._out += _plain_record(RECORD_HANDSHAKE_PLAIN, data[i : i + MAX_PLAIN_FRAGMENT])
+                chunk = data[i : i + MAX_PLAIN_FRAGMENT]
+                self._out.append(_plain_record(RECORD_HANDSHAKE_PLAIN, chunk))
         else:
-            self._out += self._sealer.seal(data, ContentType.HANDSHAKE)
+            self._out.append(self._sealer._seal_chunk(data, ContentType.HANDSHAKE))
 
     def _step_context(self, step: HandshakeStep) -> StepContext:
         sc = self._step_state.get(step.protocol_id)
@@ -993,6 +1000,7 @@ class Connection:
             and early_data
             and self._ctx.early_data
             and len(early_data) <= ticket.max_early_data
+            and _CIPHER_BY_ID[ticket.cipher] in self._ctx.ciphers
         ):
             early = early_data
         hello = ClientHello(
@@ -1016,8 +1024,9 @@ class Connection:
             cipher = _CIPHER_BY_ID[ticket.cipher]
             key, iv = ks.traffic_keys(secret, cipher)
             with RecordSealer(cipher, key, iv, max_fragment=_HANDSHAKE_RECORD) as sealer:
-                self._out += sealer.seal(early)
+                self._out.append(sealer._seal_chunk(early, ContentType.APPLICATION_DATA))
             self._early_sent = early
+            self._bytes_sent += len(early)
         elif early_data:
             self._pending.append((ContentType.APPLICATION_DATA, early_data))
 
@@ -1183,6 +1192,7 @@ class Connection:
             if msg.early_data_accepted:
                 self._early_accepted = True
             else:
+                self._bytes_sent -= len(self._early_sent)
                 self._events.append(EarlyDataRejected(self._early_sent))
             self._early_sent = b""
         if self._resumed:
@@ -1436,6 +1446,7 @@ class Connection:
             and ctx.early_data
             and contents.max_early_data > 0
             and contents.cipher in _CIPHER_BY_ID
+            and _CIPHER_BY_ID[contents.cipher] in ctx.ciphers
             and offer.early_records <= -(-contents.max_early_data // _HANDSHAKE_RECORD)
         )
         if accept:
@@ -1649,7 +1660,7 @@ class Connection:
             )  # fmt: skip
             ticket = ctx.ticket_keys.seal(contents, self._now)
             msg = NewSessionTicket(int(ctx.ticket_lifetime), age_add, nonce, ticket, max_early)
-            self._out += self._sealer.seal(frame(msg), ContentType.HANDSHAKE)
+            self._out.append(self._sealer._seal_chunk(frame(msg), ContentType.HANDSHAKE))
 
     def _on_new_session_ticket(self, msg: NewSessionTicket, full: bytes) -> State:
         """(client) Keep a ticket in the context's session cache."""
@@ -1657,7 +1668,9 @@ class Connection:
             _abort(ProtocolViolation, AlertCode.UNEXPECTED_MESSAGE,
                    "unexpected_message: a client sent a session ticket")  # fmt: skip
         keys, key = self._keys, self._cache_key()
-        if keys is None or key is None or self._peer_key is None or not msg.lifetime:
+        if self._ctx.resumption == "off" or keys is None or key is None:
+            return State.CONNECTED
+        if self._peer_key is None or not msg.lifetime:
             return State.CONNECTED
         self._ctx.session_cache.store(
             key,

@@ -1,0 +1,610 @@
+"""0-RTT early data: accepted once, refused when it should be (and then reported
+to the client with exactly the data), never delivered twice, never lost; the
+anti-replay rules and their documented limit (docs/sessions.md)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from protocol_helpers import (
+    NOW,
+    Pair,
+    assert_closed_with,
+    cached_identity,
+    drain_events,
+    event_types,
+    received_data,
+    split_plain_handshake,
+    split_records,
+)
+
+from nautilus import (
+    Context,
+    DataReceived,
+    HandshakeCompleted,
+    KeyAgreementFailed,
+    ProtocolViolation,
+)
+from nautilus.protocol.connection import Connection
+from nautilus.protocol.events import EarlyDataReceived, EarlyDataRejected
+from nautilus.protocol.messages import RECORD_SEALED, ClientHello, MsgType, PskOffer
+from nautilus.sessions import EarlyDataReplayCache, SessionCache
+
+SERVER_NAME = "srv:1"
+CACHE_KEY = SessionCache.key("*", SERVER_NAME)
+SERVER = cached_identity()
+OTHER = cached_identity("ed25519", 2)
+REQUEST = b"GET /index.html (idempotent)"
+
+
+def first_session(
+    server: dict[str, object] | None = None, client: dict[str, object] | None = None
+) -> Pair:
+    """A full handshake that leaves the client one ticket allowing early data."""
+    p = Pair.make(
+        server={"tickets_per_handshake": 1, "early_data": True, **(server or {})},
+        client={"early_data": True, **(client or {})},
+        server_name=SERVER_NAME,
+    )
+    p.handshake()
+    return p
+
+
+class Capture:
+    """Records the client's first flight (hello + early records)."""
+
+    def __init__(self) -> None:
+        self.first_flight = b""
+
+    def __call__(self, src: Connection, dst: Connection, data: bytes) -> bytes:
+        if src.role == "client" and not self.first_flight:
+            self.first_flight = data
+        return data
+
+
+def with_early_data(
+    p: Pair,
+    data: bytes = REQUEST,
+    *,
+    now: float = NOW,
+    client_ctx: Context | None = None,
+    server_ctx: Context | None = None,
+    capture: Capture | None = None,
+) -> Pair:
+    """A new connection whose client gives ``data`` to start() as early data."""
+    q = Pair(
+        client_ctx if client_ctx is not None else p.client_ctx,
+        server_ctx if server_ctx is not None else p.server_ctx,
+        {"server_name": SERVER_NAME},
+        now,
+    )
+    q.client.start(now, early_data=data)
+    q.server.start(now)
+    q.pump(capture)
+    return q
+
+
+def early_received(q: Pair) -> bytes:
+    return b"".join(e.data for e in q.server_events if isinstance(e, EarlyDataReceived))
+
+
+def offer_of(first_flight: bytes) -> PskOffer | None:
+    messages, _ = split_plain_handshake(first_flight)
+    assert messages[0][0] == MsgType.CLIENT_HELLO
+    hello = ClientHello.decode_body(messages[0][1])
+    return PskOffer.decode(hello.psk_offer) if hello.psk_offer else None
+
+
+def resend_rejected(q: Pair) -> bytes:
+    """What a well-behaved application does with EarlyDataRejected: send it again."""
+    rejected = [e for e in q.client_events if isinstance(e, EarlyDataRejected)]
+    assert len(rejected) == 1, q.client_events
+    q.client.send_data(rejected[0].data)
+    q.pump()
+    return rejected[0].data
+
+
+def replay(flight: bytes, server_ctx: Context, now: float = NOW) -> Connection:
+    """Feed a recorded first flight to a new server connection of ``server_ctx``."""
+    server = Connection(server_ctx, "server")
+    server.start(now)
+    server.receive_data(flight, now)
+    return server
+
+
+# ---------------------------------------------------------------------- accepted
+
+
+def test_early_data_is_accepted_once_before_the_handshake_completes() -> None:
+    p = first_session()
+    capture = Capture()
+    q = with_early_data(p, capture=capture)
+    assert event_types(q.server_events) == ["EarlyDataReceived", "HandshakeCompleted"]
+    assert q.server_events[0] == EarlyDataReceived(REQUEST)
+    assert event_types(q.client_events) == ["HandshakeCompleted"]
+    assert q.client.session is not None
+    assert q.server.session is not None
+    assert q.client.session.early_data_accepted
+    assert q.server.session.early_data_accepted
+    assert q.client.session.resumed
+    (row,) = [r for r in p.server_ctx.sessions if r.early_data_accepted]
+    assert row.resumed
+    offer = offer_of(capture.first_flight)
+    assert offer is not None
+    assert offer.early_records == 1
+    q.client.send_data(b" then more")
+    q.pump()
+    assert received_data(q.server_events) == b" then more"  # the early data is not repeated
+
+
+def test_early_data_arrives_with_the_first_flight() -> None:
+    """The point of 0-RTT: the server has the request before any round trip."""
+    p = first_session()
+    q = Pair(p.client_ctx, p.server_ctx, {"server_name": SERVER_NAME})
+    q.client.start(NOW, early_data=REQUEST)
+    q.server.start(NOW)
+    q.server.receive_data(q.client.data_to_send(), NOW)
+    assert drain_events(q.server) == [EarlyDataReceived(REQUEST)]
+    assert not q.server.handshake_complete
+
+
+def test_early_data_spanning_several_records() -> None:
+    p = first_session(server={"max_early_data": 65536})
+    data = bytes(range(256)) * 160  # 40960 bytes: three 16 KiB records
+    capture = Capture()
+    q = with_early_data(p, data, capture=capture)
+    assert early_received(q) == data
+    offer = offer_of(capture.first_flight)
+    assert offer is not None
+    assert offer.early_records == 3
+    assert received_data(q.server_events) == b""
+
+
+def test_early_data_with_a_psk_only_resumption() -> None:
+    p = first_session(server={"resumption": "psk_only"}, client={"resumption": "psk_only"})
+    q = with_early_data(p)
+    assert early_received(q) == REQUEST
+    assert q.client.session is not None
+    assert q.client.session.early_data_accepted
+
+
+def test_early_data_comes_before_data_sent_after_the_handshake() -> None:
+    p = first_session()
+    q = Pair(p.client_ctx, p.server_ctx, {"server_name": SERVER_NAME})
+    q.client.start(NOW, early_data=b"first ")
+    q.client.send_data(b"second")  # queued until the handshake completes
+    q.server.start(NOW)
+    q.pump()
+    kinds = [(type(e).__name__, getattr(e, "data", None)) for e in q.server_events]
+    assert kinds == [
+        ("EarlyDataReceived", b"first "),
+        ("HandshakeCompleted", None),
+        ("DataReceived", b"second"),
+    ]
+
+
+# ------------------------------------------------------------------------ replay
+
+
+def test_replayed_first_flight_is_refused_by_the_same_context() -> None:
+    p = first_session()
+    capture = Capture()
+    q = with_early_data(p, capture=capture)
+    assert early_received(q) == REQUEST
+    events = drain_events(replayed := replay(capture.first_flight, p.server_ctx))
+    assert not any(isinstance(e, EarlyDataReceived) for e in events)
+    assert_closed_with(replayed, events, ProtocolViolation)
+    assert "replay" in str(replayed.error)
+
+
+def test_replay_is_refused_as_early_data_even_when_the_hello_cache_forgot_it() -> None:
+    """The ClientHello replay cache evicts its oldest entries when full; the
+    early-data cache (keyed by ticket) is the second line: the replay gets no
+    early data. The handshake itself may go on, but the replayer holds no KEM
+    key and cannot finish it."""
+    p = first_session()
+    capture = Capture()
+    with_early_data(p, capture=capture)
+    p.server_ctx._seen_hellos.clear()  # as if flooded out
+    replayed = replay(capture.first_flight, p.server_ctx)
+    events = drain_events(replayed)
+    assert not any(isinstance(e, EarlyDataReceived) for e in events)
+    assert not replayed.handshake_complete
+    assert replayed.data_to_send()  # it answered (a resumed server flight) and waits
+
+
+def test_replay_outside_the_freshness_window_gets_no_early_data() -> None:
+    """Even a server that never saw the ticket refuses early data whose age
+    (as the client stated it) disagrees with the ticket's by more than
+    early_data_window."""
+    p = first_session()
+    capture = Capture()
+    with_early_data(p, capture=capture)
+    twin = Context(SERVER, early_data=True, tickets_per_handshake=0)
+    twin._ticket_keys = p.server_ctx.ticket_keys  # a server sharing the ticket keys
+    events = drain_events(replay(capture.first_flight, twin, now=NOW + 11))
+    assert not any(isinstance(e, EarlyDataReceived) for e in events)
+
+
+def test_replay_to_another_context_sharing_the_ticket_keys_is_accepted() -> None:
+    """The documented limit: anti-replay state is per server Context. A server
+    that shares the ticket keys (not possible through the public API: keys live
+    in one Context) would accept a replay within the window. The replayer still
+    cannot complete the handshake."""
+    p = first_session()
+    capture = Capture()
+    q = with_early_data(p, capture=capture)
+    assert early_received(q) == REQUEST
+    twin = Context(SERVER, early_data=True, tickets_per_handshake=0)
+    twin._ticket_keys = p.server_ctx.ticket_keys
+    replayed = replay(capture.first_flight, twin, now=NOW + 1)
+    assert drain_events(replayed) == [EarlyDataReceived(REQUEST)]  # a second delivery
+    assert not replayed.handshake_complete
+
+
+def test_copied_ticket_gets_its_early_data_accepted_only_once() -> None:
+    """A copied ticket resumes (tickets are bearer tokens), but the early-data
+    cache refuses its early data the second time; the data is reported back."""
+    p = first_session()
+    ticket = p.client_ctx.session_cache.take(CACHE_KEY, NOW)
+    assert ticket is not None
+    results = []
+    for _ in range(2):
+        holder = Context(trusted_peers=[SERVER.public], early_data=True)
+        holder.session_cache.store(CACHE_KEY, ticket)
+        results.append(with_early_data(p, client_ctx=holder))
+    first, second = results
+    assert early_received(first) == REQUEST
+    assert early_received(second) == b""
+    assert second.client.session is not None
+    assert second.client.session.resumed
+    assert not second.client.session.early_data_accepted
+    assert resend_rejected(second) == REQUEST
+    assert received_data(second.server_events) == REQUEST
+
+
+# -------------------------------------------------------- refused by the server
+
+
+def _ticket_refused(p: Pair) -> dict[str, object]:
+    """Make the server refuse the ticket itself (unknown ticket keys)."""
+    return {"server_ctx": Context(SERVER, early_data=True, tickets_per_handshake=0)}
+
+
+def _server_turned_early_data_off(p: Pair) -> dict[str, object]:
+    p.server_ctx.early_data = False
+    return {}
+
+
+def _hello_retry(p: Pair) -> dict[str, object]:
+    p.server_ctx.groups = ("mlkem768",)
+    return {}
+
+
+def _age_outside_window(p: Pair) -> dict[str, object]:
+    ticket = p.client_ctx.session_cache.take(CACHE_KEY, NOW)
+    assert ticket is not None
+    p.client_ctx.session_cache.store(CACHE_KEY, replace(ticket, received=NOW + 11))
+    return {"now": NOW + 11}  # the client thinks the ticket is new; it is 11 s old
+
+
+def _replay_cache_full(p: Pair) -> dict[str, object]:
+    p.server_ctx._early_replay = EarlyDataReplayCache(max_entries=1)
+    assert p.server_ctx._early_replay.first_use(b"someone else's ticket", NOW + 99, NOW)
+    return {}
+
+
+@pytest.mark.parametrize(
+    ("arrange", "resumed"),
+    [
+        (_server_turned_early_data_off, True),
+        (_hello_retry, True),
+        (_age_outside_window, True),
+        (_replay_cache_full, True),
+        (_ticket_refused, False),
+    ],
+    ids=["server-early-data-off", "hello-retry", "age-window", "replay-cache-full", "no-ticket"],
+)
+def test_refused_early_data_is_reported_and_can_be_resent_once(
+    arrange: object, resumed: bool
+) -> None:
+    p = first_session()
+    kwargs = arrange(p)  # type: ignore[operator]
+    q = with_early_data(p, **kwargs)
+    assert q.client.handshake_complete
+    assert q.server.handshake_complete
+    assert early_received(q) == b""
+    assert received_data(q.server_events) == b""  # nothing processed
+    assert q.client_events[0] == EarlyDataRejected(REQUEST)  # exactly the data
+    assert isinstance(q.client_events[1], HandshakeCompleted)
+    session = q.client_events[1].session
+    assert session.resumed is resumed
+    assert not session.early_data_accepted
+    resend_rejected(q)
+    assert received_data(q.server_events) == REQUEST  # once, after the handshake
+    assert not any(isinstance(e, EarlyDataReceived) for e in q.server_events)
+
+
+def test_early_data_limit_is_the_tickets_not_the_servers_current_setting() -> None:
+    """A ticket carries the limit it was issued with; lowering max_early_data
+    affects tickets issued from then on."""
+    p = first_session(server={"max_early_data": 1000})
+    p.server_ctx.max_early_data = 10
+    q = with_early_data(p, b"x" * 500)
+    assert early_received(q) == b"x" * 500
+    ticket = p.client_ctx.session_cache.take(CACHE_KEY, NOW)
+    assert ticket is not None
+    assert ticket.max_early_data == 10
+
+
+# ------------------------------------------------------ not sent as early data
+
+
+def _issue_from_server_without_early_data() -> tuple[Pair, bytes]:
+    return first_session(server={"early_data": False}), REQUEST
+
+
+def _issue_with_zero_allowance() -> tuple[Pair, bytes]:
+    return first_session(server={"max_early_data": 0}), REQUEST
+
+
+def _data_over_the_allowance() -> tuple[Pair, bytes]:
+    return first_session(server={"max_early_data": 10}), b"0123456789A"
+
+
+def _client_without_early_data() -> tuple[Pair, bytes]:
+    return first_session(client={"early_data": False}), REQUEST
+
+
+def _no_ticket() -> tuple[Pair, bytes]:
+    p = Pair.make(client={"early_data": True}, server_name=SERVER_NAME)
+    return p, REQUEST
+
+
+@pytest.mark.parametrize(
+    "arrange",
+    [
+        _issue_from_server_without_early_data,
+        _issue_with_zero_allowance,
+        _data_over_the_allowance,
+        _client_without_early_data,
+        _no_ticket,
+    ],
+    ids=["ticket-from-no-0rtt-server", "zero-allowance", "over-allowance", "client-off", "none"],
+)
+def test_early_data_that_cannot_be_sent_early_is_sent_after_the_handshake(
+    arrange: object,
+) -> None:
+    """Decided by the client before sending: no 0-RTT is attempted, nothing is
+    rejected, and the data goes out once as ordinary data."""
+    p, data = arrange()  # type: ignore[operator]
+    capture = Capture()
+    q = with_early_data(p, data, capture=capture)
+    offer = offer_of(capture.first_flight)
+    assert offer is None or offer.early_records == 0
+    assert all(r[0] != RECORD_SEALED for r in split_records(capture.first_flight))
+    assert event_types(q.client_events) == ["HandshakeCompleted"]
+    assert [type(e) for e in q.server_events] == [HandshakeCompleted, DataReceived]
+    assert received_data(q.server_events) == data
+
+
+# ------------------------------------------------------------------ misbehaving
+
+
+def test_more_early_data_than_the_ticket_allows_is_a_protocol_violation() -> None:
+    """A client that raises its own allowance: within the announced record
+    count the server opens the records and counts bytes against the ticket."""
+    p = first_session(server={"max_early_data": 100})
+    ticket = p.client_ctx.session_cache.take(CACHE_KEY, NOW)
+    assert ticket is not None
+    p.client_ctx.session_cache.store(CACHE_KEY, replace(ticket, max_early_data=1 << 20))
+    q = with_early_data(p, b"z" * 500)
+    assert early_received(q) == b""
+    assert_closed_with(q.server, q.server_events, ProtocolViolation)
+    assert "early data" in str(q.server.error)
+
+
+def test_more_early_records_than_the_ticket_allows_are_skipped_unread() -> None:
+    p = first_session(server={"max_early_data": 100})
+    ticket = p.client_ctx.session_cache.take(CACHE_KEY, NOW)
+    assert ticket is not None
+    p.client_ctx.session_cache.store(CACHE_KEY, replace(ticket, max_early_data=1 << 20))
+    data = b"w" * 20000  # two records, where the ticket allows one
+    q = with_early_data(p, data)
+    assert early_received(q) == b""
+    assert q.client_events[0] == EarlyDataRejected(data)
+    resend_rejected(q)
+    assert received_data(q.server_events) == data
+
+
+def test_tampered_early_data_record_fails_the_handshake() -> None:
+    p = first_session()
+
+    def flip_early(src: Connection, dst: Connection, data: bytes) -> bytes:
+        if src.role != "client" or dst.state.value != "server_wait_hello":
+            return data
+        records = split_records(data)
+        assert records[-1][0] == RECORD_SEALED
+        early = bytearray(records[-1])
+        early[10] ^= 0x01
+        return b"".join(records[:-1]) + bytes(early)
+
+    q = Pair(p.client_ctx, p.server_ctx, {"server_name": SERVER_NAME})
+    q.client.start(NOW, early_data=REQUEST)
+    q.server.start(NOW)
+    q.pump(flip_early)
+    assert early_received(q) == b""
+    assert_closed_with(q.server, q.server_events, KeyAgreementFailed)
+    assert "early data" in str(q.server.error)
+
+
+def test_early_data_arguments() -> None:
+    p = first_session()
+    server = Connection(p.server_ctx, "server")
+    with pytest.raises(ValueError, match="early_data"):
+        server.start(NOW, early_data=b"x")
+    client = Connection(p.client_ctx, "client", server_name=SERVER_NAME)
+    with pytest.raises(TypeError, match="early_data"):
+        client.start(NOW, early_data="text")  # type: ignore[arg-type]
+    assert len(p.client_ctx.session_cache) == 1  # the failed start took no ticket
+    q = with_early_data(p, b"")  # empty: nothing to send early, nothing rejected
+    assert event_types(q.client_events) == ["HandshakeCompleted"]
+    assert event_types(q.server_events) == ["HandshakeCompleted"]
+
+
+def test_early_data_is_not_sent_under_a_cipher_the_client_no_longer_allows() -> None:
+    p = first_session(client={"ciphers": ["aes-256-gcm", "chacha20-poly1305"]})
+    assert p.client.session is not None
+    assert p.client.session.cipher == "aes-256-gcm"
+    p.client_ctx.ciphers = ("chacha20-poly1305",)  # aes-256-gcm withdrawn
+    p.server_ctx.ciphers = ("chacha20-poly1305",)
+    q = with_early_data(p)
+    assert q.client.session is not None
+    assert q.client.session.cipher == "chacha20-poly1305"
+    assert early_received(q) == b""
+
+
+# ----------------------------------------------------- the early-data replay cache
+
+
+def test_replay_cache_is_single_use_per_ticket() -> None:
+    cache = EarlyDataReplayCache()
+    assert cache.first_use(b"ticket-a", NOW + 100, NOW)
+    assert not cache.first_use(b"ticket-a", NOW + 100, NOW + 1)
+    assert cache.first_use(b"ticket-b", NOW + 100, NOW + 1)
+    assert not cache.first_use(b"ticket-b", NOW + 100, NOW + 99)
+
+
+def test_replay_cache_forgets_a_ticket_once_it_expires() -> None:
+    cache = EarlyDataReplayCache()
+    assert cache.first_use(b"t", NOW + 100, NOW)
+    assert not cache.first_use(b"t", NOW + 100, NOW + 99.9)
+    assert cache.first_use(b"t", NOW + 300, NOW + 100)  # the server refuses such a ticket anyway
+
+
+def test_full_replay_cache_refuses_rather_than_forgets() -> None:
+    cache = EarlyDataReplayCache(max_entries=2)
+    assert cache.first_use(b"a", NOW + 100, NOW)
+    assert cache.first_use(b"b", NOW + 100, NOW)
+    assert not cache.first_use(b"c", NOW + 100, NOW)  # full: refused, a and b kept
+    assert not cache.first_use(b"a", NOW + 100, NOW)
+    assert cache.first_use(b"c", NOW + 200, NOW + 100)  # a and b expired: room again
+
+
+def test_replay_cache_does_not_count_expired_entries_against_its_bound() -> None:
+    cache = EarlyDataReplayCache(max_entries=2)
+    assert cache.first_use(b"long-lived", NOW + 1000, NOW)
+    assert cache.first_use(b"short-lived", NOW + 10, NOW)  # an older ticket: expires first
+    assert cache.first_use(b"new", NOW + 1000, NOW + 50)  # short-lived has expired
+
+
+# ------------------------------------------------------------ through an adapter
+
+
+async def _sans_io_client_over_tcp(
+    conn: Connection, cache: SessionCache, port: int, early: bytes | None
+) -> None:
+    """Drive a sans-IO client over a plain TCP stream until its ticket has
+    arrived (first connection) or the handshake is over (second), then close."""
+    import asyncio
+    import time
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    conn.start(time.time(), early_data=early)
+    try:
+        while True:
+            writer.write(conn.data_to_send())
+            await writer.drain()
+            if conn.handshake_complete and (early is not None or len(cache)):
+                break
+            data = await asyncio.wait_for(reader.read(65536), 5.0)
+            assert data, drain_events(conn)
+            conn.receive_data(data, time.time())
+        conn.close()
+        writer.write(conn.data_to_send())
+        await writer.drain()
+    finally:
+        writer.close()
+
+
+def test_asyncio_server_delivers_accepted_early_data() -> None:
+    import asyncio
+
+    from nautilus.asyncio import start_server
+
+    server_ctx = Context(SERVER, early_data=True)
+    client_ctx = Context(trusted_peers=[SERVER.public], early_data=True)
+    received: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.append(await reader.read())
+        writer.close()
+
+    async def main() -> Connection:
+        server = await start_server(handler, "127.0.0.1", 0, context=server_ctx)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            first = Connection(client_ctx, "client", server_name=SERVER_NAME)
+            await _sans_io_client_over_tcp(first, client_ctx.session_cache, port, None)
+            second = Connection(client_ctx, "client", server_name=SERVER_NAME)
+            await _sans_io_client_over_tcp(second, client_ctx.session_cache, port, REQUEST)
+            for _ in range(100):
+                if len(received) == 2:
+                    break
+                await asyncio.sleep(0.01)
+        return second
+
+    second = asyncio.run(asyncio.wait_for(main(), 10.0))
+    assert second.session is not None
+    assert second.session.early_data_accepted  # the client will not send it again
+    assert received[1] == REQUEST
+
+
+def test_early_data_is_counted_in_the_connection_stats() -> None:
+    p = first_session()
+    q = with_early_data(p, b"12345")
+    assert early_received(q) == b"12345"
+    assert q.client.stats.bytes_sent == 5
+    assert q.server.stats.bytes_received == 5
+
+
+def test_asyncio_client_sends_early_data_and_resends_it_if_refused() -> None:
+    """open_connection(early_data=...): accepted as 0-RTT on a resumption; sent
+    normally without a ticket; resent by the adapter if the server refuses it."""
+    import asyncio
+
+    import nautilus.asyncio
+
+    async def scenario(server_early: bool) -> list[tuple[bytes, bool, bool]]:
+        sid = cached_identity()
+        sctx = Context(sid, early_data=server_early)
+        cctx = Context(trusted_peers=[sid.public], early_data=True)
+        got: list[bytes] = []
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            got.append(await reader.readexactly(9))
+            writer.write(b"ok")
+            await writer.drain()
+            writer.close()
+
+        server = await nautilus.asyncio.start_server(handle, "127.0.0.1", 0, context=sctx)
+        port = server.sockets[0].getsockname()[1]
+        out = []
+        for _ in range(2):
+            reader, writer = await nautilus.asyncio.open_connection(
+                "127.0.0.1", port, context=cctx, early_data=b"early GET"
+            )
+            info = writer.get_extra_info("nautilus")
+            assert await reader.readexactly(2) == b"ok"
+            out.append((got[-1], info.resumed, info.early_data_accepted))
+            writer.close()
+            await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+        return out
+
+    accepted = asyncio.run(asyncio.wait_for(scenario(True), 20))
+    assert accepted == [(b"early GET", False, False), (b"early GET", True, True)]
+    refused = asyncio.run(asyncio.wait_for(scenario(False), 20))
+    assert refused == [(b"early GET", False, False), (b"early GET", True, False)]

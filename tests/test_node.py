@@ -1,0 +1,819 @@
+"""nautilus.asyncio.Node: peers over real loopback TCP.
+
+Every test runs its own event loop through ``run()``, bounded by a timeout.
+``FakePeer`` speaks the node protocol by hand, to force the interleavings a
+real race only produces by chance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+import struct
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+import pytest
+
+import nautilus
+import nautilus.asyncio as na
+from nautilus import Context, Identity
+from nautilus.asyncio import Channel, Node, RetryPolicy
+
+HOST = "127.0.0.1"
+IDS = [Identity.generate() for _ in range(4)]
+OUTSIDER = Identity.generate()
+FRAME = struct.Struct(">B7xQ16s16s")
+HELLO, START, DONE = 1, 2, 3
+
+
+def run(coro: Coroutine[Any, Any, Any], timeout: float = 10.0) -> Any:
+    """Run ``coro`` in a fresh event loop; fail if it takes over ``timeout`` seconds."""
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def node_ctx(identity: Identity, trusted: list[Identity] | None = None, **kw: Any) -> Context:
+    """A node context trusting ``trusted`` (default: every identity in IDS but its own)."""
+    peers = [i for i in IDS if i is not identity] if trusted is None else trusted
+    return Context(identity, client_auth="required", trusted_peers=[i.public for i in peers], **kw)
+
+
+@contextlib.asynccontextmanager
+async def nodes(count: int, **kw: Any) -> AsyncIterator[list[Node]]:
+    started = [Node(node_ctx(IDS[i]), HOST, 0, **kw) for i in range(count)]
+    for node in started:
+        await node.start()
+    try:
+        yield started
+    finally:
+        for node in started:
+            node.close()
+        for node in started:
+            await node.wait_closed()
+
+
+async def until(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        await asyncio.sleep(0.005)
+
+
+def sees(node: Node, others: set[str]) -> Callable[[], bool]:
+    return lambda: set(node.peers) == others
+
+
+async def settled(a: Node, b: Node) -> None:
+    """Wait until each side has exactly one connection to the other."""
+    await until(
+        lambda: a.connection_count(b.peer_id) == 1 and b.connection_count(a.peer_id) == 1,
+        "the tie-break settled",
+    )
+
+
+def check_one_connection(a: Node, b: Node, *, raced: bool = False) -> None:
+    """Both sides use the same single connection; after a race (both dials
+    completed), the one dialled by the node with the smaller peer id."""
+    ca, cb = a.peers[b.peer_id], b.peers[a.peer_id]
+    assert a.connection_count(b.peer_id) == 1
+    assert b.connection_count(a.peer_id) == 1
+    assert ca.get_extra_info("sockname") == cb.get_extra_info("peername")
+    assert ca.get_extra_info("peername") == cb.get_extra_info("sockname")
+    if raced:
+        dialler = a if a.peer_id < b.peer_id else b
+        chosen = ca if dialler is a else cb
+        assert chosen.session is not None
+        assert chosen.session.role == "client"
+
+
+# ------------------------------------------------------------------ contexts
+
+
+def test_node_needs_a_context_for_peers() -> None:
+    me = IDS[0]
+    with pytest.raises(ValueError, match="client_auth='required'"):
+        Node(Context(me, trusted_peers=[IDS[1].public]))
+    with pytest.raises(ValueError, match="client_auth='required'"):
+        Node(Context(me, client_auth="optional", trusted_peers=[IDS[1].public]))
+    with pytest.raises(ValueError, match="identity"):
+        Node(Context(client_auth="required", trusted_peers=[IDS[1].public]))
+    with pytest.raises(ValueError, match="trust settings"):
+        Node(Context(me, client_auth="required"))
+    with pytest.raises(TypeError, match="Context"):
+        Node("context")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="port"):
+        Node(node_ctx(me), HOST, 70000)
+    with pytest.raises(TypeError, match="on_peer"):
+        Node(node_ctx(me), on_peer=42)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_queue"):
+        Node(node_ctx(me), max_queue=0)
+    node = Node(node_ctx(me))
+    with pytest.raises(RuntimeError, match="not been started"):
+        _ = node.address
+    assert node.peer_id == me.peer_id
+    assert not node.is_running
+    assert "not started" in repr(node)
+
+
+def test_connect_argument_checks() -> None:
+    async def main() -> None:
+        async with nodes(1) as (a,):
+            with pytest.raises(ValueError, match="itself"):
+                await a.connect(a.address, a.peer_id)
+            with pytest.raises(TypeError, match="address"):
+                await a.connect("127.0.0.1:1", IDS[1].peer_id)  # type: ignore[arg-type]
+            with pytest.raises(nautilus.InvalidKey):
+                await a.connect(a.address, "not a peer id")
+            with pytest.raises(TypeError, match="RetryPolicy"):
+                await a.connect(a.address, IDS[1].public, retry=3)  # type: ignore[arg-type]
+        with pytest.raises(nautilus.ClosedError, match="not running"):
+            await a.connect(a.address, IDS[1].peer_id)
+
+    run(main())
+
+
+# -------------------------------------------------------------- basic peering
+
+
+def test_connect_returns_the_live_channel_and_reuses_it() -> None:
+    async def main() -> None:
+        async with nodes(2) as (a, b):
+            channel = await a.connect(b.address, b.peer_id)
+            assert await a.connect(b.address, IDS[1].public) is channel  # a PeerKey works too
+            assert a.peers == {b.peer_id: channel}
+            await until(lambda: a.peer_id in b.peers, "b sees a")
+            assert channel.peer_id == b.peer_id
+            assert await b.accept() is b.peers[a.peer_id]
+            assert await a.accept() is channel  # every new channel is reported once
+            channel.send_message(b"ping")
+            assert await b.peers[a.peer_id].recv_message() == b"ping"
+            assert a.connection_count() == 1
+
+    run(main())
+
+
+def test_three_nodes_connect_in_every_order() -> None:
+    pairs = list(itertools.combinations(range(3), 2))
+
+    async def main() -> None:
+        for order in itertools.permutations(range(3)):
+            async with nodes(3) as ns:
+                returned: dict[tuple[int, int], Channel] = {}
+                for i in order:  # node i dials the other two, in this order
+                    for j in order:
+                        if j != i:
+                            returned[i, j] = await ns[i].connect(ns[j].address, ns[j].peer_id)
+                for i, node in enumerate(ns):
+                    others = {ns[j].peer_id for j in range(3) if j != i}
+                    await until(sees(node, others), "every node sees the other two")
+                    for j in range(3):
+                        if j != i:
+                            assert returned[i, j] is node.peers[ns[j].peer_id]
+                for i, j in pairs:
+                    await settled(ns[i], ns[j])
+                    check_one_connection(ns[i], ns[j])
+                    ci, cj = ns[i].peers[ns[j].peer_id], ns[j].peers[ns[i].peer_id]
+                    ci.send_messages([b"%d>%d #%d" % (i, j, k) for k in range(20)])
+                    cj.send_messages([b"%d>%d #%d" % (j, i, k) for k in range(20)])
+                for i, j in pairs:
+                    ci, cj = ns[i].peers[ns[j].peer_id], ns[j].peers[ns[i].peer_id]
+                    assert [await cj.recv_message() for _ in range(20)] == [
+                        b"%d>%d #%d" % (i, j, k) for k in range(20)
+                    ]
+                    assert [await ci.recv_message() for _ in range(20)] == [
+                        b"%d>%d #%d" % (j, i, k) for k in range(20)
+                    ]
+
+    run(main(), timeout=30)
+
+
+# ---------------------------------------------------------- simultaneous dial
+
+
+async def race_round(a: Node, b: Node, rng: random.Random, count: int) -> tuple[int, int]:
+    """a and b dial each other at once and send ``count`` messages each at once.
+
+    Returns how many connections each side's channel ever used (2: a real race).
+    """
+
+    async def dial(x: Node, y: Node, delay: float) -> Channel:
+        if delay:
+            await asyncio.sleep(delay)
+        channel = await x.connect(y.address, y.peer_id)
+        # Send at once, in small batches, while the tie-break may be running.
+        for k in range(0, count, 10):
+            channel.send_messages(
+                b"%s %d" % (x.peer_id[-4:].encode(), n) for n in range(k, min(count, k + 10))
+            )
+            await asyncio.sleep(0)
+        return channel
+
+    skew = rng.choice([0.0, 0.0, 0.0, 0.001, 0.003])
+    da, db = (skew, 0.0) if rng.random() < 0.5 else (0.0, skew)
+    ca, cb = await asyncio.gather(dial(a, b, da), dial(b, a, db))
+    assert a.peers[b.peer_id] is ca
+    assert b.peers[a.peer_id] is cb
+    got_b = [await cb.recv_message() for _ in range(count)]
+    got_a = [await ca.recv_message() for _ in range(count)]
+    assert got_b == [b"%s %d" % (a.peer_id[-4:].encode(), n) for n in range(count)]
+    assert got_a == [b"%s %d" % (b.peer_id[-4:].encode(), n) for n in range(count)]
+    await settled(a, b)
+    used = len(ca._route.links), len(cb._route.links)  # type: ignore[attr-defined]
+    assert used[0] == used[1]  # both sides saw the same connections
+    check_one_connection(a, b, raced=used[0] == 2)
+    # Nothing more arrives: every message came exactly once.
+    assert ca.queued == (0, 0)
+    assert cb.queued == (0, 0)
+    # And the survivor carries on.
+    ca.send_message(b"after")
+    cb.send_message(b"after")
+    assert await cb.recv_message() == b"after"
+    assert await ca.recv_message() == b"after"
+    return used
+
+
+def test_simultaneous_dials_keep_one_connection_and_lose_nothing() -> None:
+    rng = random.Random(7)
+    races = 0
+
+    async def main() -> None:
+        nonlocal races
+        for _ in range(30):
+            async with nodes(2) as (a, b):
+                used = await race_round(a, b, rng, 200)
+                races += max(used) > 1
+
+    run(main(), timeout=40)
+    assert races >= 10, f"only {races} of 30 rounds had two connections: no race was tested"
+
+
+def test_simultaneous_dials_between_the_same_nodes_again_and_again() -> None:
+    """The same two nodes race, then one closes the channel, 15 times: closed
+    sessions do not capture the connections of the next one."""
+    rng = random.Random(8)
+
+    async def main() -> None:
+        async with nodes(2) as (a, b):
+            for round_ in range(15):
+                await race_round(a, b, rng, 50)
+                closer, other = (a, b) if round_ % 2 else (b, a)
+                closing = closer.peers[other.peer_id]
+                remote = other.peers[closer.peer_id]
+                closing.send_message(b"bye")
+                closing.close()
+                assert closer.peers == {}
+                assert await remote.recv_message() == b"bye"
+                with pytest.raises(EOFError):
+                    await remote.recv_message()
+                await closing.wait_closed()
+                await remote.wait_closed()
+                assert other.peers == {}
+                await until(
+                    lambda: a.connection_count() == 0 and b.connection_count() == 0,
+                    "every connection closed",
+                )
+
+    run(main(), timeout=40)
+
+
+# ------------------------------------------------------------------- trust
+
+
+def test_untrusted_node_is_refused() -> None:
+    async def main() -> None:
+        async with nodes(2) as (a, b):
+            # The outsider trusts a, but a does not trust the outsider.
+            outsider = Node(node_ctx(OUTSIDER, trusted=[IDS[0]]), HOST, 0)
+            async with outsider:
+                with pytest.raises(nautilus.AuthenticationFailed):
+                    await outsider.connect(a.address, a.peer_id)
+                assert outsider.peers == {}
+                assert OUTSIDER.peer_id not in a.peers
+                # Dialling the wrong peer at an address fails the same way.
+                with pytest.raises(nautilus.AuthenticationFailed, match=r"wrong.peer"):
+                    await outsider.connect(b.address, a.peer_id)
+                # Retrying does not help against a refusal: it fails at once.
+                started = time.monotonic()
+                with pytest.raises(nautilus.AuthenticationFailed):
+                    await outsider.connect(
+                        a.address, a.peer_id, retry=RetryPolicy(attempts=5, initial=1.0)
+                    )
+                assert time.monotonic() - started < 1.0
+                await asyncio.sleep(0.05)
+                assert OUTSIDER.peer_id not in a.peers
+                assert a.connection_count(OUTSIDER.peer_id) == 0
+
+    run(main())
+
+
+# ------------------------------------------------------------------- retry
+
+
+def test_retry_policy_delays() -> None:
+    exact = RetryPolicy(attempts=6, initial=0.1, maximum=0.5, multiplier=2.0, jitter=0.0)
+    assert [exact.delay(k) for k in range(1, 6)] == pytest.approx([0.1, 0.2, 0.4, 0.5, 0.5])
+    jittered = RetryPolicy(initial=1.0, maximum=8.0, jitter=0.5)
+    for k in range(1, 8):
+        base = min(8.0, 2.0 ** (k - 1))
+        for _ in range(50):
+            assert base * 0.5 <= jittered.delay(k) <= base
+    assert RetryPolicy(maximum=3.0).delay(10_000) <= 3.0  # no overflow
+    with pytest.raises(ValueError, match="at least 1"):
+        exact.delay(0)
+    for bad in (
+        {"attempts": 0},
+        {"initial": -1.0},
+        {"jitter": 1.5},
+        {"multiplier": 0.5},
+        {"initial": 2.0, "maximum": 1.0},
+        {"maximum": float("nan")},
+    ):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            RetryPolicy(**bad)
+    with pytest.raises(TypeError):
+        RetryPolicy(attempts=2.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        RetryPolicy(initial="1")  # type: ignore[arg-type]
+
+
+async def counting_listener() -> tuple[asyncio.Server, list[float]]:
+    """A TCP listener that accepts and hangs up at once (a node shutting down)."""
+    accepted: list[float] = []
+
+    def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(time.monotonic())
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, HOST, 0)
+    return server, accepted
+
+
+def test_retry_is_bounded_and_raises_the_last_error() -> None:
+    async def main() -> None:
+        server, accepted = await counting_listener()
+        port = server.sockets[0].getsockname()[1]
+        async with nodes(1) as (a,):
+            policy = RetryPolicy(attempts=4, initial=0.02, maximum=0.05, jitter=0.0)
+            with pytest.raises(nautilus.HandshakeError) as info:
+                await a.connect((HOST, port), IDS[1].peer_id, retry=policy)
+            assert type(info.value) is nautilus.HandshakeError  # the peer hung up
+            assert len(accepted) == 4
+            gaps = [t1 - t0 for t0, t1 in itertools.pairwise(accepted)]
+            assert all(gap >= 0.015 for gap in gaps), gaps
+            # Without a policy: one attempt.
+            with pytest.raises(nautilus.HandshakeError):
+                await a.connect((HOST, port), IDS[1].peer_id)
+            assert len(accepted) == 5
+            # A refused TCP connection is retried too, and its error raised at the end.
+            server.close()
+            await server.wait_closed()
+            with pytest.raises(ConnectionRefusedError):
+                await a.connect((HOST, port), IDS[1].peer_id, retry=policy)
+            assert a.connection_count() == 0
+
+    run(main())
+
+
+def test_retry_is_cancellable() -> None:
+    async def main() -> None:
+        server, accepted = await counting_listener()
+        port = server.sockets[0].getsockname()[1]
+        async with nodes(1) as (a,):
+            policy = RetryPolicy(attempts=1000, initial=0.05, maximum=0.05)
+            started = time.monotonic()
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(a.connect((HOST, port), IDS[1].peer_id, retry=policy), 0.3)
+            assert time.monotonic() - started < 1.0
+            await asyncio.sleep(0.1)  # a dial cut short may still reach the listener
+            attempts = len(accepted)
+            assert 1 < attempts < 20
+            await asyncio.sleep(0.3)
+            assert len(accepted) == attempts  # nothing keeps dialling in the background
+            assert a.connection_count() == 0
+            # Closing the node ends a connect() that is waiting between attempts.
+            slow = RetryPolicy(attempts=10, initial=5.0, maximum=5.0)
+            pending = asyncio.create_task(a.connect((HOST, port), IDS[1].peer_id, retry=slow))
+            await until(lambda: len(accepted) > attempts, "the first attempt")
+            a.close()
+            started = time.monotonic()
+            with pytest.raises(nautilus.ClosedError) as info:
+                await pending
+            assert type(info.value.__cause__) is nautilus.HandshakeError  # the last attempt's
+            assert time.monotonic() - started < 1.0
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_restart_and_reconnect_with_retry() -> None:
+    async def main() -> None:
+        async with nodes(2) as (a, b):
+            channel = await a.connect(b.address, b.peer_id)
+            channel.send_message(b"before")
+            await until(lambda: a.peer_id in b.peers, "b sees a")
+            assert await b.peers[a.peer_id].recv_message() == b"before"
+            address = b.address
+            b.close()
+            await b.wait_closed()
+            with pytest.raises(EOFError):  # b closed cleanly
+                await channel.recv_message()
+            await until(lambda: a.peers == {}, "a forgets b")
+            with pytest.raises(ConnectionRefusedError):
+                await a.connect(address, b.peer_id)
+
+            async def restart_later() -> None:
+                await asyncio.sleep(0.3)
+                await b.start()
+
+            policy = RetryPolicy(attempts=30, initial=0.02, maximum=0.1, jitter=0.5)
+            restarting = asyncio.create_task(restart_later())
+            again = await a.connect(address, b.peer_id, retry=policy)
+            await restarting
+            assert b.address == address  # same port after the restart
+            assert again is not channel
+            again.send_message(b"after")
+            await until(lambda: a.peer_id in b.peers, "b sees a again")
+            assert await b.peers[a.peer_id].recv_message() == b"after"
+            b.peers[a.peer_id].send_message(b"reply")
+            assert await again.recv_message() == b"reply"
+            check_one_connection(a, b)
+
+    run(main())
+
+
+# ---------------------------------------------------------- accept and close
+
+
+def test_on_peer_callback_and_accept() -> None:
+    async def main() -> None:
+        seen: list[Channel] = []
+        echoed = asyncio.Event()
+
+        async def echo(channel: Channel) -> None:
+            seen.append(channel)
+            async for message in channel:
+                channel.send_message(message.upper())
+                echoed.set()
+
+        server = Node(node_ctx(IDS[0]), on_peer=echo)
+        async with server, Node(node_ctx(IDS[1])) as client:
+            channel = await client.connect(server.address, server.peer_id)
+            channel.send_message(b"hello")
+            assert await channel.recv_message() == b"HELLO"
+            assert seen == [server.peers[client.peer_id]]
+            assert await client.accept() is channel
+            waiting = asyncio.create_task(client.accept())
+            await asyncio.sleep(0.01)
+            with pytest.raises(RuntimeError, match="already waiting"):
+                await client.accept()
+            client.close()
+            with pytest.raises(nautilus.ClosedError):
+                await waiting
+            with pytest.raises(EOFError):
+                await channel.recv_message()
+
+    run(main())
+
+
+def test_on_peer_errors_are_logged(caplog: pytest.LogCaptureFixture) -> None:
+    def fails(channel: Channel) -> None:
+        raise RuntimeError("boom")
+
+    async def main() -> None:
+        async with Node(node_ctx(IDS[0]), on_peer=fails) as a, Node(node_ctx(IDS[1])) as b:
+            channel = await b.connect(a.address, a.peer_id)
+            channel.send_message(b"still works")
+            await until(lambda: b.peer_id in a.peers, "a sees b")
+            assert await a.peers[b.peer_id].recv_message() == b"still works"
+
+    with caplog.at_level(logging.ERROR, logger="nautilus.asyncio"):
+        run(main())
+    assert "on_peer callback failed" in caplog.text
+
+
+def test_peer_close_and_reconnect() -> None:
+    async def main() -> None:
+        async with nodes(2) as (a, b):
+            ab = await a.connect(b.address, b.peer_id)
+            assert await a.accept() is ab  # a's own new channels are reported too
+            ab.send_messages([b"1", b"2", b"3"])
+            ab.close()
+            assert a.peers == {}
+            await until(lambda: a.peer_id in b.peers or b.connection_count() == 0, "b saw a")
+            ba = await b.accept()
+            assert [m async for m in ba] == [b"1", b"2", b"3"]
+            assert b.peers == {}
+            await ab.wait_closed()
+            await ba.wait_closed()
+            # A new session, from the other side this time.
+            ba2 = await b.connect(a.address, a.peer_id)
+            assert ba2 is not ba
+            ba2.send_message(b"again")
+            ab2 = await a.accept()
+            assert await ab2.recv_message() == b"again"
+
+    run(main())
+
+
+def test_failed_connection_fails_the_channel_on_both_sides() -> None:
+    async def main() -> None:
+        async with nodes(2) as (a, b):
+            ab = await a.connect(b.address, b.peer_id)
+            assert await a.accept() is ab
+            ab.send_message(b"one")
+            ba = await b.accept()
+            assert await ba.recv_message() == b"one"
+            ab.abort()
+            with pytest.raises(nautilus.ConnectionLost):
+                await ba.recv_message()
+            with pytest.raises(nautilus.ConnectionLost):
+                await ab.recv_message()
+            with pytest.raises(nautilus.ClosedError) as info:
+                ba.send_message(b"lost")
+            assert isinstance(info.value.__cause__, nautilus.ConnectionLost)
+            assert a.peers == {}
+            assert b.peers == {}
+            # The nodes reconnect without trouble.
+            again = await b.connect(a.address, a.peer_id)
+            again.send_message(b"two")
+            assert await (await a.accept()).recv_message() == b"two"
+
+    run(main())
+
+
+def test_node_close_closes_peers_and_is_idempotent() -> None:
+    async def main() -> None:
+        async with nodes(3) as (a, b, c):
+            ab = await a.connect(b.address, b.peer_id)
+            ac = await a.connect(c.address, c.peer_id)
+            ab.send_message(b"to b")
+            ac.send_message(b"to c")
+            a.close()
+            a.close()
+            await a.wait_closed()
+            assert a.peers == {}
+            assert a.connection_count() == 0
+            for node in (b, c):
+                channel = await node.accept()
+                assert await channel.recv_message() == f"to {'b' if node is b else 'c'}".encode()
+                with pytest.raises(EOFError):
+                    await channel.recv_message()
+            with pytest.raises(nautilus.ClosedError):
+                await a.accept()
+            with pytest.raises(nautilus.ClosedError):
+                ab.send_message(b"late")
+
+    run(main())
+
+
+def test_backpressure_through_a_node_channel() -> None:
+    size = 16 * 1024
+
+    async def main() -> None:
+        async with nodes(2, max_queue=8, max_queue_bytes=64 * 1024) as (a, b):
+            ab = await a.connect(b.address, b.peer_id)
+            ba = await b.accept()
+            sent = 0
+            blocked = None
+            while sent < 4096:
+                ab.send_message(sent.to_bytes(4, "big") + bytes(size - 4))
+                sent += 1
+                drain = asyncio.create_task(ab.drain())
+                done, _ = await asyncio.wait({drain}, timeout=0.3)
+                if not done:
+                    blocked = drain
+                    break
+            assert blocked is not None
+            assert ba.queued[1] <= 64 * 1024 + 512 * 1024
+            for i in range(sent):
+                assert int.from_bytes((await ba.recv_message())[:4], "big") == i
+            await asyncio.wait_for(blocked, 5)
+
+    run(main(), timeout=20)
+
+
+# ----------------------------------------------------- the protocol, by hand
+
+
+class FakeLink(asyncio.Protocol):
+    """One connection of a hand-driven peer: control frames and messages in, queued."""
+
+    def __init__(self) -> None:
+        self.transport: na.NautilusTransport | None = None
+        self.frames: asyncio.Queue[tuple[int, int, bytes, bytes]] = asyncio.Queue()
+        self.messages: asyncio.Queue[bytes] = asyncio.Queue()
+        self.lost: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+        self._buf = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, na.NautilusTransport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        while len(self._buf) >= FRAME.size:
+            self.frames.put_nowait(FRAME.unpack_from(self._buf))
+            del self._buf[: FRAME.size]
+
+    def message_received(self, data: bytes) -> None:
+        self.messages.put_nowait(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+    def frame(self, kind: int, value: int, a: bytes = bytes(16), b: bytes = bytes(16)) -> None:
+        assert self.transport is not None
+        self.transport.write(FRAME.pack(kind, value, a, b))
+
+    def send(self, *messages: bytes) -> None:
+        assert self.transport is not None
+        self.transport.send_messages(messages)
+
+    async def expect(self, kind: int) -> tuple[int, bytes, bytes]:
+        got, value, a, b = await asyncio.wait_for(self.frames.get(), 5)
+        assert got == kind, (got, kind)
+        return value, a, b
+
+
+async def fake_dial(node: Node, identity: Identity, nonce: bytes, sid: bytes) -> FakeLink:
+    """Connect to ``node`` as ``identity`` and exchange HELLOs."""
+    link = FakeLink()
+    ctx = Context(identity, trusted_peers=[IDS[0].public])
+    await na.create_connection(lambda: link, *node.address, context=ctx, expected_peer=node.peer_id)
+    link.frame(HELLO, 1, sid, nonce)
+    await link.expect(HELLO)
+    return link
+
+
+def fake_node(**kw: Any) -> Node:
+    return Node(node_ctx(IDS[0], trusted=[IDS[1]]), **kw)
+
+
+def test_messages_from_two_connections_are_put_back_in_order() -> None:
+    """The peer moves from connection 1 to connection 2 and the later messages,
+    on 2, arrive first: they wait until 1 has delivered the earlier ones."""
+
+    async def main() -> None:
+        async with fake_node() as node:
+            sid = bytes([1]) * 16
+            first = await fake_dial(node, IDS[1], b"\xff" * 16, sid)  # larger nonce: loses
+            channel = await node.accept()
+            await first.expect(START)  # the node sends on connection 1 for now
+            second = await fake_dial(node, IDS[1], b"\x00" * 16, sid)
+            value, _, _ = await second.expect(START)  # the node moved to connection 2
+            assert value == 0
+            assert await first.expect(DONE) == (0, bytes(16), bytes(16))
+            second.frame(START, 5)
+            second.send(*(b"m%d" % i for i in range(5, 10)))
+            await asyncio.sleep(0.05)
+            assert channel.queued == (0, 0)  # 5..9 wait for 0..4
+            first.frame(START, 0)
+            first.send(*(b"m%d" % i for i in range(5)))
+            first.frame(DONE, 5)
+            assert [await channel.recv_message() for _ in range(10)] == [
+                b"m%d" % i for i in range(10)
+            ]
+            assert await asyncio.wait_for(first.lost, 5) is None  # closed after both DONEs
+            await until(lambda: node.connection_count(IDS[1].peer_id) == 1, "one connection left")
+            channel.send_message(b"reply")
+            assert await second.messages.get() == b"reply"
+
+    run(main())
+
+
+def test_peer_retires_our_connection_before_we_see_its_winner() -> None:
+    """The peer has sent DONE on the connection the node uses, but its winner
+    is not ready on the node's side yet: the node keeps sending there (the
+    peer still reads it) and moves over once the winner is ready."""
+
+    async def main() -> None:
+        async with fake_node() as node:
+            sid = b"\x05" * 16
+            first = await fake_dial(node, IDS[1], b"\xff" * 16, sid)
+            channel = await node.accept()
+            await first.expect(START)
+            first.frame(DONE, 0)  # the peer will not send here any more
+            await asyncio.sleep(0.02)
+            channel.send_message(b"still on the first")
+            assert await asyncio.wait_for(first.messages.get(), 5) == b"still on the first"
+            second = await fake_dial(node, IDS[1], b"\x00" * 16, sid)
+            assert (await second.expect(START))[0] == 1  # message 1 goes on the second
+            assert (await first.expect(DONE))[0] == 1  # one message was sent on the first
+            assert await asyncio.wait_for(first.lost, 5) is None  # both DONEs: closed
+            channel.send_message(b"on the second")
+            assert await asyncio.wait_for(second.messages.get(), 5) == b"on the second"
+            second.frame(START, 0)
+            second.send(b"from the peer")
+            assert await channel.recv_message() == b"from the peer"
+            assert first.messages.empty()
+
+    run(main())
+
+
+def test_a_new_session_waits_for_the_old_one_to_end() -> None:
+    """A connection announcing another session of the peer is held until the
+    peer's old session has ended; its messages are then delivered on the new one."""
+
+    async def main() -> None:
+        async with fake_node() as node:
+            old = await fake_dial(node, IDS[1], b"\x01" * 16, b"\x01" * 16)
+            old_channel = await node.accept()
+            await old.expect(START)
+            old.frame(START, 0)
+            old.send(b"old 0")
+            new = await fake_dial(node, IDS[1], b"\x02" * 16, b"\x02" * 16)
+            new.frame(START, 0)
+            new.send(b"new 0", b"new 1")
+            await asyncio.sleep(0.05)
+            assert node.peers == {IDS[1].peer_id: old_channel}
+            old.send(b"old 1")
+            old.transport.close()  # type: ignore[union-attr]  # the peer ends the old session
+            assert [m async for m in old_channel] == [b"old 0", b"old 1"]
+            new_channel = await asyncio.wait_for(node.accept(), 5)
+            assert new_channel is not old_channel
+            assert await new_channel.recv_message() == b"new 0"
+            assert await new_channel.recv_message() == b"new 1"
+            await new.expect(START)
+
+    run(main())
+
+
+def test_a_connection_announced_under_a_closed_session_is_closed() -> None:
+    async def main() -> None:
+        async with fake_node() as node:
+            sid = b"\x01" * 16
+            first = await fake_dial(node, IDS[1], b"\x01" * 16, sid)
+            channel = await node.accept()
+            # A second connection: the node says HELLO (with its session id) ...
+            late = FakeLink()
+            ctx = Context(IDS[1], trusted_peers=[IDS[0].public])
+            await na.create_connection(
+                lambda: late, *node.address, context=ctx, expected_peer=node.peer_id
+            )
+            await late.expect(HELLO)
+            channel.close()  # ... then closes that session ...
+            await asyncio.wait_for(first.lost, 5)
+            late.frame(HELLO, 1, sid, b"\x00" * 16)  # ... so this one belongs to no session
+            assert await asyncio.wait_for(late.lost, 5) is None
+            assert node.peers == {}
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        pytest.param([("msg", b"early")], id="message before START"),
+        pytest.param([("frame", (START, 0)), ("frame", (START, 1))], id="START twice"),
+        pytest.param(
+            [("frame", (START, 0)), ("msg", b"x"), ("frame", (DONE, 5))], id="wrong DONE count"
+        ),
+        pytest.param([("frame", (9, 0))], id="unknown frame"),
+        pytest.param([("frame", (HELLO, 1))], id="second HELLO"),
+    ],
+)
+def test_node_protocol_violations_drop_the_connection(script: list[tuple[str, Any]]) -> None:
+    async def main() -> None:
+        async with fake_node() as node:
+            link = await fake_dial(node, IDS[1], b"\x01" * 16, b"\x01" * 16)
+            channel = await node.accept()
+            for kind, arg in script:
+                if kind == "msg":
+                    link.send(arg)
+                else:
+                    link.frame(*arg)
+            received: list[bytes] = []
+
+            async def read_all() -> None:
+                async for message in channel:  # messages before the violation come first
+                    received.append(message)
+
+            with pytest.raises(nautilus.ProtocolViolation, match="node protocol"):
+                await read_all()
+            assert received in ([], [b"x"])
+            assert isinstance(await asyncio.wait_for(link.lost, 5), nautilus.ConnectionLost)
+            assert node.peers == {}
+
+    run(main())
+
+
+def test_wrong_version_is_refused() -> None:
+    async def main() -> None:
+        async with fake_node() as node:
+            link = FakeLink()
+            ctx = Context(IDS[1], trusted_peers=[IDS[0].public])
+            await na.create_connection(
+                lambda: link, *node.address, context=ctx, expected_peer=node.peer_id
+            )
+            link.frame(HELLO, 2, b"\x01" * 16, b"\x01" * 16)
+            assert isinstance(await asyncio.wait_for(link.lost, 5), nautilus.ConnectionLost)
+            assert node.peers == {}
+
+    run(main())

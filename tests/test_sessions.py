@@ -1,0 +1,1060 @@
+"""Session resumption over in-memory connection pairs: tickets, their failure
+modes, the two resumption modes, ticket keys, key rotation within a session,
+counters and the server's session table (docs/sessions.md).
+
+Time is passed in: ``NOW`` is the fixed test clock, and tests move it forward
+to expire tickets or rotate keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import replace
+
+import pytest
+from protocol_helpers import (
+    NOW,
+    Pair,
+    assert_closed_with,
+    cached_identity,
+    event_types,
+    handshake_message,
+    plain_record,
+    received_data,
+    rewrite_plain_handshake,
+    split_plain_handshake,
+    split_records,
+)
+
+from nautilus import (
+    AuthenticationFailed,
+    ConnectionClosed,
+    Context,
+    HandshakeCompleted,
+    IntegrityError,
+    KeyAgreementFailed,
+    KeysUpdated,
+    ProtocolViolation,
+)
+from nautilus.identity import TrustStore
+from nautilus.protocol import keyschedule as ks
+from nautilus.protocol.connection import Connection
+from nautilus.protocol.messages import (
+    BINDER_SIZE,
+    RECORD_HANDSHAKE_PLAIN,
+    ClientHello,
+    MsgType,
+    NewSessionTicket,
+    PskMode,
+    PskOffer,
+    ServerHello,
+    frame,
+)
+from nautilus.record import ContentType, RecordOpener
+from nautilus.sessions import (
+    MAX_TICKET_LIFETIME,
+    LiveSession,
+    SessionCache,
+    SessionTable,
+    StoredTicket,
+    TicketContents,
+    TicketKeys,
+)
+
+SERVER_NAME = "srv:1"
+CACHE_KEY = SessionCache.key("*", SERVER_NAME)
+SERVER = cached_identity()
+CLIENT = cached_identity("ed25519", 1)
+OTHER = cached_identity("ed25519", 2)
+
+
+class Flights:
+    """An intercept that records every flight as (sender role, bytes)."""
+
+    def __init__(self) -> None:
+        self.flights: list[tuple[str, bytes]] = []
+
+    def __call__(self, src: Connection, dst: Connection, data: bytes) -> bytes:
+        self.flights.append((src.role, data))
+        return data
+
+    def first(self, role: str) -> bytes:
+        return next(data for who, data in self.flights if who == role)
+
+    def wire(self) -> bytes:
+        return b"".join(data for _, data in self.flights)
+
+
+def first_session(
+    server: dict[str, object] | None = None, client: dict[str, object] | None = None
+) -> Pair:
+    """A full handshake after which the client holds the server's ticket(s)."""
+    p = Pair.make(
+        server={"tickets_per_handshake": 1, **(server or {})},
+        client=client,
+        server_name=SERVER_NAME,
+    )
+    assert p.handshake() == 4  # hello, server flight, client Finished, ticket
+    assert p.client.session is not None
+    assert not p.client.session.resumed
+    return p
+
+
+def resume(
+    p: Pair,
+    *,
+    now: float = NOW,
+    client_ctx: Context | None = None,
+    server_ctx: Context | None = None,
+    intercept: object = None,
+) -> Pair:
+    """A second connection between the contexts of ``p`` (or replacements)."""
+    q = Pair(
+        client_ctx if client_ctx is not None else p.client_ctx,
+        server_ctx if server_ctx is not None else p.server_ctx,
+        {"server_name": SERVER_NAME},
+        now,
+    )
+    q.connect(intercept)  # type: ignore[arg-type]
+    return q
+
+
+def client_hello(flight: bytes) -> ClientHello:
+    """The ClientHello at the start of a client's first flight."""
+    messages, _ = split_plain_handshake(flight)
+    assert messages[0][0] == MsgType.CLIENT_HELLO
+    return ClientHello.decode_body(messages[0][1])
+
+
+def server_hello(flight: bytes) -> ServerHello:
+    messages, _ = split_plain_handshake(flight)
+    body = next(b for t, b in messages if t == MsgType.SERVER_HELLO)
+    return ServerHello.decode_body(body)
+
+
+def completed(q: Pair) -> tuple[bool, bool]:
+    """(client resumed, server resumed); both sides must have completed."""
+    assert q.client.handshake_complete, q.client_events
+    assert q.server.handshake_complete, q.server_events
+    assert q.client.session is not None
+    assert q.server.session is not None
+    return q.client.session.resumed, q.server.session.resumed
+
+
+def replace_ticket(p: Pair, **changes: object) -> StoredTicket:
+    """Swap the client's cached ticket for an edited copy; returns the original."""
+    cache = p.client_ctx.session_cache
+    original = cache.take(CACHE_KEY, NOW)
+    assert original is not None
+    cache.store(CACHE_KEY, replace(original, **changes))  # type: ignore[arg-type]
+    return original
+
+
+# --------------------------------------------------------------- resumption works
+
+
+def test_resumed_session_is_reported_as_resumed_on_both_sides() -> None:
+    p = first_session()
+    assert len(p.client_ctx.session_cache) == 1
+    flights = Flights()
+    q = resume(p, intercept=flights)
+    assert completed(q) == (True, True)
+    assert client_hello(flights.first("client")).psk_offer
+    assert server_hello(flights.first("server")).psk_mode == PskMode.PSK_DHE
+    c, s = q.client.session, q.server.session
+    assert c is not None
+    assert s is not None
+    assert c.trust == "resumed"
+    assert c.peer_id == SERVER.peer_id  # carried over from the ticket
+    assert s.peer_key is None  # the client was anonymous in the original session
+    assert s.trust is None  # ...and still is: nothing was authenticated
+    assert (c.group, c.cipher) == (s.group, s.cipher)
+    assert event_types(q.client_events) == ["HandshakeCompleted"]
+    assert event_types(q.server_events) == ["HandshakeCompleted"]
+    q.client.send_data(b"ping")
+    q.server.send_data(b"pong")
+    q.pump()
+    assert received_data(q.server_events) == b"ping"
+    assert received_data(q.client_events) == b"pong"
+
+
+def test_resumed_server_flight_skips_identity_and_signature() -> None:
+    """A resumption proves the server through the PSK: no Identity, no Verify."""
+    p = first_session()
+    full = Flights()
+    q0 = Pair(p.client_ctx, p.server_ctx)  # no server_name: does not touch the cache
+    q0.connect(full)
+    resumed = Flights()
+    q = resume(p, intercept=resumed)
+    assert completed(q) == (True, True)
+    assert len(resumed.first("server")) < len(full.first("server")) - 64
+
+
+def test_resumption_carries_the_client_identity_under_required_client_auth() -> None:
+    p = first_session(
+        server={"client_auth": "required", "trusted_peers": [CLIENT.public]},
+        client={"identity": CLIENT},
+    )
+    assert p.server.session is not None
+    assert p.server.session.peer_id == CLIENT.peer_id
+    q = resume(p)
+    assert completed(q) == (True, True)
+    assert q.server.session is not None
+    assert q.client.session is not None
+    assert q.server.session.peer_id == CLIENT.peer_id
+    assert q.server.session.trust == "resumed"
+    assert q.client.session.peer_id == SERVER.peer_id
+    assert q.client.session.trust == "resumed"
+
+
+def test_resumed_server_reports_no_trust_for_an_anonymous_client() -> None:
+    """trust is None when the peer was not authenticated, resumed or not."""
+    p = first_session()
+    q = resume(p)
+    assert q.server.session is not None
+    assert q.server.session.peer_key is None
+    assert q.server.session.trust is None
+
+
+def test_cached_tickets_need_a_server_name_or_expected_peer() -> None:
+    """Without a name for the server, its tickets could never be found: none is kept."""
+    p = Pair.make(server={"tickets_per_handshake": 2})
+    p.handshake()
+    assert len(p.client_ctx.session_cache) == 0
+    q = Pair.make(server={"tickets_per_handshake": 2}, expected_peer=SERVER.peer_id)
+    q.handshake()
+    assert len(q.client_ctx.session_cache) == 2
+    assert q.client_ctx.session_cache.take(SessionCache.key(SERVER.peer_id, None), NOW)
+
+
+# ------------------------------------------------- failures: fall back or refuse
+
+
+def test_ticket_expired_on_the_client_is_not_offered() -> None:
+    p = first_session()
+    flights = Flights()
+    q = resume(p, now=NOW + 7200, intercept=flights)  # ticket_lifetime is 7200 s
+    assert completed(q) == (False, False)
+    assert client_hello(flights.first("client")).psk_offer == b""
+    assert q.client.session is not None
+    assert q.client.session.trust == "pinned"
+    fresh = p.client_ctx.session_cache.take(CACHE_KEY, NOW + 7200)
+    assert fresh is not None
+    assert fresh.received == NOW + 7200
+    assert len(p.client_ctx.session_cache) == 0  # the expired one was dropped by take()
+
+
+def test_ticket_expired_on_the_server_falls_back_to_a_full_handshake() -> None:
+    """The client's view of the age is not trusted: the server checks its own."""
+    p = first_session()
+    later = NOW + 7201
+    replace_ticket(p, received=later)  # the client believes the ticket is new
+    flights = Flights()
+    q = resume(p, now=later, intercept=flights)
+    assert client_hello(flights.first("client")).psk_offer  # offered...
+    assert completed(q) == (False, False)  # ...and refused: a full handshake
+    assert server_hello(flights.first("server")).psk_mode == PskMode.NONE
+    assert q.client.session is not None
+    assert q.client.session.trust == "pinned"
+    assert q.client.session.peer_id == SERVER.peer_id
+
+
+def test_rotation_never_voids_a_live_ticket_retiring_all_keys_does() -> None:
+    """Rotated-out keys keep opening tickets for one lifetime after their
+    retirement; ``retire_all()`` (a suspected key leak) voids every ticket."""
+    p = first_session(server={"tickets_per_handshake": 3})
+    p.server_ctx.tickets_per_handshake = 0  # the resumptions must use the old tickets
+    keys = p.server_ctx.ticket_keys
+    keys.rotate(NOW)
+    assert completed(resume(p)) == (True, True)
+    keys.rotate(NOW + 1)
+    keys.rotate(NOW + 2)  # the issuing key is two rotations old
+    assert completed(resume(p, now=NOW + 2)) == (True, True)
+    keys.retire_all()
+    assert completed(resume(p, now=NOW + 3)) == (False, False)
+
+
+def test_ticket_from_another_server_context_is_not_honoured() -> None:
+    """Same identity, another Context: other ticket keys (as after a restart)."""
+    p = first_session()
+    other = Context(SERVER, tickets_per_handshake=0)
+    q = resume(p, server_ctx=other)
+    assert completed(q) == (False, False)
+    assert q.client.session is not None
+    assert q.client.session.trust == "pinned"
+
+
+def test_ticket_is_bound_to_the_issuing_identity_even_under_shared_ticket_keys() -> None:
+    p = first_session(client={"trusted_peers": [SERVER.public, OTHER.public]})
+    other = Context(OTHER, tickets_per_handshake=0)
+    other._ticket_keys = p.server_ctx.ticket_keys  # opens the ticket, but not for OTHER
+    q = resume(p, server_ctx=other)
+    assert completed(q) == (False, False)
+    assert q.client.session is not None
+    assert q.client.session.peer_id == OTHER.peer_id  # not the ticket's server key
+
+
+def test_tampered_ticket_falls_back_to_a_full_handshake() -> None:
+    p = first_session()
+    original = p.client_ctx.session_cache.take(CACHE_KEY, NOW)
+    assert original is not None
+    for i in (0, 9, len(original.ticket) // 2, len(original.ticket) - 1):
+        flipped = bytearray(original.ticket)
+        flipped[i] ^= 0x01
+        p.client_ctx.session_cache.store(CACHE_KEY, replace(original, ticket=bytes(flipped)))
+        assert completed(resume(p)) == (False, False), i
+    p.client_ctx.session_cache.store(CACHE_KEY, replace(original, ticket=b"\x00"))
+    assert completed(resume(p)) == (False, False)
+
+
+def test_copied_ticket_resumes_for_whoever_holds_it() -> None:
+    """Tickets are bearer tokens: the ticket and its PSK are all a resumption
+    needs (the binder proves knowledge of the PSK, which the copier has). The
+    server keeps no record of used tickets, so both resumptions succeed."""
+    p = first_session()
+    stolen = p.client_ctx.session_cache.take(CACHE_KEY, NOW)
+    assert stolen is not None
+    for _ in range(2):
+        thief = Context(trusted_peers=[SERVER.public])
+        thief.session_cache.store(CACHE_KEY, stolen)
+        q = resume(p, client_ctx=thief)
+        assert completed(q) == (True, True)
+
+
+def test_tampered_binder_is_authentication_failed() -> None:
+    p = first_session()
+
+    def flip_binder(src: Connection, dst: Connection, data: bytes) -> bytes:
+        if src.role != "client" or data[0] != RECORD_HANDSHAKE_PLAIN:
+            return data
+        return rewrite_plain_handshake(
+            data,
+            lambda _t, body: body[:-BINDER_SIZE] + bytes(b ^ 0x5A for b in body[-BINDER_SIZE:]),
+            only=MsgType.CLIENT_HELLO,
+        )
+
+    q = resume(p, intercept=flip_binder)
+    assert_closed_with(q.server, q.server_events, AuthenticationFailed)
+    assert "binder" in str(q.server.error)
+    assert_closed_with(q.client, q.client_events, AuthenticationFailed)  # decrypt_error alert
+
+
+def test_stripping_the_resumption_offer_fails_the_handshake() -> None:
+    """The offer is in the transcript: a man in the middle who removes it to
+    force a full handshake only makes the two sides derive different keys."""
+    p = first_session()
+
+    def strip(src: Connection, dst: Connection, data: bytes) -> bytes:
+        if src.role != "client" or data[0] != RECORD_HANDSHAKE_PLAIN:
+            return data
+        messages, _rest = split_plain_handshake(data)
+        hello = ClientHello.decode_body(messages[0][1])
+        body = replace(hello, psk_offer=b"").encode_body()
+        return plain_record(RECORD_HANDSHAKE_PLAIN, handshake_message(MsgType.CLIENT_HELLO, body))
+
+    q = resume(p, intercept=strip)
+    assert not q.client.handshake_complete
+    assert not q.server.handshake_complete
+    assert isinstance(q.client.error, (KeyAgreementFailed, ProtocolViolation))
+
+
+def test_client_refuses_a_resumption_mode_it_did_not_offer() -> None:
+    """A ServerHello that claims psk_only for a psk_dhe offer is refused before
+    any key is derived (checked before the transcript catches it)."""
+    p = first_session()
+
+    def to_psk_only(src: Connection, dst: Connection, data: bytes) -> bytes:
+        if src.role != "server" or data[0] != RECORD_HANDSHAKE_PLAIN:
+            return data
+        messages, rest = split_plain_handshake(data)
+        hello = ServerHello.decode_body(messages[0][1])
+        body = replace(hello, psk_mode=PskMode.PSK_ONLY, share=b"").encode_body()
+        head = plain_record(RECORD_HANDSHAKE_PLAIN, handshake_message(MsgType.SERVER_HELLO, body))
+        return head + rest
+
+    q = resume(p, intercept=to_psk_only)
+    assert_closed_with(q.client, q.client_events, ProtocolViolation)
+    assert "did not offer" in str(q.client.error)
+
+
+def test_client_refuses_a_key_share_in_a_psk_only_answer() -> None:
+    p = first_session(server={"resumption": "psk_only"}, client={"resumption": "psk_only"})
+
+    def add_share(src: Connection, dst: Connection, data: bytes) -> bytes:
+        if src.role != "server" or data[0] != RECORD_HANDSHAKE_PLAIN:
+            return data
+        messages, rest = split_plain_handshake(data)
+        hello = ServerHello.decode_body(messages[0][1])
+        assert hello.psk_mode == PskMode.PSK_ONLY
+        body = replace(hello, share=bytes(1120)).encode_body()
+        head = plain_record(RECORD_HANDSHAKE_PLAIN, handshake_message(MsgType.SERVER_HELLO, body))
+        return head + rest
+
+    q = resume(p, intercept=add_share)
+    assert_closed_with(q.client, q.client_events, ProtocolViolation)
+    assert "key share" in str(q.client.error)
+
+
+def test_ticket_not_used_when_the_client_no_longer_trusts_the_server() -> None:
+    p = first_session()
+    p.client_ctx.trust = TrustStore(trusted_peers=[OTHER.public])  # SERVER unpinned
+    flights = Flights()
+    q = resume(p, intercept=flights)
+    assert client_hello(flights.first("client")).psk_offer == b""
+    assert len(p.client_ctx.session_cache) == 0  # the unusable ticket was dropped
+    # The full handshake then fails on trust, as it would without any ticket.
+    assert_closed_with(q.client, q.client_events, AuthenticationFailed)
+    assert "not trusted" in str(q.client.error)
+
+
+def test_server_no_longer_trusting_the_client_forces_a_full_handshake() -> None:
+    p = first_session(
+        server={"client_auth": "required", "trusted_peers": [CLIENT.public]},
+        client={"identity": CLIENT},
+    )
+    p.server_ctx.trust = TrustStore(trusted_peers=[OTHER.public])  # CLIENT unpinned
+    q = resume(p)
+    # The client completes a full handshake (not resumed) and learns of its
+    # rejection from the server's alert, as for any untrusted client.
+    completed_event = next(e for e in q.client_events if isinstance(e, HandshakeCompleted))
+    assert completed_event.session.resumed is False
+    assert completed_event.session.trust == "pinned"
+    assert q.server.session is None
+    assert_closed_with(q.server, q.server_events, AuthenticationFailed)
+    assert_closed_with(q.client, q.client_events, AuthenticationFailed)
+
+
+def test_server_that_now_requires_client_auth_refuses_an_anonymous_ticket() -> None:
+    p = first_session(client={"identity": CLIENT})  # client_auth off: ticket is anonymous
+    p.server_ctx.client_auth = "required"
+    q = resume(p)
+    assert completed(q) == (False, False)
+    assert q.server.session is not None
+    assert q.server.session.peer_id == CLIENT.peer_id
+
+
+def test_cipher_no_longer_allowed_by_the_client_still_resumes_under_an_allowed_one() -> None:
+    """The PSK does not depend on the cipher (SHA-256 throughout), so a ticket
+    from an aes-256-gcm session resumes under the cipher negotiated now."""
+    p = first_session(client={"ciphers": ["aes-256-gcm", "chacha20-poly1305"]})
+    assert p.client.session is not None
+    assert p.client.session.cipher == "aes-256-gcm"
+    p.client_ctx.ciphers = ("chacha20-poly1305",)
+    q = resume(p)
+    assert completed(q) == (True, True)
+    assert q.client.session is not None
+    assert q.client.session.cipher == "chacha20-poly1305"
+
+
+def test_resumption_after_a_hello_retry() -> None:
+    """A HelloRetry does not void the offer: the second hello carries it again
+    with a binder over the longer transcript."""
+    p = first_session()
+    p.server_ctx.groups = ("mlkem768",)
+    flights = Flights()
+    q = resume(p, intercept=flights)
+    assert completed(q) == (True, True)
+    assert q.client.session is not None
+    assert q.client.session.group == "mlkem768"
+    assert len([f for f in flights.flights if f[0] == "client"]) == 3  # hello, hello, Finished
+
+
+def test_garbage_resumption_offer_is_a_decode_error() -> None:
+    p = first_session()
+
+    def bad_mode(src: Connection, dst: Connection, data: bytes) -> bytes:
+        if src.role != "client" or data[0] != RECORD_HANDSHAKE_PLAIN:
+            return data
+        messages, _rest = split_plain_handshake(data)
+        hello = ClientHello.decode_body(messages[0][1])
+        offer = PskOffer.decode(hello.psk_offer)
+        garbled = bytes([9]) + offer.encode()[1:]
+        body = replace(hello, psk_offer=garbled).encode_body()
+        return plain_record(RECORD_HANDSHAKE_PLAIN, handshake_message(MsgType.CLIENT_HELLO, body))
+
+    q = resume(p, intercept=bad_mode)
+    assert_closed_with(q.server, q.server_events, ProtocolViolation, exact=False)
+    assert "unknown resumption mode" in str(q.server.error)
+
+
+# ------------------------------------------------------------- psk_dhe, psk_only
+
+
+def _resume_with_mode(p: Pair, ticket: StoredTicket, mode: str) -> tuple[Pair, Flights]:
+    client = Context(trusted_peers=[SERVER.public], resumption=mode)
+    client.session_cache.store(CACHE_KEY, ticket)
+    flights = Flights()
+    q = resume(p, client_ctx=client, intercept=flights)
+    assert completed(q) == (True, True)
+    return q, flights
+
+
+def test_psk_dhe_and_psk_only_resumptions_of_one_ticket_have_different_keys() -> None:
+    p = first_session(server={"resumption": "psk_only"})
+    ticket = p.client_ctx.session_cache.take(CACHE_KEY, NOW)
+    assert ticket is not None
+    dhe, dhe_flights = _resume_with_mode(p, ticket, "psk_dhe")
+    only, only_flights = _resume_with_mode(p, ticket, "psk_only")
+    assert dhe.client._keys is not None
+    assert only.client._keys is not None
+    assert dhe.client._keys.client_app != only.client._keys.client_app
+    assert dhe.client.export_keying_material(b"x", b"", 32) != only.client.export_keying_material(
+        b"x", b"", 32
+    )
+    # psk_dhe: a fresh key exchange (a KEM ciphertext); psk_only: no key share at all.
+    dhe_hello = server_hello(dhe_flights.first("server"))
+    only_hello = server_hello(only_flights.first("server"))
+    assert (dhe_hello.psk_mode, only_hello.psk_mode) == (PskMode.PSK_DHE, PskMode.PSK_ONLY)
+    assert len(dhe_hello.share) == 1120  # x25519-mlkem768 ciphertext
+    assert only_hello.share == b""
+
+
+def _passive_decrypt(flights: Flights, psk: bytes, cipher: str) -> bytes:
+    """What an eavesdropper holding a ticket's PSK reads of a recorded resumption,
+    assuming it was psk_only (KEM secret all zeros). Raises if it was not."""
+    client_msgs, _ = split_plain_handshake(flights.flights[0][1])
+    server_msgs, sealed = split_plain_handshake(flights.flights[1][1])
+    transcript = hashlib.sha256()
+    for mtype, body in client_msgs + server_msgs:
+        transcript.update(handshake_message(mtype, body))
+    keys = ks.KeySchedule(psk)
+    keys.handshake(ks.ZEROS, transcript.copy().digest())
+    server_hs = RecordOpener(cipher, *ks.traffic_keys(keys.server_hs, cipher))
+    for record in split_records(sealed):  # EncryptedExtensions, Finished
+        (opened,) = server_hs.open(record, batch_type=ContentType.HANDSHAKE).records
+        assert opened.content_type == ContentType.HANDSHAKE
+        transcript.update(opened.data)
+    keys.application(transcript.digest())
+    finished, *data_records = split_records(flights.flights[2][1])
+    client_hs = RecordOpener(cipher, *ks.traffic_keys(keys.client_hs, cipher))
+    client_hs.open(finished, batch_type=ContentType.HANDSHAKE)
+    app = RecordOpener(cipher, *ks.traffic_keys(keys.client_app, cipher))
+    return b"".join(r.data for rec in data_records for r in app.open(rec).records)
+
+
+def test_psk_only_session_is_readable_by_whoever_gets_the_ticket_psk_dhe_is_not() -> None:
+    """The forward-secrecy trade-off: a psk_only session's keys follow from the
+    PSK and the public transcript, so a later theft of the client's cache (or of
+    the server's ticket key) exposes recorded traffic; psk_dhe mixes in a fresh
+    key exchange that the PSK alone cannot undo."""
+    p = first_session(server={"resumption": "psk_only"})
+    ticket = p.client_ctx.session_cache.take(CACHE_KEY, NOW)
+    assert ticket is not None
+    for mode in ("psk_only", "psk_dhe"):
+        client = Context(trusted_peers=[SERVER.public], resumption=mode)
+        client.session_cache.store(CACHE_KEY, ticket)
+        flights = Flights()
+        q = Pair(client, p.server_ctx, {"server_name": SERVER_NAME})
+        q.client.start(NOW)
+        q.server.start(NOW)
+        pump_one = q.client.data_to_send()
+        flights.flights.append(("client", pump_one))
+        q.server.receive_data(pump_one, NOW)
+        reply = q.server.data_to_send()
+        flights.flights.append(("server", reply))
+        q.client.receive_data(reply, NOW)
+        q.client.send_data(b"attack at dawn")
+        final = q.client.data_to_send()
+        flights.flights.append(("client", final))
+        q.server.receive_data(final, NOW)
+        q.collect()
+        assert received_data(q.server_events) == b"attack at dawn"
+        assert q.client.session is not None
+        cipher = q.client.session.cipher
+        if mode == "psk_only":
+            assert _passive_decrypt(flights, ticket.psk, cipher) == b"attack at dawn"
+        else:
+            with pytest.raises(IntegrityError):
+                _passive_decrypt(flights, ticket.psk, cipher)
+
+
+def test_psk_dhe_server_answers_a_psk_only_offer_with_psk_dhe() -> None:
+    p = first_session()  # server resumption="psk_dhe" (the default)
+    ticket = p.client_ctx.session_cache.take(CACHE_KEY, NOW)
+    assert ticket is not None
+    _q, flights = _resume_with_mode(p, ticket, "psk_only")
+    offer = PskOffer.decode(client_hello(flights.first("client")).psk_offer)
+    assert offer.mode == PskMode.PSK_ONLY
+    answer = server_hello(flights.first("server"))
+    assert answer.psk_mode == PskMode.PSK_DHE
+    assert len(answer.share) == 1120
+
+
+def test_psk_only_server_answers_a_psk_dhe_offer_with_psk_dhe() -> None:
+    p = first_session(server={"resumption": "psk_only"})
+    ticket = p.client_ctx.session_cache.take(CACHE_KEY, NOW)
+    assert ticket is not None
+    _, flights = _resume_with_mode(p, ticket, "psk_dhe")
+    assert server_hello(flights.first("server")).psk_mode == PskMode.PSK_DHE
+
+
+def test_resumption_off_on_the_server_ignores_offers_and_issues_no_tickets() -> None:
+    p = first_session()
+    p.server_ctx.resumption = "off"
+    flights = Flights()
+    q = resume(p, intercept=flights)
+    assert client_hello(flights.first("client")).psk_offer
+    assert completed(q) == (False, False)
+    assert len(p.client_ctx.session_cache) == 0  # nothing new issued
+
+
+def test_resumption_off_on_the_client_offers_nothing() -> None:
+    p = first_session()
+    p.client_ctx.resumption = "off"
+    flights = Flights()
+    q = resume(p, intercept=flights)
+    assert client_hello(flights.first("client")).psk_offer == b""
+    assert completed(q) == (False, False)
+
+
+# ----------------------------------------------------------------------- tickets
+
+
+def test_three_tickets_per_handshake_give_three_resumptions() -> None:
+    p = first_session(server={"tickets_per_handshake": 3})
+    assert len(p.client_ctx.session_cache) == 3
+    p.server_ctx.tickets_per_handshake = 0  # the resumptions issue no more
+    for left in (2, 1, 0):
+        assert completed(resume(p)) == (True, True)
+        assert len(p.client_ctx.session_cache) == left
+    assert completed(resume(p)) == (False, False)
+
+
+def test_tickets_are_single_use_and_a_resumed_session_issues_a_new_one() -> None:
+    p = first_session()
+    for _ in range(3):
+        q = resume(p)
+        assert completed(q) == (True, True)
+        assert len(p.client_ctx.session_cache) == 1  # used one, received one
+    ticket = p.client_ctx.session_cache.take(CACHE_KEY, NOW)
+    assert ticket is not None
+    p.client_ctx.session_cache.store(CACHE_KEY, ticket)
+    p.server_ctx.tickets_per_handshake = 0
+    assert completed(resume(p)) == (True, True)
+    assert completed(resume(p)) == (False, False)  # the only ticket was used
+
+
+def test_ticket_issued_by_a_resumed_session_keeps_the_identities() -> None:
+    p = first_session(
+        server={"client_auth": "required", "trusted_peers": [CLIENT.public]},
+        client={"identity": CLIENT},
+    )
+    for _ in range(2):
+        q = resume(p)
+        assert completed(q) == (True, True)
+        assert q.server.session is not None
+        assert q.server.session.peer_id == CLIENT.peer_id
+    ticket = p.client_ctx.session_cache.take(CACHE_KEY, NOW)
+    assert ticket is not None
+    assert ticket.server_key == SERVER.public.to_bytes()
+
+
+def test_ticket_lifetime_is_bounded_to_seven_days() -> None:
+    assert MAX_TICKET_LIFETIME == 7 * 24 * 3600
+    Context(SERVER, ticket_lifetime=MAX_TICKET_LIFETIME)
+    with pytest.raises(ValueError, match="ticket_lifetime"):
+        Context(SERVER, ticket_lifetime=MAX_TICKET_LIFETIME + 1)
+    with pytest.raises(ValueError, match="ticket_lifetime"):
+        Context(SERVER, ticket_lifetime=0.5)
+    with pytest.raises(TypeError, match="ticket_lifetime"):
+        Context(SERVER, ticket_lifetime="1h")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="tickets_per_handshake"):
+        Context(SERVER, tickets_per_handshake=9)
+    with pytest.raises(ValueError, match="resumption"):
+        Context(SERVER, resumption="psk")
+    with pytest.raises(TypeError, match="session_cache"):
+        Context(session_cache={})  # type: ignore[arg-type]
+
+
+def test_lifetime_announced_by_the_server_is_what_the_client_keeps() -> None:
+    p = first_session(server={"ticket_lifetime": 60.0})
+    ticket = p.client_ctx.session_cache.take(CACHE_KEY, NOW)
+    assert ticket is not None
+    assert ticket.lifetime == 60.0
+    assert ticket.received == NOW
+
+
+def _server_sends_ticket(p: Pair, msg: NewSessionTicket) -> None:
+    sealer = p.server._sealer
+    assert sealer is not None
+    p.server._out.append(sealer.seal(frame(msg), ContentType.HANDSHAKE))
+    p.pump()
+
+
+def test_client_caps_the_lifetime_a_server_announces() -> None:
+    p = Pair.make(server_name=SERVER_NAME)  # no tickets from the server itself
+    p.handshake()
+    _server_sends_ticket(p, NewSessionTicket(0xFFFFFFFF, 7, b"n", b"opaque", 0))
+    ticket = p.client_ctx.session_cache.take(CACHE_KEY, NOW)
+    assert ticket is not None
+    assert ticket.lifetime == MAX_TICKET_LIFETIME
+    _server_sends_ticket(p, NewSessionTicket(0, 7, b"n", b"opaque", 0))  # lifetime 0: drop it
+    assert len(p.client_ctx.session_cache) == 0
+    assert p.client.handshake_complete
+
+
+def test_new_session_ticket_sent_by_a_client_is_a_protocol_violation() -> None:
+    p = first_session()
+    sealer = p.client._sealer
+    assert sealer is not None
+    p.client._out.append(
+        sealer.seal(frame(NewSessionTicket(3600, 1, b"n", b"ticket", 0)), ContentType.HANDSHAKE)
+    )
+    p.pump()
+    assert_closed_with(p.server, p.server_events, ProtocolViolation)
+    assert "client sent a session ticket" in str(p.server.error)
+
+
+def test_tickets_carry_nothing_in_clear() -> None:
+    """Neither identity key, nor the PSK, nor the ticket contents are visible on
+    the wire, in the full handshake that issues tickets or in a resumption."""
+    p = Pair.make(
+        server={
+            "tickets_per_handshake": 2,
+            "client_auth": "required",
+            "trusted_peers": [CLIENT.public],
+        },
+        client={"identity": CLIENT},
+        server_name=SERVER_NAME,
+    )
+    full = Flights()
+    p.connect(full)
+    q = resume(p, intercept=(resumed := Flights()))
+    assert completed(q) == (True, True)
+    wire = full.wire() + resumed.wire()
+    remaining = p.client_ctx.session_cache.take(CACHE_KEY, NOW)
+    assert remaining is not None
+    secrets = {
+        "server key": SERVER.public.to_bytes()[1:],
+        "client key": CLIENT.public.to_bytes()[1:],
+        "psk": remaining.psk,
+        "server id hash": hashlib.sha256(SERVER.peer_id.encode()).digest(),
+        "server id": SERVER.peer_id.encode(),
+        "client id": CLIENT.peer_id.encode(),
+    }
+    for name, secret in secrets.items():
+        assert secret not in wire, name
+    contents = p.server_ctx.ticket_keys.open(remaining.ticket, NOW)
+    assert contents is not None
+    assert contents.psk == remaining.psk
+    assert contents.client_key == CLIENT.public.to_bytes()
+    assert contents.encode() not in remaining.ticket
+
+
+# ------------------------------------------------------------------ ticket keys
+
+
+def _contents(issued: float = NOW, lifetime: float = 7200.0) -> TicketContents:
+    return TicketContents(
+        issued=issued,
+        lifetime=lifetime,
+        cipher=0x1302,
+        psk=os.urandom(32),
+        server_id_hash=os.urandom(32),
+        namespace=b"nautilus",
+        client_key=CLIENT.public.to_bytes(),
+        client_certificate=b"",
+        max_early_data=1024,
+        age_add=12345,
+    )
+
+
+def test_ticket_contents_round_trip() -> None:
+    c = _contents()
+    assert TicketContents.decode(c.encode()) == c
+    with pytest.raises(Exception, match="version"):
+        TicketContents.decode(b"\x02" + c.encode()[1:])
+    with pytest.raises(Exception):  # noqa: B017,PT011 - any DecodeError
+        TicketContents.decode(c.encode() + b"\x00")
+
+
+def test_ticket_keys_seal_and_open() -> None:
+    keys = TicketKeys(rotation=3600, lifetime=7200)
+    c = _contents()
+    ticket = keys.seal(c, NOW)
+    assert keys.open(ticket, NOW) == c
+    assert c.psk not in ticket
+    assert c.client_key not in ticket
+    assert keys.seal(c, NOW) != ticket  # a fresh nonce every time
+    other = TicketKeys(rotation=3600, lifetime=7200)
+    other.seal(c, NOW)
+    assert other.open(ticket, NOW) is None
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda t: b"",
+        lambda t: t[:35],
+        lambda t: t[:-1],
+        lambda t: t + b"\x00",
+        lambda t: bytes([t[0] ^ 1]) + t[1:],  # key id
+        lambda t: t[:10] + bytes([t[10] ^ 1]) + t[11:],  # nonce
+        lambda t: t[:40] + bytes([t[40] ^ 1]) + t[41:],  # ciphertext
+        lambda t: t[:-1] + bytes([t[-1] ^ 1]),  # tag
+        lambda t: os.urandom(len(t)),
+    ],
+    ids=["empty", "short", "cut", "longer", "key-id", "nonce", "body", "tag", "random"],
+)
+def test_ticket_keys_refuse_garbage(mangle: object) -> None:
+    keys = TicketKeys(rotation=3600, lifetime=7200)
+    ticket = keys.seal(_contents(), NOW)
+    assert keys.open(mangle(ticket), NOW) is None  # type: ignore[operator]
+
+
+def test_ticket_keys_sealed_garbage_under_a_valid_key_is_refused() -> None:
+    """A well-sealed blob that is not a ticket encoding: None, not an exception."""
+    keys = TicketKeys(rotation=3600, lifetime=7200)
+    good = keys.seal(_contents(), NOW)
+    key = keys._current
+    assert key is not None
+    nonce = os.urandom(12)
+    junk = key.aead.encrypt(nonce, b"\x01junk", b"nautilus ticket v1" + key.key_id)
+    assert keys.open(key.key_id + nonce + junk, NOW) is None
+    assert keys.open(good, NOW) is not None
+
+
+def test_ticket_keys_rotation_schedule() -> None:
+    keys = TicketKeys(rotation=100, lifetime=1000)
+    t0 = keys.seal(_contents(), NOW)
+    assert keys.seal(_contents(), NOW + 99)[:8] == t0[:8]  # same key id
+    t1 = keys.seal(_contents(), NOW + 100)
+    assert t1[:8] != t0[:8]  # rotated
+    t2 = keys.seal(_contents(), NOW + 200)
+    assert len({t0[:8], t1[:8], t2[:8]}) == 3
+    for t in (t0, t1, t2):
+        assert keys.open(t, NOW + 200) is not None  # retired keys still open
+    assert keys.open(t0, NOW + 100 + 1000) is not None  # t0's key retired at NOW + 100
+    assert keys.open(t0, NOW + 100 + 1001) is None  # ...and is gone one lifetime later
+    assert keys.open(t1, NOW + 100 + 1001) is not None  # retired at NOW + 200
+
+
+def test_retired_key_is_honoured_for_one_lifetime_then_dropped() -> None:
+    keys = TicketKeys(rotation=1e6, lifetime=500)
+    old = keys.seal(_contents(), NOW)
+    keys.rotate(NOW + 10)
+    keys.rotate(NOW + 20)
+    assert keys.open(old, NOW + 10 + 500) is not None
+    assert keys.open(old, NOW + 10 + 501) is None
+    fresh = keys.seal(_contents(), NOW + 600)
+    keys.retire_all()
+    assert keys.open(fresh, NOW + 600) is None
+    assert keys.open(keys.seal(_contents(), NOW + 600), NOW + 600) is not None
+
+
+def test_clock_going_back_rotates_the_key() -> None:
+    keys = TicketKeys(rotation=3600, lifetime=7200)
+    t = keys.seal(_contents(), NOW)
+    assert keys.seal(_contents(), NOW - 5)[:8] != t[:8]
+    assert keys.open(t, NOW - 5) is not None  # still opens: a retired key
+
+
+def test_ticket_opens_for_its_whole_lifetime_under_the_default_rotation() -> None:
+    """With rotation < lifetime (the defaults, 3600 s / 7200 s), a ticket sealed
+    just before a rotation still opens at the end of its lifetime."""
+    keys = TicketKeys(rotation=3600, lifetime=7200)
+    keys.seal(_contents(), NOW)  # the first key is made at NOW
+    ticket = keys.seal(_contents(NOW + 3599), NOW + 3599)
+    for now in (NOW + 3601, NOW + 7201, NOW + 10800, NOW + 3599 + 7200):
+        assert keys.open(ticket, now) is not None, now
+
+
+def test_ticket_resumes_for_its_whole_lifetime_on_a_busy_server() -> None:
+    p = Pair.make(server={"tickets_per_handshake": 1}, server_name=SERVER_NAME)
+    p.server_ctx.ticket_keys.seal(_contents(), NOW)  # the first key is made at NOW
+    p.now = NOW + 3599
+    p.handshake()  # the client's ticket is sealed under that key, 1 s before rotation
+    for later in (NOW + 3601, NOW + 7201):  # other clients: new keys are made
+        Pair(Context(trusted_peers=[SERVER.public]), p.server_ctx, now=later).handshake()
+    p.server_ctx.tickets_per_handshake = 0
+    q = resume(p, now=NOW + 3599 + 7199)
+    assert completed(q) == (True, True)
+
+
+def test_ticket_keys_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="lifetime"):
+        TicketKeys(rotation=10, lifetime=0)
+    with pytest.raises(ValueError, match="lifetime"):
+        TicketKeys(rotation=10, lifetime=MAX_TICKET_LIFETIME + 1)
+    with pytest.raises(ValueError, match="rotation"):
+        TicketKeys(rotation=0, lifetime=10)
+
+
+def test_context_ticket_keys_follow_its_settings() -> None:
+    ctx = Context(SERVER, ticket_lifetime=600, ticket_key_rotation=60)
+    keys = ctx.ticket_keys
+    assert keys is ctx.ticket_keys
+    assert (keys.rotation, keys.lifetime) == (60, 600)
+
+
+# ------------------------------------------------- key rotation, counters, table
+
+
+def test_rekey_interval_drives_key_updates_through_the_timer() -> None:
+    p = Pair.make(client={"rekey_interval": 60}, server={"rekey_interval": 60})
+    p.handshake()
+    assert p.client.get_timer() == NOW + 60
+    assert p.server.get_timer() == NOW + 60
+    p.client.handle_timer(NOW + 59.5)
+    assert p.client.data_to_send() == b""  # not yet
+    p.client.handle_timer(NOW + 60)
+    p.pump(now=NOW + 60)
+    assert event_types(p.client_events)[-1] == "KeysUpdated"
+    assert p.client_events[-1] == KeysUpdated("send")
+    assert p.server_events[-1] == KeysUpdated("receive")
+    assert p.client.get_timer() == NOW + 120
+    assert p.server.get_timer() == NOW + 60  # its own sending keys are still the first
+    p.client.send_data(b"after")
+    p.pump(now=NOW + 60)
+    assert p.server_events[-1].data == b"after"  # type: ignore[union-attr]
+
+
+def test_rekey_interval_applies_on_send_after_the_interval() -> None:
+    """The connection has no clock: ``now`` comes from receive_data/handle_timer.
+    Once it has passed the interval, the next send ratchets first."""
+    p = Pair.make(client={"rekey_interval": 30})
+    p.handshake()
+    p.client.send_data(b"a")
+    assert p.client.stats.key_updates == 0
+    p.client.receive_data(b"", NOW + 31)  # tells the connection the time
+    p.client.send_data(b"b")
+    p.pump(now=NOW + 31)
+    assert p.client.stats.key_updates == 1
+    assert p.client.stats.last_key_update == NOW + 31
+    assert p.server.stats.key_updates == 1
+    assert received_data(p.server_events) == b"ab"
+
+
+def test_no_rekey_interval_means_no_timer_after_the_handshake() -> None:
+    p = Pair.make()
+    assert p.client.get_timer() is None
+    p.start()
+    assert p.client.get_timer() == NOW + 10.0  # the handshake deadline
+    p.pump()
+    assert p.client.get_timer() is None
+    p.client.handle_timer(NOW + 1e6)
+    assert p.client.data_to_send() == b""
+
+
+def test_connection_stats_count_application_bytes_and_key_updates() -> None:
+    p = Pair.make()
+    before = p.client.stats
+    assert (before.started, before.bytes_sent, before.key_updates) == (0.0, 0, 0)
+    assert before.last_key_update is None
+    p.now = NOW + 5
+    p.handshake()
+    p.client.send_data(b"x" * 1000)
+    p.client.send_message(b"m" * 10)
+    p.server.send_data(b"y" * 20)
+    p.pump(now=NOW + 6)
+    c, s = p.client.stats, p.server.stats
+    assert c.started == s.started == NOW + 5
+    assert (c.bytes_sent, c.bytes_received) == (1000 + 4 + 10, 20)
+    assert (s.bytes_sent, s.bytes_received) == (20, 1000 + 4 + 10)
+    p.client.update_keys(request_peer=True)
+    p.pump(now=NOW + 7)
+    c, s = p.client.stats, p.server.stats
+    assert c.key_updates == 2
+    assert s.key_updates == 2
+    assert c.last_key_update == s.last_key_update == NOW + 7
+
+
+def test_session_table_lists_live_server_sessions() -> None:
+    p = first_session(server={"client_auth": "optional"}, client={"identity": CLIENT})
+    q = resume(p, now=NOW + 1)
+    anonymous = Pair(Context(trusted_peers=[SERVER.public]), p.server_ctx, now=NOW + 2)
+    anonymous.handshake()
+    table = p.server_ctx.sessions
+    assert len(table) == 3
+    q.client.send_data(b"12345")
+    q.pump(now=NOW + 3)
+    q.server.update_keys(request_peer=False)
+    q.server.send_data(b"abc")
+    q.pump(now=NOW + 3)
+    rows = sorted(table, key=lambda r: r.started)
+    assert all(isinstance(r, LiveSession) for r in rows)
+    assert [r.started for r in rows] == [NOW, NOW + 1, NOW + 2]
+    assert [r.resumed for r in rows] == [False, True, False]
+    assert [r.peer_id for r in rows] == [CLIENT.peer_id, CLIENT.peer_id, None]
+    assert {r.group for r in rows} == {"x25519-mlkem768"}
+    assert rows[1].cipher == q.server.session.cipher  # type: ignore[union-attr]
+    assert (rows[1].bytes_received, rows[1].bytes_sent) == (5, 3)
+    assert rows[1].key_updates == 1
+    assert rows[1].last_key_update == NOW + 3
+    assert rows[0].last_key_update is None
+    assert not any(r.early_data_accepted for r in rows)
+    assert table.snapshot() == list(table)
+
+
+def test_session_table_drops_closed_and_failed_sessions() -> None:
+    p = first_session()
+    q = resume(p)
+    table = p.server_ctx.sessions
+    assert len(table) == 2
+    q.client.close()
+    q.pump()
+    assert len(table) == 1
+    p.server.close()  # the server closes its side
+    assert len(table) == 0
+    assert table.snapshot() == []
+    r = resume(p)
+    assert len(table) == 1
+    r.server.receive_data(b"\x17\x00\x00\x20" + bytes(32))  # a forged record: fatal
+    assert r.server.is_closed
+    assert len(table) == 0
+
+
+def test_clients_and_failed_handshakes_are_not_in_the_table() -> None:
+    p = Pair.make(client={"identity": CLIENT}, pin=False)
+    p.connect()  # the client trusts nobody: the handshake fails
+    assert not p.server.handshake_complete or p.server.is_closed
+    assert len(p.server_ctx.sessions) == 0
+    assert len(p.client_ctx.sessions) == 0
+
+
+def test_session_table_is_bounded_and_counts_what_it_dropped() -> None:
+    server = Context(SERVER, tickets_per_handshake=0)
+    server.sessions = SessionTable(max_sessions=2)
+    pairs = []
+    for _ in range(4):
+        pair = Pair(Context(trusted_peers=[SERVER.public]), server)
+        pair.handshake()
+        pairs.append(pair)
+    assert len(server.sessions) == 2
+    assert server.sessions.dropped == 2
+    pairs[0].client.close()
+    pairs[0].pump()
+    assert len(server.sessions) == 1
+    pair = Pair(Context(trusted_peers=[SERVER.public]), server)
+    pair.handshake()
+    assert len(server.sessions) == 2
+    assert server.sessions.dropped == 2
+
+
+def test_session_table_holds_connections_weakly() -> None:
+    import gc
+
+    server = Context(SERVER, tickets_per_handshake=0)
+    pair = Pair(Context(trusted_peers=[SERVER.public]), server)
+    pair.handshake()
+    assert len(server.sessions) == 1
+    del pair
+    gc.collect()
+    assert len(server.sessions) == 0
+
+
+def test_resumed_session_events_end_cleanly() -> None:
+    p = first_session()
+    q = resume(p)
+    q.client.close()
+    q.pump()
+    assert isinstance(q.server_events[-1], ConnectionClosed)
+    assert q.server_events[-1].error is None
+
+
+def test_session_api_is_exported_from_the_package() -> None:
+    import nautilus
+
+    names = ("SessionCache", "EarlyDataReceived", "EarlyDataRejected")
+    assert [n for n in names if not hasattr(nautilus, n)] == []
