@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CITED = re.compile(r"`(test_[a-z0-9_]+\.py)::(test_[a-z0-9_]+)`")
 
 
-@pytest.mark.parametrize("doc", ["docs/protocol.md"])
+@pytest.mark.parametrize("doc", ["docs/protocol.md", "docs/sessions.md"])
 def test_cited_tests_exist(doc: str) -> None:
     text = (ROOT / doc).read_text()
     cited = CITED.findall(text)
