@@ -112,6 +112,7 @@ _AUTH_MODE = {
 _SERVER_VERIFY = b"nautilus1 server verify\x00"
 _CLIENT_VERIFY = b"nautilus1 client verify\x00"
 _HANDSHAKE_RECORD = 16384
+_BUDGET_MARGIN = 64
 # StepData = id<8> + payload<24> inside a handshake message of at most MAX_HANDSHAKE_MESSAGE.
 _MAX_STEP_PAYLOAD = MAX_HANDSHAKE_MESSAGE - 1 - 255 - 3
 _REMOTE_ALERT_ERRORS: dict[int, type[NautilusError]] = {
@@ -224,6 +225,7 @@ class Connection:
         self._send_secret = b""
         self._recv_secret = b""
         self._bytes_since_update = 0
+        self._seal_budget = 0  # records the sending key may still seal before an update
         self._now = 0.0
         self._deadline: float | None = None
         self._session: SessionInfo | None = None
@@ -808,6 +810,7 @@ class Connection:
                 self._sealer.rekey(key, iv)
             self._send_secret = send_secret
             self._bytes_since_update = 0
+            self._seal_budget = self._ctx.key_update_records
         if recv_secret is not None:
             key, iv = ks.traffic_keys(recv_secret, self._cipher)
             if self._opener is not None:
@@ -829,25 +832,41 @@ class Connection:
     def _seal_application(self, data: bytes | bytearray | memoryview, ctype: int) -> None:
         sealer = self._sealer
         assert sealer is not None
+        if self._ctx.rekey_interval is not None and self._rekey_due():
+            self._send_key_update(False)
+        total = len(data) if type(data) is bytes else memoryview(data).nbytes
+        self._bytes_sent += total
+        # Fast path: the whole write fits in this key's budget, with a margin for the
+        # few other records (alerts, tickets) that the budget does not count.
+        records = max(1, -(-total // self._send_fragment))
+        if (
+            records + _BUDGET_MARGIN < self._seal_budget
+            and self._bytes_since_update + total <= self._ctx.key_update_bytes
+        ):
+            self._out.append(sealer._seal_chunk(data, ctype))
+            self._seal_budget -= records
+            self._bytes_since_update += total
+            return
+        # Near a key update: exact accounting, splitting the write across keys.
         view = memoryview(data).cast("B")
-        total, pos = len(view), 0
         per_key_records = self._ctx.key_update_records
         per_key_bytes = self._ctx.key_update_bytes
-        if self._rekey_due():
-            self._send_key_update(False)
+        pos = 0
+        while pos < total:
             sealer = self._sealer
             assert sealer is not None
-        self._bytes_sent += total
-        while pos < total:
             room_records = per_key_records - sealer.sequence
             room_bytes = per_key_bytes - self._bytes_since_update
             if room_records <= 0 or room_bytes <= 0:
                 self._send_key_update(False)
                 continue
             n = min(total - pos, room_records * sealer.max_fragment, room_bytes)
-            self._out.append(sealer._seal_chunk(data if n == total else view[pos : pos + n], ctype))
+            self._out.append(sealer._seal_chunk(view[pos : pos + n], ctype))
             pos += n
             self._bytes_since_update += n
+        sealer = self._sealer
+        assert sealer is not None
+        self._seal_budget = per_key_records - sealer.sequence
 
     def _send_key_update(self, request_peer: bool) -> None:
         sealer = self._sealer
