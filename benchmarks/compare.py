@@ -731,7 +731,7 @@ def print_report(summary: dict[str, Any]) -> None:
     )
     print(
         f"Nautilus: {_peers.NAUTILUS_GROUP}, {_peers.NAUTILUS_CIPHER}, Ed25519 identities, "
-        "pinned trust"
+        "pinned trust, resumption off"
     )
     print(
         f"{settings['rounds']} rounds of {settings['round_seconds']:g} s per contender, order "
@@ -882,6 +882,7 @@ def main(argv: list[str] | None = None) -> int:
             "cipher": _peers.NAUTILUS_CIPHER,
             "identity": "ed25519",
             "trust": "pinned",
+            "resumption": "off",
         },
         **outcome,
         "interference": interference(outcome["scenarios"]),
