@@ -384,12 +384,14 @@ int nt_open(nt_aead *st, uint8_t *in, size_t in_len, uint8_t *out, size_t out_ca
     return rc;
 }
 
-int nt_open_packed(nt_aead *st, uint8_t *in, size_t in_len, uint8_t *out, size_t out_cap,
-                   uint8_t batch_type, size_t max_records, nt_open_summary *summary)
+int nt_open_packed(nt_aead *st, const uint8_t *in, size_t in_len, uint8_t *out,
+                   size_t out_cap, uint8_t batch_type, size_t max_records,
+                   nt_open_summary *summary)
 {
     if (st == NULL || (in == NULL && in_len > 0) || out == NULL || summary == NULL)
         return NT_ERR_ARG;
-    return open_loop(st, in, in_len, out, out_cap, batch_type, NULL,
+    /* With an output buffer, open_loop only reads its input. */
+    return open_loop(st, (uint8_t *)in, in_len, out, out_cap, batch_type, NULL,
                      max_records == 0 ? SIZE_MAX : max_records, summary);
 }
 

@@ -91,8 +91,9 @@ int nt_open(nt_aead *st, uint8_t *in, size_t in_len, uint8_t *out, size_t out_ca
  * bound on the record count. Every record but the last is of batch_type, so
  * out[0, written) holds their contents back to back, the last one's last.
  * At most max_records records are opened (0: no bound). */
-int nt_open_packed(nt_aead *st, uint8_t *in, size_t in_len, uint8_t *out, size_t out_cap,
-                   uint8_t batch_type, size_t max_records, nt_open_summary *summary);
+int nt_open_packed(nt_aead *st, const uint8_t *in, size_t in_len, uint8_t *out,
+                   size_t out_cap, uint8_t batch_type, size_t max_records,
+                   nt_open_summary *summary);
 int nt_aead_encrypt(nt_aead *st, const uint8_t *nonce, size_t nonce_len, const uint8_t *aad,
                     size_t aad_len, const uint8_t *in, size_t in_len, uint8_t *out,
                     size_t out_cap);

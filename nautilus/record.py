@@ -294,7 +294,7 @@ class RecordOpener(_Direction):
         self._summary = _b.new_open_summary()
 
     def _open_fast(
-        self, data: bytearray, out: bytearray, batch_type: int, max_records: int = 0
+        self, data: bytes | bytearray, out: bytearray, batch_type: int, max_records: int = 0
     ) -> PackedOpen:
         """Internal fast path of :meth:`open_packed` (no argument checks)."""
         try:
@@ -308,7 +308,7 @@ class RecordOpener(_Direction):
 
     def open_packed(
         self,
-        data: bytearray | memoryview,
+        data: bytes | bytearray | memoryview,
         out: bytearray | memoryview,
         batch_type: int = ContentType.APPLICATION_DATA,
         max_records: int = 0,
@@ -328,8 +328,8 @@ class RecordOpener(_Direction):
                 one :class:`PackedOpen` describing the records that verified.
             (and as :meth:`open_spans`)
         """
-        if not isinstance(data, (bytearray, memoryview)):
-            raise TypeError(f"data must be a bytearray or memoryview, not {type(data).__name__}")
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
         if not isinstance(out, (bytearray, memoryview)):
             raise TypeError(f"out must be a bytearray or memoryview, not {type(out).__name__}")
         _check_int("max_records", max_records, 0, 1 << 62)

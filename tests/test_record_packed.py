@@ -57,6 +57,15 @@ def test_incomplete_record_left_for_later() -> None:
     assert (rest.records, bytes(out[: rest.written])) == (1, b"two")
 
 
+def test_input_may_be_immutable_bytes() -> None:
+    sealer, opener = pair()
+    wire = sealer.seal(b"from bytes")
+    out = bytearray(len(wire))
+    opened = opener.open_packed(wire, out)
+    assert bytes(out[: opened.written]) == b"from bytes"
+    assert opened.consumed == len(wire)
+
+
 def test_out_of_exactly_the_content_size() -> None:
     sealer, opener = pair()
     wire = bytearray(sealer.seal(b"hello") + sealer.seal(b"world"))
@@ -97,7 +106,7 @@ def test_limit_returns_what_verified_then_refuses() -> None:
 def test_bad_arguments() -> None:
     _, opener = pair()
     with pytest.raises(TypeError, match="data"):
-        opener.open_packed(b"immutable", bytearray(4))  # type: ignore[arg-type]
+        opener.open_packed("text", bytearray(4))  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="out"):
         opener.open_packed(bytearray(4), b"immutable")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="content_type"):

@@ -47,8 +47,9 @@ int nt_seal(nt_aead *st, uint8_t type, const uint8_t *in, size_t in_len, uint8_t
 int nt_open(nt_aead *st, uint8_t *in, size_t in_len, uint8_t *out, size_t out_cap,
             uint8_t batch_type, nt_span *spans, size_t max_spans, size_t *n_spans,
             size_t *consumed);
-int nt_open_packed(nt_aead *st, uint8_t *in, size_t in_len, uint8_t *out, size_t out_cap,
-                   uint8_t batch_type, size_t max_records, nt_open_summary *summary);
+int nt_open_packed(nt_aead *st, const uint8_t *in, size_t in_len, uint8_t *out,
+                   size_t out_cap, uint8_t batch_type, size_t max_records,
+                   nt_open_summary *summary);
 int nt_aead_encrypt(nt_aead *st, const uint8_t *nonce, size_t nonce_len, const uint8_t *aad,
                     size_t aad_len, const uint8_t *in, size_t in_len, uint8_t *out,
                     size_t out_cap);

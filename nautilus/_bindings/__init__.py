@@ -392,7 +392,7 @@ def open_packed(
     (whose ``spans`` is then a one-element list holding the PackedOpen of the
     records that verified)."""
     with (
-        ffi.from_buffer(data, require_writable=True) as src,
+        ffi.from_buffer(data) as src,  # only read: the contents go to ``out``
         ffi.from_buffer(out, require_writable=True) as dst,
     ):
         rc = lib.nt_open_packed(

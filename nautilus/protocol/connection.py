@@ -349,8 +349,21 @@ class Connection:
             raise ClosedError("call start(now) before receive_data()")
         if self._state is State.CLOSED:
             return
-        self._in += data
         try:
+            if (
+                not self._in
+                and type(data) is bytes
+                and data[:1] == b"\x17"
+                and self._state is State.CONNECTED
+            ):
+                # Nothing buffered: open the records straight from ``data`` and
+                # keep only what is left (an incomplete record, or what follows
+                # a key update).
+                used = self._open_records(data)
+                if not self.is_closed:
+                    self._in += memoryview(data)[used:]
+            else:
+                self._in += data
             self._process_input()
         except _Abort as abort:
             self._fail(abort.error, abort.alert)
@@ -593,8 +606,10 @@ class Connection:
                         AlertCode.UNEXPECTED_MESSAGE,
                         "unexpected_message: encrypted record before keys were agreed",
                     )
-                if not self._open_records():
+                used = self._open_records(buf)
+                if not used:
                     return
+                del buf[:used]
                 continue
             if rtype not in (RECORD_ALERT_PLAIN, RECORD_HANDSHAKE_PLAIN):
                 _abort(
@@ -677,14 +692,15 @@ class Connection:
             self._early_opener = None
         return True
 
-    def _open_records(self) -> bool:
-        """Open what complete records there are; False if more bytes are needed."""
+    def _open_records(self, src: bytes | bytearray) -> int:
+        """Open and act on the complete records at the start of ``src``; return the
+        bytes they took (0: more bytes are needed). The caller drops them."""
         opener = self._opener
         assert opener is not None
-        if len(self._scratch) < len(self._in):
-            self._scratch = bytearray(max(len(self._in), 2 * len(self._scratch)))
+        if len(self._scratch) < len(src):
+            self._scratch = bytearray(max(len(src), 2 * len(self._scratch)))
         try:
-            opened = opener._open_fast(self._in, self._scratch, self._batch_type)
+            opened = opener._open_fast(src, self._scratch, self._batch_type)
         except RecordLimitReached:
             _abort(
                 ProtocolViolation,
@@ -692,7 +708,6 @@ class Connection:
                 "the peer sent more records than one key may protect without a key update",
             )
         except IntegrityError as exc:
-            del self._in[: exc.consumed]
             good = cast("PackedOpen | None", exc.records[0] if exc.records else None)
             if good is not None and good.records:
                 self._deliver(good)  # authentic records before the bad one
@@ -707,11 +722,9 @@ class Connection:
                 IntegrityError(f"a record failed authentication ({exc}); connection closed"),
                 AlertCode.BAD_RECORD_MAC,
             ) from None
-        del self._in[: opened.consumed]
-        if not opened.records:
-            return False
-        self._deliver(opened)
-        return True
+        if opened.records:
+            self._deliver(opened)
+        return opened.consumed
 
     def _deliver(self, opened: PackedOpen) -> None:
         """Act on opened records: a run of the batch type, then maybe one other.
@@ -742,7 +755,7 @@ class Connection:
         if ctype == ContentType.APPLICATION_DATA:
             if end > start:
                 self._bytes_received += end - start
-                self._events.append(DataReceived(bytes(self._scratch[start:end])))
+                self._events.append(DataReceived(bytes(memoryview(self._scratch)[start:end])))
             return
         if ctype == ContentType.MESSAGE:
             self._bytes_received += end - start
