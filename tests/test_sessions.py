@@ -574,9 +574,14 @@ def test_psk_dhe_server_answers_a_psk_only_offer_with_psk_dhe() -> None:
     ticket = p.client_ctx.session_cache.take(CACHE_KEY, NOW)
     assert ticket is not None
     _q, flights = _resume_with_mode(p, ticket, "psk_only")
-    offer = PskOffer.decode(client_hello(flights.first("client")).psk_offer)
+    first_hello = client_hello(flights.first("client"))
+    offer = PskOffer.decode(first_hello.psk_offer)
     assert offer.mode == PskMode.PSK_ONLY
-    answer = server_hello(flights.first("server"))
+    assert first_hello.share == b""  # a psk_only offer sends no key share...
+    server_flights = [data for who, data in flights.flights if who == "server"]
+    retry, _ = split_plain_handshake(server_flights[0])
+    assert [t for t, _ in retry] == [MsgType.HELLO_RETRY]  # ...so the server asks for one
+    answer = server_hello(server_flights[1])
     assert answer.psk_mode == PskMode.PSK_DHE
     assert len(answer.share) == 1120
 

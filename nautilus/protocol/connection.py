@@ -1024,8 +1024,11 @@ class Connection:
 
     def _send_client_hello(self, early_data: bytes) -> None:
         group = self._ctx.groups[0]
-        self._kem = GROUPS[group].generate()
         ticket = self._ticket = self._pick_ticket()
+        # A psk_only resumption needs no key share: skip making one. A server
+        # that does not grant psk_only asks for a share with a HelloRetry.
+        no_share = ticket is not None and self._ctx.resumption == "psk_only"
+        self._kem = None if no_share else GROUPS[group].generate()
         early = b""
         if (
             ticket is not None
@@ -1042,7 +1045,7 @@ class Connection:
             ciphers=tuple(CIPHER_IDS[c] for c in self._ctx.ciphers),
             groups=tuple(GROUP_IDS[g] for g in self._ctx.groups),
             share_group=GROUP_IDS[group],
-            share=self._kem.public_key().public_bytes_raw(),
+            share=b"" if self._kem is None else self._kem.public_key().public_bytes_raw(),
             expected_peer=self._expected_hash(),
             steps=tuple(StepOffer(s.protocol_id, s.required) for s in self._steps),
             max_record_size=self._ctx.max_record_size,
@@ -1124,7 +1127,12 @@ class Connection:
         if msg.version != hello.version:
             _abort(NegotiationFailed, AlertCode.PROTOCOL_VERSION, "unsupported protocol version")
         group = _GROUP_BY_ID.get(msg.group)
-        if group is None or msg.group not in hello.groups or msg.group == hello.share_group:
+        same_group_without_share = msg.group == hello.share_group and not hello.share
+        if (
+            group is None
+            or msg.group not in hello.groups
+            or (msg.group == hello.share_group and not same_group_without_share)
+        ):
             _abort(
                 ProtocolViolation,
                 AlertCode.ILLEGAL_PARAMETER,
@@ -1142,7 +1150,6 @@ class Connection:
     def _on_server_hello(self, msg: ServerHello, full: bytes) -> State:
         hello, kem = self._hello, self._kem
         assert hello is not None
-        assert kem is not None
         if msg.version != hello.version:
             _abort(NegotiationFailed, AlertCode.PROTOCOL_VERSION, "unsupported protocol version")
         if msg.group != hello.share_group:
@@ -1172,6 +1179,9 @@ class Connection:
                        "a key share in a resumption without key exchange")  # fmt: skip
             shared = ks.ZEROS
         else:
+            if kem is None:
+                _abort(ProtocolViolation, AlertCode.ILLEGAL_PARAMETER,
+                       "the server needs a key share that the client did not send")  # fmt: skip
             try:
                 shared = kem.decapsulate(msg.share)
             except (InvalidKey, ValueError) as exc:
@@ -1343,8 +1353,8 @@ class Connection:
         if not 512 <= msg.max_record_size <= (1 << 18):
             _abort(ProtocolViolation, AlertCode.ILLEGAL_PARAMETER, "invalid max_record_size")
         offer = PskOffer.decode(msg.psk_offer) if msg.psk_offer else None
-        retry = GROUP_IDS[group] != msg.share_group
-        contents = self._usable_ticket(offer) if offer is not None and not retry else None
+        group_mismatch = GROUP_IDS[group] != msg.share_group
+        contents = self._usable_ticket(offer) if offer is not None and not group_mismatch else None
         if offer is not None and contents is not None:
             keys = ks.KeySchedule(contents.psk)
             h = self._transcript.copy()
@@ -1356,6 +1366,10 @@ class Connection:
             mode = PskMode(offer.mode) if allow_psk_only else PskMode.PSK_DHE
         else:
             keys, mode = ks.KeySchedule(), PskMode.NONE
+        # A retry when the share is for another group, or missing and needed.
+        retry = group_mismatch or (mode != PskMode.PSK_ONLY and not msg.share)
+        if retry and contents is not None:  # the retried hello is judged afresh
+            contents, keys, mode = None, ks.KeySchedule(), PskMode.NONE
         self._absorb(full)
         self._group, self._cipher = group, cipher
         if offer is not None and offer.early_records:
