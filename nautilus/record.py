@@ -269,6 +269,16 @@ class RecordSealer(_Direction):
         return written
 
 
+def _open_error(failure: _b.OpenFailure) -> Exception:
+    """The exception for a failed open; an IntegrityError carries what verified
+    before the bad record (``records``) and the input it took (``consumed``)."""
+    err = failure.error
+    if isinstance(err, IntegrityError):
+        err.records = list(failure.spans)
+        err.consumed = failure.consumed
+    return err
+
+
 def _byte_len(data: object) -> int:
     if isinstance(data, (bytes, bytearray)):
         return len(data)
@@ -300,11 +310,7 @@ class RecordOpener(_Direction):
         try:
             return _b.open_packed(self._live(), data, out, batch_type, self._summary, max_records)
         except _b.OpenFailure as failure:
-            err = failure.error
-            if isinstance(err, IntegrityError):
-                err.records = list(failure.spans)
-                err.consumed = failure.consumed
-            raise err from None
+            raise _open_error(failure) from None
 
     def open_packed(
         self,
@@ -338,11 +344,7 @@ class RecordOpener(_Direction):
                 self._live(), data, out, _content_type(batch_type), self._summary, max_records
             )
         except _b.OpenFailure as failure:
-            err = failure.error
-            if isinstance(err, IntegrityError):
-                err.records = list(failure.spans)
-                err.consumed = failure.consumed
-            raise err from None
+            raise _open_error(failure) from None
 
     def open_spans(
         self,
@@ -371,11 +373,7 @@ class RecordOpener(_Direction):
         try:
             return _b.open_spans(self._live(), data, out, _content_type(batch_type))
         except _b.OpenFailure as failure:
-            err = failure.error
-            if isinstance(err, IntegrityError):
-                err.records = list(failure.spans)
-                err.consumed = failure.consumed
-            raise err from None
+            raise _open_error(failure) from None
 
     def open(
         self,
