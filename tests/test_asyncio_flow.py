@@ -1,0 +1,424 @@
+"""nautilus.asyncio write coalescing and paused reading, over loopback TCP."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import socket
+import struct
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+
+import nautilus
+import nautilus.asyncio as na
+from nautilus import Context, Identity
+
+HOST = "127.0.0.1"
+SERVER_ID = Identity.generate()
+
+
+def run(coro: Coroutine[Any, Any, Any], timeout: float = 15.0) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def client_ctx() -> Context:
+    return Context(trusted_peers=[SERVER_ID.public])
+
+
+class Recorder(asyncio.Protocol):
+    def __init__(self, *, paused: bool = False, echo: bool = False) -> None:
+        self.paused = paused
+        self.echo = echo
+        self.transport: asyncio.Transport | None = None
+        self.data = bytearray()
+        self.events: list[str] = []
+        self.lost: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+        self.got = asyncio.Event()
+        self.calls_while_paused = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if self.paused:
+            transport.pause_reading()
+            assert not transport.is_reading()
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        if not self.transport.is_reading() and not self.transport.is_closing():
+            self.calls_while_paused += 1
+        self.data += data
+        self.got.set()
+        if self.echo:
+            self.transport.write(data)
+
+    def eof_received(self) -> bool:
+        self.events.append("eof")
+        self.got.set()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.events.append("lost")
+        self.got.set()
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+
+async def _server(
+    cls: type[Recorder] = Recorder, ctx: Context | None = None, **kw: Any
+) -> tuple[asyncio.Server, int, list[Recorder]]:
+    """A Nautilus protocol server whose protocols are ``cls(**kw)``, kept in a list."""
+    made: list[Recorder] = []
+
+    def factory() -> Recorder:
+        made.append(cls(**kw))
+        return made[-1]
+
+    server = await na.create_server(factory, HOST, 0, context=ctx or Context(SERVER_ID))
+    return server, server.sockets[0].getsockname()[1], made
+
+
+async def _wait(cond: Callable[[], bool], proto: Recorder, timeout: float = 5.0) -> None:
+    async def loop() -> None:
+        while not cond():
+            proto.got.clear()
+            await proto.got.wait()
+
+    await asyncio.wait_for(loop(), timeout)
+
+
+async def _first(made: list[Recorder]) -> Recorder:
+    while not made:  # the server completes its handshake one flight after the client
+        await asyncio.sleep(0.01)
+    return made[0]
+
+
+# ----------------------------------------------------------------- coalescing
+
+
+def test_small_writes_in_one_iteration_arrive_whole_and_in_order() -> None:
+    async def main() -> None:
+        server, port, _servers = await _server(echo=True)
+        transport, proto = await na.create_connection(Recorder, HOST, port, context=client_ctx())
+        pieces = [random.randbytes(random.randrange(1, 3000)) for _ in range(500)]
+        pieces.append(random.randbytes(100_000))  # a large one after small ones
+        pieces += [bytearray(random.randbytes(10)), memoryview(random.randbytes(7))]  # type: ignore[list-item]
+        expected = b"".join(bytes(p) for p in pieces)
+        for i, p in enumerate(pieces):
+            transport.write(p)
+            if i == 1:
+                assert transport.get_write_buffer_size() >= len(p)  # collected, not sent yet
+        await _wait(lambda: len(proto.data) >= len(expected), proto)
+        assert bytes(proto.data) == expected
+        transport.close()
+        assert await proto.lost is None
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_a_buffer_changed_after_write_is_sent_as_it_was() -> None:
+    async def main() -> None:
+        server, port, servers = await _server()
+        transport, _proto = await na.create_connection(Recorder, HOST, port, context=client_ctx())
+        buf = bytearray(b"a" * 100)
+        transport.write(buf)  # sent at once
+        buf[:] = b"b" * 100
+        transport.write(buf)  # collected
+        buf[:] = b"c" * 100
+        transport.write(memoryview(buf))  # collected
+        buf[:] = b"d" * 100
+        transport.close()
+        while not servers or "lost" not in servers[0].events:
+            await asyncio.sleep(0.01)
+        assert bytes(servers[0].data) == b"a" * 100 + b"b" * 100 + b"c" * 100
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_writes_then_close_deliver_everything_then_eof() -> None:
+    got: asyncio.Queue[tuple[bytes, str]] = asyncio.Queue()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        data = b""
+        try:
+            data = await reader.read()
+            end = "eof"
+        except Exception as exc:
+            end = repr(exc)
+        got.put_nowait((data, end))
+        writer.close()
+
+    async def main() -> None:
+        server = await na.start_server(handler, HOST, 0, context=Context(SERVER_ID))
+        port = server.sockets[0].getsockname()[1]
+        _reader, writer = await na.open_connection(HOST, port, context=client_ctx())
+        sent = bytearray()
+        for _ in range(300):
+            piece = random.randbytes(random.randrange(1, 2000))
+            writer.write(piece)
+            sent += piece
+        # no drain, no yield: close must seal and send what was collected first
+        writer.close()
+        data, end = await got.get()
+        assert end == "eof"
+        assert data == sent
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_abort_drops_collected_writes() -> None:
+    async def main() -> None:
+        server, port, servers = await _server()
+        transport, _proto = await na.create_connection(Recorder, HOST, port, context=client_ctx())
+        transport.write(b"x" * 10)
+        transport.write(b"y" * 10)  # collected
+        assert transport.get_write_buffer_size() >= 10
+        transport.abort()
+        assert transport.get_write_buffer_size() == 0
+        while not servers or "lost" not in servers[0].events:
+            await asyncio.sleep(0.01)
+        assert isinstance(await servers[0].lost, nautilus.ConnectionLost)
+        assert b"y" not in servers[0].data
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_write_type_errors() -> None:
+    async def main() -> None:
+        server, port, servers = await _server()
+        transport, proto = await na.create_connection(Recorder, HOST, port, context=client_ctx())
+        with pytest.raises(TypeError):
+            transport.write("text")  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            transport.write(memoryview(b"abcdef")[::2])
+        transport.write(b"")
+        transport.write(b"ok")
+        with pytest.raises(TypeError):
+            transport.write(123)  # type: ignore[arg-type]
+        transport.close()
+        await proto.lost
+        with pytest.raises(TypeError):
+            transport.write(123)  # type: ignore[arg-type]
+        transport.write(b"dropped")
+        assert servers[0].data == b"ok"
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+# --------------------------------------------------------------- paused reading
+
+
+def test_paused_reading_holds_data_and_eof_until_resumed() -> None:
+    async def main() -> None:
+        server, port, servers = await _server(paused=True)
+        transport, proto = await na.create_connection(Recorder, HOST, port, context=client_ctx())
+        payload = random.randbytes(100_000)
+        transport.write(payload)
+        transport.close()  # close_notify, then the client's FIN
+        srv = await _first(servers)
+        await asyncio.sleep(0.3)
+        assert srv.data == b""
+        assert srv.events == []
+        assert srv.transport is not None
+        assert not srv.transport.is_reading()
+        srv.transport.resume_reading()
+        assert srv.transport.is_reading()
+        await _wait(lambda: "lost" in srv.events, srv)
+        assert bytes(srv.data) == payload
+        assert srv.events == ["eof", "lost"]
+        assert await srv.lost is None
+        assert srv.calls_while_paused == 0
+        assert await proto.lost is None  # the server's reply close_notify ended the linger
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_pausing_again_inside_data_received_holds_the_rest() -> None:
+    class Stepper(Recorder):
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            assert self.transport is not None
+            self.transport.pause_reading()
+
+    async def main() -> None:
+        server, port, servers = await _server(Stepper, paused=True)
+        transport, _proto = await na.create_connection(Recorder, HOST, port, context=client_ctx())
+        payload = random.randbytes(1 << 20)
+        transport.write(payload)
+        srv = await _first(servers)
+        assert srv.transport is not None
+        while len(srv.data) < len(payload):
+            before = len(srv.data)
+            srv.transport.resume_reading()
+            for _ in range(100):
+                await asyncio.sleep(0)
+                if len(srv.data) > before:
+                    break
+            else:
+                await asyncio.sleep(0.05)
+            assert not srv.transport.is_reading()
+        assert bytes(srv.data) == payload
+        assert srv.calls_while_paused == 0
+        transport.close()
+        srv.transport.resume_reading()
+        await _wait(lambda: "lost" in srv.events, srv)
+        assert srv.events == ["eof", "lost"]
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_truncation_while_paused_is_reported_after_the_data() -> None:
+    async def main() -> None:
+        server, port, servers = await _server(paused=True)
+        transport, _proto = await na.create_connection(Recorder, HOST, port, context=client_ctx())
+        transport.write(b"before the cut")
+        await asyncio.sleep(0.1)
+        transport.abort()  # FIN without close_notify
+        srv = await _first(servers)
+        await asyncio.sleep(0.2)
+        assert srv.events == []
+        assert srv.transport is not None
+        srv.transport.resume_reading()
+        await _wait(lambda: "lost" in srv.events, srv)
+        assert bytes(srv.data) == b"before the cut"
+        assert isinstance(await srv.lost, nautilus.ConnectionLost)
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_close_while_paused_with_held_data() -> None:
+    async def main() -> None:
+        server, port, servers = await _server(paused=True)
+        transport, proto = await na.create_connection(Recorder, HOST, port, context=client_ctx())
+        transport.write(random.randbytes(600_000))  # past the held limit: TCP reading pauses
+        await asyncio.sleep(0.2)
+        srv = await _first(servers)
+        assert srv.transport is not None
+        srv.transport.close()  # without ever reading
+        assert await srv.lost is None
+        assert srv.data == b""
+        exc = await proto.lost
+        assert exc is None or isinstance(exc, nautilus.NautilusError)
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_stream_reader_flow_control_with_large_transfer() -> None:
+    payload = random.randbytes(8 << 20)
+
+    digests: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        h = hashlib.sha256()
+        n = 0
+        while data := await reader.read(5000):  # small reads: the reader pauses often
+            h.update(data)
+            n += len(data)
+            if n % 7 == 0:
+                await asyncio.sleep(0.001)
+        digests.put_nowait(h.digest())
+        writer.close()
+
+    async def main() -> None:
+        server = await na.start_server(handler, HOST, 0, context=Context(SERVER_ID), limit=4096)
+        port = server.sockets[0].getsockname()[1]
+        _reader, writer = await na.open_connection(HOST, port, context=client_ctx())
+        view = memoryview(payload)
+        for pos in range(0, len(payload), 1000):
+            writer.write(view[pos : pos + 1000])
+            await writer.drain()
+        writer.close()
+        assert await digests.get() == hashlib.sha256(payload).digest()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    run(main(), timeout=60)
+
+
+def test_early_data_waits_while_the_server_application_has_paused_reading() -> None:
+    async def main() -> None:
+        sctx = Context(SERVER_ID, early_data=True)
+        cctx = Context(trusted_peers=[SERVER_ID.public], early_data=True)
+        server, port, made = await _server(ctx=sctx, paused=True)
+        for attempt in range(2):
+            transport, _proto = await na.create_connection(
+                Recorder, HOST, port, context=cctx, early_data=b"early;"
+            )
+            accepted = transport.get_extra_info("nautilus").early_data_accepted
+            assert accepted == (attempt == 1)  # the second one resumes, with 0-RTT
+            transport.write(b"after")
+            while len(made) <= attempt:  # the server completes one flight after the client
+                await asyncio.sleep(0.01)
+            srv = made[attempt]
+            await asyncio.sleep(0.2)
+            assert srv.data == b""
+            assert srv.transport is not None
+            srv.transport.resume_reading()
+            await _wait(lambda srv=srv: len(srv.data) >= 11, srv)  # type: ignore[misc]
+            assert bytes(srv.data) == b"early;after"
+            assert srv.calls_while_paused == 0
+            transport.close()
+            await _wait(lambda srv=srv: "lost" in srv.events, srv)  # type: ignore[misc]
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_reset_after_early_data_before_the_handshake_completes() -> None:
+    """The server holds accepted 0-RTT data until its application exists; a
+    client that resets the connection before its Finished leaves nothing behind."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        errors: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _loop, context: errors.append(context))
+        sctx = Context(SERVER_ID, early_data=True)
+        cctx = Context(trusted_peers=[SERVER_ID.public], early_data=True)
+        server, port, made = await _server(ctx=sctx)
+        _reader, writer = await na.open_connection(HOST, port, context=cctx)  # a ticket
+        await asyncio.sleep(0.1)
+        writer.close()
+        await writer.wait_closed()
+        conn = nautilus.Connection(cctx, "client", server_name=f"{HOST}:{port}")
+        reader, writer = await asyncio.open_connection(HOST, port)
+        conn.start(time.time(), early_data=b"early")
+        writer.write(conn.data_to_send())
+        flight = await asyncio.wait_for(reader.read(65536), 5)
+        conn.receive_data(flight, time.time())
+        assert conn.session is not None
+        assert conn.session.early_data_accepted
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # RST, without the client's Finished
+        await asyncio.sleep(0.3)
+        assert len(made) == 1  # only the first connection reached the application
+        assert errors == []
+        server.close()
+        await server.wait_closed()
+
+    run(main())
