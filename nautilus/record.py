@@ -304,7 +304,11 @@ class RecordOpener(_Direction):
         self._summary = _b.new_open_summary()
 
     def _open_fast(
-        self, data: bytes | bytearray, out: bytearray, batch_type: int, max_records: int = 0
+        self,
+        data: bytes | bytearray | memoryview,
+        out: bytearray,
+        batch_type: int,
+        max_records: int = 0,
     ) -> PackedOpen:
         """Internal fast path of :meth:`open_packed` (no argument checks)."""
         try:

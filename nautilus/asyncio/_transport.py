@@ -469,7 +469,7 @@ class _NautilusProtocol(asyncio.Protocol):
         self._send()
 
     def _send(self) -> None:
-        out = self._conn.data_to_send()
+        out = self._conn._take_output()  # no copy: the transport takes any buffer
         if out and not self._tcp_lost:
             tcp = self._tcp
             assert tcp is not None

@@ -350,9 +350,26 @@ class Connection:
         if self._state is State.CLOSED:
             return
         try:
+            buf = self._in
             if (
-                not self._in
-                and type(data) is bytes
+                buf
+                and self._state is State.CONNECTED
+                and buf[0] == RECORD_SEALED
+                and len(buf) >= PLAIN_HEADER_SIZE
+                and type(data) in (bytes, memoryview)
+            ):
+                # A record cut by the previous read: complete it with only the
+                # bytes it lacks, so the rest can take the direct path below.
+                need = PLAIN_HEADER_SIZE + int.from_bytes(buf[1:4], "big") - len(buf)
+                if 0 < need < len(data):
+                    buf += memoryview(data)[:need]
+                    self._process_input()
+                    if self.is_closed:
+                        return
+                    data = memoryview(data)[need:]
+            if (
+                not buf
+                and type(data) in (bytes, memoryview)
                 and data[:1] == b"\x17"
                 and self._state is State.CONNECTED
             ):
@@ -454,6 +471,16 @@ class Connection:
             self._pending.append((ContentType.MESSAGE, framed))
             return
         self._seal_application(framed, ContentType.MESSAGE)
+
+    def _take_output(self) -> bytes | bytearray:
+        """Like :meth:`data_to_send`, without copying a single sealed buffer
+        (for the adapters, whose transports take any bytes-like object)."""
+        chunks = self._out
+        if not chunks:
+            return b""
+        out = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        return out
 
     def data_to_send(self) -> bytes:
         """Bytes to write to the transport (and forget)."""
@@ -692,7 +719,7 @@ class Connection:
             self._early_opener = None
         return True
 
-    def _open_records(self, src: bytes | bytearray) -> int:
+    def _open_records(self, src: bytes | bytearray | memoryview) -> int:
         """Open and act on the complete records at the start of ``src``; return the
         bytes they took (0: more bytes are needed). The caller drops them."""
         opener = self._opener
