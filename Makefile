@@ -1,7 +1,9 @@
 # Nautilus: everything is installed from nothing by these targets.
 #   make test    venv + dependencies + OpenSSL 3.5 (if needed) + C core, then pytest
-#   make bench   benchmarks (pytest-benchmark primitives + raw EVP driver, then transport)
-#   make bench-transport  only the transport comparison (Nautilus vs ssl vs plain asyncio)
+#   make bench   benchmarks (pytest-benchmark primitives + raw EVP driver, then the comparison
+#                with ssl and plaintext: table, benchmarks/results/latest.json and latest.png);
+#                QUICK=1: a short run (under 2 minutes)
+#   make bench-transport  only the comparison with ssl and plaintext (QUICK=1 too)
 #   make lint    ruff check, ruff format --check, mypy --strict
 #   make asan    rebuild the C core with ASan/UBSan and run the test suite on it
 #   make clean   remove build products (keeps the OpenSSL build); distclean: all
@@ -39,12 +41,20 @@ build: $(NATIVE_STAMP)
 test: build
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# QUICK=1 (or yes/true): short bounds everywhere.
+BENCH_QUICK = $(if $(filter-out 0 no false,$(QUICK)),--quick)
+# The chart needs matplotlib (the `bench` extra); without it the chart is skipped, never the run.
+BENCH_CHART = $(PY) -c "import matplotlib" 2>/dev/null || $(PY) -m pip install -q "matplotlib>=3.5" \
+	  || echo "matplotlib could not be installed: the benchmarks will run without the chart"
+
 bench: build
-	$(PY) benchmarks/run_primitives.py
-	$(PY) benchmarks/compare.py
+	@$(BENCH_CHART)
+	$(PY) benchmarks/run_primitives.py $(BENCH_QUICK)
+	$(PY) benchmarks/compare.py $(BENCH_QUICK) --primitives benchmarks/results/latest-primitives.json
 
 bench-transport: build
-	$(PY) benchmarks/compare.py
+	@$(BENCH_CHART)
+	$(PY) benchmarks/compare.py $(BENCH_QUICK)
 
 bench-micro: build
 	$(PY) -m pytest benchmarks --benchmark-only --benchmark-columns=min,median,ops -q

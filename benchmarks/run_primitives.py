@@ -411,16 +411,19 @@ def versions() -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="short bounds (--max-time 0.15 --driver-seconds 0.2): about 15 s, noisier",
+    )
+    parser.add_argument(
         "--max-time",
         type=float,
-        default=1.0,
-        help="pytest-benchmark seconds per benchmark (default 1.0)",
+        help="pytest-benchmark seconds per benchmark (default 1.0; --quick 0.15)",
     )
     parser.add_argument(
         "--driver-seconds",
         type=float,
-        default=0.5,
-        help="EVP driver seconds per measurement (default 0.5)",
+        help="EVP driver seconds per measurement (default 0.5; --quick 0.2)",
     )
     parser.add_argument("-k", help="pytest -k expression (a subset; tables show '-' for the rest)")
     parser.add_argument(
@@ -430,6 +433,10 @@ def main() -> int:
         help="show pytest's output (its own tables) as it runs",
     )
     args = parser.parse_args()
+    if args.max_time is None:
+        args.max_time = 0.15 if args.quick else 1.0
+    if args.driver_seconds is None:
+        args.driver_seconds = 0.2 if args.quick else 0.5
 
     started = time.monotonic()
     try:
@@ -474,7 +481,12 @@ def main() -> int:
         "versions": {**env, "evp_driver_openssl": driver_openssl},
         "evp_driver_openssl_from": origin,
         "baseline_api": api,
-        "settings": {"max_time": args.max_time, "driver_seconds": args.driver_seconds, "k": args.k},
+        "settings": {
+            "max_time": args.max_time,
+            "driver_seconds": args.driver_seconds,
+            "k": args.k,
+            "quick": args.quick,
+        },
         "records": rows,
         "kem": kem_rows,
         "targets": targets,

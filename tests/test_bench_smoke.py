@@ -1,32 +1,49 @@
 """Smoke test of ``benchmarks/compare.py``: every scenario runs and verifies.
 
 Not a timed test: each scenario runs for a fraction of a second, and only the
-outcome is checked (positive figures; handshakes counted by the server too;
-every streamed byte arrived and matched).
+outcome is checked (positive figures; handshakes counted by the server too,
+resumed ones resumed; every streamed byte and every message arrived and
+matched; the memory scenario held its connections; the JSON, the tables and
+the chart are written).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPARE = ROOT / "benchmarks" / "compare.py"
+HS = {"ssl", "nautilus"}
+THREE = {"plain", "ssl", "nautilus"}
 EXPECTED = {
-    "hs-seq": {"ssl", "nautilus"},
-    "hs-seq-mutual": {"ssl", "nautilus"},
-    "hs-conc": {"ssl", "nautilus"},
-    "hs-conc-mutual": {"ssl", "nautilus"},
-    "stream-64k": {"plain", "ssl", "nautilus"},
-    "stream-4k": {"plain", "ssl", "nautilus"},
+    "hs-seq": HS,
+    "hs-seq-mutual": HS,
+    "hs-conc": HS,
+    "hs-conc-mutual": HS,
+    "hs-resume": {"ssl", "ssl-resumed", "nautilus", "nautilus-psk_dhe", "nautilus-psk_only"},
+    "stream-64k": THREE | {"nautilus-chacha"},
+    "stream-4k": THREE | {"nautilus-chacha"},
+    "socket-64k": THREE,
+    "socket-4k": THREE,
+    "msg-rr": THREE,
+    "msg-oneway": THREE,
+    "memory": THREE,
 }
+CONNECTIONS = 40
+HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+HAVE_UVLOOP = importlib.util.find_spec("uvloop") is not None
 
 
-def test_every_scenario_runs_and_verifies(tmp_path: Path) -> None:
+def run_compare(tmp_path: Path, *extra: str) -> tuple[dict[str, Any], str]:
     output = tmp_path / "transport.json"
+    chart = tmp_path / "transport.png"
     proc = subprocess.run(
         [
             sys.executable,
@@ -35,16 +52,52 @@ def test_every_scenario_runs_and_verifies(tmp_path: Path) -> None:
             "--round-seconds=0.1",
             "--warmup=0",
             "--concurrency=4",
+            f"--connections={CONNECTIONS}",
             f"--output={output}",
+            f"--chart={chart}",
+            *extra,
         ],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
         check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary: dict[str, Any] = json.loads(output.read_text())
+    if "--no-chart" in extra:
+        assert not chart.exists()
+    elif HAVE_MATPLOTLIB:
+        assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    else:
+        assert "no chart" in proc.stdout
+    return summary, proc.stdout
+
+
+def check_run(sc: dict[str, Any], name: str, run: dict[str, Any]) -> None:
+    where = f"{sc['key']}/{name}"
+    assert run["verified"] is True, where
+    kind = sc["kind"]
+    if kind in ("handshake", "resume"):
+        assert run["handshakes"] > 0, where
+        assert run["latency_ms"]["p50"] > 0, where
+    if kind == "resume":
+        assert run["resumed"] is (name in {"ssl-resumed", "nautilus-psk_dhe", "nautilus-psk_only"})
+    if kind in ("stream", "socket"):
+        assert run["bytes"] >= sc["write_size"] > 0, where
+    if kind in ("rr", "oneway"):
+        assert run["messages"] > 0, where
+    if kind == "memory":
+        assert run["connections"] == CONNECTIONS, where
+        assert run["rss_after_kib"] > 0, where
+    else:
+        assert run["value"] > 0, where
+        assert run["client_cpu"] > 0, where
+        assert run["server_cpu"] >= 0, where
+
+
+def test_every_scenario_runs_and_verifies(tmp_path: Path) -> None:
+    summary, stdout = run_compare(tmp_path, "--no-uvloop")
 
     scenarios = {sc["key"]: sc for sc in summary["scenarios"]}
     assert set(scenarios) == set(EXPECTED)
@@ -55,18 +108,43 @@ def test_every_scenario_runs_and_verifies(tmp_path: Path) -> None:
             where = f"{key}/{name}"
             assert entry["error"] is None, where
             assert entry["verified"] is True, where
-            assert entry["median"] > 0, where
+            assert entry["median"] is not None, where
             (run,) = entry["rounds"]
-            assert run["verified"] is True, where
-            if sc["kind"] == "handshake":
-                assert run["handshakes"] > 0, where
-                assert entry["latency_ms"]["p50"] > 0, where
-            else:
-                assert run["bytes"] >= sc["write_size"] > 0, where
-        assert sc["ratios"]["nautilus_over_ssl"] > 0, key
+            check_run(sc, name, run)
+        if sc["kind"] != "memory":
+            assert sc["ratios"]["nautilus_over_ssl"] > 0, key
+    resume = scenarios["hs-resume"]["ratios"]
+    assert resume["psk_dhe_over_nautilus_full"] > 0
+    assert resume["psk_only_over_ssl_resumed"] > 0
+    assert scenarios["stream-4k"]["ratios"]["chacha_over_ssl"] > 0
 
+    assert {t["scenario"] for t in summary["targets"]} <= set(EXPECTED)
+    assert all(t["met"] in (True, False) for t in summary["targets"])
     assert summary["tls"]["version"] == "TLSv1.3"
     assert summary["tls"]["cipher"][0] == "TLS_AES_256_GCM_SHA384"
     assert summary["versions"]["ssl_openssl"]
     assert summary["versions"]["nautilus_openssl"]
-    assert "Nautilus" in proc.stdout
+    assert summary["machine"]["cpu_model"]
+    assert isinstance(summary["machine"]["cpu_flags"], list)
+    assert "commit" in summary["git"]
+    assert summary["table"][0].startswith("scenario")
+    assert "Nautilus" in stdout
+    assert "Targets:" in stdout
+
+
+@pytest.mark.skipif(not HAVE_UVLOOP, reason="uvloop is not installed (the bench extra)")
+def test_uvloop_rows(tmp_path: Path) -> None:
+    summary, _ = run_compare(tmp_path, "--only=uvloop-stream-4k,uvloop-msg-rr", "--no-chart")
+    scenarios = {sc["key"]: sc for sc in summary["scenarios"]}
+    assert set(scenarios) == {"uvloop-stream-4k", "uvloop-msg-rr"}
+    unsupported = summary["settings"]["nautilus_unsupported_on"].get("uvloop")
+    for sc in scenarios.values():
+        assert sc["loop"] == "uvloop"
+        for name, entry in sc["contenders"].items():
+            if unsupported and name.startswith("nautilus"):
+                assert entry["unsupported"] == unsupported
+                continue
+            assert entry["verified"] is True, name
+            check_run(sc, name, entry["rounds"][0])
+    if unsupported:
+        pytest.xfail(f"Nautilus does not run on uvloop: {unsupported}")

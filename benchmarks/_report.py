@@ -1,0 +1,554 @@
+"""The report of ``benchmarks/compare.py``: targets, the tables, the closing notes.
+
+Everything here reads the summary ``compare.py`` builds (the same dict it
+writes as ``benchmarks/results/latest.json``); nothing here measures.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any, NamedTuple
+
+import _peers
+
+COLUMNS = ("plain", "ssl", "nautilus")
+SATURATED = 0.85
+"""A process using this many cores (of its one thread) is taken as CPU-bound."""
+LEGEND = (
+    "Handshake: connect, handshake, the server closes (close_notify), the client closes; "
+    "latency: connect to handshake done.",
+    "Throughput: from the first write until the server has read the end of the stream.",
+    "Messages: Nautilus = its message API (asyncio Channel); plain and ssl = asyncio streams "
+    "with a 4-byte length prefix.",
+    "Memory: growth of the server's RSS / idle connections (lower is better). CPU: process "
+    "CPU time per unit on each side, median over the rounds.",
+)
+
+
+def fmt(value: float | None, unit: str = "") -> str:
+    """A figure for the tables: 3 significant digits or so; k and M above 10,000."""
+    if value is None:
+        return "-"
+    if unit == "ms":
+        return f"{value:.2f}"
+    if value >= 1e6:
+        return f"{value / 1e6:.2f}M"
+    if value >= 1e4:
+        return f"{value / 1e3:.1f}k"
+    if value >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+# -- targets -----------------------------------------------------------------------------------
+
+
+class Target(NamedTuple):
+    scenario: str
+    ratio: str  # a key of the scenario's ratios, or "median:<contender>"
+    short: str  # as the table shows it
+    description: str
+    threshold: float
+    at_most: bool = False  # True: the value must not exceed the threshold
+
+
+def _targets() -> list[Target]:
+    out = []
+    for key, what in (
+        ("hs-seq", "sequential server-auth"),
+        ("hs-seq-mutual", "sequential mutual"),
+        ("hs-conc", "concurrent server-auth"),
+        ("hs-conc-mutual", "concurrent mutual"),
+        ("hs-resume", "blocking sockets"),
+    ):
+        out.append(
+            Target(
+                key,
+                "nautilus_over_ssl",
+                ">=1.0x ssl",
+                f"full handshakes/s, {what}: >= 1.0x ssl",
+                1.0,
+            )
+        )
+        out.append(
+            Target(
+                key,
+                "latency_p50_nautilus_over_ssl",
+                "p50 <=ssl",
+                f"full handshake median latency, {what}: <= ssl",
+                1.0,
+                at_most=True,
+            )
+        )
+    for mode, vs_full in (("psk_dhe", 1.5), ("psk_only", 2.5)):
+        out.append(
+            Target(
+                "hs-resume",
+                f"{mode}_over_ssl_resumed",
+                ">=2.0x ssl res.",
+                f"resumed handshakes/s, {mode}: >= 2.0x ssl resumed",
+                2.0,
+            )
+        )
+        out.append(
+            Target(
+                "hs-resume",
+                f"{mode}_over_nautilus_full",
+                f">={vs_full:.1f}x full",
+                f"resumed handshakes/s, {mode}: >= {vs_full:.1f}x Nautilus full",
+                vs_full,
+            )
+        )
+    for key, size in (("stream-64k", "64 KiB"), ("stream-4k", "4 KiB")):
+        out.append(
+            Target(
+                key,
+                "nautilus_over_ssl",
+                ">=2.0x ssl",
+                f"asyncio stream, {size} writes: >= 2.0x ssl",
+                2.0,
+            )
+        )
+        out.append(
+            Target(
+                key,
+                "nautilus_over_plain",
+                ">=0.8x plain",
+                f"asyncio stream, {size} writes: >= 0.8x plain",
+                0.8,
+            )
+        )
+    for key, size in (("socket-64k", "64 KiB"), ("socket-4k", "4 KiB")):
+        out.append(
+            Target(
+                key,
+                "nautilus_over_ssl",
+                ">=1.3x ssl",
+                f"blocking sockets, {size} sendall: >= 1.3x ssl.SSLSocket",
+                1.3,
+            )
+        )
+    out.append(
+        Target("msg-rr", "nautilus_over_ssl", ">=2.0x ssl", "256 B round trips/s: >= 2.0x ssl", 2.0)
+    )
+    out.append(
+        Target(
+            "msg-oneway",
+            "nautilus_over_ssl",
+            ">=2.0x ssl",
+            "256 B one-way messages/s: >= 2.0x ssl",
+            2.0,
+        )
+    )
+    out.append(
+        Target(
+            "memory",
+            "median:nautilus",
+            "<=32 KiB",
+            "server memory per idle connection: <= 32 KiB",
+            32.0,
+            at_most=True,
+        )
+    )
+    return out
+
+
+TARGETS = _targets()
+
+
+def target_value(sc: dict[str, Any], t: Target) -> float | None:
+    if t.ratio.startswith("median:"):
+        entry = sc["contenders"].get(t.ratio.split(":", 1)[1])
+        return None if entry is None else entry["median"]
+    value = sc["ratios"].get(t.ratio)
+    return None if value is None else float(value)
+
+
+def check_targets(scenarios: list[dict[str, Any]], cpu_count: int) -> list[dict[str, Any]]:
+    by_key = {sc["key"]: sc for sc in scenarios}
+    out = []
+    for t in TARGETS:
+        sc = by_key.get(t.scenario)
+        if sc is None:
+            continue
+        value = target_value(sc, t)
+        met = None
+        if value is not None:
+            met = value <= t.threshold if t.at_most else value >= t.threshold
+        shortfall = None
+        if met is False and value:
+            # how far off: the factor by which the figure must improve
+            shortfall = value / t.threshold if t.at_most else t.threshold / value
+        out.append(
+            {
+                "scenario": t.scenario,
+                "ratio": t.ratio,
+                "target": t.description,
+                "short": t.short,
+                "threshold": t.threshold,
+                "at_most": t.at_most,
+                "value": value,
+                "met": met,
+                "improvement_needed": shortfall,
+                "limit": limiting_side(sc, t, cpu_count),
+            }
+        )
+    return out
+
+
+def limiting_side(sc: dict[str, Any], t: Target, cpu_count: int) -> str | None:
+    """What the CPU times say limits Nautilus's runs: a process or the whole machine saturated,
+    or neither (the two sides wait for each other)."""
+    name = "nautilus"
+    if "psk_dhe" in t.ratio:
+        name = "nautilus-psk_dhe"
+    elif "psk_only" in t.ratio:
+        name = "nautilus-psk_only"
+    entry = sc["contenders"].get(name) or {}
+    client, server = entry.get("client_cores"), entry.get("server_cores")
+    if client is None or server is None:
+        return None
+    other = entry.get("other_cores") or 0.0
+    cores = f"client {client:.2f} cores, server {server:.2f}, other programs {other:.2f}"
+    busiest = "client" if client >= server else "server"
+    if max(client, server) >= SATURATED:
+        return f"the {busiest} process is CPU-bound ({cores})"
+    if client + server + other >= SATURATED * cpu_count:
+        return f"the machine's {cpu_count} CPUs are saturated, the {busiest} busiest ({cores})"
+    return f"no CPU is saturated ({cores}): the two sides wait for each other"
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+class Row(NamedTuple):
+    label: str
+    plain: str
+    ssl: str
+    nautilus: str
+    over_ssl: str
+    over_plain: str
+    target: str
+
+
+def cell(entry: dict[str, Any] | None, unit: str = "") -> str:
+    if entry is None:
+        return "-"
+    if entry["median"] is None:
+        if entry.get("unsupported"):
+            return "unsupported"
+        return "FAILED" if entry["error"] else "-"
+    text = fmt(entry["median"], unit)
+    if entry["min"] != entry["max"]:
+        text += f" ({fmt(entry['min'], unit)}-{fmt(entry['max'], unit)})"
+    return text
+
+
+def ratio_cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def latency_cell(entry: dict[str, Any] | None) -> str:
+    lat = (entry or {}).get("latency_ms")
+    return f"{lat['p50']:.2f} / {lat['p99']:.2f}" if lat else "-"
+
+
+def target_cell(targets: list[dict[str, Any]], key: str, ratios: tuple[str, ...]) -> str:
+    parts = []
+    for t in targets:
+        if t["scenario"] == key and t["ratio"] in ratios:
+            status = {True: "met", False: "NOT MET", None: "n/a"}[t["met"]]
+            parts.append(f"{status} {t['short']}")
+    return "; ".join(parts) or "-"
+
+
+def table_rows(summary: dict[str, Any]) -> list[Row]:
+    targets = summary["targets"]
+    rows: list[Row] = []
+    for sc in summary["scenarios"]:
+        cons, r, key = sc["contenders"], sc["ratios"], sc["key"]
+
+        def tcell(*names: str, key: str = key) -> str:
+            return target_cell(targets, key, names)
+
+        if sc["kind"] == "resume":
+            rows.append(
+                Row(
+                    f"{sc['title']}, full handshakes",
+                    "-",
+                    cell(cons.get("ssl")),
+                    cell(cons.get("nautilus")),
+                    ratio_cell(r["nautilus_over_ssl"]),
+                    "-",
+                    tcell("nautilus_over_ssl"),
+                )
+            )
+            rows.append(
+                Row(
+                    "  latency ms, p50 / p99",
+                    "-",
+                    latency_cell(cons.get("ssl")),
+                    latency_cell(cons.get("nautilus")),
+                    ratio_cell(r["latency_p50_nautilus_over_ssl"]),
+                    "-",
+                    tcell("latency_p50_nautilus_over_ssl"),
+                )
+            )
+            for mode in ("psk_dhe", "psk_only"):
+                name = f"nautilus-{mode}"
+                rows.append(
+                    Row(
+                        f"{sc['title']}, resumed: {mode} (ssl: resumed)",
+                        "-",
+                        cell(cons.get("ssl-resumed")),
+                        cell(cons.get(name)),
+                        ratio_cell(r[f"{mode}_over_ssl_resumed"]),
+                        "-",
+                        tcell(f"{mode}_over_ssl_resumed"),
+                    )
+                )
+                rows.append(
+                    Row(
+                        "  latency ms, p50 / p99",
+                        "-",
+                        latency_cell(cons.get("ssl-resumed")),
+                        latency_cell(cons.get(name)),
+                        ratio_cell(r[f"latency_p50_{mode}_over_ssl_resumed"]),
+                        "-",
+                        "-",
+                    )
+                )
+                rows.append(
+                    Row(
+                        f"  {mode} / Nautilus full handshakes",
+                        "-",
+                        "-",
+                        ratio_cell(r[f"{mode}_over_nautilus_full"]),
+                        "-",
+                        "-",
+                        tcell(f"{mode}_over_nautilus_full"),
+                    )
+                )
+            continue
+        rows.append(
+            Row(
+                sc["title"],
+                cell(cons.get("plain")),
+                cell(cons.get("ssl")),
+                cell(cons.get("nautilus")),
+                ratio_cell(r["nautilus_over_ssl"]),
+                ratio_cell(r["nautilus_over_plain"]),
+                tcell("nautilus_over_ssl", "nautilus_over_plain", "median:nautilus"),
+            )
+        )
+        if sc["kind"] == "handshake":
+            rows.append(
+                Row(
+                    "  latency ms, p50 / p99",
+                    "-",
+                    latency_cell(cons.get("ssl")),
+                    latency_cell(cons.get("nautilus")),
+                    ratio_cell(r["latency_p50_nautilus_over_ssl"]),
+                    "-",
+                    tcell("latency_p50_nautilus_over_ssl"),
+                )
+            )
+        if sc["kind"] == "stream":
+            rows.append(
+                Row(
+                    "  Nautilus with ChaCha20-Poly1305",
+                    "-",
+                    "-",
+                    cell(cons.get("nautilus-chacha")),
+                    ratio_cell(r["chacha_over_ssl"]),
+                    ratio_cell(r["chacha_over_plain"]),
+                    "-",
+                )
+            )
+    return rows
+
+
+def format_rows(heads: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    """A table: the first and last columns left-aligned, the others right-aligned."""
+    widths = [max([len(head), *(len(r[i]) for r in rows)]) for i, head in enumerate(heads)]
+    last = len(heads) - 1
+
+    def join(cells: tuple[str, ...]) -> str:
+        return "  ".join(
+            c.ljust(w) if i in (0, last) else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    lines = [join(heads), "-" * len(join(heads))]
+    lines += [join(row) for row in rows]
+    return lines
+
+
+def main_table(summary: dict[str, Any]) -> list[str]:
+    heads = ("scenario", "plain", "ssl", "Nautilus", "N/ssl", "N/plain", "target")
+    return format_rows(heads, list(table_rows(summary)))
+
+
+def cpu_cell(entry: dict[str, Any] | None, unit: str) -> str:
+    if entry is None or entry.get("client_cpu") is None:
+        return "-"
+    digits = 2 if unit == "s/GiB" else 1
+    return f"{entry['client_cpu']:.{digits}f} / {entry['server_cpu']:.{digits}f}"
+
+
+def cpu_table(summary: dict[str, Any]) -> list[str]:
+    heads = ("CPU: client / server", "plain", "ssl", "Nautilus", "N/ssl", "N/plain")
+    rows: list[tuple[str, ...]] = []
+    for sc in summary["scenarios"]:
+        unit, cons, r = sc["cpu_unit"], sc["contenders"], sc["ratios"]
+        if unit is None:
+            continue
+        title = sc["title"]
+        label = f"{title} ({unit})"
+        if sc["kind"] == "resume":
+            rows.append(
+                (
+                    f"{title}, full ({unit})",
+                    "-",
+                    cpu_cell(cons.get("ssl"), unit),
+                    cpu_cell(cons.get("nautilus"), unit),
+                    ratio_cell(r["cpu_nautilus_over_ssl"]),
+                    "-",
+                )
+            )
+            for mode in ("psk_dhe", "psk_only"):
+                rows.append(
+                    (
+                        f"{title}, resumed: {mode} vs ssl ({unit})",
+                        "-",
+                        cpu_cell(cons.get("ssl-resumed"), unit),
+                        cpu_cell(cons.get(f"nautilus-{mode}"), unit),
+                        ratio_cell(r[f"cpu_{mode}_over_ssl_resumed"]),
+                        "-",
+                    )
+                )
+            continue
+        rows.append(
+            (
+                label,
+                *(cpu_cell(cons.get(c), unit) for c in COLUMNS),
+                ratio_cell(r["cpu_nautilus_over_ssl"]),
+                ratio_cell(r["cpu_nautilus_over_plain"]),
+            )
+        )
+        if sc["kind"] == "stream":
+            rows.append(
+                (
+                    "  Nautilus with ChaCha20-Poly1305",
+                    "-",
+                    "-",
+                    cpu_cell(cons.get("nautilus-chacha"), unit),
+                    ratio_cell(r["cpu_chacha_over_ssl"]),
+                    "-",
+                )
+            )
+    return format_rows(heads, rows)
+
+
+def header_lines(summary: dict[str, Any]) -> list[str]:
+    env, tls, settings, machine = (
+        summary["versions"],
+        summary["tls"],
+        summary["settings"],
+        summary["machine"],
+    )
+    git = summary["git"]
+    commit = (git["commit"] or "unknown")[:12] + (" + local changes" if git["dirty"] else "")
+    cipher = tls["cipher"][0] if tls.get("cipher") else "?"
+    group = tls["group"] or (
+        f"{tls['group_setting']} (set on both sides; Python cannot report it"
+        + (", the setting was checked to be effective)" if tls["group_setting_effective"] else ")")
+    )
+    flags = " ".join(machine["cpu_flags"]) or "none of note"
+    loops = "asyncio" + (f" and uvloop {env['uvloop']}" if settings["uvloop"] else "")
+    return [
+        f"CPU: {machine['cpu_model']} ({machine['cpu_count']} CPUs; {flags}); "
+        f"Linux {machine['kernel']}; Python {env['python']}; event loops: {loops}",
+        f"ssl: {env['ssl_openssl']}; Nautilus {env['nautilus']}: {env['nautilus_openssl']}; "
+        f"commit {commit}; {summary['date']}",
+        f"ssl: {tls['version']} {cipher}, group {group}, ECDSA P-256 self-signed certificates, "
+        "no session tickets except for resumption",
+        f"Nautilus: {_peers.NAUTILUS_GROUP}, {_peers.NAUTILUS_CIPHER} (ChaCha20-Poly1305 where "
+        "said), Ed25519 identities, pinned trust, resumption off except for resumption",
+        f"{settings['rounds']} rounds of {settings['round_seconds']:g} s per contender, order "
+        f"rotated; median (min-max); ratios of medians; 1 MB = 10^6 B; memory: "
+        f"{settings['connections']} connections, fresh server per measurement",
+    ]
+
+
+def notes_lines(summary: dict[str, Any]) -> list[str]:
+    lines = []
+    unmet = [t for t in summary["targets"] if t["met"] is False]
+    met = [t for t in summary["targets"] if t["met"]]
+    lines.append(f"Targets: {len(met)} of {len(summary['targets'])} met.")
+    for t in unmet:
+        value = t["value"]
+        shown = f"{value:.1f} KiB" if t["ratio"].startswith("median:") else f"{value:.2f}x"
+        need = t["improvement_needed"]
+        lines.append(
+            f"  NOT MET {t['target']}: {shown}; needs {need:.2f}x better"
+            + (f"; {t['limit']}" if t["limit"] else "")
+        )
+    noise = summary["interference"]
+    if noise["other_cores_max"] is not None:
+        lines.append(
+            f"Other programs used {noise['other_cores_median']:.2f} cores (median over the runs; "
+            f"max {noise['other_cores_max']:.2f}; {noise['runs_with_other_over_0_1_core']} of "
+            f"{noise['runs']} runs over 0.1); steal max {noise['steal_cores_max']:.2f} cores."
+        )
+        if noise["other_cores_max"] > 0.2:
+            lines.append(
+                "WARNING: the machine was busy during some runs: figures are noisy; compare "
+                "the ranges, or run again on a quiet machine."
+            )
+    if summary["settings"]["connections_note"]:
+        lines.append(summary["settings"]["connections_note"])
+    if summary["settings"]["uvloop_note"]:
+        lines.append(summary["settings"]["uvloop_note"])
+    for loop, why in summary["settings"]["nautilus_unsupported_on"].items():
+        lines.append(
+            f"WARNING: Nautilus does not run on {loop}: {why}. Its {loop} rows are marked "
+            "'unsupported' (not counted as a failure: the event loop is an optional extra)."
+        )
+    for sc in summary["scenarios"]:
+        for name, entry in sc["contenders"].items():
+            if entry["error"]:
+                lines.append(f"FAILED {sc['key']} {name}: {entry['error']}")
+    return lines
+
+
+def print_report(summary: dict[str, Any]) -> None:
+    print()
+    print("\n".join(header_lines(summary)))
+    print()
+    print("\n".join(main_table(summary)))
+    print()
+    cpu = cpu_table(summary)
+    if len(cpu) > 2:
+        print("\n".join(cpu))
+        print()
+    print("\n".join(LEGEND))
+    print("\n".join(notes_lines(summary)))
+
+
+def interference(scenarios: list[dict[str, Any]]) -> dict[str, Any]:
+    """How busy the rest of the machine was during the measured runs."""
+    runs = [r for sc in scenarios for e in sc["contenders"].values() for r in e["rounds"]]
+    other = [r["other_cores"] for r in runs if r.get("other_cores") is not None]
+    steal = [r["steal_cores"] for r in runs if r.get("steal_cores") is not None]
+    return {
+        "other_cores_median": statistics.median(other) if other else None,
+        "other_cores_max": max(other) if other else None,
+        "runs_with_other_over_0_1_core": sum(x > 0.1 for x in other),
+        "runs": len(runs),
+        "steal_cores_max": max(steal) if steal else None,
+    }
