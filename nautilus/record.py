@@ -151,6 +151,16 @@ class _Direction:
         """Largest record content in bytes."""
         return _b.aead_max_fragment(self._live())
 
+    def set_max_fragment(self, size: int) -> None:
+        """Change the largest record content (the key and sequence stay).
+
+        Raises:
+            TypeError, ValueError: not an int in 1..MAX_FRAGMENT.
+            nautilus.ClosedError: closed.
+        """
+        _check_int("max_fragment", size, 1, MAX_FRAGMENT)
+        _b.aead_set_max_fragment(self._live(), size)
+
     def rekey(self, key: bytes, iv: bytes) -> None:
         """Switch to a new key and IV; the sequence number restarts at 0.
 

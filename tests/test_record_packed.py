@@ -165,3 +165,19 @@ def test_max_records_bounds_one_call() -> None:
     assert rest.consumed == len(wire) - first.consumed
     with pytest.raises(ValueError, match="max_records"):
         opener.open_packed(wire, out, max_records=-1)
+
+
+def test_set_max_fragment_keeps_key_and_sequence() -> None:
+    sealer, opener = pair(max_fragment=100)
+    first = sealer.seal(bytes(250))  # 3 records
+    sealer.set_max_fragment(50)
+    assert sealer.max_fragment == 50
+    assert sealer.sequence == 3
+    second = sealer.seal(bytes(250))  # 5 records, same key, sequence continues
+    opened = opener.open_packed(bytearray(first + second), bytearray(600))
+    assert (opened.records, opened.written) == (8, 500)
+    for bad in (0, -1, (1 << 18) + 1):
+        with pytest.raises(ValueError, match="max_fragment"):
+            sealer.set_max_fragment(bad)
+    with pytest.raises(TypeError, match="max_fragment"):
+        sealer.set_max_fragment(1.5)  # type: ignore[arg-type]

@@ -11,7 +11,12 @@ from nautilus.exceptions import ProtocolViolation
 
 
 class DecodeError(ProtocolViolation):
-    """A message could not be decoded."""
+    """A message could not be decoded. ``overflow`` is True when it was too long
+    (alert record_overflow rather than decode_error)."""
+
+    def __init__(self, message: str, *, overflow: bool = False) -> None:
+        super().__init__(message)
+        self.overflow = overflow
 
 
 class Writer:

@@ -385,8 +385,7 @@ class Connection:
         except _Abort as abort:
             self._fail(abort.error, abort.alert)
         except DecodeError as exc:
-            alert = AlertCode.RECORD_OVERFLOW if "record_overflow" in str(exc) else None
-            self._fail(exc, alert or AlertCode.DECODE_ERROR)
+            self._fail(exc, AlertCode.RECORD_OVERFLOW if exc.overflow else AlertCode.DECODE_ERROR)
         except ProtocolViolation as exc:
             self._fail(exc, AlertCode.UNEXPECTED_MESSAGE)
 
@@ -1766,7 +1765,4 @@ class Connection:
         """Application records use the negotiated size (handshake ones were <= 16 KiB)."""
         sealer = self._sealer
         assert sealer is not None
-        if sealer.max_fragment != self._send_fragment:
-            key, iv = ks.traffic_keys(self._send_secret, self._cipher)
-            sealer.close()
-            self._sealer = RecordSealer(self._cipher, key, iv, max_fragment=self._send_fragment)
+        sealer.set_max_fragment(self._send_fragment)

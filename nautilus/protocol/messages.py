@@ -435,7 +435,9 @@ class HandshakeBuffer:
             return None
         length = int.from_bytes(self._buf[1:4], "big")
         if length > MAX_HANDSHAKE_MESSAGE:
-            raise DecodeError(f"record_overflow: handshake message of {length} bytes")
+            raise DecodeError(
+                f"record_overflow: handshake message of {length} bytes", overflow=True
+            )
         try:
             mtype = MsgType(self._buf[0])
         except ValueError:
