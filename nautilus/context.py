@@ -6,7 +6,6 @@ import math
 import os
 import platform
 import threading
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -17,6 +16,7 @@ from nautilus.record import CIPHERS, MAX_FRAGMENT
 from nautilus.sessions import (
     MAX_TICKET_LIFETIME,
     EarlyDataReplayCache,
+    ReplayCache,
     SessionCache,
     SessionTable,
     TicketKeys,
@@ -234,7 +234,8 @@ class Context:
             raise TypeError(f"handshake must be a Handshake, not {type(handshake).__name__}")
         self.handshake = handshake if handshake is not None else Handshake()
         self._replay_lock = threading.Lock()
-        self._seen_hellos: OrderedDict[bytes, float] = OrderedDict()
+        # A full hello cache forgets its oldest entry rather than refuse clients.
+        self._seen_hellos = ReplayCache(REPLAY_CACHE_SIZE, evict_when_full=True)
 
     def wrap_socket(
         self,
@@ -277,17 +278,7 @@ class Context:
         Entries live for twice ``max_clock_skew`` (any older hello is refused
         by its timestamp anyway); the cache is bounded, oldest out first.
         """
-        with self._replay_lock:
-            cache = self._seen_hellos
-            while cache:
-                oldest, expiry = next(iter(cache.items()))
-                if expiry > now and len(cache) < REPLAY_CACHE_SIZE:
-                    break
-                del cache[oldest]
-            if random in cache:
-                return True
-            cache[random] = now + 2 * self.max_clock_skew + 1.0
-            return False
+        return not self._seen_hellos.first_use(random, now + 2 * self.max_clock_skew + 1.0, now)
 
     def __repr__(self) -> str:
         who = self.identity.peer_id if self.identity is not None else "no identity"

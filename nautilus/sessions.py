@@ -188,37 +188,61 @@ class TicketKeys:
         return None
 
 
-class EarlyDataReplayCache:
-    """Tickets whose early data was accepted, until they expire (single use)."""
+class ReplayCache:
+    """Keys seen recently, each kept until its own expiry; bounded and thread-safe.
 
-    def __init__(self, max_entries: int = 65536) -> None:
+    When full (after dropping what has expired), ``evict_when_full`` decides:
+    forget the oldest entry (a weaker check for one old key), or refuse the new
+    one (``first_use`` answers False).
+    """
+
+    def __init__(self, max_entries: int, *, evict_when_full: bool) -> None:
         self._lock = threading.Lock()
         self._seen: OrderedDict[bytes, float] = OrderedDict()
         self._max = max_entries
+        self._evict = evict_when_full
 
-    def first_use(self, ticket: bytes, expires: float, now: float) -> bool:
-        """Record ``ticket``; False if it was used before (a replay).
-
-        When full, the cache refuses new entries rather than forget live ones:
-        early data is then rejected (the handshake still resumes).
-        """
-        tid = hashlib.sha256(ticket).digest()
+    def first_use(self, key: bytes, expires: float, now: float) -> bool:
+        """Record ``key`` until ``expires``; False if it is already there (a replay),
+        or if the cache is full and refuses new entries."""
         with self._lock:
             seen = self._seen
-            while seen:
+            while seen:  # expired entries at the front
                 oldest, exp = next(iter(seen.items()))
                 if exp > now:
                     break
                 del seen[oldest]
-            if tid in seen:
+            if key in seen:
                 return False
             if len(seen) >= self._max:  # entries expire out of order: sweep them all
                 for old in [k for k, e in seen.items() if e <= now]:
                     del seen[old]
                 if len(seen) >= self._max:
-                    return False
-            seen[tid] = expires
+                    if not self._evict:
+                        return False
+                    seen.popitem(last=False)
+            seen[key] = expires
             return True
+
+    def clear(self) -> None:
+        """Forget every key."""
+        with self._lock:
+            self._seen.clear()
+
+
+class EarlyDataReplayCache(ReplayCache):
+    """Tickets whose early data was accepted, until they expire (single use).
+
+    When full, the cache refuses new entries rather than forget live ones:
+    early data is then rejected (the handshake still resumes).
+    """
+
+    def __init__(self, max_entries: int = 65536) -> None:
+        super().__init__(max_entries, evict_when_full=False)
+
+    def first_use(self, ticket: bytes, expires: float, now: float) -> bool:
+        """Record ``ticket``; False if it was used before (a replay) or the cache is full."""
+        return super().first_use(hashlib.sha256(ticket).digest(), expires, now)
 
 
 @dataclass(frozen=True)

@@ -608,3 +608,21 @@ def test_asyncio_client_sends_early_data_and_resends_it_if_refused() -> None:
     assert accepted == [(b"early GET", False, False), (b"early GET", True, True)]
     refused = asyncio.run(asyncio.wait_for(scenario(False), 20))
     assert refused == [(b"early GET", False, False), (b"early GET", True, False)]
+
+
+def test_replay_cache_that_evicts_when_full() -> None:
+    """The client-hello cache's policy: a full cache forgets its oldest live entry
+    rather than refuse (the early-data cache refuses instead)."""
+    from nautilus.sessions import ReplayCache
+
+    cache = ReplayCache(2, evict_when_full=True)
+    assert cache.first_use(b"a", NOW + 100, NOW)
+    assert cache.first_use(b"b", NOW + 100, NOW)
+    assert not cache.first_use(b"b", NOW + 100, NOW)  # a replay
+    assert cache.first_use(b"c", NOW + 100, NOW)  # full: "a" is forgotten
+    assert cache.first_use(b"a", NOW + 100, NOW)
+    assert not cache.first_use(b"c", NOW + 100, NOW)
+    refusing = ReplayCache(1, evict_when_full=False)
+    assert refusing.first_use(b"a", NOW + 100, NOW)
+    assert not refusing.first_use(b"b", NOW + 100, NOW)
+    assert refusing.first_use(b"b", NOW + 200, NOW + 150)  # "a" expired
