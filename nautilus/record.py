@@ -253,10 +253,9 @@ class RecordSealer(_Direction):
                 records; nothing was sealed, rekey and call again.
             nautilus.ClosedError: closed, or failed before.
         """
-        out = bytearray(self.sealed_size(_byte_len(data)))
-        n = self.seal_into(data, out, content_type)
-        del out[n:]
-        return bytes(out)
+        ct = _content_type(content_type)
+        _byte_len(data)  # type check
+        return bytes(self._seal_chunk(data, ct))
 
     def seal_into(
         self,

@@ -290,6 +290,8 @@ def seal_chunk(handle: Any, content_type: int, data: Any, out_len: Any) -> bytea
     checks: the caller's own data, already validated."""
     n = len(data) if type(data) is bytes else memoryview(data).nbytes
     need = lib.nt_seal_size(handle, n)
+    if need == 0:
+        raise ValueError(f"{n} bytes is too much to seal in one call")
     buf = bytearray(need)
     if type(data) is bytes:
         rc = lib.nt_seal(handle, content_type, data, n, ffi.from_buffer(buf), need, out_len,
