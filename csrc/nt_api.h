@@ -4,4 +4,5 @@
 #include "nt_common.h"
 #include "nt_kem.h"
 #include "nt_record.h"
+#include "nt_schedule.h"
 #endif

@@ -31,12 +31,35 @@ static const nt_aead_desc AEADS[] = {
     {NT_AEAD_CHACHA20_POLY1305, "ChaCha20-Poly1305", 32},
 };
 
+#define N_AEADS (sizeof(AEADS) / sizeof(AEADS[0]))
+
 static const nt_aead_desc *find(int cipher)
 {
-    for (size_t i = 0; i < sizeof(AEADS) / sizeof(AEADS[0]); i++)
+    for (size_t i = 0; i < N_AEADS; i++)
         if (AEADS[i].id == cipher)
             return &AEADS[i];
     return NULL;
+}
+
+/* The EVP ciphers, fetched once for the life of the process: a fetch costs
+ * more than keying, and a handshake keys six directions. */
+static CRYPTO_ONCE fetch_once = CRYPTO_ONCE_STATIC_INIT;
+static EVP_CIPHER *fetched[N_AEADS];
+
+static void fetch_all(void)
+{
+    for (size_t i = 0; i < N_AEADS; i++)
+        fetched[i] = EVP_CIPHER_fetch(NULL, AEADS[i].name, NULL);
+    ERR_clear_error(); /* a cipher this build lacks stays NULL */
+}
+
+static const EVP_CIPHER *cipher_of(const nt_aead_desc *d)
+{
+    if (!CRYPTO_THREAD_run_once(&fetch_once, fetch_all)) {
+        ERR_clear_error();
+        return NULL;
+    }
+    return fetched[d - AEADS];
 }
 
 int nt_aead_key_bytes(int cipher, size_t *key_len)
@@ -52,22 +75,16 @@ static int set_key(nt_aead *st, const uint8_t *key, size_t key_len, const uint8_
                    size_t iv_len)
 {
     const nt_aead_desc *d = find(st->cipher);
-    EVP_CIPHER *c;
-    int ok;
+    const EVP_CIPHER *c;
 
     if (key == NULL || iv == NULL)
         return NT_ERR_ARG;
     if (key_len != d->key_len || iv_len != NT_RECORD_IV_BYTES)
         return NT_ERR_LENGTH;
-    c = EVP_CIPHER_fetch(NULL, d->name, NULL);
-    if (c == NULL) {
-        ERR_clear_error();
+    if ((c = cipher_of(d)) == NULL)
         return NT_ERR_CRYPTO;
-    }
     /* The IV is set per record; init here with the key only. */
-    ok = EVP_CipherInit_ex(st->ctx, c, NULL, key, NULL, st->encrypt) > 0;
-    EVP_CIPHER_free(c);
-    if (!ok) {
+    if (EVP_CipherInit_ex(st->ctx, c, NULL, key, NULL, st->encrypt) <= 0) {
         ERR_clear_error();
         st->failed = 1;
         return NT_ERR_CRYPTO;
@@ -146,6 +163,11 @@ int nt_aead_set_sequence(nt_aead *st, uint64_t sequence)
         return NT_ERR_ARG;
     st->seq = sequence;
     return NT_OK;
+}
+
+int nt_aead_cipher(const nt_aead *st)
+{
+    return st != NULL ? st->cipher : 0;
 }
 
 uint64_t nt_aead_sequence(const nt_aead *st)

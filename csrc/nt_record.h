@@ -60,6 +60,7 @@ int nt_aead_rekey(nt_aead *st, const uint8_t *key, size_t key_len, const uint8_t
 int nt_aead_set_limit(nt_aead *st, uint64_t records);
 int nt_aead_set_max_fragment(nt_aead *st, size_t max_fragment);
 int nt_aead_set_sequence(nt_aead *st, uint64_t sequence);
+int nt_aead_cipher(const nt_aead *st); /* its NT_AEAD_* id; 0 for NULL */
 uint64_t nt_aead_sequence(const nt_aead *st);
 uint64_t nt_aead_remaining(const nt_aead *st);
 size_t nt_aead_max_fragment(const nt_aead *st);

@@ -253,6 +253,14 @@ def _ed_double(x: int, y: int, z: int) -> tuple[int, int, int]:
     return e * f % _P, g * h % _P, f * g % _P
 
 
+@functools.lru_cache(maxsize=512)
+def _peer_key(raw: bytes) -> PeerKey:
+    """PeerKey.from_bytes, remembered: keys are immutable, and a server sees the
+    same few client keys (and a client the same server key) on every handshake.
+    Failures raise and are not remembered."""
+    return PeerKey._decode(raw)
+
+
 @functools.lru_cache(maxsize=4096)
 def _ed25519_public_problem(raw: bytes) -> str | None:
     """Why ``raw`` is not an acceptable Ed25519 public key, or None if it is.
@@ -428,7 +436,10 @@ class PeerKey:
                 length for the kind, or an Ed25519 part that is not a valid,
                 canonical point of large order.
         """
-        raw = _as_bytes("data", data)
+        return _peer_key(_as_bytes("data", data))
+
+    @classmethod
+    def _decode(cls, raw: bytes) -> PeerKey:
         if not raw:
             raise InvalidKey("peer key encoding is empty")
         kind = _KINDS_BY_CODE.get(raw[0])

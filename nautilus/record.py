@@ -130,6 +130,23 @@ class _Direction:
         _b.aead_set_max_fragment(handle, max_fragment)
         _b.aead_set_limit(handle, record_limit)
         self._handle = handle
+        self._init_direction()
+
+    def _init_direction(self) -> None:
+        """Per-direction state beyond the key (subclasses)."""
+
+    @classmethod
+    def _from_secret(cls: type[_D], cipher: str, secret: bytes, max_fragment: int) -> _D:
+        """Internal (the handshake): keyed from a 32-byte traffic secret, key and IV
+        derived in C (docs/protocol.md, section 5). No argument checks."""
+        self = cls.__new__(cls)
+        self._cipher = cipher
+        self._handle = None
+        handle = _b.aead_new_from_secret(cipher, cls._ENCRYPT, secret)
+        _b.aead_set_max_fragment(handle, max_fragment)
+        self._handle = handle
+        self._init_direction()
+        return self
 
     @property
     def cipher(self) -> str:
@@ -171,6 +188,10 @@ class _Direction:
         k = _b.as_bytes("key", key, _b.AEAD_KEY_BYTES[self._cipher])
         i = _b.as_bytes("iv", iv, IV_SIZE)
         _b.aead_rekey(self._live(), k, i)
+
+    def _rekey_from_secret(self, secret: bytes) -> None:
+        """Internal: :meth:`rekey` with the key and IV of a traffic secret."""
+        _b.aead_rekey_from_secret(self._live(), secret)
 
     def _set_sequence(self, value: int) -> None:
         """Start from sequence ``value`` (tests of counter exhaustion)."""
@@ -224,8 +245,7 @@ class RecordSealer(_Direction):
     __slots__ = ("_out_len",)
     _ENCRYPT = True
 
-    def __init__(self, cipher: str, key: bytes, iv: bytes, **kwargs: Any) -> None:
-        super().__init__(cipher, key, iv, **kwargs)
+    def _init_direction(self) -> None:
         self._out_len = _b.new_out_len()
 
     def _seal_chunk(self, data: bytes | bytearray | memoryview, content_type: int) -> bytearray:
@@ -307,8 +327,7 @@ class RecordOpener(_Direction):
     __slots__ = ("_scratch", "_summary")
     _ENCRYPT = False
 
-    def __init__(self, cipher: str, key: bytes, iv: bytes, **kwargs: Any) -> None:
-        super().__init__(cipher, key, iv, **kwargs)
+    def _init_direction(self) -> None:
         self._scratch = bytearray()
         self._summary = _b.new_open_summary()
 

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from nautilus.protocol import keyschedule as ks
+from nautilus.record import RecordOpener, RecordSealer, key_size
 
 EMPTY_HASH = hashlib.sha256(b"").digest()
 ZEROS = bytes(32)
@@ -82,12 +83,56 @@ def test_expand_label_separates_its_inputs() -> None:
 
 
 def test_expand_label_refuses_oversized_fields() -> None:
-    with pytest.raises(ValueError, match="range"):
+    with pytest.raises(ValueError, match="got 32, 246, 0 and 32"):
         ks.expand_label(SECRET, b"x" * 246, b"", 32)  # label over 255 bytes with prefix
-    with pytest.raises(ValueError, match="range"):
+    with pytest.raises(ValueError, match="got 32, 3, 256 and 32"):
         ks.expand_label(SECRET, b"key", b"c" * 256, 32)
-    with pytest.raises(ValueError, match="8160"):
+    with pytest.raises(ValueError, match=r"length in 1\.\.8160; got 32, 3, 0 and 8161"):
         ks.expand_label(SECRET, b"key", b"", 255 * 32 + 1)
+    with pytest.raises(ValueError, match="got 32, 3, 0 and 0"):
+        ks.expand_label(SECRET, b"key", b"", 0)
+    with pytest.raises(ValueError, match=r"32-byte secret.*got 31,"):
+        ks.expand_label(SECRET[:31], b"key", b"", 32)
+
+
+def test_hkdf_extract_and_finished_mac_are_hmac() -> None:
+    th = hashlib.sha256(b"transcript").digest()
+    assert ks.hkdf_extract(b"", SECRET) == rfc5869_extract(ZEROS, SECRET)
+    assert ks.hkdf_extract(b"salt", SECRET) == rfc5869_extract(b"salt", SECRET)
+    assert ks.hkdf_extract(b"s" * 64, b"") == rfc5869_extract(b"s" * 64, b"")
+    with pytest.raises(ValueError, match="wrong length"):
+        ks.hkdf_extract(b"s" * 65, SECRET)  # salts are hashes here: at most one block
+    finished_key = label_of(SECRET, b"finished", b"")
+    assert ks.finished_mac(SECRET, th) == hmac.new(finished_key, th, hashlib.sha256).digest()
+
+
+def opened(opener: RecordOpener, records: bytes) -> list[tuple[int, bytes]]:
+    return [(r.content_type, r.data) for r in opener.open(records).records]
+
+
+@pytest.mark.parametrize("cipher", ["aes-128-gcm", "aes-256-gcm", "chacha20-poly1305"])
+def test_record_layer_keyed_from_a_secret_in_c(cipher: str) -> None:
+    """RecordSealer/Opener._from_secret derive key and IV in C: records they seal
+    open with the hand-derived key and IV, and the other way round."""
+    size = key_size(cipher)
+    key, iv = label_of(SECRET, b"key", b"", size), label_of(SECRET, b"iv", b"", 12)
+    sealer = RecordSealer._from_secret(cipher, SECRET, 16384)
+    with RecordOpener(cipher, key, iv) as opener:
+        assert opened(opener, sealer.seal(b"hello", 23)) == [(23, b"hello")]
+    with RecordSealer(cipher, key, iv) as hand_sealer:
+        opener2 = RecordOpener._from_secret(cipher, SECRET, 16384)
+        assert opened(opener2, hand_sealer.seal(b"world", 23)) == [(23, b"world")]
+    # A key update: rekeyed from the next secret, the sequence restarts.
+    nxt = ks.next_traffic_secret(SECRET)
+    sealer._rekey_from_secret(nxt)
+    assert sealer.sequence == 0
+    k2, iv2 = label_of(nxt, b"key", b"", size), label_of(nxt, b"iv", b"", 12)
+    with RecordOpener(cipher, k2, iv2) as opener3:
+        assert opened(opener3, sealer.seal(b"after", 23)) == [(23, b"after")]
+    with pytest.raises(ValueError, match="wrong length"):
+        RecordSealer._from_secret(cipher, SECRET[:31], 16384)
+    sealer.close()
+    opener2.close()
 
 
 def test_derive_secret_is_expand_label_of_the_transcript_hash() -> None:

@@ -437,6 +437,9 @@ def test_export_keying_material_argument_checks() -> None:
         conn.export_keying_material(b"l", b"c", 0)
     with pytest.raises(ValueError, match="length"):
         conn.export_keying_material(b"l", b"c", 8161)
+    assert len(conn.export_keying_material(b"l" * 245, b"c", 32)) == 32
+    with pytest.raises(ValueError, match="label must be at most 245 bytes, got 246"):
+        conn.export_keying_material(b"l" * 246, b"c", 32)
     with pytest.raises(TypeError):
         conn.export_keying_material("l", b"c", 32)  # type: ignore[arg-type]
     with pytest.raises(TypeError):

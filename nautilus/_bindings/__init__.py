@@ -229,6 +229,20 @@ def aead_new(cipher: str, encrypt: bool, key: bytes, iv: bytes) -> Any:
     return ffi.gc(out[0], lib.nt_aead_free)
 
 
+def aead_new_from_secret(cipher: str, encrypt: bool, secret: bytes) -> Any:
+    """An AEAD state keyed from a traffic secret (key and IV derived in C)."""
+    out = ffi.new("nt_aead **")
+    check(
+        lib.nt_aead_new_from_secret(AEAD_IDS[cipher], int(encrypt), secret, len(secret), out),
+        f"{cipher} key setup",
+    )
+    return ffi.gc(out[0], lib.nt_aead_free)
+
+
+def aead_rekey_from_secret(handle: Any, secret: bytes) -> None:
+    check(lib.nt_aead_rekey_from_secret(handle, secret, len(secret)), "rekey")
+
+
 def aead_free(handle: Any) -> None:
     """Wipe and free now (rather than at garbage collection)."""
     ffi.release(handle)
@@ -427,3 +441,28 @@ def aead_oneshot(handle: Any, encrypt: bool, nonce: bytes, aad: bytes, data: byt
     )
     check(rc, "decrypt")
     return bytes(ffi.buffer(out, out_len))
+
+
+# --- key schedule (HKDF on HMAC-SHA-256) ---------------------------------------
+
+KDF_HASH_BYTES: int = lib.NT_KDF_HASH_BYTES
+KDF_MAX_LABEL: int = lib.NT_KDF_MAX_LABEL
+KDF_MAX_CONTEXT: int = lib.NT_KDF_MAX_CONTEXT
+KDF_MAX_OUTPUT: int = lib.NT_KDF_MAX_OUTPUT
+
+
+def hkdf_extract(salt: bytes, ikm: bytes) -> bytes:
+    """HKDF-Extract with SHA-256 (the caller checks types; salt of at most 64 bytes)."""
+    out = ffi.new("uint8_t[]", KDF_HASH_BYTES)
+    check(lib.nt_hkdf_extract(salt, len(salt), ikm, len(ikm), out, KDF_HASH_BYTES), "HKDF-Extract")
+    return ffi.buffer(out)[:]
+
+
+def expand_label(secret: bytes, label: bytes, context: bytes, length: int) -> bytes:
+    """HKDF-Expand-Label with the protocol's label prefix (the caller checks types)."""
+    out = ffi.new("uint8_t[]", length)
+    rc = lib.nt_hkdf_expand_label(
+        secret, len(secret), label, len(label), context, len(context), out, length
+    )
+    check(rc, "HKDF-Expand-Label")
+    return ffi.buffer(out)[:]

@@ -558,7 +558,8 @@ class Connection:
         """Keying material bound to this session, for channel binding.
 
         Raises:
-            TypeError: wrong types.  ValueError: ``length`` not in 1..8160.
+            TypeError: wrong types.
+            ValueError: ``length`` not in 1..8160, or a label over 245 bytes.
             ClosedError: the handshake has not completed.
         """
         if not isinstance(label, bytes) or not isinstance(context, bytes):
@@ -567,6 +568,8 @@ class Connection:
             raise TypeError("length must be an int")
         if not 1 <= length <= 255 * ks.HASH_SIZE:
             raise ValueError(f"length must be in 1..{255 * ks.HASH_SIZE}, got {length}")
+        if len(label) > ks.MAX_LABEL:
+            raise ValueError(f"label must be at most {ks.MAX_LABEL} bytes, got {len(label)}")
         keys = self._keys
         if self._session is None or self._error is not None or keys is None or not keys.exporter:
             raise ClosedError(
@@ -842,20 +845,20 @@ class Connection:
             )
         own_limit = self._ctx.max_record_size
         if send_secret is not None:
-            key, iv = ks.traffic_keys(send_secret, self._cipher)
             if self._sealer is None:
-                self._sealer = RecordSealer(self._cipher, key, iv, max_fragment=self._send_fragment)
+                self._sealer = RecordSealer._from_secret(
+                    self._cipher, send_secret, self._send_fragment
+                )
             else:
-                self._sealer.rekey(key, iv)
+                self._sealer._rekey_from_secret(send_secret)
             self._send_secret = send_secret
             self._bytes_since_update = 0
             self._seal_budget = self._ctx.key_update_records
         if recv_secret is not None:
-            key, iv = ks.traffic_keys(recv_secret, self._cipher)
             if self._opener is not None:
                 self._opener.close()
             accept = max(own_limit, _HANDSHAKE_RECORD) if handshake else own_limit
-            self._opener = RecordOpener(self._cipher, key, iv, max_fragment=accept)
+            self._opener = RecordOpener._from_secret(self._cipher, recv_secret, accept)
             self._recv_secret = recv_secret
 
     def _send_alert(self, code: AlertCode) -> None:
@@ -1083,8 +1086,7 @@ class Connection:
             assert self._psk_keys is not None
             secret = self._psk_keys.early_traffic(self._hash())
             cipher = _CIPHER_BY_ID[ticket.cipher]
-            key, iv = ks.traffic_keys(secret, cipher)
-            with RecordSealer(cipher, key, iv, max_fragment=_HANDSHAKE_RECORD) as sealer:
+            with RecordSealer._from_secret(cipher, secret, _HANDSHAKE_RECORD) as sealer:
                 self._out.append(sealer._seal_chunk(early, ContentType.APPLICATION_DATA))
             self._early_sent = early
             self._bytes_sent += len(early)
@@ -1535,8 +1537,8 @@ class Connection:
             return
         assert contents is not None
         cipher = _CIPHER_BY_ID[contents.cipher]
-        key, iv = ks.traffic_keys(keys.early_traffic(self._hash()), cipher)
-        self._early_opener = RecordOpener(cipher, key, iv, max_fragment=_HANDSHAKE_RECORD)
+        secret = keys.early_traffic(self._hash())
+        self._early_opener = RecordOpener._from_secret(cipher, secret, _HANDSHAKE_RECORD)
         self._early_left = offer.early_records
         self._early_limit = contents.max_early_data
         self._early_accepted = True

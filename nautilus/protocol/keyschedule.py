@@ -1,7 +1,10 @@
 """The key schedule (docs/protocol.md, section 5): TLS 1.3's, with our own labels.
 
 All secrets are SHA-256 sized (32 bytes). Every traffic secret is bound to the
-hash of the transcript up to the point where it is derived.
+hash of the transcript up to the point where it is derived. HKDF runs in the C
+core (csrc/nt_schedule.c), which also keys the record layer straight from a
+traffic secret (``RecordSealer._from_secret``): a handshake makes some forty
+derivations, and through Python objects each cost twice as much.
 """
 
 from __future__ import annotations
@@ -9,24 +12,41 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
-
+from nautilus import _bindings as _b
 from nautilus.exceptions import SessionKeyDerivationFailed
-from nautilus.kdf import hkdf_extract
 from nautilus.record import IV_SIZE, key_size
 
-HASH_SIZE = 32
-LABEL_PREFIX = b"nautilus1 "
+HASH_SIZE: int = _b.KDF_HASH_BYTES
+MAX_LABEL: int = _b.KDF_MAX_LABEL  # longest label after the prefix
+LABEL_PREFIX = b"nautilus1 "  # applied in C; here for the documentation and tests
 ZEROS = bytes(HASH_SIZE)
 EMPTY_HASH = hashlib.sha256(b"").digest()
 
 
 def expand_label(secret: bytes, label: bytes, context: bytes, length: int) -> bytes:
-    """HKDF-Expand-Label with the ``nautilus1 `` prefix (RFC 8446 section 7.1 form)."""
-    full = LABEL_PREFIX + label
-    info = length.to_bytes(2, "big") + bytes([len(full)]) + full + bytes([len(context)]) + context
-    return HKDFExpand(hashes.SHA256(), length, info).derive(secret)
+    """HKDF-Expand-Label with the ``nautilus1 `` prefix (RFC 8446 section 7.1 form).
+
+    Raises:
+        ValueError: a 32-byte secret, a label of at most 245 bytes, a context of
+            at most 255 and a length in 1..8160 are required.
+    """
+    try:
+        return _b.expand_label(secret, label, context, length)
+    except ValueError:
+        raise ValueError(
+            f"expand_label takes a {HASH_SIZE}-byte secret, a label of at most {MAX_LABEL} "
+            f"bytes, a context of at most 255 bytes and a length in 1..{255 * HASH_SIZE}; "
+            f"got {len(secret)}, {len(label)}, {len(context)} and {length}"
+        ) from None
+
+
+def hkdf_extract(salt: bytes, ikm: bytes) -> bytes:
+    """HKDF-Extract with SHA-256.
+
+    Raises:
+        ValueError: a salt longer than 64 bytes.
+    """
+    return _b.hkdf_extract(salt, ikm)
 
 
 def derive_secret(secret: bytes, label: bytes, transcript_hash: bytes) -> bytes:
@@ -57,7 +77,7 @@ def next_traffic_secret(secret: bytes) -> bytes:
 def finished_mac(base_secret: bytes, transcript_hash: bytes) -> bytes:
     """verify_data of a Finished message."""
     key = expand_label(base_secret, b"finished", b"", HASH_SIZE)
-    return hmac.new(key, transcript_hash, hashlib.sha256).digest()
+    return _b.hkdf_extract(key, transcript_hash)  # HKDF-Extract(salt, ikm) is HMAC(salt, ikm)
 
 
 def finished_ok(expected: bytes, received: bytes) -> bool:
@@ -81,7 +101,7 @@ class KeySchedule:
     )
 
     def __init__(self, psk: bytes | None = None) -> None:
-        self._early = hkdf_extract("sha256", ZEROS, psk or ZEROS)
+        self._early = hkdf_extract(ZEROS, psk or ZEROS)
         self.handshake_secret = b""
         self.client_hs = self.server_hs = b""
         self.master = b""
@@ -101,11 +121,11 @@ class KeySchedule:
         """Mix in the key exchange's secret; derive the handshake traffic secrets."""
         try:
             salt = derive_secret(self._early, b"derived", EMPTY_HASH)
-            self.handshake_secret = hkdf_extract("sha256", salt, shared_secret)
+            self.handshake_secret = hkdf_extract(salt, shared_secret)
             self.client_hs = derive_secret(self.handshake_secret, b"c hs traffic", transcript_hash)
             self.server_hs = derive_secret(self.handshake_secret, b"s hs traffic", transcript_hash)
             salt = derive_secret(self.handshake_secret, b"derived", EMPTY_HASH)
-            self.master = hkdf_extract("sha256", salt, ZEROS)
+            self.master = hkdf_extract(salt, ZEROS)
         except Exception as exc:  # pragma: no cover - only on an internal failure
             raise SessionKeyDerivationFailed(f"handshake key derivation failed: {exc}") from None
 
