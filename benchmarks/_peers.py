@@ -105,6 +105,7 @@ class Listener(NamedTuple):
 
 
 LISTENERS: dict[str, Listener] = {
+    "plain-hs": Listener("plain", "hs"),  # TCP connect and close: the floor of a handshake
     "ssl-hs": Listener("ssl", "hs"),
     "ssl-hs-mutual": Listener("ssl", "hs", True),
     "ssl-hs-tickets": Listener("ssl", "hs-tickets"),

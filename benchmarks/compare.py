@@ -7,7 +7,9 @@ Measures, side by side in the same run (the keys are ``--only``'s):
   aes-256-gcm, Ed25519 identities, pinned trust) against ssl (TLS 1.3,
   TLS_AES_256_GCM_SHA384, X25519, ECDSA P-256 self-signed certificates);
 * ``hs-resume``: over blocking sockets, full against resumed handshakes:
-  Nautilus psk_dhe and psk_only against ssl resumed (``session=``);
+  Nautilus psk_dhe and psk_only against ssl resumed (``session=``); ``hs-seq``,
+  ``hs-conc`` and ``hs-resume`` also time plain TCP connect and close, the
+  floor under any handshake;
 * ``stream-*``: one-way asyncio stream throughput with 64 KiB and 4 KiB
   writes: plain, ssl, Nautilus with AES-256-GCM and with ChaCha20-Poly1305;
 * ``socket-*``: the same over blocking sockets (``sendall`` / ``recv_into``):
@@ -149,15 +151,20 @@ class Scenario:
 
 
 HS = ("ssl", "nautilus")
+HS_PLAIN = ("plain", "ssl", "nautilus")  # plain: TCP connect and close, the floor of any handshake
 STREAM = ("plain", "ssl", "nautilus", "nautilus-chacha")
 THREE = ("plain", "ssl", "nautilus")
-RESUME = ("ssl", "ssl-resumed", "nautilus", "nautilus-psk_dhe", "nautilus-psk_only")
+RESUME = ("plain", "ssl", "ssl-resumed", "nautilus", "nautilus-psk_dhe", "nautilus-psk_only")
 
 SCENARIOS = (
-    Scenario("hs-seq", "handshakes/s, sequential, server-auth", "handshake", HS),
+    Scenario("hs-seq", "handshakes/s, sequential, server-auth", "handshake", HS_PLAIN),
     Scenario("hs-seq-mutual", "handshakes/s, sequential, mutual", "handshake", HS, mutual=True),
     Scenario(
-        "hs-conc", "handshakes/s, {n} concurrent, server-auth", "handshake", HS, concurrent=True
+        "hs-conc",
+        "handshakes/s, {n} concurrent, server-auth",
+        "handshake",
+        HS_PLAIN,
+        concurrent=True,
     ),
     Scenario(
         "hs-conc-mutual",
@@ -505,6 +512,7 @@ class ResumeSpec(NamedTuple):
 
 
 RESUME_SPECS = {
+    "plain": ResumeSpec("plain-hs", False, ""),
     "ssl": ResumeSpec("ssl-hs", False, ""),
     "ssl-resumed": ResumeSpec("ssl-hs-tickets", True, ""),
     "nautilus": ResumeSpec("nautilus-hs", False, "NONE"),
@@ -537,6 +545,17 @@ def tls_blocking_cycle(
         with contextlib.suppress(OSError, ssl.SSLError):
             sock.unwrap()  # our close_notify, as the other clients send theirs
     return latency, new_session
+
+
+def plain_blocking_cycle(port: int) -> float:
+    """One TCP connection, no handshake (the floor of the others); its connect latency."""
+    start = time.perf_counter()
+    sock = socket.create_connection((HOST, port), timeout=OP_TIMEOUT)
+    latency = time.perf_counter() - start
+    with sock:
+        while rest := sock.recv(4096):  # b"" when the server closes
+            raise BenchFailure(f"plain: the server sent {len(rest)} bytes")
+    return latency
 
 
 def nautilus_blocking_cycle(
@@ -581,7 +600,9 @@ async def run_resume(
     def loop(deadline: float) -> list[float]:
         latencies = []
         while time.perf_counter() < deadline:
-            if contender == "ssl":
+            if contender == "plain":
+                latency = plain_blocking_cycle(port)
+            elif contender == "ssl":
                 latency, _ = tls_blocking_cycle(client.tls_server_auth, port, None)
             elif contender == "ssl-resumed":
                 latency, client.tls_session = tls_blocking_cycle(
@@ -1177,6 +1198,7 @@ def scenario_ratios(kind: str, contenders: dict[str, Any]) -> dict[str, float | 
             name = f"nautilus-{mode}"
             out[f"{mode}_over_ssl_resumed"] = ratio(med(name), med("ssl-resumed"))
             out[f"{mode}_over_nautilus_full"] = ratio(med(name), med("nautilus"))
+            out[f"{mode}_over_plain"] = ratio(med(name), med("plain"))
             out[f"latency_p50_{mode}_over_ssl_resumed"] = ratio(p50(name), p50("ssl-resumed"))
             out[f"cpu_{mode}_over_ssl_resumed"] = ratio(cpu(name), cpu("ssl-resumed"))
         out["ssl_resumed_over_ssl_full"] = ratio(med("ssl-resumed"), med("ssl"))

@@ -23,11 +23,18 @@ COMPARE = ROOT / "benchmarks" / "compare.py"
 HS = {"ssl", "nautilus"}
 THREE = {"plain", "ssl", "nautilus"}
 EXPECTED = {
-    "hs-seq": HS,
+    "hs-seq": HS | {"plain"},
     "hs-seq-mutual": HS,
-    "hs-conc": HS,
+    "hs-conc": HS | {"plain"},
     "hs-conc-mutual": HS,
-    "hs-resume": {"ssl", "ssl-resumed", "nautilus", "nautilus-psk_dhe", "nautilus-psk_only"},
+    "hs-resume": {
+        "plain",
+        "ssl",
+        "ssl-resumed",
+        "nautilus",
+        "nautilus-psk_dhe",
+        "nautilus-psk_only",
+    },
     "stream-64k": THREE | {"nautilus-chacha"},
     "stream-4k": THREE | {"nautilus-chacha"},
     "socket-64k": THREE,
@@ -148,3 +155,47 @@ def test_uvloop_rows(tmp_path: Path) -> None:
             check_run(sc, name, entry["rounds"][0])
     if unsupported:
         pytest.xfail(f"Nautilus does not run on uvloop: {unsupported}")
+
+
+def _report_module(monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # _report imports _peers
+    spec = importlib.util.spec_from_file_location(
+        "bench_report", ROOT / "benchmarks" / "_report.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # NamedTuple classes look it up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_target_above_plaintext_is_reported_out_of_reach(monkeypatch: pytest.MonkeyPatch) -> None:
+    report = _report_module(monkeypatch)
+
+    def contender(median: float) -> dict[str, Any]:
+        return {"median": median}
+
+    sc = {
+        "key": "msg-oneway",
+        "contenders": {"plain": contender(2.2), "ssl": contender(1.6), "nautilus": contender(1.0)},
+        "ratios": {"nautilus_over_ssl": 1.0 / 1.6},
+    }
+    (target,) = [t for t in report.TARGETS if t.scenario == "msg-oneway"]
+    assert report.plain_ceiling(sc, target) == pytest.approx(2.2 / 1.6)
+    checked = report.check_targets([sc], 2)
+    assert checked[0]["plain_ceiling"] == pytest.approx(2.2 / 1.6)
+    summary = {
+        "targets": checked,
+        "interference": {"other_cores_max": None},
+        "settings": {"connections_note": "", "uvloop_note": "", "nautilus_unsupported_on": {}},
+        "scenarios": [],
+    }
+    line = next(x for x in report.notes_lines(summary) if "NOT MET" in x)
+    assert "OUT OF REACH here: plaintext itself reaches only 1.38x" in line
+    # Within reach of plaintext: no such note.
+    sc["contenders"]["plain"] = contender(4.0)
+    checked = report.check_targets([sc], 2)
+    assert checked[0]["plain_ceiling"] == pytest.approx(2.5)
+    line = next(x for x in report.notes_lines({**summary, "targets": checked}) if "NOT MET" in x)
+    assert "OUT OF REACH" not in line
