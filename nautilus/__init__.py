@@ -48,7 +48,7 @@ from nautilus.protocol.events import (
     Event,
     HandshakeCompleted,
     KeysUpdated,
-    MessageReceived,
+    MessagesReceived,
     SessionInfo,
 )
 from nautilus.protocol.state import State
@@ -92,8 +92,8 @@ __all__ = [
     "KeyAgreementFailed",
     "KeysUpdated",
     "KnownPeers",
-    "MessageReceived",
     "MessageTooLarge",
+    "MessagesReceived",
     "NautilusError",
     "NautilusSocket",
     "NegotiationFailed",

@@ -55,7 +55,7 @@ from nautilus.exceptions import (
 from nautilus.identity import PeerKey
 from nautilus.protocol import events as _events
 from nautilus.protocol.connection import Connection
-from nautilus.protocol.events import ConnectionClosed, DataReceived, MessageReceived, SessionInfo
+from nautilus.protocol.events import ConnectionClosed, DataReceived, MessagesReceived, SessionInfo
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, WriteableBuffer
@@ -739,8 +739,8 @@ class NautilusSocket(socket.socket):
         while (event := conn.next_event()) is not None:
             if type(event) is DataReceived:
                 self._rmore.append(event.data)
-            elif type(event) is MessageReceived:
-                self._msgs.append(event.data)
+            elif type(event) is MessagesReceived:
+                self._msgs.extend(event.messages)
             elif type(event) is ConnectionClosed:
                 self._eof = True
                 if event.error is not None and self._error is None:

@@ -329,6 +329,176 @@ def test_truncation_is_reported_after_the_messages_before_it() -> None:
     run(main())
 
 
+# ------------------------------------------------------------ recv_messages
+
+
+async def queued_at_least(channel: na.Channel, count: int) -> None:
+    while channel.queued[0] < count:
+        await asyncio.sleep(0.005)
+
+
+async def take_until_end(
+    channel: na.Channel, max_count: int | None = None
+) -> tuple[list[bytes], Exception]:
+    """recv_messages() until it raises: (the messages, what it raised)."""
+    got: list[bytes] = []
+    while True:
+        try:
+            got += await channel.recv_messages(max_count)
+        except Exception as exc:
+            return got, exc
+
+
+def test_recv_messages_takes_what_is_queued_up_to_max_count() -> None:
+    rng = random.Random(3)
+    sent = [numbered(i, rng) for i in range(100)]
+
+    async def main() -> None:
+        async with pair() as (client, served):
+            served.send_messages(sent)
+            await served.drain()
+            await queued_at_least(client, 100)
+            assert client.queued == (100, sum(map(len, sent)))
+            assert await client.recv_messages(1) == sent[:1]
+            assert await client.recv_messages(max_count=9) == sent[1:10]
+            assert client.queued == (90, sum(map(len, sent[10:])))
+            assert await client.recv_messages(90) == sent[10:]  # exactly what is left
+            assert client.queued == (0, 0)
+            served.send_messages(sent[:5])
+            await queued_at_least(client, 5)
+            assert await client.recv_messages(1000) == sent[:5]  # fewer than asked
+            served.send_messages(sent[5:])
+            got: list[bytes] = []
+            while len(got) < 95:
+                batch = await client.recv_messages()  # no limit
+                assert batch, "recv_messages returns at least one message"
+                got += batch
+            assert got == sent[5:]
+            assert client.queued == (0, 0)
+
+    run(main())
+
+
+def test_recv_messages_waits_for_the_first_message() -> None:
+    async def main() -> None:
+        async with pair() as (client, served):
+            waiting = asyncio.create_task(served.recv_messages())
+            await asyncio.sleep(0.02)
+            assert not waiting.done()
+            client.send_message(b"wake up")
+            assert await waiting == [b"wake up"]
+            # A cancelled wait loses nothing.
+            waiting = asyncio.create_task(served.recv_messages())
+            await asyncio.sleep(0.01)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            client.send_messages([b"a", b"b"])
+            got = await served.recv_messages()
+            if got == [b"a"]:
+                got += await served.recv_messages()
+            assert got == [b"a", b"b"]
+
+    run(main())
+
+
+def test_recv_messages_at_a_clean_end_and_after_a_failure() -> None:
+    async def main() -> None:
+        async with pair() as (client, served):
+            client.send_messages([b"one", b"two", b"three"])
+            client.close()
+            got, end = await take_until_end(served, 2)
+            assert got == [b"one", b"two", b"three"]
+            assert isinstance(end, EOFError)
+            assert "peer" in str(end)
+            with pytest.raises(EOFError):
+                await served.recv_messages()  # and stays at EOF
+            with pytest.raises(EOFError):
+                await served.recv_message()
+        async with pair() as (client, served):
+            client.send_messages([b"a", b"b"])
+            await client.drain()
+            await queued_at_least(served, 2)
+            client.abort()  # no close_notify: a truncation
+            with pytest.raises(nautilus.ConnectionLost):
+                await client.recv_messages()
+            assert await served.recv_messages() == [b"a", b"b"]
+            with pytest.raises(nautilus.ConnectionLost):
+                await served.recv_messages()
+            with pytest.raises(nautilus.ConnectionLost):
+                await served.recv_messages()  # the error stays
+
+    run(main())
+
+
+def test_recv_messages_gets_the_messages_before_an_oversized_one() -> None:
+    async def main() -> None:
+        server_ctx = Context(SERVER_ID, max_message_size=1000)
+        async with pair(server_ctx, client_ctx(max_message_size=1 << 20)) as (client, served):
+            client.send_messages([b"fits" * 250, b"also"])
+            client.send_message(b"x" * 1001)
+            got, end = await take_until_end(served)
+            assert got == [b"fits" * 250, b"also"]
+            assert isinstance(end, nautilus.ProtocolViolation)
+            assert "max_message_size" in str(end)
+
+    run(main())
+
+
+def test_recv_messages_argument_checks_and_one_reader() -> None:
+    async def main() -> None:
+        async with pair() as (client, served):
+            for bad in (0, -1):
+                with pytest.raises(ValueError, match="max_count"):
+                    await client.recv_messages(bad)
+            for wrong in (1.5, True, "3"):
+                with pytest.raises(TypeError, match="max_count"):
+                    await client.recv_messages(wrong)  # type: ignore[arg-type]
+            served.send_message(b"kept")
+            await queued_at_least(client, 1)
+            with pytest.raises(ValueError, match="at least 1"):  # checked before anything is taken
+                await client.recv_messages(0)
+            assert client.queued[0] == 1
+            assert await client.recv_messages(None) == [b"kept"]
+            first = asyncio.create_task(client.recv_message())
+            await asyncio.sleep(0.01)
+            with pytest.raises(RuntimeError, match="already waiting"):
+                await client.recv_messages()
+            served.send_message(b"for the first reader")
+            assert await first == b"for the first reader"
+
+    run(main())
+
+
+def test_slow_receiver_taking_batches_resumes_the_sender() -> None:
+    size = 16 * 1024
+    max_bytes = 64 * 1024
+
+    async def main() -> None:
+        async with pair(max_queue=16, max_queue_bytes=max_bytes) as (client, served):
+            sent = 0
+            blocked: asyncio.Task[None] | None = None
+            while sent < 4096:
+                client.send_messages([sent.to_bytes(4, "big") + bytes(size - 4)])
+                sent += 1
+                drain = asyncio.create_task(client.drain())
+                done, _ = await asyncio.wait({drain}, timeout=0.3)
+                if not done:
+                    blocked = drain
+                    break
+            assert blocked is not None, "drain() never blocked although nobody reads"
+            assert served.queued[1] <= max_bytes + 512 * 1024
+            got = 0
+            while got < sent:
+                for message in await served.recv_messages(5):
+                    assert int.from_bytes(message[:4], "big") == got
+                    got += 1
+            await asyncio.wait_for(blocked, 5)  # reading resumed: the writer drained
+            assert served.queued == (0, 0)
+
+    run(main(), timeout=20)
+
+
 # --------------------------------------------------------------- backpressure
 
 

@@ -219,7 +219,9 @@ async def race_round(a: Node, b: Node, rng: random.Random, count: int) -> tuple[
     assert a.peers[b.peer_id] is ca
     assert b.peers[a.peer_id] is cb
     got_b = [await cb.recv_message() for _ in range(count)]
-    got_a = [await ca.recv_message() for _ in range(count)]
+    got_a: list[bytes] = []
+    while len(got_a) < count:  # the batches as merged from the connections
+        got_a += await ca.recv_messages(count - len(got_a))
     assert got_b == [b"%s %d" % (a.peer_id[-4:].encode(), n) for n in range(count)]
     assert got_a == [b"%s %d" % (b.peer_id[-4:].encode(), n) for n in range(count)]
     await settled(a, b)
@@ -621,8 +623,9 @@ class FakeLink(asyncio.Protocol):
             self.frames.put_nowait(FRAME.unpack_from(self._buf))
             del self._buf[: FRAME.size]
 
-    def message_received(self, data: bytes) -> None:
-        self.messages.put_nowait(data)
+    def messages_received(self, messages: tuple[bytes, ...]) -> None:
+        for data in messages:
+            self.messages.put_nowait(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.lost.done():

@@ -30,7 +30,7 @@ from nautilus.protocol.events import (
     EarlyDataRejected,
     Event,
     HandshakeCompleted,
-    MessageReceived,
+    MessagesReceived,
 )
 
 __all__ = ["NautilusTransport"]
@@ -136,7 +136,8 @@ class NautilusTransport(asyncio.Transport):
     # ------------------------------------------------- message API (hook)
     # Used by nautilus.asyncio.channel: whole messages (Connection.send_messages)
     # rather than stream data. Received messages go to the application
-    # protocol's ``message_received(data)`` method, if it has one.
+    # protocol's ``messages_received(messages)`` method, if it has one: a
+    # tuple of one or more messages (bytes) per call, in order.
 
     def send_messages(self, messages: Iterable[_Buffer]) -> None:
         """Frame and seal ``messages`` in one call (``Connection.send_messages``).
@@ -517,12 +518,12 @@ class _NautilusProtocol(asyncio.Protocol):
                 app = self._app
                 if app is not None and not self._closing:
                     app.data_received(event.data)
-            elif type(event) is MessageReceived:
+            elif type(event) is MessagesReceived:
                 app = self._app
                 if app is not None and not self._closing:
-                    deliver = getattr(app, "message_received", None)  # message API hook
+                    deliver = getattr(app, "messages_received", None)  # message API hook
                     if deliver is not None:
-                        deliver(event.data)
+                        deliver(event.messages)  # the whole batch in one call
             elif type(event) is EarlyDataReceived:
                 # Before the handshake completes there is no application yet:
                 # it gets this data first, as ordinary stream data (the server

@@ -217,19 +217,19 @@ class _NodeLink(_Link):
             self._on_frame(*_FRAME.unpack_from(buf, offset))
         del buf[:end]
 
-    def message_received(self, data: bytes) -> None:
+    def messages_received(self, messages: tuple[bytes, ...]) -> None:
         if self.ended:
             return
         if not self.started or self.done_received:
             self.violation("a message outside START .. DONE")
             return
-        self.received += 1
+        self.received += len(messages)
         session = self.session
         if session is not None:
-            session.message(self, data)
+            session.messages(self, messages)
             return
-        self.inbox.append(data)  # held: delivered when the connection joins a session
-        self.inbox_bytes += len(data)
+        self.inbox.extend(messages)  # held: delivered when the connection joins a session
+        self.inbox_bytes += sum(map(len, messages))
         if self.inbox_bytes > self.node._max_queue_bytes or len(self.inbox) > self.node._max_queue:
             self.set_reading(False)
 
@@ -375,15 +375,17 @@ class _Session(_Route):
 
     # --------------------------------------------------------- receiving
 
-    def message(self, link: _NodeLink, data: bytes) -> None:
-        if not link.inbox and link.base + link.received - 1 == self.next_seq:
-            self.next_seq += 1
-            self.channel._feed(data)
+    def messages(self, link: _NodeLink, messages: tuple[bytes, ...]) -> None:
+        """Messages that arrived on ``link`` (already counted in ``link.received``)."""
+        count = len(messages)
+        if not link.inbox and link.base + link.received - count == self.next_seq:
+            self.next_seq += count
+            self.channel._feed(messages)
             if len(self.links) > 1 and any(other.inbox for other in self.links):
                 self._merge()
             return
-        link.inbox.append(data)
-        link.inbox_bytes += len(data)
+        link.inbox.extend(messages)
+        link.inbox_bytes += sum(map(len, messages))
         self._merge()
         self._update_reading()
 
@@ -399,9 +401,8 @@ class _Session(_Route):
                 head = link.head
                 if head == self.next_seq:
                     self.next_seq += len(inbox)
-                    feed = self.channel._feed
-                    while inbox:
-                        feed(inbox.popleft())
+                    self.channel._feed(inbox)
+                    inbox.clear()
                     link.inbox_bytes = 0
                     progress = True
                 elif head < self.next_seq:

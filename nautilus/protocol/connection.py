@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import secrets
+import struct
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -55,7 +56,7 @@ from nautilus.protocol.events import (
     Event,
     HandshakeCompleted,
     KeysUpdated,
-    MessageReceived,
+    MessagesReceived,
     SessionInfo,
 )
 from nautilus.protocol.messages import (
@@ -113,6 +114,9 @@ _SERVER_VERIFY = b"nautilus1 server verify\x00"
 _CLIENT_VERIFY = b"nautilus1 client verify\x00"
 _HANDSHAKE_RECORD = 16384
 _BUDGET_MARGIN = 64
+# Message API frames: a 4-byte big-endian length, then the message.
+_pack_length = struct.Struct(">I").pack
+_unpack_length = struct.Struct(">I").unpack_from
 # StepData = id<8> + payload<24> inside a handshake message of at most MAX_HANDSHAKE_MESSAGE.
 _MAX_STEP_PAYLOAD = MAX_HANDSHAKE_MESSAGE - 1 - 255 - 3
 _REMOTE_ALERT_ERRORS: dict[int, type[NautilusError]] = {
@@ -426,7 +430,7 @@ class Connection:
         self._seal_application(data, ContentType.APPLICATION_DATA)
 
     def send_message(self, message: bytes | bytearray | memoryview) -> None:
-        """Send one message of the message API (delivered whole, as MessageReceived).
+        """Send one message of the message API (delivered whole, in MessagesReceived).
 
         Messages travel in their own record type, so they may be mixed with
         :meth:`send_data`; each is at most the context's ``max_message_size``.
@@ -450,17 +454,22 @@ class Connection:
         if isinstance(messages, (bytes, bytearray, memoryview, str)):
             raise TypeError("messages must be an iterable of bytes-like objects, not one object")
         limit = self._ctx.max_message_size
+        pack = _pack_length
         parts: list[bytes | bytearray | memoryview] = []
+        add = parts.append
         for m in messages:
-            if not isinstance(m, (bytes, bytearray, memoryview)):
+            if type(m) is bytes or isinstance(m, (bytes, bytearray)):  # the common case first
+                n = len(m)
+            elif isinstance(m, memoryview):
+                n = m.nbytes
+            else:
                 raise TypeError(f"a message must be bytes-like, not {type(m).__name__}")
-            n = m.nbytes if isinstance(m, memoryview) else len(m)
             if n > limit:
                 raise MessageTooLarge(
                     f"a message of {n} bytes exceeds max_message_size ({limit} bytes)"
                 )
-            parts.append(n.to_bytes(4, "big"))
-            parts.append(m)
+            add(pack(n))
+            add(m)
         if self._state is State.CLOSED:
             raise ClosedError("the connection is closed") from self._error
         if not parts:
@@ -801,33 +810,56 @@ class Connection:
             self._on_key_update(payload)
 
     def _feed_messages(self, start: int, end: int) -> None:
-        """Cut length-prefixed messages out of the message stream."""
+        """Cut the length-prefixed messages out of the message stream
+        ``self._scratch[start:end]``: one MessagesReceived event for all that
+        are complete; a partial frame waits in ``self._messages``.
+
+        A length over ``max_message_size`` ends the connection as soon as its
+        4 bytes are in, before the message body is waited for.
+        """
+        limit = self._ctx.max_message_size
         buf = self._messages
         if buf:
-            buf += self._scratch[start:end]
-            data: bytes | bytearray = buf
-            pos, stop = 0, len(buf)
-        else:  # the common case: parse straight from the opened records
-            data, pos, stop = self._scratch, start, end
-        limit = self._ctx.max_message_size
-        events = self._events
-        while stop - pos >= 4:
-            n = int.from_bytes(data[pos : pos + 4], "big")
+            buf += memoryview(self._scratch)[start:end]
+            have = len(buf)
+            if have < 4:
+                return
+            (n,) = _unpack_length(buf)
             if n > limit:
-                _abort(
-                    ProtocolViolation,
-                    AlertCode.RECORD_OVERFLOW,
-                    f"record_overflow: the peer sent a message of {n} bytes "
-                    f"(max_message_size is {limit})",
-                )
-            if stop - pos - 4 < n:
+                self._message_too_large(n, limit)
+            if have < 4 + n:
+                return  # the first message is still incomplete: nothing to cut yet
+            data = bytes(buf)
+            buf.clear()
+        else:  # the common case: no partial frame waits
+            data = bytes(memoryview(self._scratch)[start:end])
+        # One bytes object for the run, then a slice (one copy) per message.
+        unpack = _unpack_length
+        messages: list[bytes] = []
+        add = messages.append
+        pos, stop = 0, len(data)
+        while stop - pos >= 4:
+            (n,) = unpack(data, pos)
+            cut = pos + 4 + n
+            if cut > stop or n > limit:
                 break
-            events.append(MessageReceived(bytes(data[pos + 4 : pos + 4 + n])))
-            pos += 4 + n
-        if data is buf:
-            del buf[:pos]
-        else:
-            buf += self._scratch[pos:stop]
+            add(data[pos + 4 : cut])
+            pos = cut
+        if messages:  # delivered even if an oversized one follows: they are whole
+            self._events.append(MessagesReceived(tuple(messages)))
+        if stop - pos >= 4:
+            (n,) = unpack(data, pos)
+            if n > limit:
+                self._message_too_large(n, limit)
+        if pos < stop:
+            buf += memoryview(data)[pos:]
+
+    def _message_too_large(self, n: int, limit: int) -> NoReturn:
+        _abort(
+            ProtocolViolation,
+            AlertCode.RECORD_OVERFLOW,
+            f"record_overflow: the peer sent a message of {n} bytes (max_message_size is {limit})",
+        )
 
     def _install(
         self, send_secret: bytes | None, recv_secret: bytes | None, *, handshake: bool = False

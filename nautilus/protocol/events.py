@@ -56,10 +56,16 @@ class DataReceived(Event):
 
 
 @dataclass(frozen=True)
-class MessageReceived(Event):
-    """One whole message of the message API (``Connection.send_message``)."""
+class MessagesReceived(Event):
+    """Whole messages of the message API (``Connection.send_messages``).
 
-    data: bytes
+    One event carries the messages completed by a run of message records
+    opened together: usually all that one ``receive_data()`` call brought
+    (at least one message; one split across records comes with the run that
+    completes it). Order is kept, within the tuple and with the other events.
+    """
+
+    messages: tuple[bytes, ...]
 
 
 @dataclass(frozen=True)
