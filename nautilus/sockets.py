@@ -23,7 +23,15 @@ thread and one writer thread safe together:
   until the handshake completes), so a writer never waits for a reader
   blocked on the socket.
 
-Locks are taken in the order read, handshake, write, state.
+Locks are taken in the order read, handshake, write, state. Whoever holds
+the state lock takes the Connection's output before releasing it.
+
+Bulk transfer has two direct paths around the Connection's buffers, both
+under the same locks: in blocking mode ``send``/``sendall`` seal from the
+caller's buffer into a reusable one and write it at once, and ``recv_into``
+opens records straight into the caller's buffer, handing the Connection only
+what is not stream data (key updates, alerts, tickets, messages) and every
+case out of the ordinary (it then gets the bytes held back first, in order).
 
 See ``docs/sockets.md``.
 """
@@ -40,22 +48,31 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
+from nautilus import _bindings as _b
+from nautilus._native import ffi as _ffi
+from nautilus._native import lib as _lib
 from nautilus.context import Context
 from nautilus.exceptions import (
     ClosedError,
     ConnectionLost,
     HandshakeError,
+    IntegrityError,
     MessageTooLarge,
     NautilusError,
+    ProtocolViolation,
+    RecordLimitReached,
     WantReadError,
     WantWriteError,
 )
 from nautilus.identity import PeerKey
 from nautilus.protocol import events as _events
-from nautilus.protocol.connection import Connection
+from nautilus.protocol.connection import _BUDGET_MARGIN, Connection
 from nautilus.protocol.events import ConnectionClosed, DataReceived, MessagesReceived, SessionInfo
+from nautilus.protocol.messages import RECORD_SEALED as _SEALED
+from nautilus.protocol.messages import AlertCode
+from nautilus.record import HEADER_SIZE, TAG_SIZE, ContentType
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, WriteableBuffer
@@ -79,6 +96,15 @@ _EarlyDataReceived: Any = getattr(_events, "EarlyDataReceived", None)
 
 # What a call sends through _submit().
 _DATA, _MESSAGES, _KEY_UPDATE = 0, 1, 2
+
+_APP_DATA = int(ContentType.APPLICATION_DATA)
+_NT_OK: int = _lib.NT_OK
+_OVERHEAD: int = _lib.NT_RECORD_OVERHEAD
+_nt_seal = _lib.nt_seal
+_from_buffer = _ffi.from_buffer
+_WRITE_PIECE = 256 * 1024
+"""Content sealed per step by the direct send path (its output buffer stays this small)."""
+_RECORD_EXTRA = HEADER_SIZE + 1 + TAG_SIZE  # a sealed record's bytes beyond its content
 
 
 def _wait(sock: socket.socket, write: bool, timeout: float | None) -> bool:
@@ -163,7 +189,11 @@ class NautilusSocket(socket.socket):
         "_fd_closed",
         "_hs_done",
         "_hs_lock",
+        "_iend",
+        "_ipos",
         "_msgs",
+        "_out_len",
+        "_out_len2",
         "_queued",
         "_rbuf",
         "_rdata",
@@ -179,7 +209,11 @@ class NautilusSocket(socket.socket):
         "_state_lock",
         "_timed_rekey",
         "_unsent",
+        "_wbuf",
+        "_wout",
+        "_wptr",
         "_write_lock",
+        "_wview",
     )
 
     _conn: Connection
@@ -211,6 +245,14 @@ class NautilusSocket(socket.socket):
     _msgs: deque[bytes]
     _queued: list[bytes]
     _unsent: memoryview | None
+    _ipos: int
+    _iend: int
+    _wbuf: bytearray
+    _wview: memoryview
+    _wout: memoryview
+    _wptr: Any
+    _out_len: Any
+    _out_len2: Any
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError(
@@ -260,10 +302,18 @@ class NautilusSocket(socket.socket):
         self._rdata = b""
         self._rdview = None
         self._rpos = 0
+        self._ipos = 0
+        self._iend = 0
         self._rmore = deque()
         self._msgs = deque()
         self._queued = []
         self._unsent = None
+        self._wbuf = bytearray()
+        self._wview = memoryview(self._wbuf)
+        self._wout = self._wview
+        self._wptr = None
+        self._out_len = _b.new_out_len()
+        self._out_len2 = self._out_len + 1
         self._connected = connected
         self._timed_rekey = getattr(context, "rekey_interval", None) is not None
         return self
@@ -293,7 +343,18 @@ class NautilusSocket(socket.socket):
 
     def pending(self) -> int:
         """Stream bytes already received and decrypted, ready for :meth:`recv`
-        without touching the socket (as ``ssl.SSLSocket.pending``)."""
+        without touching the socket (as ``ssl.SSLSocket.pending``).
+
+        Records already read but not opened yet (:meth:`recv_into` reads many
+        at once, and opens as many as the caller's buffer takes) are opened
+        now, unless another thread is reading.
+        """
+        if self._iend > self._ipos and self._read_lock.acquire(blocking=False):
+            try:
+                if self._iend > self._ipos:
+                    self._feed_held(self._iend)
+            finally:
+                self._read_lock.release()
         return len(self._rdata) - self._rpos + sum(len(c) for c in tuple(self._rmore))
 
     def pending_messages(self) -> int:
@@ -608,6 +669,10 @@ class NautilusSocket(socket.socket):
             data = self._rdata
             pos = self._rpos
             if pos >= len(data):
+                if not self._rmore and self._hs_done and not self._eof and view.c_contiguous:
+                    n = self._recv_direct(view, size)
+                    if n >= 0:
+                        return n
                 data = self._next_chunk()
                 if not data:
                     return 0
@@ -660,6 +725,162 @@ class NautilusSocket(socket.socket):
                 self._fill()
             return msgs.popleft()
 
+    def _recv_direct(self, view: memoryview, size: int) -> int:
+        """The bulk path of :meth:`recv_into` (read lock held, nothing decrypted waits).
+
+        Records read from the socket are held back from the Connection and
+        opened straight into ``view[:size]``: no intermediate copy. Returns the
+        stream bytes written (at least 1), or -1 where the Connection's own path
+        is needed (then everything held back is given to it first, in order):
+        the handshake or the end of the connection, messages in flight, a
+        record larger than ``size``, anything malformed, a failure to report.
+        Records that are not stream data (key updates, alerts, tickets,
+        messages) are handed to the Connection one by one, as they arrive.
+        """
+        rview = self._rview
+        while True:
+            if self._eof or self._timed_rekey:
+                return -1
+            conn = self._conn
+            ipos, iend = self._ipos, self._iend
+            avail = iend - ipos
+            held = conn._in
+            if held:  # a record cut by an earlier read waits in the Connection
+                head = bytes(held[:HEADER_SIZE])  # (a closing writer may clear it)
+                if len(head) < HEADER_SIZE or head[0] != _SEALED:
+                    return -1
+                need = HEADER_SIZE + ((head[1] << 16) | (head[2] << 8) | head[3]) - len(held)
+                if need <= 0 or need > RECV_BUFFER_SIZE:
+                    return -1
+                if avail >= need:  # complete it there, and continue from a boundary
+                    self._feed_held(ipos + need)
+                    if self._rmore:
+                        return -1
+                    continue
+                total = need
+            elif avail >= HEADER_SIZE:
+                if rview[ipos] != _SEALED:
+                    return -1
+                clen = ((rview[ipos + 1] << 16) | (rview[ipos + 2] << 8) | rview[ipos + 3]) - (
+                    1 + TAG_SIZE
+                )
+                if clen < 0 or clen > size:
+                    return -1
+                total = clen + _RECORD_EXTRA
+                if avail >= total:
+                    with self._state_lock:
+                        n = self._open_direct(view, size)
+                    if n < 0:
+                        return -1
+                    if self._queued:
+                        self._flush_nowait()
+                    if self._error is not None:
+                        self._shutdown_tcp()
+                    if n:
+                        return n
+                    continue
+                if total > RECV_BUFFER_SIZE:
+                    return -1
+            else:
+                total = HEADER_SIZE
+            # Read more: move the partial record to the front first.
+            if ipos:
+                if avail:
+                    self._rbuf[:avail] = bytes(rview[ipos:iend])
+                self._ipos, self._iend = 0, avail
+            if total - avail > 0 and not self._fill(direct=True):
+                return -1
+
+    def _open_direct(self, view: memoryview, size: int) -> int:
+        """Open the complete records held back into ``view[:size]`` (read and state
+        locks held). Returns the stream bytes written, or -1 (Connection path)."""
+        conn = self._conn
+        opener = conn._opener
+        if (
+            opener is None
+            or conn._batch_type != _APP_DATA
+            or conn._early_left
+            or conn._early_skip
+            or not conn.handshake_complete
+        ):
+            return -1
+        handle = opener._handle
+        ipos = self._ipos
+        try:
+            opened = _b.open_packed(
+                handle, self._rview[ipos : self._iend], view[:size], _APP_DATA, opener._summary
+            )
+        except _b.OpenFailure as failure:
+            good = cast("_b.PackedOpen", failure.spans[0])
+            self._ipos = self._iend = 0  # nothing after a bad record is read
+            self._direct_failed(failure.error, good.written)
+            return good.written
+        ipos += opened.consumed
+        self._ipos = ipos
+        written = opened.written
+        if opened.last_type != _APP_DATA:
+            # Not stream data: wipe its content from the caller's buffer, step the
+            # opener back one record and let the Connection open it (and act on it).
+            length = opened.last_length
+            written -= length
+            if length:
+                view[written : written + length] = bytes(length)
+            _b.aead_set_sequence(handle, _b.aead_sequence(handle) - 1)
+            conn._bytes_received += written
+            self._feed_held(ipos, ipos - length - _RECORD_EXTRA, locked=True)
+            return written
+        conn._bytes_received += written
+        return written
+
+    def _direct_failed(self, error: Exception, good: int) -> None:
+        """A record opened by :meth:`_open_direct` failed: fail the Connection as
+        it fails itself (the alert is queued), after ``good`` bytes were delivered."""
+        conn = self._conn
+        conn._bytes_received += good
+        if isinstance(error, RecordLimitReached):
+            conn._fail(
+                ProtocolViolation(
+                    "the peer sent more records than one key may protect without a key update"
+                ),
+                AlertCode.UNEXPECTED_MESSAGE,
+            )
+        elif isinstance(error, IntegrityError):
+            conn._fail(
+                IntegrityError(f"a record failed authentication ({error}); connection closed"),
+                AlertCode.BAD_RECORD_MAC,
+            )
+        else:  # pragma: no cover - the opener is only given what fits
+            conn._fail(ProtocolViolation(f"record layer failure: {error}"), AlertCode.DECODE_ERROR)
+        self._drain()
+        self._take_output()
+
+    def _feed_held(self, end: int, start: int | None = None, *, locked: bool = False) -> None:
+        """Give the Connection the bytes held back, ``rview[start:end]`` (``start``:
+        the first held back), and everything before ``start`` is dropped."""
+        if start is None:
+            start = self._ipos
+        if end >= self._iend:
+            self._ipos = self._iend = 0
+        else:
+            self._ipos = end
+        if locked:
+            self._feed_locked(self._rview[start:end])
+            return
+        with self._state_lock:
+            self._feed_locked(self._rview[start:end])
+        if self._queued:
+            self._flush_nowait()
+        if self._error is not None and self._conn.session is not None:
+            self._shutdown_tcp()
+
+    def _feed_locked(self, data: memoryview) -> None:
+        conn = self._conn
+        conn.receive_data(data, time.time())
+        self._drain()
+        out = conn.data_to_send()
+        if out:
+            self._queued.append(out)
+
     def _next_chunk(self) -> bytes:
         """Install the next buffered chunk of stream data, reading if needed (read lock held).
 
@@ -695,12 +916,25 @@ class NautilusSocket(socket.socket):
             raise error
         raise ClosedError(f"the connection failed earlier: {error}") from error
 
-    def _fill(self) -> None:
-        """Read from the socket once and feed the Connection (read lock held)."""
+    def _fill(self, *, direct: bool = False) -> bool:
+        """Read from the socket once and feed the Connection (read lock held).
+
+        Bytes held back by the direct path go to the Connection first (and
+        nothing is read then). With ``direct``, the bytes read are held back
+        too, after those; returns False if they went to the Connection
+        instead (the end of the stream, a failure).
+        """
         if self._unsent is not None or self._queued:
             self._flush_nowait()
+        iend = self._iend
+        if not direct:
+            if iend > self._ipos:
+                self._feed_held(iend)
+                return False
+            if iend:
+                self._ipos = self._iend = iend = 0
         try:
-            n = _raw_recv_into(self, self._rview)
+            n = _raw_recv_into(self, self._rview[iend:])
         except BlockingIOError:
             if self._unsent is not None or self._queued:
                 raise WantWriteError(errno.EAGAIN, "output is waiting for the socket") from None
@@ -708,21 +942,29 @@ class NautilusSocket(socket.socket):
         except TimeoutError:
             raise
         except InterruptedError:  # pragma: no cover - a signal handler raised nothing
-            return
+            return direct
         except OSError as exc:
             if self._fd_closed:
                 raise
+            self._ipos = self._iend = 0
             self._lost(exc)
-            return
+            return False
+        if direct and n:
+            self._iend = iend + n
+            return True
         self._feed(n)
+        return False
 
     def _feed(self, n: int) -> None:
-        """Give ``n`` bytes read (0: end of file) to the Connection; collect its events."""
+        """Give the bytes held back and ``n`` bytes read after them (0: end of
+        file) to the Connection; collect its events."""
         with self._state_lock:
             conn = self._conn
-            if n:
-                conn.receive_data(self._rview[:n], time.time())
-            else:
+            start, end = self._ipos, self._iend + n
+            self._ipos = self._iend = 0
+            if end > start:
+                conn.receive_data(self._rview[start:end], time.time())
+            if not n:
                 conn.receive_eof()
             self._drain()
             out = conn.data_to_send()
@@ -794,7 +1036,10 @@ class NautilusSocket(socket.socket):
             _check_flags("send", flags)
         if not self._ready:
             self._prepare_write()
-        self._submit(_DATA, data)
+        if n and not self._timed_rekey and self.gettimeout() is None:
+            self._send_direct(data, n)
+        else:
+            self._submit(_DATA, data)
         return n
 
     def sendall(self, data: ReadableBuffer, flags: int = 0) -> None:
@@ -805,14 +1050,19 @@ class NautilusSocket(socket.socket):
         Raises:
             as :meth:`send`.
         """
-        if type(data) is not bytes:
-            _nbytes(data)
+        if type(data) is bytes:
+            n = len(data)
+        else:
+            n = _nbytes(data)
             data = _as_buffer(data)
         if flags:
             _check_flags("sendall", flags)
         if not self._ready:
             self._prepare_write()
-        self._submit(_DATA, data)
+        if n and not self._timed_rekey and self.gettimeout() is None:
+            self._send_direct(data, n)
+        else:
+            self._submit(_DATA, data)
 
     def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
         """Send a binary file's contents (read and sealed in Python: no ``os.sendfile``).
@@ -918,6 +1168,89 @@ class NautilusSocket(socket.socket):
         if not self._hs_done:
             with self._hs_lock:
                 self._handshake_locked()
+
+    def _send_direct(self, data: bytes | bytearray | memoryview, n: int) -> None:
+        """The bulk path of :meth:`send`/:meth:`sendall` in blocking mode.
+
+        The content is sealed straight from ``data`` into a reusable buffer,
+        at most ``_WRITE_PIECE`` bytes at a time, and each piece written with
+        one ``sendall`` before the next is sealed: no per-call allocation.
+        This is the fast branch of ``Connection._seal_application`` (the same
+        key-update budget accounting); where it does not apply (a key update is
+        due, the connection is closed) the rest goes through the Connection as
+        in :meth:`_submit`. The record limit is enforced in C (a
+        ``nautilus.RecordLimitReached``, nothing sealed), so no nonce is reused.
+        Output a reader queued meanwhile was sealed earlier: it goes first.
+        """
+        state_lock = self._state_lock
+        write_lock = self._write_lock
+        write_lock.acquire()
+        try:
+            if self._unsent is not None or self._queued:  # an earlier timeout left output
+                self._write_out(None, nowait=False)
+            pos = 0
+            while pos < n:
+                step = n - pos if n - pos <= _WRITE_PIECE else _WRITE_PIECE
+                state_lock.acquire()
+                try:
+                    conn = self._conn
+                    sealer = conn._sealer  # None once closed (set after the handshake)
+                    handle = None if sealer is None else sealer._handle
+                    if handle is None:
+                        break
+                    frag = conn._send_fragment  # the sealer's, and the budget's, record size
+                    records = (step + frag - 1) // frag
+                    need = step + records * _OVERHEAD  # nt_seal checks it, and says what it wrote
+                    if (
+                        records + _BUDGET_MARGIN >= conn._seal_budget
+                        or conn._bytes_since_update + step > conn._ctx.key_update_bytes
+                    ):
+                        break
+                    if need > len(self._wbuf):
+                        wbuf = bytearray(need)
+                        self._wbuf, self._wview = wbuf, memoryview(wbuf)
+                        self._wout = self._wview[:0]
+                        self._wptr = _from_buffer(wbuf, require_writable=True)
+                    if pos == 0 and type(data) is bytes:
+                        rc = _nt_seal(handle, _APP_DATA, data, step, self._wptr, need,
+                                      self._out_len, self._out_len2)  # fmt: skip
+                    else:
+                        with _from_buffer(data) as src:
+                            rc = _nt_seal(handle, _APP_DATA, src + pos, step, self._wptr, need,
+                                          self._out_len, self._out_len2)  # fmt: skip
+                    if rc != _NT_OK:
+                        _b.check(rc, "seal")
+                    conn._seal_budget -= records
+                    conn._bytes_since_update += step
+                    conn._bytes_sent += step
+                    written = self._out_len[0]
+                    out = self._wout
+                    if len(out) != written:
+                        out = self._wout = self._wview[:written]
+                    earlier = self._queued
+                    if earlier:
+                        self._queued = []
+                finally:
+                    state_lock.release()
+                if earlier:
+                    _raw_sendall(self, earlier[0] if len(earlier) == 1 else b"".join(earlier))
+                _raw_sendall(self, out)
+                pos += step
+            if pos < n:
+                with state_lock:
+                    conn = self._conn
+                    conn.send_data(data if not pos else memoryview(data).cast("B")[pos:])
+                    rest = conn._take_output()
+                    earlier = self._queued
+                    self._queued = []
+                if earlier:
+                    _raw_sendall(self, earlier[0] if len(earlier) == 1 else b"".join(earlier))
+                if rest:
+                    _raw_sendall(self, rest)
+        finally:
+            write_lock.release()
+        if self._queued:  # a reader queued output while we held the lock
+            self._flush_nowait()
 
     def _submit(self, kind: int, payload: Any) -> None:
         """Seal ``payload`` and write it after everything queued, in order (see :meth:`send`)."""
@@ -1090,6 +1423,8 @@ class NautilusSocket(socket.socket):
         if not self._hs_done or self._eof or not self._read_lock.acquire(blocking=False):
             return
         try:
+            if self._iend:  # held back by the direct path
+                self._feed_held(self._iend)
             for _ in range(64):
                 if not _wait(self, False, 0.0):
                     return

@@ -15,6 +15,7 @@ import hashlib
 import io
 import os
 import random
+import select
 import selectors
 import socket
 import struct
@@ -155,6 +156,19 @@ def raw_handshake(sock: socket.socket, conn: Connection) -> None:
     out = conn.data_to_send()
     if out:
         sock.sendall(out)
+
+
+def wait_for_data(sock: socket.socket, conn: Connection) -> bytes:
+    """Feed ``conn`` until it delivers stream data; return that data."""
+    while True:
+        data = sock.recv(65536)
+        assert data, "the peer closed"
+        conn.receive_data(data, time.time())
+        got = b"".join(
+            e.data for e in iter(conn.next_event, None) if type(e) is nautilus.DataReceived
+        )
+        if got:
+            return got
 
 
 def read_until_eof(sock: socket.socket) -> bytes:
@@ -1185,3 +1199,252 @@ def test_early_data_reaches_the_server_as_stream_data() -> None:
         conn.close()
         raw.sendall(conn.data_to_send())
     assert peer.result() == [b"first", b"early!"]
+
+
+# ------------------------------------------- the bulk paths: direct seal and open
+
+
+def test_recv_into_small_buffers_and_nbytes_on_the_direct_path() -> None:
+    """Records larger than the caller's buffer, and ``nbytes``, interleaved
+    with reads large enough to take whole batches of records."""
+    payload = random.randbytes(1_500_000)
+
+    def handler(sock: NautilusSocket) -> None:
+        rng = random.Random(4)
+        pos = 0
+        while pos < len(payload):  # uneven writes, some of them waited for
+            step = rng.randint(1, 60_000)
+            sock.sendall(payload[pos : pos + step])
+            pos += step
+            if rng.random() < 0.2:
+                time.sleep(0.001)
+        assert sock.recv(1) == b""
+
+    peer = Peer(handler)
+    with connect(peer) as sock:
+        got = bytearray()
+        big = bytearray(300_000)
+        rng = random.Random(5)
+        while len(got) < len(payload):
+            kind = rng.random()
+            if kind < 0.3:
+                size = rng.choice((1, 17, 1000, 16_383, 16_384, 16_385))
+                n = sock.recv_into(big, size)
+                assert 0 < n <= size
+            elif kind < 0.6:
+                n = sock.recv_into(big)
+                assert n > 0
+            elif kind < 0.7:  # not contiguous: the general path
+                strided = memoryview(bytearray(4000))[::2]
+                n = sock.recv_into(strided)
+                assert 0 < n <= 2000
+                big[:n] = strided[:n]
+            else:
+                small = bytearray(rng.randint(1, 20_000))
+                n = sock.recv_into(small)
+                assert 0 < n <= len(small)
+                big[:n] = small[:n]
+            got += big[:n]
+        assert bytes(got) == payload
+    peer.result()
+
+
+def test_large_sends_from_any_buffer_are_accounted_and_intact() -> None:
+    """Sends larger than one sealing step, from bytes, bytearray, memoryview
+    and a typed array; the Connection's byte counters follow the direct path."""
+    parts: list[Any] = [
+        random.randbytes(1_000_001),
+        bytearray(random.randbytes(600_000)),
+        memoryview(random.randbytes(300_000))[1000:],
+        array.array("I", range(100_000)),
+    ]
+    expected = b"".join(bytes(p) for p in parts)
+
+    def handler(sock: NautilusSocket) -> tuple[bytes, int]:
+        got = bytearray()
+        buf = bytearray(1 << 18)
+        while len(got) < len(expected):
+            n = sock.recv_into(buf)
+            assert n
+            got += buf[:n]
+        return bytes(got), sock._conn.stats.bytes_received
+
+    peer = Peer(handler)
+    with connect(peer) as sock:
+        for i, part in enumerate(parts):
+            if i % 2:
+                assert sock.send(part) == memoryview(part).nbytes
+            else:
+                sock.sendall(part)
+        assert sock._conn.stats.bytes_sent == len(expected)
+        assert sock.recv(1) == b""  # the server closes first: its ticket is read
+    got, received = peer.result()
+    assert hashlib.sha256(got).digest() == hashlib.sha256(expected).digest()
+    assert received == len(expected)
+
+
+def test_key_updates_by_record_count_on_the_direct_paths() -> None:
+    """A small key-update budget: the direct send path hands the sealing near
+    each update to the Connection, the direct open path hands it the updates."""
+    payload = random.randbytes(2_000_000)
+    ctx_kw = {"key_update_records": 20}
+
+    def handler(sock: NautilusSocket) -> tuple[bytes, int]:
+        got = bytearray()
+        buf = bytearray(1 << 18)
+        while len(got) < len(payload):
+            n = sock.recv_into(buf)
+            assert n
+            got += buf[:n]
+        return bytes(got), sock._conn.stats.key_updates
+
+    peer = Peer(handler, server_ctx(**ctx_kw))
+    with connect(peer, context=client_ctx(**ctx_kw)) as sock:
+        for i in range(0, len(payload), 150_000):
+            sock.sendall(payload[i : i + 150_000])
+        updates = sock._conn.stats.key_updates
+        assert sock.recv(1) == b""
+    got, peer_updates = peer.result()
+    assert got == payload
+    assert updates >= len(payload) // (16384 * 20)
+    assert peer_updates == updates
+
+
+def test_records_cut_into_many_reads_with_a_key_update_and_a_message_between() -> None:
+    """The peer writes its records in small uneven pieces: every record is cut
+    across reads; a key update (which asks for ours) and a message sit between
+    stream data; the reader answers the update and both keep working."""
+    chunks = [random.randbytes(n) for n in (40_000, 3, 20_000, 70_000)]
+
+    def handler(raw: socket.socket) -> bytes:
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = Connection(server_ctx(), "server")
+        raw_handshake(raw, conn)
+        wait_for_data(raw, conn)
+        conn.send_data(chunks[0])
+        conn.send_data(chunks[1])
+        conn.update_keys(request_peer=True)
+        conn.send_data(chunks[2])
+        conn.send_message(b"a message between")
+        conn.send_data(chunks[3])
+        wire = conn.data_to_send()
+        rng = random.Random(7)
+        pos = 0
+        while pos < len(wire):
+            step = rng.randint(1, 9000)
+            raw.sendall(wire[pos : pos + step])
+            pos += step
+            time.sleep(0.002)
+        wait_for_data(raw, conn)
+        assert not conn.is_closed, conn.error
+        assert conn.stats.key_updates == 2  # ours, and the peer's answer
+        conn.close()
+        raw.sendall(conn.data_to_send())
+        return read_until_eof(raw)
+
+    peer = Peer(handler, wrap=False)
+    with connect(peer) as sock:
+        sock.sendall(b"go")  # the records come after the handshake, not with it
+        got = bytearray()
+        buf = bytearray(1 << 17)
+        want = sum(len(c) for c in chunks)
+        while len(got) < want:
+            n = sock.recv_into(buf)
+            assert n
+            got += buf[:n]
+        assert bytes(got) == b"".join(chunks)
+        assert sock.recv_message() == b"a message between"
+        sock.sendall(b"done")
+        assert sock.recv_into(buf) == 0  # close_notify
+    peer.result()
+
+
+def test_forged_record_after_good_ones_in_one_read() -> None:
+    """Authentic records, then a forged one, arrive in one TCP write: the
+    authentic data is delivered, then IntegrityError, and an alert goes out."""
+    good = random.randbytes(50_000)
+
+    def handler(raw: socket.socket) -> bytes:
+        conn = Connection(server_ctx(), "server")
+        raw_handshake(raw, conn)
+        wait_for_data(raw, conn)
+        conn.send_data(good)
+        genuine = conn.data_to_send()
+        conn.send_data(b"forged!")
+        record = bytearray(conn.data_to_send())
+        record[-1] ^= 1
+        raw.sendall(genuine + record)
+        return read_until_eof(raw)
+
+    peer = Peer(handler, wrap=False)
+    with connect(peer) as sock:
+        sock.sendall(b"go")
+        got = bytearray()
+        buf = bytearray(1 << 18)
+        while len(got) < len(good):
+            n = sock.recv_into(buf)
+            assert n
+            got += buf[:n]
+        assert bytes(got) == good
+        with pytest.raises(nautilus.IntegrityError):
+            sock.recv_into(buf)
+        with pytest.raises(nautilus.ClosedError):
+            sock.recv_into(buf)
+        with pytest.raises(nautilus.ClosedError):
+            sock.sendall(b"x")
+    alert = peer.result()
+    assert alert
+    assert alert[0] == 0x17
+
+
+def test_close_notify_right_after_data_in_one_read() -> None:
+    payload = random.randbytes(30_000)
+
+    def handler(raw: socket.socket) -> None:
+        conn = Connection(server_ctx(), "server")
+        raw_handshake(raw, conn)
+        wait_for_data(raw, conn)
+        conn.send_data(payload)
+        conn.close()
+        raw.sendall(conn.data_to_send())
+        read_until_eof(raw)
+
+    peer = Peer(handler, wrap=False)
+    with connect(peer) as sock:
+        sock.sendall(b"go")
+        buf = bytearray(1 << 18)
+        got = bytearray()
+        while n := sock.recv_into(buf):
+            got += buf[:n]
+        assert bytes(got) == payload
+        assert sock.recv_into(buf) == 0
+    peer.result()
+
+
+def test_pending_counts_records_read_ahead_for_select_loops() -> None:
+    """recv_into reads records ahead of what the caller's buffer takes: pending()
+    reports them, so a select() loop that checks it does not wait for nothing."""
+    payload = random.randbytes(200_000)
+
+    def handler(sock: NautilusSocket) -> None:
+        assert sock.recv(2) == b"go"
+        sock.sendall(payload)
+        assert sock.recv(1) == b""
+
+    peer = Peer(handler)
+    with connect(peer) as sock:
+        sock.sendall(b"go")
+        time.sleep(0.2)  # let it all arrive: one read takes it
+        buf = bytearray(40_000)
+        got = bytearray()
+        n = sock.recv_into(buf)
+        got += buf[:n]
+        sock.setblocking(False)
+        while len(got) < len(payload):
+            if not sock.pending():
+                assert select.select([sock], [], [], 5.0)[0], "nothing to read"
+            n = sock.recv_into(buf)
+            got += buf[:n]
+        assert bytes(got) == payload
+        sock.setblocking(True)
+    peer.result()
