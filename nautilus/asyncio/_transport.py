@@ -41,6 +41,8 @@ _Buffer = bytes | bytearray | memoryview
 _WARN_WRITES_AFTER_CLOSE = 5
 _COALESCE = 1 << 16  # bytes of small writes collected before they are sealed together
 _READ_BACKLOG = 1 << 18  # bytes held while reading is paused before TCP reading pauses too
+_RECV_SMALL = 1 << 14  # receive buffer space offered to TCP reads at first (handshake, chat)
+_RECV_LARGE = 1 << 18  # ... and once a read filled it (bulk transfers)
 _LINGER = 5.0  # seconds a closing side waits for the peer's FIN (see _close_after_peer)
 
 
@@ -217,7 +219,7 @@ class NautilusTransport(asyncio.Transport):
             owner._read_paused = False
             if (
                 owner._held is not None
-                or owner._backlog
+                or owner._rend > owner._rseen
                 or owner._eof_held
                 or owner._tcp_paused
                 or owner._early_received
@@ -279,7 +281,7 @@ class NautilusTransport(asyncio.Transport):
         """
         if not isinstance(protocol, asyncio.Protocol):
             raise TypeError(f"protocol must be an asyncio.Protocol, not {type(protocol).__name__}")
-        self._owner._app = protocol
+        self._owner._set_app(protocol)
 
     def get_protocol(self) -> asyncio.BaseProtocol:
         """The application protocol events are delivered to."""
@@ -314,8 +316,13 @@ class NautilusTransport(asyncio.Transport):
         return f"<nautilus.asyncio.NautilusTransport {self._conn.role} {state}>"
 
 
-class _NautilusProtocol(asyncio.Protocol):
+class _NautilusProtocol(asyncio.BufferedProtocol):
     """Owns the TCP transport and the Connection; creates the app protocol.
+
+    TCP reads land in a buffer of ours (``get_buffer``/``buffer_updated``):
+    the Connection opens the complete records there, and the bytes of an
+    incomplete record, or those held while reading is paused, stay in place
+    until more arrive (no copy, and no new buffer per read).
 
     ``waiter`` (clients) is resolved when the handshake completes, or set to
     the handshake's error; servers pass None and log failed handshakes.
@@ -333,10 +340,12 @@ class _NautilusProtocol(asyncio.Protocol):
         self._early_data = early_data  # client: 0-RTT data for the first flight
         self._early_received: list[bytes] = []  # server: accepted 0-RTT data, held for the app
         self._conn = conn
+        conn._keep_input = True  # incomplete records stay in _rbuf (_process)
         self._app_factory = app_factory
         self._waiter = waiter
         self._tcp: asyncio.Transport | None = None
         self._app: asyncio.Protocol | None = None
+        self._app_copies = False  # the app copies the data it gets (_set_app)
         self._transport: NautilusTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -352,13 +361,21 @@ class _NautilusProtocol(asyncio.Protocol):
         self._pending: list[bytes] = []
         self._pending_size = 0
         self._corked = False
+        # What TCP delivered: _rbuf[_rstart:_rend]; the Connection has seen
+        # it up to _rseen (what lies between _rstart and _rseen is an
+        # incomplete record it waits to see completed; what follows _rseen
+        # came while reading was paused: the backlog). _rsize: the space
+        # offered to the next read.
+        self._rbuf = bytearray()
+        self._rview = memoryview(self._rbuf)
+        self._rstart = self._rseen = self._rend = 0
+        self._rsize = _RECV_SMALL
         # Reading paused by the application (NautilusTransport.pause_reading):
-        # the event not delivered, the TCP bytes not yet given to the
-        # Connection, whether the TCP transport is paused too (past
-        # _READ_BACKLOG held bytes), and whether the peer's FIN came meanwhile.
+        # the event not delivered, whether the TCP transport is paused too
+        # (past _READ_BACKLOG held bytes), and whether the peer's FIN came
+        # meanwhile.
         self._read_paused = False
         self._held: Event | None = None
-        self._backlog = bytearray()
         self._tcp_paused = False
         self._eof_held = False
         self._resume_handle: asyncio.Handle | None = None
@@ -374,20 +391,81 @@ class _NautilusProtocol(asyncio.Protocol):
         self._dispatch()
         self._arm_timer()
 
-    def data_received(self, data: bytes) -> None:
-        if (self._read_paused or self._backlog) and not self._closing:
-            self._hold(data)
-        else:
-            self._process(data)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        size = self._rsize
+        if self._read_paused:  # what is read is held, up to _READ_BACKLOG bytes
+            size = max(_RECV_SMALL, min(size, _READ_BACKLOG - (self._rend - self._rseen)))
+        if len(self._rbuf) - self._rend < size:
+            self._make_room(size)
+        return self._rview[self._rend : self._rend + size]
 
-    def _process(self, data: bytes | bytearray | memoryview) -> None:
+    def buffer_updated(self, nbytes: int) -> None:
+        if nbytes >= self._rsize:  # the read filled what was offered: offer more
+            self._rsize = _RECV_LARGE
+        self._rend += nbytes
+        if (
+            self._read_paused or self._held is not None or self._rseen < self._rend - nbytes
+        ) and not self._closing:
+            # Held until _resume has delivered what came before (and, until
+            # then, the views of the Connection's buffer in those events).
+            self._hold()
+        else:
+            self._process()
+            if self._rend == 0 and nbytes < _RECV_SMALL and self._rbuf:
+                # A small read, all of it taken: keep no buffer while the
+                # connection is quiet (idle connections cost no memory).
+                self._rbuf = bytearray()
+                self._rview = memoryview(self._rbuf)
+                self._rstart = self._rseen = self._rend = 0
+                self._rsize = _RECV_SMALL
+
+    def data_received(self, data: bytes) -> None:
+        """For transports that do not call get_buffer(): the bytes are copied in."""
+        size = len(data)
+        if size:
+            if len(self._rbuf) - self._rend < size:
+                self._make_room(size)
+            self._rview[self._rend : self._rend + size] = data
+            self.buffer_updated(size)
+
+    def _make_room(self, size: int) -> None:
+        """Make ``size`` bytes free after _rend: move what is kept to the
+        start, in a larger buffer if need be (the TCP transport may still
+        hold a view of the old one: it is replaced, never resized)."""
+        start, end = self._rstart, self._rend
+        keep = end - start
+        if keep + size > len(self._rbuf):
+            rbuf = bytearray(keep + size + max(size, keep) // 8)
+            rbuf[:keep] = self._rview[start:end]
+            self._rbuf, self._rview = rbuf, memoryview(rbuf)
+        elif start:
+            if start >= keep:
+                self._rview[:keep] = self._rview[start:end]
+            else:  # overlapping
+                self._rview[:keep] = bytes(self._rview[start:end])
+        else:
+            return
+        self._rstart, self._rseen, self._rend = 0, self._rseen - start, keep
+
+    def _process(self) -> None:
+        """Give the Connection what TCP delivered; deliver the events."""
         conn = self._conn
         if self._pending_size:
             self._seal_pending()  # what the application wrote goes before any answer
+        start, end = self._rstart, self._rend
+        self._rseen = end
+        if start == end:
+            return
         try:
-            conn.receive_data(data, _now())
+            conn.receive_data(self._rview[start:end], _now())
+            used = end - start - conn._unread  # an incomplete record stays here
         except Exception as exc:  # the Connection promises not to raise here
+            used = end - start
             self._engine_error(exc)
+        if start + used == end:
+            self._rstart = self._rseen = self._rend = 0
+        else:
+            self._rstart = start + used
         # Dispatch first, then send once: what the Connection queued (handshake
         # flight, key update, close_notify reply) and what the application
         # wrote from its callbacks leave in order, in one TCP write.
@@ -401,7 +479,9 @@ class _NautilusProtocol(asyncio.Protocol):
             self._arm_timer()
 
     def eof_received(self) -> bool:
-        if not self._closing and (self._read_paused or self._held is not None or self._backlog):
+        if not self._closing and (
+            self._read_paused or self._held is not None or self._rend > self._rseen
+        ):
             # Keep TCP open (unread) until the application, reading again,
             # has what came before the FIN (_resume).
             self._eof_held = True
@@ -421,14 +501,14 @@ class _NautilusProtocol(asyncio.Protocol):
         if self._resume_handle is not None:
             self._resume_handle.cancel()
             self._resume_handle = None
-        if not self._closing and (self._held is not None or self._backlog or self._early_received):
+        backlog = self._rend > self._rseen
+        if not self._closing and (self._held is not None or backlog or self._early_received):
             # TCP ended while the application had paused reading: what was
             # held goes to it now, before the end.
             self._read_paused = False
             self._deliver_early()
-            backlog, self._backlog = self._backlog, bytearray()
             if backlog:
-                self._process(backlog)
+                self._process()
             else:
                 self._dispatch()
         self._closing = True
@@ -517,7 +597,10 @@ class _NautilusProtocol(asyncio.Protocol):
             if type(event) is DataReceived:
                 app = self._app
                 if app is not None and not self._closing:
-                    app.data_received(event.data)
+                    data = event.data
+                    if type(data) is not bytes and not self._app_copies:
+                        data = bytes(data)  # a view of the Connection's buffer (_set_app)
+                    app.data_received(data)
             elif type(event) is MessagesReceived:
                 app = self._app
                 if app is not None and not self._closing:
@@ -537,14 +620,13 @@ class _NautilusProtocol(asyncio.Protocol):
                 self._connection_closed(event.error)
             # KeysUpdated and AlertReceived need nothing from us.
             event = conn.next_event()
+        conn._lent = False  # every DataReceived view was delivered
 
     # ------------------------------------------------------ paused reading
 
-    def _hold(self, data: bytes) -> None:
-        """Keep TCP bytes for later (reading is paused, or was until just now)."""
-        backlog = self._backlog
-        backlog += data
-        if len(backlog) >= _READ_BACKLOG and not self._tcp_paused:
+    def _hold(self) -> None:
+        """Keep the bytes read for later (reading is paused, or was until just now)."""
+        if self._rend - self._rseen >= _READ_BACKLOG and not self._tcp_paused:
             tcp = self._tcp
             assert tcp is not None
             self._tcp_paused = True
@@ -578,15 +660,14 @@ class _NautilusProtocol(asyncio.Protocol):
             finally:
                 self._in_callback = False
             self._transmit()
-        if self._backlog and not self._read_paused and not self._closing:
-            backlog, self._backlog = self._backlog, bytearray()
-            self._process(backlog)
+        if self._rend > self._rseen and not self._read_paused and not self._closing:
+            self._process()
         if self._read_paused or self._closing:
             return
         tcp = self._tcp
         assert tcp is not None
         if self._eof_held:
-            if self._held is None and not self._backlog:
+            if self._held is None and self._rend == self._rseen:
                 self._eof_held = False
                 self._process_eof()
                 if not self._tcp_lost:
@@ -608,7 +689,7 @@ class _NautilusProtocol(asyncio.Protocol):
                     f"the protocol factory must return an asyncio.Protocol, "
                     f"not {type(app).__name__}"
                 )
-            self._app = app
+            self._set_app(app)
             app.connection_made(transport)
             self._deliver_early()
         except Exception as exc:
@@ -624,6 +705,22 @@ class _NautilusProtocol(asyncio.Protocol):
             app.pause_writing()
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+
+    def _set_app(self, app: asyncio.Protocol) -> None:
+        """Deliver to ``app`` from now on.
+
+        asyncio's own StreamReaderProtocol, feeding an asyncio StreamReader,
+        copies what ``data_received`` gets into the reader's buffer at once:
+        it is given views of the Connection's decrypted data rather than
+        copies (one copy and one large allocation less per read).
+        """
+        self._app = app
+        reader = getattr(app, "_stream_reader", None)
+        self._app_copies = (
+            type(app) is asyncio.StreamReaderProtocol and type(reader) is asyncio.StreamReader
+        )
+        if self._app_copies:
+            self._conn._data_views = True
 
     def _deliver_early(self) -> None:
         """(server) Accepted 0-RTT data goes to the application first, as stream data."""
@@ -691,7 +788,7 @@ class _NautilusProtocol(asyncio.Protocol):
         if self._eof_held or not tcp.can_write_eof():  # the peer has closed already
             tcp.close()
             return
-        self._backlog = bytearray()  # what the application has not read is dropped
+        self._rstart = self._rseen = self._rend = 0  # what the application has not read is dropped
         if self._tcp_paused:  # the peer's FIN must be read even if the app paused reading
             self._tcp_paused = False
             tcp.resume_reading()

@@ -221,6 +221,19 @@ class Connection:
         self._out: list[bytes | bytearray] = []  # joined once by data_to_send()
         self._in = bytearray()
         self._scratch = bytearray()
+        # Set by the asyncio adapter for an application that copies what it
+        # gets (asyncio's StreamReaderProtocol): DataReceived.data is then a
+        # memoryview of _scratch, not a copy; _lent says one is out, so that
+        # _scratch is not written again until the adapter has delivered it
+        # (and cleared _lent).
+        self._data_views = False
+        self._lent = False
+        # Set by the asyncio adapter, which reads into a buffer of its own: an
+        # incomplete record at the end of what receive_data() gets is left
+        # there (its length in _unread) rather than copied to _in; the
+        # adapter presents it again with the bytes that follow.
+        self._keep_input = False
+        self._unread = 0
         self._hs = HandshakeBuffer()
         self._transcript = hashlib.sha256()
         self._keys: ks.KeySchedule | None = None
@@ -351,6 +364,7 @@ class Connection:
             self._set_now(now)
         if self._state in (State.CLIENT_START, State.SERVER_START):
             raise ClosedError("call start(now) before receive_data()")
+        self._unread = 0
         if self._state is State.CLOSED:
             return
         try:
@@ -381,17 +395,44 @@ class Connection:
                 # keep only what is left (an incomplete record, or what follows
                 # a key update).
                 used = self._open_records(data)
-                if not self.is_closed:
+                if self.is_closed:
+                    return
+                if self._keep_input and self._incomplete(data, used):
+                    self._unread = len(data) - used  # the caller keeps it
+                else:
                     self._in += memoryview(data)[used:]
             else:
                 self._in += data
             self._process_input()
+            if (
+                self._keep_input
+                and buf
+                and len(buf) <= len(data)
+                and self._incomplete(buf, 0)
+                and not (self._early_skip or self._early_left)
+            ):
+                # An incomplete record, the end of ``data``: the caller keeps it.
+                self._unread = len(buf)
+                buf.clear()
         except _Abort as abort:
             self._fail(abort.error, abort.alert)
         except DecodeError as exc:
             self._fail(exc, AlertCode.RECORD_OVERFLOW if exc.overflow else AlertCode.DECODE_ERROR)
         except ProtocolViolation as exc:
             self._fail(exc, AlertCode.UNEXPECTED_MESSAGE)
+
+    def _incomplete(self, data: bytes | bytearray | memoryview, pos: int) -> bool:
+        """Whether ``data[pos:]`` is the start of a sealed record, and only that."""
+        left = len(data) - pos
+        return (
+            left > 0
+            and data[pos] == RECORD_SEALED
+            and self._state is State.CONNECTED
+            and (
+                left < PLAIN_HEADER_SIZE
+                or left < PLAIN_HEADER_SIZE + int.from_bytes(data[pos + 1 : pos + 4], "big")
+            )
+        )
 
     def receive_eof(self) -> None:
         """The peer closed its side of the transport."""
@@ -702,8 +743,9 @@ class Connection:
             return True
         opener = self._early_opener
         assert opener is not None
-        if len(self._scratch) < len(buf):
+        if len(self._scratch) < len(buf) or self._lent:
             self._scratch = bytearray(len(buf))
+            self._lent = False
         try:
             opened = opener._open_fast(
                 buf, self._scratch, ContentType.APPLICATION_DATA, self._early_left
@@ -735,8 +777,10 @@ class Connection:
         bytes they took (0: more bytes are needed). The caller drops them."""
         opener = self._opener
         assert opener is not None
-        if len(self._scratch) < len(src):
-            self._scratch = bytearray(max(len(src), 2 * len(self._scratch)))
+        if len(self._scratch) < len(src) or self._lent:
+            size = len(self._scratch)
+            self._scratch = bytearray(size if size >= len(src) else max(len(src), 2 * size))
+            self._lent = False
         try:
             opened = opener._open_fast(src, self._scratch, self._batch_type)
         except RecordLimitReached:
@@ -793,7 +837,12 @@ class Connection:
         if ctype == ContentType.APPLICATION_DATA:
             if end > start:
                 self._bytes_received += end - start
-                self._events.append(DataReceived(bytes(memoryview(self._scratch)[start:end])))
+                view = memoryview(self._scratch)[start:end]
+                if self._data_views:
+                    self._lent = True
+                    self._events.append(DataReceived(cast("bytes", view)))
+                else:
+                    self._events.append(DataReceived(bytes(view)))
             return
         if ctype == ContentType.MESSAGE:
             self._bytes_received += end - start
