@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, cast
@@ -43,6 +44,22 @@ _COALESCE = 1 << 16  # bytes of small writes collected before they are sealed to
 _READ_BACKLOG = 1 << 18  # bytes held while reading is paused before TCP reading pauses too
 _RECV_SMALL = 1 << 14  # receive buffer space offered to TCP reads at first (handshake, chat)
 _RECV_LARGE = 1 << 18  # ... and once a read filled it (bulk transfers)
+
+
+class _SharedReadBuffer(threading.local):
+    """One _RECV_SMALL buffer per thread (per event loop) for small reads.
+
+    A connection with nothing kept from earlier reads reads into it, and the
+    Connection takes everything at once (an incomplete record at the end is
+    copied to the connection's own buffer): no buffer is allocated per read,
+    and a quiet connection holds none.
+    """
+
+    def __init__(self) -> None:
+        self.view = memoryview(bytearray(_RECV_SMALL))
+
+
+_shared = _SharedReadBuffer()
 _LINGER = 5.0  # seconds a closing side waits for the peer's FIN (see _close_after_peer)
 
 
@@ -370,6 +387,7 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         self._rview = memoryview(self._rbuf)
         self._rstart = self._rseen = self._rend = 0
         self._rsize = _RECV_SMALL
+        self._shared_read = False  # the current read goes to _shared.view
         # Reading paused by the application (NautilusTransport.pause_reading):
         # the event not delivered, whether the TCP transport is paused too
         # (past _READ_BACKLOG held bytes), and whether the peer's FIN came
@@ -393,6 +411,10 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
 
     def get_buffer(self, sizehint: int) -> memoryview:
         size = self._rsize
+        if size == _RECV_SMALL and self._rend == 0 and not self._read_paused and self._held is None:
+            self._shared_read = True
+            return _shared.view
+        self._shared_read = False
         if self._read_paused:  # what is read is held, up to _READ_BACKLOG bytes
             size = max(_RECV_SMALL, min(size, _READ_BACKLOG - (self._rend - self._rseen)))
         if len(self._rbuf) - self._rend < size:
@@ -402,6 +424,15 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         if nbytes >= self._rsize:  # the read filled what was offered: offer more
             self._rsize = _RECV_LARGE
+        if self._shared_read:
+            self._shared_read = False
+            data = _shared.view[:nbytes]
+            if (self._read_paused or self._held is not None) and not self._closing:
+                self._keep(data)  # (paused by a callback since get_buffer)
+                self._hold()
+            else:
+                self._process(data)
+            return
         self._rend += nbytes
         if (
             self._read_paused or self._held is not None or self._rseen < self._rend - nbytes
@@ -423,10 +454,19 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         """For transports that do not call get_buffer(): the bytes are copied in."""
         size = len(data)
         if size:
+            self._shared_read = False
             if len(self._rbuf) - self._rend < size:
                 self._make_room(size)
             self._rview[self._rend : self._rend + size] = data
             self.buffer_updated(size)
+
+    def _keep(self, data: memoryview) -> None:
+        """Copy ``data`` to the end of our own buffer (_rend advances)."""
+        size = len(data)
+        if len(self._rbuf) - self._rend < size:
+            self._make_room(size)
+        self._rview[self._rend : self._rend + size] = data
+        self._rend += size
 
     def _make_room(self, size: int) -> None:
         """Make ``size`` bytes free after _rend: move what is kept to the
@@ -447,22 +487,31 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
             return
         self._rstart, self._rseen, self._rend = 0, self._rseen - start, keep
 
-    def _process(self) -> None:
-        """Give the Connection what TCP delivered; deliver the events."""
+    def _process(self, shared: memoryview | None = None) -> None:
+        """Give the Connection what TCP delivered (in our buffer, or ``shared``:
+        a read into the thread's shared buffer); deliver the events."""
         conn = self._conn
         if self._pending_size:
             self._seal_pending()  # what the application wrote goes before any answer
-        start, end = self._rstart, self._rend
-        self._rseen = end
-        if start == end:
-            return
+        if shared is None:
+            start, end = self._rstart, self._rend
+            self._rseen = end
+            if start == end:
+                return
+            data = self._rview[start:end]
+        else:
+            start, end, data = 0, len(shared), shared
         try:
-            conn.receive_data(self._rview[start:end], _now())
+            conn.receive_data(data, _now())
             used = end - start - conn._unread  # an incomplete record stays here
         except Exception as exc:  # the Connection promises not to raise here
             used = end - start
             self._engine_error(exc)
-        if start + used == end:
+        if shared is not None:
+            if used < end:  # the shared buffer is reused: keep the incomplete record
+                self._keep(shared[used:])
+                self._rseen = self._rend
+        elif start + used == end:
             self._rstart = self._rseen = self._rend = 0
         else:
             self._rstart = start + used
