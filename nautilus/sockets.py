@@ -1050,6 +1050,7 @@ class NautilusSocket(socket.socket):
         Raises:
             as :meth:`send`.
         """
+        # send()'s body, not a call to it: a call is ~1% of a 4 KiB sendall.
         if type(data) is bytes:
             n = len(data)
         else:

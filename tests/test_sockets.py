@@ -1249,6 +1249,17 @@ def test_recv_into_small_buffers_and_nbytes_on_the_direct_path() -> None:
     peer.result()
 
 
+def recv_into_exactly(sock: NautilusSocket, size: int) -> bytes:
+    """``size`` bytes read with ``recv_into`` into a 256 KiB buffer (the direct path)."""
+    got = bytearray()
+    buf = bytearray(1 << 18)
+    while len(got) < size:
+        n = sock.recv_into(buf)
+        assert n, f"the stream ended after {len(got)} of {size} bytes"
+        got += buf[:n]
+    return bytes(got)
+
+
 def test_large_sends_from_any_buffer_are_accounted_and_intact() -> None:
     """Sends larger than one sealing step, from bytes, bytearray, memoryview
     and a typed array; the Connection's byte counters follow the direct path."""
@@ -1261,13 +1272,7 @@ def test_large_sends_from_any_buffer_are_accounted_and_intact() -> None:
     expected = b"".join(bytes(p) for p in parts)
 
     def handler(sock: NautilusSocket) -> tuple[bytes, int]:
-        got = bytearray()
-        buf = bytearray(1 << 18)
-        while len(got) < len(expected):
-            n = sock.recv_into(buf)
-            assert n
-            got += buf[:n]
-        return bytes(got), sock._conn.stats.bytes_received
+        return recv_into_exactly(sock, len(expected)), sock._conn.stats.bytes_received
 
     peer = Peer(handler)
     with connect(peer) as sock:
@@ -1290,13 +1295,7 @@ def test_key_updates_by_record_count_on_the_direct_paths() -> None:
     ctx_kw = {"key_update_records": 20}
 
     def handler(sock: NautilusSocket) -> tuple[bytes, int]:
-        got = bytearray()
-        buf = bytearray(1 << 18)
-        while len(got) < len(payload):
-            n = sock.recv_into(buf)
-            assert n
-            got += buf[:n]
-        return bytes(got), sock._conn.stats.key_updates
+        return recv_into_exactly(sock, len(payload)), sock._conn.stats.key_updates
 
     peer = Peer(handler, server_ctx(**ctx_kw))
     with connect(peer, context=client_ctx(**ctx_kw)) as sock:
@@ -1379,13 +1378,8 @@ def test_forged_record_after_good_ones_in_one_read() -> None:
     peer = Peer(handler, wrap=False)
     with connect(peer) as sock:
         sock.sendall(b"go")
-        got = bytearray()
+        assert recv_into_exactly(sock, len(good)) == good
         buf = bytearray(1 << 18)
-        while len(got) < len(good):
-            n = sock.recv_into(buf)
-            assert n
-            got += buf[:n]
-        assert bytes(got) == good
         with pytest.raises(nautilus.IntegrityError):
             sock.recv_into(buf)
         with pytest.raises(nautilus.ClosedError):
