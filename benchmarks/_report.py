@@ -283,6 +283,21 @@ def latency_cell(entry: dict[str, Any] | None) -> str:
     return f"{lat['p50']:.2f} / {lat['p99']:.2f}" if lat else "-"
 
 
+def latency_row(
+    cons: dict[str, Any], r: dict[str, Any], base: str, name: str, ratio: str, target: str
+) -> Row:
+    """The ``latency ms, p50 / p99`` row under a handshake row: ``name`` against ``base``."""
+    return Row(
+        "  latency ms, p50 / p99",
+        "-",
+        latency_cell(cons.get(base)),
+        latency_cell(cons.get(name)),
+        ratio_cell(r[ratio]),
+        "-",
+        target,
+    )
+
+
 def target_cell(targets: list[dict[str, Any]], key: str, ratios: tuple[str, ...]) -> str:
     parts = []
     for t in targets:
@@ -301,6 +316,8 @@ def table_rows(summary: dict[str, Any]) -> list[Row]:
         def tcell(*names: str, key: str = key) -> str:
             return target_cell(targets, key, names)
 
+        lat = "latency_p50_nautilus_over_ssl"
+
         if sc["kind"] == "resume":
             rows.append(
                 Row(
@@ -313,17 +330,7 @@ def table_rows(summary: dict[str, Any]) -> list[Row]:
                     tcell("nautilus_over_ssl"),
                 )
             )
-            rows.append(
-                Row(
-                    "  latency ms, p50 / p99",
-                    "-",
-                    latency_cell(cons.get("ssl")),
-                    latency_cell(cons.get("nautilus")),
-                    ratio_cell(r["latency_p50_nautilus_over_ssl"]),
-                    "-",
-                    tcell("latency_p50_nautilus_over_ssl"),
-                )
-            )
+            rows.append(latency_row(cons, r, "ssl", "nautilus", lat, tcell(lat)))
             for mode in ("psk_dhe", "psk_only"):
                 name = f"nautilus-{mode}"
                 rows.append(
@@ -337,17 +344,8 @@ def table_rows(summary: dict[str, Any]) -> list[Row]:
                         tcell(f"{mode}_over_ssl_resumed"),
                     )
                 )
-                rows.append(
-                    Row(
-                        "  latency ms, p50 / p99",
-                        "-",
-                        latency_cell(cons.get("ssl-resumed")),
-                        latency_cell(cons.get(name)),
-                        ratio_cell(r[f"latency_p50_{mode}_over_ssl_resumed"]),
-                        "-",
-                        "-",
-                    )
-                )
+                lat_mode = f"latency_p50_{mode}_over_ssl_resumed"
+                rows.append(latency_row(cons, r, "ssl-resumed", name, lat_mode, "-"))
                 rows.append(
                     Row(
                         f"  {mode} / Nautilus full handshakes",
@@ -372,17 +370,7 @@ def table_rows(summary: dict[str, Any]) -> list[Row]:
             )
         )
         if sc["kind"] == "handshake":
-            rows.append(
-                Row(
-                    "  latency ms, p50 / p99",
-                    "-",
-                    latency_cell(cons.get("ssl")),
-                    latency_cell(cons.get("nautilus")),
-                    ratio_cell(r["latency_p50_nautilus_over_ssl"]),
-                    "-",
-                    tcell("latency_p50_nautilus_over_ssl"),
-                )
-            )
+            rows.append(latency_row(cons, r, "ssl", "nautilus", lat, tcell(lat)))
         if sc["kind"] == "stream":
             rows.append(
                 Row(
