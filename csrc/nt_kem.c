@@ -252,15 +252,22 @@ int nt_key_private_bytes(const nt_key *key, uint8_t *out, size_t out_cap, size_t
     return rc;
 }
 
-/* X25519 as a KEM: a fresh ephemeral key; its public key is the ciphertext. */
+/* X25519 as a KEM with the ephemeral key `eph`: its public key is the ciphertext. */
+static int x25519_encap_with(EVP_PKEY *eph, EVP_PKEY *peer, uint8_t ct[32], uint8_t ss[32])
+{
+    int rc = nt_evp_raw_public(eph, ct, X25519_BYTES);
+    if (rc == NT_OK)
+        rc = nt_evp_x25519(eph, peer, ss);
+    return rc;
+}
+
+/* X25519 as a KEM: a fresh ephemeral key (from `scalar`, or random when NULL). */
 static int x25519_encap(EVP_PKEY *peer, const uint8_t *scalar, uint8_t ct[32], uint8_t ss[32])
 {
     EVP_PKEY *eph = NULL;
     int rc = nt_evp_generate("X25519", scalar, X25519_BYTES, &eph);
     if (rc == NT_OK)
-        rc = nt_evp_raw_public(eph, ct, X25519_BYTES);
-    if (rc == NT_OK)
-        rc = nt_evp_x25519(eph, peer, ss);
+        rc = x25519_encap_with(eph, peer, ct, ss);
     EVP_PKEY_free(eph);
     return rc;
 }
@@ -275,9 +282,9 @@ static int x25519_decap(EVP_PKEY *priv, const uint8_t ct[32], uint8_t ss[32])
     return rc;
 }
 
-int nt_kem_encapsulate(const nt_key *pub, const uint8_t *entropy, size_t entropy_length,
-                       uint8_t *ciphertext, size_t ciphertext_cap, uint8_t *shared,
-                       size_t shared_cap)
+static int encapsulate(const nt_key *pub, const nt_key *eph, const uint8_t *entropy,
+                       size_t entropy_length, uint8_t *ciphertext, size_t ciphertext_cap,
+                       uint8_t *shared, size_t shared_cap)
 {
     const nt_kem_desc *d;
     int rc = NT_OK;
@@ -298,11 +305,32 @@ int nt_kem_encapsulate(const nt_key *pub, const uint8_t *entropy, size_t entropy
     if (rc == NT_OK && d->has_x25519) {
         const uint8_t *scalar =
             entropy != NULL ? entropy + (d->mlkem ? MLKEM_ENTROPY_BYTES : 0) : NULL;
-        rc = x25519_encap(pub->x25519, scalar, ciphertext + d->mlkem_ciphertext, shared + ss_off);
+        uint8_t *ct = ciphertext + d->mlkem_ciphertext;
+        rc = eph != NULL ? x25519_encap_with(eph->x25519, pub->x25519, ct, shared + ss_off)
+                         : x25519_encap(pub->x25519, scalar, ct, shared + ss_off);
     }
     if (rc != NT_OK)
         OPENSSL_cleanse(shared, ss_len(d));
     return rc;
+}
+
+int nt_kem_encapsulate(const nt_key *pub, const uint8_t *entropy, size_t entropy_length,
+                       uint8_t *ciphertext, size_t ciphertext_cap, uint8_t *shared,
+                       size_t shared_cap)
+{
+    return encapsulate(pub, NULL, entropy, entropy_length, ciphertext, ciphertext_cap, shared,
+                       shared_cap);
+}
+
+int nt_kem_encapsulate_with(const nt_key *pub, const nt_key *ephemeral, uint8_t *ciphertext,
+                            size_t ciphertext_cap, uint8_t *shared, size_t shared_cap)
+{
+    if (pub == NULL || ephemeral == NULL)
+        return NT_ERR_ARG;
+    if (!pub->desc->has_x25519 || ephemeral->desc->alg != NT_KEM_X25519
+        || !ephemeral->has_private)
+        return NT_ERR_STATE;
+    return encapsulate(pub, ephemeral, NULL, 0, ciphertext, ciphertext_cap, shared, shared_cap);
 }
 
 int nt_kem_decapsulate(const nt_key *priv, const uint8_t *ciphertext, size_t ciphertext_len,

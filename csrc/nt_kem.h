@@ -54,6 +54,12 @@ int nt_key_private_bytes(const nt_key *key, uint8_t *out, size_t out_cap, size_t
 int nt_kem_encapsulate(const nt_key *pub, const uint8_t *entropy, size_t entropy_len,
                        uint8_t *ciphertext, size_t ciphertext_cap, uint8_t *shared,
                        size_t shared_cap);
+/* Encapsulate with a prepared X25519 ephemeral key (an NT_KEM_X25519 key with
+ * its private part, used for this one encapsulation) for the X25519 part of
+ * `pub`, which must have one; an ML-KEM part uses fresh randomness.
+ * NT_ERR_STATE when `pub` has no X25519 part or `ephemeral` is not such a key. */
+int nt_kem_encapsulate_with(const nt_key *pub, const nt_key *ephemeral, uint8_t *ciphertext,
+                            size_t ciphertext_cap, uint8_t *shared, size_t shared_cap);
 int nt_kem_decapsulate(const nt_key *priv, const uint8_t *ciphertext, size_t ciphertext_len,
                        uint8_t *shared, size_t shared_cap);
 

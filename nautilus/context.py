@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from nautilus.identity import Identity, PeerKey, TrustStore
 from nautilus.kem import GROUPS
+from nautilus.protocol.keypool import KeyPool
 from nautilus.protocol.steps import Handshake
 from nautilus.record import CIPHERS, MAX_FRAGMENT
 from nautilus.sessions import (
@@ -236,6 +237,25 @@ class Context:
         self._replay_lock = threading.Lock()
         # A full hello cache forgets its oldest entry rather than refuse clients.
         self._seen_hellos = ReplayCache(REPLAY_CACHE_SIZE, evict_when_full=True)
+        self._key_pool = KeyPool()
+
+    def prepare_key_shares(self) -> int:
+        """Make, ahead of time, the ephemeral keys that the next handshakes need.
+
+        A client's key share and the X25519 key of a server's reply do not
+        depend on the peer. A connection takes a prepared one if there is one,
+        and makes one on the spot otherwise. This call replaces the keys taken
+        since the previous call (at most a few of each kind are kept, each is
+        used once). The asyncio and socket adapters call it once a connection's
+        handshake flight is sent, so the work is done while the peer computes
+        its answer; sans-IO users may do the same, or never call it.
+
+        Returns how many keys were made (0 when none were taken).
+
+        Raises:
+            nautilus.NautilusError: OpenSSL failed to make a key.
+        """
+        return self._key_pool.prepare()
 
     def wrap_socket(
         self,

@@ -91,6 +91,24 @@ class KEMPublicKey:
         """
         return _b.kem_encapsulate(self.GROUP, self._handle, None)
 
+    def _encapsulate_with_ephemeral(self, ephemeral: X25519KEMPrivateKey) -> tuple[bytes, bytes]:
+        """:meth:`encapsulate`, with a prepared X25519 key for the X25519 part.
+
+        ``ephemeral`` must be fresh and must not be used again (the handshake's
+        ephemeral-key pool hands each one out once). Returns
+        ``(shared_secret, ciphertext)``.
+
+        Raises:
+            TypeError: ``ephemeral`` is not an X25519KEMPrivateKey.
+            nautilus.ClosedError: this key has no X25519 part.
+            nautilus.InvalidKey: the X25519 part gives the all-zero secret.
+        """
+        if not isinstance(ephemeral, X25519KEMPrivateKey):
+            raise TypeError(
+                f"ephemeral must be an X25519KEMPrivateKey, not {type(ephemeral).__name__}"
+            )
+        return _b.kem_encapsulate(self.GROUP, self._handle, None, ephemeral._handle)
+
     def _encapsulate_with_entropy(self, entropy: bytes) -> tuple[bytes, bytes]:
         """Deterministic encapsulation, for known-answer tests only."""
         data = _b.as_bytes("entropy", entropy, _b.KEM_SIZES[self.GROUP].entropy)

@@ -505,6 +505,11 @@ class NautilusSocket(socket.socket):
             if self._eof:
                 self._fail_handshake()
             self._hs_write(timeout)
+            if conn._took_keys:  # replace them while the peer works on this flight
+                conn._took_keys = False
+                # On failure, the next handshake makes its own keys and reports it.
+                with contextlib.suppress(NautilusError):
+                    conn._ctx.prepare_key_shares()
             self._hs_read(timeout, user_deadline)
 
     def _check_connected(self, timeout: float | None) -> None:

@@ -27,5 +27,7 @@ int nt_key_private_bytes(const nt_key *key, uint8_t *out, size_t out_cap, size_t
 int nt_kem_encapsulate(const nt_key *pub, const uint8_t *entropy, size_t entropy_len,
                        uint8_t *ciphertext, size_t ciphertext_cap, uint8_t *shared,
                        size_t shared_cap);
+int nt_kem_encapsulate_with(const nt_key *pub, const nt_key *ephemeral, uint8_t *ciphertext,
+                            size_t ciphertext_cap, uint8_t *shared, size_t shared_cap);
 int nt_kem_decapsulate(const nt_key *priv, const uint8_t *ciphertext, size_t ciphertext_len,
                        uint8_t *shared, size_t shared_cap);

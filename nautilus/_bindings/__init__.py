@@ -165,11 +165,17 @@ def kem_private_bytes(handle: Any) -> bytes:
     )
 
 
-def kem_encapsulate(alg: str, handle: Any, entropy: bytes | None) -> tuple[bytes, bytes]:
+def kem_encapsulate(
+    alg: str, handle: Any, entropy: bytes | None, ephemeral: Any = None
+) -> tuple[bytes, bytes]:
+    """``(shared, ciphertext)``; ``ephemeral``: a prepared X25519 key handle
+    for the X25519 part (used once), or None for a fresh one."""
     sizes = KEM_SIZES[alg]
     ct = ffi.new("uint8_t[]", sizes.ciphertext)
     ss = ffi.new("uint8_t[]", sizes.shared)
-    if entropy is None:
+    if ephemeral is not None:
+        rc = lib.nt_kem_encapsulate_with(handle, ephemeral, ct, sizes.ciphertext, ss, sizes.shared)
+    elif entropy is None:
         rc = lib.nt_kem_encapsulate(handle, ffi.NULL, 0, ct, sizes.ciphertext, ss, sizes.shared)
     else:
         rc = lib.nt_kem_encapsulate(

@@ -67,6 +67,14 @@ def _now() -> float:
     return time.time()
 
 
+def _prepare_keys(conn: Connection) -> None:
+    """Replace the ephemeral keys a handshake took (Context.prepare_key_shares)."""
+    try:
+        conn._ctx.prepare_key_shares()
+    except NautilusError as exc:  # the next handshake makes its own keys, and reports failures
+        logger.debug("could not prepare key shares: %s", _name(exc))
+
+
 def _name(error: BaseException) -> str:
     """The public class name of a Nautilus error (DecodeError -> ProtocolViolation)."""
     for cls in type(error).__mro__:
@@ -599,11 +607,15 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         self._send()
 
     def _send(self) -> None:
-        out = self._conn._take_output()  # no copy: the transport takes any buffer
+        conn = self._conn
+        out = conn._take_output()  # no copy: the transport takes any buffer
         if out and not self._tcp_lost:
             tcp = self._tcp
             assert tcp is not None
             tcp.write(out)
+            if conn._took_keys:  # replace them while the peer works on this flight
+                conn._took_keys = False
+                self._loop.call_soon(_prepare_keys, conn)
 
     def _seal(self, data: _Buffer) -> None:
         """Seal application data (dropped if the Connection closed meanwhile:

@@ -259,6 +259,9 @@ class Connection:
         self._peer_cert: Certificate | None = None
         self._trust: str | None = None
         self._kem: KEMPrivateKey | None = None
+        # Took a key from the context's pool: the adapter calls
+        # Context.prepare_key_shares() once this side's flight is sent.
+        self._took_keys = False
         self._hello: ClientHello | None = None
         self._retried = False
         self._group = ""
@@ -1138,7 +1141,11 @@ class Connection:
         # A psk_only resumption needs no key share: skip making one. A server
         # that does not grant psk_only asks for a share with a HelloRetry.
         no_share = ticket is not None and self._ctx.resumption == "psk_only"
-        self._kem = None if no_share else GROUPS[group].generate()
+        if no_share:
+            self._kem = None
+        else:
+            self._kem = self._ctx._key_pool.take_share(group)
+            self._took_keys = True
         early = b""
         if (
             ticket is not None
@@ -1499,7 +1506,14 @@ class Connection:
         else:
             pub_cls = GROUPS[group].PUBLIC_KEY_CLASS
             try:
-                shared, reply = pub_cls.from_public_bytes(msg.share).encapsulate()
+                share = pub_cls.from_public_bytes(msg.share)
+                if group.startswith("x25519"):  # with a prepared X25519 key
+                    self._took_keys = True
+                    shared, reply = share._encapsulate_with_ephemeral(
+                        self._ctx._key_pool.take_server_ephemeral()
+                    )
+                else:
+                    shared, reply = share.encapsulate()
             except (InvalidKey, ValueError) as exc:
                 _abort(
                     KeyAgreementFailed,
