@@ -141,6 +141,45 @@ def test_hello_retry_costs_one_extra_round_trip(
     assert completed(pair.server_events).session.group == chosen
 
 
+@pytest.mark.parametrize("kind", ["ed25519", "ed25519+ml-dsa-65"])
+def test_each_sealed_flight_is_sealed_together(kind: str) -> None:
+    """The sealed messages of a flight share records: one record unless they
+    exceed a record's 16 KiB (then as few as fit); the plaintext ServerHello
+    is the flight's only other record."""
+    log: list[tuple[str, bytes]] = []
+
+    def record(src: Connection, dst: Connection, data: bytes) -> bytes:
+        log.append((src.role, data))
+        return data
+
+    server_ident = cached_identity(kind)
+    client_ident = cached_identity(kind, 1)
+    pair = Pair.make(
+        server_ident,
+        server={"client_auth": "required", "trusted_peers": [client_ident.public]},
+        client={"identity": client_ident},
+    )
+    pair.start()
+    assert pair.pump(record) == 3
+    assert pair.client.handshake_complete
+    assert pair.server.handshake_complete
+    (_, server_flight), (_, client_flight) = log[1], log[2]
+    server_records = split_records(server_flight)
+    assert server_records[0][0] != RECORD_SEALED  # the ServerHello
+    sealed = server_records[1:]
+    assert all(r[0] == RECORD_SEALED for r in sealed)
+    # EncryptedExtensions, Identity, Verify and Finished.
+    content = sum(len(r) for r in sealed) - RECORD_OVERHEAD * len(sealed)
+    assert len(sealed) == -(-content // 16384)
+    client_records = split_records(client_flight)
+    assert all(r[0] == RECORD_SEALED for r in client_records)
+    content = sum(len(r) for r in client_records) - RECORD_OVERHEAD * len(client_records)
+    assert len(client_records) == -(-content // 16384)
+    if kind == "ed25519":
+        assert len(sealed) == 1
+        assert len(client_records) == 1
+
+
 def _round_trip(pair: Pair) -> None:
     pair.server.receive_data(pair.client.data_to_send(), NOW)
     pair.client.receive_data(pair.server.data_to_send(), NOW)

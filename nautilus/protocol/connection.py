@@ -262,6 +262,7 @@ class Connection:
         # Took a key from the context's pool: the adapter calls
         # Context.prepare_key_shares() once this side's flight is sent.
         self._took_keys = False
+        self._flight: list[bytes] | None = None  # held handshake messages (_hold_flight)
         self._hello: ClientHello | None = None
         self._retried = False
         self._group = ""
@@ -929,6 +930,8 @@ class Connection:
             )
         own_limit = self._ctx.max_record_size
         if send_secret is not None:
+            if self._flight is not None:
+                self._seal_flight()  # held messages go under the key they were made for
             if self._sealer is None:
                 self._sealer = RecordSealer._from_secret(
                     self._cipher, send_secret, self._send_fragment
@@ -1073,11 +1076,27 @@ class Connection:
     def _send_handshake(self, msg: Message) -> None:
         data = frame(msg)
         self._absorb(data)
+        if self._flight is not None and self._sealer is not None:
+            self._flight.append(data)  # sealed with the rest of the flight (_seal_flight)
+            return
         if self._sealer is None:
             for i in range(0, len(data), MAX_PLAIN_FRAGMENT):
                 chunk = data[i : i + MAX_PLAIN_FRAGMENT]
                 self._out.append(_plain_record(RECORD_HANDSHAKE_PLAIN, chunk))
         else:
+            self._out.append(self._sealer._seal_chunk(data, ContentType.HANDSHAKE))
+
+    def _hold_flight(self) -> None:
+        """Hold the sealed handshake messages that follow, to seal them in as few
+        records as they fit (one, usually): fewer records to seal and to open."""
+        self._flight = []
+
+    def _seal_flight(self) -> None:
+        """Seal the held handshake messages (under the current sending key)."""
+        flight, self._flight = self._flight, None
+        if flight:
+            assert self._sealer is not None
+            data = flight[0] if len(flight) == 1 else b"".join(flight)
             self._out.append(self._sealer._seal_chunk(data, ContentType.HANDSHAKE))
 
     def _step_context(self, step: HandshakeStep) -> StepContext:
@@ -1370,6 +1389,7 @@ class Connection:
         self._absorb(full)
         keys.application(self._hash())
         # Our flight: identity (if asked for), step answers, Finished.
+        self._hold_flight()
         if self._client_auth is not ClientAuth.OFF and self._ctx.identity is not None:
             self._send_handshake(self._identity_message())
             self._send_handshake(self._sign_transcript(_CLIENT_VERIFY))
@@ -1386,6 +1406,7 @@ class Connection:
             if payload is not None:
                 self._send_handshake(StepData(step.protocol_id, payload))
         self._send_handshake(Finished(ks.finished_mac(keys.client_hs, self._hash())))
+        self._seal_flight()
         keys.resumption_secret(self._hash())
         self._connected()
         return State.CONNECTED
@@ -1528,6 +1549,7 @@ class Connection:
         keys.handshake(shared, self._hash())
         self._keys = keys
         self._install(keys.server_hs, keys.client_hs, handshake=True)
+        self._hold_flight()
         self._client_auth = ClientAuth.OFF if self._resumed else _AUTH_MODE[ctx.client_auth]
         self._send_fragment = min(ctx.max_record_size, msg.max_record_size)
         self._send_handshake(
@@ -1554,6 +1576,7 @@ class Connection:
                 self._send_handshake(StepData(step.protocol_id, payload))
         self._send_handshake(Finished(ks.finished_mac(keys.server_hs, self._hash())))
         keys.application(self._hash())
+        self._seal_flight()
         # As in TLS 1.3, the server sends under its application keys from here
         # on: the client switches to them on reading this Finished, so that it
         # can read an alert about its own flight.
