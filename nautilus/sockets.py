@@ -280,6 +280,8 @@ class NautilusSocket(socket.socket):
         sock.detach()
         self.settimeout(timeout)
         self._conn = conn
+        if server_side:  # the ServerHello leaves before the rest of the flight is made
+            conn._flush_hook = self._send_now
         self._context = context
         self._server_side = server_side
         self._server_name = server_name
@@ -539,6 +541,22 @@ class NautilusSocket(socket.socket):
                 self._write_out(timeout, nowait=False)
             except BlockingIOError:
                 raise WantWriteError(errno.EAGAIN, "the socket is not writable") from None
+
+    def _send_now(self, data: bytes | bytearray) -> None:
+        """Write the first part of a server's flight while the Connection makes
+        the rest (called during the handshake, whose lock keeps other writers
+        out). Never blocks: what is not taken now is written with the rest."""
+        if not data:
+            return
+        if self._unsent is not None or self._queued:
+            self._queued.append(bytes(data))
+            return
+        try:
+            sent = _raw_send(self, data, _DONTWAIT)
+        except OSError:  # the socket is full or failed: the later write finds out
+            sent = 0
+        if sent < len(data):
+            self._unsent = memoryview(data)[sent:]
 
     def _hs_read(self, timeout: float | None, user_deadline: float | None) -> None:
         conn = self._conn

@@ -366,6 +366,7 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         self._early_received: list[bytes] = []  # server: accepted 0-RTT data, held for the app
         self._conn = conn
         conn._keep_input = True  # incomplete records stay in _rbuf (_process)
+        conn._flush_hook = self._write_now  # a server's ServerHello leaves at once
         self._app_factory = app_factory
         self._waiter = waiter
         self._tcp: asyncio.Transport | None = None
@@ -616,6 +617,13 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
             if conn._took_keys:  # replace them while the peer works on this flight
                 conn._took_keys = False
                 self._loop.call_soon(_prepare_keys, conn)
+
+    def _write_now(self, data: bytes | bytearray) -> None:
+        """Write the first part of a flight before the Connection makes the rest."""
+        if data and not self._tcp_lost:
+            tcp = self._tcp
+            assert tcp is not None
+            tcp.write(data)
 
     def _seal(self, data: _Buffer) -> None:
         """Seal application data (dropped if the Connection closed meanwhile:

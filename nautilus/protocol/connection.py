@@ -21,7 +21,7 @@ import os
 import secrets
 import struct
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import NoReturn, cast
 
@@ -263,6 +263,10 @@ class Connection:
         # Context.prepare_key_shares() once this side's flight is sent.
         self._took_keys = False
         self._flight: list[bytes] | None = None  # held handshake messages (_hold_flight)
+        # Set by the I/O adapters: called with the server's ServerHello as soon
+        # as it is made, so the client decapsulates while this side signs and
+        # seals the rest of its flight. It must take the bytes and not raise.
+        self._flush_hook: Callable[[bytes | bytearray], None] | None = None
         self._hello: ClientHello | None = None
         self._retried = False
         self._group = ""
@@ -668,6 +672,7 @@ class Connection:
         self._sealer = self._opener = self._early_opener = None
         self._psk_keys = None
         self._kem = None
+        self._flush_hook = None
         self._send_secret = self._recv_secret = b""
         self._pending.clear()
         self._in.clear()
@@ -1546,6 +1551,9 @@ class Connection:
         self._send_handshake(
             ServerHello(os.urandom(RANDOM_SIZE), GROUP_IDS[group], CIPHER_IDS[cipher], reply, mode)
         )
+        hook, self._flush_hook = self._flush_hook, None  # used once (and no cycle left)
+        if hook is not None:
+            hook(self._take_output())
         keys.handshake(shared, self._hash())
         self._keys = keys
         self._install(keys.server_hs, keys.client_hs, handshake=True)
