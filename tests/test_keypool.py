@@ -303,12 +303,15 @@ def test_the_socket_adapter_prepares_keys_after_each_flight() -> None:
 
         def serve(sock: socket.socket = b, result: list[bytes] = result) -> None:
             with sctx.wrap_socket(sock, server_side=True) as s:
-                result.append(s.recv(10))
+                data = s.recv(10)
+                result.append(data)
+                s.sendall(data)
 
         t = threading.Thread(target=serve)
         t.start()
         with cctx.wrap_socket(a, server_name="peer") as c:
             c.sendall(b"ping")
+            assert c.recv(10) == b"ping"  # the server is done before this side closes
         t.join(10)
         assert result == [b"ping"]
     assert cctx._key_pool.size(group) == 1

@@ -472,3 +472,29 @@ def expand_label(secret: bytes, label: bytes, context: bytes, length: int) -> by
     )
     check(rc, "HKDF-Expand-Label")
     return ffi.buffer(out)[:]
+
+
+# --- Ed25519 verification --------------------------------------------------------
+
+ED25519_PUBLIC_BYTES: int = lib.NT_ED25519_PUBLIC_BYTES
+ED25519_SIGNATURE_BYTES: int = lib.NT_ED25519_SIGNATURE_BYTES
+
+
+def ed25519_verify(public_key: object, signature: object, message: object) -> bool:
+    """True if ``signature`` is a valid Ed25519 signature of ``message`` by ``public_key``.
+
+    Accepts and rejects exactly what OpenSSL's Ed25519 verify does (csrc/nt_ed25519.h);
+    a malformed key or signature of the right length is simply False.
+
+    Raises:
+        TypeError: an argument is not bytes-like.
+        ValueError: the key is not 32 bytes or the signature not 64 bytes.
+    """
+    pub = as_bytes("public_key", public_key, ED25519_PUBLIC_BYTES)
+    sig = as_bytes("signature", signature, ED25519_SIGNATURE_BYTES)
+    msg = as_bytes("message", message)
+    rc = lib.nt_ed25519_verify(pub, len(pub), sig, len(sig), msg, len(msg))
+    if rc == lib.NT_ERR_AUTH:
+        return False
+    check(rc, "Ed25519 verify")
+    return True

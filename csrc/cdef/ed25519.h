@@ -1,0 +1,6 @@
+/* cffi declarations: csrc/nt_ed25519.h */
+#define NT_ED25519_PUBLIC_BYTES ...
+#define NT_ED25519_SIGNATURE_BYTES ...
+
+int nt_ed25519_verify(const uint8_t *pub, size_t pub_len, const uint8_t *sig, size_t sig_len,
+                      const uint8_t *msg, size_t msg_len);
