@@ -366,7 +366,8 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         self._early_received: list[bytes] = []  # server: accepted 0-RTT data, held for the app
         self._conn = conn
         conn._keep_input = True  # incomplete records stay in _rbuf (_process)
-        conn._flush_hook = self._write_now  # a server's ServerHello leaves at once
+        if conn.role == "server":
+            conn._flush_hook = self._write_now  # its ServerHello leaves at once
         self._app_factory = app_factory
         self._waiter = waiter
         self._tcp: asyncio.Transport | None = None
@@ -611,15 +612,14 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         conn = self._conn
         out = conn._take_output()  # no copy: the transport takes any buffer
         if out and not self._tcp_lost:
-            tcp = self._tcp
-            assert tcp is not None
-            tcp.write(out)
+            self._write_now(out)
             if conn._took_keys:  # replace them while the peer works on this flight
                 conn._took_keys = False
                 self._loop.call_soon(_prepare_keys, conn)
 
     def _write_now(self, data: bytes | bytearray) -> None:
-        """Write the first part of a flight before the Connection makes the rest."""
+        """Write to TCP now (also: the first part of a server's flight, while
+        the Connection makes the rest)."""
         if data and not self._tcp_lost:
             tcp = self._tcp
             assert tcp is not None
