@@ -509,9 +509,7 @@ class NautilusSocket(socket.socket):
             self._hs_write(timeout)
             if conn._took_keys:  # replace them while the peer works on this flight
                 conn._took_keys = False
-                # On failure, the next handshake makes its own keys and reports it.
-                with contextlib.suppress(NautilusError):
-                    conn._ctx.prepare_key_shares()
+                conn._ctx._key_pool.prepare_quietly()
             self._hs_read(timeout, user_deadline)
 
     def _check_connected(self, timeout: float | None) -> None:

@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 import nautilus.asyncio as na
-from nautilus import ClosedError, Context
+from nautilus import ClosedError, Context, NautilusError
 from nautilus.kem import (
     GROUPS,
     MLKEM768PrivateKey,
@@ -316,3 +316,23 @@ def test_the_socket_adapter_prepares_keys_after_each_flight() -> None:
         assert result == [b"ping"]
     assert cctx._key_pool.size(group) == 1
     assert sctx._key_pool.size(SERVER_EPHEMERAL) == 1
+
+
+def test_prepare_quietly_logs_a_failure_and_raises_nothing(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    pool = KeyPool()
+    pool.take_share("x25519")
+    pool.take_share("x25519")
+
+    def fail() -> X25519KEMPrivateKey:
+        raise NautilusError("no randomness")
+
+    monkeypatch.setattr(X25519KEMPrivateKey, "generate", staticmethod(fail))
+    with pytest.raises(NautilusError):
+        pool.prepare()  # the documented call raises ...
+    with caplog.at_level("DEBUG", logger="nautilus"):
+        pool.prepare_quietly()  # ... the adapters' call logs
+    assert pool.size("x25519") == 0
+    assert "could not prepare key shares: NautilusError" in caplog.text
+    assert "no randomness" not in caplog.text

@@ -67,14 +67,6 @@ def _now() -> float:
     return time.time()
 
 
-def _prepare_keys(conn: Connection) -> None:
-    """Replace the ephemeral keys a handshake took (Context.prepare_key_shares)."""
-    try:
-        conn._ctx.prepare_key_shares()
-    except NautilusError as exc:  # the next handshake makes its own keys, and reports failures
-        logger.debug("could not prepare key shares: %s", _name(exc))
-
-
 def _name(error: BaseException) -> str:
     """The public class name of a Nautilus error (DecodeError -> ProtocolViolation)."""
     for cls in type(error).__mro__:
@@ -615,7 +607,7 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
             self._write_now(out)
             if conn._took_keys:  # replace them while the peer works on this flight
                 conn._took_keys = False
-                self._loop.call_soon(_prepare_keys, conn)
+                self._loop.call_soon(conn._ctx._key_pool.prepare_quietly)
 
     def _write_now(self, data: bytes | bytearray) -> None:
         """Write to TCP now (also: the first part of a server's flight, while

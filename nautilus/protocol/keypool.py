@@ -20,10 +20,12 @@ child: the parent and the child must never use the same ephemeral key.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import weakref
 
+from nautilus.exceptions import NautilusError
 from nautilus.kem import GROUPS, KEMPrivateKey, X25519KEMPrivateKey
 
 __all__ = ["POOL_LIMIT", "SERVER_EPHEMERAL", "KeyPool"]
@@ -35,6 +37,7 @@ SERVER_EPHEMERAL = "server-x25519"
 """The pool kind of a server's X25519 ephemeral keys (others are group names)."""
 
 _POOLS: weakref.WeakSet[KeyPool] = weakref.WeakSet()
+logger = logging.getLogger("nautilus")
 
 
 class KeyPool:
@@ -93,6 +96,15 @@ class KeyPool:
                 if len(keys) < POOL_LIMIT:
                     keys.append(key)
                     made += 1
+
+    def prepare_quietly(self) -> None:
+        """:meth:`prepare` for the I/O adapters, which call it once a flight is
+        written: a failure is only logged, since the next handshake makes its
+        own keys and reports any failure itself."""
+        try:
+            self.prepare()
+        except NautilusError as exc:
+            logger.debug("could not prepare key shares: %s", type(exc).__name__)
 
     def size(self, kind: str) -> int:
         """How many keys of ``kind`` wait in the pool."""
