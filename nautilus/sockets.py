@@ -86,6 +86,7 @@ _raw_recv_into = socket.socket.recv_into
 _raw_send = socket.socket.send
 _raw_sendall = socket.socket.sendall
 _raw_shutdown = socket.socket.shutdown
+_raw_setsockopt = socket.socket.setsockopt
 _DONTWAIT: int = getattr(socket, "MSG_DONTWAIT", 0)
 _HAS_POLL = hasattr(select, "poll")
 _SHUT_MODES = (socket.SHUT_RD, socket.SHUT_WR, socket.SHUT_RDWR)
@@ -501,6 +502,8 @@ class NautilusSocket(socket.socket):
                 self._ready = not self._fd_closed
                 if self._eof:  # the peer closed (or failed) at once: let reads report it
                     self._flush_nowait()
+                elif self._server_side:
+                    self._write_tickets(timeout)
                 else:
                     self._hs_write(timeout)
                 return
@@ -511,6 +514,18 @@ class NautilusSocket(socket.socket):
                 conn._took_keys = False
                 conn._ctx._key_pool.prepare_quietly()
             self._hs_read(timeout, user_deadline)
+
+    def _write_tickets(self, timeout: float | None) -> None:
+        """The server's write after the handshake (its session tickets).
+
+        A client may send its data and go (a reset, if our tickets reach it
+        after it closed) before this write: what it sent first is still ours
+        to read. A broken connection here is therefore not raised; the
+        tickets stay unsent, and the next send() meets the error, or the next
+        read the end of the stream.
+        """
+        with contextlib.suppress(ConnectionError):
+            self._hs_write(timeout)
 
     def _check_connected(self, timeout: float | None) -> None:
         try:
@@ -1402,7 +1417,10 @@ class NautilusSocket(socket.socket):
         ``makefile()`` object is closed too; close_notify goes out then.
         Writing it follows the socket's mode (blocking: until written; with a
         timeout: at most that long; non-blocking: one try). What has already
-        arrived is read first, so that the kernel closes rather than resets.
+        arrived is read first, so that the kernel closes rather than resets;
+        what the kernel still holds back (Nagle, ``TCP_CORK``) is pushed out
+        before the socket is let go, so that a reset by bytes arriving at the
+        last moment cannot drop it.
 
         Raises:
             Nothing: errors while writing the close_notify are ignored.
@@ -1465,6 +1483,13 @@ class NautilusSocket(socket.socket):
         if not self._fd_closed:
             with contextlib.suppress(NautilusError):  # Connection.close() does not raise
                 self._goodbye(raise_errors=False)
+            if self._connected:
+                # Push out what the kernel may still hold back (Nagle waiting
+                # for an ACK, or TCP_CORK): if bytes arrive between the last
+                # read and close(), the kernel resets the connection and
+                # drops unsent output, close_notify included.
+                with contextlib.suppress(OSError):
+                    _raw_setsockopt(self, socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._fd_closed = True
             self._ready = False
             self._eof = True

@@ -1442,3 +1442,88 @@ def test_pending_counts_records_read_ahead_for_select_loops() -> None:
         assert bytes(got) == payload
         sock.setblocking(True)
     peer.result()
+
+
+@pytest.mark.parametrize("close_notify", [True, False])
+@pytest.mark.parametrize("timeout", [0.0, PEER_TIMEOUT, None])
+def test_server_reads_what_arrived_although_its_ticket_write_fails(
+    close_notify: bool, timeout: float | None
+) -> None:
+    """A client sends its Finished and data (and close_notify, or not), then
+    resets the connection. The server's ticket write after the handshake
+    fails, but what arrived before the reset is still the server's to read:
+    recv() returns it rather than the write error, then reports the end."""
+    listener = socket.create_server((HOST, 0))
+    with listener:
+        raw = socket.create_connection(listener.getsockname(), timeout=PEER_TIMEOUT)
+        accepted, _ = listener.accept()
+    accepted.setblocking(False)
+    server = server_ctx().wrap_socket(accepted, server_side=True, do_handshake_on_connect=False)
+    with raw, server:
+        conn = Connection(client_ctx(), "client", server_name=f"{HOST}:1")
+        conn.start(time.time())
+        raw.sendall(conn.data_to_send())
+        while not conn.handshake_complete:
+            with contextlib.suppress(nautilus.WantReadError):
+                server.do_handshake()
+            select.select([raw], [], [], PEER_TIMEOUT)
+            conn.receive_data(raw.recv(65536), time.time())
+        conn.send_data(b"last words")
+        if close_notify:
+            conn.close()
+        raw.sendall(conn.data_to_send())
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        raw.close()  # a reset: the server's ticket write meets it
+        select.select([server], [], [], PEER_TIMEOUT)
+        time.sleep(0.05)  # let the reset arrive as well
+        server.settimeout(timeout)
+        assert server.recv(100) == b"last words"
+        if close_notify:
+            assert server.recv(100) == b""
+        else:
+            with pytest.raises(nautilus.ConnectionLost):
+                server.recv(100)
+        with pytest.raises((OSError, nautilus.ClosedError)):
+            server.sendall(b"too late")
+
+
+def test_close_pushes_held_output_before_a_reset_can_drop_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bytes that arrive between close()'s last read and the close itself make
+    the kernel reset the connection, dropping output it still holds back
+    (TCP_CORK here; Nagle waiting for an ACK does the same). close() pushes
+    the last data and the close_notify out before it lets go of the socket."""
+    send_late = threading.Event()
+
+    def handler(raw: socket.socket) -> tuple[bytes, bool]:
+        conn = Connection(server_ctx(resumption="off"), "server")
+        raw_handshake(raw, conn)
+        assert send_late.wait(PEER_TIMEOUT)
+        conn.send_data(b"too late to be read")
+        raw.sendall(conn.data_to_send())
+        got, clean = bytearray(), False
+        with contextlib.suppress(ConnectionResetError):
+            while data := raw.recv(65536):
+                conn.receive_data(data, time.time())
+                for event in iter(conn.next_event, None):
+                    if type(event) is nautilus.DataReceived:
+                        got += event.data
+                    elif type(event) is nautilus.ConnectionClosed:
+                        clean = event.error is None
+        return bytes(got), clean
+
+    absorb = NautilusSocket._absorb_arrived
+
+    def absorb_then_let_bytes_arrive(self: NautilusSocket) -> None:
+        absorb(self)
+        send_late.set()
+        assert select.select([self], [], [], PEER_TIMEOUT)[0]
+
+    peer = Peer(handler, wrap=False)
+    sock = connect(peer, context=client_ctx(resumption="off"))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+    sock.sendall(b"last words")  # held back by the cork
+    monkeypatch.setattr(NautilusSocket, "_absorb_arrived", absorb_then_let_bytes_arrive)
+    sock.close()
+    assert peer.result() == (b"last words", True)
