@@ -6,4 +6,5 @@
 #include "nt_kem.h"
 #include "nt_record.h"
 #include "nt_schedule.h"
+#include "nt_sealsend.h"
 #endif

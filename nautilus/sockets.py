@@ -102,6 +102,8 @@ _APP_DATA = int(ContentType.APPLICATION_DATA)
 _NT_OK: int = _lib.NT_OK
 _OVERHEAD: int = _lib.NT_RECORD_OVERHEAD
 _nt_seal = _lib.nt_seal
+_nt_seal_send = _lib.nt_seal_send
+_NT_PARTIAL = _lib.NT_PARTIAL
 _from_buffer = _ffi.from_buffer
 _WRITE_PIECE = 256 * 1024
 """Content sealed per step by the direct send path (its output buffer stays this small)."""
@@ -1210,8 +1212,12 @@ class NautilusSocket(socket.socket):
         """The bulk path of :meth:`send`/:meth:`sendall` in blocking mode.
 
         The content is sealed straight from ``data`` into a reusable buffer,
-        at most ``_WRITE_PIECE`` bytes at a time, and each piece written with
-        one ``sendall`` before the next is sealed: no per-call allocation.
+        at most ``_WRITE_PIECE`` bytes at a time, and each piece written
+        before the next is sealed: no per-call allocation. One C call
+        (``nt_seal_send``) seals a piece and sends it without waiting; what
+        the socket does not take at once is written with ``sendall`` after
+        the state lock is released (so a reader thread is never held up by a
+        full socket).
         This is the fast branch of ``Connection._seal_application`` (the same
         key-update budget accounting); where it does not apply (a key update is
         due, the connection is closed) the rest goes through the Connection as
@@ -1248,30 +1254,45 @@ class NautilusSocket(socket.socket):
                         self._wbuf, self._wview = wbuf, memoryview(wbuf)
                         self._wout = self._wview[:0]
                         self._wptr = _from_buffer(wbuf, require_writable=True)
+                    # Nothing queued by a reader to go first: seal and send in
+                    # one C call, which never waits (so the lock may be held).
+                    fd = -1 if self._queued else self.fileno()
                     if pos == 0 and type(data) is bytes:
-                        rc = _nt_seal(handle, _APP_DATA, data, step, self._wptr, need,
-                                      self._out_len, self._out_len2)  # fmt: skip
+                        if fd >= 0:
+                            rc = _nt_seal_send(handle, fd, _APP_DATA, data, step, self._wptr,
+                                               need, self._out_len)  # fmt: skip
+                        else:
+                            rc = _nt_seal(handle, _APP_DATA, data, step, self._wptr, need,
+                                          self._out_len, self._out_len2)  # fmt: skip
                     else:
                         with _from_buffer(data) as src:
-                            rc = _nt_seal(handle, _APP_DATA, src + pos, step, self._wptr, need,
-                                          self._out_len, self._out_len2)  # fmt: skip
-                    if rc != _NT_OK:
+                            if fd >= 0:
+                                rc = _nt_seal_send(handle, fd, _APP_DATA, src + pos, step,
+                                                   self._wptr, need, self._out_len)  # fmt: skip
+                            else:
+                                rc = _nt_seal(handle, _APP_DATA, src + pos, step, self._wptr,
+                                              need, self._out_len, self._out_len2)  # fmt: skip
+                    if rc != _NT_OK and rc != _NT_PARTIAL:
                         _b.check(rc, "seal")
                     conn._seal_budget -= records
                     conn._bytes_since_update += step
                     conn._bytes_sent += step
-                    written = self._out_len[0]
-                    out = self._wout
-                    if len(out) != written:
-                        out = self._wout = self._wview[:written]
                     earlier = self._queued
                     if earlier:
                         self._queued = []
+                    if fd < 0 or rc == _NT_PARTIAL:  # the rest is written below, unlocked
+                        written = self._out_len[0]
+                        out = self._wout
+                        if len(out) != written:
+                            out = self._wout = self._wview[:written]
+                        if fd >= 0:
+                            out = out[self._out_len[1] :]
                 finally:
                     state_lock.release()
                 if earlier:
                     _raw_sendall(self, earlier[0] if len(earlier) == 1 else b"".join(earlier))
-                _raw_sendall(self, out)
+                if fd < 0 or rc == _NT_PARTIAL:
+                    _raw_sendall(self, out)
                 pos += step
             if pos < n:
                 with state_lock:
