@@ -420,10 +420,9 @@ def open_packed(
         rc = lib.nt_open_packed(
             handle, src, len(src), dst, len(dst), batch_type, max_records, summary
         )
-    result = PackedOpen(
-        int(summary.records), int(summary.consumed), int(summary.written),
-        int(summary.last_type), int(summary.last_length),
-    )  # fmt: skip
+    result = PackedOpen(  # cffi gives the fields as Python ints
+        summary.records, summary.consumed, summary.written, summary.last_type, summary.last_length
+    )
     if rc != lib.NT_OK:
         raise OpenFailure(_fail(rc, "open"), [result], result.consumed)  # type: ignore[list-item]
     return result

@@ -365,6 +365,7 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         self._tcp: asyncio.Transport | None = None
         self._app: asyncio.Protocol | None = None
         self._app_copies = False  # the app copies the data it gets (_set_app)
+        self._app_messages: Callable[[tuple[bytes, ...]], object] | None = None  # (_set_app)
         self._transport: NautilusTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -663,11 +664,9 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
                         data = bytes(data)  # a view of the Connection's buffer (_set_app)
                     app.data_received(data)
             elif type(event) is MessagesReceived:
-                app = self._app
-                if app is not None and not self._closing:
-                    deliver = getattr(app, "messages_received", None)  # message API hook
-                    if deliver is not None:
-                        deliver(event.messages)  # the whole batch in one call
+                deliver = self._app_messages
+                if deliver is not None and self._app is not None and not self._closing:
+                    deliver(event.messages)  # the whole batch in one call
             elif type(event) is EarlyDataReceived:
                 # Before the handshake completes there is no application yet:
                 # it gets this data first, as ordinary stream data (the server
@@ -776,6 +775,7 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         copies (one copy and one large allocation less per read).
         """
         self._app = app
+        self._app_messages = getattr(app, "messages_received", None)  # the message API hook
         reader = getattr(app, "_stream_reader", None)
         self._app_copies = (
             type(app) is asyncio.StreamReaderProtocol and type(reader) is asyncio.StreamReader

@@ -155,6 +155,10 @@ class _Route:
     async def route_drain(self) -> None:
         raise NotImplementedError
 
+    def route_ready(self) -> bool:
+        """True if :meth:`route_drain` would return at once (False: not known)."""
+        return False
+
     def route_close(self) -> None:
         raise NotImplementedError
 
@@ -300,6 +304,8 @@ class Channel:
             nautilus.ClosedError: the channel was closed (by either side)
                 before or while waiting; what was sent may not have arrived.
         """
+        if self._send_closed is None and self._route.route_ready():
+            return  # nothing to wait for (the common case)
         self._raise_if_not_sending()
         await self._route.route_drain()
         self._raise_if_not_sending()
@@ -331,7 +337,14 @@ class Channel:
         """
         queue = self._queue
         if not queue:
-            await self._wait()
+            if self._waiter is None and not self._ended:  # _wait(), inline: one coroutine less
+                waiter = self._waiter = self._loop.create_future()
+                try:
+                    await waiter
+                finally:
+                    self._waiter = None
+            if not queue:
+                await self._wait()
         data = queue.popleft()
         self._queued_bytes -= len(data)
         if not self._reading:
@@ -555,6 +568,9 @@ class _ChannelLink(_Link, _Route):
 
     async def route_drain(self) -> None:
         await self.wait_writable()
+
+    def route_ready(self) -> bool:
+        return not self._write_paused or self.lost
 
     def route_close(self) -> None:
         self.close()

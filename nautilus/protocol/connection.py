@@ -117,6 +117,13 @@ _BUDGET_MARGIN = 64
 # Message API frames: a 4-byte big-endian length, then the message.
 _pack_length = struct.Struct(">I").pack
 _unpack_length = struct.Struct(">I").unpack_from
+_CONNECTED_CONTENT = CONTENT_ALLOWED[State.CONNECTED]
+
+
+def _refuse_message(n: int, limit: int) -> NoReturn:
+    raise MessageTooLarge(f"a message of {n} bytes exceeds max_message_size ({limit} bytes)")
+
+
 # StepData = id<8> + payload<24> inside a handshake message of at most MAX_HANDSHAKE_MESSAGE.
 _MAX_STEP_PAYLOAD = MAX_HANDSHAKE_MESSAGE - 1 - 255 - 3
 _REMOTE_ALERT_ERRORS: dict[int, type[NautilusError]] = {
@@ -396,7 +403,8 @@ class Connection:
             if (
                 not buf
                 and type(data) in (bytes, memoryview)
-                and data[:1] == b"\x17"
+                and data
+                and data[0] == RECORD_SEALED
                 and self._state is State.CONNECTED
             ):
                 # Nothing buffered: open the records straight from ``data`` and
@@ -405,6 +413,8 @@ class Connection:
                 used = self._open_records(data)
                 if self.is_closed:
                     return
+                if used == len(data):
+                    return  # all taken: nothing buffered, nothing left to process
                 if self._keep_input and self._incomplete(data, used):
                     self._unread = len(data) - used  # the caller keeps it
                 else:
@@ -500,30 +510,41 @@ class Connection:
         Raises:
             as :meth:`send_message`.
         """
-        if isinstance(messages, (bytes, bytearray, memoryview, str)):
-            raise TypeError("messages must be an iterable of bytes-like objects, not one object")
         limit = self._ctx.max_message_size
-        pack = _pack_length
-        parts: list[bytes | bytearray | memoryview] = []
-        add = parts.append
-        for m in messages:
-            if type(m) is bytes or isinstance(m, (bytes, bytearray)):  # the common case first
-                n = len(m)
-            elif isinstance(m, memoryview):
-                n = m.nbytes
-            else:
-                raise TypeError(f"a message must be bytes-like, not {type(m).__name__}")
-            if n > limit:
-                raise MessageTooLarge(
-                    f"a message of {n} bytes exceeds max_message_size ({limit} bytes)"
+        if (
+            isinstance(messages, (list, tuple))
+            and len(messages) == 1
+            and type(one := messages[0]) is bytes
+        ):  # one message (request/response): framed without the loop
+            if len(one) > limit:
+                _refuse_message(len(one), limit)
+            framed = _pack_length(len(one)) + one
+        else:
+            if isinstance(messages, (bytes, bytearray, memoryview, str)):
+                raise TypeError(
+                    "messages must be an iterable of bytes-like objects, not one object"
                 )
-            add(pack(n))
-            add(m)
+            pack = _pack_length
+            parts: list[bytes | bytearray | memoryview] = []
+            add = parts.append
+            for m in messages:
+                if type(m) is bytes or isinstance(m, (bytes, bytearray)):  # the common case first
+                    n = len(m)
+                elif isinstance(m, memoryview):
+                    n = m.nbytes
+                else:
+                    raise TypeError(f"a message must be bytes-like, not {type(m).__name__}")
+                if n > limit:
+                    _refuse_message(n, limit)
+                add(pack(n))
+                add(m)
+            if not parts:
+                if self._state is State.CLOSED:
+                    raise ClosedError("the connection is closed") from self._error
+                return
+            framed = b"".join(parts)
         if self._state is State.CLOSED:
             raise ClosedError("the connection is closed") from self._error
-        if not parts:
-            return
-        framed = b"".join(parts)
         if self._state is not State.CONNECTED:
             self._pending.append((ContentType.MESSAGE, framed))
             return
@@ -642,6 +663,9 @@ class Connection:
     # ------------------------------------------------------------- state, events
 
     def _set_now(self, now: float) -> None:
+        if type(now) is float and now - now == 0.0:  # the common case: a finite float
+            self._now = now
+            return
         if not isinstance(now, (int, float)) or isinstance(now, bool):
             raise TypeError(f"now must be a number (UNIX time), not {type(now).__name__}")
         if not math.isfinite(now):
@@ -837,7 +861,9 @@ class Connection:
 
     def _content(self, ctype: int, start: int, end: int) -> None:
         """Handle the content ``self._scratch[start:end]`` of type ``ctype``."""
-        if ctype not in CONTENT_ALLOWED[self._state]:
+        state = self._state  # (the connected state's row without hashing the enum)
+        allowed = _CONNECTED_CONTENT if state is State.CONNECTED else CONTENT_ALLOWED[state]
+        if ctype not in allowed:
             _abort(
                 ProtocolViolation,
                 AlertCode.UNEXPECTED_MESSAGE,
@@ -890,7 +916,14 @@ class Connection:
             data = bytes(buf)
             buf.clear()
         else:  # the common case: no partial frame waits
-            data = bytes(memoryview(self._scratch)[start:end])
+            scratch = self._scratch
+            if end - start >= 4:
+                (n,) = _unpack_length(scratch, start)
+                if n == end - start - 4 and n <= limit:  # exactly one whole message: one copy
+                    message = bytes(memoryview(scratch)[start + 4 : end])
+                    self._events.append(MessagesReceived((message,)))
+                    return
+            data = bytes(memoryview(scratch)[start:end])
         # One bytes object for the run, then a slice (one copy) per message.
         unpack = _unpack_length
         messages: list[bytes] = []
