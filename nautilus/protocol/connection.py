@@ -1112,7 +1112,10 @@ class Connection:
         return self._transcript.copy().digest()
 
     def _send_handshake(self, msg: Message) -> None:
-        data = frame(msg)
+        self._send_framed(frame(msg))
+
+    def _send_framed(self, data: bytes) -> None:
+        """Send one framed handshake message (and add it to the transcript)."""
         self._absorb(data)
         if self._flight is not None and self._sealer is not None:
             self._flight.append(data)  # sealed with the rest of the flight (_seal_flight)
@@ -1257,8 +1260,11 @@ class Connection:
         h = self._transcript.copy()
         h.update(unbound)
         binder = keys.binder(h.digest())
-        self._hello = replace(hello, psk_offer=replace(offer, binder=binder).encode())
-        self._send_handshake(self._hello)
+        # The binder is the hello's last field: put in place of the zeros rather
+        # than encoded again. self._hello keeps the zeros (only the offer's mode
+        # is read from it later).
+        self._hello = hello
+        self._send_framed(unbound[:-BINDER_SIZE] + binder)
 
     def _cache_key(self) -> str | None:
         exp = self._expected_peer
