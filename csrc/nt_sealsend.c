@@ -19,13 +19,15 @@ int nt_seal_send(nt_aead *st, int fd, uint8_t type, const uint8_t *in, size_t in
     size_t records = 0;
     int rc;
 
-    if (lens == NULL || fd < 0)
+    if (lens == NULL)
         return NT_ERR_ARG;
     lens[0] = 0;
     lens[1] = 0;
     rc = nt_seal(st, type, in, in_len, out, out_cap, &lens[0], &records);
     if (rc != NT_OK)
         return rc;
+    if (fd < 0)
+        return NT_PARTIAL; /* no socket: sealed only, all of it is the caller's to write */
     while (lens[1] < lens[0]) {
         ssize_t sent = send(fd, out + lens[1], lens[0] - lens[1], MSG_DONTWAIT | MSG_NOSIGNAL);
         if (sent <= 0)

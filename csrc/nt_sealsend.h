@@ -14,8 +14,8 @@
 /* nt_seal() of in[0:in_len] into out (lens[0] = the sealed length), then
  * send() of it on the connected socket fd without waiting (MSG_DONTWAIT;
  * lens[1] = the bytes it took). NT_OK: all sent. NT_PARTIAL: sealed, the
- * rest is the caller's to write. Any other code: as nt_seal(), nothing
- * sealed or sent. */
+ * rest is the caller's to write (all of it when fd < 0: seal only). Any
+ * other code: as nt_seal(), nothing sealed or sent. */
 int nt_seal_send(nt_aead *st, int fd, uint8_t type, const uint8_t *in, size_t in_len,
                  uint8_t *out, size_t out_cap, size_t *lens);
 

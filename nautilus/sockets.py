@@ -101,7 +101,6 @@ _DATA, _MESSAGES, _KEY_UPDATE = 0, 1, 2
 _APP_DATA = int(ContentType.APPLICATION_DATA)
 _NT_OK: int = _lib.NT_OK
 _OVERHEAD: int = _lib.NT_RECORD_OVERHEAD
-_nt_seal = _lib.nt_seal
 _nt_seal_send = _lib.nt_seal_send
 _NT_PARTIAL = _lib.NT_PARTIAL
 _from_buffer = _ffi.from_buffer
@@ -196,7 +195,6 @@ class NautilusSocket(socket.socket):
         "_ipos",
         "_msgs",
         "_out_len",
-        "_out_len2",
         "_queued",
         "_rbuf",
         "_rdata",
@@ -213,7 +211,6 @@ class NautilusSocket(socket.socket):
         "_timed_rekey",
         "_unsent",
         "_wbuf",
-        "_wout",
         "_wptr",
         "_write_lock",
         "_wview",
@@ -252,10 +249,8 @@ class NautilusSocket(socket.socket):
     _iend: int
     _wbuf: bytearray
     _wview: memoryview
-    _wout: memoryview
     _wptr: Any
     _out_len: Any
-    _out_len2: Any
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError(
@@ -315,10 +310,8 @@ class NautilusSocket(socket.socket):
         self._unsent = None
         self._wbuf = bytearray()
         self._wview = memoryview(self._wbuf)
-        self._wout = self._wview
         self._wptr = None
         self._out_len = _b.new_out_len()
-        self._out_len2 = self._out_len + 1
         self._connected = connected
         self._timed_rekey = getattr(context, "rekey_interval", None) is not None
         return self
@@ -1252,26 +1245,18 @@ class NautilusSocket(socket.socket):
                     if need > len(self._wbuf):
                         wbuf = bytearray(need)
                         self._wbuf, self._wview = wbuf, memoryview(wbuf)
-                        self._wout = self._wview[:0]
                         self._wptr = _from_buffer(wbuf, require_writable=True)
-                    # Nothing queued by a reader to go first: seal and send in
-                    # one C call, which never waits (so the lock may be held).
+                    # Seal and send in one C call, which never waits (so the
+                    # lock may be held); only seal if a reader queued output
+                    # that must go first (fd -1).
                     fd = -1 if self._queued else self.fileno()
                     if pos == 0 and type(data) is bytes:
-                        if fd >= 0:
-                            rc = _nt_seal_send(handle, fd, _APP_DATA, data, step, self._wptr,
-                                               need, self._out_len)  # fmt: skip
-                        else:
-                            rc = _nt_seal(handle, _APP_DATA, data, step, self._wptr, need,
-                                          self._out_len, self._out_len2)  # fmt: skip
+                        rc = _nt_seal_send(handle, fd, _APP_DATA, data, step, self._wptr, need,
+                                           self._out_len)  # fmt: skip
                     else:
                         with _from_buffer(data) as src:
-                            if fd >= 0:
-                                rc = _nt_seal_send(handle, fd, _APP_DATA, src + pos, step,
-                                                   self._wptr, need, self._out_len)  # fmt: skip
-                            else:
-                                rc = _nt_seal(handle, _APP_DATA, src + pos, step, self._wptr,
-                                              need, self._out_len, self._out_len2)  # fmt: skip
+                            rc = _nt_seal_send(handle, fd, _APP_DATA, src + pos, step,
+                                               self._wptr, need, self._out_len)  # fmt: skip
                     if rc != _NT_OK and rc != _NT_PARTIAL:
                         _b.check(rc, "seal")
                     conn._seal_budget -= records
@@ -1280,18 +1265,13 @@ class NautilusSocket(socket.socket):
                     earlier = self._queued
                     if earlier:
                         self._queued = []
-                    if fd < 0 or rc == _NT_PARTIAL:  # the rest is written below, unlocked
-                        written = self._out_len[0]
-                        out = self._wout
-                        if len(out) != written:
-                            out = self._wout = self._wview[:written]
-                        if fd >= 0:
-                            out = out[self._out_len[1] :]
+                    if rc == _NT_PARTIAL:  # the rest is written below, unlocked
+                        out = self._wview[self._out_len[1] : self._out_len[0]]
                 finally:
                     state_lock.release()
                 if earlier:
                     _raw_sendall(self, earlier[0] if len(earlier) == 1 else b"".join(earlier))
-                if fd < 0 or rc == _NT_PARTIAL:
+                if rc == _NT_PARTIAL:
                     _raw_sendall(self, out)
                 pos += step
             if pos < n:

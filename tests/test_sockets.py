@@ -1527,3 +1527,49 @@ def test_close_pushes_held_output_before_a_reset_can_drop_it(
     monkeypatch.setattr(NautilusSocket, "_absorb_arrived", absorb_then_let_bytes_arrive)
     sock.close()
     assert peer.result() == (b"last words", True)
+
+
+def test_output_a_reader_queued_goes_before_the_next_piece_of_a_large_sendall() -> None:
+    """A reader answers the peer's key update request while a writer is in the
+    middle of a large sendall (blocked: the peer does not read yet). The
+    answer is queued; the writer sends it before its next piece, which it
+    seals under the new key: the peer opens everything, in order."""
+    payload = random.randbytes(3_000_000)  # several pieces of the direct path
+    start_reading = threading.Event()
+
+    def handler(raw: socket.socket) -> tuple[bytes, int]:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        conn = Connection(server_ctx(resumption="off"), "server")
+        raw_handshake(raw, conn)
+        conn.update_keys(request_peer=True)
+        conn.send_data(b"ping")
+        raw.sendall(conn.data_to_send())
+        assert start_reading.wait(PEER_TIMEOUT)
+        got = bytearray()
+        while len(got) < len(payload):
+            data = raw.recv(1 << 16)
+            assert data, f"the client closed after {len(got)} bytes"
+            conn.receive_data(data, time.time())
+            for event in iter(conn.next_event, None):
+                assert not isinstance(event, nautilus.ConnectionClosed), event.error
+                if type(event) is nautilus.DataReceived:
+                    got += event.data
+        return bytes(got), conn.stats.key_updates
+
+    peer = Peer(handler, wrap=False)
+    with connect(peer, context=client_ctx(resumption="off")) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        writer = threading.Thread(target=sock.sendall, args=(payload,))
+        writer.start()
+        deadline = time.monotonic() + PEER_TIMEOUT
+        while not sock._write_lock.locked():  # the writer is in its sendall
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        assert sock.recv(4) == b"ping"  # the key update request came first
+        assert sock._queued, "the answer to the key update waits for the writer"
+        start_reading.set()
+        writer.join(PEER_TIMEOUT)
+        assert not writer.is_alive()
+        got, peer_updates = peer.result()
+    assert got == payload
+    assert peer_updates == 2  # its own update and the client's answer
