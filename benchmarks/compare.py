@@ -68,6 +68,7 @@ import _peers
 from _peers import HOST, PATTERN_SIZE, TlsFiles, check_session, check_tls_object
 from _report import check_targets, cpu_table, fmt, interference, main_table, print_report, ratio
 from run_primitives import cpu_model, git_commit
+from run_primitives import versions as primitive_versions
 
 import nautilus
 import nautilus.asyncio as nasyncio
@@ -704,11 +705,17 @@ async def run_stream(
                 break
     finally:
         await asyncio.wait_for(_close(writer), OP_TIMEOUT)
+    return await sink_outcome(client, listener, count * sc.chunk, count, start, watch)
+
+
+async def sink_outcome(
+    client: Client, listener: str, sent: int, count: int, start: float, watch: CpuWatch
+) -> dict[str, Any]:
+    """The sink's report on a stream that has ended: checked, and the figures."""
     report = await client.peer.expect("sink")
     elapsed = time.perf_counter() - start
     after = await client.peer.stats()
     cpu = watch.stop(after)
-    sent = count * sc.chunk
     check_sink_report(listener, sent, report)
     return stream_result(sent, count, elapsed, report, cpu)
 
@@ -772,13 +779,7 @@ async def run_socket(
     before = await client.peer.stats()
     watch = CpuWatch(before["cpu_s"])
     count, start = await asyncio.to_thread(blocking_send, sock, client.chunks[sc.chunk], seconds)
-    report = await client.peer.expect("sink")
-    elapsed = time.perf_counter() - start
-    after = await client.peer.stats()
-    cpu = watch.stop(after)
-    sent = count * sc.chunk
-    check_sink_report(listener, sent, report)
-    return stream_result(sent, count, elapsed, report, cpu)
+    return await sink_outcome(client, listener, count * sc.chunk, count, start, watch)
 
 
 # -- 256-byte messages -------------------------------------------------------------------------
@@ -1314,24 +1315,13 @@ def machine() -> dict[str, Any]:
 
 
 def versions() -> dict[str, Any]:
-    from nautilus._bindings import OPENSSL_VERSION
-
-    out: dict[str, Any] = {
+    """Python's and its ssl's, then Nautilus's, cryptography's (as run_primitives.py), uvloop's."""
+    return {
         "python": platform.python_version(),
         "ssl_openssl": ssl.OPENSSL_VERSION,
-        "nautilus": nautilus.__version__,
-        "nautilus_openssl": OPENSSL_VERSION,
+        **primitive_versions(),
         "uvloop": uvloop_version(),
     }
-    try:
-        import cryptography
-        from cryptography.hazmat.backends.openssl.backend import backend
-
-        out["cryptography"] = cryptography.__version__
-        out["cryptography_openssl"] = backend.openssl_version_text()
-    except ImportError:
-        out["cryptography"] = None
-    return out
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
