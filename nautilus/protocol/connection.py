@@ -538,13 +538,11 @@ class Connection:
                     _refuse_message(n, limit)
                 add(pack(n))
                 add(m)
-            if not parts:
-                if self._state is State.CLOSED:
-                    raise ClosedError("the connection is closed") from self._error
-                return
-            framed = b"".join(parts)
+            framed = b"".join(parts)  # b"" for no messages
         if self._state is State.CLOSED:
             raise ClosedError("the connection is closed") from self._error
+        if not framed:
+            return
         if self._state is not State.CONNECTED:
             self._pending.append((ContentType.MESSAGE, framed))
             return
