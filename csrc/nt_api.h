@@ -3,6 +3,7 @@
 #define NT_API_H
 #include "nt_common.h"
 #include "nt_ed25519.h"
+#include "nt_frames.h"
 #include "nt_kem.h"
 #include "nt_record.h"
 #include "nt_schedule.h"

@@ -234,3 +234,16 @@ def test_sending_checks_every_message_first() -> None:
     assert pair.client.data_to_send() == b""  # all or nothing
     pair.client.send_messages([])
     assert pair.client.data_to_send() == b""
+
+
+def test_an_oversized_message_is_reported_by_its_size_in_bytes() -> None:
+    pair = connected()
+    limit = pair.client_ctx.max_message_size
+    words = memoryview(array.array("I", bytes(limit + 4)))  # len() is a quarter of that
+    for batch in ([b"ok", words], (b"ok", bytes(limit + 4)), iter([b"ok", words])):
+        with pytest.raises(MessageTooLarge, match=f"a message of {limit + 4} bytes"):
+            pair.client.send_messages(batch)
+    assert pair.client.data_to_send() == b""
+    pair.client.send_messages((b"a", bytearray(b"bc"), memoryview(b"def")))  # a tuple, mixed
+    pair.server.receive_data(pair.client.data_to_send())
+    assert batches(drain_events(pair.server)) == [(b"a", b"bc", b"def")]

@@ -8,6 +8,8 @@ these helpers and never see cffi objects except opaque handles.
 
 from __future__ import annotations
 
+from array import array
+from struct import Struct
 from typing import Any, NamedTuple
 
 from nautilus._version import __version__
@@ -446,6 +448,72 @@ def aead_oneshot(handle: Any, encrypt: bool, nonce: bytes, aad: bytes, data: byt
     )
     check(rc, "decrypt")
     return bytes(ffi.buffer(out, out_len))
+
+
+# --- message framing (the message API's stream) --------------------------------
+
+FRAME_PREFIX_BYTES: int = lib.NT_FRAME_PREFIX_BYTES
+_LAYOUT_CAP = 4096  # bytes of struct format per C call (at least ~300 frames)
+_last_layout: tuple[bytes, Any] = (b"", None)  # (format, its compiled Struct)
+if array("Q").itemsize != 8:  # pragma: no cover - the lengths go to C as uint64_t
+    raise ImportError("nautilus needs array typecode 'Q' to be 8 bytes")
+
+
+def frames_pack(messages: list[Any] | tuple[Any, ...], limit: int) -> bytearray | int | None:
+    """The ``messages`` framed back to back (for each, its 4-byte length, then
+    it), if none is over ``limit``; else the index of the first that is.
+    None if they are not all bytes-like objects of single bytes (the caller's
+    general path frames those, or says what is wrong)."""
+    try:
+        body = b"".join(messages)
+        lens = array("Q", map(len, messages))
+    except TypeError:
+        return None
+    n = len(lens)
+    out = bytearray(len(body) + FRAME_PREFIX_BYTES * n)
+    over = ffi.new("size_t *")
+    rc = lib.nt_frames_pack(
+        body, len(body), ffi.from_buffer("uint64_t[]", lens), n, limit,
+        ffi.from_buffer(out), len(out), over,
+    )  # fmt: skip
+    if rc == lib.NT_ERR_LENGTH:  # a len() that is not a byte count
+        return None
+    check(rc, "frame the messages")
+    return out if over[0] == n else int(over[0])
+
+
+def frames_cut(
+    data: bytes | bytearray, start: int, end: int, limit: int
+) -> tuple[list[bytes], int]:
+    """Cut the whole frames at the start of ``data[start:end]``, stopping
+    before an incomplete one or one whose length is over ``limit`` (the
+    caller reads that length and refuses it): their contents (one bytes
+    object each), and where in ``data`` the first frame not taken starts.
+
+    C describes the frames as a struct format, so that ``struct`` makes the
+    bytes objects in one call: no Python step per message.
+    """
+    global _last_layout
+    cap = min(_LAYOUT_CAP, 2 + 14 * ((end - start) // FRAME_PREFIX_BYTES))
+    fmt = ffi.new("char[]", cap)
+    result = ffi.new("size_t[4]")
+    messages: list[bytes] = []
+    pos = start
+    while True:
+        rc = lib.nt_frames_layout(ffi.from_buffer(data), end, pos, limit, fmt, cap, end, result)
+        check(rc, "cut the messages")
+        if result[0]:
+            layout = ffi.buffer(fmt, result[2])[:]
+            last = _last_layout
+            if last[0] == layout:  # the same layout as the last call: a steady stream
+                cutter = last[1]
+            else:
+                cutter = Struct(layout)
+                _last_layout = (layout, cutter)
+            messages += cutter.unpack_from(data, pos)
+        pos = result[1]
+        if not result[3]:
+            return messages, pos
 
 
 # --- key schedule (HKDF on HMAC-SHA-256) ---------------------------------------

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import NoReturn, cast
 
+from nautilus import _bindings as _b
 from nautilus.context import CIPHER_IDS, GROUP_IDS, Context
 from nautilus.exceptions import (
     AuthenticationFailed,
@@ -118,6 +119,31 @@ _BUDGET_MARGIN = 64
 _pack_length = struct.Struct(">I").pack
 _unpack_length = struct.Struct(">I").unpack_from
 _CONNECTED_CONTENT = CONTENT_ALLOWED[State.CONNECTED]
+
+
+def _message_size(message: bytes | bytearray | memoryview) -> int:
+    return message.nbytes if isinstance(message, memoryview) else len(message)
+
+
+def _frame_each(messages: Iterable[bytes | bytearray | memoryview], limit: int) -> bytes:
+    """Frame ``messages`` one by one (any iterable; the checks say what is wrong)."""
+    if isinstance(messages, (bytes, bytearray, memoryview, str)):
+        raise TypeError("messages must be an iterable of bytes-like objects, not one object")
+    pack = _pack_length
+    parts: list[bytes | bytearray | memoryview] = []
+    add = parts.append
+    for m in messages:
+        if type(m) is bytes or isinstance(m, (bytes, bytearray)):  # the common case first
+            n = len(m)
+        elif isinstance(m, memoryview):
+            n = m.nbytes
+        else:
+            raise TypeError(f"a message must be bytes-like, not {type(m).__name__}")
+        if n > limit:
+            _refuse_message(n, limit)
+        add(pack(n))
+        add(m)
+    return b"".join(parts)  # b"" for no messages
 
 
 def _refuse_message(n: int, limit: int) -> NoReturn:
@@ -254,7 +280,7 @@ class Connection:
         self._deadline: float | None = None
         self._session: SessionInfo | None = None
         self._error: NautilusError | None = None
-        self._pending: list[tuple[int, bytes]] = []
+        self._pending: list[tuple[int, bytes | bytearray]] = []
         self._batch_type: int = ContentType.APPLICATION_DATA
         self._messages = bytearray()
         self._steps: tuple[HandshakeStep, ...] = context.handshake.custom_steps
@@ -511,34 +537,20 @@ class Connection:
             as :meth:`send_message`.
         """
         limit = self._ctx.max_message_size
-        if (
-            isinstance(messages, (list, tuple))
-            and len(messages) == 1
-            and type(one := messages[0]) is bytes
-        ):  # one message (request/response): framed without the loop
-            if len(one) > limit:
-                _refuse_message(len(one), limit)
-            framed = _pack_length(len(one)) + one
-        else:
-            if isinstance(messages, (bytes, bytearray, memoryview, str)):
-                raise TypeError(
-                    "messages must be an iterable of bytes-like objects, not one object"
-                )
-            pack = _pack_length
-            parts: list[bytes | bytearray | memoryview] = []
-            add = parts.append
-            for m in messages:
-                if type(m) is bytes or isinstance(m, (bytes, bytearray)):  # the common case first
-                    n = len(m)
-                elif isinstance(m, memoryview):
-                    n = m.nbytes
-                else:
-                    raise TypeError(f"a message must be bytes-like, not {type(m).__name__}")
-                if n > limit:
-                    _refuse_message(n, limit)
-                add(pack(n))
-                add(m)
-            framed = b"".join(parts)  # b"" for no messages
+        framed: bytes | bytearray | None = None
+        if isinstance(messages, (list, tuple)):
+            if len(messages) == 1 and type(one := messages[0]) is bytes:
+                # One message (request/response): framed without the loop.
+                if len(one) > limit:
+                    _refuse_message(len(one), limit)
+                framed = _pack_length(len(one)) + one
+            else:  # a burst: framed in C, no Python step per message
+                packed = _b.frames_pack(messages, limit)
+                if isinstance(packed, int):  # the index of the first message over the limit
+                    _refuse_message(_message_size(messages[packed]), limit)
+                framed = packed
+        if framed is None:  # not a list or tuple of single-byte buffers: one at a time
+            framed = _frame_each(messages, limit)
         if self._state is State.CLOSED:
             raise ClosedError("the connection is closed") from self._error
         if not framed:
@@ -911,37 +923,31 @@ class Connection:
                 self._message_too_large(n, limit)
             if have < 4 + n:
                 return  # the first message is still incomplete: nothing to cut yet
-            data = bytes(buf)
-            buf.clear()
+            data: bytes | bytearray = buf  # what is cut is then dropped from it
+            start, end = 0, have
         else:  # the common case: no partial frame waits
-            scratch = self._scratch
+            data = self._scratch
             if end - start >= 4:
-                (n,) = _unpack_length(scratch, start)
+                (n,) = _unpack_length(data, start)
                 if n == end - start - 4 and n <= limit:  # exactly one whole message: one copy
-                    message = bytes(memoryview(scratch)[start + 4 : end])
+                    message = bytes(memoryview(data)[start + 4 : end])
                     self._events.append(MessagesReceived((message,)))
                     return
-            data = bytes(memoryview(scratch)[start:end])
-        # One bytes object for the run, then a slice (one copy) per message.
-        unpack = _unpack_length
-        messages: list[bytes] = []
-        add = messages.append
-        pos, stop = 0, len(data)
-        while stop - pos >= 4:
-            (n,) = unpack(data, pos)
-            cut = pos + 4 + n
-            if cut > stop or n > limit:
-                break
-            add(data[pos + 4 : cut])
-            pos = cut
+        # The frames are found in C; one bytes object (one copy) per message.
+        messages, pos = _b.frames_cut(data, start, end, limit)
         if messages:  # delivered even if an oversized one follows: they are whole
             self._events.append(MessagesReceived(tuple(messages)))
-        if stop - pos >= 4:
-            (n,) = unpack(data, pos)
+        if end - pos >= 4:
+            (n,) = _unpack_length(data, pos)
             if n > limit:
                 self._message_too_large(n, limit)
-        if pos < stop:
-            buf += memoryview(data)[pos:]
+        if data is buf:
+            if pos == end:
+                buf.clear()
+            else:
+                del buf[:pos]
+        elif pos < end:
+            buf += memoryview(data)[pos:end]
 
     def _message_too_large(self, n: int, limit: int) -> NoReturn:
         _abort(

@@ -1,0 +1,134 @@
+"""Message framing in C (csrc/nt_frames.c) and its two Python helpers.
+
+``frames_pack`` must write exactly the 4-byte-length framing that the
+message API has always used, and give way (None) to the Python path for
+anything that is not a list of single-byte buffers. ``frames_cut`` must find
+exactly the whole frames that a byte-by-byte reading of the stream finds,
+wherever the stream is cut, and stop before a length over the limit.
+"""
+
+from __future__ import annotations
+
+import array
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nautilus import _bindings as _b
+from nautilus._bindings import ffi, lib
+
+pytestmark = pytest.mark.native
+
+LIMIT = 1 << 20
+
+
+def reference_frame(messages: list[bytes]) -> bytes:
+    return b"".join(struct.pack(">I", len(m)) + m for m in messages)
+
+
+def reference_cut(data: bytes, start: int, end: int, limit: int) -> tuple[list[bytes], int]:
+    """The whole frames of data[start:end], read one length at a time."""
+    found, pos = [], start
+    while end - pos >= 4:
+        (n,) = struct.unpack_from(">I", data, pos)
+        if n > limit or end - pos - 4 < n:
+            break
+        found.append(data[pos + 4 : pos + 4 + n])
+        pos += 4 + n
+    return found, pos
+
+
+messages_st = st.lists(st.binary(max_size=300), max_size=40)
+
+
+@settings(max_examples=200, deadline=None)
+@given(messages_st)
+def test_pack_writes_the_reference_framing(messages: list[bytes]) -> None:
+    framed = _b.frames_pack(messages, LIMIT)
+    assert isinstance(framed, bytearray)
+    assert bytes(framed) == reference_frame(messages)
+
+
+@settings(max_examples=200, deadline=None)
+@given(messages_st, st.data())
+def test_cut_finds_the_whole_frames_wherever_the_stream_ends(
+    messages: list[bytes], data: st.DataObject
+) -> None:
+    stream = b"junk" + reference_frame(messages)
+    end = data.draw(st.integers(4, len(stream)))
+    got = _b.frames_cut(stream, 4, end, LIMIT)
+    assert got == reference_cut(stream, 4, end, LIMIT)
+    assert _b.frames_cut(bytearray(stream), 4, end, LIMIT) == got  # the receive buffer's type
+
+
+def test_cut_stops_before_a_length_over_the_limit() -> None:
+    stream = reference_frame([b"a" * 10, b"b" * 11, b"c"])
+    messages, pos = _b.frames_cut(stream, 0, len(stream), 10)
+    assert messages == [b"a" * 10]
+    assert pos == 14  # where the 11-byte frame starts: the caller reads and refuses it
+
+
+def test_cut_takes_more_frames_than_one_format_buffer_holds() -> None:
+    # 4-byte frames (empty messages) and a mix of lengths: thousands of frames
+    # need several C calls, each describing as many as fit.
+    empties = [b""] * 5000
+    mixed = [bytes([i % 251]) * (i % 70) for i in range(3000)]
+    for messages in (empties, mixed):
+        stream = reference_frame(messages)
+        assert _b.frames_cut(stream, 0, len(stream), LIMIT) == (messages, len(stream))
+
+
+def test_pack_reports_the_first_message_over_the_limit() -> None:
+    assert _b.frames_pack([b"ok", b"x" * 11, b"y" * 12], 10) == 1
+    assert _b.frames_pack([b"x" * 10], 10) == bytearray(reference_frame([b"x" * 10]))
+
+
+def test_pack_gives_way_for_what_it_cannot_count() -> None:
+    words = memoryview(array.array("I", [1, 2, 3]))  # len() counts items, not bytes
+    assert _b.frames_pack([b"a", words], LIMIT) is None
+    assert _b.frames_pack([b"a", "text"], LIMIT) is None  # type: ignore[list-item]
+    assert _b.frames_pack([b"a", 7], LIMIT) is None  # type: ignore[list-item]
+    ok = [bytearray(b"ba"), memoryview(b"mv"), b"b"]
+    assert _b.frames_pack(ok, LIMIT) == bytearray(reference_frame([b"ba", b"mv", b"b"]))
+
+
+def test_the_c_calls_refuse_bad_arguments() -> None:
+    data = reference_frame([b"abc"])
+    fmt = ffi.new("char[]", 64)
+    result = ffi.new("size_t[4]")
+    assert lib.nt_frames_layout(data, len(data), len(data) + 1, LIMIT, fmt, 64, 9, result) == (
+        lib.NT_ERR_ARG
+    )
+    assert lib.nt_frames_layout(data, len(data), 0, LIMIT, fmt, 0, 9, result) == lib.NT_ERR_ARG
+    assert lib.nt_frames_layout(data, len(data), 0, LIMIT, fmt, 64, 9, ffi.NULL) == lib.NT_ERR_ARG
+    # A format buffer too small for even one frame: nothing described, "call again".
+    assert lib.nt_frames_layout(data, len(data), 0, LIMIT, fmt, 4, 9, result) == lib.NT_OK
+    assert (result[0], result[1], result[2], result[3]) == (0, 0, 0, 1)
+    # max_frames reached: the same.
+    assert lib.nt_frames_layout(data, len(data), 0, LIMIT, fmt, 64, 0, result) == lib.NT_OK
+    assert (result[0], result[3]) == (0, 1)
+
+    body = b"abcdef"
+    out = bytearray(64)
+    over = ffi.new("size_t *")
+
+    def pack(lens: list[int], limit: int = LIMIT, cap: int = 64) -> int:
+        c_lens = ffi.new("uint64_t[]", lens)
+        return int(
+            lib.nt_frames_pack(
+                body, len(body), c_lens, len(lens), limit, ffi.from_buffer(out), cap, over
+            )
+        )
+
+    assert pack([2, 3]) == lib.NT_ERR_LENGTH  # lengths that do not add up to the body
+    assert pack([4, 4]) == lib.NT_ERR_LENGTH
+    assert pack([6], cap=9) == lib.NT_ERR_BUFFER
+    assert pack([6], limit=1 << 32) == lib.NT_ERR_ARG
+    assert bytes(out) == bytes(64)  # nothing written by a refused call
+    assert pack([2, 4], cap=14) == lib.NT_OK
+    assert over[0] == 2
+    assert bytes(out[:14]) == reference_frame([b"ab", b"cdef"])
+    assert pack([2, 4], limit=3) == lib.NT_OK
+    assert over[0] == 1
