@@ -31,6 +31,8 @@ from nautilus import (
     AuthenticationFailed,
     ConnectionClosed,
     Context,
+    CustomProtocolStep,
+    Handshake,
     HandshakeCompleted,
     IntegrityError,
     KeyAgreementFailed,
@@ -44,6 +46,7 @@ from nautilus.protocol.messages import (
     BINDER_SIZE,
     RECORD_HANDSHAKE_PLAIN,
     ClientHello,
+    Finished,
     MsgType,
     NewSessionTicket,
     PskMode,
@@ -51,7 +54,7 @@ from nautilus.protocol.messages import (
     ServerHello,
     frame,
 )
-from nautilus.record import ContentType, RecordOpener
+from nautilus.record import ContentType, RecordOpener, RecordSealer
 from nautilus.sessions import (
     MAX_TICKET_LIFETIME,
     LiveSession,
@@ -95,7 +98,11 @@ def first_session(
         client=client,
         server_name=SERVER_NAME,
     )
-    assert p.handshake() == 4  # hello, server flight, client Finished, ticket
+    # hello, server flight, client flight; the ticket follows the server's
+    # flight, unless the server asks for the client's identity (then it
+    # follows the client's flight, whose contents it depends on)
+    certain = (server or {}).get("client_auth", "off") == "off" and "handshake" not in (server or {})
+    assert p.handshake() == (3 if certain else 4)
     assert p.client.session is not None
     assert not p.client.session.resumed
     return p
@@ -177,6 +184,61 @@ def test_resumed_session_is_reported_as_resumed_on_both_sides() -> None:
     q.pump()
     assert received_data(q.server_events) == b"ping"
     assert received_data(q.client_events) == b"pong"
+
+
+def test_tickets_follow_the_server_flight_when_the_client_flight_is_certain() -> None:
+    """No identity asked and no step agreed: the client's flight can only be its
+    Finished, so the tickets (RFC 8446 section 4.6.1) leave right behind the
+    server's flight, and the client holds them before the server has read its
+    Finished. Their PSK is the one the client derives after its Finished."""
+    p = Pair.make(server={"tickets_per_handshake": 2}, server_name=SERVER_NAME)
+    p.start()
+    p.server.receive_data(p.client.data_to_send(), NOW)
+    flight = p.server.data_to_send()
+    flight_record, *tickets = split_records(flight)[1:]  # after the ServerHello
+    assert len(tickets) == 2
+    p.client.receive_data(flight, NOW)
+    assert p.client.handshake_complete
+    assert len(p.client_ctx.session_cache) == 2
+    assert not p.server.handshake_complete
+    p.server.receive_data(p.client.data_to_send(), NOW)
+    assert p.server.handshake_complete
+    assert p.server.data_to_send() == b""  # nothing left to send after the client's Finished
+    for _ in range(2):
+        q = resume(p)
+        assert completed(q) == (True, True)
+
+
+def test_a_wrong_client_finished_still_fails_when_tickets_went_early() -> None:
+    p = Pair.make(server={"tickets_per_handshake": 1}, server_name=SERVER_NAME)
+    p.start()
+    p.server.receive_data(p.client.data_to_send(), NOW)
+    p.client.receive_data(p.server.data_to_send(), NOW)
+    assert len(p.client_ctx.session_cache) == 1
+    p.client.data_to_send()  # the genuine Finished is dropped; a forged one is sent
+    key, iv = ks.traffic_keys(p.server._keys.client_hs, p.server._cipher)  # type: ignore[union-attr]
+    forged = RecordSealer(p.server._cipher, key, iv).seal(
+        frame(Finished(bytes(32))), ContentType.HANDSHAKE
+    )
+    p.server.receive_data(forged, NOW)
+    p.collect()
+    assert_closed_with(p.server, p.server_events, AuthenticationFailed)
+    assert "Finished MAC" in str(p.server.error)
+    assert "HandshakeCompleted" not in event_types(p.server_events)
+    assert len(p.server_ctx.sessions) == 0
+
+
+def test_tickets_wait_for_the_client_flight_when_it_is_not_certain() -> None:
+    """A step with a client payload (or a request for the client's identity)
+    makes the client's flight unknown in advance: the tickets then follow it."""
+    step = CustomProtocolStep("example.com/echo/1", client_payload=lambda ctx, p: b"hello")
+    hs = Handshake()
+    hs.add(step)
+    p = first_session(server={"handshake": hs}, client={"handshake": hs})
+    assert p.client.session is not None
+    assert p.client.session.steps == ("example.com/echo/1",)
+    assert len(p.client_ctx.session_cache) == 1
+    assert completed(resume(p)) == (True, True)
 
 
 def test_resumed_server_flight_skips_identity_and_signature() -> None:
@@ -521,11 +583,15 @@ def _passive_decrypt(flights: Flights, psk: bytes, cipher: str) -> bytes:
     keys = ks.KeySchedule(psk)
     keys.handshake(ks.ZEROS, transcript.copy().digest())
     server_hs = RecordOpener(cipher, *ks.traffic_keys(keys.server_hs, cipher))
-    for record in split_records(sealed):  # EncryptedExtensions, Finished
-        (opened,) = server_hs.open(record, batch_type=ContentType.HANDSHAKE).records
-        assert opened.content_type == ContentType.HANDSHAKE
-        transcript.update(opened.data)
+    flight, *tickets = split_records(sealed)  # EncryptedExtensions and Finished; the ticket
+    (opened,) = server_hs.open(flight, batch_type=ContentType.HANDSHAKE).records
+    assert opened.content_type == ContentType.HANDSHAKE
+    transcript.update(opened.data)
     keys.application(transcript.digest())
+    server_app = RecordOpener(cipher, *ks.traffic_keys(keys.server_app, cipher))
+    assert len(tickets) == 1  # the new ticket, readable too
+    (opened,) = server_app.open(tickets[0], batch_type=ContentType.HANDSHAKE).records
+    assert opened.data[0] == MsgType.NEW_SESSION_TICKET
     finished, *data_records = split_records(flights.flights[2][1])
     client_hs = RecordOpener(cipher, *ks.traffic_keys(keys.client_hs, cipher))
     client_hs.open(finished, batch_type=ContentType.HANDSHAKE)

@@ -298,9 +298,12 @@ class Connection:
         self._flight: list[bytes] | None = None  # held handshake messages (_hold_flight)
         # Set by the I/O adapters: called with the server's ServerHello as soon
         # as it is made, so the client decapsulates while this side signs and
-        # seals the rest of its flight. It must take the bytes and not raise.
+        # seals the rest of its flight; then with that rest when tickets follow
+        # it (_send_early_tickets). It must take the bytes and not raise.
         self._flush_hook: Callable[[bytes | bytearray], None] | None = None
         self._hello: ClientHello | None = None
+        # server: the client Finished that tickets sent with the flight assumed
+        self._expected_finished = b""
         self._retried = False
         self._group = ""
         self._cipher = ""
@@ -1594,7 +1597,7 @@ class Connection:
         self._send_handshake(
             ServerHello(os.urandom(RANDOM_SIZE), GROUP_IDS[group], CIPHER_IDS[cipher], reply, mode)
         )
-        hook, self._flush_hook = self._flush_hook, None  # used once (and no cycle left)
+        hook, self._flush_hook = self._flush_hook, None  # no cycle left behind
         if hook is not None:
             hook(self._take_output())
         keys.handshake(shared, self._hash())
@@ -1633,7 +1636,32 @@ class Connection:
         # can read an alert about its own flight.
         self._install(keys.server_app, None)
         self._sealer_fragment()
+        if self._client_auth is ClientAuth.OFF and not self._agreed:
+            self._send_early_tickets(hook)
         return State.SERVER_WAIT_FLIGHT
+
+    def _send_early_tickets(self, hook: Callable[[bytes | bytearray], None] | None) -> None:
+        """(server) Tickets right behind this flight, when the client's flight is
+        certain to be its Finished alone (no identity asked, no step agreed).
+
+        As RFC 8446 section 4.6.1 allows, the resumption secret is derived from
+        the transcript with the Finished the client must send; that Finished is
+        then checked against the one kept here. The flight leaves first (through
+        the adapter's hook), so the client reads it while the tickets are made,
+        and after the client's Finished the server has nothing left to make.
+        """
+        ctx, keys = self._ctx, self._keys
+        if ctx.resumption == "off" or not ctx.tickets_per_handshake:
+            return
+        assert keys is not None
+        expected = ks.finished_mac(keys.client_hs, self._hash())
+        transcript = self._transcript.copy()
+        transcript.update(frame(Finished(expected)))
+        keys.resumption_secret(transcript.digest())
+        self._expected_finished = expected
+        if hook is not None:
+            hook(self._take_output())
+        self._send_tickets()
 
     def _usable_ticket(self, offer: PskOffer) -> TicketContents | None:
         """(server) The ticket's contents if it can be honoured, else None (which
@@ -1746,7 +1774,8 @@ class Connection:
                 AlertCode.CERTIFICATE_REQUIRED,
                 "client authentication is required and the client sent no identity",
             )
-        if not ks.finished_ok(ks.finished_mac(keys.client_hs, self._hash()), msg.verify_data):
+        expected = self._expected_finished or ks.finished_mac(keys.client_hs, self._hash())
+        if not ks.finished_ok(expected, msg.verify_data):
             _abort(
                 AuthenticationFailed,
                 AlertCode.DECRYPT_ERROR,
@@ -1755,7 +1784,8 @@ class Connection:
         for step in self._agreed:
             self._run_hook(step, "verify_client_payload", self._peer_payloads.get(step.protocol_id))
         self._absorb(full)
-        keys.resumption_secret(self._hash())
+        if not self._expected_finished:  # else derived, and the tickets sent, with the flight
+            keys.resumption_secret(self._hash())
         self._connected()
         return State.CONNECTED
 
@@ -1878,7 +1908,8 @@ class Connection:
         self._events.append(HandshakeCompleted(self._session))
         if not self._client:
             self._ctx.sessions._add(self)
-            self._send_tickets()
+            if not self._expected_finished:
+                self._send_tickets()
         pending, self._pending = self._pending, []
         for ctype, data in pending:
             self._seal_application(data, ctype)
