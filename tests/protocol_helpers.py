@@ -157,8 +157,8 @@ class Pair:
         """Contexts from keyword dicts; with ``pin`` the client pins the server's key.
 
         The server sends no session tickets unless ``server`` asks for them
-        (``tickets_per_handshake``): tickets are a flight after the handshake,
-        and most tests count the handshake's flights.
+        (``tickets_per_handshake``): tickets add records to the server's flight
+        (or a flight after the client's), and most tests count flights and records.
         """
         ident = server_identity if server_identity is not None else cached_identity()
         client_opts = dict(client or {})
