@@ -441,6 +441,24 @@ def test_client_refuses_a_resumption_mode_it_did_not_offer() -> None:
     assert "did not offer" in str(q.client.error)
 
 
+def test_client_refuses_a_resumption_it_did_not_ask_for() -> None:
+    """A ServerHello that claims psk_dhe when the client offered no ticket."""
+
+    def to_psk_dhe(src: Connection, dst: Connection, data: bytes) -> bytes:
+        if src.role != "server" or data[0] != RECORD_HANDSHAKE_PLAIN:
+            return data
+        messages, rest = split_plain_handshake(data)
+        hello = ServerHello.decode_body(messages[0][1])
+        body = replace(hello, psk_mode=PskMode.PSK_DHE).encode_body()
+        head = plain_record(RECORD_HANDSHAKE_PLAIN, handshake_message(MsgType.SERVER_HELLO, body))
+        return head + rest
+
+    q = Pair.make(server_name=SERVER_NAME)
+    q.connect(to_psk_dhe)
+    assert_closed_with(q.client, q.client_events, ProtocolViolation)
+    assert "did not offer" in str(q.client.error)
+
+
 def test_client_refuses_a_key_share_in_a_psk_only_answer() -> None:
     p = first_session(server={"resumption": "psk_only"}, client={"resumption": "psk_only"})
 

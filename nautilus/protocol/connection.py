@@ -314,6 +314,7 @@ class Connection:
         self._ticket: StoredTicket | None = None  # client: the ticket offered
         self._psk_keys: ks.KeySchedule | None = None
         self._psk_mode = PskMode.NONE
+        self._offered_mode = PskMode.NONE  # client: the mode its ClientHello offers
         self._early_sent = b""  # client: early data in flight, until accepted/rejected
         self._early_accepted = False
         self._early_opener: RecordOpener | None = None  # server
@@ -1252,7 +1253,7 @@ class Connection:
         """Send a ClientHello; with a ticket, add the resumption offer and its binder."""
         ticket = self._ticket
         if ticket is None:
-            self._hello = hello
+            self._hello, self._offered_mode = hello, PskMode.NONE
             self._send_handshake(hello)
             return
         mode = PskMode.PSK_ONLY if self._ctx.resumption == "psk_only" else PskMode.PSK_DHE
@@ -1268,9 +1269,9 @@ class Connection:
         h.update(unbound)
         binder = keys.binder(h.digest())
         # The binder is the hello's last field: put in place of the zeros rather
-        # than encoded again. self._hello keeps the zeros (only the offer's mode
-        # is read from it later).
-        self._hello = hello
+        # than encoded again. self._hello keeps the zeros; the offer's mode is
+        # kept apart (the ServerHello is checked against it).
+        self._hello, self._offered_mode = hello, mode
         self._send_framed(unbound[:-BINDER_SIZE] + binder)
 
     def _cache_key(self) -> str | None:
@@ -1353,7 +1354,7 @@ class Connection:
         self._group = _GROUP_BY_ID[msg.group]
         self._cipher = _CIPHER_BY_ID[msg.cipher]
         self._absorb(full)
-        offered = PskOffer.decode(hello.psk_offer).mode if hello.psk_offer else PskMode.NONE
+        offered = self._offered_mode
         if msg.psk_mode != PskMode.NONE and (
             offered == PskMode.NONE or (msg.psk_mode == PskMode.PSK_ONLY != offered)
         ):
