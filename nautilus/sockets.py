@@ -278,8 +278,7 @@ class NautilusSocket(socket.socket):
         sock.detach()
         self.settimeout(timeout)
         self._conn = conn
-        if server_side:  # the ServerHello leaves before the rest of the flight is made
-            conn._flush_hook = self._send_now
+        conn._flush_hook = self._send_now  # parts of its flights leave at once
         self._context = context
         self._server_side = server_side
         self._server_name = server_name
@@ -551,9 +550,10 @@ class NautilusSocket(socket.socket):
                 raise WantWriteError(errno.EAGAIN, "the socket is not writable") from None
 
     def _send_now(self, data: bytes | bytearray) -> None:
-        """Write the first part of a server's flight while the Connection makes
-        the rest (called during the handshake, whose lock keeps other writers
-        out). Never blocks: what is not taken now is written with the rest."""
+        """Write part of a flight while the Connection goes on (a server's
+        ServerHello, or its flight before its tickets; a client's flight before
+        it switches keys), during the handshake, whose lock keeps other writers
+        out. Never blocks: what is not taken now is written with the rest."""
         if not data:
             return
         if self._unsent is not None or self._queued:

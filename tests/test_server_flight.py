@@ -1,6 +1,8 @@
-"""A server's ServerHello leaves before the rest of its flight is made
-(Connection._flush_hook, set by the asyncio and socket adapters): the client
-decapsulates while the server signs and seals."""
+"""Parts of a flight leave while the Connection goes on (Connection._flush_hook,
+set by the asyncio and socket adapters): a server's ServerHello before the rest
+of its flight is made (the client decapsulates while the server signs and
+seals), a server's flight before its tickets, a client's flight before it
+switches to its application keys."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import time
 from typing import Any
 
 import pytest
-from protocol_helpers import NOW, Pair, cached_identity, split_records
+from protocol_helpers import NOW, Pair, cached_identity, received_data, split_records
 
 import nautilus.asyncio as na
 from nautilus import Context
@@ -40,6 +42,46 @@ def test_the_hook_gets_the_server_hello_alone() -> None:
     pair.pump()
     assert pair.server.handshake_complete
     assert pair.server._flush_hook is None  # used once: no reference cycle is kept
+
+
+def test_a_server_with_tickets_sends_its_flight_before_making_them() -> None:
+    pair = Pair.make(server={"tickets_per_handshake": 2}, server_name="srv:1")
+    parts: list[bytes] = []
+    pair.server._flush_hook = lambda data: parts.append(bytes(data))
+    pair.start()
+    pair.server.receive_data(pair.client.data_to_send(), NOW)
+    tickets = pair.server.data_to_send()
+    assert [[r[0] for r in split_records(p)] for p in parts] == [
+        [RECORD_HANDSHAKE_PLAIN],  # the ServerHello
+        [RECORD_SEALED],  # the rest of the flight, in one record
+    ]
+    assert len(split_records(tickets)) == 2
+    for data in (*parts, tickets):
+        pair.client.receive_data(data, NOW)
+    assert pair.client.handshake_complete
+    assert len(pair.client_ctx.session_cache) == 2
+    pair.pump()
+    assert pair.server.handshake_complete
+
+
+def test_the_client_hook_gets_its_flight_before_its_application_data() -> None:
+    pair = Pair.make()
+    flight: list[bytes] = []
+    pair.client._flush_hook = lambda data: flight.append(bytes(data))
+    pair.start()
+    pair.client.send_data(b"sent before the handshake completed")
+    pair.server.receive_data(pair.client.data_to_send(), NOW)
+    pair.client.receive_data(pair.server.data_to_send(), NOW)
+    assert pair.client.handshake_complete
+    assert pair.client._flush_hook is None  # used once: no reference cycle is kept
+    assert len(flight) == 1
+    assert [r[0] for r in split_records(flight[0])] == [RECORD_SEALED]  # Finished
+    data = pair.client.data_to_send()  # sealed under the application keys, after it
+    pair.server.receive_data(flight[0], NOW)
+    assert pair.server.handshake_complete
+    pair.server.receive_data(data, NOW)
+    pair.collect()
+    assert received_data(pair.server_events) == b"sent before the handshake completed"
 
 
 def test_no_hook_no_split() -> None:

@@ -358,8 +358,7 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         self._early_received: list[bytes] = []  # server: accepted 0-RTT data, held for the app
         self._conn = conn
         conn._keep_input = True  # incomplete records stay in _rbuf (_process)
-        if conn.role == "server":
-            conn._flush_hook = self._write_now  # its ServerHello leaves at once
+        conn._flush_hook = self._write_now  # parts of its flights leave at once
         self._app_factory = app_factory
         self._waiter = waiter
         self._tcp: asyncio.Transport | None = None

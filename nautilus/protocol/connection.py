@@ -299,7 +299,8 @@ class Connection:
         # Set by the I/O adapters: called with the server's ServerHello as soon
         # as it is made, so the client decapsulates while this side signs and
         # seals the rest of its flight; then with that rest when tickets follow
-        # it (_send_early_tickets). It must take the bytes and not raise.
+        # it (_send_early_tickets). A client calls it with its flight, before it
+        # switches to its application keys. It must take the bytes and not raise.
         self._flush_hook: Callable[[bytes | bytearray], None] | None = None
         self._hello: ClientHello | None = None
         # server: the client Finished that tickets sent with the flight assumed
@@ -1459,6 +1460,9 @@ class Connection:
                 self._send_handshake(StepData(step.protocol_id, payload))
         self._send_handshake(Finished(ks.finished_mac(keys.client_hs, self._hash())))
         self._seal_flight()
+        hook, self._flush_hook = self._flush_hook, None  # no cycle left behind
+        if hook is not None:  # the flight leaves before the keys are switched
+            hook(self._take_output())
         keys.resumption_secret(self._hash())
         self._connected()
         return State.CONNECTED
