@@ -298,9 +298,10 @@ class Connection:
         self._flight: list[bytes] | None = None  # held handshake messages (_hold_flight)
         # Set by the I/O adapters: called with the server's ServerHello as soon
         # as it is made, so the client decapsulates while this side signs and
-        # seals the rest of its flight; then with that rest when tickets follow
-        # it (_send_early_tickets). A client calls it with its flight, before it
-        # switches to its application keys. It must take the bytes and not raise.
+        # seals the rest of its flight; then with that rest, before it derives
+        # its application keys and makes its tickets. A client calls it with its
+        # flight, before it switches to its application keys. It must take the
+        # bytes and not raise.
         self._flush_hook: Callable[[bytes | bytearray], None] | None = None
         self._hello: ClientHello | None = None
         # server: the client Finished that tickets sent with the flight assumed
@@ -1634,26 +1635,28 @@ class Connection:
             if payload is not None:
                 self._send_handshake(StepData(step.protocol_id, payload))
         self._send_handshake(Finished(ks.finished_mac(keys.server_hs, self._hash())))
-        keys.application(self._hash())
         self._seal_flight()
+        if hook is not None:  # the flight leaves; what follows is made while the client reads it
+            hook(self._take_output())
+        keys.application(self._hash())
         # As in TLS 1.3, the server sends under its application keys from here
         # on: the client switches to them on reading this Finished, so that it
         # can read an alert about its own flight.
         self._install(keys.server_app, None)
         self._sealer_fragment()
         if self._client_auth is ClientAuth.OFF and not self._agreed:
-            self._send_early_tickets(hook)
+            self._send_early_tickets()
         return State.SERVER_WAIT_FLIGHT
 
-    def _send_early_tickets(self, hook: Callable[[bytes | bytearray], None] | None) -> None:
+    def _send_early_tickets(self) -> None:
         """(server) Tickets right behind this flight, when the client's flight is
         certain to be its Finished alone (no identity asked, no step agreed).
 
         As RFC 8446 section 4.6.1 allows, the resumption secret is derived from
         the transcript with the Finished the client must send; that Finished is
-        then checked against the one kept here. The flight leaves first (through
-        the adapter's hook), so the client reads it while the tickets are made,
-        and after the client's Finished the server has nothing left to make.
+        then checked against the one kept here. The flight has left (through the
+        adapter's hook), so the client reads it while the tickets are made, and
+        after the client's Finished the server has nothing left to make.
         """
         ctx, keys = self._ctx, self._keys
         if ctx.resumption == "off" or not ctx.tickets_per_handshake:
@@ -1664,8 +1667,6 @@ class Connection:
         transcript.update(frame(Finished(expected)))
         keys.resumption_secret(transcript.digest())
         self._expected_finished = expected
-        if hook is not None:
-            hook(self._take_output())
         self._send_tickets()
 
     def _usable_ticket(self, offer: PskOffer) -> TicketContents | None:
