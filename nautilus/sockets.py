@@ -551,9 +551,10 @@ class NautilusSocket(socket.socket):
 
     def _send_now(self, data: bytes | bytearray) -> None:
         """Write part of a flight while the Connection goes on (a server's
-        ServerHello, or its flight before its tickets; a client's flight before
-        it switches keys), during the handshake, whose lock keeps other writers
-        out. Never blocks: what is not taken now is written with the rest."""
+        ServerHello, then the rest of its flight before its application keys and
+        tickets; a client's flight before it switches keys), during the
+        handshake, whose lock keeps other writers out. Never blocks: what is not
+        taken now is written with the rest."""
         if not data:
             return
         if self._unsent is not None or self._queued:
