@@ -1644,7 +1644,7 @@ class Connection:
         # can read an alert about its own flight.
         self._install(keys.server_app, None)
         self._sealer_fragment()
-        if self._client_auth is ClientAuth.OFF and not self._agreed:
+        if self._client_auth is ClientAuth.OFF and not self._agreed and self._issues_tickets():
             self._send_early_tickets()
         return State.SERVER_WAIT_FLIGHT
 
@@ -1658,9 +1658,7 @@ class Connection:
         adapter's hook), so the client reads it while the tickets are made, and
         after the client's Finished the server has nothing left to make.
         """
-        ctx, keys = self._ctx, self._keys
-        if ctx.resumption == "off" or not ctx.tickets_per_handshake:
-            return
+        keys = self._keys
         assert keys is not None
         expected = ks.finished_mac(keys.client_hs, self._hash())
         transcript = self._transcript.copy()
@@ -1914,17 +1912,20 @@ class Connection:
         self._events.append(HandshakeCompleted(self._session))
         if not self._client:
             self._ctx.sessions._add(self)
-            if not self._expected_finished:
+            if not self._expected_finished and self._issues_tickets():
                 self._send_tickets()
         pending, self._pending = self._pending, []
         for ctype, data in pending:
             self._seal_application(data, ctype)
 
+    def _issues_tickets(self) -> bool:
+        """(server) Whether this handshake ends with session tickets."""
+        return self._ctx.resumption != "off" and self._ctx.tickets_per_handshake > 0
+
     def _send_tickets(self) -> None:
-        """(server) Session tickets for resuming later; this server keeps no state."""
+        """(server) Session tickets for resuming later; this server keeps no state.
+        The callers check :meth:`_issues_tickets` first."""
         ctx, keys, ident = self._ctx, self._keys, self._ctx.identity
-        if ctx.resumption == "off" or not ctx.tickets_per_handshake:
-            return
         assert keys is not None
         assert ident is not None
         assert self._sealer is not None
