@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
+
 from nautilus import (
     ConnectionClosed,
     Context,
@@ -55,6 +57,24 @@ def client_context(server: Identity | None = None, **kwargs: Any) -> Context:
     if server is not None:
         kwargs.setdefault("trusted_peers", [server.public])
     return Context(**kwargs)
+
+
+def patch_method(
+    monkeypatch: pytest.MonkeyPatch, conn: Connection, name: str, replacement: Callable[..., Any]
+) -> None:
+    """Make ``conn.name(...)`` call ``replacement(...)`` (for a dishonest peer).
+
+    Connection has slots, so the method is replaced on the class for the
+    test's duration; every other connection keeps the honest one.
+    """
+    honest = getattr(Connection, name)
+
+    def dispatch(self: Connection, *args: Any, **kwargs: Any) -> Any:
+        if self is conn:
+            return replacement(*args, **kwargs)
+        return honest(self, *args, **kwargs)
+
+    monkeypatch.setattr(Connection, name, dispatch)
 
 
 def pump(

@@ -21,7 +21,7 @@ from nautilus.kem import (
 )
 from nautilus.protocol.keypool import POOL_LIMIT, SERVER_EPHEMERAL, KeyPool
 from nautilus.protocol.messages import PskMode
-from tests.protocol_helpers import Pair, cached_identity
+from tests.protocol_helpers import Pair, cached_identity, patch_method
 
 X25519_GROUPS = [g for g in GROUPS if g.startswith("x25519")]
 
@@ -208,7 +208,9 @@ def test_handshakes_use_the_prepared_keys() -> None:
     ) == second.server.export_keying_material(b"t", b"", 32)
 
 
-def test_the_server_reply_carries_the_prepared_x25519_key() -> None:
+def test_the_server_reply_carries_the_prepared_x25519_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     pair = Pair.make()
     pair.handshake()
     pair.server_ctx.prepare_key_shares()
@@ -222,7 +224,7 @@ def test_the_server_reply_carries_the_prepared_x25519_key() -> None:
         replies.append(msg.share)
         return original(msg, full)
 
-    second.client._on_server_hello = spy  # type: ignore[method-assign]
+    patch_method(monkeypatch, second.client, "_on_server_hello", spy)
     second.handshake()
     assert replies
     assert replies[0][-32:] == eph.public_key().public_bytes_raw()

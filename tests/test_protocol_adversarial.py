@@ -17,6 +17,7 @@ from protocol_helpers import (
     drain_events,
     event_types,
     handshake_message,
+    patch_method,
     plain_record,
     pump,
     received_data,
@@ -145,12 +146,19 @@ def test_mitm_with_its_own_identity_is_not_trusted() -> None:
     assert server.state is State.CONNECTED
 
 
-def test_mitm_presenting_the_real_key_cannot_sign_for_it() -> None:
+def test_mitm_presenting_the_real_key_cannot_sign_for_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     real = cached_identity()
     mitm_server = Connection(Context(cached_identity("ed25519", 7)), "server")
     # The attacker's server sends the real server's public key but signs the
     # transcript with its own key.
-    mitm_server._identity_message = lambda: IdentityMsg(real.public.to_bytes(), b"")  # type: ignore[method-assign]
+    patch_method(
+        monkeypatch,
+        mitm_server,
+        "_identity_message",
+        lambda: IdentityMsg(real.public.to_bytes(), b""),
+    )
     client = Connection(Context(trusted_peers=[real.public]), "client")
     client.start(NOW)
     mitm_server.start(NOW)
@@ -272,12 +280,12 @@ def test_wrong_expected_peer(as_string: bool) -> None:
     assert alert_codes(pair.client_events) == [49]  # wrong_peer
 
 
-def test_wrong_expected_peer_caught_by_the_client_itself() -> None:
+def test_wrong_expected_peer_caught_by_the_client_itself(monkeypatch: pytest.MonkeyPatch) -> None:
     # A server that ignores the expected_peer hint still cannot pass the
     # client's own check after the signature.
     other = cached_identity("ed25519", 5)
     pair = Pair.make(expected_peer=other.public)
-    pair.client._expected_hash = lambda: b""  # type: ignore[method-assign]
+    patch_method(monkeypatch, pair.client, "_expected_hash", lambda: b"")
     pair.connect()
     both_fail(pair, AuthenticationFailed, AuthenticationFailed)
     assert "wrong peer" in str(pair.client.error)
@@ -339,11 +347,13 @@ def test_required_step_missing_on_the_peer(requirer: str) -> None:
     assert alert_codes(pair.client_events) == [40]
 
 
-def test_server_agreeing_to_an_unoffered_step_is_refused() -> None:
+def test_server_agreeing_to_an_unoffered_step_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # The server knows a step the client never offered and claims it agreed.
     step = CustomProtocolStep("example.com/x")
     liar = Connection(Context(cached_identity(), handshake=_with_step(step)), "server")
-    liar._agree_steps = lambda offered: [step]  # type: ignore[method-assign]
+    patch_method(monkeypatch, liar, "_agree_steps", lambda offered: [step])
     client = Connection(Context(trusted_peers=[cached_identity().public]), "client")
     client.start(NOW)
     liar.start(NOW)
@@ -906,7 +916,9 @@ def test_encrypted_extensions_in_plaintext_after_server_hello_is_refused() -> No
 # ------------------------------------------------------------ dishonest clients
 
 
-def _lie_about_client_auth(client: Connection, mode: ClientAuth) -> None:
+def _lie_about_client_auth(
+    monkeypatch: pytest.MonkeyPatch, client: Connection, mode: ClientAuth
+) -> None:
     honest = client._on_extensions
 
     def lying(msg: EncryptedExtensions, full: bytes) -> State:
@@ -914,12 +926,14 @@ def _lie_about_client_auth(client: Connection, mode: ClientAuth) -> None:
         client._client_auth = mode
         return state
 
-    client._on_extensions = lying  # type: ignore[method-assign]
+    patch_method(monkeypatch, client, "_on_extensions", lying)
 
 
-def test_client_identity_when_authentication_is_off_is_refused() -> None:
+def test_client_identity_when_authentication_is_off_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     pair = Pair.make(client={"identity": cached_identity("ed25519", 1)})
-    _lie_about_client_auth(pair.client, ClientAuth.OPTIONAL)
+    _lie_about_client_auth(monkeypatch, pair.client, ClientAuth.OPTIONAL)
     pair.connect()
     assert_closed_with(pair.server, pair.server_events, ProtocolViolation)
     assert "client authentication is off" in str(pair.server.error)
@@ -928,7 +942,9 @@ def test_client_identity_when_authentication_is_off_is_refused() -> None:
 
 
 @pytest.mark.parametrize("with_step", [False, True])
-def test_server_enforces_required_client_auth(with_step: bool) -> None:
+def test_server_enforces_required_client_auth(
+    monkeypatch: pytest.MonkeyPatch, with_step: bool
+) -> None:
     # The client has an identity but pretends it was not asked for one.
     step = CustomProtocolStep("example.com/s", client_payload=lambda ctx, p: b"answer")
     opts: dict = {"handshake": _with_step(step)} if with_step else {}
@@ -936,7 +952,7 @@ def test_server_enforces_required_client_auth(with_step: bool) -> None:
         server={"client_auth": "required", **opts},
         client={"identity": cached_identity("ed25519", 1), **opts},
     )
-    _lie_about_client_auth(pair.client, ClientAuth.OFF)
+    _lie_about_client_auth(monkeypatch, pair.client, ClientAuth.OFF)
     pair.connect()
     assert_closed_with(pair.server, pair.server_events, AuthenticationFailed)
     assert "sent no identity" in str(pair.server.error)
@@ -945,7 +961,7 @@ def test_server_enforces_required_client_auth(with_step: bool) -> None:
     assert alert_codes(pair.client_events) == [116]
 
 
-def test_client_finished_with_a_wrong_mac() -> None:
+def test_client_finished_with_a_wrong_mac(monkeypatch: pytest.MonkeyPatch) -> None:
     pair = Pair.make(server={"ciphers": ["chacha20-poly1305"]})
     stolen: list[bytes] = []
     honest = pair.client._on_server_finished
@@ -954,7 +970,7 @@ def test_client_finished_with_a_wrong_mac() -> None:
         stolen.append(pair.client._keys.client_hs)  # type: ignore[union-attr]
         return honest(msg, full)
 
-    pair.client._on_server_finished = steal  # type: ignore[method-assign]
+    patch_method(monkeypatch, pair.client, "_on_server_finished", steal)
     pair.start()
     pair.server.receive_data(pair.client.data_to_send(), NOW)
     pair.client.receive_data(pair.server.data_to_send(), NOW)

@@ -345,6 +345,47 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
     the handshake's error; servers pass None and log failed handshakes.
     """
 
+    # Slots: no per-instance dict, so the attribute reads on the per-read
+    # path stay specialized (see Connection).
+    __slots__ = (
+        "_app",
+        "_app_copies",
+        "_app_exc",
+        "_app_factory",
+        "_app_lost",
+        "_app_messages",
+        "_closing",
+        "_conn",
+        "_corked",
+        "_early_data",
+        "_early_received",
+        "_eof_held",
+        "_held",
+        "_in_callback",
+        "_linger_timer",
+        "_loop",
+        "_pending",
+        "_pending_size",
+        "_rbuf",
+        "_read_paused",
+        "_rend",
+        "_resume_handle",
+        "_rseen",
+        "_rsize",
+        "_rstart",
+        "_rview",
+        "_shared_read",
+        "_tcp",
+        "_tcp_lost",
+        "_tcp_paused",
+        "_timer",
+        "_timer_at",
+        "_transport",
+        "_waiter",
+        "_write_paused",
+        "_writes_after_close",
+    )
+
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
