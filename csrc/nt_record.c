@@ -290,6 +290,30 @@ int nt_seal(nt_aead *st, uint8_t type, const uint8_t *in, size_t in_len, uint8_t
     return NT_OK;
 }
 
+int nt_seal_within(nt_aead *st, nt_budget *budget, uint8_t type, const uint8_t *in,
+                   size_t in_len, uint8_t *out, size_t out_cap, size_t *out_len,
+                   size_t *records)
+{
+    int rc;
+
+    if (budget == NULL)
+        return nt_seal(st, type, in, in_len, out, out_cap, out_len, records);
+    if (st == NULL || out_len == NULL || records == NULL)
+        return NT_ERR_ARG;
+    *out_len = 0;
+    *records = 0;
+    if (st->max_fragment == 0)
+        return NT_ERR_STATE;
+    if ((uint64_t)records_for(st, in_len) >= budget->records || (uint64_t)in_len > budget->bytes)
+        return NT_DUE;
+    rc = nt_seal(st, type, in, in_len, out, out_cap, out_len, records);
+    if (rc != NT_OK)
+        return rc;
+    budget->records -= *records;
+    budget->bytes -= in_len;
+    return NT_OK;
+}
+
 /* Decrypt one record body: content -> dst (clen bytes), inner type -> *inner. */
 static int open_one(nt_aead *st, const uint8_t *hdr, const uint8_t *body, size_t clen,
                     uint8_t *dst, uint8_t *inner)

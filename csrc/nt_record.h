@@ -65,6 +65,18 @@ uint64_t nt_aead_sequence(const nt_aead *st);
 uint64_t nt_aead_remaining(const nt_aead *st);
 size_t nt_aead_max_fragment(const nt_aead *st);
 
+/* What the sending key may still seal before its owner updates it: the
+ * owner's key-update accounting, kept here so that the bulk paths check and
+ * count it in the same call that seals. */
+typedef struct {
+    uint64_t records; /* a seal must need fewer records than this */
+    uint64_t bytes;   /* and at most this much content */
+} nt_budget;
+
+/* Returned by nt_seal_within (and nt_seal_send) when the records do not fit
+ * in the budget: nothing was sealed, the caller updates its keys first. */
+#define NT_DUE 2
+
 /* Bytes that sealing plaintext_len bytes produces (0 if it would overflow). */
 size_t nt_seal_size(const nt_aead *st, size_t plaintext_len);
 /* Seal `in` as ceil(in_len / max_fragment) records (one empty record if
@@ -72,6 +84,12 @@ size_t nt_seal_size(const nt_aead *st, size_t plaintext_len);
  * NT_ERR_LIMIT, with nothing written, if the records would pass the limit. */
 int nt_seal(nt_aead *st, uint8_t type, const uint8_t *in, size_t in_len, uint8_t *out,
             size_t out_cap, size_t *out_len, size_t *records);
+/* nt_seal() if its records fit in *budget, which then shrinks by the records
+ * and the content sealed; NT_DUE, nothing written, if they do not.
+ * budget NULL: nt_seal(), no budget. */
+int nt_seal_within(nt_aead *st, nt_budget *budget, uint8_t type, const uint8_t *in,
+                   size_t in_len, uint8_t *out, size_t out_cap, size_t *out_len,
+                   size_t *records);
 /* Open the complete records at the start of `in`, up to max_spans of them.
  * With out == NULL the content is decrypted in place; otherwise it is packed
  * into out (which must not overlap in). Stops after the first record whose

@@ -13,8 +13,8 @@
 #define MSG_NOSIGNAL 0 /* no SIGPIPE flag here: Python ignores SIGPIPE anyway */
 #endif
 
-int nt_seal_send(nt_aead *st, int fd, uint8_t type, const uint8_t *in, size_t in_len,
-                 uint8_t *out, size_t out_cap, size_t *lens)
+int nt_seal_send(nt_aead *st, nt_budget *budget, int fd, uint8_t type, const uint8_t *in,
+                 size_t in_len, uint8_t *out, size_t out_cap, size_t *lens)
 {
     size_t records = 0;
     int rc;
@@ -23,7 +23,7 @@ int nt_seal_send(nt_aead *st, int fd, uint8_t type, const uint8_t *in, size_t in
         return NT_ERR_ARG;
     lens[0] = 0;
     lens[1] = 0;
-    rc = nt_seal(st, type, in, in_len, out, out_cap, &lens[0], &records);
+    rc = nt_seal_within(st, budget, type, in, in_len, out, out_cap, &lens[0], &records);
     if (rc != NT_OK)
         return rc;
     if (fd < 0)

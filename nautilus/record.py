@@ -251,7 +251,18 @@ class RecordSealer(_Direction):
     def _seal_chunk(self, data: bytes | bytearray | memoryview, content_type: int) -> bytearray:
         """Internal fast path (no argument checks): the sealed records of ``data``
         in a new bytearray. Raises as :meth:`seal`."""
-        return _b.seal_chunk(self._live(), content_type, data, self._out_len)
+        sealed: bytearray = _b.seal_chunk(self._live(), content_type, data, self._out_len)
+        return sealed
+
+    def _seal_within(
+        self, data: bytes | bytearray | memoryview, content_type: int, budget: Any
+    ) -> bytearray | None:
+        """:meth:`_seal_chunk` within ``budget`` (an ``nt_budget``, which shrinks
+        by what is sealed); None, nothing sealed, if the records do not fit."""
+        sealed: bytearray | None = _b.seal_chunk(
+            self._live(), content_type, data, self._out_len, budget
+        )
+        return sealed
 
     def sealed_size(self, length: int) -> int:
         """Bytes that sealing ``length`` bytes of content produces."""

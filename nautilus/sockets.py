@@ -68,7 +68,7 @@ from nautilus.exceptions import (
 )
 from nautilus.identity import PeerKey
 from nautilus.protocol import events as _events
-from nautilus.protocol.connection import _BUDGET_MARGIN, Connection
+from nautilus.protocol.connection import Connection
 from nautilus.protocol.events import ConnectionClosed, DataReceived, MessagesReceived, SessionInfo
 from nautilus.protocol.messages import RECORD_SEALED as _SEALED
 from nautilus.protocol.messages import AlertCode
@@ -103,6 +103,7 @@ _NT_OK: int = _lib.NT_OK
 _OVERHEAD: int = _lib.NT_RECORD_OVERHEAD
 _nt_seal_send = _lib.nt_seal_send
 _NT_PARTIAL = _lib.NT_PARTIAL
+_NT_DUE = _lib.NT_DUE
 _from_buffer = _ffi.from_buffer
 _WRITE_PIECE = 256 * 1024
 """Content sealed per step by the direct send path (its output buffer stays this small)."""
@@ -1212,11 +1213,12 @@ class NautilusSocket(socket.socket):
         the socket does not take at once is written with ``sendall`` after
         the state lock is released (so a reader thread is never held up by a
         full socket).
-        This is the fast branch of ``Connection._seal_application`` (the same
-        key-update budget accounting); where it does not apply (a key update is
-        due, the connection is closed) the rest goes through the Connection as
-        in :meth:`_submit`. The record limit is enforced in C (a
-        ``nautilus.RecordLimitReached``, nothing sealed), so no nonce is reused.
+        This is the fast branch of ``Connection._seal_application``: the same
+        key-update budget (``Connection._budget``), checked and counted by the
+        C call; where it does not apply (a key update is due, the connection is
+        closed) the rest goes through the Connection as in :meth:`_submit`.
+        The record limit is enforced in C (a ``nautilus.RecordLimitReached``,
+        nothing sealed), so no nonce is reused.
         Output a reader queued meanwhile was sealed earlier: it goes first.
         """
         state_lock = self._state_lock
@@ -1235,14 +1237,8 @@ class NautilusSocket(socket.socket):
                     handle = None if sealer is None else sealer._handle
                     if handle is None:
                         break
-                    frag = conn._send_fragment  # the sealer's, and the budget's, record size
-                    records = (step + frag - 1) // frag
-                    need = step + records * _OVERHEAD  # nt_seal checks it, and says what it wrote
-                    if (
-                        records + _BUDGET_MARGIN >= conn._seal_budget
-                        or conn._bytes_since_update + step > conn._ctx.key_update_bytes
-                    ):
-                        break
+                    frag = conn._send_fragment  # the sealer's record size
+                    need = step + (step + frag - 1) // frag * _OVERHEAD  # checked by nt_seal
                     if need > len(self._wbuf):
                         wbuf = bytearray(need)
                         self._wbuf, self._wview = wbuf, memoryview(wbuf)
@@ -1250,18 +1246,20 @@ class NautilusSocket(socket.socket):
                     # Seal and send in one C call, which never waits (so the
                     # lock may be held); only seal if a reader queued output
                     # that must go first (fd -1).
+                    # The key's budget is checked and counted in the same call:
+                    # NT_DUE (nothing sealed) when a key update is due first.
                     fd = -1 if self._queued else self.fileno()
                     if pos == 0 and type(data) is bytes:
-                        rc = _nt_seal_send(handle, fd, _APP_DATA, data, step, self._wptr, need,
-                                           self._out_len)  # fmt: skip
+                        rc = _nt_seal_send(handle, conn._budget, fd, _APP_DATA, data, step,
+                                           self._wptr, need, self._out_len)  # fmt: skip
                     else:
                         with _from_buffer(data) as src:
-                            rc = _nt_seal_send(handle, fd, _APP_DATA, src + pos, step,
-                                               self._wptr, need, self._out_len)  # fmt: skip
+                            rc = _nt_seal_send(handle, conn._budget, fd, _APP_DATA, src + pos,
+                                               step, self._wptr, need, self._out_len)  # fmt: skip
                     if rc != _NT_OK and rc != _NT_PARTIAL:
+                        if rc == _NT_DUE:
+                            break
                         _b.check(rc, "seal")
-                    conn._seal_budget -= records
-                    conn._bytes_since_update += step
                     conn._bytes_sent += step
                     earlier = self._queued
                     if earlier:

@@ -1288,24 +1288,34 @@ def test_large_sends_from_any_buffer_are_accounted_and_intact() -> None:
     assert received == len(expected)
 
 
-def test_key_updates_by_record_count_on_the_direct_paths() -> None:
-    """A small key-update budget: the direct send path hands the sealing near
-    each update to the Connection, the direct open path hands it the updates."""
+@pytest.mark.parametrize(
+    ("ctx_kw", "write", "per_update"),
+    [
+        ({"key_update_records": 20}, 150_000, 16384 * 20),
+        ({"key_update_bytes": 50_000}, 4096, 50_000),
+    ],
+    ids=["records", "bytes"],
+)
+def test_key_updates_on_the_direct_paths(
+    ctx_kw: dict[str, int], write: int, per_update: int
+) -> None:
+    """A small key-update budget (records, or bytes): the direct send path hands
+    the sealing near each update to the Connection, the direct open path hands
+    it the updates."""
     payload = random.randbytes(2_000_000)
-    ctx_kw = {"key_update_records": 20}
 
     def handler(sock: NautilusSocket) -> tuple[bytes, int]:
         return recv_into_exactly(sock, len(payload)), sock._conn.stats.key_updates
 
     peer = Peer(handler, server_ctx(**ctx_kw))
     with connect(peer, context=client_ctx(**ctx_kw)) as sock:
-        for i in range(0, len(payload), 150_000):
-            sock.sendall(payload[i : i + 150_000])
+        for i in range(0, len(payload), write):
+            sock.sendall(payload[i : i + write])
         updates = sock._conn.stats.key_updates
         assert sock.recv(1) == b""
     got, peer_updates = peer.result()
     assert got == payload
-    assert updates >= len(payload) // (16384 * 20)
+    assert updates >= (len(payload) - 1) // per_update  # the last key need not be full
     assert peer_updates == updates
 
 

@@ -45,6 +45,14 @@ size_t nt_aead_max_fragment(const nt_aead *st);
 size_t nt_seal_size(const nt_aead *st, size_t plaintext_len);
 int nt_seal(nt_aead *st, uint8_t type, const uint8_t *in, size_t in_len, uint8_t *out,
             size_t out_cap, size_t *out_len, size_t *records);
+typedef struct {
+    uint64_t records;
+    uint64_t bytes;
+} nt_budget;
+#define NT_DUE ...
+int nt_seal_within(nt_aead *st, nt_budget *budget, uint8_t type, const uint8_t *in,
+                   size_t in_len, uint8_t *out, size_t out_cap, size_t *out_len,
+                   size_t *records);
 int nt_open(nt_aead *st, uint8_t *in, size_t in_len, uint8_t *out, size_t out_cap,
             uint8_t batch_type, nt_span *spans, size_t max_spans, size_t *n_spans,
             size_t *consumed);

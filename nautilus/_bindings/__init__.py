@@ -306,23 +306,35 @@ def new_out_len() -> Any:
     return ffi.new("size_t[2]")
 
 
-def seal_chunk(handle: Any, content_type: int, data: Any, out_len: Any) -> bytearray:
+def new_budget() -> Any:
+    """An ``nt_budget``: what a sending key may still seal (records, bytes)."""
+    return ffi.new("nt_budget *")
+
+
+def seal_chunk(
+    handle: Any, content_type: int, data: Any, out_len: Any, budget: Any = ffi.NULL
+) -> Any:
     """The fast path of the connection: seal ``data`` (bytes, or a contiguous
     buffer) into a new bytearray of exactly the sealed size. No argument
-    checks: the caller's own data, already validated."""
+    checks: the caller's own data, already validated.
+
+    With ``budget`` (an ``nt_budget``, which shrinks by what is sealed): None,
+    nothing sealed, if the records do not fit in it."""
     n = len(data) if type(data) is bytes else memoryview(data).nbytes
     need = lib.nt_seal_size(handle, n)
     if need == 0:
         raise ValueError(f"{n} bytes is too much to seal in one call")
     buf = bytearray(need)
     if type(data) is bytes:
-        rc = lib.nt_seal(handle, content_type, data, n, ffi.from_buffer(buf), need, out_len,
-                         out_len + 1)  # fmt: skip
+        rc = lib.nt_seal_within(handle, budget, content_type, data, n, ffi.from_buffer(buf),
+                                need, out_len, out_len + 1)  # fmt: skip
     else:
         with ffi.from_buffer(data) as src:  # released even if an exception keeps the frame
-            rc = lib.nt_seal(handle, content_type, src, n, ffi.from_buffer(buf), need, out_len,
-                             out_len + 1)  # fmt: skip
+            rc = lib.nt_seal_within(handle, budget, content_type, src, n, ffi.from_buffer(buf),
+                                    need, out_len, out_len + 1)  # fmt: skip
     if rc != lib.NT_OK:
+        if rc == lib.NT_DUE:
+            return None
         raise _fail(rc, "seal")
     return buf
 

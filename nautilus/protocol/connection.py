@@ -227,9 +227,9 @@ class Connection:
         "_agreed",
         "_auth_step",
         "_batch_type",
+        "_budget",
         "_bytes_received",
         "_bytes_sent",
-        "_bytes_since_update",
         "_cipher",
         "_client",
         "_client_auth",
@@ -276,7 +276,6 @@ class Connection:
         "_retried",
         "_role",
         "_scratch",
-        "_seal_budget",
         "_sealer",
         "_send_fragment",
         "_send_secret",
@@ -347,8 +346,10 @@ class Connection:
         self._opener: RecordOpener | None = None
         self._send_secret = b""
         self._recv_secret = b""
-        self._bytes_since_update = 0
-        self._seal_budget = 0  # records the sending key may still seal before an update
+        # What the sending key may still seal before it is updated: records (less
+        # a margin for the few records, alerts and tickets, it does not count)
+        # and bytes. The fast paths seal within it in C, which counts it down.
+        self._budget = _b.new_budget()
         self._now = 0.0
         self._deadline: float | None = None
         self._session: SessionInfo | None = None
@@ -1060,8 +1061,9 @@ class Connection:
             else:
                 self._sealer._rekey_from_secret(send_secret)
             self._send_secret = send_secret
-            self._bytes_since_update = 0
-            self._seal_budget = self._ctx.key_update_records
+            budget = self._budget
+            budget.records = max(0, self._ctx.key_update_records - _BUDGET_MARGIN)
+            budget.bytes = self._ctx.key_update_bytes
         if recv_secret is not None:
             if self._opener is not None:
                 self._opener.close()
@@ -1086,37 +1088,31 @@ class Connection:
             self._send_key_update(False)
         total = len(data) if type(data) is bytes else memoryview(data).nbytes
         self._bytes_sent += total
-        # Fast path: the whole write fits in this key's budget, with a margin for the
-        # few other records (alerts, tickets) that the budget does not count.
-        records = max(1, -(-total // self._send_fragment))
-        if (
-            records + _BUDGET_MARGIN < self._seal_budget
-            and self._bytes_since_update + total <= self._ctx.key_update_bytes
-        ):
-            self._out.append(sealer._seal_chunk(data, ctype))
-            self._seal_budget -= records
-            self._bytes_since_update += total
+        # Fast path: the whole write fits in this key's budget.
+        sealed = sealer._seal_within(data, ctype, self._budget)
+        if sealed is not None:
+            self._out.append(sealed)
             return
         # Near a key update: exact accounting, splitting the write across keys.
         view = memoryview(data).cast("B")
         per_key_records = self._ctx.key_update_records
-        per_key_bytes = self._ctx.key_update_bytes
+        budget = self._budget  # (the same struct after a key update: reset by _install)
         pos = 0
         while pos < total:
             sealer = self._sealer
             assert sealer is not None
             room_records = per_key_records - sealer.sequence
-            room_bytes = per_key_bytes - self._bytes_since_update
+            room_bytes = budget.bytes
             if room_records <= 0 or room_bytes <= 0:
                 self._send_key_update(False)
                 continue
             n = min(total - pos, room_records * sealer.max_fragment, room_bytes)
             self._out.append(sealer._seal_chunk(view[pos : pos + n], ctype))
             pos += n
-            self._bytes_since_update += n
+            budget.bytes -= n
         sealer = self._sealer
         assert sealer is not None
-        self._seal_budget = per_key_records - sealer.sequence
+        budget.records = max(0, per_key_records - sealer.sequence - _BUDGET_MARGIN)
 
     def _send_key_update(self, request_peer: bool) -> None:
         sealer = self._sealer
