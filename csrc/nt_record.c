@@ -302,8 +302,6 @@ int nt_seal_within(nt_aead *st, nt_budget *budget, uint8_t type, const uint8_t *
         return NT_ERR_ARG;
     *out_len = 0;
     *records = 0;
-    if (st->max_fragment == 0)
-        return NT_ERR_STATE;
     if ((uint64_t)records_for(st, in_len) >= budget->records || (uint64_t)in_len > budget->bytes)
         return NT_DUE;
     rc = nt_seal(st, type, in, in_len, out, out_cap, out_len, records);
