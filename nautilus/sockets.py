@@ -80,7 +80,12 @@ if TYPE_CHECKING:
 __all__ = ["NautilusSocket", "create_connection", "wrap_socket"]
 
 RECV_BUFFER_SIZE = 256 * 1024
-"""Bytes asked of the kernel per read: records are opened in large batches."""
+"""Bytes asked of the kernel per read once data flows in bulk: records are opened in
+large batches. A socket starts with _RECV_FIRST and grows to this once a read fills
+its buffer (as a record larger than the buffer does)."""
+_RECV_FIRST = 16 * 1024
+"""The receive buffer of a new socket: enough for a handshake's reads and small
+records, without touching (and evicting from the cache) 256 KiB per connection."""
 
 _raw_recv_into = socket.socket.recv_into
 _raw_send = socket.socket.send
@@ -297,7 +302,7 @@ class NautilusSocket(socket.socket):
         self._hs_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._state_lock = threading.Lock()
-        self._rbuf = bytearray(RECV_BUFFER_SIZE)
+        self._rbuf = bytearray(_RECV_FIRST)
         self._rview = memoryview(self._rbuf)
         self._rdata = b""
         self._rdview = None
@@ -770,10 +775,10 @@ class NautilusSocket(socket.socket):
         Records that are not stream data (key updates, alerts, tickets,
         messages) are handed to the Connection one by one, as they arrive.
         """
-        rview = self._rview
         while True:
             if self._eof or self._timed_rekey:
                 return -1
+            rview = self._rview  # (replaced when the buffer grows)
             conn = self._conn
             ipos, iend = self._ipos, self._iend
             avail = iend - ipos
@@ -982,11 +987,25 @@ class NautilusSocket(socket.socket):
             self._ipos = self._iend = 0
             self._lost(exc)
             return False
+        full = n > 0 and iend + n == len(self._rbuf) < RECV_BUFFER_SIZE
         if direct and n:
             self._iend = iend + n
+            if full:
+                self._grow_rbuf()
             return True
         self._feed(n)
+        if full:
+            self._grow_rbuf()
         return False
+
+    def _grow_rbuf(self) -> None:
+        """Read RECV_BUFFER_SIZE at a time from now on (a read filled the buffer),
+        keeping what the direct path holds back."""
+        rbuf = bytearray(RECV_BUFFER_SIZE)
+        iend = self._iend
+        if iend:
+            rbuf[:iend] = self._rview[:iend]
+        self._rbuf, self._rview = rbuf, memoryview(rbuf)
 
     def _feed(self, n: int) -> None:
         """Give the bytes held back and ``n`` bytes read after them (0: end of

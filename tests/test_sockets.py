@@ -1249,6 +1249,75 @@ def test_recv_into_small_buffers_and_nbytes_on_the_direct_path() -> None:
     peer.result()
 
 
+@pytest.mark.parametrize("record_size", [65536, 200_000])
+def test_records_larger_than_a_new_sockets_receive_buffer(record_size: int) -> None:
+    """A new socket reads into a small buffer; records larger than it, read with
+    ``recv`` (the Connection's path, which keeps partial records) and with a
+    large ``recv_into`` (the direct path, which needs the whole record in the
+    buffer) in turn, arrive intact."""
+    payload = random.Random(record_size).randbytes(1_200_000)
+
+    def handler(sock: NautilusSocket) -> None:
+        rng = random.Random(6)
+        pos = 0
+        while pos < len(payload):
+            step = rng.randint(1, 3 * record_size)
+            sock.sendall(payload[pos : pos + step])
+            pos += step
+        assert sock.recv(1) == b""
+
+    peer = Peer(handler, server_ctx(max_record_size=record_size))
+    with connect(peer, context=client_ctx(max_record_size=record_size)) as sock:
+        got = bytearray()
+        big = bytearray(1 << 19)
+        rng = random.Random(7)
+        while len(got) < len(payload):
+            if rng.random() < 0.4:
+                data = sock.recv(rng.randint(1, 5000))
+                assert data
+                got += data
+            else:
+                n = sock.recv_into(big)
+                assert n > 0
+                got += big[:n]
+        assert bytes(got) == payload
+    peer.result()
+
+
+def test_an_idle_socket_holds_a_small_receive_buffer() -> None:
+    """Connected and idle, a pair of sockets holds a few KiB of receive buffers
+    (not 256 KiB each); bulk reads grow them."""
+    import tracemalloc
+
+    import nautilus.sockets as sockets_module
+
+    only_sockets = [tracemalloc.Filter(True, sockets_module.__file__)]
+    ready, done = threading.Event(), threading.Event()
+
+    def handler(sock: NautilusSocket) -> None:
+        ready.set()
+        assert done.wait(PEER_TIMEOUT)
+        sock.sendall(bytes(1_000_000))
+        assert sock.recv(1) == b""
+
+    tracemalloc.start()
+    try:
+        peer = Peer(handler)
+        with connect(peer) as sock:
+            assert ready.wait(PEER_TIMEOUT)
+            idle = tracemalloc.take_snapshot().filter_traces(only_sockets)
+            idle_bytes = sum(stat.size for stat in idle.statistics("filename"))
+            done.set()
+            assert len(recv_into_exactly(sock, 1_000_000)) == 1_000_000
+            bulk = tracemalloc.take_snapshot().filter_traces(only_sockets)
+            bulk_bytes = sum(stat.size for stat in bulk.statistics("filename"))
+        peer.result()
+    finally:
+        tracemalloc.stop()
+    assert idle_bytes < 96 * 1024, idle_bytes
+    assert bulk_bytes >= idle_bytes + sockets_module.RECV_BUFFER_SIZE // 2, (idle_bytes, bulk_bytes)
+
+
 def recv_into_exactly(sock: NautilusSocket, size: int) -> bytes:
     """``size`` bytes read with ``recv_into`` into a 256 KiB buffer (the direct path)."""
     got = bytearray()
