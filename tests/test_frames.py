@@ -80,6 +80,18 @@ def test_cut_takes_more_frames_than_one_format_buffer_holds() -> None:
         assert _b.frames_cut(stream, 0, len(stream), LIMIT) == (messages, len(stream))
 
 
+def test_cut_keeps_a_bounded_number_of_compiled_layouts() -> None:
+    # Each count of frames is a new struct format: more of them than are kept
+    # are all cut right, and the compiled ones kept stay bounded.
+    for count in range(1, 3 * _b._LAYOUTS_KEPT):
+        messages = [bytes([count]) * 5] * count
+        stream = reference_frame(messages)
+        assert _b.frames_cut(stream, 0, len(stream), LIMIT) == (messages, len(stream))
+        assert 1 <= len(_b._layouts) <= _b._LAYOUTS_KEPT
+    again = reference_frame([b"x" * 5] * 7)  # a format seen before: cut the same
+    assert _b.frames_cut(again, 0, len(again), LIMIT) == ([b"x" * 5] * 7, len(again))
+
+
 def test_pack_reports_the_first_message_over_the_limit() -> None:
     assert _b.frames_pack([b"ok", b"x" * 11, b"y" * 12], 10) == 1
     assert _b.frames_pack([b"x" * 10], 10) == bytearray(reference_frame([b"x" * 10]))

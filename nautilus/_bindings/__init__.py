@@ -466,7 +466,13 @@ def aead_oneshot(handle: Any, encrypt: bool, nonce: bytes, aad: bytes, data: byt
 
 FRAME_PREFIX_BYTES: int = lib.NT_FRAME_PREFIX_BYTES
 _LAYOUT_CAP = 4096  # bytes of struct format per C call (at least ~300 frames)
-_last_layout: tuple[bytes, Any] = (b"", None)  # (format, its compiled Struct)
+_LAYOUTS_KEPT = 32
+_layouts: dict[bytes, Struct] = {}
+"""Compiled Structs by format. A steady stream of like-sized messages makes
+a few formats over and over (one per count of whole frames a read holds:
+22 in a run of make bench's one-way scenario), and compiling one costs as
+much as cutting with it. Emptied when full (at most _LAYOUTS_KEPT of them,
+about 40 KiB each at most)."""
 if array("Q").itemsize != 8:  # pragma: no cover - the lengths go to C as uint64_t
     raise ImportError("nautilus needs array typecode 'Q' to be 8 bytes")
 
@@ -505,7 +511,6 @@ def frames_cut(
     C describes the frames as a struct format, so that ``struct`` makes the
     bytes objects in one call: no Python step per message.
     """
-    global _last_layout
     cap = min(_LAYOUT_CAP, 2 + 14 * ((end - start) // FRAME_PREFIX_BYTES))
     fmt = ffi.new("char[]", cap)
     result = ffi.new("size_t[4]")
@@ -516,12 +521,11 @@ def frames_cut(
         check(rc, "cut the messages")
         if result[0]:
             layout = ffi.buffer(fmt, result[2])[:]
-            last = _last_layout
-            if last[0] == layout:  # the same layout as the last call: a steady stream
-                cutter = last[1]
-            else:
-                cutter = Struct(layout)
-                _last_layout = (layout, cutter)
+            cutter = _layouts.get(layout)
+            if cutter is None:
+                if len(_layouts) >= _LAYOUTS_KEPT:
+                    _layouts.clear()
+                cutter = _layouts[layout] = Struct(layout)
             messages += cutter.unpack_from(data, pos)
         pos = result[1]
         if not result[3]:
