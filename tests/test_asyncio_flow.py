@@ -196,6 +196,106 @@ def test_abort_drops_collected_writes() -> None:
     run(main())
 
 
+class MessageRecorder(Recorder):
+    """Records stream data and messages in arrival order: ("d", bytes) / ("m", bytes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.items: list[tuple[str, bytes]] = []
+        self.messages = 0
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self.items.append(("d", bytes(data)))
+
+    def messages_received(self, messages: tuple[bytes, ...]) -> None:
+        self.items += [("m", m) for m in messages]
+        self.messages += len(messages)
+        self.got.set()
+
+
+def _normal(items: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """Adjacent stream pieces joined (records may split or join them)."""
+    out: list[tuple[str, bytes]] = []
+    for kind, data in items:
+        if kind == "d" and out and out[-1][0] == "d":
+            out[-1] = ("d", out[-1][1] + data)
+        elif kind == "m" or data:
+            out.append((kind, data))
+    return out
+
+
+def test_message_batches_in_one_iteration_arrive_whole_and_in_order() -> None:
+    """Batches sent in one loop iteration are held and sent together (more
+    than 64 KiB of them too), in order with stream writes between them; what
+    is held counts in the write buffer size."""
+
+    async def main() -> None:
+        server, port, servers = await _server(MessageRecorder)
+        transport, _proto = await na.create_connection(Recorder, HOST, port, context=client_ctx())
+        assert isinstance(transport, na.NautilusTransport)
+        expected: list[tuple[str, bytes]] = []
+        rng = random.Random(8)
+        for i in range(120):
+            batch = [rng.randbytes(rng.randrange(0, 900)) for _ in range(rng.randrange(1, 40))]
+            transport.send_messages(batch)
+            expected += [("m", m) for m in batch]
+            if i == 1:  # the first batch left; this one waits for the end of the iteration
+                assert transport.get_write_buffer_size() >= sum(map(len, batch))
+            if i % 7 == 3:
+                piece = rng.randbytes(rng.randrange(1, 500))
+                transport.write(piece)
+                expected.append(("d", piece))
+        count = sum(kind == "m" for kind, _ in expected)
+        proto = await _first(servers)
+        await _wait(lambda: proto.messages >= count, proto)
+        assert _normal(proto.items) == _normal(expected)
+        transport.close()
+        assert await proto.lost is None
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_message_batches_then_close_deliver_everything_then_eof() -> None:
+    async def main() -> None:
+        server, port, servers = await _server(MessageRecorder)
+        transport, _proto = await na.create_connection(Recorder, HOST, port, context=client_ctx())
+        assert isinstance(transport, na.NautilusTransport)
+        sent = [random.randbytes(300) for _ in range(2000)]
+        for i in range(0, len(sent), 50):
+            transport.send_messages(sent[i : i + 50])
+        transport.close()  # no yield: what is held goes out before close_notify
+        proto = await _first(servers)
+        assert await proto.lost is None
+        assert proto.items == [("m", m) for m in sent]
+        assert proto.events == ["eof", "lost"]
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_abort_drops_held_message_batches() -> None:
+    async def main() -> None:
+        server, port, servers = await _server(MessageRecorder)
+        transport, _proto = await na.create_connection(Recorder, HOST, port, context=client_ctx())
+        assert isinstance(transport, na.NautilusTransport)
+        transport.send_messages([b"first"])  # sent at once
+        transport.send_messages([b"held"] * 10)
+        assert transport.get_write_buffer_size() >= 40
+        transport.abort()
+        assert transport.get_write_buffer_size() == 0
+        proto = await _first(servers)
+        assert isinstance(await proto.lost, nautilus.ConnectionLost)
+        assert ("m", b"held") not in proto.items
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
 def test_write_type_errors() -> None:
     async def main() -> None:
         server, port, servers = await _server()

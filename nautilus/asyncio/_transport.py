@@ -161,7 +161,11 @@ class NautilusTransport(asyncio.Transport):
     def send_messages(self, messages: Iterable[_Buffer]) -> None:
         """Frame and seal ``messages`` in one call (``Connection.send_messages``).
 
-        Unlike :meth:`write`, sending on a closed connection raises.
+        As with :meth:`write`, the first call of an event-loop iteration is
+        sent at once; the records of later ones in the same iteration wait
+        and are sent together, at the end of the iteration or as soon as
+        64 KiB are waiting (one TCP write for many batches). Unlike
+        :meth:`write`, sending on a closed connection raises.
 
         Raises:
             TypeError: ``messages`` is not an iterable of bytes-like objects.
@@ -175,9 +179,25 @@ class NautilusTransport(asyncio.Transport):
             raise ClosedError("the connection is closed") from (owner._app_exc or self._conn.error)
         if owner._pending_size:
             owner._seal_pending()  # what was written before goes first
-        self._conn.send_messages(messages)
-        if not owner._in_callback:
-            owner._send()
+        conn = self._conn
+        out = conn._out
+        before = len(out)
+        conn.send_messages(messages)
+        if owner._in_callback:
+            return
+        if owner._corked:
+            # Not the first write of this loop iteration: the sealed records
+            # wait for the others (sent together by _uncork, or at 64 KiB).
+            held = owner._held_size
+            for chunk in out[before:]:
+                held += len(chunk)
+            if held < _COALESCE:
+                owner._held_size = held
+                return
+        owner._send()
+        if not owner._corked:
+            owner._corked = True
+            owner._loop.call_soon(owner._uncork)
 
     def writelines(self, list_of_data: Iterable[_Buffer]) -> None:
         """Write the buffers as one (they are joined, then sealed in one call).
@@ -201,9 +221,11 @@ class NautilusTransport(asyncio.Transport):
 
     def get_write_buffer_size(self) -> int:
         """Bytes waiting to be sent: written but not yet sealed (collected
-        small writes, at most 64 KiB), plus the sealed bytes in the TCP
-        transport's buffer."""
-        return self._tcp.get_write_buffer_size() + self._owner._pending_size
+        small writes, at most 64 KiB), messages sealed and held until the
+        end of the loop iteration (at most 64 KiB), plus the sealed bytes in
+        the TCP transport's buffer."""
+        owner = self._owner
+        return self._tcp.get_write_buffer_size() + owner._pending_size + owner._held_size
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
         """The TCP transport's ``(low, high)`` write-buffer water marks."""
@@ -361,6 +383,7 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         "_early_received",
         "_eof_held",
         "_held",
+        "_held_size",
         "_in_callback",
         "_linger_timer",
         "_loop",
@@ -421,6 +444,7 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         self._pending: list[bytes] = []
         self._pending_size = 0
         self._corked = False
+        self._held_size = 0  # sealed bytes held in the Connection's output until _uncork
         # What TCP delivered: _rbuf[_rstart:_rend]; the Connection has seen
         # it up to _rseen (what lies between _rstart and _rseen is an
         # incomplete record it waits to see completed; what follows _rseen
@@ -643,6 +667,7 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
 
     def _send(self) -> None:
         conn = self._conn
+        self._held_size = 0
         out = conn._take_output()  # no copy: the transport takes any buffer
         if out and not self._tcp_lost:
             self._write_now(out)
@@ -676,11 +701,12 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
     def _drop_pending(self) -> None:
         self._pending = []
         self._pending_size = 0
+        self._held_size = 0  # (the held records are dropped with the Connection's output)
 
     def _uncork(self) -> None:
         """The loop iteration of the first write is over: send what was collected."""
         self._corked = False
-        if self._pending_size and not self._closing:
+        if (self._pending_size or self._held_size) and not self._closing:
             self._transmit()
 
     def _dispatch(self) -> None:
