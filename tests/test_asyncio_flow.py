@@ -225,15 +225,21 @@ def _normal(items: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
     return out
 
 
+async def _message_link() -> tuple[asyncio.Server, na.NautilusTransport, list[Any]]:
+    """A MessageRecorder server, and a client transport to it (its send_messages)."""
+    server, port, servers = await _server(MessageRecorder)
+    transport, _proto = await na.create_connection(Recorder, HOST, port, context=client_ctx())
+    assert isinstance(transport, na.NautilusTransport)
+    return server, transport, servers
+
+
 def test_message_batches_in_one_iteration_arrive_whole_and_in_order() -> None:
     """Batches sent in one loop iteration are held and sent together (more
     than 64 KiB of them too), in order with stream writes between them; what
     is held counts in the write buffer size."""
 
     async def main() -> None:
-        server, port, servers = await _server(MessageRecorder)
-        transport, _proto = await na.create_connection(Recorder, HOST, port, context=client_ctx())
-        assert isinstance(transport, na.NautilusTransport)
+        server, transport, servers = await _message_link()
         expected: list[tuple[str, bytes]] = []
         rng = random.Random(8)
         for i in range(120):
@@ -260,9 +266,7 @@ def test_message_batches_in_one_iteration_arrive_whole_and_in_order() -> None:
 
 def test_message_batches_then_close_deliver_everything_then_eof() -> None:
     async def main() -> None:
-        server, port, servers = await _server(MessageRecorder)
-        transport, _proto = await na.create_connection(Recorder, HOST, port, context=client_ctx())
-        assert isinstance(transport, na.NautilusTransport)
+        server, transport, servers = await _message_link()
         sent = [random.randbytes(300) for _ in range(2000)]
         for i in range(0, len(sent), 50):
             transport.send_messages(sent[i : i + 50])
@@ -279,9 +283,7 @@ def test_message_batches_then_close_deliver_everything_then_eof() -> None:
 
 def test_abort_drops_held_message_batches() -> None:
     async def main() -> None:
-        server, port, servers = await _server(MessageRecorder)
-        transport, _proto = await na.create_connection(Recorder, HOST, port, context=client_ctx())
-        assert isinstance(transport, na.NautilusTransport)
+        server, transport, servers = await _message_link()
         transport.send_messages([b"first"])  # sent at once
         transport.send_messages([b"held"] * 10)
         assert transport.get_write_buffer_size() >= 40
