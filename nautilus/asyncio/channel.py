@@ -180,8 +180,10 @@ class Channel:
 
     Get one from :func:`open_channel`, :func:`start_channel_server`'s
     callback, or :class:`nautilus.asyncio.Node`. Sending never blocks: messages
-    are sealed at once and queued in the transport; :meth:`drain` waits for
-    the queue to empty below its low-water mark. Received messages wait in a
+    are sealed at once and queued in the transport (the first send of an
+    event-loop iteration is written at once, later ones of the same iteration
+    together at its end); :meth:`drain` waits for the queue to empty below its
+    low-water mark. Received messages wait in a
     bounded queue; when more than ``max_queue`` messages or ``max_queue_bytes``
     bytes are queued the channel stops reading from the socket (the peer's
     :meth:`drain` then blocks) until :meth:`recv_message` or
