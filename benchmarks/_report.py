@@ -204,6 +204,34 @@ def ceiling_binds(sc: dict[str, Any]) -> bool:
     return sc.get("kind") not in _OWN_FRAMING
 
 
+def ratio_contenders(ratio: str) -> tuple[str, str] | None:
+    """The two contenders whose throughputs a target's ratio divides (None for
+    latency, CPU and plain medians)."""
+    if ratio.startswith(("median:", "latency", "cpu_")):
+        return None
+    for suffix, base in (*_BASES, ("_over_plain", "plain")):
+        if ratio.endswith(suffix):
+            head = ratio[: -len(suffix)]
+            return ("nautilus" if head == "nautilus" else f"nautilus-{head}"), base
+    return None
+
+
+def round_ratios(sc: dict[str, Any], t: Target) -> tuple[float, float] | None:
+    """The lowest and highest ratio of the two contenders round by round (each
+    round runs every contender once, in rotated order); None without two rounds."""
+    pair = ratio_contenders(t.ratio)
+    if pair is None:
+        return None
+    num, den = (sc["contenders"].get(name) or {} for name in pair)
+    base = {r.get("round"): r.get("value") for r in den.get("rounds") or ()}
+    ratios = [
+        r["value"] / base[r.get("round")]
+        for r in num.get("rounds") or ()
+        if r.get("value") and base.get(r.get("round"))
+    ]
+    return (min(ratios), max(ratios)) if len(ratios) >= 2 else None
+
+
 def check_targets(scenarios: list[dict[str, Any]], cpu_count: int) -> list[dict[str, Any]]:
     by_key = {sc["key"]: sc for sc in scenarios}
     out = []
@@ -219,6 +247,7 @@ def check_targets(scenarios: list[dict[str, Any]], cpu_count: int) -> list[dict[
         if met is False and value:
             # how far off: the factor by which the figure must improve
             shortfall = value / t.threshold if t.at_most else t.threshold / value
+        spread = None if t.at_most else round_ratios(sc, t)
         out.append(
             {
                 "scenario": t.scenario,
@@ -233,6 +262,10 @@ def check_targets(scenarios: list[dict[str, Any]], cpu_count: int) -> list[dict[
                 "limit": limiting_side(sc, t, cpu_count),
                 "plain_ceiling": plain_ceiling(sc, t),
                 "ceiling_binds": ceiling_binds(sc),
+                # The rounds' own ratios; the verdict is within the run's noise
+                # when they fall on both sides of the threshold.
+                "round_ratios": None if spread is None else list(spread),
+                "within_noise": spread is not None and spread[0] < t.threshold <= spread[1],
             }
         )
     return out
@@ -315,7 +348,8 @@ def target_cell(targets: list[dict[str, Any]], key: str, ratios: tuple[str, ...]
     for t in targets:
         if t["scenario"] == key and t["ratio"] in ratios:
             status = {True: "met", False: "NOT MET", None: "n/a"}[t["met"]]
-            parts.append(f"{status} {t['short']}")
+            mark = "*" if t.get("within_noise") else ""
+            parts.append(f"{status}{mark} {t['short']}")
     return "; ".join(parts) or "-"
 
 
@@ -534,6 +568,14 @@ def notes_lines(summary: dict[str, Any]) -> list[str]:
             f"  NOT MET {t['target']}: {shown}; needs {need:.2f}x better{beyond}"
             + (f"; {t['limit']}" if t["limit"] else "")
         )
+    for t in summary["targets"]:
+        if t.get("within_noise"):
+            low, high = t["round_ratios"]
+            verdict = "met" if t["met"] else "not met"
+            lines.append(
+                f"  * within this run's noise: {t['target']}: {t['value']:.2f}x ({verdict}), "
+                f"but round by round {low:.2f}x-{high:.2f}x: run again before reading it"
+            )
     noise = summary["interference"]
     if noise["other_cores_max"] is not None:
         lines.append(

@@ -185,15 +185,20 @@ def render(summary: dict[str, Any], path: Path) -> str | None:
     ]
     ax.barh(ys, [b.value for b in bars], color=colors)
     for y, b in zip(ys, bars, strict=True):
-        ax.text(b.value, y, f" {b.value:.2f}x", va="center", fontsize=7)
+        noisy = b.target is not None and b.target.get("within_noise")
+        ax.text(b.value, y, f" {b.value:.2f}x" + ("*" if noisy else ""), va="center", fontsize=7)
         if b.target is not None:
             ax.plot([b.target["threshold"]] * 2, [y - 0.4, y + 0.4], color="black", lw=2)
+        if noisy:  # the rounds' own ratios, on both sides of the target
+            ax.plot(b.target["round_ratios"], [y, y], color="black", lw=1)
     ax.axvline(1.0, color="black", lw=0.8, ls="--")
     ax.set_yticks(ys)
     ax.set_yticklabels([b.label for b in bars], fontsize=8)
     ax.set_xlabel(
         "Nautilus / the contender named (ssl unless said); higher is better; "
-        "dashed: parity; black tick: target; pale: uvloop"
+        "dashed: parity; black tick: target; pale: uvloop;\n"
+        "*: the rounds' own ratios (thin line) fall on both sides of the target: "
+        "within the run's noise"
     )
     ax.set_title("Ratios of medians", fontsize=11)
     ax.grid(axis="x", alpha=0.3)

@@ -210,3 +210,50 @@ def test_a_target_above_plaintext_is_reported_out_of_reach(monkeypatch: pytest.M
     line = next(x for x in report.notes_lines({**summary, "targets": checked}) if "NOT MET" in x)
     assert "OUT OF REACH" not in line
     assert "plaintext streams reach 1.38x" in line
+
+
+def test_a_verdict_the_rounds_do_not_agree_on_is_marked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A target whose round-by-round ratios fall on both sides of its threshold
+    is reported as within the run's noise, whichever way its median went."""
+    report = _report_module(monkeypatch)
+
+    def contender(values: list[float]) -> dict[str, Any]:
+        rounds = [{"round": i + 1, "value": v} for i, v in enumerate(values)]
+        return {"median": sorted(values)[len(values) // 2], "rounds": rounds}
+
+    ssl, nautilus = [1000.0, 800.0, 700.0], [1100.0, 1100.0, 1100.0]  # 1.10x, 1.375x, 1.57x
+    sc = {
+        "key": "socket-64k",
+        "kind": "socket",
+        "contenders": {"ssl": contender(ssl), "nautilus": contender(nautilus)},
+        "ratios": {"nautilus_over_ssl": 1100.0 / 800.0},
+    }
+    (target,) = [t for t in report.TARGETS if t.scenario == "socket-64k"]
+    assert report.ratio_contenders(target.ratio) == ("nautilus", "ssl")
+    assert report.round_ratios(sc, target) == pytest.approx((1.1, 1100.0 / 700.0))
+    (checked,) = report.check_targets([sc], 2)
+    assert checked["met"] is True
+    assert checked["within_noise"] is True
+    assert report.target_cell([checked], "socket-64k", ("nautilus_over_ssl",)) == "met* >=1.3x ssl"
+    summary = {
+        "targets": [checked],
+        "interference": {"other_cores_max": None},
+        "settings": {"connections_note": "", "uvloop_note": "", "nautilus_unsupported_on": {}},
+        "scenarios": [],
+    }
+    (line,) = [x for x in report.notes_lines(summary) if "within this run's noise" in x]
+    assert "1.38x (met), but round by round 1.10x-1.57x" in line
+    # Every round above the threshold: a plain verdict.
+    sc["contenders"]["ssl"] = contender([800.0, 780.0, 820.0])
+    (checked,) = report.check_targets([sc], 2)
+    assert checked["within_noise"] is False
+    assert report.target_cell([checked], "socket-64k", ("nautilus_over_ssl",)) == "met >=1.3x ssl"
+    # Rounds are paired by their number, whatever order they are listed in.
+    sc["contenders"]["nautilus"] = contender([900.0, 1100.0, 1300.0])
+    sc["contenders"]["ssl"]["rounds"].reverse()
+    assert report.round_ratios(sc, target) == pytest.approx((900.0 / 800.0, 1300.0 / 820.0))
+    # Ratios of resumed handshakes name the Nautilus mode and the base.
+    resumed = report.ratio_contenders("psk_only_over_ssl_resumed")
+    assert resumed == ("nautilus-psk_only", "ssl-resumed")
+    assert report.ratio_contenders("psk_dhe_over_nautilus_full") == ("nautilus-psk_dhe", "nautilus")
+    assert report.ratio_contenders("latency_p50_nautilus_over_ssl") is None
