@@ -148,9 +148,7 @@ class NautilusTransport(asyncio.Transport):
         # The first write of this loop iteration: sent now. Until the loop runs
         # its next callbacks (_uncork), further writes are collected.
         owner._seal(data)
-        owner._send()
-        owner._corked = True
-        owner._loop.call_soon(owner._uncork)
+        owner._send_and_cork()
 
     # ------------------------------------------------- message API (hook)
     # Used by nautilus.asyncio.channel: whole messages (Connection.send_messages)
@@ -194,10 +192,7 @@ class NautilusTransport(asyncio.Transport):
             if held < _COALESCE:
                 owner._held_size = held
                 return
-        owner._send()
-        if not owner._corked:
-            owner._corked = True
-            owner._loop.call_soon(owner._uncork)
+        owner._send_and_cork()
 
     def writelines(self, list_of_data: Iterable[_Buffer]) -> None:
         """Write the buffers as one (they are joined, then sealed in one call).
@@ -702,6 +697,14 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         self._pending = []
         self._pending_size = 0
         self._held_size = 0  # (the held records are dropped with the Connection's output)
+
+    def _send_and_cork(self) -> None:
+        """Send now; until the loop runs its next callbacks (_uncork), further
+        writes and message batches of this iteration are collected."""
+        self._send()
+        if not self._corked:
+            self._corked = True
+            self._loop.call_soon(self._uncork)
 
     def _uncork(self) -> None:
         """The loop iteration of the first write is over: send what was collected."""
