@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import random
+import selectors
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -292,6 +295,116 @@ def test_abort_drops_held_message_batches() -> None:
         proto = await _first(servers)
         assert isinstance(await proto.lost, nautilus.ConnectionLost)
         assert ("m", b"held") not in proto.items
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+class CountingSelector(selectors.DefaultSelector):
+    """Counts the event loop's iterations (one select() each)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        self.calls += 1
+        return super().select(timeout)
+
+
+def test_request_response_costs_each_side_two_loop_iterations_per_message() -> None:
+    """A lone write (the reply to what was just read, or the next request)
+    leaves at once and schedules nothing: each side's loop runs twice per
+    round trip (the read, then the task that answers it), not three times."""
+    server_selector, client_selector = CountingSelector(), CountingSelector()
+    started: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None], int]] = []
+    ready = threading.Event()
+
+    async def echo(channel: na.Channel) -> None:
+        with contextlib.suppress(EOFError):
+            while True:
+                channel.send_message(await channel.recv_message())
+                await channel.drain()
+        channel.close()
+
+    async def serve() -> None:
+        server = await na.start_channel_server(echo, HOST, 0, context=Context(SERVER_ID))
+        stop = asyncio.get_running_loop().create_future()
+        started.append((asyncio.get_running_loop(), stop, server.sockets[0].getsockname()[1]))
+        ready.set()
+        await stop
+        server.close()
+        await server.wait_closed()
+
+    def server_thread() -> None:
+        loop = asyncio.SelectorEventLoop(server_selector)
+        try:
+            loop.run_until_complete(serve())
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=server_thread, daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    server_loop, stop, port = started[0]
+
+    async def main() -> tuple[float, float]:
+        channel = await na.open_channel(HOST, port, context=client_ctx())
+        for _ in range(5):
+            channel.send_message(b"warm")
+            assert await channel.recv_message() == b"warm"
+        count = 300
+        client_before, server_before = client_selector.calls, server_selector.calls
+        for i in range(count):
+            message = i.to_bytes(4, "big") * 64
+            channel.send_message(message)
+            await channel.drain()
+            assert await channel.recv_message() == message
+        client = (client_selector.calls - client_before) / count
+        server = (server_selector.calls - server_before) / count
+        channel.close()
+        await channel.wait_closed()
+        return client, server
+
+    loop = asyncio.SelectorEventLoop(client_selector)
+    try:
+        client, server = loop.run_until_complete(asyncio.wait_for(main(), 15))
+    finally:
+        loop.close()
+        server_loop.call_soon_threadsafe(stop.set_result, None)
+        thread.join(10)
+    assert client <= 2.1, client
+    assert server <= 2.1, server
+
+
+def test_a_write_in_a_later_iteration_is_sent_though_nothing_follows() -> None:
+    """After a write, one made in a later loop iteration with nothing received
+    in between is collected, and sent by the loop's next callbacks even if
+    nothing else is written; so is a message batch."""
+
+    async def main() -> None:
+        server, transport, servers = await _message_link()
+        transport.write(b"first")  # sent at once
+        for _ in range(3):
+            await asyncio.sleep(0)
+        transport.write(b"second")
+        proto = await _first(servers)
+        await _wait(lambda: len(proto.data) >= 11, proto)
+        assert bytes(proto.data) == b"firstsecond"
+        transport.send_messages([b"m1"])  # sent at once
+        for _ in range(3):
+            await asyncio.sleep(0)
+        transport.send_messages([b"m2", b"m3"])
+        await _wait(lambda: proto.messages >= 3, proto)
+        assert _normal(proto.items) == [
+            ("d", b"firstsecond"),
+            ("m", b"m1"),
+            ("m", b"m2"),
+            ("m", b"m3"),
+        ]
+        transport.close()
+        assert await proto.lost is None
         server.close()
         await server.wait_closed()
 

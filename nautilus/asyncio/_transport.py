@@ -107,7 +107,9 @@ class NautilusTransport(asyncio.Transport):
         The first write of an event-loop iteration is sealed and sent at
         once; later ones in the same iteration (and all those made inside a
         callback) are collected and sealed together, at the end of the
-        iteration or callback, or as soon as 64 KiB are waiting.
+        iteration or callback, or as soon as 64 KiB are waiting. (A write in
+        a later iteration, with nothing read since the last one, is
+        collected too and leaves with the loop's next callbacks.)
 
         Raises:
             TypeError: ``data`` is not bytes-like, or a non-contiguous memoryview.
@@ -137,6 +139,8 @@ class NautilusTransport(asyncio.Transport):
                     owner._seal_pending()
                     if not owner._in_callback:
                         owner._send()
+                elif not owner._in_callback:  # (in a callback: sent when it returns)
+                    owner._uncork_soon()
                 return
             # Large enough on its own: sealed straight from the caller's buffer.
             if owner._pending_size:
@@ -145,8 +149,8 @@ class NautilusTransport(asyncio.Transport):
             if not owner._in_callback:
                 owner._send()
             return
-        # The first write of this loop iteration: sent now. Until the loop runs
-        # its next callbacks (_uncork), further writes are collected.
+        # The first write of this loop iteration: sent now. Further writes
+        # are collected until the loop runs its next callbacks (_uncork).
         owner._seal(data)
         owner._send_and_cork()
 
@@ -191,6 +195,7 @@ class NautilusTransport(asyncio.Transport):
                 held += len(chunk)
             if held < _COALESCE:
                 owner._held_size = held
+                owner._uncork_soon()
                 return
         owner._send_and_cork()
 
@@ -399,6 +404,7 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         "_timer",
         "_timer_at",
         "_transport",
+        "_uncork_due",
         "_waiter",
         "_write_paused",
         "_writes_after_close",
@@ -438,7 +444,14 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         # Writes collected until the end of the loop iteration (see NautilusTransport.write).
         self._pending: list[bytes] = []
         self._pending_size = 0
+        # _corked: a write went out and (as far as we know) the loop iteration
+        # has not ended, so further writes are collected; _uncork_due: the
+        # _uncork that sends them is scheduled. _corked is not cleared by a
+        # callback of its own (that would cost a loop iteration per write,
+        # one per message of a request/response exchange) but by the first
+        # collected write's _uncork, or by the next read: any later callback.
         self._corked = False
+        self._uncork_due = False
         self._held_size = 0  # sealed bytes held in the Connection's output until _uncork
         # What TCP delivered: _rbuf[_rstart:_rend]; the Connection has seen
         # it up to _rseen (what lies between _rstart and _rseen is an
@@ -484,6 +497,8 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         return self._rview[self._rend : self._rend + size]
 
     def buffer_updated(self, nbytes: int) -> None:
+        if not self._uncork_due:
+            self._corked = False  # a later callback: the iteration of the last write is over
         if nbytes >= self._rsize:  # the read filled what was offered: offer more
             self._rsize = _RECV_LARGE
         if self._shared_read:
@@ -649,6 +664,8 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if not self._uncork_due:
+            self._corked = False
         if self._app is not None:
             self._app.resume_writing()
 
@@ -699,15 +716,20 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         self._held_size = 0  # (the held records are dropped with the Connection's output)
 
     def _send_and_cork(self) -> None:
-        """Send now; until the loop runs its next callbacks (_uncork), further
-        writes and message batches of this iteration are collected."""
+        """Send now; further writes and message batches of this loop iteration
+        are collected (see _corked)."""
         self._send()
-        if not self._corked:
-            self._corked = True
+        self._corked = True
+
+    def _uncork_soon(self) -> None:
+        """Something was collected: have the loop's next callbacks send it."""
+        if not self._uncork_due:
+            self._uncork_due = True
             self._loop.call_soon(self._uncork)
 
     def _uncork(self) -> None:
-        """The loop iteration of the first write is over: send what was collected."""
+        """The loop iteration of the collected writes is over: send them."""
+        self._uncork_due = False
         self._corked = False
         if (self._pending_size or self._held_size) and not self._closing:
             self._transmit()
