@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import random
 import selectors
 import socket
@@ -313,13 +314,60 @@ class CountingSelector(selectors.DefaultSelector):
         return super().select(timeout)
 
 
+class ThreadedChannelServer:
+    """A channel server with its own event loop (on a CountingSelector) in a
+    thread, so that the test's loop can block without holding it up."""
+
+    def __init__(self, handler: Callable[[na.Channel], Coroutine[Any, Any, None]]) -> None:
+        self.selector = CountingSelector()
+        self._handler = handler
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Future[None] | None = None
+        self.port = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> ThreadedChannelServer:
+        self._thread.start()
+        assert self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._loop is not None
+        assert self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set_result, None)
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        loop = asyncio.SelectorEventLoop(self.selector)
+        try:
+            loop.run_until_complete(self._serve())
+        finally:
+            loop.close()
+
+    async def _serve(self) -> None:
+        server = await na.start_channel_server(self._handler, HOST, 0, context=Context(SERVER_ID))
+        self._loop = asyncio.get_running_loop()
+        self._stop = self._loop.create_future()
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        await self._stop
+        server.close()
+        await server.wait_closed()
+
+
+def _run_on(selector: selectors.BaseSelector, coro: Coroutine[Any, Any, Any]) -> Any:
+    loop = asyncio.SelectorEventLoop(selector)
+    try:
+        return loop.run_until_complete(asyncio.wait_for(coro, 15))
+    finally:
+        loop.close()
+
+
 def test_request_response_costs_each_side_two_loop_iterations_per_message() -> None:
     """A lone write (the reply to what was just read, or the next request)
     leaves at once and schedules nothing: each side's loop runs twice per
     round trip (the read, then the task that answers it), not three times."""
-    server_selector, client_selector = CountingSelector(), CountingSelector()
-    started: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None], int]] = []
-    ready = threading.Event()
 
     async def echo(channel: na.Channel) -> None:
         with contextlib.suppress(EOFError):
@@ -328,54 +376,67 @@ def test_request_response_costs_each_side_two_loop_iterations_per_message() -> N
                 await channel.drain()
         channel.close()
 
-    async def serve() -> None:
-        server = await na.start_channel_server(echo, HOST, 0, context=Context(SERVER_ID))
-        stop = asyncio.get_running_loop().create_future()
-        started.append((asyncio.get_running_loop(), stop, server.sockets[0].getsockname()[1]))
-        ready.set()
-        await stop
-        server.close()
-        await server.wait_closed()
+    client_selector = CountingSelector()
+    with ThreadedChannelServer(echo) as server:
 
-    def server_thread() -> None:
-        loop = asyncio.SelectorEventLoop(server_selector)
-        try:
-            loop.run_until_complete(serve())
-        finally:
-            loop.close()
+        async def main() -> tuple[float, float]:
+            channel = await na.open_channel(HOST, server.port, context=client_ctx())
+            for _ in range(5):
+                channel.send_message(b"warm")
+                assert await channel.recv_message() == b"warm"
+            count = 300
+            client_before, server_before = client_selector.calls, server.selector.calls
+            for i in range(count):
+                message = i.to_bytes(4, "big") * 64
+                channel.send_message(message)
+                await channel.drain()
+                assert await channel.recv_message() == message
+            client = (client_selector.calls - client_before) / count
+            served = (server.selector.calls - server_before) / count
+            channel.close()
+            await channel.wait_closed()
+            return client, served
 
-    thread = threading.Thread(target=server_thread, daemon=True)
-    thread.start()
-    assert ready.wait(10)
-    server_loop, stop, port = started[0]
-
-    async def main() -> tuple[float, float]:
-        channel = await na.open_channel(HOST, port, context=client_ctx())
-        for _ in range(5):
-            channel.send_message(b"warm")
-            assert await channel.recv_message() == b"warm"
-        count = 300
-        client_before, server_before = client_selector.calls, server_selector.calls
-        for i in range(count):
-            message = i.to_bytes(4, "big") * 64
-            channel.send_message(message)
-            await channel.drain()
-            assert await channel.recv_message() == message
-        client = (client_selector.calls - client_before) / count
-        server = (server_selector.calls - server_before) / count
-        channel.close()
-        await channel.wait_closed()
-        return client, server
-
-    loop = asyncio.SelectorEventLoop(client_selector)
-    try:
-        client, server = loop.run_until_complete(asyncio.wait_for(main(), 15))
-    finally:
-        loop.close()
-        server_loop.call_soon_threadsafe(stop.set_result, None)
-        thread.join(10)
+        client, served = _run_on(client_selector, main())
     assert client <= 2.1, client
-    assert server <= 2.1, server
+    assert served <= 2.1, served
+
+
+def test_a_sender_that_does_not_yield_learns_of_a_reset_at_its_next_drain(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The peer is gone (it aborted; our writes meet a reset): the TCP write
+    fails, and drain() (which returns at once while writing is not paused)
+    waits for the end and raises it, rather than letting a sender that never
+    yields write into a closed transport for ever."""
+    aborted = threading.Event()
+
+    async def abort(channel: na.Channel) -> None:
+        channel.abort()
+        aborted.set()
+
+    with ThreadedChannelServer(abort) as server:
+
+        async def main() -> int:
+            channel = await na.open_channel(HOST, server.port, context=client_ctx())
+            assert aborted.wait(10)  # blocking: this loop does not run meanwhile
+            time.sleep(0.05)
+            batch = [b"m" * 256] * 64
+            for i in range(2000):
+                try:
+                    channel.send_messages(batch)
+                    await channel.drain()
+                except nautilus.ConnectionLost:
+                    assert channel.is_closing()
+                    with pytest.raises(nautilus.ClosedError):
+                        channel.send_messages(batch)
+                    return i
+            raise AssertionError("2000 batches sent to a reset connection, and no error")
+
+        with caplog.at_level(logging.WARNING, logger="asyncio"):
+            sent = _run_on(selectors.DefaultSelector(), main())
+    assert sent < 50
+    assert not [r for r in caplog.records if "socket.send() raised" in r.getMessage()]
 
 
 def test_a_write_in_a_later_iteration_is_sent_though_nothing_follows() -> None:

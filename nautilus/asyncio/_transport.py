@@ -694,6 +694,14 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
             tcp = self._tcp
             assert tcp is not None
             tcp.write(data)
+            if not self._write_paused and tcp.is_closing() and not self._closing:
+                # The write failed (the peer reset the connection...): TCP is
+                # closed and calls connection_lost() on the loop's next round.
+                # Until then, later writes would be dropped, and a writer that
+                # does not yield (drain() returns at once while not paused)
+                # would never learn it: pause it, so drain() waits for the end
+                # and raises.
+                self.pause_writing()
 
     def _seal(self, data: _Buffer) -> None:
         """Seal application data (dropped if the Connection closed meanwhile:
