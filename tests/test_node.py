@@ -343,6 +343,16 @@ def test_retry_policy_delays() -> None:
         RetryPolicy(initial="1")  # type: ignore[arg-type]
 
 
+def test_retry_policy_delay_checks_its_argument() -> None:
+    policy = RetryPolicy(jitter=0.0)
+    for bad in ("1", 1.0, None, True):
+        with pytest.raises(TypeError, match="retry must be an int"):
+            policy.delay(bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="retry must be at least 1, got -3"):
+        policy.delay(-3)
+    assert policy.delay(1) == pytest.approx(0.1)
+
+
 async def counting_listener() -> tuple[asyncio.Server, list[float]]:
     """A TCP listener that accepts and hangs up at once (a node shutting down)."""
     accepted: list[float] = []
@@ -570,6 +580,140 @@ def test_node_close_closes_peers_and_is_idempotent() -> None:
                 await a.accept()
             with pytest.raises(nautilus.ClosedError):
                 ab.send_message(b"late")
+
+    run(main())
+
+
+class Silent(asyncio.Protocol):
+    """A Nautilus peer that completes the handshake, then says nothing."""
+
+    def __init__(self) -> None:
+        self.lost: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+
+async def silent_peer(identity: Identity) -> tuple[asyncio.Server, list[Silent]]:
+    """A Nautilus server as ``identity`` (trusting IDS[0]) that never sends a node hello."""
+    made: list[Silent] = []
+
+    def factory() -> Silent:
+        made.append(Silent())
+        return made[-1]
+
+    ctx = Context(identity, client_auth="required", trusted_peers=[IDS[0].public])
+    return await na.create_server(factory, HOST, 0, context=ctx), made
+
+
+async def silent_tcp() -> tuple[asyncio.Server, list[asyncio.Future[bytes]]]:
+    """A TCP server that accepts and never answers; each connection's read ends at its close."""
+    ends: list[asyncio.Future[bytes]] = []
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        end: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        ends.append(end)
+        try:
+            end.set_result(await reader.read())
+        except ConnectionError:
+            end.set_result(b"reset")
+        writer.close()
+
+    return await asyncio.start_server(swallow, HOST, 0), ends
+
+
+def test_connect_times_out_when_the_peer_sends_no_hello() -> None:
+    async def main() -> None:
+        server, made = await silent_peer(IDS[1])
+        port = server.sockets[0].getsockname()[1]
+        async with Node(node_ctx(IDS[0], handshake_timeout=0.5), HOST, 0) as a:
+            started = time.monotonic()
+            with pytest.raises(nautilus.HandshakeTimeout, match=r"no node hello within 0\.5 s"):
+                await asyncio.wait_for(a.connect((HOST, port), IDS[1].peer_id), 5)
+            assert 0.4 < time.monotonic() - started < 3.0
+            assert len(made) == 1
+            # The connection was dropped (aborted: the peer sees a truncation).
+            assert isinstance(await asyncio.wait_for(made[0].lost, 5), nautilus.ConnectionLost)
+            await until(lambda: a.connection_count() == 0, "the connection is gone")
+            assert a.peers == {}
+            # A timeout is transient: with a policy, it is retried.
+            policy = RetryPolicy(attempts=2, initial=0.01, maximum=0.01)
+            with pytest.raises(nautilus.HandshakeTimeout):
+                await asyncio.wait_for(a.connect((HOST, port), IDS[1].peer_id, retry=policy), 5)
+            assert len(made) == 3
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_listener_drops_a_dialler_that_sends_no_hello() -> None:
+    async def main() -> None:
+        async with Node(node_ctx(IDS[0], trusted=[IDS[1]], handshake_timeout=0.5)) as node:
+            mute = FakeLink()
+            ctx = Context(IDS[1], trusted_peers=[IDS[0].public])
+            await na.create_connection(
+                lambda: mute, *node.address, context=ctx, expected_peer=node.peer_id
+            )
+            await mute.expect(HELLO)  # the node says HELLO; the dialler does not
+            started = time.monotonic()
+            assert isinstance(await asyncio.wait_for(mute.lost, 5), nautilus.ConnectionLost)
+            assert 0.3 < time.monotonic() - started < 3.0
+            await until(lambda: node.connection_count() == 0, "the connection is gone")
+            assert node.peers == {}
+            # The node keeps serving.
+            link = await fake_dial(node, IDS[1], b"\x01" * 16, b"\x01" * 16)
+            channel = await asyncio.wait_for(node.accept(), 5)
+            link.frame(START, 0)
+            link.send(b"after the mute one")
+            assert await channel.recv_message() == b"after the mute one"
+
+    run(main())
+
+
+def test_node_close_ends_a_connect_waiting_for_the_hello() -> None:
+    async def main() -> None:
+        server, made = await silent_peer(IDS[1])
+        port = server.sockets[0].getsockname()[1]
+        a = Node(node_ctx(IDS[0], handshake_timeout=30), HOST, 0)
+        await a.start()
+        pending = asyncio.create_task(a.connect((HOST, port), IDS[1].peer_id))
+        await until(lambda: a.connection_count() == 1, "the handshake completed")
+        a.close()
+        started = time.monotonic()
+        with pytest.raises(nautilus.ClosedError, match="closed while connecting"):
+            await asyncio.wait_for(pending, 5)
+        assert time.monotonic() - started < 1.0
+        await asyncio.wait_for(a.wait_closed(), 10)
+        assert a.connection_count() == 0
+        assert len(made) == 1
+        await asyncio.wait_for(made[0].lost, 5)
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_node_close_ends_a_connect_still_in_the_handshake() -> None:
+    async def main() -> None:
+        server, ends = await silent_tcp()
+        port = server.sockets[0].getsockname()[1]
+        a = Node(node_ctx(IDS[0], handshake_timeout=30), HOST, 0)
+        await a.start()
+        pending = asyncio.create_task(a.connect((HOST, port), IDS[1].peer_id))
+        await until(lambda: len(ends) == 1, "the TCP connection is made")
+        await asyncio.sleep(0.05)
+        assert not pending.done()
+        a.close()
+        started = time.monotonic()
+        with pytest.raises(nautilus.ClosedError, match="closed while connecting"):
+            await asyncio.wait_for(pending, 5)
+        assert time.monotonic() - started < 1.0
+        await asyncio.wait_for(a.wait_closed(), 10)
+        await asyncio.wait_for(ends[0], 5)  # the dial's socket is closed, not left open
+        server.close()
+        await server.wait_closed()
 
     run(main())
 

@@ -143,7 +143,16 @@ async def create_connection(
         loop, conn, protocol_factory, waiter, bytes(early_data) if early_data else None
     )
     addr: Any = (host, port)  # typeshed's overloads want both or neither; asyncio checks
-    await loop.create_connection(lambda: owner, *addr, **kw)
+    try:
+        await loop.create_connection(lambda: owner, *addr, **kw)
+    except BaseException:  # refused, or cancelled (maybe after connection_made)
+        # Nothing will await the handshake now: settle the waiter, so that
+        # its exception (set when TCP closes) is not reported as unretrieved.
+        if not waiter.done():
+            waiter.cancel()
+        elif not waiter.cancelled():
+            waiter.exception()
+        raise
     try:
         await waiter
     except BaseException:  # a failed handshake is already closing (alert sent); not so a cancel

@@ -114,7 +114,7 @@ class NautilusTransport(asyncio.Transport):
         Raises:
             TypeError: ``data`` is not bytes-like, or a non-contiguous memoryview.
         """
-        if type(data) is bytes or isinstance(data, bytearray):
+        if type(data) is bytes or isinstance(data, (bytes, bytearray)):
             size = len(data)
         elif isinstance(data, memoryview):
             if not data.c_contiguous:
@@ -235,8 +235,14 @@ class NautilusTransport(asyncio.Transport):
         """Set the TCP transport's water marks; they drive ``pause_writing()``.
 
         Raises:
-            ValueError: as for asyncio transports (``high`` < ``low``...).
+            TypeError: ``high`` or ``low`` is neither None nor an int.
+            ValueError: a negative limit, or ``high`` < ``low``.
         """
+        for name, value in (("high", high), ("low", low)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise TypeError(f"{name} must be None or an int, not {type(value).__name__}")
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must not be negative, got {value}")
         self._tcp.set_write_buffer_limits(high, low)
 
     # ------------------------------------------------------------------ reading
@@ -332,8 +338,11 @@ class NautilusTransport(asyncio.Transport):
         """Ratchet the sending keys now (and ask the peer to ratchet its own).
 
         Raises:
+            TypeError: ``request_peer`` is not a bool.
             nautilus.ClosedError: the connection is closed.
         """
+        if not isinstance(request_peer, bool):
+            raise TypeError(f"request_peer must be a bool, not {type(request_peer).__name__}")
         if self._owner._closing:
             raise ClosedError("the connection is closed")
         if self._owner._pending_size:
@@ -344,9 +353,11 @@ class NautilusTransport(asyncio.Transport):
     def export_keying_material(self, label: bytes, context: bytes, length: int) -> bytes:
         """Keying material bound to this session (channel binding).
 
+        Available from the end of the handshake, also after a clean close.
+
         Raises:
             TypeError: wrong types.  ValueError: ``length`` not in 1..8160.
-            nautilus.ClosedError: the connection is closed.
+            nautilus.ClosedError: the connection failed.
         """
         return self._conn.export_keying_material(label, context, length)
 
@@ -478,7 +489,11 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Not asserted: uvloop's transports have the interface without the base class.
         self._tcp = cast(asyncio.Transport, transport)
-        self._conn.start(_now(), early_data=self._early_data)
+        try:
+            self._conn.start(_now(), early_data=self._early_data)
+        except Exception as exc:  # it should not raise: the waiter must hear of it all the same
+            self._engine_error(exc)
+            return
         self._early_data = None
         self._transmit()
         self._dispatch()
@@ -830,7 +845,7 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
                 self._eof_held = False
                 self._process_eof()
                 if not self._tcp_lost:
-                    tcp.close()  # eof_received() left that to us
+                    self._close_tcp()  # eof_received() left that to us
         elif self._tcp_paused:
             self._tcp_paused = False
             tcp.resume_reading()
@@ -926,9 +941,30 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         if not clean and backlog:
             tcp.abort()
         elif clean or self._app is None:
-            tcp.close()
+            self._close_tcp()
         else:
             self._close_after_peer()  # so that the alert reaches the application's peer
+
+    def _close_tcp(self) -> None:
+        """Close TCP once its buffer is flushed; abort if that takes over
+        ``_LINGER`` seconds (a peer that does not read would otherwise keep
+        the socket, and the application's wait_closed(), for ever)."""
+        tcp = self._tcp
+        assert tcp is not None
+        tcp.close()
+        if tcp.get_write_buffer_size() and self._linger_timer is None:
+            self._linger_timer = self._loop.call_later(_LINGER, self._linger_over)
+
+    def _linger_over(self) -> None:
+        """The peer did not close its side (or read what we sent) in time."""
+        self._linger_timer = None
+        tcp = self._tcp
+        if tcp is None or self._tcp_lost:
+            return
+        if tcp.get_write_buffer_size():
+            tcp.abort()  # the peer is not reading: what is unsent is lost anyway
+        else:
+            tcp.close()
 
     # ------------------------------------------------- lingering close (fix)
 
@@ -946,7 +982,7 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         if tcp is None or self._tcp_lost:
             return
         if self._eof_held or not tcp.can_write_eof():  # the peer has closed already
-            tcp.close()
+            self._close_tcp()
             return
         self._rstart = self._rseen = self._rend = 0  # what the application has not read is dropped
         if self._tcp_paused:  # the peer's FIN must be read even if the app paused reading
@@ -954,7 +990,7 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
             tcp.resume_reading()
         tcp.write_eof()
         if self._linger_timer is None:
-            self._linger_timer = self._loop.call_later(_LINGER, tcp.close)
+            self._linger_timer = self._loop.call_later(_LINGER, self._linger_over)
 
     def _lose_app(self) -> None:
         app = self._app
@@ -974,7 +1010,7 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
             self._tcp.abort()
 
     def _engine_error(self, exc: Exception) -> None:
-        """``Connection.receive_data`` raised although it should not.
+        """``Connection.receive_data`` (or ``start``) raised although it should not.
 
         If the Connection still closed itself (its ConnectionClosed event is
         queued), that event is used as usual. Otherwise the connection is
@@ -984,12 +1020,12 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         """
         conn = self._conn
         if conn.is_closed and conn.error is not None:
-            logger.error("nautilus: Connection.receive_data raised %r", exc, exc_info=exc)
+            logger.error("nautilus: the protocol engine raised %r", exc, exc_info=exc)
             return
         if isinstance(exc, NautilusError):
             error: NautilusError = exc
         else:
-            logger.error("nautilus: Connection.receive_data raised %r", exc, exc_info=exc)
+            logger.error("nautilus: the protocol engine raised %r", exc, exc_info=exc)
             error = ConnectionLost(f"internal error in the protocol engine: {exc!r}")
             error.__cause__ = exc
         self._abort()

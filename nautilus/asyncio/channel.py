@@ -171,6 +171,10 @@ class _Route:
     def route_transport(self) -> NautilusTransport | None:
         raise NotImplementedError
 
+    def route_ended(self) -> None:
+        """The channel ended (closed, aborted, failed or closed by the peer):
+        a drain() waiting for the route must wake (it then raises)."""
+
 
 # ------------------------------------------------------------------------- channel
 
@@ -225,6 +229,7 @@ class Channel:
         self._reading = True
         self._waiter: asyncio.Future[None] | None = None
         self._closing = False  # close() was called
+        self._aborted = False  # abort() was called
         self._send_closed: str | None = None  # why sending is over, once it is
         self._ended = False  # nothing more will be received
         self._eof_reason = ""
@@ -445,11 +450,11 @@ class Channel:
         The peer sees ``nautilus.ConnectionLost``; on this side the channel
         ends as after a failure, with ``nautilus.ConnectionLost``. Idempotent.
         """
-        if self._ended and self._closing:
+        if self._aborted:
             return
-        self._closing = True
-        self._finish(ConnectionLost("the channel was aborted"))
-        self._route.route_abort()
+        self._aborted = self._closing = True
+        self._finish(ConnectionLost("the channel was aborted"))  # (unless it had ended)
+        self._route.route_abort()  # also after close(): a close that lingers ends now
 
     async def wait_closed(self) -> None:
         """Wait until the connection(s) of the channel are closed.
@@ -497,6 +502,7 @@ class Channel:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        self._route.route_ended()
 
     def _closed_done(self) -> None:
         if not self._closed.done():
@@ -586,6 +592,9 @@ class _ChannelLink(_Link, _Route):
     def route_transport(self) -> NautilusTransport | None:
         return self.transport
 
+    def route_ended(self) -> None:
+        self._wake_writers()
+
 
 # ------------------------------------------------------------------ entry points
 
@@ -612,12 +621,19 @@ async def open_channel(
     first :meth:`Channel.recv_message` raises ``nautilus.AuthenticationFailed``.
 
     Raises:
-        TypeError, ValueError: bad arguments, before any I/O.
+        TypeError, ValueError: bad arguments, before any I/O (``early_data``
+            among them: 0-RTT data is stream data, which a channel does not
+            carry).
         OSError: the TCP connection could not be made.
         nautilus.HandshakeError (a named subclass): the handshake failed.
     """
     from nautilus.asyncio import create_connection
 
+    if "early_data" in kw:
+        raise TypeError(
+            "open_channel() takes no early_data: 0-RTT data is stream data, and a channel "
+            "carries only messages (the server's channel would drop it)"
+        )
     limits = _check_queue_limits(max_queue, max_queue_bytes)
     link = _ChannelLink(*limits)
     await create_connection(

@@ -49,6 +49,7 @@ from nautilus.exceptions import (
     ClosedError,
     ConnectionLost,
     HandshakeError,
+    HandshakeTimeout,
     KeyAgreementFailed,
     NegotiationFailed,
     ProtocolViolation,
@@ -129,8 +130,11 @@ class RetryPolicy:
         """The pause before retry number ``retry`` (1 for the second attempt).
 
         Raises:
+            TypeError: ``retry`` is not an int.
             ValueError: ``retry`` is below 1.
         """
+        if not isinstance(retry, int) or isinstance(retry, bool):
+            raise TypeError(f"retry must be an int, not {type(retry).__name__}")
         if retry < 1:
             raise ValueError(f"retry must be at least 1, got {retry}")
         exponent = min(retry - 1, 1024)  # past this the cap applies anyway
@@ -181,6 +185,7 @@ class _NodeLink(_Link):
         self.session: _Session | None = None
         self.ended = False  # close_notify or failure seen (or closed here)
         self.joined: asyncio.Future[_Session] | None = None
+        self._hello_timer: asyncio.TimerHandle | None = None  # the peer's HELLO is overdue
         if dialled:  # Node._dial waits on it; if it gave up, the outcome is not news
             self.joined = asyncio.get_running_loop().create_future()
             self.joined.add_done_callback(_consume)
@@ -254,6 +259,7 @@ class _NodeLink(_Link):
                 return
             self.peer_sid = a
             self.ready = True
+            self._cancel_hello_timer()
             if self.dialled:
                 self.key = (self.node.peer_id, self.nonce)
             else:
@@ -292,10 +298,29 @@ class _NodeLink(_Link):
         self.abort()
         self._end(ProtocolViolation(f"node protocol: {message}"))
 
+    def wait_for_hello(self, timeout: float) -> None:
+        """Drop the connection unless the peer's HELLO arrives within ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        self._hello_timer = loop.call_later(timeout, self._hello_overdue, timeout)
+
+    def _hello_overdue(self, timeout: float) -> None:
+        self._hello_timer = None
+        if self.ready or self.ended:
+            return
+        logger.debug("nautilus: no node hello from %s within %g s", self.peer_id, timeout)
+        self.abort()
+        self._end(HandshakeTimeout(f"the peer sent no node hello within {timeout:g} s"))
+
+    def _cancel_hello_timer(self) -> None:
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+            self._hello_timer = None
+
     def _end(self, exc: BaseException | None) -> None:
         if self.ended:
             return
         self.ended = True
+        self._cancel_hello_timer()
         self.node._link_ended(self, exc)
 
     @property
@@ -437,6 +462,10 @@ class _Session(_Route):
                 return
             await link.wait_writable()
 
+    def route_ended(self) -> None:
+        for link in self.links:  # a drain() waiting for a link's TCP buffer wakes, and raises
+            link._wake_writers()
+
     def route_close(self) -> None:
         if self.state in (_CLOSED, _FAILED, _ENDED):
             return
@@ -556,6 +585,9 @@ class Node:
     settings (``trusted_peers``, ``trusted_issuers`` or ``known_peers_file``):
     every connection, either way, authenticates both nodes, and connections
     from peers the context does not trust are refused during the handshake.
+    The context's ``handshake_timeout`` also bounds the node hello: a
+    connection whose peer sends none within that time after the handshake
+    is dropped, in either direction.
 
     Args:
         context: the node's :class:`nautilus.Context`.
@@ -615,6 +647,7 @@ class Node:
         self._accepted: deque[Channel] = deque()
         self._accept_waiter: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
+        self._dials: set[asyncio.Future[Channel]] = set()  # dials in progress
         self._stopped: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -645,7 +678,9 @@ class Node:
     def close(self) -> None:
         """Stop listening and close every channel and connection. Idempotent.
 
-        Pending :meth:`connect` and :meth:`accept` calls raise ``ClosedError``.
+        Pending :meth:`connect` and :meth:`accept` calls raise ``ClosedError``;
+        dials in progress (in the handshake or waiting for the peer's node
+        hello) are dropped.
         """
         if not self._running:
             return
@@ -653,7 +688,7 @@ class Node:
         if self._server is not None:
             self._server.close()
         if self._stopped is not None and not self._stopped.done():
-            self._stopped.set_result(None)
+            self._stopped.set_result(None)  # wakes every pending connect(): it drops its dial
         for session in list(self._sessions.values()):
             session.channel.close()
         for link in list(self._links):
@@ -671,6 +706,8 @@ class Node:
         """
         if self._server is not None:
             await self._server.wait_closed()
+        if self._dials and not self._running:
+            await asyncio.wait(set(self._dials))  # being cancelled by their connect() calls
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _CLOSE_TIMEOUT
         while self._links and not self._running:
@@ -744,6 +781,8 @@ class Node:
             OSError: the TCP connection failed (after the retries).
             nautilus.AuthenticationFailed: the peer is not ``expected_peer``,
                 or it refused this node (it does not trust it).
+            nautilus.HandshakeTimeout: the handshake, or then the peer's node
+                hello, took longer than the context's ``handshake_timeout``.
             nautilus.HandshakeError (another subclass): the handshake failed.
             nautilus.ConnectionLost: the connection ended before the node hello.
         """
@@ -790,6 +829,26 @@ class Node:
             await asyncio.wait({stopped}, timeout=delay)
 
     async def _dial(self, host: str, port: int, peer_id: str) -> Channel:
+        """One attempt, run as a task that :meth:`close` can reach at any stage."""
+        stopped = self._stopped
+        assert stopped is not None
+        dial = asyncio.ensure_future(self._join(host, port, peer_id))
+        dial.add_done_callback(_consume)
+        self._dials.add(dial)
+        dial.add_done_callback(self._dials.discard)
+        waiting: set[asyncio.Future[Any]] = {dial, stopped}
+        try:
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not dial.done():  # the node closed, or this call was cancelled
+                dial.cancel()
+        if stopped.done():
+            cause = None if dial.cancelled() or not dial.done() else dial.exception()
+            raise ClosedError("the node was closed while connecting") from cause
+        return dial.result()
+
+    async def _join(self, host: str, port: int, peer_id: str) -> Channel:
+        """Connect, complete the handshake, exchange HELLOs: the channel joined."""
         from nautilus.asyncio import create_connection
 
         link = _NodeLink(self, dialled=True)
@@ -872,6 +931,7 @@ class Node:
         self._links.add(link)
         link.local_sid = self._sid(link.peer_id)
         link.send_frame(_HELLO, _VERSION, link.local_sid, link.nonce)
+        link.wait_for_hello(self._context.handshake_timeout)
 
     def _link_ready(self, link: _NodeLink) -> None:
         """Both HELLOs are in: the connection joins a session (or waits, or goes)."""

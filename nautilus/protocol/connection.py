@@ -136,6 +136,8 @@ def _frame_each(messages: Iterable[bytes | bytearray | memoryview], limit: int) 
         if type(m) is bytes or isinstance(m, (bytes, bytearray)):  # the common case first
             n = len(m)
         elif isinstance(m, memoryview):
+            if not m.c_contiguous:
+                raise TypeError("a message must be a contiguous buffer (this memoryview is not)")
             n = m.nbytes
         else:
             raise TypeError(f"a message must be bytes-like, not {type(m).__name__}")
@@ -709,8 +711,11 @@ class Connection:
         """Ratchet the sending keys now, and ask the peer to ratchet its own.
 
         Raises:
+            TypeError: ``request_peer`` is not a bool.
             ClosedError: the handshake is not complete, or the connection is closed.
         """
+        if not isinstance(request_peer, bool):
+            raise TypeError(f"request_peer must be a bool, not {type(request_peer).__name__}")
         if self._state is not State.CONNECTED:
             raise ClosedError("keys can only be updated on an established connection")
         self._send_key_update(request_peer)
