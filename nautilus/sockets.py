@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import operator
 import os
 import select
@@ -113,6 +114,9 @@ _from_buffer = _ffi.from_buffer
 _WRITE_PIECE = 256 * 1024
 """Content sealed per step by the direct send path (its output buffer stays this small)."""
 _RECORD_EXTRA = HEADER_SIZE + 1 + TAG_SIZE  # a sealed record's bytes beyond its content
+_WRITER_GRACE = 0.02
+"""Seconds shutdown() waits for the write lock before it takes its holder for a
+writer blocked on the socket (and shuts TCP down without close_notify)."""
 
 
 def _wait(sock: socket.socket, write: bool, timeout: float | None) -> bool:
@@ -652,7 +656,7 @@ class NautilusSocket(socket.socket):
             bufsize = operator.index(bufsize)
         if bufsize < 0:
             raise ValueError("negative buffersize in recv")
-        if flags:
+        if type(flags) is not int or flags:
             _check_flags("recv", flags)
         if not bufsize:
             return b""
@@ -683,10 +687,24 @@ class NautilusSocket(socket.socket):
                 non-zero ``flags``.
             as :meth:`recv` otherwise.
         """
-        view = memoryview(buffer)
+        try:
+            view = memoryview(buffer)
+        except TypeError:
+            raise TypeError(
+                f"buffer must be a writable bytes-like object, not {type(buffer).__name__}"
+            ) from None
         if view.readonly:
             raise TypeError("recv_into() needs a writable bytes-like object")
-        if view.ndim != 1 or view.itemsize != 1:
+        if view.format != "B" or view.ndim != 1:
+            # Bytes are written through a view of unsigned bytes ('B'): slice
+            # assignment refuses other formats ('b', 'c', ctypes' '<c'...), and
+            # the direct path must not fail half-way on the caller's buffer.
+            # Counted in bytes (nbytes), as plain sockets do.
+            if not view.c_contiguous:
+                raise TypeError(
+                    "recv_into() buffer must be C-contiguous (or a 1-dimensional view of "
+                    f"unsigned bytes), not a strided view of format {view.format!r}"
+                )
             view = view.cast("B")
         size = len(view)
         if nbytes:
@@ -699,7 +717,7 @@ class NautilusSocket(socket.socket):
             size = nbytes
         elif type(nbytes) is not int:
             operator.index(nbytes)
-        if flags:
+        if type(flags) is not int or flags:
             _check_flags("recv_into", flags)
         if not size:
             return 0
@@ -1084,7 +1102,7 @@ class NautilusSocket(socket.socket):
         else:
             n = _nbytes(data)
             data = _as_buffer(data)
-        if flags:
+        if type(flags) is not int or flags:
             _check_flags("send", flags)
         if not self._ready:
             self._prepare_write()
@@ -1108,7 +1126,7 @@ class NautilusSocket(socket.socket):
         else:
             n = _nbytes(data)
             data = _as_buffer(data)
-        if flags:
+        if type(flags) is not int or flags:
             _check_flags("sendall", flags)
         if not self._ready:
             self._prepare_write()
@@ -1120,34 +1138,67 @@ class NautilusSocket(socket.socket):
     def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
         """Send a binary file's contents (read and sealed in Python: no ``os.sendfile``).
 
-        Returns the number of bytes sent; the file position is left after them.
+        Reads from ``offset`` (0: from the file's current position), at most
+        ``count`` bytes (None: to the end of the file). Returns the number of
+        bytes sent. The file position is left after them, also when the call
+        raises: it counts a chunk whose write raised ``TimeoutError`` (that
+        write accepted it, see :meth:`send`), not one whose write raised
+        ``WantWriteError`` (nothing of it was accepted).
 
         Raises:
-            TypeError, ValueError: bad ``file``, ``offset`` or ``count``.
+            TypeError: ``file`` is not a file object (no ``read()``),
+                ``offset`` or ``count`` is not an int.
+            ValueError: ``file`` is open in text mode, ``offset`` negative,
+                ``count`` not positive.
             as :meth:`sendall` otherwise.
         """
-        if "b" not in getattr(file, "mode", "b"):
+        if not callable(getattr(file, "read", None)):
+            raise TypeError(
+                f"file must be a file object opened in binary mode, not {type(file).__name__}"
+            )
+        mode = getattr(file, "mode", "b")
+        if isinstance(file, io.TextIOBase) or (isinstance(mode, str) and "b" not in mode):
             raise ValueError("file should be opened in binary mode")
-        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-            raise ValueError(f"offset must be a non-negative int, got {offset!r}")
-        if count is not None and (
-            not isinstance(count, int) or isinstance(count, bool) or count <= 0
-        ):
-            raise ValueError(f"count must be a positive int, got {count!r}")
+        if isinstance(offset, bool) or not isinstance(offset, int):
+            raise TypeError(f"offset must be an int, not {type(offset).__name__}")
+        if offset < 0:
+            raise ValueError(f"offset must be non-negative, got {offset}")
+        if count is not None:
+            if isinstance(count, bool) or not isinstance(count, int):
+                raise TypeError(f"count must be an int or None, not {type(count).__name__}")
+            if count <= 0:
+                raise ValueError(f"count must be positive, got {count}")
         if offset:
             file.seek(offset)
+            start: int | None = offset
+        else:
+            try:
+                start = file.tell()
+            except (AttributeError, OSError):  # not seekable: the position is not restored
+                start = None
         total = 0
+        read = 0
+        conn = self._conn
         try:
             while count is None or total < count:
                 want = RECV_BUFFER_SIZE if count is None else min(RECV_BUFFER_SIZE, count - total)
                 chunk = file.read(want)
                 if not chunk:
                     break
-                self.sendall(chunk)
+                read += len(chunk)
+                before = conn._bytes_sent
+                try:
+                    self.sendall(chunk)
+                except TimeoutError:
+                    # The write was accepted (sealed, part of it queued), unless
+                    # the timeout came first (the implicit handshake's writes).
+                    if conn._bytes_sent != before:
+                        total += len(chunk)
+                    raise
                 total += len(chunk)
         finally:
-            if total and hasattr(file, "seek"):
-                file.seek(offset + total)
+            if read != total and start is not None:
+                file.seek(start + total)  # what was read and not sent goes back
         return total
 
     def send_message(self, message: ReadableBuffer) -> None:
@@ -1413,6 +1464,14 @@ class NautilusSocket(socket.socket):
         The TCP socket is then shut down as asked; ``close()`` still has to
         release it.
 
+        It does not wait for a writer in another thread: if one is in the
+        middle of a call (a ``sendall`` blocked on a full socket buffer, say),
+        the close_notify is not sent (it may only follow the rest of that
+        writer's output) and TCP is shut down at once, which wakes the writer
+        with an ``OSError`` (``BrokenPipeError``...). The peer then reads what
+        arrived, and the connection ends without close_notify
+        (``ConnectionLost``). Blocked readers are woken too (``b""``).
+
         Raises:
             TypeError, ValueError: ``how`` is not SHUT_RD, SHUT_WR or SHUT_RDWR.
             OSError: the socket is closed or not connected; writing the
@@ -1425,7 +1484,7 @@ class NautilusSocket(socket.socket):
         if self._fd_closed:
             raise OSError(errno.EBADF, "the socket is closed")
         if how != socket.SHUT_RD:
-            self._goodbye(raise_errors=True)
+            self._goodbye(raise_errors=True, wait_for_writer=False)
         self._eof = True
         super().shutdown(how)
 
@@ -1446,8 +1505,15 @@ class NautilusSocket(socket.socket):
         """
         super().close()
 
-    def _goodbye(self, *, raise_errors: bool) -> None:
-        """Close the Connection (close_notify once the handshake has begun) and write it."""
+    def _goodbye(self, *, raise_errors: bool, wait_for_writer: bool = True) -> None:
+        """Close the Connection (close_notify once the handshake has begun) and write it.
+
+        Without ``wait_for_writer`` (shutdown), the write lock is waited for at
+        most _WRITER_GRACE: enough for a holder that never blocks (a reader
+        writing its output without waiting); one that still holds it is taken
+        as a writer blocked on the socket, and the close_notify stays unsent
+        (it may only follow that writer's output). Shutting TCP down wakes it.
+        """
         if not self._connected:
             return
         self._absorb_arrived()
@@ -1459,10 +1525,17 @@ class NautilusSocket(socket.socket):
         if self._unsent is None and not self._queued:
             return
         timeout = self.gettimeout()
-        locked = self._write_lock.acquire(
-            blocking=timeout != 0.0, timeout=timeout if timeout else -1
-        )
+        if timeout == 0.0:
+            locked = self._write_lock.acquire(blocking=False)
+        elif wait_for_writer:
+            locked = self._write_lock.acquire(timeout=timeout if timeout else -1)
+        else:
+            grace = _WRITER_GRACE if timeout is None else min(timeout, _WRITER_GRACE)
+            locked = self._write_lock.acquire(timeout=grace)
         if not locked:
+            if not wait_for_writer:  # TCP is shut down next: this can never be written,
+                with self._state_lock:  # and later writes must meet the ClosedError
+                    self._queued = []
             return
         try:
             self._write_out(timeout, nowait=timeout == 0.0)

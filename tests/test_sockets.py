@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import ctypes
 import errno
 import faulthandler
 import hashlib
@@ -373,6 +374,71 @@ def test_sendfile(tmp_path: Any) -> None:
     assert peer.result() == data[100_000:]
 
 
+def test_sendfile_after_a_timeout_leaves_the_file_after_the_accepted_bytes() -> None:
+    """A timed-out write has accepted all of its data: the file position counts
+    the chunk whose write timed out, so sending on from there repeats nothing."""
+    data = random.randbytes(16 * 1024 * 1024)
+    release = threading.Event()
+
+    def handler(sock: NautilusSocket) -> tuple[bytes, bytes]:
+        assert release.wait(PEER_TIMEOUT)  # do not read until the client timed out
+        return hashlib.sha256(recv_exactly(sock, len(data))).digest(), sock.recv(1)
+
+    peer = Peer(handler)
+    f = io.BytesIO(data)
+    with connect(peer) as sock:
+        # The first chunk always fits (a later one times out), the whole file never.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        sock.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            sock.sendfile(f)
+        assert 0 < f.tell() < len(data)
+        release.set()
+        sock.settimeout(PEER_TIMEOUT)
+        sock.sendfile(f)  # on from the file position (the rest queued goes first)
+        assert f.tell() == len(data)
+    assert peer.result() == (hashlib.sha256(data).digest(), b"")
+
+
+def test_sendfile_non_blocking_leaves_the_file_after_the_accepted_bytes() -> None:
+    """WantWriteError accepts nothing: the chunk read for it goes back to the file,
+    the first one included."""
+    data = random.randbytes(3 * 1024 * 1024)
+    first = bytes(10 * 1024 * 1024)  # more than the socket buffers hold
+    release = threading.Event()
+
+    def handler(sock: NautilusSocket) -> tuple[bytes, bytes]:
+        assert release.wait(PEER_TIMEOUT)
+        got = recv_exactly(sock, len(first) + len(data))
+        return hashlib.sha256(got).digest(), sock.recv(1)
+
+    peer = Peer(handler)
+    f = io.BytesIO(data)
+    with connect(peer) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        sock.setblocking(False)
+        sock.sendall(first)  # accepted; most of it stays queued
+        with pytest.raises(nautilus.WantWriteError):
+            sock.sendfile(f)
+        assert f.tell() == 0  # nothing of the file was accepted
+        release.set()
+        deadline = time.monotonic() + PEER_TIMEOUT
+        while f.tell() < len(data):
+            assert time.monotonic() < deadline
+            with contextlib.suppress(nautilus.WantWriteError):
+                sock.sendfile(f)
+            select.select([], [sock], [], 1.0)
+        while True:  # write what is still queued
+            assert time.monotonic() < deadline
+            try:
+                sock.send(b"")
+                break
+            except nautilus.WantWriteError:
+                select.select([], [sock], [], 1.0)
+        sock.settimeout(PEER_TIMEOUT)
+    assert peer.result() == (hashlib.sha256(first + data).digest(), b"")
+
+
 # ------------------------------------------------------------------ timeouts
 
 
@@ -648,6 +714,66 @@ def test_shutdown_write_ends_the_session() -> None:
         with pytest.raises(nautilus.ClosedError):
             sock.sendall(b"more")
     assert peer.result() == b"hello"
+
+
+def test_shutdown_from_another_thread_wakes_a_blocked_writer_and_reader() -> None:
+    """A writer blocked in sendall (the peer does not read) and a reader blocked
+    in recv: shutdown(SHUT_RDWR) from a third thread does not wait for the
+    writer; it shuts TCP down, which wakes both. The close_notify could not
+    go after the writer's partial record: the peer sees ConnectionLost."""
+    release = threading.Event()
+
+    def handler(sock: NautilusSocket) -> tuple[int, Exception | None]:
+        assert release.wait(PEER_TIMEOUT)  # do not read while the client is stuck
+        got = 0
+        try:
+            while data := sock.recv(1 << 20):
+                got += len(data)
+        except Exception as exc:
+            return got, exc
+        return got, None
+
+    peer = Peer(handler)
+    results: dict[str, Any] = {}
+
+    def run(name: str, call: Callable[[], Any]) -> threading.Thread:
+        def target() -> None:
+            try:
+                results[name] = call()
+            except BaseException as exc:
+                results[name] = exc
+
+        thread = threading.Thread(target=target)
+        thread.start()
+        return thread
+
+    with connect(peer) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        writer = run("writer", lambda: sock.sendall(bytes(32 * 1024 * 1024)))
+        reader = run("reader", lambda: sock.recv(10))
+        deadline = time.monotonic() + PEER_TIMEOUT
+        while not sock._write_lock.locked() or select.select([], [sock], [], 0)[1]:
+            assert time.monotonic() < deadline, "the writer did not block"
+            time.sleep(0.01)
+        time.sleep(0.2)  # the writer waits in the kernel, the reader too
+        stopper = run("shutdown", lambda: sock.shutdown(socket.SHUT_RDWR))
+        stopper.join(5)
+        hung = stopper.is_alive()
+        if hung:  # free the threads before failing
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        for thread in (stopper, writer, reader):
+            thread.join(PEER_TIMEOUT)
+            assert not thread.is_alive()
+        release.set()
+        assert not hung, "shutdown() waited for the blocked writer"
+        assert results["shutdown"] is None
+        assert isinstance(results["writer"], OSError), results["writer"]
+        assert results["reader"] == b""
+        with pytest.raises(nautilus.ClosedError):
+            sock.sendall(b"more")
+    got, error = peer.result()
+    assert 0 < got < 32 * 1024 * 1024
+    assert type(error) is nautilus.ConnectionLost, error
 
 
 def test_truncation_raises_connection_lost() -> None:
@@ -1064,6 +1190,50 @@ def test_bad_arguments_are_refused_before_any_io() -> None:
     assert seen == [b""]
 
 
+def test_bad_flags_buffers_and_files_are_refused_naming_the_argument() -> None:
+    """Falsy flags that are not ints, strided buffers of signed bytes, objects
+    that are not binary files: clear errors, before any I/O."""
+    seen: list[bytes] = []
+
+    def handler(raw: socket.socket) -> None:
+        seen.append(read_until_eof(raw))
+
+    peer = Peer(handler, wrap=False)
+    raw = socket.create_connection(peer.address, timeout=2)  # a handshake would time out
+    sock = client_ctx().wrap_socket(raw, do_handshake_on_connect=False)
+    with sock:
+        bad: list[tuple[type[BaseException], str, Callable[[], object]]] = [
+            (TypeError, "flags", lambda: sock.recv(10, None)),  # type: ignore[arg-type]
+            (TypeError, "flags", lambda: sock.recv(10, 0.0)),  # type: ignore[arg-type]
+            (TypeError, "flags", lambda: sock.recv_into(bytearray(4), 0, "")),  # type: ignore[arg-type]
+            (TypeError, "flags", lambda: sock.send(b"x", None)),  # type: ignore[arg-type]
+            (TypeError, "flags", lambda: sock.sendall(b"x", b"")),  # type: ignore[arg-type]
+            (ValueError, "flags", lambda: sock.recv_into(bytearray(4), 0, socket.MSG_PEEK)),
+            (TypeError, "buffer", lambda: sock.recv_into(None)),  # type: ignore[arg-type]
+            (
+                TypeError,
+                "contiguous",
+                lambda: sock.recv_into(memoryview(array.array("b", bytes(8)))[::2]),
+            ),
+            (TypeError, "file", lambda: sock.sendfile(None)),
+            (TypeError, "file", lambda: sock.sendfile(b"not a file")),
+            (ValueError, "binary", lambda: sock.sendfile(io.StringIO("text"))),
+            (TypeError, "offset", lambda: sock.sendfile(io.BytesIO(b"x"), "1")),  # type: ignore[arg-type]
+            (ValueError, "offset", lambda: sock.sendfile(io.BytesIO(b"x"), -1)),
+            (TypeError, "count", lambda: sock.sendfile(io.BytesIO(b"x"), 0, 1.5)),  # type: ignore[arg-type]
+            (ValueError, "count", lambda: sock.sendfile(io.BytesIO(b"x"), 0, 0)),
+        ]
+        for exc, name, call in bad:
+            with pytest.raises(exc, match=name):
+                call()
+        assert sock.recv(0, 0) == b""
+        assert sock.recv_into(bytearray(0), 0, socket.MsgFlag(0)) == 0
+        assert sock.session is None
+        os.close(sock.detach())  # close without a word: the peer must have seen nothing
+    peer.result()
+    assert seen == [b""]
+
+
 def test_bad_arguments_to_the_constructors() -> None:
     ctx = client_ctx()
     with pytest.raises(TypeError):
@@ -1246,6 +1416,69 @@ def test_recv_into_small_buffers_and_nbytes_on_the_direct_path() -> None:
                 big[:n] = small[:n]
             got += big[:n]
         assert bytes(got) == payload
+    peer.result()
+
+
+ONE_BYTE_BUFFERS: dict[str, Callable[[int], Any]] = {
+    "array-b": lambda n: array.array("b", bytes(n)),
+    "ctypes-c_char": lambda n: (ctypes.c_char * n)(),
+    "ctypes-c_ubyte": lambda n: (ctypes.c_ubyte * n)(),  # format '<B'
+    "memoryview-c": lambda n: memoryview(bytearray(n)).cast("c"),
+    "memoryview-2d": lambda n: memoryview(bytearray(n)).cast("B", (2, n // 2)),
+}
+
+
+@pytest.mark.parametrize("make", ONE_BYTE_BUFFERS.values(), ids=ONE_BYTE_BUFFERS.keys())
+def test_recv_into_buffers_of_any_format(
+    make: Callable[[int], Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Buffers whose items are not unsigned bytes ('b', 'c', ctypes' '<c' and '<B',
+    2-D) take stream bytes as plain sockets' do, on the buffered path and on the
+    direct path, where a message record read with the stream data must reach
+    recv_message() (and not linger in the caller's buffer)."""
+    stream = bytes(range(100))
+
+    def handler(raw: socket.socket) -> bytes:
+        conn = Connection(server_ctx(), "server")
+        raw_handshake(raw, conn)
+        assert wait_for_data(raw, conn) == b"go"
+        conn.send_data(stream)
+        raw.sendall(conn.data_to_send())
+        assert wait_for_data(raw, conn) == b"next"
+        conn.send_data(b"A" * 10)
+        conn.send_message(b"a message")
+        conn.send_data(b"B" * 10)
+        raw.sendall(conn.data_to_send())  # one write: the three records are read at once
+        return read_until_eof(raw)
+
+    opened: list[int] = []
+    open_direct = NautilusSocket._open_direct
+
+    def spy(self: NautilusSocket, view: memoryview, size: int) -> int:
+        opened.append(open_direct(self, view, size))
+        return opened[-1]
+
+    monkeypatch.setattr(NautilusSocket, "_open_direct", spy)
+    peer = Peer(handler, wrap=False)
+    with connect(peer, timeout=PEER_TIMEOUT) as sock:
+        sock.sendall(b"go")
+        assert sock.recv(6) == stream[:6]  # the rest waits in the socket object
+        buf = make(50)
+        assert sock.recv_into(buf) == 50
+        assert memoryview(buf).tobytes() == stream[6:56]
+        assert sock.recv_into(buf, 40) == 40
+        assert memoryview(buf).tobytes()[:40] == stream[56:96]
+        assert sock.recv_into(buf) == 4
+        assert memoryview(buf).tobytes()[:4] == stream[96:]
+        sock.settimeout(None)  # blocking: recv_into opens records into the buffer itself
+        sock.sendall(b"next")
+        buf = make(100)
+        assert sock.recv_into(buf) == 10
+        assert memoryview(buf).tobytes() == b"A" * 10 + bytes(90)  # the message is not there
+        assert sock.recv_message() == b"a message"
+        assert sock.recv_into(buf) == 10
+        assert memoryview(buf).tobytes()[:10] == b"B" * 10
+    assert opened[:1] == [10]  # the direct path opened the A record and the message
     peer.result()
 
 
