@@ -6,8 +6,8 @@ import math
 import os
 import platform
 import threading
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from nautilus.identity import Identity, PeerKey, TrustStore
 from nautilus.kem import GROUPS
@@ -21,6 +21,7 @@ from nautilus.sessions import (
     SessionCache,
     SessionTable,
     TicketKeys,
+    check_ticket_timing,
 )
 
 if TYPE_CHECKING:
@@ -83,9 +84,11 @@ def _names(kind: str, value: object, allowed: dict[str, int]) -> tuple[str, ...]
         if not isinstance(item, str):
             raise TypeError(f"{kind} entries must be str, not {type(item).__name__}")
         if item not in allowed:
-            raise ValueError(f"unknown {kind[:-1]} {item!r}; expected one of {', '.join(allowed)}")
+            raise ValueError(
+                f"{kind}: unknown {kind[:-1]} {item!r}; expected one of {', '.join(allowed)}"
+            )
         if item in out:
-            raise ValueError(f"{kind[:-1]} {item!r} listed twice")
+            raise ValueError(f"{kind}: {kind[:-1]} {item!r} listed twice")
         out.append(item)
     if not out:
         raise ValueError(f"{kind} must not be empty")
@@ -95,9 +98,13 @@ def _names(kind: str, value: object, allowed: dict[str, int]) -> tuple[str, ...]
 def _number(name: str, value: object, lo: float, hi: float) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise TypeError(f"{name} must be a number, not {type(value).__name__}")
-    if not (math.isfinite(value) and lo <= value <= hi):
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float
+        raise ValueError(f"{name} must be in {lo}..{hi}, got an int too large") from None
+    if not (math.isfinite(number) and lo <= number <= hi):
         raise ValueError(f"{name} must be in {lo}..{hi}, got {value}")
-    return float(value)
+    return number
 
 
 def _integer(name: str, value: object, lo: int, hi: int) -> int:
@@ -106,6 +113,79 @@ def _integer(name: str, value: object, lo: int, hi: int) -> int:
     if not lo <= value <= hi:
         raise ValueError(f"{name} must be in {lo}..{hi}, got {value}")
     return value
+
+
+# The checks of every public setting of a Context: each takes the value given
+# and returns the value kept (or raises TypeError / ValueError naming the
+# setting). Context.__init__ and assignment (Context.__setattr__) both use them.
+_Check = Callable[[Any], object]
+
+
+def _choice(name: str, allowed: tuple[str, ...]) -> _Check:
+    def check(value: object) -> str:
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        return value
+
+    return check
+
+
+def _instance(name: str, cls: type, what: str, *, optional: bool = False) -> _Check:
+    def check(value: object) -> object:
+        if value is None and optional:
+            return None
+        if not isinstance(value, cls):
+            raise TypeError(f"{name} must be {what}, not {type(value).__name__}")
+        return value
+
+    return check
+
+
+def _namespace(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"namespace must be a str, not {type(value).__name__}")
+    if not 1 <= len(value.encode()) <= 255:
+        raise ValueError("namespace must be 1 to 255 bytes of UTF-8")
+    return value
+
+
+def _flag(name: str) -> _Check:
+    def check(value: object) -> bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be a bool, not {type(value).__name__}")
+        return value
+
+    return check
+
+
+_SETTINGS: dict[str, _Check] = {
+    "identity": _instance("identity", Identity, "a nautilus.Identity or None", optional=True),
+    "trust": _instance("trust", TrustStore, "a nautilus.TrustStore"),
+    "groups": lambda v: _names("groups", v, GROUP_IDS),
+    "ciphers": lambda v: _names("ciphers", v, CIPHER_IDS),
+    "client_auth": _choice("client_auth", CLIENT_AUTH_MODES),
+    "handshake_timeout": lambda v: _number("handshake_timeout", v, 0.001, 86400),
+    "namespace": _namespace,
+    "max_message_size": lambda v: _integer("max_message_size", v, 1, 1 << 31),
+    "max_clock_skew": lambda v: _number("max_clock_skew", v, 0.0, 86400),
+    "max_record_size": lambda v: _integer("max_record_size", v, MIN_RECORD_SIZE, MAX_FRAGMENT),
+    "key_update_records": lambda v: _integer("key_update_records", v, 1, 1 << 22),
+    "key_update_bytes": lambda v: _integer("key_update_bytes", v, 1, 1 << 40),
+    "rekey_interval": lambda v: None if v is None else _number("rekey_interval", v, 1e-3, 1e9),
+    "handshake": _instance("handshake", Handshake, "a nautilus.Handshake"),
+    "resumption": _choice("resumption", RESUMPTION_MODES),
+    "session_cache": _instance("session_cache", SessionCache, "a nautilus.SessionCache"),
+    "ticket_lifetime": lambda v: _number("ticket_lifetime", v, 1.0, MAX_TICKET_LIFETIME),
+    "ticket_key_rotation": lambda v: _number("ticket_key_rotation", v, 1.0, 1e9),
+    "tickets_per_handshake": lambda v: _integer("tickets_per_handshake", v, 0, 8),
+    "early_data": _flag("early_data"),
+    "max_early_data": lambda v: _integer("max_early_data", v, 0, 1 << 20),
+    "early_data_window": lambda v: _number("early_data_window", v, 0.0, 3600.0),
+    "sessions": _instance("sessions", SessionTable, "a nautilus.sessions.SessionTable"),
+}
+_TICKET_TIMING = ("ticket_key_rotation", "ticket_lifetime")
 
 
 class Context:
@@ -147,10 +227,46 @@ class Context:
         early_data_window: (server) seconds a client's view of a ticket's age
             may differ from the server's for its early data to be accepted.
 
+    Every setting is an attribute of the same name, which may be changed
+    between connections by assignment (``ctx.client_auth = "required"``): the
+    value is checked as by the constructor, and a bad one raises (naming the
+    setting) and leaves the old value. Changing ``ticket_lifetime`` or
+    ``ticket_key_rotation`` also changes the ticket keys in use. ``trust`` is
+    the :class:`nautilus.TrustStore` made of the trust arguments, and
+    ``sessions`` the server's :class:`~nautilus.sessions.SessionTable`.
+
     Raises:
         TypeError, ValueError: any argument of the wrong type or out of range,
-            with a message naming it.
+            with a message naming it; ``ticket_key_rotation`` shorter than
+            ``ticket_lifetime / 1023`` (at most 1024 retired ticket keys are
+            kept, and each must open its tickets for their whole lifetime).
+        AttributeError: assignment to a name that is not a setting.
     """
+
+    identity: Identity | None
+    trust: TrustStore
+    groups: tuple[str, ...]
+    ciphers: tuple[str, ...]
+    client_auth: str
+    handshake_timeout: float
+    namespace: str
+    max_message_size: int
+    max_clock_skew: float
+    max_record_size: int
+    key_update_records: int
+    key_update_bytes: int
+    rekey_interval: float | None
+    handshake: Handshake
+    resumption: str
+    session_cache: SessionCache
+    ticket_lifetime: float
+    ticket_key_rotation: float
+    tickets_per_handshake: int
+    early_data: bool
+    max_early_data: int
+    early_data_window: float
+    sessions: SessionTable
+    """(server) The live sessions of this context, for operators."""
 
     def __init__(
         self,
@@ -180,64 +296,78 @@ class Context:
         max_early_data: int = 16384,
         early_data_window: float = 10.0,
     ) -> None:
-        if identity is not None and not isinstance(identity, Identity):
-            raise TypeError(f"identity must be a nautilus.Identity, not {type(identity).__name__}")
-        self.identity = identity
-        self.trust = TrustStore(
-            trusted_peers=trusted_peers,
-            known_peers_file=known_peers_file,
-            trusted_issuers=trusted_issuers,
-        )
-        self.groups = _names("groups", DEFAULT_GROUPS if groups is None else groups, GROUP_IDS)
-        self.ciphers = _names(
-            "ciphers", default_ciphers() if ciphers is None else ciphers, CIPHER_IDS
-        )
-        if client_auth not in CLIENT_AUTH_MODES:
-            raise ValueError(f"client_auth must be one of {CLIENT_AUTH_MODES}, got {client_auth!r}")
-        self.client_auth = client_auth
-        self.handshake_timeout = _number("handshake_timeout", handshake_timeout, 0.001, 86400)
-        if not isinstance(namespace, str):
-            raise TypeError(f"namespace must be a str, not {type(namespace).__name__}")
-        if not 1 <= len(namespace.encode()) <= 255:
-            raise ValueError("namespace must be 1 to 255 bytes of UTF-8")
-        self.namespace = namespace
-        self.max_message_size = _integer("max_message_size", max_message_size, 1, 1 << 31)
-        self.max_clock_skew = _number("max_clock_skew", max_clock_skew, 0.0, 86400)
-        self.max_record_size = _integer(
-            "max_record_size", max_record_size, MIN_RECORD_SIZE, MAX_FRAGMENT
-        )
-        self.key_update_records = _integer("key_update_records", key_update_records, 1, 1 << 22)
-        self.key_update_bytes = _integer("key_update_bytes", key_update_bytes, 1, 1 << 40)
-        self.rekey_interval = (
-            None if rekey_interval is None else _number("rekey_interval", rekey_interval, 1e-3, 1e9)
-        )
-        if resumption not in RESUMPTION_MODES:
-            raise ValueError(f"resumption must be one of {RESUMPTION_MODES}, got {resumption!r}")
-        self.resumption = resumption
-        if session_cache is not None and not isinstance(session_cache, SessionCache):
-            raise TypeError(
-                f"session_cache must be a nautilus.SessionCache, not {type(session_cache).__name__}"
-            )
-        self.session_cache = session_cache if session_cache is not None else SessionCache()
-        self.ticket_lifetime = _number("ticket_lifetime", ticket_lifetime, 1.0, MAX_TICKET_LIFETIME)
-        self.ticket_key_rotation = _number("ticket_key_rotation", ticket_key_rotation, 1.0, 1e9)
-        self.tickets_per_handshake = _integer("tickets_per_handshake", tickets_per_handshake, 0, 8)
-        if not isinstance(early_data, bool):
-            raise TypeError(f"early_data must be a bool, not {type(early_data).__name__}")
-        self.early_data = early_data
-        self.max_early_data = _integer("max_early_data", max_early_data, 0, 1 << 20)
-        self.early_data_window = _number("early_data_window", early_data_window, 0.0, 3600.0)
-        self.sessions = SessionTable()
-        """(server) The live sessions of this context, for operators."""
-        self._ticket_keys: TicketKeys | None = None
-        self._early_replay = EarlyDataReplayCache()
-        if handshake is not None and not isinstance(handshake, Handshake):
-            raise TypeError(f"handshake must be a Handshake, not {type(handshake).__name__}")
-        self.handshake = handshake if handshake is not None else Handshake()
         self._replay_lock = threading.Lock()
+        self._ticket_keys: TicketKeys | None = None
+        settings: dict[str, object] = {
+            "identity": identity,
+            "trust": TrustStore(
+                trusted_peers=trusted_peers,
+                known_peers_file=known_peers_file,
+                trusted_issuers=trusted_issuers,
+            ),
+            "groups": DEFAULT_GROUPS if groups is None else groups,
+            "ciphers": default_ciphers() if ciphers is None else ciphers,
+            "client_auth": client_auth,
+            "handshake_timeout": handshake_timeout,
+            "namespace": namespace,
+            "max_message_size": max_message_size,
+            "max_clock_skew": max_clock_skew,
+            "max_record_size": max_record_size,
+            "key_update_records": key_update_records,
+            "key_update_bytes": key_update_bytes,
+            "rekey_interval": rekey_interval,
+            "handshake": Handshake() if handshake is None else handshake,
+            "resumption": resumption,
+            "session_cache": SessionCache() if session_cache is None else session_cache,
+            "ticket_lifetime": ticket_lifetime,
+            "ticket_key_rotation": ticket_key_rotation,
+            "tickets_per_handshake": tickets_per_handshake,
+            "early_data": early_data,
+            "max_early_data": max_early_data,
+            "early_data_window": early_data_window,
+            "sessions": SessionTable(),
+        }
+        assert settings.keys() == _SETTINGS.keys()
+        for name, value in settings.items():
+            setattr(self, name, value)  # checked by __setattr__
+        self._early_replay = EarlyDataReplayCache()
         # A full hello cache forgets its oldest entry rather than refuse clients.
         self._seen_hellos = ReplayCache(REPLAY_CACHE_SIZE, evict_when_full=True)
         self._key_pool = KeyPool()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        """Settings are checked when assigned, as by the constructor.
+
+        Raises:
+            TypeError, ValueError: a bad value, naming the setting (the old
+                value stays).
+            AttributeError: ``name`` is not a setting of a Context.
+        """
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+            return
+        check = _SETTINGS.get(name)
+        if check is None:
+            raise AttributeError(f"nautilus.Context has no setting {name!r}")
+        value = check(value)
+        if name not in _TICKET_TIMING:
+            object.__setattr__(self, name, value)
+            return
+        with self._replay_lock:  # as ticket_keys, which reads both to make the keys
+            timing = {n: self.__dict__.get(n) for n in _TICKET_TIMING}
+            timing[name] = value
+            if None not in timing.values():  # both are set (in __init__, from the second on)
+                rotation, lifetime = check_ticket_timing(
+                    timing["ticket_key_rotation"], timing["ticket_lifetime"], names=_TICKET_TIMING
+                )
+                if self._ticket_keys is not None:  # the keys in use follow the settings
+                    self._ticket_keys.set_timing(rotation, lifetime)
+            object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        if name in _SETTINGS:
+            raise AttributeError(f"the setting {name!r} of a nautilus.Context cannot be deleted")
+        object.__delattr__(self, name)
 
     def prepare_key_shares(self) -> int:
         """Make, ahead of time, the ephemeral keys that the next handshakes need.

@@ -5,7 +5,8 @@
   previous key still opens tickets for one ticket lifetime. The server keeps no
   per-client state for tickets.
 * :class:`SessionCache`: the client's tickets, in memory (bounded, least
-  recently used out first) and optionally in a file readable only by its owner.
+  recently used out first) and optionally in a file readable only by its owner,
+  which several caches (and processes) can share.
   Keyed by the server's identity and address; each ticket is used once.
 * :class:`SessionTable`: a view of a server context's live sessions for operators.
 
@@ -15,7 +16,6 @@ The wire formats are in docs/sessions.md.
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
 import hashlib
 import json
@@ -26,15 +26,20 @@ import stat
 import tempfile
 import threading
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nautilus.exceptions import IdentityFileError
 from nautilus.protocol.codec import DecodeError, Reader, Writer
 from nautilus.record import AEAD
+
+try:
+    import fcntl as _fcntl
+except ImportError:  # pragma: no cover - Windows: the file store is not locked
+    _fcntl = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     from nautilus.protocol.connection import Connection
@@ -56,8 +61,25 @@ MAX_TICKET_LIFETIME = 7 * 24 * 3600.0
 _TICKET_VERSION = 1
 _TICKET_AAD = b"nautilus ticket v1"
 _KEY_ID_SIZE = 8
-_MAX_RETIRED_KEYS = 64
+_MAX_RETIRED_KEYS = 1024
+"""Most retired ticket keys kept (about 2 KiB of memory each: 2 MiB at most)."""
+_ROTATIONS_PER_LIFETIME = _MAX_RETIRED_KEYS - 1
 _NONCE_SIZE = 12
+_U32_MAX = 0xFFFFFFFF
+_CACHE_FORMAT = "nautilus-session-cache-v1"
+
+
+def _seconds(name: str, value: object) -> float:
+    """``value`` as a finite float, or TypeError / ValueError naming ``name``."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    try:
+        seconds = float(value)
+    except OverflowError:
+        raise ValueError(f"{name} must be finite, got an int too large for a float") from None
+    if not math.isfinite(seconds):
+        raise ValueError(f"{name} must be finite, got {seconds}")
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -68,7 +90,7 @@ class TicketContents:
     """Server time of issue (UNIX seconds)."""
     lifetime: float
     cipher: int
-    psk: bytes
+    psk: bytes = field(repr=False)  # a secret: never in a repr
     server_id_hash: bytes
     """SHA-256 of the issuing server's peer id (a new identity voids old tickets)."""
     namespace: bytes
@@ -99,6 +121,39 @@ class TicketContents:
                    max_early, age_add)  # fmt: skip
 
 
+def check_ticket_timing(
+    rotation: object, lifetime: object, *, names: tuple[str, str] = ("rotation", "lifetime")
+) -> tuple[float, float]:
+    """Check a ticket-key rotation interval and a ticket lifetime (seconds);
+    returns them as floats. ``names`` are the settings named in errors.
+
+    A retired key must open its tickets for one whole lifetime, and at most
+    1024 retired keys are kept (the one retired a lifetime ago, and those
+    retired since): so a lifetime may span at most 1023 rotations.
+
+    Raises:
+        TypeError: either is not a number.
+        ValueError: either is not positive and finite, the lifetime is over
+            7 days, or the rotation is shorter than ``lifetime / 1023``.
+    """
+    rotation_name, lifetime_name = names
+    rot = _seconds(rotation_name, rotation)
+    life = _seconds(lifetime_name, lifetime)
+    for name, value in ((rotation_name, rot), (lifetime_name, life)):
+        if value <= 0:
+            raise ValueError(f"{name} must be positive, got {value:g}")
+    if life > MAX_TICKET_LIFETIME:
+        raise ValueError(f"{lifetime_name} must be at most {MAX_TICKET_LIFETIME:g} s, got {life:g}")
+    if life > rot * _ROTATIONS_PER_LIFETIME:
+        raise ValueError(
+            f"{rotation_name} ({rot:g} s) must be at least {lifetime_name} ({life:g} s) / "
+            f"{_ROTATIONS_PER_LIFETIME} = {life / _ROTATIONS_PER_LIFETIME:g} s: at most "
+            f"{_MAX_RETIRED_KEYS} retired keys are kept, and each must open its tickets "
+            "for their whole lifetime"
+        )
+    return rot, life
+
+
 class _Key:
     __slots__ = ("aead", "created", "key_id")
 
@@ -118,39 +173,83 @@ class TicketKeys:
             lifetime, whatever the rotation interval).
 
     Raises:
-        ValueError: a non-positive rotation or lifetime, or a lifetime over 7 days.
+        TypeError: ``rotation`` or ``lifetime`` is not a number.
+        ValueError: a rotation or lifetime that is not positive and finite, a
+            lifetime over 7 days, or a rotation shorter than ``lifetime / 1023``
+            (:func:`check_ticket_timing`).
     """
 
     def __init__(self, rotation: float, lifetime: float) -> None:
-        if not 0 < lifetime <= MAX_TICKET_LIFETIME:
-            raise ValueError(f"ticket lifetime must be in (0, {MAX_TICKET_LIFETIME:g}] s")
-        if rotation <= 0:
-            raise ValueError("ticket key rotation interval must be positive")
-        self.rotation = rotation
-        self.lifetime = lifetime
+        self._rotation, self._lifetime = check_ticket_timing(rotation, lifetime)
         self._lock = threading.Lock()
         self._current: _Key | None = None
-        # Retired keys with the time they retired: each still opens tickets for
-        # one lifetime (a ticket sealed just before retirement lives that long).
-        self._retired: list[tuple[_Key, float]] = []
+        # Retired keys in retirement order, with the time each retired: each
+        # still opens tickets for one lifetime (a ticket sealed just before
+        # retirement lives that long). The oldest go first, from the left.
+        self._retired: deque[tuple[_Key, float]] = deque()
+        # Every key that opens tickets, current and retired, by key id; the
+        # retirement time, None for the current key.
+        self._by_id: dict[bytes, tuple[_Key, float | None]] = {}
+
+    @property
+    def rotation(self) -> float:
+        """Seconds between key rotations."""
+        return self._rotation
+
+    @property
+    def lifetime(self) -> float:
+        """Ticket lifetime: how long a retired key keeps opening tickets."""
+        return self._lifetime
+
+    def set_timing(self, rotation: float, lifetime: float) -> None:
+        """Change the rotation interval and the lifetime, checked as by the
+        constructor; they apply from the next :meth:`seal` or :meth:`open`.
+
+        Raises:
+            TypeError, ValueError: as the constructor.
+        """
+        timing = check_ticket_timing(rotation, lifetime)
+        with self._lock:
+            self._rotation, self._lifetime = timing
 
     def _retire_locked(self, now: float) -> _Key:
-        if self._current is not None:
-            self._retired.append((self._current, now))
-        self._current = _Key(now)
-        return self._current
+        cur = self._current
+        if cur is not None:
+            self._retired.append((cur, now))
+            self._by_id[cur.key_id] = (cur, now)
+        key = _Key(now)
+        while key.key_id in self._by_id:  # never two keys under one id
+            key = _Key(now)  # pragma: no cover - a 64-bit collision
+        self._by_id[key.key_id] = (key, None)
+        self._current = key
+        return key
 
     def _rotate_if_due(self, now: float) -> _Key:
         cur = self._current
-        if cur is None or now - cur.created >= self.rotation or now < cur.created:
+        if cur is None or now - cur.created >= self._rotation or now < cur.created:
             cur = self._retire_locked(now)
-        self._retired = [(k, t) for k, t in self._retired if now - t <= self.lifetime]
-        del self._retired[:-_MAX_RETIRED_KEYS]  # older tickets then fall back to full handshakes
+        retired = self._retired
+        # Older tickets than the cap allows fall back to full handshakes; the
+        # settings keep a lifetime's worth of keys within it.
+        while retired and (
+            now - retired[0][1] > self._lifetime or len(retired) > _MAX_RETIRED_KEYS
+        ):
+            key, _ = retired.popleft()
+            del self._by_id[key.key_id]
         return cur
+
+    @staticmethod
+    def _check_now(now: object) -> None:
+        _seconds("now", now)
 
     def rotate(self, now: float) -> None:
         """Start sealing with a new key now; tickets under the old ones stay valid.
-        (To void every ticket, after a suspected leak: :meth:`retire_all`.)"""
+        (To void every ticket, after a suspected leak: :meth:`retire_all`.)
+
+        Raises:
+            TypeError, ValueError: ``now`` is not a finite number.
+        """
+        self._check_now(now)
         with self._lock:
             self._retire_locked(now)
 
@@ -159,9 +258,18 @@ class TicketKeys:
         with self._lock:
             self._current = None
             self._retired.clear()
+            self._by_id.clear()
 
     def seal(self, contents: TicketContents, now: float) -> bytes:
-        """An opaque ticket: key id || nonce || AES-256-GCM(contents)."""
+        """An opaque ticket: key id || nonce || AES-256-GCM(contents).
+
+        Raises:
+            TypeError, ValueError: ``contents`` is not a TicketContents, or
+                ``now`` is not a finite number.
+        """
+        if not isinstance(contents, TicketContents):
+            raise TypeError(f"contents must be a TicketContents, not {type(contents).__name__}")
+        self._check_now(now)
         with self._lock:
             key = self._rotate_if_due(now)
         nonce = os.urandom(_NONCE_SIZE)
@@ -169,23 +277,35 @@ class TicketKeys:
         return key.key_id + nonce + sealed
 
     def open(self, ticket: bytes, now: float) -> TicketContents | None:
-        """The contents of a ticket sealed by a current or previous key, or None."""
+        """The contents of a ticket sealed by a current or previous key, or None.
+
+        Raises:
+            TypeError, ValueError: ``ticket`` is not bytes, or ``now`` is not a
+                finite number.
+        """
+        if not isinstance(ticket, bytes):
+            raise TypeError(f"ticket must be bytes, not {type(ticket).__name__}")
+        self._check_now(now)
         if len(ticket) < _KEY_ID_SIZE + _NONCE_SIZE + 16:
             return None
         key_id, nonce = ticket[:_KEY_ID_SIZE], ticket[_KEY_ID_SIZE : _KEY_ID_SIZE + _NONCE_SIZE]
         with self._lock:
             self._rotate_if_due(now)
-            keys = [self._current, *(k for k, _ in self._retired)]
-        for key in keys:
-            if key is not None and key.key_id == key_id:
-                try:
-                    plain = key.aead.decrypt(
-                        nonce, ticket[_KEY_ID_SIZE + _NONCE_SIZE :], _TICKET_AAD + key_id
-                    )
-                    return TicketContents.decode(plain)
-                except Exception:  # tampered, or not ours: fall back to a full handshake
-                    return None
-        return None
+            entry = self._by_id.get(key_id)
+            # A key retired over a lifetime ago can sit behind one retired
+            # later (the clock went back): it opens nothing either way.
+            if entry is not None and entry[1] is not None and now - entry[1] > self._lifetime:
+                entry = None
+        if entry is None:
+            return None
+        key = entry[0]
+        try:
+            plain = key.aead.decrypt(
+                nonce, ticket[_KEY_ID_SIZE + _NONCE_SIZE :], _TICKET_AAD + key_id
+            )
+            return TicketContents.decode(plain)
+        except Exception:  # tampered, or not ours: fall back to a full handshake
+            return None
 
 
 class ReplayCache:
@@ -247,10 +367,18 @@ class EarlyDataReplayCache(ReplayCache):
 
 @dataclass(frozen=True)
 class StoredTicket:
-    """A ticket as the client keeps it. Holds a secret: never log it."""
+    """A ticket as the client keeps it. Holds a secret: never log it.
+
+    Raises:
+        TypeError: a field of the wrong type.
+        ValueError: a field out of range: ``ticket`` must be 1 to 65535 bytes,
+            ``psk`` 1 to 255, ``namespace`` at most 255; ``cipher`` in
+            0..65535; ``age_add`` and ``max_early_data`` in 0..2**32-1;
+            ``received`` finite; ``lifetime`` finite, over 0 and at most 7 days.
+    """
 
     ticket: bytes
-    psk: bytes
+    psk: bytes = field(repr=False)  # a secret: never in a repr
     cipher: int
     server_key: bytes
     """The server's PeerKey encoding, checked against trust when resuming."""
@@ -260,6 +388,34 @@ class StoredTicket:
     age_add: int
     max_early_data: int
     namespace: bytes
+
+    def __post_init__(self) -> None:
+        # No value in these messages: some fields are secret (psk, age_add).
+        for name, lo, hi in (
+            ("ticket", 1, 0xFFFF),
+            ("psk", 1, 0xFF),
+            ("server_key", 0, None),
+            ("server_certificate", 0, None),
+            ("namespace", 0, 0xFF),
+        ):
+            data = getattr(self, name)
+            if not isinstance(data, bytes):
+                raise TypeError(f"StoredTicket {name} must be bytes, not {type(data).__name__}")
+            if len(data) < lo or (hi is not None and len(data) > hi):
+                limit = f"{lo} to {hi}" if hi is not None else f"at least {lo}"
+                raise ValueError(f"StoredTicket {name} must be {limit} bytes")
+        for name, hi in (("cipher", 0xFFFF), ("age_add", _U32_MAX), ("max_early_data", _U32_MAX)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"StoredTicket {name} must be an int, not {type(value).__name__}")
+            if not 0 <= value <= hi:
+                raise ValueError(f"StoredTicket {name} must be in 0..{hi}")
+        received = _seconds("StoredTicket received", self.received)
+        lifetime = _seconds("StoredTicket lifetime", self.lifetime)
+        if not 0 < lifetime <= MAX_TICKET_LIFETIME:
+            raise ValueError(f"StoredTicket lifetime must be in (0, {MAX_TICKET_LIFETIME:g}] s")
+        object.__setattr__(self, "received", received)
+        object.__setattr__(self, "lifetime", lifetime)
 
     def expired(self, now: float) -> bool:
         return now >= self.received + self.lifetime or now < self.received - 60
@@ -283,27 +439,59 @@ class StoredTicket:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> StoredTicket:
-        def unb64(k: str) -> bytes:
-            return base64.b64decode(d[k], validate=True)
+        """The ticket of :meth:`to_json`'s form, strictly: base64 strings for
+        bytes, JSON integers for ints, JSON numbers for times.
 
-        if not all(math.isfinite(float(d[k])) for k in ("received", "lifetime")):
-            raise ValueError("non-finite time in a stored ticket")
+        Raises:
+            KeyError: a field is missing.
+            TypeError: ``d`` is not a dict, or a field has the wrong JSON type.
+            ValueError: bad base64, or a value out of range (see the class).
+        """
+        if not isinstance(d, dict):
+            raise TypeError(f"a stored ticket must be a JSON object, not {type(d).__name__}")
+
+        def unb64(k: str) -> bytes:
+            v = d[k]
+            if not isinstance(v, str):
+                raise TypeError(f"stored ticket {k} must be a base64 str, not {type(v).__name__}")
+            return base64.b64decode(v, validate=True)  # ValueError (binascii.Error) if bad
+
+        def integer(k: str) -> int:
+            v = d[k]
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise TypeError(f"stored ticket {k} must be an int, not {type(v).__name__}")
+            return v
+
+        def seconds(k: str) -> float:
+            return _seconds(f"stored ticket {k}", d[k])  # OverflowError becomes ValueError
 
         return cls(
             unb64("ticket"),
             unb64("psk"),
-            int(d["cipher"]),
+            integer("cipher"),
             unb64("server_key"),
             unb64("server_certificate"),
-            float(d["received"]),
-            float(d["lifetime"]),
-            int(d["age_add"]),
-            int(d["max_early_data"]),
+            seconds("received"),
+            seconds("lifetime"),
+            integer("age_add"),
+            integer("max_early_data"),
             unb64("namespace"),
         )
 
     def __repr__(self) -> str:
         return f"<StoredTicket received={self.received:.0f} lifetime={self.lifetime:.0f}>"
+
+
+_FileSig = tuple[int, int, int]
+"""What identifies a version of the cache file: (st_ino, st_size, st_mtime_ns)."""
+
+# What a corrupt file can raise while parsed (from_json: TypeError, ValueError,
+# KeyError; json: ValueError, RecursionError for deep nesting).
+_CORRUPT = (ValueError, TypeError, KeyError, OverflowError, RecursionError)
+
+
+def _sig(st: os.stat_result) -> _FileSig:
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 class SessionCache:
@@ -314,12 +502,19 @@ class SessionCache:
             recently used goes first.
         tickets_per_server: most tickets kept per server.
         path: optional file to persist tickets across processes (created with
-            mode 0600; it holds secrets).
+            mode 0600; it holds secrets). With a path, the file is the store:
+            every operation locks it (a sidecar ``<path>.lock`` file, where
+            ``fcntl`` exists), reads it again if another cache changed it, and
+            writes the change back. A file that cannot be written is logged
+            (once per streak of failures) and the tickets stay in memory; no
+            operation raises because of it.
 
     Raises:
         TypeError, ValueError: bad arguments.
-        nautilus.IdentityFileError: ``path`` is readable or writable by other
-            users. A corrupt file is logged and replaced, not fatal.
+        nautilus.IdentityFileError: ``path`` is in a directory that does not
+            exist, is a directory or a symbolic link, cannot be read, or is
+            readable or writable by other users. A corrupt file is logged and
+            replaced, not fatal.
     """
 
     def __init__(
@@ -334,29 +529,65 @@ class SessionCache:
             ("tickets_per_server", tickets_per_server),
         ):
             if not isinstance(value, int) or isinstance(value, bool):
-                raise TypeError(f"{name} must be an int")
+                raise TypeError(f"{name} must be an int, not {type(value).__name__}")
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         self.max_entries = max_entries
         self.tickets_per_server = tickets_per_server
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, list[StoredTicket]] = OrderedDict()
-        self._path = Path(path) if path is not None else None
-        if self._path is not None:
-            self._load()
+        self._path: Path | None = None
+        self._file_sig: _FileSig | None = None
+        """The file as this cache last read or wrote it (None: no file)."""
+        self._unsaved = False
+        """The last save failed: memory holds what the file does not."""
+        self._failing: set[str] = set()
+        """The file actions ("lock", "read", "write") failing now: each
+        streak of failures is logged once, when it starts."""
+        if path is None:
+            return
+        fspath = os.fspath(path) if isinstance(path, os.PathLike) else path
+        if not isinstance(fspath, str):
+            raise TypeError(f"path must be a str or os.PathLike[str], not {type(path).__name__}")
+        self._path = Path(fspath)
+        if not os.path.isdir(self._path.parent):
+            raise IdentityFileError(
+                f"session cache {fspath!r}: its directory {str(self._path.parent)!r} "
+                "does not exist or is not a directory"
+            )
+        raw, self._file_sig = self._read_file()  # a directory (even ".") raises here
+        if raw is not None:
+            self._entries = self._parse_or_empty(raw)
+        self._lock_path = self._path.with_name(self._path.name + ".lock")
 
     @staticmethod
     def key(server_id: str, address: str | None) -> str:
-        """The cache key of a server: its peer id and the address dialled."""
+        """The cache key of a server: its peer id and the address dialled.
+
+        Raises:
+            TypeError: ``server_id`` is not a str, or ``address`` neither a str nor None.
+        """
+        if not isinstance(server_id, str):
+            raise TypeError(f"server_id must be a str, not {type(server_id).__name__}")
+        if address is not None and not isinstance(address, str):
+            raise TypeError(f"address must be a str or None, not {type(address).__name__}")
         return f"{server_id} {address or ''}"
 
     def __len__(self) -> int:
-        with self._lock:
+        with self._lock, self._file_op():
             return sum(len(v) for v in self._entries.values())
 
     def store(self, key: str, ticket: StoredTicket) -> None:
-        """Keep ``ticket`` for the server ``key`` (see :meth:`key`)."""
-        with self._lock:
+        """Keep ``ticket`` for the server ``key`` (see :meth:`key`).
+
+        Raises:
+            TypeError: ``key`` is not a str or ``ticket`` not a StoredTicket.
+        """
+        if not isinstance(key, str):
+            raise TypeError(f"key must be a str, not {type(key).__name__}")
+        if not isinstance(ticket, StoredTicket):
+            raise TypeError(f"ticket must be a StoredTicket, not {type(ticket).__name__}")
+        with self._lock, self._file_op():
             tickets = self._entries.pop(key, [])
             tickets.append(ticket)
             del tickets[: -self.tickets_per_server]
@@ -366,8 +597,16 @@ class SessionCache:
             self._save_locked()
 
     def take(self, key: str, now: float) -> StoredTicket | None:
-        """Remove and return the newest unexpired ticket for ``key`` (single use)."""
-        with self._lock:
+        """Remove and return the newest unexpired ticket for ``key`` (single use,
+        also across the caches that share a file).
+
+        Raises:
+            TypeError, ValueError: ``key`` is not a str, or ``now`` not a finite number.
+        """
+        if not isinstance(key, str):
+            raise TypeError(f"key must be a str, not {type(key).__name__}")
+        _seconds("now", now)
+        with self._lock, self._file_op():
             tickets = self._entries.get(key)
             if not tickets:
                 return None
@@ -384,25 +623,33 @@ class SessionCache:
             return found
 
     def clear(self) -> None:
-        """Forget every ticket."""
-        with self._lock:
+        """Forget every ticket (in the file too, for every cache that shares it)."""
+        with self._lock, self._file_op():
             self._entries.clear()
             self._save_locked()
 
     # ---------------------------------------------------------------- the file
 
-    def _load(self) -> None:
+    def _read_file(self) -> tuple[bytes | None, _FileSig | None]:
+        """The file's contents and signature; (None, None) if there is no file.
+
+        Raises:
+            nautilus.IdentityFileError: it cannot be read (a directory, a
+                symbolic link, no permission) or others may access it.
+        """
         path = self._path
         assert path is not None
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            fd = os.open(path, flags)
         except FileNotFoundError:
-            return
+            return None, None
         except OSError as exc:
             raise IdentityFileError(f"session cache {str(path)!r} cannot be read: {exc}") from None
         try:
             with os.fdopen(fd, "rb") as fh:
-                mode = stat.S_IMODE(os.fstat(fh.fileno()).st_mode)
+                st = os.fstat(fh.fileno())
+                mode = stat.S_IMODE(st.st_mode)
                 raw = b"" if mode & 0o077 else fh.read()
         except OSError as exc:  # a directory, an I/O error
             raise IdentityFileError(f"session cache {str(path)!r} cannot be read: {exc}") from None
@@ -411,46 +658,154 @@ class SessionCache:
                 f"session cache {str(path)!r} is accessible to other users "
                 f"(mode {mode:o}); it holds secrets: chmod 600 it"
             )
+        return raw, _sig(st)
+
+    def _parse(self, raw: bytes) -> OrderedDict[str, list[StoredTicket]]:
+        data = json.loads(raw.decode())
+        if not isinstance(data, dict) or data.get("format") != _CACHE_FORMAT:
+            raise ValueError("not a Nautilus session cache")
+        servers = data["servers"]
+        if not isinstance(servers, dict):
+            raise TypeError("servers must be a JSON object")
+        entries: OrderedDict[str, list[StoredTicket]] = OrderedDict()
+        for key, items in servers.items():
+            if not isinstance(items, list):
+                raise TypeError("a server's tickets must be a JSON list")
+            tickets = [StoredTicket.from_json(i) for i in items]
+            if tickets:
+                entries[key] = tickets[-self.tickets_per_server :]
+        while len(entries) > self.max_entries:
+            entries.popitem(last=False)
+        return entries
+
+    def _parse_or_empty(self, raw: bytes) -> OrderedDict[str, list[StoredTicket]]:
+        """The file's tickets; none (logged) if the file is corrupt."""
         try:
-            data = json.loads(raw.decode())
-            if data.get("format") != "nautilus-session-cache-v1":
-                raise ValueError("not a Nautilus session cache")
-            for key, items in data["servers"].items():
-                tickets = [StoredTicket.from_json(i) for i in items]
-                self._entries[str(key)] = tickets[-self.tickets_per_server :]
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
-        except (
-            ValueError, KeyError, TypeError, AttributeError, binascii.Error, RecursionError
-        ) as exc:  # fmt: skip
+            return self._parse(raw)
+        except _CORRUPT as exc:
             log.warning(
-                "session cache %s is corrupt (%s); starting empty", path, type(exc).__name__
+                "session cache %s is corrupt (%s); starting empty", self._path, type(exc).__name__
             )
-            self._entries.clear()
+            return OrderedDict()
+
+    @contextlib.contextmanager
+    def _file_op(self) -> Iterator[None]:
+        """One operation on the file store, under ``self._lock``: hold the file
+        lock and read the file again if it changed since this cache last read
+        or wrote it; the operation then saves. No file failure is raised: each
+        streak of them is logged once, and memory keeps the tickets."""
+        if self._path is None:
+            yield
+            return
+        with self._file_locked():
+            self._refresh_locked()
+            yield
+
+    @contextlib.contextmanager
+    def _file_locked(self) -> Iterator[None]:
+        """Hold an exclusive flock on the sidecar lock file (none without fcntl)."""
+        fd = -1
+        if _fcntl is not None:
+            flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC
+            try:
+                fd = os.open(self._lock_path, flags, 0o600)
+                _fcntl.flock(fd, _fcntl.LOCK_EX)
+            except OSError as exc:
+                if fd >= 0:
+                    os.close(fd)
+                    fd = -1
+                self._failed(
+                    "lock",
+                    f"cannot be locked ({exc.strerror or type(exc).__name__}): "
+                    "a change by another process sharing it may be lost",
+                )
+            else:
+                self._works("lock")
+        try:
+            yield
+        finally:
+            if fd >= 0:
+                os.close(fd)  # releases the lock
+
+    def _refresh_locked(self) -> None:
+        """Read the file again if another cache changed it (one stat if not)."""
+        if self._unsaved:
+            return  # memory is authoritative until a save succeeds
+        assert self._path is not None
+        try:
+            sig: _FileSig | None = _sig(os.stat(self._path, follow_symlinks=False))
+        except FileNotFoundError:
+            sig = None
+        except OSError as exc:
+            self._failed("read", f"cannot be read ({exc.strerror or type(exc).__name__})")
+            return
+        if sig != self._file_sig:
+            try:
+                raw, self._file_sig = self._read_file()
+            except IdentityFileError as exc:
+                # str(exc) names the file and why; it holds no secret.
+                self._failed("read", f"cannot be read again: {exc}")
+                return
+            self._entries = OrderedDict() if raw is None else self._parse_or_empty(raw)
+        self._works("read")
 
     def _save_locked(self) -> None:
+        """Write the tickets to the file (a new 0600 file renamed over it); a
+        failure is noted, and the tickets stay in memory."""
         path = self._path
         if path is None:
             return
         data = {
-            "format": "nautilus-session-cache-v1",
+            "format": _CACHE_FORMAT,
             "servers": {k: [t.to_json() for t in v] for k, v in self._entries.items()},
         }
-        # mkstemp: a new file (O_EXCL) with mode 0600, never one left by someone else.
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        tmp = Path(tmp_name)
+        tmp: Path | None = None
         try:
+            # mkstemp: a new file (O_EXCL) with mode 0600, never one left by someone else.
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            tmp = Path(tmp_name)
             with os.fdopen(fd, "w") as fh:
                 json.dump(data, fh)
+                fh.flush()
+                written = os.fstat(fh.fileno())
             os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        except BaseException as exc:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            if not isinstance(exc, OSError):
+                raise
+            self._unsaved = True
+            self._failed(
+                "write",
+                f"cannot be written ({exc.strerror or type(exc).__name__}): "
+                "its tickets are kept in memory only",
+            )
+            return
+        self._unsaved = False
+        self._file_sig = _sig(written)
+        self._works("write")
+
+    def _failed(self, action: str, problem: str) -> None:
+        """Log ``problem`` if it starts a streak of failures of ``action``.
+        (The messages name the file and the OS error, never a ticket.)"""
+        if action not in self._failing:
+            self._failing.add(action)
+            log.warning(
+                "session cache %s %s (logged once until this works again)", self._path, problem
+            )
+
+    def _works(self, action: str) -> None:
+        """``action`` worked: the end of its streak of failures, if any."""
+        if action in self._failing:
+            self._failing.discard(action)
+            log.info("session cache %s: the file can be used again (%s)", self._path, action)
 
     def __repr__(self) -> str:
         where = f" file={str(self._path)!r}" if self._path else ""
-        return f"<SessionCache {len(self)} tickets{where}>"
+        with self._lock:  # what this cache holds now: no file access in a repr
+            count = sum(len(v) for v in self._entries.values())
+        return f"<SessionCache {count} tickets{where}>"
 
 
 @dataclass(frozen=True)
@@ -470,9 +825,20 @@ class LiveSession:
 
 
 class SessionTable:
-    """The live sessions of a server context (weakly held, bounded)."""
+    """The live sessions of a server context (weakly held, bounded).
+
+    Args:
+        max_sessions: most sessions tracked; more are counted in :attr:`dropped`.
+
+    Raises:
+        TypeError, ValueError: ``max_sessions`` is not an int of at least 1.
+    """
 
     def __init__(self, max_sessions: int = 100_000) -> None:
+        if not isinstance(max_sessions, int) or isinstance(max_sessions, bool):
+            raise TypeError(f"max_sessions must be an int, not {type(max_sessions).__name__}")
+        if max_sessions < 1:
+            raise ValueError(f"max_sessions must be at least 1, got {max_sessions}")
         self._lock = threading.Lock()
         self._conns: weakref.WeakSet[Connection] = weakref.WeakSet()
         self._max = max_sessions

@@ -672,6 +672,16 @@ def test_listener_drops_a_dialler_that_sends_no_hello() -> None:
     run(main())
 
 
+async def close_ends_the_connect(a: Node, pending: asyncio.Task[Any]) -> None:
+    """node.close() makes the pending connect() raise ClosedError at once."""
+    a.close()
+    started = time.monotonic()
+    with pytest.raises(nautilus.ClosedError, match="closed while connecting"):
+        await asyncio.wait_for(pending, 5)
+    assert time.monotonic() - started < 1.0
+    await asyncio.wait_for(a.wait_closed(), 10)
+
+
 def test_node_close_ends_a_connect_waiting_for_the_hello() -> None:
     async def main() -> None:
         server, made = await silent_peer(IDS[1])
@@ -680,12 +690,7 @@ def test_node_close_ends_a_connect_waiting_for_the_hello() -> None:
         await a.start()
         pending = asyncio.create_task(a.connect((HOST, port), IDS[1].peer_id))
         await until(lambda: a.connection_count() == 1, "the handshake completed")
-        a.close()
-        started = time.monotonic()
-        with pytest.raises(nautilus.ClosedError, match="closed while connecting"):
-            await asyncio.wait_for(pending, 5)
-        assert time.monotonic() - started < 1.0
-        await asyncio.wait_for(a.wait_closed(), 10)
+        await close_ends_the_connect(a, pending)
         assert a.connection_count() == 0
         assert len(made) == 1
         await asyncio.wait_for(made[0].lost, 5)
@@ -705,12 +710,7 @@ def test_node_close_ends_a_connect_still_in_the_handshake() -> None:
         await until(lambda: len(ends) == 1, "the TCP connection is made")
         await asyncio.sleep(0.05)
         assert not pending.done()
-        a.close()
-        started = time.monotonic()
-        with pytest.raises(nautilus.ClosedError, match="closed while connecting"):
-            await asyncio.wait_for(pending, 5)
-        assert time.monotonic() - started < 1.0
-        await asyncio.wait_for(a.wait_closed(), 10)
+        await close_ends_the_connect(a, pending)
         await asyncio.wait_for(ends[0], 5)  # the dial's socket is closed, not left open
         server.close()
         await server.wait_closed()

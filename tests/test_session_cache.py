@@ -3,10 +3,17 @@ optional 0600 file store, and StoredTicket's JSON form (docs/sessions.md)."""
 
 from __future__ import annotations
 
+import base64
+import errno
 import json
 import logging
+import math
 import os
+import shutil
 import stat
+import subprocess
+import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -14,9 +21,10 @@ import pytest
 from protocol_helpers import NOW, Pair, cached_identity
 
 from nautilus import Context, IdentityFileError
-from nautilus.sessions import SessionCache, StoredTicket
+from nautilus.sessions import MAX_TICKET_LIFETIME, SessionCache, StoredTicket
 
 SERVER = cached_identity()
+needs_fcntl = pytest.mark.skipif(sys.platform == "win32", reason="no fcntl: the file is not locked")
 
 
 def ticket(n: int = 0, *, received: float = NOW, lifetime: float = 3600.0) -> StoredTicket:
@@ -175,6 +183,8 @@ def test_contexts_sharing_a_cache_share_tickets() -> None:
         ({"tickets_per_server": 0}, ValueError),
         ({"tickets_per_server": None}, TypeError),
         ({"tickets_per_server": False}, TypeError),
+        ({"path": 123}, TypeError),
+        ({"path": b"/tmp/tickets.json"}, TypeError),
     ],
 )
 def test_bad_arguments(kwargs: dict[str, object], error: type[Exception]) -> None:
@@ -194,6 +204,29 @@ def test_the_psk_is_not_in_any_repr(tmp_path: Path) -> None:
         assert encoded not in text
     assert "psk" not in repr(t)
     assert repr(cache) == f"<SessionCache 1 tickets file={str(tmp_path / 'tickets.json')!r}>"
+
+
+def test_store_take_and_key_check_their_arguments() -> None:
+    cache = SessionCache()
+    with pytest.raises(TypeError, match="key"):
+        cache.store(1, ticket(1))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="ticket"):
+        cache.store("s", "notaticket")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="ticket"):
+        cache.store("s", ticket(1).to_json())  # type: ignore[arg-type]
+    assert len(cache) == 0
+    cache.store("s", ticket(1))
+    with pytest.raises(TypeError, match="key"):
+        cache.take(None, NOW)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="now"):
+        cache.take("s", "now")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="now"):
+        cache.take("s", math.nan)
+    assert len(cache) == 1  # a refused call takes nothing
+    with pytest.raises(TypeError, match="server_id"):
+        SessionCache.key(None, None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="address"):
+        SessionCache.key("id", 443)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------- JSON form
@@ -223,8 +256,17 @@ def test_stored_ticket_json_round_trip() -> None:
     [
         ("psk", "not base64!", ValueError),
         ("ticket", 123, TypeError),
-        ("cipher", "x", ValueError),
+        ("cipher", "x", TypeError),
+        ("cipher", 4866.0, TypeError),
+        ("cipher", 99999, ValueError),
+        ("age_add", "1", TypeError),
+        ("age_add", -1, ValueError),
+        ("max_early_data", True, TypeError),
         ("received", None, TypeError),
+        ("received", "1800000000", TypeError),
+        ("received", 10**400, ValueError),
+        ("lifetime", 1e12, ValueError),
+        ("psk", "", ValueError),
         ("namespace", "====", ValueError),
     ],
 )
@@ -236,6 +278,65 @@ def test_stored_ticket_from_bad_json(field: str, value: object, error: type[Exce
     del data[field]
     with pytest.raises(KeyError):
         StoredTicket.from_json(data)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error"),
+    [
+        ("ticket", b"", ValueError),
+        ("ticket", b"t" * 65536, ValueError),
+        ("ticket", "ticket", TypeError),
+        ("psk", b"", ValueError),
+        ("psk", b"p" * 256, ValueError),
+        ("psk", bytearray(32), TypeError),
+        ("namespace", b"n" * 256, ValueError),
+        ("server_key", None, TypeError),
+        ("server_certificate", "", TypeError),
+        ("cipher", -1, ValueError),
+        ("cipher", 0x10000, ValueError),
+        ("cipher", True, TypeError),
+        ("cipher", 4866.0, TypeError),
+        ("age_add", -1, ValueError),
+        ("age_add", 2**32, ValueError),
+        ("max_early_data", -5, ValueError),
+        ("max_early_data", 2**32, ValueError),
+        ("received", math.nan, ValueError),
+        ("received", math.inf, ValueError),
+        ("received", 10**400, ValueError),
+        ("received", "now", TypeError),
+        ("lifetime", 0.0, ValueError),
+        ("lifetime", -1.0, ValueError),
+        ("lifetime", MAX_TICKET_LIFETIME + 1, ValueError),
+        ("lifetime", math.inf, ValueError),
+        ("lifetime", False, TypeError),
+    ],
+)
+def test_stored_ticket_checks_its_fields(field: str, value: object, error: type[Exception]) -> None:
+    good = ticket(1)
+    fields = {f: getattr(good, f) for f in good.to_json()}
+    with pytest.raises(error, match=field) as info:
+        StoredTicket(**{**fields, field: value})
+    assert good.psk.hex() not in str(info.value)
+    assert repr(good.psk) not in str(info.value)
+
+
+def test_stored_ticket_accepts_the_extreme_values() -> None:
+    t = StoredTicket(
+        ticket=b"t" * 65535,
+        psk=b"p" * 255,
+        cipher=0xFFFF,
+        server_key=b"",
+        server_certificate=b"",
+        received=0,
+        lifetime=MAX_TICKET_LIFETIME,
+        age_add=2**32 - 1,
+        max_early_data=2**32 - 1,
+        namespace=b"n" * 255,
+    )
+    assert StoredTicket.from_json(json.loads(json.dumps(t.to_json()))) == t
+    assert isinstance(t.received, float)
+    fields = {f: getattr(t, f) for f in t.to_json()}
+    assert StoredTicket(**{**fields, "ticket": b"t"}).ticket == b"t"  # 1 byte is enough
 
 
 # ------------------------------------------------------------------ the file
@@ -254,7 +355,9 @@ def test_file_is_created_with_mode_0600(tmp_path: Path) -> None:
     data = json.loads(path.read_text())
     assert data["format"] == "nautilus-session-cache-v1"
     assert list(data["servers"]) == ["s"]
-    assert [p.name for p in tmp_path.iterdir()] == ["tickets.json"]  # no temporary left
+    # no temporary left; the lock file is private too
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tickets.json", "tickets.json.lock"]
+    assert mode(tmp_path / "tickets.json.lock") == 0o600
 
 
 def test_file_survives_a_new_cache_and_take_is_persisted(tmp_path: Path) -> None:
@@ -436,3 +539,257 @@ def test_bounds_hold_after_loading_a_file(tmp_path: Path) -> None:
         big.store("s", ticket(n))
     small = SessionCache(path=path, tickets_per_server=2)
     assert len(small) <= 2
+
+
+@pytest.mark.parametrize(
+    ("field", "raw"),
+    [
+        ("received", "1" + "0" * 400),  # an int no float holds: OverflowError
+        ("lifetime", "1" + "0" * 400),
+        ("age_add", "1e999"),  # JSON gives inf
+        ("max_early_data", "-1e999"),
+        ("cipher", "NaN"),
+        ("lifetime", "1e12"),  # beyond 7 days
+        ("lifetime", "-1"),
+        ("received", "Infinity"),
+        ("cipher", "99999"),
+        ("age_add", "-1"),
+        ("age_add", str(2**40)),
+        ("max_early_data", "-5"),
+        ("ticket", json.dumps(base64.b64encode(b"x" * 70000).decode())),  # over 65535 bytes
+        ("psk", '""'),
+    ],
+)
+def test_overflowing_or_out_of_range_values_make_the_file_corrupt(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, field: str, raw: str
+) -> None:
+    path = tmp_path / "tickets.json"
+    entry = ticket(1).to_json()
+    entry[field] = "@@"
+    _write(path, _doc({"s": [entry]}).replace(b'"@@"', raw.encode()))
+    with caplog.at_level(logging.WARNING, logger="nautilus.sessions"):
+        cache = SessionCache(path=path)
+    assert len(cache) == 0
+    (record,) = [r for r in caplog.records if r.name == "nautilus.sessions"]
+    assert "corrupt" in record.getMessage()
+
+
+def test_out_of_range_ticket_in_the_file_does_not_break_the_next_connection(
+    tmp_path: Path,
+) -> None:
+    """A 70000-byte ticket once made start() raise OverflowError; it is now
+    refused when the file is read, and the connection makes a full handshake."""
+    path = tmp_path / "tickets.json"
+    entry = dict(ticket(1).to_json(), ticket=base64.b64encode(b"x" * 70000).decode())
+    _write(path, _doc({SessionCache.key("*", "srv:1"): [entry]}))
+    p = Pair.make(client={"session_cache": SessionCache(path=path)}, server_name="srv:1")
+    p.handshake()
+    assert p.client.session is not None
+    assert not p.client.session.resumed
+
+
+def test_cache_file_in_a_directory_that_does_not_exist_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(IdentityFileError, match="does not exist"):
+        SessionCache(path=tmp_path / "missing" / "tickets.json")
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_bytes(b"")
+    with pytest.raises(IdentityFileError, match="not a directory"):
+        SessionCache(path=not_a_dir / "tickets.json")
+
+
+def _warnings(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "nautilus.sessions" and r.levelno == logging.WARNING and text in r.getMessage()
+    ]
+
+
+def test_unwritable_file_keeps_the_tickets_in_memory_and_warns_once_per_streak(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    where = tmp_path / "cache"
+    where.mkdir()
+    path = where / "tickets.json"
+    cache = SessionCache(path=path)
+    shutil.rmtree(where)  # the directory is deleted while the cache is in use
+    with caplog.at_level(logging.INFO, logger="nautilus.sessions"):
+        for n in range(3):
+            cache.store("s", ticket(n))  # none of these raises
+        assert len(cache) == 3
+        assert number(cache.take("s", NOW)) == 2
+        cache.clear()
+        cache.store("s", ticket(7))
+        assert len(_warnings(caplog, "cannot be written")) == 1  # once, not once per call
+        for message in [r.getMessage() for r in caplog.records]:
+            for n in (0, 1, 2, 7):
+                assert ticket(n).psk.hex() not in message
+                assert ticket(n).to_json()["psk"] not in message
+        where.mkdir()  # the directory is back: the next save writes what memory holds
+        cache.store("s", ticket(8))
+        reopened = SessionCache(path=path)
+        assert [number(reopened.take("s", NOW)) for _ in range(2)] == [8, 7]
+        shutil.rmtree(where)  # a new streak of failures is logged again
+        cache.store("s", ticket(9))
+        assert len(_warnings(caplog, "cannot be written")) == 2
+    assert len(cache) == 1  # 7 and 8 were taken from the store by the reopened cache
+
+
+def test_unwritable_cache_file_does_not_break_a_connection(tmp_path: Path) -> None:
+    where = tmp_path / "cache"
+    where.mkdir()
+    cache = SessionCache(path=where / "tickets.json")
+    shutil.rmtree(where)
+    p = Pair.make(
+        server={"tickets_per_handshake": 1},
+        client={"session_cache": cache},
+        server_name="srv:1",
+    )
+    p.handshake()  # the ticket arrives in receive_data: its save fails, quietly
+    assert p.client.handshake_complete
+    assert not p.client.is_closed
+    assert len(cache) == 1
+    p.server.send_data(b"after the ticket")
+    p.pump()
+    assert b"after the ticket" in b"".join(getattr(e, "data", b"") for e in p.client_events)
+    q = Pair(p.client_ctx, p.server_ctx, {"server_name": "srv:1"})
+    q.handshake()  # start() takes the ticket from memory: it resumes
+    assert q.client.session is not None
+    assert q.client.session.resumed
+
+
+# -------------------------------------------------- several caches on one file
+
+
+def test_two_caches_on_one_file_share_their_tickets(tmp_path: Path) -> None:
+    """The file is the store: what one cache stores the other sees, and a
+    ticket taken through one is gone for the other (single use)."""
+    path = tmp_path / "tickets.json"
+    a = SessionCache(path=path)
+    b = SessionCache(path=path)
+    a.store("server-A", ticket(1))
+    b.store("server-B", ticket(2))  # b read a's ticket before writing: nothing lost
+    assert len(a) == len(b) == 2
+    assert number(b.take("server-A", NOW)) == 1
+    assert a.take("server-A", NOW) is None
+    assert number(a.take("server-B", NOW)) == 2
+    assert b.take("server-B", NOW) is None
+    a.store("server-C", ticket(3))
+    b.clear()
+    assert len(a) == 0
+    a.store("server-D", ticket(4))
+    path.unlink()  # deleting the file empties the store
+    assert len(a) == 0
+    assert b.take("server-D", NOW) is None
+
+
+def test_unchanged_file_is_not_read_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "tickets.json"
+    a = SessionCache(path=path)
+    b = SessionCache(path=path)
+    reads: list[Path] = []
+    original = SessionCache._read_file
+
+    def counting(self: SessionCache) -> tuple[bytes | None, tuple[int, int, int] | None]:
+        reads.append(path)
+        return original(self)
+
+    monkeypatch.setattr(SessionCache, "_read_file", counting)
+    a.store("s", ticket(1))
+    a.store("s", ticket(2))
+    assert number(a.take("s", NOW)) == 2
+    assert len(a) == 1
+    assert reads == []  # only a wrote the file: a stat tells a it is as a left it
+    assert len(b) == 1
+    assert len(reads) == 1  # b reads a's version once
+    assert len(b) == 1
+    assert len(reads) == 1
+
+
+def test_memory_is_authoritative_while_saves_fail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "tickets.json"
+    a = SessionCache(path=path)
+    b = SessionCache(path=path)
+    a.store("A", ticket(1))
+
+    def disk_full(*args: object, **kwargs: object) -> tuple[int, str]:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as m, caplog.at_level(logging.WARNING, "nautilus.sessions"):
+        m.setattr(tempfile, "mkstemp", disk_full)
+        a.store("A", ticket(2))  # kept in memory only
+    assert _warnings(caplog, "cannot be written")
+    b.store("B", ticket(3))  # the file now holds A1 and B3, not A2
+    assert len(a) == 2  # a does not read the file over its unsaved ticket
+    a.store("C", ticket(4))  # this save works: what a holds replaces the file
+    assert number(b.take("A", NOW)) == 2
+    assert number(b.take("C", NOW)) == 4
+
+
+@needs_fcntl
+def test_lock_file_that_is_a_symbolic_link_is_not_followed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "tickets.json"
+    target = tmp_path / "elsewhere"
+    (tmp_path / "tickets.json.lock").symlink_to(target)
+    cache = SessionCache(path=path)
+    with caplog.at_level(logging.WARNING, logger="nautilus.sessions"):
+        cache.store("s", ticket(1))
+        cache.store("s", ticket(2))
+    assert not target.exists()
+    assert len(_warnings(caplog, "cannot be locked")) == 1
+    assert len(SessionCache(path=path)) == 2  # the cache still works, unlocked
+
+
+_WORKER = """
+import os, sys, time
+from nautilus.sessions import SessionCache, StoredTicket
+
+path, who, gate, count, now = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), 1.8e9
+cache = SessionCache(max_entries=100_000, path=path)
+while not os.path.exists(gate):
+    time.sleep(0.001)
+taken = []
+for n in range(count):
+    ticket = StoredTicket(
+        f"{who}-{n}".encode(), b"p" * 32, 0x1302, b"key", b"", now, 3600.0, 1, 0, b"nautilus"
+    )
+    cache.store(f"{who}-{n}", ticket)
+    if cache.take(f"shared-{n}", now) is not None:
+        taken.append(f"shared-{n}")
+print(" ".join(taken))
+"""
+
+
+@needs_fcntl
+def test_caches_in_two_processes_lose_nothing_and_take_each_ticket_once(tmp_path: Path) -> None:
+    """Two processes at once on one file: every ticket either stores is kept,
+    and each ticket in the file is taken by exactly one of them."""
+    path = tmp_path / "tickets.json"
+    gate = tmp_path / "go"
+    count = 60
+    seed = SessionCache(max_entries=100_000, path=path)
+    for n in range(count):
+        seed.store(f"shared-{n}", ticket(n))
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER, str(path), who, str(gate), str(count)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for who in ("first", "second")
+    ]
+    gate.touch()
+    outputs = []
+    for worker in workers:
+        out, _ = worker.communicate(timeout=60)
+        assert worker.returncode == 0
+        outputs.append(out.split())
+    first, second = outputs
+    assert not set(first) & set(second)  # no ticket handed out twice
+    assert sorted(first + second) == sorted(f"shared-{n}" for n in range(count))
+    kept = json.loads(path.read_text())["servers"]
+    assert sorted(kept) == sorted(f"{who}-{n}" for who in ("first", "second") for n in range(count))

@@ -9,6 +9,7 @@ to expire tickets or rotate keys.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import replace
 
@@ -39,6 +40,7 @@ from nautilus import (
     KeysUpdated,
     ProtocolViolation,
 )
+from nautilus.context import _SETTINGS
 from nautilus.identity import TrustStore
 from nautilus.protocol import keyschedule as ks
 from nautilus.protocol.connection import Connection
@@ -56,6 +58,7 @@ from nautilus.protocol.messages import (
 )
 from nautilus.record import ContentType, RecordOpener, RecordSealer
 from nautilus.sessions import (
+    _MAX_RETIRED_KEYS,
     MAX_TICKET_LIFETIME,
     LiveSession,
     SessionCache,
@@ -850,6 +853,15 @@ def _contents(issued: float = NOW, lifetime: float = 7200.0) -> TicketContents:
     )
 
 
+def test_ticket_contents_repr_hides_the_psk() -> None:
+    c = _contents()
+    for text in (repr(c), str(c), repr([c]), f"{c!r}"):
+        assert c.psk.hex() not in text
+        assert repr(c.psk) not in text
+        assert "psk" not in text
+    assert "cipher=4866" in repr(c)  # the rest is still shown
+
+
 def test_ticket_contents_round_trip() -> None:
     c = _contents()
     assert TicketContents.decode(c.encode()) == c
@@ -940,6 +952,16 @@ def test_clock_going_back_rotates_the_key() -> None:
     assert keys.open(t, NOW - 5) is not None  # still opens: a retired key
 
 
+def test_key_retired_over_a_lifetime_ago_opens_nothing_after_the_clock_went_back() -> None:
+    keys = TicketKeys(rotation=100, lifetime=1000)
+    keys.seal(_contents(), NOW)
+    ticket = keys.seal(_contents(), NOW + 5000)  # rotates: its key is made at NOW + 5000
+    keys.seal(_contents(), NOW + 10)  # the clock went back: that key retires at NOW + 10
+    assert keys.open(ticket, NOW + 10 + 1000) is not None
+    # retired a lifetime ago, though behind a key retired later (at NOW + 5000)
+    assert keys.open(ticket, NOW + 10 + 1001) is None
+
+
 def test_ticket_opens_for_its_whole_lifetime_under_the_default_rotation() -> None:
     """With rotation < lifetime (the defaults, 3600 s / 7200 s), a ticket sealed
     just before a rotation still opens at the end of its lifetime."""
@@ -969,6 +991,61 @@ def test_ticket_keys_bad_arguments() -> None:
         TicketKeys(rotation=10, lifetime=MAX_TICKET_LIFETIME + 1)
     with pytest.raises(ValueError, match="rotation"):
         TicketKeys(rotation=0, lifetime=10)
+    for bad in (math.nan, math.inf, -math.inf, 10**400):
+        with pytest.raises(ValueError, match=r"^rotation"):
+            TicketKeys(rotation=bad, lifetime=10)
+        with pytest.raises(ValueError, match=r"^lifetime"):
+            TicketKeys(rotation=10, lifetime=bad)
+    for wrong in ("10", None, True):
+        with pytest.raises(TypeError, match=r"^rotation"):
+            TicketKeys(rotation=wrong, lifetime=10)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=r"^lifetime"):
+            TicketKeys(rotation=10, lifetime=wrong)  # type: ignore[arg-type]
+    keys = TicketKeys(rotation=10, lifetime=10)
+    with pytest.raises(TypeError, match="now"):
+        keys.seal(_contents(), "now")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="now"):
+        keys.open(b"x" * 64, math.nan)
+    with pytest.raises(TypeError, match="ticket"):
+        keys.open("ticket", NOW)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="contents"):
+        keys.seal(b"contents", NOW)  # type: ignore[arg-type]
+
+
+def test_ticket_opens_for_its_whole_lifetime_with_the_most_rotations_allowed() -> None:
+    """A lifetime may span 1023 rotations: every key retired within one
+    lifetime is kept, so a ticket opens until its last second."""
+    rotation = 10.0
+    lifetime = rotation * (_MAX_RETIRED_KEYS - 1)
+    keys = TicketKeys(rotation=rotation, lifetime=lifetime)
+    keys.seal(_contents(), NOW)  # the first key is made at NOW
+    issued = NOW + rotation - 1  # sealed 1 s before its key retires
+    ticket = keys.seal(_contents(issued, lifetime), issued)
+    now = NOW
+    while now + rotation < issued + lifetime - 1:
+        now += rotation
+        keys.seal(_contents(now, lifetime), now)  # a busy server: a new key every rotation
+    assert keys.open(ticket, now) is not None
+    assert keys.open(ticket, issued + lifetime - 1) is not None
+    assert len(keys._retired) <= _MAX_RETIRED_KEYS
+    # its key retired at NOW + rotation and opens for one lifetime from then, no longer
+    assert keys.open(ticket, NOW + rotation + lifetime) is not None
+    assert keys.open(ticket, NOW + rotation + lifetime + 1) is None
+
+
+def test_ticket_timing_beyond_the_retired_key_cap_is_refused() -> None:
+    most = MAX_TICKET_LIFETIME / (_MAX_RETIRED_KEYS - 1)  # the shortest rotation for 7 days
+    Context(SERVER, ticket_lifetime=MAX_TICKET_LIFETIME, ticket_key_rotation=most)
+    with pytest.raises(ValueError, match=r"ticket_key_rotation.*ticket_lifetime"):
+        Context(SERVER, ticket_lifetime=MAX_TICKET_LIFETIME, ticket_key_rotation=most - 1)
+    with pytest.raises(ValueError, match=r"ticket_key_rotation.*ticket_lifetime"):
+        Context(SERVER, ticket_lifetime=7200, ticket_key_rotation=7)
+    with pytest.raises(ValueError, match=r"rotation.*lifetime"):
+        TicketKeys(rotation=7, lifetime=7200)
+    ctx = Context(SERVER, ticket_lifetime=7200, ticket_key_rotation=3600)
+    with pytest.raises(ValueError, match=r"ticket_key_rotation.*ticket_lifetime"):
+        ctx.ticket_key_rotation = 7  # refused when set, not at the first handshake
+    assert (ctx.ticket_key_rotation, ctx.ticket_lifetime) == (3600, 7200)
 
 
 def test_context_ticket_keys_follow_its_settings() -> None:
@@ -976,6 +1053,136 @@ def test_context_ticket_keys_follow_its_settings() -> None:
     keys = ctx.ticket_keys
     assert keys is ctx.ticket_keys
     assert (keys.rotation, keys.lifetime) == (60, 600)
+
+
+def test_changing_the_ticket_timing_changes_the_ticket_keys_in_use() -> None:
+    ctx = Context(SERVER, ticket_lifetime=7200, ticket_key_rotation=3600)
+    keys = ctx.ticket_keys
+    ticket = keys.seal(_contents(), NOW)
+    ctx.ticket_key_rotation = 60
+    ctx.ticket_lifetime = 600
+    assert ctx.ticket_keys is keys  # the same keys: tickets issued so far still open
+    assert (keys.rotation, keys.lifetime) == (60, 600)
+    assert keys.seal(_contents(), NOW + 60)[:8] != ticket[:8]  # rotated after 60 s
+    assert keys.open(ticket, NOW + 60 + 600) is not None  # retired at NOW + 60, for 600 s
+    assert keys.open(ticket, NOW + 60 + 601) is None
+    with pytest.raises(ValueError, match="ticket_lifetime"):
+        ctx.ticket_lifetime = 60 * _MAX_RETIRED_KEYS  # over 1023 rotations of 60 s
+    assert (keys.rotation, keys.lifetime) == (60, 600)
+    with pytest.raises(ValueError, match="lifetime"):
+        keys.set_timing(1, 7200)
+    with pytest.raises(AttributeError):
+        keys.lifetime = 5  # type: ignore[misc]
+    assert (keys.rotation, keys.lifetime) == (60, 600)
+
+
+# Every setting of a Context: values refused (with the error), and one accepted
+# with the value kept.
+_BAD_SETTINGS: list[tuple[str, object, type[Exception]]] = [
+    ("identity", "identity", TypeError),
+    ("trust", None, TypeError),
+    ("trust", [SERVER.public], TypeError),
+    ("groups", ("x448",), ValueError),
+    ("groups", "mlkem768", TypeError),
+    ("ciphers", ("aes-512",), ValueError),
+    ("ciphers", (), ValueError),
+    ("client_auth", "requird", ValueError),
+    ("client_auth", None, TypeError),
+    ("handshake_timeout", 0, ValueError),
+    ("handshake_timeout", "10", TypeError),
+    ("namespace", "", ValueError),
+    ("namespace", b"app", TypeError),
+    ("max_message_size", 0, ValueError),
+    ("max_clock_skew", -1, ValueError),
+    ("max_record_size", 100, ValueError),
+    ("key_update_records", 0, ValueError),
+    ("key_update_bytes", 1.5, TypeError),
+    ("rekey_interval", math.nan, ValueError),
+    ("handshake", "core", TypeError),
+    ("resumption", "psk-only", ValueError),
+    ("resumption", 0, TypeError),
+    ("session_cache", None, TypeError),
+    ("ticket_lifetime", -1.0, ValueError),
+    ("ticket_lifetime", MAX_TICKET_LIFETIME + 1, ValueError),
+    ("ticket_key_rotation", 0, ValueError),
+    ("ticket_key_rotation", math.inf, ValueError),
+    ("tickets_per_handshake", -3, ValueError),
+    ("tickets_per_handshake", 1.0, TypeError),
+    ("early_data", "no", TypeError),
+    ("early_data", 1, TypeError),
+    ("max_early_data", -1, ValueError),
+    ("early_data_window", math.inf, ValueError),
+    ("sessions", None, TypeError),
+]
+_GOOD_SETTINGS: list[tuple[str, object, object]] = [
+    ("identity", None, None),
+    ("trust", TrustStore(trusted_peers=[OTHER.public]), None),
+    ("groups", ["mlkem768"], ("mlkem768",)),
+    ("ciphers", ["chacha20-poly1305"], ("chacha20-poly1305",)),
+    ("client_auth", "required", "required"),
+    ("handshake_timeout", 5, 5.0),
+    ("namespace", "other-app", "other-app"),
+    ("max_message_size", 1024, 1024),
+    ("max_clock_skew", 30, 30.0),
+    ("max_record_size", 4096, 4096),
+    ("key_update_records", 1000, 1000),
+    ("key_update_bytes", 1 << 30, 1 << 30),
+    ("rekey_interval", 60, 60.0),
+    ("handshake", Handshake(), None),
+    ("resumption", "psk_only", "psk_only"),
+    ("session_cache", SessionCache(), None),
+    ("ticket_lifetime", 3600, 3600.0),
+    ("ticket_key_rotation", 600, 600.0),
+    ("tickets_per_handshake", 3, 3),
+    ("early_data", True, True),
+    ("max_early_data", 0, 0),
+    ("early_data_window", 1, 1.0),
+    ("sessions", SessionTable(5), None),
+]
+
+
+def test_every_context_setting_is_covered_below() -> None:
+    assert {name for name, _, _ in _BAD_SETTINGS} == set(_SETTINGS)
+    assert {name for name, _, _ in _GOOD_SETTINGS} == set(_SETTINGS)
+
+
+@pytest.mark.parametrize(("name", "value", "error"), _BAD_SETTINGS)
+def test_bad_context_setting_is_refused_when_assigned_and_the_old_value_stays(
+    name: str, value: object, error: type[Exception]
+) -> None:
+    ctx = Context(SERVER)
+    before = getattr(ctx, name)
+    with pytest.raises(error, match=name):
+        setattr(ctx, name, value)
+    assert getattr(ctx, name) is before
+    if name in ("trust", "sessions"):
+        return  # made by the constructor, not arguments of it
+    if value is None and name in ("groups", "ciphers", "handshake", "session_cache"):
+        return  # to the constructor, None means the default
+    with pytest.raises(error, match=name):
+        Context(**{"identity": SERVER, name: value})  # the same check as the constructor's
+
+
+@pytest.mark.parametrize(("name", "value", "kept"), _GOOD_SETTINGS)
+def test_good_context_setting_takes_effect_when_assigned(
+    name: str, value: object, kept: object
+) -> None:
+    ctx = Context(SERVER)
+    setattr(ctx, name, value)
+    if kept is None:
+        assert getattr(ctx, name) is value
+    else:
+        assert getattr(ctx, name) == kept
+        assert type(getattr(ctx, name)) is type(kept)
+
+
+def test_unknown_context_setting_is_refused() -> None:
+    ctx = Context(SERVER)
+    with pytest.raises(AttributeError, match="client_atuh"):
+        ctx.client_atuh = "required"  # type: ignore[attr-defined]
+    with pytest.raises(AttributeError, match="client_auth"):
+        del ctx.client_auth
+    assert ctx.client_auth == "off"
 
 
 # ------------------------------------------------- key rotation, counters, table
@@ -1120,6 +1327,13 @@ def test_session_table_is_bounded_and_counts_what_it_dropped() -> None:
     pair.handshake()
     assert len(server.sessions) == 2
     assert server.sessions.dropped == 2
+
+
+def test_session_table_checks_max_sessions() -> None:
+    for bad, error in ((0, ValueError), (-1, ValueError), ("x", TypeError), (True, TypeError)):
+        with pytest.raises(error, match="max_sessions"):
+            SessionTable(bad)  # type: ignore[arg-type]
+    assert len(SessionTable(1)) == 0
 
 
 def test_session_table_holds_connections_weakly() -> None:
