@@ -659,6 +659,8 @@ class NautilusSocket(socket.socket):
         if type(flags) is not int or flags:
             _check_flags("recv", flags)
         if not bufsize:
+            if self._fd_closed:
+                raise OSError(errno.EBADF, "the socket is closed")
             return b""
         with self._read_lock:
             data = self._rdata
@@ -720,6 +722,8 @@ class NautilusSocket(socket.socket):
         if type(flags) is not int or flags:
             _check_flags("recv_into", flags)
         if not size:
+            if self._fd_closed:
+                raise OSError(errno.EBADF, "the socket is closed")
             return 0
         with self._read_lock:
             data = self._rdata
@@ -1585,6 +1589,11 @@ class NautilusSocket(socket.socket):
             self._fd_closed = True
             self._ready = False
             self._eof = True
+            # What was received and not read is gone with the socket (reads
+            # now raise EBADF, as on a closed plain socket).
+            self._rdata, self._rdview, self._rpos = b"", None, 0
+            self._rmore.clear()
+            self._msgs.clear()
         super()._real_close()  # type: ignore[misc]
 
     def _shutdown_tcp(self) -> None:

@@ -698,6 +698,36 @@ def test_context_manager_closes_and_sends_close_notify() -> None:
     sock.close()  # idempotent
 
 
+def test_what_was_received_and_not_read_is_gone_after_close() -> None:
+    """A closed socket raises EBADF on every read, as a plain socket does,
+    even with stream data and a message received and not yet read."""
+
+    def serve(sock: NautilusSocket) -> bytes:
+        sock.sendall(b"0123456789")
+        sock.send_message(b"a message")
+        return sock.recv(10)
+
+    peer = Peer(serve)
+    sock = connect(peer)
+    assert sock.recv(1) == b"0"  # the rest, and the message, stay buffered
+    for _ in range(100):  # (the message's record may come in a later read)
+        if sock._msgs:
+            break
+        time.sleep(0.01)
+    sock.close()
+    assert peer.result() == b""
+    for read in (
+        lambda: sock.recv(1),
+        lambda: sock.recv(0),
+        lambda: sock.recv_into(bytearray(4)),
+        lambda: sock.recv_into(bytearray(0)),
+        lambda: sock.recv_message(),
+    ):
+        with pytest.raises(OSError, match="closed") as info:
+            read()
+        assert info.value.errno == errno.EBADF
+
+
 def test_shutdown_write_ends_the_session() -> None:
     def handler(sock: NautilusSocket) -> bytes:
         sock.sendall(b"ready")
