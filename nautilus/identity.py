@@ -150,7 +150,10 @@ def _check_kind(kind: object) -> str:
 def _check_time(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number (UNIX seconds), not {type(value).__name__}")
-    result = float(value)
+    try:
+        result = float(value)
+    except OverflowError:  # an int beyond the float range
+        raise ValueError(f"{name} is too large to be a time (UNIX seconds)") from None
     if not math.isfinite(result):
         raise ValueError(f"{name} must be finite")
     return result
@@ -1098,8 +1101,9 @@ class Certificate:
 
         Raises:
             TypeError: an argument has the wrong type.
-            ValueError: ``not_after <= not_before``, a time is not finite, or
-                ``name`` is empty, too long or contains control characters.
+            ValueError: ``not_after <= not_before``, a time is not finite (or
+                an int too large for a float), or ``name`` is empty, too long or
+                contains control characters.
         """
         if not isinstance(issuer, Identity):
             raise TypeError(f"issuer must be an Identity, not {type(issuer).__name__}")
@@ -1205,7 +1209,7 @@ class Certificate:
             TypeError: an argument has the wrong type.
             nautilus.InvalidKey (a ValueError): a peer id in ``trusted_issuers``
                 is malformed.
-            ValueError: ``now`` is not finite.
+            ValueError: ``now`` is not finite (or an int too large for a float).
             nautilus.AuthenticationFailed: "unknown issuer", "bad signature",
                 "expired" or "not yet valid", with the subject name and times.
         """
@@ -1497,7 +1501,7 @@ class TrustStore:
             TypeError: an argument has the wrong type.
             nautilus.InvalidKey (a ValueError): ``expected_peer`` is a malformed
                 peer id.
-            ValueError: ``now`` is not finite.
+            ValueError: ``now`` is not finite (or an int too large for a float).
             nautilus.AuthenticationFailed: "wrong peer: expected X, got Y";
                 the certificate's failure (unknown issuer, bad signature,
                 expired, not yet valid, other key, other name); a changed key

@@ -14,7 +14,7 @@ layout (ML-KEM part first, then X25519) is described in ``docs/hybrid-kem.md``.
 from __future__ import annotations
 
 import hmac
-from typing import Any, ClassVar, TypeVar, cast
+from typing import Any, ClassVar, NoReturn, TypeVar, cast
 
 from nautilus import _bindings as _b
 
@@ -49,9 +49,22 @@ class KEMPublicKey:
 
     __slots__ = ("_handle", "_raw")
 
-    def __init__(self, handle: Any, raw: bytes) -> None:
+    _handle: Any
+    _raw: bytes
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        name = type(self).__name__
+        raise TypeError(
+            f"use {name}.from_public_bytes() or a private key's public_key() to make a {name}"
+        )
+
+    @classmethod
+    def _wrap(cls: type[_Pub], handle: Any, raw: bytes) -> _Pub:
+        """Internal: the key for a C key handle and its raw encoding."""
+        self = cls.__new__(cls)
         self._handle = handle
         self._raw = raw
+        return self
 
     @classmethod
     def public_bytes_length(cls) -> int:
@@ -74,7 +87,7 @@ class KEMPublicKey:
                 coefficients are not reduced modulo q (FIPS 203 section 7.2).
         """
         raw = _b.as_bytes("public key", data, cls.public_bytes_length())
-        return cls(_b.kem_from_public(cls.GROUP, raw), raw)
+        return cls._wrap(_b.kem_from_public(cls.GROUP, raw), raw)
 
     def public_bytes_raw(self) -> bytes:
         """The raw public key."""
@@ -122,6 +135,16 @@ class KEMPublicKey:
     def __hash__(self) -> int:
         return hash((self.GROUP, self._raw))
 
+    def __copy__(self: _Pub) -> _Pub:
+        return self  # immutable
+
+    def __deepcopy__(self: _Pub, memo: object) -> _Pub:
+        return self
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        # Pickled as its encoding, never as the C handle.
+        return (type(self).from_public_bytes, (self._raw,))
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._raw[:8].hex()}...>"
 
@@ -137,10 +160,23 @@ class KEMPrivateKey:
 
     __slots__ = ("_handle", "_public")
 
-    def __init__(self, handle: Any) -> None:
+    _handle: Any
+    _public: KEMPublicKey
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        name = type(self).__name__
+        ways = [f"{name}.generate()", f"{name}.from_seed_bytes()"]
+        if hasattr(type(self), "from_expanded_bytes"):
+            ways.append(f"{name}.from_expanded_bytes()")
+        raise TypeError(f"use {', '.join(ways[:-1])} or {ways[-1]} to make a {name}")
+
+    @classmethod
+    def _wrap(cls: type[_Priv], handle: Any) -> _Priv:
+        """Internal: the key for a C key handle."""
+        self = cls.__new__(cls)
         self._handle = handle
-        raw = _b.kem_public_bytes(handle)
-        self._public = self.PUBLIC_KEY_CLASS(handle, raw)
+        self._public = cls.PUBLIC_KEY_CLASS._wrap(handle, _b.kem_public_bytes(handle))
+        return self
 
     @classmethod
     def seed_length(cls) -> int:
@@ -150,7 +186,7 @@ class KEMPrivateKey:
     @classmethod
     def generate(cls: type[_Priv]) -> _Priv:
         """A new random key pair."""
-        return cls(_b.kem_generate(cls.GROUP, None))
+        return cls._wrap(_b.kem_generate(cls.GROUP, None))
 
     @classmethod
     def from_seed_bytes(cls: type[_Priv], data: bytes) -> _Priv:
@@ -161,7 +197,7 @@ class KEMPrivateKey:
             ValueError: wrong length.
         """
         seed = _b.as_bytes("seed", data, cls.seed_length())
-        return cls(_b.kem_generate(cls.GROUP, seed))
+        return cls._wrap(_b.kem_generate(cls.GROUP, seed))
 
     def public_key(self) -> KEMPublicKey:
         """The matching public key."""
@@ -193,8 +229,10 @@ class KEMPrivateKey:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} public={self._public.public_bytes_raw()[:8].hex()}...>"
 
-    def __reduce__(self) -> Any:
-        raise TypeError(f"{type(self).__name__} cannot be pickled")
+    def __reduce__(self) -> NoReturn:
+        raise TypeError(
+            f"{type(self).__name__} cannot be copied or pickled (it holds a private key)"
+        )
 
 
 class _MLKEMPrivateKey(KEMPrivateKey):
@@ -211,7 +249,7 @@ class _MLKEMPrivateKey(KEMPrivateKey):
                 example the embedded hash of the encapsulation key is wrong).
         """
         dk = _b.as_bytes("decapsulation key", data, _b.KEM_SIZES[cls.GROUP].private)
-        return cls(_b.kem_from_private(cls.GROUP, dk))
+        return cls._wrap(_b.kem_from_private(cls.GROUP, dk))
 
     def private_bytes_expanded(self) -> bytes:
         """The FIPS 203 expanded decapsulation key (dk)."""

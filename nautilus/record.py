@@ -13,7 +13,10 @@ Ciphers: ``"aes-256-gcm"``, ``"aes-128-gcm"``, ``"chacha20-poly1305"``.
 from __future__ import annotations
 
 import enum
-from typing import Any, NamedTuple, TypeVar, cast
+import hashlib
+import hmac
+import secrets
+from typing import Any, NamedTuple, NoReturn, TypeVar, cast
 
 from nautilus import _bindings as _b
 from nautilus.exceptions import ClosedError, IntegrityError
@@ -104,11 +107,31 @@ def _content_type(value: object) -> int:
     return int(value)
 
 
+_FINGERPRINT_KEY = secrets.token_bytes(32)
+"""Random per-process key of the fingerprints below: a fingerprint kept in
+memory tells nothing about the key it stands for."""
+_KEY_IV = b"nautilus key+iv"
+_SECRET = b"nautilus secret"
+
+
+def _fingerprint(kind: bytes, *parts: bytes) -> bytes:
+    """A keyed hash of the key material in use (``kind`` separates a key and IV
+    from a traffic secret), so that a rekey to it again is refused without the
+    key itself being kept in Python."""
+    material = b"".join(parts)
+    return hashlib.blake2b(material, digest_size=16, key=_FINGERPRINT_KEY, person=kind).digest()
+
+
+def _wipe(buf: bytearray) -> None:
+    """Overwrite ``buf`` with zeros in place (same length: no reallocation)."""
+    buf[:] = bytes(len(buf))
+
+
 _D = TypeVar("_D", bound="_Direction")
 
 
 class _Direction:
-    __slots__ = ("_cipher", "_handle")
+    __slots__ = ("_cipher", "_fingerprint", "_handle")
     _ENCRYPT: bool
 
     def __init__(
@@ -130,6 +153,7 @@ class _Direction:
         _b.aead_set_max_fragment(handle, max_fragment)
         _b.aead_set_limit(handle, record_limit)
         self._handle = handle
+        self._fingerprint = _fingerprint(_KEY_IV, k, i)
         self._init_direction()
 
     def _init_direction(self) -> None:
@@ -145,6 +169,7 @@ class _Direction:
         handle = _b.aead_new_from_secret(cipher, cls._ENCRYPT, secret)
         _b.aead_set_max_fragment(handle, max_fragment)
         self._handle = handle
+        self._fingerprint = _fingerprint(_SECRET, secret)
         self._init_direction()
         return self
 
@@ -181,17 +206,47 @@ class _Direction:
     def rekey(self, key: bytes, iv: bytes) -> None:
         """Switch to a new key and IV; the sequence number restarts at 0.
 
+        A rekey to the key and IV already in use is refused: restarting their
+        sequence would use their nonces again. An opener that failed (a record
+        did not authenticate or was malformed) stays failed: make a new one.
+
         Raises:
             TypeError, ValueError: wrong types or lengths.
-            nautilus.ClosedError: closed.
+            ValueError: ``key`` and ``iv`` are the ones in use.
+            nautilus.ClosedError: closed, or an opener that failed.
         """
+        handle = self._rekeyable()
         k = _b.as_bytes("key", key, _b.AEAD_KEY_BYTES[self._cipher])
         i = _b.as_bytes("iv", iv, IV_SIZE)
-        _b.aead_rekey(self._live(), k, i)
+        fingerprint = self._new_fingerprint(_fingerprint(_KEY_IV, k, i))
+        _b.aead_rekey(handle, k, i)
+        self._fingerprint = fingerprint
 
     def _rekey_from_secret(self, secret: bytes) -> None:
         """Internal: :meth:`rekey` with the key and IV of a traffic secret."""
-        _b.aead_rekey_from_secret(self._live(), secret)
+        handle = self._rekeyable()
+        fingerprint = self._new_fingerprint(_fingerprint(_SECRET, secret))
+        _b.aead_rekey_from_secret(handle, secret)
+        self._fingerprint = fingerprint
+
+    def _rekeyable(self) -> Any:
+        """The handle, unless closed or (an opener) failed for good."""
+        handle = self._live()
+        if not self._ENCRYPT and _b.aead_failed(handle):
+            raise ClosedError(
+                f"{type(self).__name__} failed (a record did not authenticate or was "
+                "malformed) and refuses all further use, rekey included: make a new one"
+            )
+        return handle
+
+    def _new_fingerprint(self, fingerprint: bytes) -> bytes:
+        """``fingerprint``, unless it is that of the key in use (ValueError)."""
+        if hmac.compare_digest(fingerprint, self._fingerprint):
+            raise ValueError(
+                "rekey needs a new key: this key and IV are already in use, and "
+                "restarting their sequence would reuse their nonces"
+            )
+        return fingerprint
 
     def _set_sequence(self, value: int) -> None:
         """Start from sequence ``value`` (tests of counter exhaustion)."""
@@ -215,6 +270,14 @@ class _Direction:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def __reduce__(self) -> NoReturn:
+        # A copy would share the C state (and its sequence number: nonces would
+        # repeat), and close() of one would free it under the other.
+        raise TypeError(
+            f"{type(self).__name__} cannot be copied or pickled (it owns a C key "
+            "state); make a new one"
+        )
+
     def __repr__(self) -> str:
         state = "closed" if self._handle is None else f"seq={self.sequence}"
         return f"<{type(self).__name__} {self._cipher} {state}>"
@@ -237,6 +300,9 @@ class RecordSealer(_Direction):
         max_fragment: largest content per record (default 16 KiB, at most 256 KiB).
         record_limit: records this key may seal before :meth:`seal` refuses
             (default 2**23).
+
+    It cannot be copied or pickled (TypeError): a copy would share the C state
+    and so the nonces.
 
     Raises:
         TypeError, ValueError: wrong types, lengths or ranges.
@@ -276,7 +342,8 @@ class RecordSealer(_Direction):
     ) -> bytes:
         """Seal ``data`` into as many records as it needs; return the wire bytes.
 
-        Empty ``data`` makes one empty record.
+        Empty ``data`` makes one empty record. A non-contiguous memoryview is
+        copied first.
 
         Raises:
             TypeError, ValueError: bad arguments.
@@ -285,8 +352,8 @@ class RecordSealer(_Direction):
             nautilus.ClosedError: closed, or failed before.
         """
         ct = _content_type(content_type)
-        _byte_len(data)  # type check
-        return bytes(self._seal_chunk(data, ct))
+        src = _b.input_buffer("data", data)
+        return bytes(self._seal_chunk(src, ct))
 
     def seal_into(
         self,
@@ -296,26 +363,32 @@ class RecordSealer(_Direction):
     ) -> int:
         """Like :meth:`seal`, writing into ``out``; returns the bytes written.
 
+        ``out`` is a bytearray or a writable, C-contiguous memoryview, and must
+        not overlap ``data`` (sealing reads one while writing the other).
+
         Raises:
-            ValueError: ``out`` is smaller than :meth:`sealed_size`.
+            TypeError: ``out`` is not writable or not contiguous.
+            ValueError: ``out`` is smaller than :meth:`sealed_size`, or overlaps
+                ``data``; nothing was sealed.
             (and as :meth:`seal`)
         """
         ct = _content_type(content_type)
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
-        if not isinstance(out, (bytearray, memoryview)):
-            raise TypeError(f"out must be a bytearray or memoryview, not {type(out).__name__}")
-        written, _records = _b.seal_into(self._live(), ct, data, out)
+        src = _b.input_buffer("data", data)
+        dst = _b.output_buffer("out", out)
+        written, _records = _b.seal_into(self._live(), ct, src, dst)
         return written
 
 
 def _open_error(failure: _b.OpenFailure) -> Exception:
-    """The exception for a failed open; an IntegrityError carries what verified
-    before the bad record (``records``) and the input it took (``consumed``)."""
+    """The exception for a failed open; it carries what verified before the
+    failure (``records``) and the input that took (``consumed``): always for an
+    IntegrityError, and for any other error raised after records were opened,
+    so that no opened record is lost."""
     err = failure.error
-    if isinstance(err, IntegrityError):
-        err.records = list(failure.spans)
-        err.consumed = failure.consumed
+    if isinstance(err, IntegrityError) or failure.spans:
+        carrier = cast(Any, err)
+        carrier.records = list(failure.spans)
+        carrier.consumed = failure.consumed
     return err
 
 
@@ -332,7 +405,9 @@ class RecordOpener(_Direction):
 
     Takes the same arguments as :class:`RecordSealer`; ``max_fragment`` bounds
     the records it accepts (a larger one is a :class:`nautilus.RecordFormatError`).
-    After any failure the opener refuses all further input.
+    After any failure the opener refuses all further input, and :meth:`rekey`
+    too (:class:`nautilus.ClosedError`): make a new one. It cannot be copied or
+    pickled (TypeError).
     """
 
     __slots__ = ("_scratch", "_summary")
@@ -370,22 +445,25 @@ class RecordOpener(_Direction):
         back to back, the last record's content (``last_length`` bytes, type
         ``last_type``) at its end. ``out`` must be at least as long as the
         contents; ``len(data)`` always suffices. ``max_records`` bounds the
-        number of records opened (0: no bound).
+        number of records opened (0: no bound). ``data`` is only read (a
+        non-contiguous memoryview is copied); ``out`` is a bytearray or a
+        writable, C-contiguous memoryview that does not overlap ``data``.
 
         Raises:
+            TypeError: ``out`` is not writable or not contiguous.
+            ValueError: ``out`` overlaps ``data`` (nothing is opened).
             nautilus.IntegrityError: as :meth:`open_spans`; ``.records`` holds
                 one :class:`PackedOpen` describing the records that verified.
             (and as :meth:`open_spans`)
         """
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
-        if not isinstance(out, (bytearray, memoryview)):
-            raise TypeError(f"out must be a bytearray or memoryview, not {type(out).__name__}")
+        src = _b.input_buffer("data", data)
+        dst = _b.output_buffer("out", out)
         _check_int("max_records", max_records, 0, 1 << 62)
+        batch = _content_type(batch_type)
+        handle = self._live()
+        _b.check_disjoint("data", src, "out", dst)
         try:
-            return _b.open_packed(
-                self._live(), data, out, _content_type(batch_type), self._summary, max_records
-            )
+            return _b.open_packed(handle, src, dst, batch, self._summary, max_records)
         except _b.OpenFailure as failure:
             raise _open_error(failure) from None
 
@@ -401,20 +479,29 @@ class RecordOpener(_Direction):
         :class:`Span` points into ``data``; otherwise the contents are packed
         one after another into ``out`` and spans point there. Opening stops
         after the first record whose type is not ``batch_type`` (so that the
-        caller can act on it, for example rekey), at an incomplete record, or
-        when ``out`` is full. Returns ``(spans, bytes consumed)``.
+        caller can act on it, for example rekey), at an incomplete record, at
+        the record limit, or when ``out`` is full; the records opened before
+        are returned, and the next call reports the limit or the full ``out``.
+        Returns ``(spans, bytes consumed)``.
+
+        ``data`` and ``out`` are each a bytearray or a writable, C-contiguous
+        memoryview, and must not overlap.
 
         Raises:
+            TypeError: ``data`` or ``out`` is not writable or not contiguous.
+            ValueError: ``out`` overlaps ``data`` (nothing is opened), or
+                ``out`` cannot hold the first record's content.
             nautilus.IntegrityError: a record failed authentication (altered,
                 reordered, replayed); ``.records`` holds the spans before it.
             nautilus.RecordFormatError: a malformed or oversized record.
             nautilus.RecordLimitReached: the peer passed the record limit.
             nautilus.ClosedError: closed, or failed before.
         """
-        if not isinstance(data, (bytearray, memoryview)):
-            raise TypeError(f"data must be a bytearray or memoryview, not {type(data).__name__}")
+        src = _b.output_buffer("data", data)
+        dst = None if out is None else _b.output_buffer("out", out)
+        batch = _content_type(batch_type)
         try:
-            return _b.open_spans(self._live(), data, out, _content_type(batch_type))
+            return _b.open_spans(self._live(), src, dst, batch)
         except _b.OpenFailure as failure:
             raise _open_error(failure) from None
 
@@ -436,31 +523,45 @@ class RecordOpener(_Direction):
             (and as :meth:`open_spans`)
         """
         n = _byte_len(data)
+        self._live()
         work = bytearray(data)
         if len(self._scratch) < n:
+            _wipe(self._scratch)  # it may hold earlier plaintext
             self._scratch = bytearray(n)
         try:
             spans, consumed = self.open_spans(work, self._scratch, batch_type)
-        except IntegrityError as exc:
-            exc.records = list(self._to_records(cast("list[Span]", exc.records), merge))
+        except Exception as exc:
+            opened = getattr(exc, "records", None)
+            if opened:  # the spans of the records that verified before the failure
+                cast(Any, exc).records = self._to_records(cast("list[Span]", opened), merge)
             raise
         return OpenResult(self._to_records(spans, merge), consumed, len(spans))
 
+    def close(self) -> None:
+        """Wipe the key and the plaintext this opener holds (its scratch buffer)
+        now. Further use raises :class:`nautilus.ClosedError`."""
+        super().close()
+        _wipe(self._scratch)
+        self._scratch = bytearray()
+
     def _to_records(self, spans: list[Span], merge: bool) -> list[Record]:
-        view = memoryview(self._scratch)
         records: list[Record] = []
-        if merge:
-            i = 0
-            while i < len(spans):
-                j = i
-                while j + 1 < len(spans) and spans[j + 1].content_type == spans[i].content_type:
-                    j += 1
-                start, end = spans[i].offset, spans[j].offset + spans[j].length
-                records.append(Record(spans[i].content_type, bytes(view[start:end])))
-                i = j + 1
-        else:
-            for s in spans:
-                records.append(Record(s.content_type, bytes(view[s.offset : s.offset + s.length])))
+        with memoryview(self._scratch) as view:
+            if merge:
+                i = 0
+                while i < len(spans):
+                    j = i
+                    ctype = spans[i].content_type
+                    while j + 1 < len(spans) and spans[j + 1].content_type == ctype:
+                        j += 1
+                    start, end = spans[i].offset, spans[j].offset + spans[j].length
+                    records.append(Record(ctype, bytes(view[start:end])))
+                    i = j + 1
+            else:
+                for s in spans:
+                    records.append(
+                        Record(s.content_type, bytes(view[s.offset : s.offset + s.length]))
+                    )
         return records
 
 
@@ -511,6 +612,9 @@ class AEAD:
             _b.as_bytes("associated_data", associated_data),
             _b.as_bytes("data", data),
         )
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("AEAD cannot be copied or pickled (it owns a C key state); make a new one")
 
     def __repr__(self) -> str:
         return f"<AEAD {self._cipher}>"

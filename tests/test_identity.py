@@ -1461,3 +1461,21 @@ def test_trust_store_known_peers_file_checked_early(tmp_path: Path) -> None:
     path.write_text("garbage line here\n")
     with pytest.raises(IdentityFileError, match="line 1"):
         TrustStore(known_peers_file=path)
+
+
+@pytest.mark.parametrize("huge", [10**400, -(10**400)], ids=["10**400", "-10**400"])
+def test_int_time_beyond_float_range_is_value_error(
+    issuer: Identity, ids: dict[str, Identity], huge: int
+) -> None:
+    key = ids["ed25519"].public
+    with pytest.raises(ValueError, match="not_after is too large"):
+        Certificate.issue(issuer, key, "n", not_before=0, not_after=huge)
+    with pytest.raises(ValueError, match="not_before is too large"):
+        Certificate.issue(issuer, key, "n", not_before=huge, not_after=1)
+    cert = Certificate.issue(issuer, key, "n", not_before=0, not_after=1)
+    with pytest.raises(ValueError, match="now is too large"):
+        cert.verify([issuer.public], huge)
+    with pytest.raises(ValueError, match="now is too large"):
+        verify(TrustStore(trusted_peers=[key]), key, now=huge)
+    # The largest int a float holds is still a time (far in the future).
+    assert Certificate.issue(issuer, key, "n", not_before=0, not_after=2**1023).not_after > 0

@@ -115,7 +115,7 @@ def test_length_wrong_type(length: Any) -> None:
         kdf.hkdf("sha256", b"k", b"s", b"i", length)
 
 
-@pytest.mark.parametrize("algorithm", ["sha512", "SHA256", "sha-256", "", None, 256, ["sha256"]])
+@pytest.mark.parametrize("algorithm", ["sha512", "SHA256", "sha-256", ""])
 def test_unknown_hash(algorithm: Any) -> None:
     with pytest.raises(ValueError, match="unknown hash"):
         kdf.hkdf(algorithm, b"k", b"s", b"i", 32)
@@ -123,6 +123,27 @@ def test_unknown_hash(algorithm: Any) -> None:
         kdf.hkdf_extract(algorithm, b"s", b"k")
     with pytest.raises(ValueError, match="unknown hash"):
         kdf.hkdf_expand(algorithm, bytes(32), b"i", 32)
+
+
+@pytest.mark.parametrize("algorithm", [None, 256, ["sha256"], b"sha256"])
+def test_hash_name_not_a_str(algorithm: Any) -> None:
+    for call in (
+        lambda: kdf.hkdf(algorithm, b"k", b"s", b"i", 32),
+        lambda: kdf.hkdf_extract(algorithm, b"s", b"k"),
+        lambda: kdf.hkdf_expand(algorithm, bytes(32), b"i", 32),
+    ):
+        with pytest.raises(TypeError, match="algorithm must be a str"):
+            call()
+
+
+@pytest.mark.parametrize("name", ["sha256", "sha384"])
+def test_expand_needs_a_prk_of_hash_length(name: str) -> None:
+    size = HASH_LEN[name]
+    for short in (b"", bytes(1), bytes(size - 1)):
+        with pytest.raises(ValueError, match=f"prk must be at least {size} bytes"):
+            kdf.hkdf_expand(name, short, b"i", 32)
+    assert len(kdf.hkdf_expand(name, bytes(size), b"i", 32)) == 32
+    assert len(kdf.hkdf_expand(name, bytearray(size + 1), b"i", 32)) == 32
 
 
 @pytest.mark.parametrize("bad", ["text", None, 7, [1, 2]])

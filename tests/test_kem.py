@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import pickle
 from typing import Any
@@ -597,6 +598,42 @@ def test_private_key_cannot_be_pickled(cls: type[KEMPrivateKey]) -> None:
     for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
         with pytest.raises(TypeError):
             pickle.dumps(key, protocol=protocol)
+    for duplicate in (copy.copy, copy.deepcopy):
+        with pytest.raises(TypeError, match="cannot be copied or pickled"):
+            duplicate(key)
+
+
+@ALL
+def test_public_key_copies_and_pickles_by_its_encoding(cls: type[KEMPrivateKey]) -> None:
+    key = cls.generate()
+    public = key.public_key()
+    assert copy.copy(public) is public  # immutable
+    assert copy.deepcopy(public) is public
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        loaded = pickle.loads(pickle.dumps(public, protocol=protocol))
+        assert type(loaded) is type(public)
+        assert loaded == public
+        assert loaded._handle is not public._handle
+        shared, ciphertext = loaded.encapsulate()
+        assert key.decapsulate(ciphertext) == shared
+
+
+@ALL
+def test_constructors_are_not_public(cls: type[KEMPrivateKey]) -> None:
+    key = cls.generate()
+    raw = key.public_key().public_bytes_raw()
+    ways = "from_expanded_bytes" if cls in (MLKEM768PrivateKey, MLKEM1024PrivateKey) else "seed"
+    for args in ((), (bytes(cls.seed_length()),), (key._handle,), (None, b"")):
+        with pytest.raises(TypeError, match=rf"use {cls.__name__}\.generate\(\).*{ways}"):
+            cls(*args)
+        with pytest.raises(
+            TypeError, match=rf"use {cls.PUBLIC_KEY_CLASS.__name__}\.from_public_bytes"
+        ):
+            cls.PUBLIC_KEY_CLASS(*args)
+    with pytest.raises(TypeError, match="from_public_bytes"):
+        cls.PUBLIC_KEY_CLASS(raw, raw)
+    with pytest.raises(TypeError, match="from_public_bytes"):
+        cls.PUBLIC_KEY_CLASS(key._handle, raw)
 
 
 @ALL

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 from typing import Any
 
 import pytest
@@ -432,9 +434,11 @@ def test_opener_fails_for_good(cipher: str) -> None:
     ):
         with pytest.raises(nautilus.ClosedError):
             call()
-    # rekey clears the failure.
-    opener.rekey(key_for(cipher), iv_for())
-    assert opener.open(good).records == [Record(APP, b"a")]
+    # Not even a rekey revives it (docs/record-layer.md, "Failures").
+    with pytest.raises(nautilus.ClosedError, match="failed"):
+        opener.rekey(key_for(cipher, 5), iv_for(5))
+    with pytest.raises(nautilus.ClosedError):
+        opener.open(good)
 
 
 @pytest.mark.parametrize("cipher", CIPHERS)
@@ -893,3 +897,229 @@ def test_repr_shows_no_key_material(cipher: str) -> None:
             assert repr(secret) not in text
             assert secret[:4].hex() not in text.lower()
     assert "seq=0" in repr(objects[0])
+
+
+# --- copies, batch boundaries, buffers, rekey, wiping --------------------------------------
+
+
+def test_record_states_refuse_copy_and_pickle() -> None:
+    sealer, opener = pair("aes-256-gcm")
+    aead = record.AEAD("aes-256-gcm", key_for("aes-256-gcm"))
+    for obj in (sealer, opener, aead):
+        for duplicate in (copy.copy, copy.deepcopy):
+            with pytest.raises(TypeError, match="cannot be copied or pickled"):
+                duplicate(obj)
+        for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+            with pytest.raises(TypeError, match="cannot be copied or pickled"):
+                pickle.dumps(obj, protocol=protocol)
+    # Nothing was shared or consumed: the originals work on.
+    assert opener.open(sealer.seal(b"still one")).records == [Record(APP, b"still one")]
+    assert sealer.sequence == opener.sequence == 1
+
+
+BATCH = 1024  # records per C call of open_spans (_bindings._MAX_SPANS)
+
+
+def limited_opener(limit: int) -> RecordOpener:
+    cipher = "aes-128-gcm"
+    return RecordOpener(cipher, key_for(cipher), iv_for(), max_fragment=1, record_limit=limit)
+
+
+@pytest.mark.parametrize("batches", [1, 2])
+def test_open_at_the_record_limit_keeps_whole_batches(batches: int) -> None:
+    limit = BATCH * batches
+    sealer, _ = pair("aes-128-gcm", max_fragment=1)
+    opener = limited_opener(limit)
+    content = marker(limit + 1)
+    wire = sealer.seal(content)
+    result = opener.open(wire)
+    assert result.record_count == limit
+    assert b"".join(r.data for r in result.records) == content[:limit]
+    assert result.consumed == limit * (1 + record.RECORD_OVERHEAD)
+    assert opener.sequence == limit
+    with pytest.raises(nautilus.RecordLimitReached):
+        opener.open(wire[result.consumed :])
+
+
+def test_open_spans_with_out_full_at_a_batch_boundary() -> None:
+    sealer, opener = pair("aes-128-gcm", max_fragment=1)
+    content = marker(BATCH + 5)
+    wire = bytearray(sealer.seal(content))
+    out = bytearray(BATCH)  # exactly the contents of one batch
+    spans, consumed = opener.open_spans(wire, out)
+    assert len(spans) == BATCH
+    assert bytes(out) == content[:BATCH]
+    assert consumed == BATCH * (1 + record.RECORD_OVERHEAD)
+    assert opener.sequence == BATCH
+    # The next call with that full buffer says so; with room, it opens the rest.
+    rest = wire[consumed:]
+    with pytest.raises(ValueError, match="too small"):
+        opener.open_spans(rest, bytearray(0))
+    spans, consumed = opener.open_spans(rest, out)
+    assert bytes(out[:5]) == content[BATCH:]
+    assert (len(spans), consumed) == (5, len(rest))
+
+
+def test_open_spans_at_the_limit_on_a_batch_boundary() -> None:
+    sealer, _ = pair("aes-128-gcm", max_fragment=1)
+    opener = limited_opener(BATCH)
+    wire = bytearray(sealer.seal(marker(BATCH + 1)))
+    spans, consumed = opener.open_spans(wire, bytearray(len(wire)))
+    assert len(spans) == BATCH
+    assert consumed == BATCH * (1 + record.RECORD_OVERHEAD)
+    with pytest.raises(nautilus.RecordLimitReached):
+        opener.open_spans(wire[consumed:], bytearray(len(wire)))
+
+
+@pytest.mark.parametrize(
+    ("data_at", "out_at"),
+    [
+        ((0, 11), (0, 64)),  # data at the start of out
+        ((40, 51), (0, 64)),  # data later in out
+        ((0, 11), (10, 74)),  # out starts on data's last byte
+        ((60, 71), (0, 61)),  # out ends on data's first byte
+    ],
+)
+def test_seal_into_refuses_overlapping_buffers(
+    data_at: tuple[int, int], out_at: tuple[int, int]
+) -> None:
+    sealer, opener = pair("aes-256-gcm")
+    buf = bytearray(marker(80))
+    view = memoryview(buf)
+    with pytest.raises(ValueError, match="out must not overlap data"):
+        sealer.seal_into(view[data_at[0] : data_at[1]], view[out_at[0] : out_at[1]])
+    assert sealer.sequence == 0
+    assert buf == marker(80)
+    # Adjacent parts of one buffer are fine.
+    n = sealer.seal_into(view[:11], view[11:])
+    assert opener.open(buf[11 : 11 + n]).records == [Record(APP, marker(11))]
+
+
+@pytest.mark.parametrize("method", ["open_packed", "open_spans"])
+@pytest.mark.parametrize("shift", [0, 8, -8])
+def test_open_refuses_out_overlapping_data(method: str, shift: int) -> None:
+    sealer, opener = pair("aes-256-gcm")
+    wire = sealer.seal(b"A" * 100) + sealer.seal(b"B" * 100)
+    buf = bytearray(300) + bytearray(wire) + bytearray(300)
+    view = memoryview(buf)
+    data = view[300 : 300 + len(wire)]
+    out = view[300 + shift : 300 + shift + len(wire)]
+    with pytest.raises(ValueError, match="out must not overlap data"):
+        getattr(opener, method)(data, out)
+    # Refused before opening: the opener did not fail and nothing was consumed.
+    assert opener.sequence == 0
+    assert bytes(data) == wire
+    getattr(opener, method)(data, view[: len(wire)])  # a separate part of the same buffer
+    assert bytes(buf[:200]) == b"A" * 100 + b"B" * 100
+    assert opener.sequence == 2
+
+
+def test_bad_buffers_are_type_errors_naming_the_argument() -> None:
+    sealer, opener = pair("aes-256-gcm")
+    wire = sealer.seal(b"hello")
+    read_only = memoryview(bytes(100))
+    strided = memoryview(bytearray(200))[::2]
+    cases: list[tuple[Any, str]] = [
+        (lambda: sealer.seal_into(b"x", read_only), "out must be writable"),
+        (lambda: sealer.seal_into(b"x", strided), "out must be C-contiguous"),
+        (lambda: sealer.seal_into(b"x", bytes(100)), "out must be a bytearray"),
+        (lambda: opener.open_spans(bytearray(wire), bytes(100)), "out must be a bytearray"),
+        (lambda: opener.open_spans(bytearray(wire), "x" * 100), "out must be a bytearray"),
+        (lambda: opener.open_spans(bytearray(wire), [0] * 100), "out must be a bytearray"),
+        (lambda: opener.open_spans(bytearray(wire), read_only), "out must be writable"),
+        (lambda: opener.open_spans(bytearray(wire), strided), "out must be C-contiguous"),
+        (lambda: opener.open_spans(memoryview(wire)), "data must be writable"),
+        (lambda: opener.open_spans(memoryview(bytearray(wire * 2))[::2]), "data must be C-"),
+        (lambda: opener.open_packed(wire, read_only), "out must be writable"),
+        (lambda: opener.open_packed(wire, strided), "out must be C-contiguous"),
+    ]
+    for call, message in cases:
+        with pytest.raises(TypeError, match=message):
+            call()
+    assert sealer.sequence == 1
+    assert opener.open(wire).records == [Record(APP, b"hello")]
+
+
+def test_non_contiguous_input_is_copied() -> None:
+    sealer, opener = pair("aes-256-gcm")
+    reference, _ = pair("aes-256-gcm")
+    strided = memoryview(bytearray(b"h-e-l-l-o-"))[::2]
+    wire = sealer.seal(strided)
+    assert wire == reference.seal(b"hello")
+    out = bytearray(64)
+    n = sealer.seal_into(strided, out)
+    assert out[:n] == reference.seal(b"hello")
+    doubled = bytearray(2 * len(wire + out[:n]))
+    doubled[::2] = wire + out[:n]
+    opened = opener.open_packed(memoryview(doubled)[::2], bytearray(64))
+    assert (opened.records, opened.written) == (2, 10)
+
+
+@pytest.mark.parametrize("damage", ["tag", "header"])
+def test_rekey_refuses_a_failed_opener(damage: str) -> None:
+    sealer, opener = pair("aes-256-gcm")
+    bad = bytearray(sealer.seal(b"x"))
+    bad[-1 if damage == "tag" else 0] ^= 1
+    error = nautilus.IntegrityError if damage == "tag" else nautilus.RecordFormatError
+    with pytest.raises(error):
+        opener.open(bad)
+    with pytest.raises(nautilus.ClosedError, match="failed"):
+        opener.rekey(key_for("aes-256-gcm", 3), iv_for(3))
+    with pytest.raises(nautilus.ClosedError, match="failed"):
+        opener._rekey_from_secret(bytes(32))
+    opener.close()
+    with pytest.raises(nautilus.ClosedError, match="closed"):
+        opener.rekey(key_for("aes-256-gcm", 3), iv_for(3))
+
+
+@pytest.mark.parametrize("cls", [RecordSealer, RecordOpener])
+def test_rekey_refuses_the_key_and_iv_in_use(cls: type) -> None:
+    cipher = "chacha20-poly1305"
+    obj = cls(cipher, key_for(cipher), iv_for())
+    obj._set_sequence(5)
+    with pytest.raises(ValueError, match="already in use"):
+        obj.rekey(key_for(cipher), iv_for())
+    with pytest.raises(ValueError, match="already in use"):
+        obj.rekey(bytearray(key_for(cipher)), memoryview(iv_for()))
+    assert obj.sequence == 5  # not restarted
+    obj.rekey(key_for(cipher), iv_for(1))  # a new IV is a new nonce sequence
+    assert obj.sequence == 0
+    with pytest.raises(ValueError, match="already in use"):
+        obj.rekey(key_for(cipher), iv_for(1))
+    obj.rekey(key_for(cipher, 1), iv_for(1))
+    # Only a keyed fingerprint is kept, never the key or IV.
+    slots = [name for c in type(obj).__mro__ for name in getattr(c, "__slots__", ())]
+    held = [getattr(obj, name) for name in slots]
+    assert obj._fingerprint in held
+    for value in held:
+        if isinstance(value, (bytes, bytearray)):
+            assert key_for(cipher, 1)[:8] not in value
+            assert iv_for(1)[:8] not in value
+
+
+def test_rekey_from_secret_refuses_the_secret_in_use() -> None:
+    secret = bytes(range(32))
+    sealer = RecordSealer._from_secret("aes-256-gcm", secret, 16384)
+    sealer.seal(b"x")
+    with pytest.raises(ValueError, match="already in use"):
+        sealer._rekey_from_secret(secret)
+    assert sealer.sequence == 1
+    sealer._rekey_from_secret(bytes(32))
+    assert sealer.sequence == 0
+
+
+def test_close_wipes_the_opener_scratch() -> None:
+    sealer, opener = pair("aes-256-gcm")
+    small, large = marker(40, 2), marker(4000, 3)
+    assert opener.open(sealer.seal(small)).records == [Record(APP, small)]
+    first = opener._scratch
+    assert small in first
+    assert opener.open(sealer.seal(large)).records == [Record(APP, large)]
+    assert opener._scratch is not first
+    assert first == bytes(len(first))  # the replaced buffer was wiped
+    second = opener._scratch
+    assert large in second
+    opener.close()
+    assert second == bytes(len(second))
+    with pytest.raises(nautilus.ClosedError):
+        opener.open(sealer.seal(small))

@@ -88,6 +88,49 @@ def as_bytes(name: str, value: object, length: int | None = None) -> bytes:
     return data
 
 
+def input_buffer(name: str, value: object) -> bytes | bytearray | memoryview:
+    """``value`` if it is a C-contiguous bytes-like object, a bytes copy of a
+    non-contiguous memoryview (read-only inputs are copied, as :func:`as_bytes`
+    does), or TypeError naming ``name``."""
+    if isinstance(value, (bytes, bytearray)):
+        return value
+    if isinstance(value, memoryview):
+        return value if value.c_contiguous else value.tobytes()
+    raise TypeError(f"{name} must be bytes-like, not {type(value).__name__}")
+
+
+def output_buffer(name: str, value: object) -> bytearray | memoryview:
+    """``value`` if C can write into it (a bytearray, or a writable C-contiguous
+    memoryview); TypeError naming ``name`` otherwise."""
+    if isinstance(value, bytearray):
+        return value
+    if isinstance(value, memoryview):
+        if value.readonly:
+            raise TypeError(f"{name} must be writable: a read-only memoryview was given")
+        if not value.c_contiguous:
+            raise TypeError(f"{name} must be C-contiguous: a strided memoryview was given")
+        return value
+    raise TypeError(
+        f"{name} must be a bytearray or writable memoryview, not {type(value).__name__}"
+    )
+
+
+def _overlap(a: Any, b: Any) -> bool:
+    """True if the cffi buffers ``a`` and ``b`` share a byte."""
+    a_start, b_start = int(ffi.cast("uintptr_t", a)), int(ffi.cast("uintptr_t", b))
+    if len(a) == 0 or len(b) == 0:
+        return False
+    return a_start < b_start + len(b) and b_start < a_start + len(a)
+
+
+def check_disjoint(name: str, data: Any, out_name: str, out: Any) -> None:
+    """ValueError if the buffers ``data`` and ``out`` overlap (C reads one while
+    writing the other: an overlap would corrupt the result)."""
+    with ffi.from_buffer(data) as a, ffi.from_buffer(out) as b:
+        if _overlap(a, b):
+            raise ValueError(f"{out_name} must not overlap {name}: pass separate buffers")
+
+
 # --- KEMs --------------------------------------------------------------------
 
 
@@ -256,6 +299,16 @@ def aead_free(handle: Any) -> None:
     ffi.release(handle)
 
 
+def aead_failed(handle: Any) -> bool:
+    """True if the opening state ``handle`` failed for good (a record failed to
+    authenticate or was malformed). Asks C by opening nothing, which has no
+    effect but reports a failed state."""
+    spans = ffi.new("nt_span[1]")
+    counts = ffi.new("size_t[2]")
+    rc = lib.nt_open(handle, ffi.NULL, 0, ffi.NULL, 0, 1, spans, 1, counts, counts + 1)
+    return bool(rc == lib.NT_ERR_STATE)
+
+
 def aead_rekey(handle: Any, key: bytes, iv: bytes) -> None:
     check(lib.nt_aead_rekey(handle, key, len(key), iv, len(iv)), "rekey")
 
@@ -297,6 +350,8 @@ def seal_into(handle: Any, content_type: int, data: Any, out: Any) -> tuple[int,
     # The buffers are released on exit, even when an exception keeps this frame alive,
     # so that the caller may resize them afterwards.
     with ffi.from_buffer(data) as src, ffi.from_buffer(out, require_writable=True) as dst:
+        if _overlap(src, dst):
+            raise ValueError("out must not overlap data: pass separate buffers")
         rc = lib.nt_seal(handle, content_type, src, len(src), dst, len(dst), out_len, out_len + 1)
     check(rc, "seal")
     return int(out_len[0]), int(out_len[1])
@@ -371,6 +426,8 @@ def open_spans(handle: Any, data: Any, out: Any, batch_type: int) -> tuple[list[
     src = ffi.from_buffer(data, require_writable=True)
     dst = ffi.NULL if out is None else ffi.from_buffer(out, require_writable=True)
     try:
+        if out is not None and _overlap(src, dst):
+            raise ValueError("out must not overlap data: pass separate buffers")
         return _open_spans_loop(handle, src, dst, out is not None, batch_type)
     finally:  # release the exports even if an exception keeps this frame alive
         ffi.release(src)
@@ -401,6 +458,12 @@ def _open_spans_loop(
             outpos += int(spans_c[n - 1].offset) + int(spans_c[n - 1].length)
         pos += int(counts[1])
         if rc != lib.NT_OK:
+            if spans and (rc == lib.NT_ERR_LIMIT or rc == lib.NT_ERR_BUFFER):
+                # A later call stopped at the record limit or a full ``out``
+                # before opening anything: nothing failed, so the records of the
+                # earlier calls are returned and the next call reports it (as
+                # one C call does).
+                return spans, pos
             raise OpenFailure(_fail(rc, "open"), spans, pos)
         if n < _MAX_SPANS or spans[-1].content_type != batch_type:
             return spans, pos
