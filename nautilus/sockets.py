@@ -1264,7 +1264,8 @@ class NautilusSocket(socket.socket):
         Raises:
             TypeError: ``label``/``context`` not bytes, ``length`` not an int.
             ValueError: ``length`` not in 1..8160.
-            nautilus.ClosedError: the handshake has not completed.
+            nautilus.ClosedError: the handshake has not completed, or the
+                connection is closed or failed (its secrets are wiped then).
         """
         with self._state_lock:
             return self._conn.export_keying_material(label, context, length)

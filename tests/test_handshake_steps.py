@@ -10,16 +10,21 @@ from typing import Any
 
 import pytest
 from protocol_helpers import (
+    NOW,
     Pair,
     assert_closed_with,
     cached_identity,
+    drain_events,
     event_types,
+    split_plain_handshake,
+    split_records,
 )
 
 from nautilus import (
     AlertReceived,
     AuthenticationFailed,
     AuthenticationStep,
+    ClosedError,
     ConnectionClosed,
     CustomProtocolStep,
     Handshake,
@@ -28,9 +33,17 @@ from nautilus import (
     HandshakeStep,
     NegotiationFailed,
     PeerKey,
+    State,
     StepContext,
 )
-from nautilus.protocol.steps import FinishedStep, KeyExchangeStep
+from nautilus.protocol.connection import Connection
+from nautilus.protocol.messages import RECORD_SEALED, MsgType
+from nautilus.protocol.steps import (
+    MAX_CUSTOM_STEPS,
+    MAX_CUSTOM_STEPS_SIZE,
+    FinishedStep,
+    KeyExchangeStep,
+)
 
 CORE = ["nautilus/key-exchange", "nautilus/authentication", "nautilus/finished"]
 
@@ -629,3 +642,164 @@ def test_step_payload_over_the_message_limit_fails_the_handshake() -> None:
     assert "at most" in str(pair.server.error)
     assert_closed_with(pair.client, pair.client_events, HandshakeError)
     assert "internal_error" in str(pair.client.error)
+
+
+# ------------------------------------------------------ hooks that close their side
+
+
+def _sealed_only(wire: bytes) -> bool:
+    return all(rec[0] == RECORD_SEALED for rec in split_records(wire))
+
+
+@pytest.mark.parametrize("hook", ["server_payload", "client_payload", "verify_client_payload"])
+def test_a_hook_that_closes_its_connection_ends_the_handshake(hook: str) -> None:
+    """close() from a step's hook is final: the handshake stops there, no message
+    follows the close_notify (none in plaintext), no HandshakeCompleted, and the
+    call that ran the hook returns normally."""
+    sid = "example.com/closer"
+    closing: dict[str, Pair] = {}
+    closer = "client" if hook == "client_payload" else "server"
+
+    def close_own(ctx: StepContext, *args: object) -> bytes:
+        getattr(closing["pair"], closer).close()
+        return b"payload"
+
+    server_step = CustomProtocolStep(
+        sid,
+        server_payload=close_own if hook == "server_payload" else (lambda ctx: b"challenge"),
+        verify_client_payload=close_own if hook == "verify_client_payload" else None,
+    )
+    client_step = CustomProtocolStep(
+        sid, client_payload=close_own if hook == "client_payload" else (lambda c, p: b"answer")
+    )
+    pair = Pair.make(
+        server={"handshake": handshake_with(server_step)},
+        client={"handshake": handshake_with(client_step)},
+    )
+    closing["pair"] = pair
+    pair.start()
+    conn = getattr(pair, closer)
+    hello = pair.client.data_to_send()
+    pair.server.receive_data(hello, NOW)  # the server's hook runs here
+    flight = pair.server.data_to_send()
+    if hook == "server_payload":
+        messages, sealed = split_plain_handshake(flight)
+        assert [m for m, _ in messages] == [MsgType.SERVER_HELLO]
+        assert len(split_records(sealed)) == 1  # the close_notify alone: no flight after it
+        pair.client.receive_data(flight, NOW)
+    else:
+        pair.client.receive_data(flight, NOW)  # the client's hook runs here
+        out = pair.client.data_to_send()
+        assert _sealed_only(out)
+        if hook == "client_payload":
+            assert len(split_records(out)) == 1  # close_notify; no StepData, no Finished
+            pair.server.receive_data(out, NOW)
+        else:
+            pair.server.receive_data(out, NOW)  # the server's check runs here
+            out = pair.server.data_to_send()
+            assert _sealed_only(out)
+            assert len(split_records(out)) == 1
+            pair.client.receive_data(out, NOW)
+    pair.collect()
+    assert conn.is_closed
+    assert conn.error is None
+    assert conn.get_timer() is None
+    events = pair.client_events if closer == "client" else pair.server_events
+    assert "HandshakeCompleted" not in event_types(events)
+    with pytest.raises(ClosedError):
+        conn.send_data(b"x")
+    pair.pump()  # the peer learns of the close
+    peer = pair.server if closer == "client" else pair.client
+    assert peer.is_closed
+    if hook == "verify_client_payload":  # the client had completed (1-RTT): a clean close
+        assert peer.error is None
+    else:
+        assert isinstance(peer.error, HandshakeError)
+
+
+def test_a_trust_rule_that_closes_its_connection_ends_the_handshake() -> None:
+    holder: dict[str, Pair] = {}
+
+    class CloseOnSight(AuthenticationStep):
+        def verify_peer(self, trust: Any, key: PeerKey, **kwargs: Any) -> str:
+            holder["pair"].client.close()
+            return "pinned"
+
+    pair = Pair.make(client=_client_with_policy(CloseOnSight()))
+    holder["pair"] = pair
+    pair.start()
+    pair.server.receive_data(pair.client.data_to_send(), NOW)
+    pair.client.receive_data(pair.server.data_to_send(), NOW)
+    out = pair.client.data_to_send()
+    assert _sealed_only(out)
+    assert len(split_records(out)) == 1
+    assert pair.client.is_closed
+    assert pair.client.error is None
+    assert drain_events(pair.client) == []
+
+
+# ------------------------------------------------------------ step id and count bounds
+
+
+@pytest.mark.parametrize("bad", ["abc\n", "x" * 255 + "\n", "\nabc", "ab\ncd"])
+def test_a_step_id_with_a_newline_is_refused(bad: str) -> None:
+    with pytest.raises(ValueError, match="protocol_id"):
+        CustomProtocolStep(bad)
+
+
+def test_custom_steps_are_bounded_by_what_a_hello_carries() -> None:
+    hs = Handshake()
+    for i in range(MAX_CUSTOM_STEPS):
+        hs.add(CustomProtocolStep(f"s{i}"))
+    with pytest.raises(ValueError, match="at most 255 custom steps, got 256"):
+        hs.add(CustomProtocolStep("one.too.many"))
+    assert len(hs.custom_steps) == MAX_CUSTOM_STEPS  # the refused add changed nothing
+    long_ids = [CustomProtocolStep(f"{i:03d}".ljust(255, "x")) for i in range(64)]
+    with pytest.raises(ValueError, match="ids take"):
+        Handshake([KeyExchangeStep(), AuthenticationStep(), *long_ids, FinishedStep()])
+
+
+def test_custom_steps_at_the_size_bound_still_connect() -> None:
+    """63 ids of 255 characters and one of 191: exactly MAX_CUSTOM_STEPS_SIZE
+    bytes of offers; the ClientHello (and a retried one) still fits."""
+    ids = [f"{i:03d}".ljust(255, "x") for i in range(63)]
+    ids.append("last".ljust(MAX_CUSTOM_STEPS_SIZE - 63 * 257 - 2, "y"))
+    assert sum(len(i) + 2 for i in ids) == MAX_CUSTOM_STEPS_SIZE
+    at_bound = handshake_with(*(CustomProtocolStep(i) for i in ids))
+    with pytest.raises(ValueError, match="ids take 16387 bytes"):
+        at_bound.add(CustomProtocolStep("z"))  # three bytes more
+    pair = Pair.make(
+        server={"handshake": at_bound},
+        client={
+            "handshake": handshake_with(*(CustomProtocolStep(i) for i in ids)),
+            "groups": ["x25519", "x25519-mlkem1024"],  # a retry, with the largest share
+        },
+    )
+    assert pair.handshake() == 5  # hello, retry, hello again, the server's flight, the client's
+    assert len(steps_of(pair.client_events)) == 64
+    assert pair.client.session is not None
+    assert pair.client.session.group == "x25519-mlkem1024"
+
+
+def test_start_takes_nothing_when_its_hello_cannot_be_encoded() -> None:
+    """A step id made invalid after it was checked: start() raises ValueError
+    before it takes the cached ticket, a key share or a deadline."""
+    pair = Pair.make(server={"tickets_per_handshake": 1}, server_name="srv:1")
+    pair.handshake()
+    cache = pair.client_ctx.session_cache
+    key = pair.client._cache_key()
+    assert key is not None
+    step = CustomProtocolStep("example.com/ok")
+    pair.client_ctx.handshake = handshake_with(step)
+    step.protocol_id = "x" * 300  # changed behind the Handshake's back
+    conn = Connection(pair.client_ctx, "client", server_name="srv:1")
+    taken = dict(pair.client_ctx._key_pool._taken)
+    with pytest.raises(ValueError, match="ClientHello cannot be encoded"):
+        conn.start(NOW)
+    assert conn.state is State.CLIENT_START
+    assert conn.get_timer() is None
+    assert conn.data_to_send() == b""
+    assert pair.client_ctx._key_pool._taken == taken  # no key share taken
+    assert conn._kem is None
+    assert not conn._took_keys
+    assert cache.take(key, NOW) is not None  # the ticket is still there

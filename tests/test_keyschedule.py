@@ -249,6 +249,28 @@ def test_wipe_handshake_keeps_only_what_the_connection_needs() -> None:
     assert (sched.client_app, sched.server_app, sched.exporter, sched.resumption) == app
 
 
+@pytest.mark.parametrize("client", [True, False])
+def test_update_traffic_replaces_the_secret_of_one_direction(client: bool) -> None:
+    sched = run_schedule()
+    hand = hand_schedule(SHARED)
+    mine, other = ("client_app", "server_app") if client else ("server_app", "client_app")
+    expected = hand[mine]
+    for _ in range(3):
+        expected = label_of(expected, b"traffic upd", b"")
+        assert sched.update_traffic(client) == expected
+        assert getattr(sched, mine) == expected  # generation 0 is no longer held
+    assert getattr(sched, other) == hand[other]
+    assert (sched.exporter, sched.resumption) == (hand["exporter"], hand["resumption"])
+    held = [getattr(sched, name) for name in ks.KeySchedule.__slots__]
+    assert hand[mine] not in held
+
+
+def test_wipe_drops_every_secret() -> None:
+    sched = run_schedule(psk=SECRET)
+    sched.wipe()
+    assert all(getattr(sched, name) == b"" for name in ks.KeySchedule.__slots__)
+
+
 # ---------------------------------------------------------------------- Finished
 
 

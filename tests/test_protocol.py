@@ -4,6 +4,8 @@ identities, certificates, known peers and API misuse."""
 
 from __future__ import annotations
 
+import array
+import dataclasses
 import math
 import os
 
@@ -45,9 +47,10 @@ from nautilus import (
     State,
 )
 from nautilus.context import DEFAULT_GROUPS
-from nautilus.protocol.connection import Connection
+from nautilus.protocol import keyschedule as ks
+from nautilus.protocol.connection import MAX_NOW, Connection
 from nautilus.protocol.messages import RECORD_SEALED, MsgType
-from nautilus.record import RECORD_OVERHEAD
+from nautilus.record import RECORD_OVERHEAD, ContentType
 
 
 def connected_pair(**kwargs: object) -> Pair:
@@ -943,3 +946,271 @@ def test_nan_now_does_not_let_a_stale_hello_through() -> None:
         return  # refusing the bad time is fine too
     pair.collect()
     assert_closed_with(pair.server, pair.server_events, ProtocolViolation)
+
+
+# ------------------------------------------------------- the time, and its range
+
+
+@pytest.mark.parametrize("bad", [-1.0, -1e-9, 1.9e16, 1e300, 10**400, -(10**400), math.nan])
+def test_now_out_of_range_is_refused_before_any_change(bad: float) -> None:
+    """The ClientHello carries ``now`` in milliseconds as a u64: a time it cannot
+    carry is a ValueError naming now, whatever the call, and nothing changes."""
+    client = Connection(Context(trusted_peers=[cached_identity().public]), "client")
+    with pytest.raises(ValueError, match="now"):
+        client.start(bad)
+    assert client.state is State.CLIENT_START
+    assert client.get_timer() is None
+    assert client.data_to_send() == b""
+    pair = connected_pair()
+    for call in (
+        lambda: pair.client.receive_data(b"", bad),
+        lambda: pair.client.handle_timer(bad),
+    ):
+        with pytest.raises(ValueError, match="now"):
+            call()
+    assert pair.client.handshake_complete
+    assert pair.client.data_to_send() == b""
+    client.start(NOW)  # the refused call left it ready to start
+    assert client.state is State.CLIENT_WAIT_HELLO
+
+
+@pytest.mark.parametrize("edge", [0, 0.0, MAX_NOW, int(MAX_NOW)])
+def test_now_at_the_edges_of_its_range(edge: float) -> None:
+    pair = Pair.make(now=edge)
+    pair.handshake()  # the hello's u64 timestamp carries both ends
+    assert pair.client.get_timer() is None
+
+
+def test_rekey_timer_when_the_handshake_completed_at_time_zero() -> None:
+    pair = Pair.make(now=0.0, server={"rekey_interval": 5.0}, client={"rekey_interval": 5.0})
+    pair.handshake()
+    assert pair.client.get_timer() == 5.0  # 0.0 is a time, not "never"
+    pair.client.handle_timer(5.0)
+    assert KeysUpdated("send") in drain_events(pair.client)
+    assert pair.client.get_timer() == 10.0
+
+
+# ------------------------------------------------------ receive_data's buffers
+
+
+@pytest.mark.parametrize("code", ["H", "h"])
+def test_receive_data_reads_the_bytes_of_a_memoryview_of_any_format(code: str) -> None:
+    """len() of such a view counts items, not bytes: what counts is its bytes.
+    (Two-byte items: the first, 0x17 0x00, reads as 0x17, the sealed type.)"""
+    pair = connected_pair()
+    pair.collect()
+    pair.server.send_data(b"A" * 19)
+    pair.server.send_data(b"B" * 19)
+    wire = pair.server.data_to_send()
+    assert len(wire) == 80  # two records of 40 bytes
+    arr = array.array(code)
+    arr.frombytes(wire[:56])  # the first record and 16 bytes of the second: 56 bytes
+    pair.client.receive_data(memoryview(arr), NOW)
+    assert received_data(drain_events(pair.client)) == b"A" * 19
+    pair.client.receive_data(wire[56:], NOW)  # the rest of the second record
+    events = drain_events(pair.client)
+    assert received_data(events) == b"B" * 19
+    assert pair.client.handshake_complete
+
+
+def test_receive_data_reads_a_multidimensional_view_and_a_cut_record() -> None:
+    pair = connected_pair()
+    pair.collect()
+    pair.server.send_data(b"A" * 19)
+    pair.server.send_data(b"B" * 19)
+    wire = pair.server.data_to_send()
+    arr = array.array("H")
+    arr.frombytes(wire[:60])  # a record and a half: 30 items
+    pair.client.receive_data(memoryview(arr), NOW)
+    rest = memoryview(bytearray(wire[60:])).cast("B", (4, 5))  # the other half, 2-D
+    pair.client.receive_data(rest, NOW)
+    assert received_data(drain_events(pair.client)) == b"A" * 19 + b"B" * 19
+    assert pair.client.handshake_complete
+    # During the handshake too (the buffered path).
+    hs = Pair.make()
+    hs.start()
+    hello = hs.client.data_to_send()
+    arr = array.array("B", hello)  # format "B", but not a bytes object
+    view = memoryview(arr).cast("c")  # itemsize 1, yet not unsigned bytes
+    hs.server.receive_data(view, NOW)
+    hs.pump()
+    assert hs.client.handshake_complete
+    assert hs.server.handshake_complete
+
+
+@pytest.mark.parametrize("connected", [False, True])
+def test_receive_data_refuses_a_non_contiguous_memoryview(connected: bool) -> None:
+    pair = Pair.make()
+    if connected:
+        pair.handshake()
+        pair.server.send_data(b"hello")
+    else:
+        pair.start()
+    wire = pair.server.data_to_send() if connected else pair.client.data_to_send()
+    receiver = pair.client if connected else pair.server
+    state = receiver.state
+    spread = bytes(b for x in wire for b in (x, 0))
+    with pytest.raises(TypeError, match="data must be a contiguous buffer"):
+        receiver.receive_data(memoryview(spread)[::2], NOW)
+    assert receiver.state is state  # nothing was read
+    receiver.receive_data(wire, NOW)  # the same bytes, contiguous
+    if connected:
+        assert received_data(drain_events(pair.client)) == b"hello"
+    else:
+        pair.pump()
+        assert pair.client.handshake_complete
+
+
+# ---------------------------------------------------------------------- secrets
+
+
+def test_a_key_update_drops_the_secret_it_replaces() -> None:
+    """Forward secrecy across key updates: neither side keeps generation 0 of the
+    direction that was updated, so it cannot be derived again."""
+    pair = connected_pair()
+    client, server = pair.client, pair.server
+    assert client._keys is not None
+    assert server._keys is not None
+    gen0 = client._keys.client_app
+    server_gen0 = server._keys.server_app
+    assert server._keys.client_app == gen0
+    for _ in range(3):
+        client.update_keys(request_peer=False)
+        pair.pump()
+    gen3 = gen0
+    for _ in range(3):
+        gen3 = ks.next_traffic_secret(gen3)
+    for conn in (client, server):
+        keys = conn._keys
+        assert keys is not None
+        assert keys.client_app == gen3  # the current generation only
+        assert gen0 not in _held_bytes(conn)
+    assert client._keys.server_app == server._keys.server_app == server_gen0  # not updated
+    client.send_data(b"after")
+    pair.pump()
+    assert received_data(pair.server_events).endswith(b"after")
+
+
+def _held_bytes(conn: Connection) -> list[object]:
+    """Every value a Connection and its key schedules hold (slots, one level down)."""
+    values: list[object] = []
+    for obj in (conn, conn._keys, conn._psk_keys):
+        if obj is None:
+            continue
+        for name in type(obj).__slots__:
+            if hasattr(obj, name):
+                values.append(getattr(obj, name))
+    return values
+
+
+@pytest.mark.parametrize("ending", ["close", "peer_close"])
+def test_closing_wipes_decrypted_data(ending: str) -> None:
+    """What was decrypted (the scratch buffer, a partial message) is zeroed
+    when the connection closes, and when the scratch buffer is replaced."""
+    pair = Pair.make()
+    pair.handshake()
+    client, server = pair.client, pair.server
+    server.send_data(b"plain secret " * 100)
+    pair.pump()
+    first = client._scratch
+    assert b"plain secret" in first
+    server.send_data(b"larger secret " * 5000)  # a larger scratch buffer replaces it
+    pair.pump()
+    assert b"plain secret" not in first
+    server.send_messages([b"whole message"])
+    server._seal_application((100).to_bytes(4, "big") + b"partial message", ContentType.MESSAGE)
+    pair.pump()
+    scratch, partial = client._scratch, client._messages
+    assert b"larger secret" in scratch
+    assert b"partial message" in partial
+    if ending == "close":
+        client.close()
+    else:
+        server.close()
+        pair.pump()
+    assert client.is_closed
+    assert b"larger secret" not in scratch
+    assert b"message" not in scratch
+    assert b"partial message" not in partial
+
+
+@pytest.mark.parametrize("ending", ["close", "peer_close", "failure"])
+def test_closing_drops_every_secret(ending: str) -> None:
+    pair = Pair.make(server={"tickets_per_handshake": 1}, server_name="srv:1")
+    pair.handshake()
+    client = pair.client
+    keys = client._keys
+    assert keys is not None
+    # While connected the client keeps what it still needs: its traffic
+    # secrets, the exporter, and the resumption secret (a NewSessionTicket may
+    # still come).
+    assert all(len(s) == 32 for s in (keys.client_app, keys.server_app, keys.exporter))
+    assert len(keys.resumption) == 32
+    client.export_keying_material(b"l", b"", 16)
+    secrets = [keys.client_app, keys.server_app, keys.exporter, keys.resumption]
+    if ending == "close":
+        client.close()
+    elif ending == "peer_close":
+        pair.server.close()
+        pair.pump()
+    else:
+        client.receive_data(b"\x17\x00\x00\x20" + bytes(32), NOW)  # a forged record
+    assert client.is_closed
+    assert client._keys is None
+    assert client._psk_keys is None
+    assert client._ticket is None
+    assert (keys.client_app, keys.server_app, keys.exporter, keys.resumption) == (b"",) * 4
+    held = _held_bytes(client)
+    assert not any(s in held for s in secrets)
+    with pytest.raises(ClosedError, match="until the connection closes"):
+        client.export_keying_material(b"l", b"", 16)
+
+
+def test_a_client_still_stores_tickets_that_arrive_after_the_handshake() -> None:
+    """With client authentication the server's tickets follow the client's
+    Finished: the client, connected by then, still has its resumption secret."""
+    pair = Pair.make(
+        server={"tickets_per_handshake": 2, "client_auth": "optional"}, server_name="srv:1"
+    )
+    pair.start()
+    pair.server.receive_data(pair.client.data_to_send(), NOW)
+    pair.client.receive_data(pair.server.data_to_send(), NOW)
+    assert pair.client.handshake_complete  # before any ticket
+    pair.pump()
+    cache = pair.client_ctx.session_cache
+    key = pair.client._cache_key()
+    assert key is not None
+    assert cache.take(key, NOW) is not None
+    assert cache.take(key, NOW) is not None
+
+
+def test_a_cached_ticket_too_large_for_the_hello_is_left_unused() -> None:
+    """A ticket may be 65535 bytes, its offer then does not fit in a ClientHello:
+    the client goes without it (a full handshake) instead of failing in start()."""
+    pair = Pair.make(server={"tickets_per_handshake": 1}, server_name="srv:1")
+    pair.handshake()
+    cache = pair.client_ctx.session_cache
+    key = pair.client._cache_key()
+    assert key is not None
+    ticket = cache.take(key, NOW)
+    assert ticket is not None
+    cache.store(key, dataclasses.replace(ticket, ticket=bytes(65535)))
+    again = Pair(pair.client_ctx, pair.server_ctx, {"server_name": "srv:1"})
+    again.handshake()
+    assert again.client.session is not None
+    assert not again.client.session.resumed
+
+
+@pytest.mark.parametrize("client_auth", ["off", "optional"])  # tickets early / after
+def test_a_server_drops_its_resumption_secret_once_its_tickets_are_made(
+    client_auth: str,
+) -> None:
+    pair = Pair.make(server={"tickets_per_handshake": 1, "client_auth": client_auth})
+    pair.handshake()
+    keys = pair.server._keys
+    assert keys is not None
+    assert keys.resumption == b""
+    assert len(keys.exporter) == 32  # what it still needs stays
+    assert pair.server.export_keying_material(b"l", b"", 16) == pair.client.export_keying_material(
+        b"l", b"", 16
+    )

@@ -46,7 +46,7 @@ from nautilus import (
 from nautilus.context import CIPHER_IDS, GROUP_IDS
 from nautilus.kem import GROUPS
 from nautilus.protocol import keyschedule as ks
-from nautilus.protocol.connection import Connection
+from nautilus.protocol.connection import MAX_PEER_KEY_UPDATES, Connection
 from nautilus.protocol.messages import (
     RECORD_ALERT_PLAIN,
     RECORD_HANDSHAKE_PLAIN,
@@ -61,7 +61,7 @@ from nautilus.protocol.messages import (
     ServerHello,
     frame,
 )
-from nautilus.record import DEFAULT_RECORD_LIMIT, ContentType, RecordSealer
+from nautilus.record import AEAD, DEFAULT_RECORD_LIMIT, ContentType, RecordOpener, RecordSealer
 
 
 def alert_codes(events: list[object]) -> list[int]:
@@ -463,6 +463,13 @@ GOOD_PREFIX = {
 }
 
 
+# What each damage is found to be: a forged record (bad_record_mac), except a
+# header whose type byte turned 0x17 into 0x16, which is a plaintext handshake
+# record after key agreement (unexpected_message).
+DAMAGE_ALERT = {d: (IntegrityError, 20) for d in DAMAGE}
+DAMAGE_ALERT["tampered-header"] = (ProtocolViolation, 10)
+
+
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_damaged_records_after_the_handshake(damage: str) -> None:
     pair = Pair.make()
@@ -470,15 +477,15 @@ def test_damaged_records_after_the_handshake(damage: str) -> None:
     wire = DAMAGE[damage](_three_records(pair))
     pair.server.receive_data(wire, NOW)
     events = drain_events(pair.server)
-    # (A header byte changed inside a batch of sealed records is a malformed record.)
-    assert_closed_with(pair.server, events, IntegrityError)
+    cls, code = DAMAGE_ALERT[damage]
+    assert_closed_with(pair.server, events, cls)
     assert received_data(events) == GOOD_PREFIX[damage]  # no byte of the bad record
     alert = pair.server.data_to_send()
     assert split_records(alert)[0][:1] == bytes([RECORD_SEALED])  # the alert is encrypted
     pair.client.receive_data(alert, NOW)
     c_events = drain_events(pair.client)
-    assert_closed_with(pair.client, c_events, IntegrityError)
-    assert alert_codes(c_events) == [20]  # bad_record_mac
+    assert_closed_with(pair.client, c_events, cls)
+    assert alert_codes(c_events) == [code]
 
 
 def test_first_record_tampered_delivers_nothing() -> None:
@@ -588,14 +595,18 @@ def test_plaintext_record_length_out_of_range(length: int) -> None:
 
 
 def test_unknown_handshake_message_type() -> None:
+    # No state accepts it: unexpected_message (docs/protocol.md, section 4), the
+    # alert the error names, not decode_error.
     pair = Pair.make()
     pair.start()
     pair.server.receive_data(plain_record(RECORD_HANDSHAKE_PLAIN, handshake_message(99, b"")))
     pair.collect()
     assert_closed_with(pair.server, pair.server_events, ProtocolViolation, exact=False)
+    assert "unexpected_message" in str(pair.server.error)
     pair.client.receive_data(pair.server.data_to_send(), NOW)
     pair.collect()
     assert_closed_with(pair.client, pair.client_events, ProtocolViolation)
+    assert alert_codes(pair.client_events) == [10]  # unexpected_message
 
 
 def test_plaintext_handshake_record_after_the_handshake() -> None:
@@ -993,7 +1004,8 @@ def test_client_finished_with_a_wrong_mac(monkeypatch: pytest.MonkeyPatch) -> No
 def test_peer_past_the_record_limit_without_key_update() -> None:
     pair = Pair.make(server={"ciphers": ["aes-128-gcm"]})
     pair.handshake()
-    key, iv = ks.traffic_keys(pair.client._send_secret, "aes-128-gcm")
+    assert pair.client._keys is not None
+    key, iv = ks.traffic_keys(pair.client._keys.client_app, "aes-128-gcm")
     rogue = RecordSealer("aes-128-gcm", key, iv, record_limit=2**64 - 1)
     rogue._set_sequence(DEFAULT_RECORD_LIMIT - 1)
     pair.server._opener._set_sequence(DEFAULT_RECORD_LIMIT - 1)  # type: ignore[union-attr]
@@ -1002,3 +1014,214 @@ def test_peer_past_the_record_limit_without_key_update() -> None:
     assert received_data(events) == b"last"
     assert_closed_with(pair.server, events, ProtocolViolation)
     assert "key update" in str(pair.server.error)
+
+
+# ------------------------------------------------------ malformed sealed records
+
+
+def _sealed_header(length: int) -> bytes:
+    return bytes([RECORD_SEALED]) + length.to_bytes(3, "big")
+
+
+@pytest.mark.parametrize("during", [False, True], ids=["connected", "handshake"])
+@pytest.mark.parametrize("declared", [16384 + 1 + 16 + 1, 1 << 20, 0xFFFFFF])
+def test_oversized_sealed_record_is_record_overflow(during: bool, declared: int) -> None:
+    """docs/protocol.md, section 6: an oversized record is record_overflow
+    (ProtocolViolation), not a forgery; during the handshake no talk of a key
+    exchange tampered with. Found from its header alone."""
+    pair = Pair.make()
+    if during:
+        pair.start()
+        pair.server.receive_data(pair.client.data_to_send(), NOW)
+        hello = split_records(pair.server.data_to_send())[0]
+        pair.client.receive_data(hello, NOW)  # ServerHello: keys agreed
+        assert pair.client.state is State.CLIENT_WAIT_EXTENSIONS
+    else:
+        pair.handshake()
+    pair.client.receive_data(_sealed_header(declared), NOW)
+    pair.collect()
+    assert_closed_with(pair.client, pair.client_events, ProtocolViolation)
+    assert "record_overflow" in str(pair.client.error)
+    alert = pair.client.data_to_send()
+    assert split_records(alert)[0][:1] == bytes([RECORD_SEALED])
+    pair.server.receive_data(alert, NOW)
+    pair.collect()
+    assert_closed_with(pair.server, pair.server_events, ProtocolViolation)
+    assert alert_codes(pair.server_events) == [22]  # record_overflow
+
+
+def test_sealed_record_at_the_size_limit_is_not_an_overflow() -> None:
+    pair = Pair.make()
+    pair.handshake()
+    pair.client.receive_data(_sealed_header(16384 + 1 + 16), NOW)
+    assert pair.client.handshake_complete  # waits for the body
+    pair.client.receive_data(bytes(16384 + 1 + 16), NOW)  # a body that does not verify
+    pair.collect()
+    assert_closed_with(pair.client, pair.client_events, IntegrityError)
+
+
+@pytest.mark.parametrize("declared", [0, 5, 16])
+def test_sealed_record_too_short_to_hold_a_tag_is_decode_error(declared: int) -> None:
+    pair = Pair.make()
+    pair.handshake()
+    pair.server.send_data(b"before")
+    good = pair.server.data_to_send()
+    pair.client.receive_data(good + _sealed_header(declared) + bytes(declared), NOW)
+    events = drain_events(pair.client)
+    assert received_data(events) == b"before"  # what verified first is delivered
+    assert_closed_with(pair.client, events, ProtocolViolation)
+    assert "decode_error" in str(pair.client.error)
+    pair.server.receive_data(pair.client.data_to_send(), NOW)
+    pair.collect()
+    assert alert_codes(pair.server_events) == [50]  # decode_error
+
+
+def test_authentic_record_without_a_content_type_is_decode_error() -> None:
+    """A record that verifies but whose plaintext is all padding (inner type 0)
+    is malformed, not forged: decode_error."""
+    pair = Pair.make(server={"ciphers": ["aes-256-gcm"]})
+    pair.handshake()
+    server = pair.server
+    assert server._keys is not None
+    assert server._sealer is not None
+    key, iv = ks.traffic_keys(server._keys.server_app, "aes-256-gcm")
+    seq = server._sealer.sequence
+    nonce = iv[:4] + (int.from_bytes(iv[4:], "big") ^ seq).to_bytes(8, "big")
+    content = b"no type" + b"\x00"
+    header = _sealed_header(len(content) + 16)
+    record = header + AEAD("aes-256-gcm", key).encrypt(nonce, content, header)
+    pair.client.receive_data(record, NOW)
+    pair.collect()
+    assert_closed_with(pair.client, pair.client_events, ProtocolViolation)
+    assert "without a content type" in str(pair.client.error)
+    pair.server.receive_data(pair.client.data_to_send(), NOW)
+    pair.collect()
+    assert alert_codes(pair.server_events) == [50]  # decode_error
+
+
+# ----------------------------------------------------------- key update floods
+
+
+def _key_updates(pair: Pair, n: int, request: bool = True) -> bytes:
+    for _ in range(n):
+        pair.server.update_keys(request)
+    drain_events(pair.server)
+    return pair.server.data_to_send()
+
+
+def test_a_flood_of_key_updates_is_refused() -> None:
+    """Each KeyUpdate(request_update) costs the receiver two ratchets and a reply:
+    more than MAX_PEER_KEY_UPDATES without data in between is a violation."""
+    pair = Pair.make()
+    pair.handshake()
+    pair.collect()
+    pair.client.receive_data(_key_updates(pair, 1000), NOW)
+    events = drain_events(pair.client)
+    assert event_types(events).count("KeysUpdated") == 2 * MAX_PEER_KEY_UPDATES
+    assert_closed_with(pair.client, events, ProtocolViolation)
+    assert "key updates" in str(pair.client.error)
+    replies = split_records(pair.client.data_to_send())
+    assert len(replies) == MAX_PEER_KEY_UPDATES + 1  # the answers, then the alert
+    assert pair.client.stats.key_updates == 2 * MAX_PEER_KEY_UPDATES
+
+
+def test_a_flood_of_unrequested_key_updates_is_refused() -> None:
+    pair = Pair.make()
+    pair.handshake()
+    pair.client.receive_data(_key_updates(pair, MAX_PEER_KEY_UPDATES + 1, False), NOW)
+    pair.collect()
+    assert_closed_with(pair.client, pair.client_events, ProtocolViolation)
+    pair.server.receive_data(pair.client.data_to_send(), NOW)
+    pair.collect()
+    assert alert_codes(pair.server_events) == [10]  # unexpected_message
+
+
+def test_key_updates_between_data_or_over_time_are_not_a_flood() -> None:
+    pair = Pair.make()
+    pair.handshake()
+    pair.collect()
+    for _ in range(3):  # data resets the count
+        wire = _key_updates(pair, MAX_PEER_KEY_UPDATES)
+        pair.server.send_message(b"m")
+        pair.client.receive_data(wire + pair.server.data_to_send(), NOW)
+    pair.server.send_data(b"d")
+    pair.client.receive_data(pair.server.data_to_send(), NOW)
+    for i in range(3 * MAX_PEER_KEY_UPDATES):  # an idle peer on a rekey timer
+        pair.client.receive_data(_key_updates(pair, 1, False), NOW + 1.0 * (i + 1))
+    assert pair.client.handshake_complete, pair.client.error
+    # The peer's answers to our own requests do not count either: 40 answers
+    # and 40 updates of its own make 80 updates, of which 40 count.
+    n = MAX_PEER_KEY_UPDATES * 5 // 8
+    for _ in range(n):
+        pair.client.update_keys(request_peer=True)
+    pair.server.receive_data(pair.client.data_to_send(), NOW)
+    wire = pair.server.data_to_send() + _key_updates(pair, n, False)
+    pair.client.receive_data(wire, NOW)
+    assert pair.client.stats.key_updates > (2 + 1) * n  # all taken: ours, answers, its own
+    pair.pump()
+    assert pair.client.handshake_complete, pair.client.error
+    assert pair.server.handshake_complete, pair.server.error
+    pair.server.send_data(b"still here")
+    pair.pump()
+    assert received_data(pair.client_events).endswith(b"still here")
+
+
+# -------------------------------------------------------- internal errors, split tickets
+
+
+def test_a_handshake_message_without_a_key_is_an_internal_error_not_plaintext(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A message after the hellos is never sent in plaintext: if the keys it
+    needs are missing (a bug), the connection fails with internal_error."""
+    pair = Pair.make()
+    honest = Connection._install
+
+    def no_sending_key(send: bytes | None, recv: bytes | None, *, handshake: bool = False) -> None:
+        honest(pair.server, None, recv, handshake=handshake)  # the sending key is lost
+
+    patch_method(monkeypatch, pair.server, "_install", no_sending_key)
+    pair.start()
+    pair.server.receive_data(pair.client.data_to_send(), NOW)
+    pair.collect()
+    assert_closed_with(pair.server, pair.server_events, HandshakeError)
+    assert "internal error" in str(pair.server.error)
+    hello, alert = split_records(pair.server.data_to_send())  # nothing else in the clear
+    assert hello[0] == RECORD_HANDSHAKE_PLAIN
+    assert hello[4] == MsgType.SERVER_HELLO
+    assert alert == plain_record(RECORD_ALERT_PLAIN, b"\x50")  # internal_error (80)
+
+
+def test_update_keys_with_half_a_session_ticket_received() -> None:
+    """A NewSessionTicket split across records leaves handshake bytes waiting:
+    that is no reason to refuse our own (sending) key update."""
+    pair = Pair.make(
+        server={"tickets_per_handshake": 1, "client_auth": "optional"}, server_name="srv:1"
+    )
+    pair.start()
+    server = pair.server
+    server.receive_data(pair.client.data_to_send(), NOW)
+    pair.client.receive_data(server.data_to_send(), NOW)
+    server.receive_data(pair.client.data_to_send(), NOW)  # the ticket follows the client's flight
+    ticket_record = server.data_to_send()
+    assert server._keys is not None
+    (opened,) = (  # what the ticket record holds, opened aside (the first under the key)
+        RecordOpener._from_secret(server._cipher, server._keys.server_app, 16384)
+        .open(ticket_record, batch_type=ContentType.HANDSHAKE)
+        .records
+    )
+    message = opened.data
+    assert message[0] == MsgType.NEW_SESSION_TICKET
+    sealer = server._sealer
+    assert sealer is not None
+    sealer._set_sequence(sealer.sequence - 1)  # the same record number, cut in two
+    half = len(message) // 2
+    pair.client.receive_data(sealer.seal(message[:half], ContentType.HANDSHAKE), NOW)
+    pair.client.update_keys()  # raised an internal exception before
+    pair.client.receive_data(sealer.seal(message[half:], ContentType.HANDSHAKE), NOW)
+    pair.pump()
+    assert pair.client.handshake_complete, pair.client.error
+    assert pair.server.handshake_complete, pair.server.error
+    key = pair.client._cache_key()
+    assert key is not None
+    assert pair.client_ctx.session_cache.take(key, NOW) is not None

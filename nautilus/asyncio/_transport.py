@@ -353,11 +353,13 @@ class NautilusTransport(asyncio.Transport):
     def export_keying_material(self, label: bytes, context: bytes, length: int) -> bytes:
         """Keying material bound to this session (channel binding).
 
-        Available from the end of the handshake, also after a clean close.
+        Available from the end of the handshake until the connection closes
+        (its secrets are then wiped).
 
         Raises:
             TypeError: wrong types.  ValueError: ``length`` not in 1..8160.
-            nautilus.ClosedError: the connection failed.
+            nautilus.ClosedError: before the handshake completed, or once the
+                connection is closed or failed.
         """
         return self._conn.export_keying_material(label, context, length)
 

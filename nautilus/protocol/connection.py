@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 import secrets
 import struct
@@ -41,6 +40,7 @@ from nautilus.exceptions import (
     NautilusError,
     NegotiationFailed,
     ProtocolViolation,
+    RecordFormatError,
     RecordLimitReached,
     SessionKeyDerivationFailed,
 )
@@ -78,6 +78,7 @@ from nautilus.protocol.messages import (
     HelloRetry,
     IdentityMsg,
     Message,
+    MsgType,
     NewSessionTicket,
     PskMode,
     PskOffer,
@@ -119,6 +120,8 @@ _BUDGET_MARGIN = 64
 _pack_length = struct.Struct(">I").pack
 _unpack_length = struct.Struct(">I").unpack_from
 _CONNECTED_CONTENT = CONTENT_ALLOWED[State.CONNECTED]
+# The handshake messages sent before any key exists; all others are sealed.
+_PLAINTEXT_MESSAGES = frozenset({MsgType.CLIENT_HELLO, MsgType.HELLO_RETRY, MsgType.SERVER_HELLO})
 
 
 def _message_size(message: bytes | bytearray | memoryview) -> int:
@@ -148,10 +151,41 @@ def _frame_each(messages: Iterable[bytes | bytearray | memoryview], limit: int) 
     return b"".join(parts)  # b"" for no messages
 
 
+def _byte_view(data: memoryview) -> memoryview:
+    """``data`` as a flat view of unsigned bytes (receive_data: any format, any shape).
+
+    Raises:
+        TypeError: not C-contiguous (its bytes are not one run).
+    """
+    if not data.c_contiguous:
+        raise TypeError("data must be a contiguous buffer (this memoryview is not C-contiguous)")
+    try:
+        return data.cast("B")
+    except (TypeError, ValueError):  # a format cast() does not take: copy the bytes
+        return memoryview(data.tobytes())
+
+
+def _wipe(buf: bytearray) -> None:
+    """Overwrite ``buf`` with zeros (decrypted data, before it is dropped)."""
+    if buf:
+        buf[:] = bytes(len(buf))
+
+
 def _refuse_message(n: int, limit: int) -> NoReturn:
     raise MessageTooLarge(f"a message of {n} bytes exceeds max_message_size ({limit} bytes)")
 
 
+MAX_PEER_KEY_UPDATES = 64
+"""Most key updates a peer may send in a row without application data or
+messages in between (within one second of ``now``): more is a protocol
+violation (unexpected_message), as in BoringSSL. Each costs two ratchets."""
+MAX_NOW = 1e15
+"""Latest ``now`` accepted (UNIX seconds, some 31 million years): a ClientHello
+carries the time in milliseconds as a u64. Earlier than 0 is refused too."""
+# The largest client key share, and a ticket's PskOffer less the ticket
+# (mode, ticket<16> length, age, early records, binder).
+_MAX_SHARE = max(cls.PUBLIC_KEY_CLASS.public_bytes_length() for cls in GROUPS.values())
+_PSK_OFFER_SIZE = 1 + 2 + 4 + 4 + BINDER_SIZE
 # StepData = id<8> + payload<24> inside a handshake message of at most MAX_HANDSHAKE_MESSAGE.
 _MAX_STEP_PAYLOAD = MAX_HANDSHAKE_MESSAGE - 1 - 255 - 3
 _REMOTE_ALERT_ERRORS: dict[int, type[NautilusError]] = {
@@ -200,6 +234,40 @@ class _Abort(Exception):
 
 def _abort(cls: type[NautilusError], alert: AlertCode | None, message: str) -> NoReturn:
     raise _Abort(cls(message), alert)
+
+
+def _format_abort(src: bytes | bytearray | memoryview, pos: int, limit: int) -> _Abort:
+    """The failure for the record at ``src[pos:]`` that the record layer found
+    malformed (RecordFormatError), given the opener's largest content ``limit``."""
+    rtype = src[pos]
+    if rtype in (RECORD_ALERT_PLAIN, RECORD_HANDSHAKE_PLAIN):
+        return _Abort(
+            ProtocolViolation("unexpected_message: plaintext record after key agreement"),
+            AlertCode.UNEXPECTED_MESSAGE,
+        )
+    if rtype != RECORD_SEALED:
+        return _Abort(
+            ProtocolViolation(f"decode_error: unknown record type 0x{rtype:02x}"),
+            AlertCode.DECODE_ERROR,
+        )
+    length = int.from_bytes(src[pos + 1 : pos + PLAIN_HEADER_SIZE], "big")
+    most = limit + 1 + TAG_SIZE
+    if length > most:
+        return _Abort(
+            ProtocolViolation(
+                f"record_overflow: a sealed record of {length} bytes (at most {most} accepted)"
+            ),
+            AlertCode.RECORD_OVERFLOW,
+        )
+    if length < 1 + TAG_SIZE:
+        return _Abort(
+            ProtocolViolation(f"decode_error: a sealed record of {length} bytes is too short"),
+            AlertCode.DECODE_ERROR,
+        )
+    return _Abort(
+        ProtocolViolation("decode_error: a sealed record without a content type"),
+        AlertCode.DECODE_ERROR,
+    )
 
 
 def _plain_record(rtype: int, payload: bytes) -> bytes:
@@ -270,17 +338,16 @@ class Connection:
         "_peer_cert",
         "_peer_key",
         "_peer_payloads",
+        "_peer_updates",
         "_pending",
         "_psk_keys",
         "_psk_mode",
-        "_recv_secret",
         "_resumed",
         "_retried",
         "_role",
         "_scratch",
         "_sealer",
         "_send_fragment",
-        "_send_secret",
         "_server_name",
         "_session",
         "_started",
@@ -292,6 +359,9 @@ class Connection:
         "_transcript",
         "_trust",
         "_unread",
+        "_updates_asked",
+        "_updates_mark",
+        "_updates_since",
     )
 
     def __init__(
@@ -346,8 +416,6 @@ class Connection:
         self._keys: ks.KeySchedule | None = None
         self._sealer: RecordSealer | None = None
         self._opener: RecordOpener | None = None
-        self._send_secret = b""
-        self._recv_secret = b""
         # What the sending key may still seal before it is updated: records (less
         # a margin for the few records, alerts and tickets, it does not count)
         # and bytes. The fast paths seal within it in C, which counts it down.
@@ -405,6 +473,13 @@ class Connection:
         self._bytes_sent = 0
         self._bytes_received = 0
         self._key_updates = 0
+        # The peer's key updates in a row (_on_key_update): how many, since
+        # when, and the bytes received when the count began; and the answers
+        # owed to our own requests.
+        self._peer_updates = 0
+        self._updates_asked = 0
+        self._updates_since = 0.0
+        self._updates_mark = 0
         self._last_update: float | None = None  # when our sending keys last changed
         self._last_any_update: float | None = None
 
@@ -453,7 +528,10 @@ class Connection:
 
         Raises:
             TypeError: ``now`` is not a number, ``early_data`` not bytes.
-            ValueError: ``early_data`` on a server.
+            ValueError: ``now`` outside 0..MAX_NOW (1e15 s: the ClientHello
+                carries it in milliseconds as a u64), ``early_data`` on a
+                server, or a ClientHello that cannot be encoded. Nothing was
+                changed: the connection can start again.
             ClosedError: already started.
         """
         self._set_now(now)
@@ -465,24 +543,34 @@ class Connection:
         nxt = LOCAL_TRANSITIONS.get((self._state, "start"))
         if nxt is None:
             raise ClosedError(f"start() called in state {self._state.value}")
-        self._deadline = self._now + self._ctx.handshake_timeout
         try:
             if self._client:
                 self._send_client_hello(bytes(early_data) if early_data else b"")
         except _Abort as abort:
             self._fail(abort.error, abort.alert)
             return
+        if self._state is State.CLOSED:
+            return  # closed meanwhile (a trust rule called close()): it stays closed
+        self._deadline = self._now + self._ctx.handshake_timeout
         self._set_state(nxt)
 
     def receive_data(self, data: bytes | bytearray | memoryview, now: float | None = None) -> None:
         """Feed bytes received from the peer.
 
+        ``data`` may be a memoryview of any format and shape: its bytes are read.
+
         Raises:
-            TypeError: ``data`` is not bytes-like.
+            TypeError: ``data`` is not bytes-like, or a memoryview that is not
+                C-contiguous.
+            ValueError: ``now`` is out of range (see :meth:`start`).
             ClosedError: ``start()`` was not called.
         """
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
+        if type(data) is memoryview and (
+            data.format != "B" or data.ndim != 1 or not data.c_contiguous
+        ):
+            data = _byte_view(data)  # below, len() and slices count bytes
         if now is not None:
             self._set_now(now)
         if self._state in (State.CLIENT_START, State.SERVER_START):
@@ -667,8 +755,9 @@ class Connection:
         if self._state in HANDSHAKE_STATES:
             return self._deadline
         interval = self._ctx.rekey_interval
-        if self._state is State.CONNECTED and interval is not None and self._last_update:
-            return self._last_update + interval
+        last = self._last_update
+        if self._state is State.CONNECTED and interval is not None and last is not None:
+            return last + interval  # (0.0 is a time too: no truthiness test)
         return None
 
     def handle_timer(self, now: float) -> None:
@@ -676,6 +765,7 @@ class Connection:
 
         Raises:
             TypeError: ``now`` is not a number.
+            ValueError: ``now`` is out of range (see :meth:`start`).
         """
         self._set_now(now)
         if self._deadline is not None and self._state in HANDSHAKE_STATES and now >= self._deadline:
@@ -721,7 +811,12 @@ class Connection:
         self._send_key_update(request_peer)
 
     def close(self) -> None:
-        """Send close_notify and close. Idempotent."""
+        """Send close_notify and close. Idempotent.
+
+        Every secret of the connection is dropped (the record keys cleansed);
+        from a handshake step's hook, the handshake stops there and nothing
+        more is sent.
+        """
         if self._state is State.CLOSED:
             return
         if self._state not in (State.CLIENT_START, State.SERVER_START):
@@ -731,10 +826,14 @@ class Connection:
     def export_keying_material(self, label: bytes, context: bytes, length: int) -> bytes:
         """Keying material bound to this session, for channel binding.
 
+        Available while connected: closing (or failing) drops the exporter
+        secret with every other one.
+
         Raises:
             TypeError: wrong types.
             ValueError: ``length`` not in 1..8160, or a label over 245 bytes.
-            ClosedError: the handshake has not completed.
+            ClosedError: the handshake has not completed, or the connection is
+                closed.
         """
         if not isinstance(label, bytes) or not isinstance(context, bytes):
             raise TypeError("label and context must be bytes")
@@ -745,10 +844,10 @@ class Connection:
         if len(label) > ks.MAX_LABEL:
             raise ValueError(f"label must be at most {ks.MAX_LABEL} bytes, got {len(label)}")
         keys = self._keys
-        if self._session is None or self._error is not None or keys is None or not keys.exporter:
+        if self._state is not State.CONNECTED or keys is None or not keys.exporter:
             raise ClosedError(
                 "keying material is available once the handshake has completed, "
-                "and not after a failure"
+                "until the connection closes"
             )
         return keys.export(label, context, length)
 
@@ -758,17 +857,28 @@ class Connection:
     # ------------------------------------------------------------- state, events
 
     def _set_now(self, now: float) -> None:
-        if type(now) is float and now - now == 0.0:  # the common case: a finite float
+        """Check and keep ``now``; nothing changes if it is refused."""
+        if type(now) is float and 0.0 <= now <= 1e15:  # the common case (MAX_NOW; NaN fails)
             self._now = now
             return
         if not isinstance(now, (int, float)) or isinstance(now, bool):
             raise TypeError(f"now must be a number (UNIX time), not {type(now).__name__}")
-        if not math.isfinite(now):
-            raise ValueError(f"now must be a finite UNIX time, got {now}")
+        if not 0 <= now <= MAX_NOW:  # an int is compared exactly: 10**400 is no OverflowError
+            shown = f"{now!r}" if isinstance(now, float) or abs(now) < 10**20 else "a huge int"
+            raise ValueError(f"now must be a UNIX time in 0..{MAX_NOW:g} seconds, got {shown}")
         self._now = float(now)
 
     def _set_state(self, new: State) -> None:
+        if self._state is State.CLOSED:
+            return  # closed meanwhile (a hook called close()): it stays closed
         self._state = new
+
+    def _stop_if_closed(self) -> None:
+        """Called after code that is not this class's (a step's hook, a trust
+        rule, an adapter's flush hook): if that closed the connection, stop
+        here; nothing more is made or sent (the caller's _fail does nothing)."""
+        if self._state is State.CLOSED:
+            raise _Abort(ClosedError("the connection was closed during the handshake"), None)
 
     def _fail(self, error: NautilusError, alert: AlertCode | None) -> None:
         if self._state is State.CLOSED:
@@ -776,7 +886,6 @@ class Connection:
         if alert is not None:
             self._send_alert(alert)
         self._error = error
-        self._keys = None
         self._events.append(ConnectionClosed(error))
         self._teardown()
 
@@ -789,12 +898,30 @@ class Connection:
             if direction is not None:
                 direction.close()
         self._sealer = self._opener = self._early_opener = None
-        self._psk_keys = None
+        # Every secret goes (docs/protocol.md, section 5): the key schedule's,
+        # the offered ticket's PSK, and handshake messages still held unsealed.
+        for keys in (self._keys, self._psk_keys):
+            if keys is not None:
+                keys.wipe()
+        self._keys = self._psk_keys = None
+        self._ticket = None
+        self._expected_finished = b""
+        self._flight = None
         self._kem = None
         self._flush_hook = None
-        self._send_secret = self._recv_secret = b""
         self._pending.clear()
         self._in.clear()
+        self._drop_scratch()  # decrypted data
+        self._scratch = bytearray()
+        _wipe(self._messages)  # a partial message
+        self._messages.clear()
+
+    def _drop_scratch(self) -> None:
+        """Wipe the scratch buffer before it is replaced, unless the
+        application holds a view of it (DataReceived with data views)."""
+        if not self._lent:
+            _wipe(self._scratch)
+        self._lent = False
 
     # -------------------------------------------------------------- record layer
 
@@ -872,12 +999,14 @@ class Connection:
         opener = self._early_opener
         assert opener is not None
         if len(self._scratch) < len(buf) or self._lent:
+            self._drop_scratch()
             self._scratch = bytearray(len(buf))
-            self._lent = False
         try:
             opened = opener._open_fast(
                 buf, self._scratch, ContentType.APPLICATION_DATA, self._early_left
             )
+        except RecordFormatError as exc:  # a malformed record, not a forged one
+            raise _format_abort(buf, exc.consumed, _HANDSHAKE_RECORD) from None
         except NautilusError:
             _abort(KeyAgreementFailed, AlertCode.BAD_RECORD_MAC,
                    "the client's early data did not decrypt")  # fmt: skip
@@ -907,8 +1036,8 @@ class Connection:
         assert opener is not None
         if len(self._scratch) < len(src) or self._lent:
             size = len(self._scratch)
+            self._drop_scratch()
             self._scratch = bytearray(size if size >= len(src) else max(len(src), 2 * size))
-            self._lent = False
         try:
             opened = opener._open_fast(src, self._scratch, self._batch_type)
         except RecordLimitReached:
@@ -918,9 +1047,20 @@ class Connection:
                 "the peer sent more records than one key may protect without a key update",
             )
         except IntegrityError as exc:
+            # A malformed record (RecordFormatError: a bad header or length, or
+            # no content type) is told apart from one that fails authentication
+            # (docs/protocol.md, section 6); decided before the records that
+            # verified are acted on, while the opener is still open.
+            malformed = (
+                _format_abort(src, exc.consumed, opener.max_fragment)
+                if isinstance(exc, RecordFormatError)
+                else None
+            )
             good = cast("PackedOpen | None", exc.records[0] if exc.records else None)
             if good is not None and good.records:
                 self._deliver(good)  # authentic records before the bad one
+            if malformed is not None:
+                raise malformed from None
             if self._state in HANDSHAKE_STATES:
                 _abort(
                     KeyAgreementFailed,
@@ -1049,7 +1189,8 @@ class Connection:
         Handshake records are at most 16 KiB, so during the handshake the opener
         accepts that much even if this side's own limit is lower.
         """
-        if self._hs:
+        self._stop_if_closed()  # no key is made for a closed connection
+        if recv_secret is not None and self._hs:  # (our sending key does not matter)
             _abort(
                 ProtocolViolation,
                 AlertCode.UNEXPECTED_MESSAGE,
@@ -1065,7 +1206,6 @@ class Connection:
                 )
             else:
                 self._sealer._rekey_from_secret(send_secret)
-            self._send_secret = send_secret
             budget = self._budget
             budget.records = max(0, self._ctx.key_update_records - _BUDGET_MARGIN)
             budget.bytes = self._ctx.key_update_bytes
@@ -1074,7 +1214,6 @@ class Connection:
                 self._opener.close()
             accept = max(own_limit, _HANDSHAKE_RECORD) if handshake else own_limit
             self._opener = RecordOpener._from_secret(self._cipher, recv_secret, accept)
-            self._recv_secret = recv_secret
 
     def _send_alert(self, code: AlertCode) -> None:
         payload = bytes([code])
@@ -1125,20 +1264,48 @@ class Connection:
         self._out.append(
             sealer._seal_chunk(b"\x01" if request_peer else b"\x00", ContentType.KEY_UPDATE)
         )
-        self._install(ks.next_traffic_secret(self._send_secret), None)
+        keys = self._keys
+        assert keys is not None  # (connected)
+        self._install(keys.update_traffic(self._client), None)  # the old secret is dropped
         self._last_update = self._last_any_update = self._now
         self._key_updates += 1
+        if request_peer:
+            self._updates_asked += 1  # the peer's answer is not counted (_on_key_update)
         self._events.append(KeysUpdated("send"))
 
     def _on_key_update(self, payload: bytes) -> None:
         if len(payload) != 1 or payload[0] > 1:
             _abort(ProtocolViolation, AlertCode.DECODE_ERROR, "decode_error: malformed key update")
-        self._install(None, ks.next_traffic_secret(self._recv_secret))
+        # A bound on the work a peer can cause without sending data: its key
+        # updates count from the last application data or message bytes it sent
+        # (or from a second later on the caller's clock, for an idle connection
+        # whose peer rekeys on a timer); past MAX_PEER_KEY_UPDATES it is refused.
+        # An answer to an update_keys(request_peer=True) of ours is not counted.
+        if payload[0] == 0 and self._updates_asked:
+            self._updates_asked -= 1
+        elif self._count_peer_update() > MAX_PEER_KEY_UPDATES:
+            _abort(
+                ProtocolViolation,
+                AlertCode.UNEXPECTED_MESSAGE,
+                f"unexpected_message: more than {MAX_PEER_KEY_UPDATES} key updates from the "
+                "peer without data in between",
+            )
+        keys = self._keys
+        assert keys is not None  # (connected)
+        self._install(None, keys.update_traffic(not self._client))  # the old one is dropped
         self._last_any_update = self._now
         self._key_updates += 1
         self._events.append(KeysUpdated("receive"))
         if payload[0] == 1:
             self._send_key_update(False)
+
+    def _count_peer_update(self) -> int:
+        """Count a key update of the peer's; return how many in a row."""
+        if self._bytes_received != self._updates_mark or self._now - self._updates_since >= 1.0:
+            self._updates_mark, self._updates_since = self._bytes_received, self._now
+            self._peer_updates = 0
+        self._peer_updates += 1
+        return self._peer_updates
 
     def _on_alert(self, payload: bytes) -> None:
         if len(payload) != 1:
@@ -1185,6 +1352,8 @@ class Connection:
             handler, allowed = row
             msg = decode(mtype, body)
             nxt: State = getattr(self, handler)(msg, full)
+            if self.is_closed:
+                return  # closed by a hook meanwhile: no transition out of closed
             if nxt not in allowed:  # pragma: no cover - a bug in a handler
                 raise AssertionError(f"{handler} chose {nxt} outside {allowed}")
             self._set_state(nxt)
@@ -1199,17 +1368,29 @@ class Connection:
         self._send_framed(frame(msg))
 
     def _send_framed(self, data: bytes) -> None:
-        """Send one framed handshake message (and add it to the transcript)."""
+        """Send one framed handshake message (and add it to the transcript).
+
+        Only the hellos go in plaintext: any other message without a sending
+        key is an internal error that fails the connection, never a plaintext
+        fallback (and a closed connection sends nothing).
+        """
+        self._stop_if_closed()
+        sealer = self._sealer
+        if sealer is None and data[0] not in _PLAINTEXT_MESSAGES:
+            _abort(
+                HandshakeError,
+                AlertCode.INTERNAL_ERROR,
+                f"internal error: no key to seal handshake message type {data[0]} with",
+            )
         self._absorb(data)
-        if self._flight is not None and self._sealer is not None:
-            self._flight.append(data)  # sealed with the rest of the flight (_seal_flight)
-            return
-        if self._sealer is None:
+        if sealer is None:
             for i in range(0, len(data), MAX_PLAIN_FRAGMENT):
                 chunk = data[i : i + MAX_PLAIN_FRAGMENT]
                 self._out.append(_plain_record(RECORD_HANDSHAKE_PLAIN, chunk))
+        elif self._flight is not None:
+            self._flight.append(data)  # sealed with the rest of the flight (_seal_flight)
         else:
-            self._out.append(self._sealer._seal_chunk(data, ContentType.HANDSHAKE))
+            self._out.append(sealer._seal_chunk(data, ContentType.HANDSHAKE))
 
     def _hold_flight(self) -> None:
         """Hold the sealed handshake messages that follow, to seal them in as few
@@ -1220,7 +1401,10 @@ class Connection:
         """Seal the held handshake messages (under the current sending key)."""
         flight, self._flight = self._flight, None
         if flight:
-            assert self._sealer is not None
+            self._stop_if_closed()
+            if self._sealer is None:
+                _abort(HandshakeError, AlertCode.INTERNAL_ERROR,
+                       "internal error: no key to seal the handshake flight with")  # fmt: skip
             data = flight[0] if len(flight) == 1 else b"".join(flight)
             self._out.append(self._sealer._seal_chunk(data, ContentType.HANDSHAKE))
 
@@ -1244,6 +1428,7 @@ class Connection:
                 AlertCode.AUTHENTICATION_FAILED,
                 f"handshake step {step.protocol_id!r} failed: {exc}",
             )
+        self._stop_if_closed()  # the hook closed this connection: it stays closed
         if result is not None and not isinstance(result, bytes):
             _abort(
                 HandshakeError,
@@ -1280,8 +1465,40 @@ class Connection:
     # ---------------------------------------------------------------- client side
 
     def _send_client_hello(self, early_data: bytes) -> None:
-        group = self._ctx.groups[0]
-        ticket = self._ticket = self._pick_ticket()
+        """Make and send the ClientHello (with a ticket's offer and early data).
+
+        Raises:
+            ValueError: the hello cannot be encoded (custom steps changed after
+                they were checked); nothing was taken or sent.
+        """
+        ctx = self._ctx
+        group = ctx.groups[0]
+        hello = ClientHello(
+            random=os.urandom(RANDOM_SIZE),
+            timestamp_ms=int(self._now * 1000),
+            namespace=ctx.namespace.encode(),
+            ciphers=tuple(CIPHER_IDS[c] for c in ctx.ciphers),
+            groups=tuple(GROUP_IDS[g] for g in ctx.groups),
+            share_group=GROUP_IDS[group],
+            share=b"",
+            expected_peer=self._expected_hash(),
+            steps=tuple(StepOffer(s.protocol_id, s.required) for s in self._steps),
+            max_record_size=ctx.max_record_size,
+        )
+        # Encoded once before anything is taken (a ticket from the cache, a key
+        # share from the pool): a failure leaves all as it was, and the size
+        # left over for a key share and a ticket's offer bounds the ticket.
+        try:
+            room = MAX_HANDSHAKE_MESSAGE - len(hello.encode_body()) - _MAX_SHARE
+        except (OverflowError, ValueError, UnicodeError) as exc:
+            raise ValueError(f"the ClientHello cannot be encoded: {exc}") from None
+        if room < 0:
+            raise ValueError(
+                f"the ClientHello would exceed {MAX_HANDSHAKE_MESSAGE} bytes "
+                "(too many or too long custom handshake steps)"
+            )
+        ticket = self._ticket = self._pick_ticket(room - _PSK_OFFER_SIZE)
+        self._stop_if_closed()  # (a trust rule ran)
         # A psk_only resumption needs no key share: skip making one. A server
         # that does not grant psk_only asks for a share with a HelloRetry.
         no_share = ticket is not None and self._ctx.resumption == "psk_only"
@@ -1299,18 +1516,8 @@ class Connection:
             and _CIPHER_BY_ID[ticket.cipher] in self._ctx.ciphers
         ):
             early = early_data
-        hello = ClientHello(
-            random=os.urandom(RANDOM_SIZE),
-            timestamp_ms=int(self._now * 1000),
-            namespace=self._ctx.namespace.encode(),
-            ciphers=tuple(CIPHER_IDS[c] for c in self._ctx.ciphers),
-            groups=tuple(GROUP_IDS[g] for g in self._ctx.groups),
-            share_group=GROUP_IDS[group],
-            share=b"" if self._kem is None else self._kem.public_key().public_bytes_raw(),
-            expected_peer=self._expected_hash(),
-            steps=tuple(StepOffer(s.protocol_id, s.required) for s in self._steps),
-            max_record_size=self._ctx.max_record_size,
-        )
+        if self._kem is not None:
+            hello = replace(hello, share=self._kem.public_key().public_bytes_raw())
         early_records = -(-len(early) // _HANDSHAKE_RECORD)
         self._send_hello(hello, early_records)
         if early:
@@ -1357,14 +1564,17 @@ class Connection:
         peer_id = "*" if exp is None else (exp.peer_id if isinstance(exp, PeerKey) else exp)
         return SessionCache.key(peer_id, self._server_name)
 
-    def _pick_ticket(self) -> StoredTicket | None:
-        """(client) A cached ticket for this server that the context still trusts."""
+    def _pick_ticket(self, max_size: int) -> StoredTicket | None:
+        """(client) A cached ticket for this server that the context still trusts,
+        of at most ``max_size`` bytes (what the ClientHello has room for)."""
         ctx = self._ctx
         key = self._cache_key()
         if ctx.resumption == "off" or key is None:
             return None
         while (ticket := ctx.session_cache.take(key, self._now)) is not None:
             if ticket.namespace != ctx.namespace.encode() or ticket.cipher not in _CIPHER_BY_ID:
+                continue
+            if len(ticket.ticket) > max_size:  # its offer would not fit in the hello
                 continue
             try:
                 server_key = PeerKey.from_bytes(ticket.server_key)
@@ -1538,6 +1748,7 @@ class Connection:
         hook, self._flush_hook = self._flush_hook, None  # no cycle left behind
         if hook is not None:  # the flight leaves before the keys are switched
             hook(self._take_output())
+            self._stop_if_closed()
         keys.resumption_secret(self._hash())
         self._connected()
         return State.CONNECTED
@@ -1623,6 +1834,7 @@ class Connection:
         offer = PskOffer.decode(msg.psk_offer) if msg.psk_offer else None
         group_mismatch = GROUP_IDS[group] != msg.share_group
         contents = self._usable_ticket(offer) if offer is not None and not group_mismatch else None
+        self._stop_if_closed()  # (a trust rule ran)
         if offer is not None and contents is not None:
             keys = ks.KeySchedule(contents.psk)
             h = self._transcript.copy()
@@ -1680,6 +1892,7 @@ class Connection:
         hook, self._flush_hook = self._flush_hook, None  # no cycle left behind
         if hook is not None:
             hook(self._take_output())
+            self._stop_if_closed()
         keys.handshake(shared, self._hash())
         self._keys = keys
         self._install(keys.server_hs, keys.client_hs, handshake=True)
@@ -1712,6 +1925,7 @@ class Connection:
         self._seal_flight()
         if hook is not None:  # the flight leaves; what follows is made while the client reads it
             hook(self._take_output())
+            self._stop_if_closed()
         keys.application(self._hash())
         # As in TLS 1.3, the server sends under its application keys from here
         # on: the client switches to them on reading this Finished, so that it
@@ -1988,6 +2202,7 @@ class Connection:
             self._ctx.sessions._add(self)
             if not self._expected_finished and self._issues_tickets():
                 self._send_tickets()
+            keys.resumption = b""  # its tickets are made: a server needs it no more
         pending, self._pending = self._pending, []
         for ctype, data in pending:
             self._seal_application(data, ctype)

@@ -148,7 +148,29 @@ class KeySchedule:
         secret = derive_secret(self.exporter, label, EMPTY_HASH)
         return expand_label(secret, b"exporter", hashlib.sha256(context).digest(), length)
 
+    def update_traffic(self, client: bool) -> bytes:
+        """A key update: ratchet the client's (``client``) or the server's
+        application traffic secret and return the new one. The old secret is
+        dropped, so that it cannot be derived again from what is kept here."""
+        if client:
+            self.client_app = secret = next_traffic_secret(self.client_app)
+        else:
+            self.server_app = secret = next_traffic_secret(self.server_app)
+        return secret
+
     def wipe_handshake(self) -> None:
-        """Drop secrets no longer needed once the handshake is over."""
+        """Drop secrets no longer needed once the handshake is over.
+
+        Kept: the current application traffic secrets (replaced at each key
+        update), the exporter and the resumption secrets (a client turns
+        NewSessionTickets into PSKs while connected); :meth:`wipe` drops them.
+        """
         self._early = self.handshake_secret = self.master = b""
         self.client_hs = self.server_hs = b""
+
+    def wipe(self) -> None:
+        """Drop every secret (the connection is closed). Python bytes cannot be
+        overwritten in place: the references go, the record layer's keys are
+        cleansed in C when their direction closes."""
+        self.wipe_handshake()
+        self.client_app = self.server_app = self.exporter = self.resumption = b""

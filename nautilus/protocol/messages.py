@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from nautilus.exceptions import ProtocolViolation
 from nautilus.protocol.codec import DecodeError, Reader, Writer
 
 PROTOCOL_VERSION = 1
@@ -429,7 +430,8 @@ class HandshakeBuffer:
         """Return ``(type, body, full encoding)`` of the next complete message.
 
         Raises:
-            ProtocolViolation: unknown type or a length over MAX_HANDSHAKE_MESSAGE.
+            DecodeError: (``overflow``) a length over MAX_HANDSHAKE_MESSAGE.
+            ProtocolViolation: an unknown message type (unexpected_message).
         """
         if len(self._buf) < 4:
             return None
@@ -441,7 +443,9 @@ class HandshakeBuffer:
         try:
             mtype = MsgType(self._buf[0])
         except ValueError:
-            raise DecodeError(
+            # Not a decoding error: a type that no state accepts (section 4 of
+            # docs/protocol.md), so the alert is unexpected_message.
+            raise ProtocolViolation(
                 f"unexpected_message: unknown handshake type {self._buf[0]}"
             ) from None
         if len(self._buf) < 4 + length:

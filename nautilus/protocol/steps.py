@@ -30,7 +30,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:
     from nautilus.identity import Certificate, PeerKey, TrustStore
 
-_ID_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
+_ID_RE = re.compile(r"[\x21-\x7e]{1,255}")  # the whole id (fullmatch: no trailing newline)
+
+MAX_CUSTOM_STEPS = 255
+"""Most custom steps in a handshake (the hellos count them in one byte)."""
+MAX_CUSTOM_STEPS_SIZE = 16384
+"""Most bytes the custom steps' offers take in the ClientHello: the sum of
+``len(protocol_id) + 2`` over the custom steps (the rest of the hello, a
+resumption ticket included, must fit in a 64 KiB handshake message)."""
 
 
 @dataclass
@@ -169,7 +176,7 @@ class CustomProtocolStep(HandshakeStep):
 def _check_id(protocol_id: object) -> str:
     if not isinstance(protocol_id, str):
         raise TypeError(f"protocol_id must be a str, not {type(protocol_id).__name__}")
-    if not _ID_RE.match(protocol_id):
+    if not _ID_RE.fullmatch(protocol_id):
         raise ValueError(
             f"protocol_id must be 1-255 printable ASCII characters without spaces: {protocol_id!r}"
         )
@@ -185,7 +192,9 @@ class Handshake:
     Raises (every editing call):
         TypeError: not a HandshakeStep.
         ValueError: a duplicate id, an unknown id, a custom step placed outside
-            the authentication..Finished span, or removal of a core step.
+            the authentication..Finished span, removal of a core step, or more
+            custom steps than a hello carries (over :data:`MAX_CUSTOM_STEPS`
+            steps, or ids over :data:`MAX_CUSTOM_STEPS_SIZE` bytes in all).
     """
 
     def __init__(self, steps: Iterable[HandshakeStep] | None = None) -> None:
@@ -262,6 +271,7 @@ class Handshake:
     @staticmethod
     def _validate(steps: list[HandshakeStep]) -> None:
         seen: set[str] = set()
+        custom = size = 0
         for s in steps:
             if not isinstance(s, HandshakeStep):
                 raise TypeError(f"handshake steps must be HandshakeStep objects, not {s!r}")
@@ -269,6 +279,18 @@ class Handshake:
             if s.protocol_id in seen:
                 raise ValueError(f"duplicate handshake step id {s.protocol_id!r}")
             seen.add(s.protocol_id)
+            if not s.core:
+                custom += 1
+                size += len(s.protocol_id) + 2  # id<8> and the required flag
+        if custom > MAX_CUSTOM_STEPS:
+            raise ValueError(
+                f"a handshake has at most {MAX_CUSTOM_STEPS} custom steps, got {custom}"
+            )
+        if size > MAX_CUSTOM_STEPS_SIZE:
+            raise ValueError(
+                f"the custom steps' ids take {size} bytes of the ClientHello "
+                f"(len(protocol_id) + 2 each); at most {MAX_CUSTOM_STEPS_SIZE} are allowed"
+            )
         core = [s for s in steps if s.core]
         if len(core) != 3 or not all(
             isinstance(s, cls) for s, cls in zip(core, _CORE_ORDER, strict=True)
