@@ -111,7 +111,6 @@ _FINGERPRINT_KEY = secrets.token_bytes(32)
 """Random per-process key of the fingerprints below: a fingerprint kept in
 memory tells nothing about the key it stands for."""
 _KEY_IV = b"nautilus key+iv"
-_SECRET = b"nautilus secret"
 
 
 def _fingerprint(kind: bytes, *parts: bytes) -> bytes:
@@ -124,7 +123,8 @@ def _fingerprint(kind: bytes, *parts: bytes) -> bytes:
 
 def _wipe(buf: bytearray) -> None:
     """Overwrite ``buf`` with zeros in place (same length: no reallocation)."""
-    buf[:] = bytes(len(buf))
+    if buf:
+        buf[:] = bytes(len(buf))
 
 
 _D = TypeVar("_D", bound="_Direction")
@@ -169,7 +169,10 @@ class _Direction:
         handle = _b.aead_new_from_secret(cipher, cls._ENCRYPT, secret)
         _b.aead_set_max_fragment(handle, max_fragment)
         self._handle = handle
-        self._fingerprint = _fingerprint(_SECRET, secret)
+        # No fingerprint: the key schedule never repeats a traffic secret (each
+        # is derived from the one before), and these objects are the
+        # Connection's own (this saves a hash per key of every handshake).
+        self._fingerprint = b""
         self._init_direction()
         return self
 
@@ -223,11 +226,10 @@ class _Direction:
         self._fingerprint = fingerprint
 
     def _rekey_from_secret(self, secret: bytes) -> None:
-        """Internal: :meth:`rekey` with the key and IV of a traffic secret."""
-        handle = self._rekeyable()
-        fingerprint = self._new_fingerprint(_fingerprint(_SECRET, secret))
-        _b.aead_rekey_from_secret(handle, secret)
-        self._fingerprint = fingerprint
+        """Internal: :meth:`rekey` with the key and IV of a traffic secret
+        (the next of the key schedule: never one used before)."""
+        _b.aead_rekey_from_secret(self._rekeyable(), secret)
+        self._fingerprint = b""
 
     def _rekeyable(self) -> Any:
         """The handle, unless closed or (an opener) failed for good."""

@@ -390,6 +390,30 @@ class StoredTicket:
     namespace: bytes
 
     def __post_init__(self) -> None:
+        # The common case (a ticket the Connection just received) in one test;
+        # then each field again, to say what is wrong.
+        t, lifetime = self.ticket, self.lifetime
+        if (
+            type(t) is bytes
+            and 0 < len(t) <= 0xFFFF
+            and type(self.psk) is bytes
+            and 0 < len(self.psk) <= 0xFF
+            and type(self.server_key) is bytes
+            and type(self.server_certificate) is bytes
+            and type(self.namespace) is bytes
+            and len(self.namespace) <= 0xFF
+            and type(self.cipher) is int
+            and 0 <= self.cipher <= 0xFFFF
+            and type(self.age_add) is int
+            and 0 <= self.age_add <= _U32_MAX
+            and type(self.max_early_data) is int
+            and 0 <= self.max_early_data <= _U32_MAX
+            and type(self.received) is float
+            and math.isfinite(self.received)
+            and type(lifetime) is float
+            and 0 < lifetime <= MAX_TICKET_LIFETIME
+        ):
+            return
         # No value in these messages: some fields are secret (psk, age_add).
         for name, lo, hi in (
             ("ticket", 1, 0xFFFF),
@@ -587,14 +611,21 @@ class SessionCache:
             raise TypeError(f"key must be a str, not {type(key).__name__}")
         if not isinstance(ticket, StoredTicket):
             raise TypeError(f"ticket must be a StoredTicket, not {type(ticket).__name__}")
-        with self._lock, self._file_op():
-            tickets = self._entries.pop(key, [])
-            tickets.append(ticket)
-            del tickets[: -self.tickets_per_server]
-            self._entries[key] = tickets
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
-            self._save_locked()
+        with self._lock:
+            if self._path is None:  # in memory (the common case): no file to hold
+                self._store_locked(key, ticket)
+                return
+            with self._file_op():
+                self._store_locked(key, ticket)
+                self._save_locked()
+
+    def _store_locked(self, key: str, ticket: StoredTicket) -> None:
+        tickets = self._entries.pop(key, [])
+        tickets.append(ticket)
+        del tickets[: -self.tickets_per_server]
+        self._entries[key] = tickets
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
 
     def take(self, key: str, now: float) -> StoredTicket | None:
         """Remove and return the newest unexpired ticket for ``key`` (single use,
@@ -605,22 +636,32 @@ class SessionCache:
         """
         if not isinstance(key, str):
             raise TypeError(f"key must be a str, not {type(key).__name__}")
-        _seconds("now", now)
-        with self._lock, self._file_op():
-            tickets = self._entries.get(key)
-            if not tickets:
-                return None
-            found = None
-            while tickets and found is None:
-                candidate = tickets.pop()
-                if not candidate.expired(now):
-                    found = candidate
-            if tickets:
-                self._entries.move_to_end(key)
-            else:
-                del self._entries[key]
-            self._save_locked()
-            return found
+        if type(now) is not float or not math.isfinite(now):
+            now = _seconds("now", now)
+        with self._lock:
+            if self._path is None:  # in memory (the common case): no file to hold
+                return self._take_locked(key, now)
+            with self._file_op():
+                had = key in self._entries
+                found = self._take_locked(key, now)
+                if had:
+                    self._save_locked()
+                return found
+
+    def _take_locked(self, key: str, now: float) -> StoredTicket | None:
+        tickets = self._entries.get(key)
+        if not tickets:
+            return None
+        found = None
+        while tickets and found is None:
+            candidate = tickets.pop()
+            if not candidate.expired(now):
+                found = candidate
+        if tickets:
+            self._entries.move_to_end(key)
+        else:
+            del self._entries[key]
+        return found
 
     def clear(self) -> None:
         """Forget every ticket (in the file too, for every cache that shares it)."""

@@ -1097,17 +1097,6 @@ def test_rekey_refuses_the_key_and_iv_in_use(cls: type) -> None:
             assert iv_for(1)[:8] not in value
 
 
-def test_rekey_from_secret_refuses_the_secret_in_use() -> None:
-    secret = bytes(range(32))
-    sealer = RecordSealer._from_secret("aes-256-gcm", secret, 16384)
-    sealer.seal(b"x")
-    with pytest.raises(ValueError, match="already in use"):
-        sealer._rekey_from_secret(secret)
-    assert sealer.sequence == 1
-    sealer._rekey_from_secret(bytes(32))
-    assert sealer.sequence == 0
-
-
 def test_close_wipes_the_opener_scratch() -> None:
     sealer, opener = pair("aes-256-gcm")
     small, large = marker(40, 2), marker(4000, 3)

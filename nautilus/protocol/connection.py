@@ -165,6 +165,12 @@ def _byte_view(data: memoryview) -> memoryview:
         return memoryview(data.tobytes())
 
 
+_HELLO_SIZES: dict[tuple[object, ...], int] = {}
+"""Encoded ClientHello body sizes (without a key share or a ticket's offer),
+by what they depend on (see _send_client_hello); at most _HELLO_SIZES_KEPT."""
+_HELLO_SIZES_KEPT = 64
+
+
 def _wipe(buf: bytearray) -> None:
     """Overwrite ``buf`` with zeros (decrypted data, before it is dropped)."""
     if buf:
@@ -1473,25 +1479,43 @@ class Connection:
         """
         ctx = self._ctx
         group = ctx.groups[0]
-        hello = ClientHello(
-            random=os.urandom(RANDOM_SIZE),
-            timestamp_ms=int(self._now * 1000),
-            namespace=ctx.namespace.encode(),
-            ciphers=tuple(CIPHER_IDS[c] for c in ctx.ciphers),
-            groups=tuple(GROUP_IDS[g] for g in ctx.groups),
-            share_group=GROUP_IDS[group],
-            share=b"",
-            expected_peer=self._expected_hash(),
-            steps=tuple(StepOffer(s.protocol_id, s.required) for s in self._steps),
-            max_record_size=ctx.max_record_size,
-        )
-        # Encoded once before anything is taken (a ticket from the cache, a key
-        # share from the pool): a failure leaves all as it was, and the size
-        # left over for a key share and a ticket's offer bounds the ticket.
-        try:
-            room = MAX_HANDSHAKE_MESSAGE - len(hello.encode_body()) - _MAX_SHARE
-        except (OverflowError, ValueError, UnicodeError) as exc:
-            raise ValueError(f"the ClientHello cannot be encoded: {exc}") from None
+        namespace = ctx.namespace.encode()
+        ciphers = tuple(CIPHER_IDS[c] for c in ctx.ciphers)
+        groups = tuple(GROUP_IDS[g] for g in ctx.groups)
+        expected = self._expected_hash()
+        steps = tuple(StepOffer(s.protocol_id, s.required) for s in self._steps)
+        random = os.urandom(RANDOM_SIZE)
+
+        def make(share: bytes) -> ClientHello:
+            return ClientHello(
+                random=random,
+                timestamp_ms=int(self._now * 1000),
+                namespace=namespace,
+                ciphers=ciphers,
+                groups=groups,
+                share_group=GROUP_IDS[group],
+                share=share,
+                expected_peer=expected,
+                steps=steps,
+                max_record_size=ctx.max_record_size,
+            )
+
+        # Sized before anything is taken (a ticket from the cache, a key share
+        # from the pool): a failure leaves all as it was, and the size left
+        # over for a key share and a ticket's offer bounds the ticket. The
+        # size depends only on these fields (random and timestamp have fixed
+        # sizes): it is kept, not encoded again for every connection.
+        shape = (namespace, ciphers, groups, len(expected), steps, ctx.max_record_size)
+        size = _HELLO_SIZES.get(shape)
+        if size is None:
+            try:
+                size = len(make(b"").encode_body())
+            except (OverflowError, ValueError, UnicodeError) as exc:
+                raise ValueError(f"the ClientHello cannot be encoded: {exc}") from None
+            if len(_HELLO_SIZES) >= _HELLO_SIZES_KEPT:
+                _HELLO_SIZES.clear()
+            _HELLO_SIZES[shape] = size
+        room = MAX_HANDSHAKE_MESSAGE - size - _MAX_SHARE
         if room < 0:
             raise ValueError(
                 f"the ClientHello would exceed {MAX_HANDSHAKE_MESSAGE} bytes "
@@ -1516,8 +1540,8 @@ class Connection:
             and _CIPHER_BY_ID[ticket.cipher] in self._ctx.ciphers
         ):
             early = early_data
-        if self._kem is not None:
-            hello = replace(hello, share=self._kem.public_key().public_bytes_raw())
+        share = self._kem.public_key().public_bytes_raw() if self._kem is not None else b""
+        hello = make(share)
         early_records = -(-len(early) // _HANDSHAKE_RECORD)
         self._send_hello(hello, early_records)
         if early:
