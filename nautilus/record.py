@@ -113,12 +113,10 @@ memory tells nothing about the key it stands for."""
 _KEY_IV = b"nautilus key+iv"
 
 
-def _fingerprint(kind: bytes, *parts: bytes) -> bytes:
-    """A keyed hash of the key material in use (``kind`` separates a key and IV
-    from a traffic secret), so that a rekey to it again is refused without the
-    key itself being kept in Python."""
-    material = b"".join(parts)
-    return hashlib.blake2b(material, digest_size=16, key=_FINGERPRINT_KEY, person=kind).digest()
+def _fingerprint(key: bytes, iv: bytes) -> bytes:
+    """A keyed hash of the key and IV in use, so that a rekey to them again is
+    refused without the key itself being kept in Python."""
+    return hashlib.blake2b(key + iv, digest_size=16, key=_FINGERPRINT_KEY, person=_KEY_IV).digest()
 
 
 def _wipe(buf: bytearray) -> None:
@@ -153,7 +151,7 @@ class _Direction:
         _b.aead_set_max_fragment(handle, max_fragment)
         _b.aead_set_limit(handle, record_limit)
         self._handle = handle
-        self._fingerprint = _fingerprint(_KEY_IV, k, i)
+        self._fingerprint = _fingerprint(k, i)
         self._init_direction()
 
     def _init_direction(self) -> None:
@@ -221,7 +219,7 @@ class _Direction:
         handle = self._rekeyable()
         k = _b.as_bytes("key", key, _b.AEAD_KEY_BYTES[self._cipher])
         i = _b.as_bytes("iv", iv, IV_SIZE)
-        fingerprint = self._new_fingerprint(_fingerprint(_KEY_IV, k, i))
+        fingerprint = self._new_fingerprint(_fingerprint(k, i))
         _b.aead_rekey(handle, k, i)
         self._fingerprint = fingerprint
 

@@ -63,13 +63,14 @@ from nautilus.exceptions import (
     MessageTooLarge,
     NautilusError,
     ProtocolViolation,
+    RecordFormatError,
     RecordLimitReached,
     WantReadError,
     WantWriteError,
 )
 from nautilus.identity import PeerKey
 from nautilus.protocol import events as _events
-from nautilus.protocol.connection import Connection
+from nautilus.protocol.connection import Connection, _Abort, _format_abort
 from nautilus.protocol.events import ConnectionClosed, DataReceived, MessagesReceived, SessionInfo
 from nautilus.protocol.messages import RECORD_SEALED as _SEALED
 from nautilus.protocol.messages import AlertCode
@@ -872,8 +873,13 @@ class NautilusSocket(socket.socket):
             )
         except _b.OpenFailure as failure:
             good = cast("_b.PackedOpen", failure.spans[0])
+            malformed = (  # told apart from a forgery as the Connection does
+                _format_abort(self._rview, ipos + failure.consumed, opener.max_fragment)
+                if isinstance(failure.error, RecordFormatError)
+                else None
+            )
             self._ipos = self._iend = 0  # nothing after a bad record is read
-            self._direct_failed(failure.error, good.written)
+            self._direct_failed(failure.error, good.written, malformed)
             return good.written
         ipos += opened.consumed
         self._ipos = ipos
@@ -892,12 +898,15 @@ class NautilusSocket(socket.socket):
         conn._bytes_received += written
         return written
 
-    def _direct_failed(self, error: Exception, good: int) -> None:
+    def _direct_failed(self, error: Exception, good: int, malformed: _Abort | None) -> None:
         """A record opened by :meth:`_open_direct` failed: fail the Connection as
-        it fails itself (the alert is queued), after ``good`` bytes were delivered."""
+        it fails itself (the alert is queued), after ``good`` bytes were delivered
+        (``malformed``: the Connection's failure for a malformed record)."""
         conn = self._conn
         conn._bytes_received += good
-        if isinstance(error, RecordLimitReached):
+        if malformed is not None:
+            conn._fail(malformed.error, malformed.alert)
+        elif isinstance(error, RecordLimitReached):
             conn._fail(
                 ProtocolViolation(
                     "the peer sent more records than one key may protect without a key update"

@@ -29,6 +29,7 @@ import pytest
 
 import nautilus
 from nautilus import Connection, Context, Identity, NautilusSocket
+from nautilus.protocol.messages import AlertCode
 from nautilus.sockets import wrap_socket
 
 GROUPS = ("x25519-mlkem768", "x25519-mlkem1024", "mlkem1024", "mlkem768", "x25519")
@@ -855,6 +856,34 @@ def test_forged_record_raises_integrity_error_and_sends_an_alert() -> None:
     alert = peer.result()
     assert alert
     assert alert[0] == 0x17
+
+
+@pytest.mark.parametrize(
+    ("record", "message", "alert"),
+    [
+        (bytes([0x17]) + (70000).to_bytes(3, "big") + bytes(70000), "record_overflow", 22),
+        (bytes([0x17, 0, 0, 3]) + bytes(3), "too short", 50),
+        (b"\x7f\x00\x00\x20" + bytes(32), "unknown record type", 50),
+    ],
+)
+def test_malformed_record_on_the_direct_path_fails_as_in_the_connection(
+    record: bytes, message: str, alert: int
+) -> None:
+    """recv_into with a large buffer opens records straight into it; a
+    malformed one there gets the Connection's own error and alert
+    (record_overflow, decode_error), not bad_record_mac."""
+
+    def handler(raw: socket.socket) -> str:
+        conn = Connection(server_ctx(), "server")
+        raw_handshake(raw, conn)
+        raw.sendall(record)
+        conn.receive_data(read_until_eof(raw), time.time())
+        return str(conn.error)
+
+    peer = Peer(handler, wrap=False)
+    with connect(peer) as sock, pytest.raises(nautilus.ProtocolViolation, match=message):
+        sock.recv_into(bytearray(100_000))
+    assert peer.result() == f"the peer sent alert {AlertCode(alert).name.lower()}"
 
 
 # ----------------------------------------------------------------- threads

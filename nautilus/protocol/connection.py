@@ -98,7 +98,7 @@ from nautilus.protocol.state import (
     transition,
 )
 from nautilus.protocol.steps import AuthenticationStep, HandshakeStep, StepContext
-from nautilus.record import TAG_SIZE, ContentType, PackedOpen, RecordOpener, RecordSealer
+from nautilus.record import TAG_SIZE, ContentType, PackedOpen, RecordOpener, RecordSealer, _wipe
 from nautilus.sessions import MAX_TICKET_LIFETIME, SessionCache, StoredTicket, TicketContents
 
 __all__ = ["Connection", "ConnectionStats"]
@@ -169,12 +169,6 @@ _HELLO_SIZES: dict[tuple[object, ...], int] = {}
 """Encoded ClientHello body sizes (without a key share or a ticket's offer),
 by what they depend on (see _send_client_hello); at most _HELLO_SIZES_KEPT."""
 _HELLO_SIZES_KEPT = 64
-
-
-def _wipe(buf: bytearray) -> None:
-    """Overwrite ``buf`` with zeros (decrypted data, before it is dropped)."""
-    if buf:
-        buf[:] = bytes(len(buf))
 
 
 def _refuse_message(n: int, limit: int) -> NoReturn:
@@ -864,7 +858,7 @@ class Connection:
 
     def _set_now(self, now: float) -> None:
         """Check and keep ``now``; nothing changes if it is refused."""
-        if type(now) is float and 0.0 <= now <= 1e15:  # the common case (MAX_NOW; NaN fails)
+        if type(now) is float and 0.0 <= now <= MAX_NOW:  # the common case (NaN fails)
             self._now = now
             return
         if not isinstance(now, (int, float)) or isinstance(now, bool):
