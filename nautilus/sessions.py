@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nautilus.exceptions import IdentityFileError
+from nautilus.identity import _check_time as _seconds
 from nautilus.protocol.codec import DecodeError, Reader, Writer
 from nautilus.record import AEAD
 
@@ -67,19 +68,6 @@ _ROTATIONS_PER_LIFETIME = _MAX_RETIRED_KEYS - 1
 _NONCE_SIZE = 12
 _U32_MAX = 0xFFFFFFFF
 _CACHE_FORMAT = "nautilus-session-cache-v1"
-
-
-def _seconds(name: str, value: object) -> float:
-    """``value`` as a finite float, or TypeError / ValueError naming ``name``."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
-    try:
-        seconds = float(value)
-    except OverflowError:
-        raise ValueError(f"{name} must be finite, got an int too large for a float") from None
-    if not math.isfinite(seconds):
-        raise ValueError(f"{name} must be finite, got {seconds}")
-    return seconds
 
 
 @dataclass(frozen=True)
