@@ -7,7 +7,7 @@ import os
 import platform
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from nautilus.identity import Identity, PeerKey, TrustStore
 from nautilus.kem import GROUPS
@@ -429,6 +429,13 @@ class Context:
         by its timestamp anyway); the cache is bounded, oldest out first.
         """
         return not self._seen_hellos.first_use(random, now + 2 * self.max_clock_skew + 1.0, now)
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError(
+            "a Context cannot be copied or pickled: its ticket keys, replay caches, "
+            "session table and locks belong to its connections (a copy would share "
+            "them); make a new Context with the same arguments"
+        )
 
     def __repr__(self) -> str:
         who = self.identity.peer_id if self.identity is not None else "no identity"

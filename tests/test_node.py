@@ -353,6 +353,19 @@ def test_retry_policy_delay_checks_its_argument() -> None:
     assert policy.delay(1) == pytest.approx(0.1)
 
 
+def test_retry_policy_reaches_its_cap_and_refuses_huge_numbers() -> None:
+    """The documented formula holds for any multiplier and retry (a small
+    multiplier reaches the cap late; a huge retry overflows to it), and a
+    number too large for a float is refused when the policy is made."""
+    slow = RetryPolicy(initial=0.1, maximum=5.0, multiplier=1.001, jitter=0.0)
+    assert slow.delay(5000) == 5.0  # 0.1 * 1.001 ** 4999 is about 14.8
+    assert slow.delay(2) == pytest.approx(0.1001)
+    assert RetryPolicy(multiplier=2, jitter=0.0).delay(10**6) == 5.0
+    for name in ("initial", "maximum", "multiplier"):
+        with pytest.raises(ValueError, match=f"{name} must be finite"):
+            RetryPolicy(**{name: 10**400})
+
+
 async def counting_listener() -> tuple[asyncio.Server, list[float]]:
     """A TCP listener that accepts and hangs up at once (a node shutting down)."""
     accepted: list[float] = []

@@ -8,9 +8,11 @@ to expire tickets or rotate keys.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import os
+import pickle
 from dataclasses import replace
 
 import pytest
@@ -1183,6 +1185,16 @@ def test_unknown_context_setting_is_refused() -> None:
     with pytest.raises(AttributeError, match="client_auth"):
         del ctx.client_auth
     assert ctx.client_auth == "off"
+
+
+def test_a_context_cannot_be_copied_or_pickled() -> None:
+    """A copy would share the original's ticket keys, replay caches and
+    session table (changing its ticket timing changed the original's keys)."""
+    ctx = Context(SERVER)
+    _ = ctx.ticket_keys
+    for copier in (copy.copy, copy.deepcopy, pickle.dumps):
+        with pytest.raises(TypeError, match="cannot be copied or pickled"):
+            copier(ctx)
 
 
 # ------------------------------------------------- key rotation, counters, table

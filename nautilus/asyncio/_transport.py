@@ -963,8 +963,17 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         tcp = self._tcp
         if tcp is None or self._tcp_lost:
             return
-        if tcp.get_write_buffer_size():
-            tcp.abort()  # the peer is not reading: what is unsent is lost anyway
+        unsent = tcp.get_write_buffer_size()
+        if unsent:
+            # The peer is not reading (fast enough): what is unsent is lost,
+            # and the application must not take this for a clean close.
+            if self._app_exc is None:
+                self._app_exc = ConnectionLost(
+                    f"the peer had not read what was sent {_LINGER:g} s after the close "
+                    f"({unsent} bytes still unsent): the connection was aborted, and "
+                    "the end of the data (close_notify included) did not arrive"
+                )
+            tcp.abort()
         else:
             tcp.close()
 

@@ -565,6 +565,8 @@ class _ChannelLink(_Link, _Route):
         channel = self.channel
         assert channel is not None
         channel._finish(exc, "the connection was closed")
+        if exc is not None and channel._error is None:
+            channel._error = exc  # ended after a close that did not complete: wait_closed() says so
         channel._closed_done()
 
     # route

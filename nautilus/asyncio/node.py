@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 import os
 import random
 import struct
@@ -117,7 +118,11 @@ class RetryPolicy:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise TypeError(f"{name} must be a number, not {type(value).__name__}")
-            if not value >= 0 or value == float("inf"):
+            try:
+                number = float(value)
+            except OverflowError:  # an int beyond the float range
+                raise ValueError(f"{name} must be finite, got an int too large") from None
+            if not (math.isfinite(number) and number >= 0):
                 raise ValueError(f"{name} must be finite and not negative, got {value}")
         if self.multiplier < 1:
             raise ValueError(f"multiplier must be at least 1, got {self.multiplier}")
@@ -137,9 +142,8 @@ class RetryPolicy:
             raise TypeError(f"retry must be an int, not {type(retry).__name__}")
         if retry < 1:
             raise ValueError(f"retry must be at least 1, got {retry}")
-        exponent = min(retry - 1, 1024)  # past this the cap applies anyway
-        try:
-            base = min(self.maximum, self.initial * self.multiplier**exponent)
+        try:  # in floats: a large retry overflows (to the cap) rather than grow an int
+            base = min(self.maximum, self.initial * float(self.multiplier) ** (retry - 1))
         except OverflowError:
             base = self.maximum
         return base * (1.0 - self.jitter * _rng.random())
