@@ -506,6 +506,17 @@ def _sig(st: os.stat_result) -> _FileSig:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+def _generation(fd: int) -> int:
+    """The write generation kept in the lock file's first 8 bytes (big-endian);
+    an empty or short lock file is generation 0.
+
+    Raises:
+        OSError: the lock file cannot be read.
+    """
+    data = os.pread(fd, 8, 0)
+    return int.from_bytes(data, "big") if len(data) == 8 else 0
+
+
 class SessionCache:
     """The client's resumption tickets, shared by every connection of a context.
 
@@ -551,6 +562,11 @@ class SessionCache:
         self._path: Path | None = None
         self._file_sig: _FileSig | None = None
         """The file as this cache last read or wrote it (None: no file)."""
+        self._generation: int | None = None
+        """The lock file's write generation when this cache last read or wrote
+        the file (None: unknown, so the next locked operation reads it)."""
+        self._lock_fd = -1
+        """The locked lock file during an operation (-1: none, or not locked)."""
         self._unsaved = False
         """The last save failed: memory holds what the file does not."""
         self._failing: set[str] = set()
@@ -567,10 +583,13 @@ class SessionCache:
                 f"session cache {fspath!r}: its directory {str(self._path.parent)!r} "
                 "does not exist or is not a directory"
             )
+        self._lock_path = self._path.with_name(self._path.name + ".lock")
+        # The generation before the file (unlocked): a write in between makes
+        # the next operation read the file again, never miss it.
+        self._generation = self._peek_generation()
         raw, self._file_sig = self._read_file()  # a directory (even ".") raises here
         if raw is not None:
             self._entries = self._parse_or_empty(raw)
-        self._lock_path = self._path.with_name(self._path.name + ".lock")
 
     @staticmethod
     def key(server_id: str, address: str | None) -> str:
@@ -726,13 +745,36 @@ class SessionCache:
         if self._path is None:
             yield
             return
-        with self._file_locked():
-            self._refresh_locked()
-            yield
+        with self._file_locked() as fd:
+            self._lock_fd = fd
+            try:
+                self._refresh_locked()
+                yield
+            finally:
+                self._lock_fd = -1
+
+    def _peek_generation(self) -> int | None:
+        """The lock file's generation, read without locking (None: unknown)."""
+        if _fcntl is None:
+            return None
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC
+        try:
+            fd = os.open(self._lock_path, flags)
+        except FileNotFoundError:
+            return 0  # no cache has written the file under the lock yet
+        except OSError:
+            return None
+        try:
+            return _generation(fd)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
 
     @contextlib.contextmanager
-    def _file_locked(self) -> Iterator[None]:
-        """Hold an exclusive flock on the sidecar lock file (none without fcntl)."""
+    def _file_locked(self) -> Iterator[int]:
+        """Hold an exclusive flock on the sidecar lock file (none without fcntl);
+        yields its descriptor, or -1 if it is not locked."""
         fd = -1
         if _fcntl is not None:
             flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC
@@ -751,16 +793,19 @@ class SessionCache:
             else:
                 self._works("lock")
         try:
-            yield
+            yield fd
         finally:
             if fd >= 0:
                 os.close(fd)  # releases the lock
 
     def _refresh_locked(self) -> None:
-        """Read the file again if another cache changed it (one stat if not)."""
+        """Read the file again if another cache changed it: the lock file's
+        write generation differs from the one this cache last saw (exact), or
+        the file's stat does (a deleted file; the only check when unlocked)."""
         if self._unsaved:
             return  # memory is authoritative until a save succeeds
         assert self._path is not None
+        gen = self._locked_generation()
         try:
             sig: _FileSig | None = _sig(os.stat(self._path, follow_symlinks=False))
         except FileNotFoundError:
@@ -768,7 +813,7 @@ class SessionCache:
         except OSError as exc:
             self._failed("read", f"cannot be read ({exc.strerror or type(exc).__name__})")
             return
-        if sig != self._file_sig:
+        if sig != self._file_sig or (gen is not None and gen != self._generation):
             try:
                 raw, self._file_sig = self._read_file()
             except IdentityFileError as exc:
@@ -776,7 +821,20 @@ class SessionCache:
                 self._failed("read", f"cannot be read again: {exc}")
                 return
             self._entries = OrderedDict() if raw is None else self._parse_or_empty(raw)
+        self._generation = gen  # None when unlocked: the next locked operation reads
         self._works("read")
+
+    def _locked_generation(self) -> int | None:
+        """The lock file's generation under the lock (None: not locked, or the
+        lock file cannot be read: logged)."""
+        if self._lock_fd < 0:
+            return None
+        try:
+            return _generation(self._lock_fd)
+        except OSError as exc:
+            why = exc.strerror or type(exc).__name__
+            self._failed("generation", f"lock file cannot be read ({why})")
+            return None
 
     def _save_locked(self) -> None:
         """Write the tickets to the file (a new 0600 file renamed over it); a
@@ -813,6 +871,20 @@ class SessionCache:
             return
         self._unsaved = False
         self._file_sig = _sig(written)
+        self._generation = None
+        if self._lock_fd >= 0:
+            try:
+                gen = (_generation(self._lock_fd) + 1) % 2**64
+                os.pwrite(self._lock_fd, gen.to_bytes(8, "big"), 0)
+            except OSError as exc:
+                self._failed(
+                    "generation",
+                    f"lock file cannot be written ({exc.strerror or type(exc).__name__}): "
+                    "other caches sharing it may miss this change",
+                )
+            else:
+                self._generation = gen
+                self._works("generation")
         self._works("write")
 
     def _failed(self, action: str, problem: str) -> None:

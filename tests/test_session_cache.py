@@ -706,6 +706,37 @@ def test_unchanged_file_is_not_read_again(tmp_path: Path, monkeypatch: pytest.Mo
     assert len(reads) == 1
 
 
+@needs_fcntl
+def test_change_with_the_same_inode_size_and_mtime_is_read_again(tmp_path: Path) -> None:
+    """A coarse clock and a reused inode can give another cache's write the
+    (inode, size, mtime) this cache last saw: the lock file's generation still
+    tells it to read the file again (single use across caches, nothing lost)."""
+    path = tmp_path / "tickets.json"
+    a = SessionCache(path=path)
+    b = SessionCache(path=path)
+    b.store("s", ticket(1))
+    seen = os.stat(path)  # the version b wrote and recorded
+    keep = tmp_path / "keep"
+    os.link(path, keep)  # hold b's inode so that it can come back
+    assert number(a.take("s", NOW)) == 1
+    a.store("s", ticket(2))  # the same length as b's version
+    new = path.read_bytes()
+    assert len(new) == seen.st_size
+    # Put a's version in b's inode with b's mtime: the triple b recorded.
+    with open(keep, "r+b") as fh:
+        fh.write(new)
+    os.replace(keep, path)
+    os.utime(path, ns=(seen.st_atime_ns, seen.st_mtime_ns))
+    now = os.stat(path)
+    assert (now.st_ino, now.st_size, now.st_mtime_ns) == (
+        seen.st_ino,
+        seen.st_size,
+        seen.st_mtime_ns,
+    )
+    assert number(b.take("s", NOW)) == 2  # not ticket 1 again, which a took
+    assert len(a) == len(b) == 0
+
+
 def test_memory_is_authoritative_while_saves_fail(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
