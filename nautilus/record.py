@@ -16,6 +16,7 @@ import enum
 import hashlib
 import hmac
 import secrets
+import threading
 from typing import Any, NamedTuple, NoReturn, TypeVar, cast
 
 from nautilus import _bindings as _b
@@ -570,17 +571,20 @@ class AEAD:
 
     For known-answer tests and small protocol uses; records use
     :class:`RecordSealer`/:class:`RecordOpener`, which manage nonces themselves.
+    Thread-safe: one C cipher state per object, used by one call at a time
+    (the C call releases the GIL).
 
     Raises:
         TypeError, ValueError: unknown cipher or wrong key length.
     """
 
-    __slots__ = ("_cipher", "_handle")
+    __slots__ = ("_cipher", "_handle", "_lock")
 
     def __init__(self, cipher: str, key: bytes) -> None:
         self._cipher = _cipher_name(cipher)
         k = _b.as_bytes("key", key, _b.AEAD_KEY_BYTES[self._cipher])
         self._handle = _b.aead_new(self._cipher, True, k, bytes(IV_SIZE))
+        self._lock = threading.Lock()
 
     def encrypt(self, nonce: bytes, data: bytes, associated_data: bytes = b"") -> bytes:
         """Return ciphertext || 16-byte tag.
@@ -589,13 +593,10 @@ class AEAD:
             TypeError, ValueError: wrong types; nonce not 12 bytes.
         """
         n = _b.as_bytes("nonce", nonce, IV_SIZE)
-        return _b.aead_oneshot(
-            self._handle,
-            True,
-            n,
-            _b.as_bytes("associated_data", associated_data),
-            _b.as_bytes("data", data),
-        )
+        aad = _b.as_bytes("associated_data", associated_data)
+        body = _b.as_bytes("data", data)
+        with self._lock:
+            return _b.aead_oneshot(self._handle, True, n, aad, body)
 
     def decrypt(self, nonce: bytes, data: bytes, associated_data: bytes = b"") -> bytes:
         """Verify and decrypt ciphertext || tag.
@@ -605,13 +606,10 @@ class AEAD:
             TypeError, ValueError: wrong types; nonce not 12 bytes.
         """
         n = _b.as_bytes("nonce", nonce, IV_SIZE)
-        return _b.aead_oneshot(
-            self._handle,
-            False,
-            n,
-            _b.as_bytes("associated_data", associated_data),
-            _b.as_bytes("data", data),
-        )
+        aad = _b.as_bytes("associated_data", associated_data)
+        body = _b.as_bytes("data", data)
+        with self._lock:
+            return _b.aead_oneshot(self._handle, False, n, aad, body)
 
     def __reduce__(self) -> NoReturn:
         raise TypeError("AEAD cannot be copied or pickled (it owns a C key state); make a new one")

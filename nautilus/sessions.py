@@ -65,6 +65,10 @@ _KEY_ID_SIZE = 8
 _MAX_RETIRED_KEYS = 1024
 """Most retired ticket keys kept (about 2 KiB of memory each: 2 MiB at most)."""
 _ROTATIONS_PER_LIFETIME = _MAX_RETIRED_KEYS - 1
+_CLOCK_WENT_BACK = 1.0
+"""A ``now`` over this much before the current key's creation means the
+clock went back (a new key then); less is the ordinary skew between
+connections of several threads, each passing the time its data arrived."""
 _NONCE_SIZE = 12
 _U32_MAX = 0xFFFFFFFF
 _CACHE_FORMAT = "nautilus-session-cache-v1"
@@ -214,7 +218,11 @@ class TicketKeys:
 
     def _rotate_if_due(self, now: float) -> _Key:
         cur = self._current
-        if cur is None or now - cur.created >= self._rotation or now < cur.created:
+        if (
+            cur is None
+            or now - cur.created >= self._rotation
+            or now < cur.created - _CLOCK_WENT_BACK
+        ):
             cur = self._retire_locked(now)
         retired = self._retired
         # Older tickets than the cap allows fall back to full handshakes; the

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import socket
 import time
@@ -250,6 +251,42 @@ def test_node_channel_close_wakes_a_drain_blocked_for_its_peer() -> None:
             b.close()
             await a.wait_closed()
             await b.wait_closed()
+
+    run(main())
+
+
+def test_close_when_the_half_close_fails_does_not_raise() -> None:
+    """The peer reset the connection and TCP has not reported it yet:
+    shutting down our side fails (ENOTCONN); close() still ends the
+    connection and raises nothing."""
+
+    async def main() -> None:
+        got: asyncio.Future[asyncio.StreamWriter] = asyncio.get_running_loop().create_future()
+
+        async def handler(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            got.set_result(writer)
+
+        server = await na.start_server(handler, HOST, 0, context=Context(SERVER_ID))
+        _reader, client = await na.open_connection(
+            HOST, server.sockets[0].getsockname()[1], context=client_ctx()
+        )
+        writer = await asyncio.wait_for(got, 5)
+        transport = writer.transport
+        assert isinstance(transport, na.NautilusTransport)
+
+        def refused() -> None:
+            raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+
+        transport._tcp.write_eof = refused  # type: ignore[method-assign]
+        writer.close()  # no exception
+        with contextlib.suppress(nautilus.NautilusError, ConnectionError):
+            await asyncio.wait_for(writer.wait_closed(), 5)
+        assert transport.is_closing()
+        client.close()
+        with contextlib.suppress(nautilus.NautilusError, ConnectionError):
+            await client.wait_closed()
+        server.close()
+        await server.wait_closed()
 
     run(main())
 

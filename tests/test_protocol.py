@@ -36,6 +36,7 @@ from nautilus import (
     ConnectionClosed,
     ConnectionLost,
     Context,
+    CryptoFailure,
     DataReceived,
     HandshakeCompleted,
     HandshakeError,
@@ -1101,6 +1102,51 @@ def _held_bytes(conn: Connection) -> list[object]:
             if hasattr(obj, name):
                 values.append(getattr(obj, name))
     return values
+
+
+def test_a_local_failure_while_receiving_is_an_internal_error_not_a_clean_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Nautilus error raised inside receive_data by this side (OpenSSL
+    failing to seal a ticket, say) fails the connection with internal_error:
+    it does not escape, and the peer does not see a clean end."""
+    pair = Pair.make(server={"tickets_per_handshake": 1})
+
+    def broken_seal(*_args: object) -> bytes:
+        raise CryptoFailure("encrypt: OpenSSL failure")
+
+    monkeypatch.setattr(pair.server_ctx.ticket_keys, "seal", broken_seal)
+    pair.connect()
+    assert pair.server.is_closed
+    assert isinstance(pair.server.error, CryptoFailure)
+    assert pair.client.is_closed
+    assert "internal_error" in str(pair.client.error)
+
+
+@pytest.mark.parametrize("changed", ["client", "server"])
+def test_a_record_size_set_during_a_handshake_is_for_later_connections(changed: str) -> None:
+    """A connection keeps the record size it announced: the context's
+    max_record_size lowered (by another thread) while its handshake is in
+    flight applies to later connections only."""
+    pair = Pair.make()
+    pair.client.start(NOW)
+    pair.server.start(NOW)
+    pair.server.receive_data(pair.client.data_to_send(), NOW)  # hello: 16384
+    ctx = pair.client_ctx if changed == "client" else pair.server_ctx
+    ctx.max_record_size = 512
+    pair.pump()
+    assert pair.client.handshake_complete
+    assert pair.server.handshake_complete
+    sender, receiver = (
+        (pair.server, pair.client) if changed == "client" else (pair.client, pair.server)
+    )
+    sender.send_data(b"x" * 8000)
+    receiver.receive_data(sender.data_to_send(), NOW)
+    got = [e for e in drain_events(receiver) if isinstance(e, DataReceived)]
+    assert b"".join(bytes(e.data) for e in got) == b"x" * 8000
+    assert not receiver.is_closed
+    later = Connection(ctx, changed)
+    assert later._record_size == 512
 
 
 @pytest.mark.parametrize("ending", ["close", "peer_close"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import threading
 from typing import Any
 
 import pytest
@@ -1112,3 +1113,28 @@ def test_close_wipes_the_opener_scratch() -> None:
     assert second == bytes(len(second))
     with pytest.raises(nautilus.ClosedError):
         opener.open(sealer.seal(small))
+
+
+def test_one_aead_used_by_several_threads_at_once() -> None:
+    """Ticket keys are one AEAD shared by a server's threads: its C cipher
+    state must serve one call at a time (the C call releases the GIL)."""
+    aead = record.AEAD("aes-256-gcm", bytes(range(32)))
+    failures: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            for i in range(10_000):
+                nonce = n.to_bytes(4, "big") + i.to_bytes(8, "big")
+                data = nonce * 20
+                sealed = aead.encrypt(nonce, data, b"aad")
+                if aead.decrypt(nonce, sealed, b"aad") != data:
+                    raise AssertionError("a round trip changed the data")
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not failures, failures[:3]

@@ -954,6 +954,18 @@ def test_clock_going_back_rotates_the_key() -> None:
     assert keys.open(t, NOW - 5) is not None  # still opens: a retired key
 
 
+def test_a_slightly_earlier_now_from_another_thread_does_not_rotate() -> None:
+    """Connections in several threads pass the times their data arrived, a
+    little out of order: that is not the clock going back, and must not make
+    keys (each a retired key to keep, up to the cap) far faster than the
+    rotation interval."""
+    keys = TicketKeys(rotation=1, lifetime=63)
+    first = keys.seal(_contents(), NOW)[:8]
+    for step in range(1, 100):
+        assert keys.seal(_contents(), NOW - step / 200)[:8] == first  # up to 0.5 s earlier
+    assert keys.seal(_contents(), NOW + 1)[:8] != first  # the interval still applies
+
+
 def test_key_retired_over_a_lifetime_ago_opens_nothing_after_the_clock_went_back() -> None:
     keys = TicketKeys(rotation=100, lifetime=1000)
     keys.seal(_contents(), NOW)

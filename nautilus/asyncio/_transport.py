@@ -999,7 +999,11 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         if self._tcp_paused:  # the peer's FIN must be read even if the app paused reading
             self._tcp_paused = False
             tcp.resume_reading()
-        tcp.write_eof()
+        try:
+            tcp.write_eof()
+        except OSError:  # the peer reset meanwhile (ENOTCONN): TCP is gone, close() must not raise
+            tcp.abort()
+            return
         if self._linger_timer is None:
             self._linger_timer = self._loop.call_later(_LINGER, self._linger_over)
 

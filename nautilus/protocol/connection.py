@@ -342,6 +342,7 @@ class Connection:
         "_pending",
         "_psk_keys",
         "_psk_mode",
+        "_record_size",
         "_resumed",
         "_retried",
         "_role",
@@ -454,7 +455,10 @@ class Connection:
         self._group = ""
         self._cipher = ""
         self._client_auth = ClientAuth.OFF
-        self._send_fragment = min(context.max_record_size, _HANDSHAKE_RECORD)
+        # The record size this side announces and accepts, fixed for the
+        # connection (the context's setting may change meanwhile).
+        self._record_size = context.max_record_size
+        self._send_fragment = min(self._record_size, _HANDSHAKE_RECORD)
         # Resumption and early data.
         self._resumed = False
         self._ticket: StoredTicket | None = None  # client: the ticket offered
@@ -634,6 +638,8 @@ class Connection:
             self._fail(exc, AlertCode.RECORD_OVERFLOW if exc.overflow else AlertCode.DECODE_ERROR)
         except ProtocolViolation as exc:
             self._fail(exc, AlertCode.UNEXPECTED_MESSAGE)
+        except NautilusError as exc:  # a local failure (OpenSSL...): the peer must not
+            self._fail(exc, AlertCode.INTERNAL_ERROR)  # take the end for a clean close
 
     def _incomplete(self, data: bytes | bytearray | memoryview, pos: int) -> bool:
         """Whether ``data[pos:]`` is the start of a sealed record, and only that."""
@@ -1196,7 +1202,7 @@ class Connection:
                 AlertCode.UNEXPECTED_MESSAGE,
                 "unexpected_message: handshake message split across a key change",
             )
-        own_limit = self._ctx.max_record_size
+        own_limit = self._record_size
         if send_secret is not None:
             if self._flight is not None:
                 self._seal_flight()  # held messages go under the key they were made for
@@ -1491,7 +1497,7 @@ class Connection:
                 share=share,
                 expected_peer=expected,
                 steps=steps,
-                max_record_size=ctx.max_record_size,
+                max_record_size=self._record_size,
             )
 
         # Sized before anything is taken (a ticket from the cache, a key share
@@ -1499,7 +1505,7 @@ class Connection:
         # over for a key share and a ticket's offer bounds the ticket. The
         # size depends only on these fields (random and timestamp have fixed
         # sizes): it is kept, not encoded again for every connection.
-        shape = (namespace, ciphers, groups, len(expected), steps, ctx.max_record_size)
+        shape = (namespace, ciphers, groups, len(expected), steps, self._record_size)
         size = _HELLO_SIZES.get(shape)
         if size is None:
             try:
@@ -1719,7 +1725,7 @@ class Connection:
                    "a resumed session asked for client authentication")  # fmt: skip
         self._agreed = [offered[i] for i in msg.steps]
         self._client_auth = ClientAuth(msg.client_auth)
-        self._send_fragment = min(self._ctx.max_record_size, msg.max_record_size)
+        self._send_fragment = min(self._record_size, msg.max_record_size)
         self._absorb(full)
         if self._early_sent:
             if msg.early_data_accepted:
@@ -1916,12 +1922,12 @@ class Connection:
         self._install(keys.server_hs, keys.client_hs, handshake=True)
         self._hold_flight()
         self._client_auth = ClientAuth.OFF if self._resumed else _AUTH_MODE[ctx.client_auth]
-        self._send_fragment = min(ctx.max_record_size, msg.max_record_size)
+        self._send_fragment = min(self._record_size, msg.max_record_size)
         self._send_handshake(
             EncryptedExtensions(
                 self._client_auth,
                 tuple(s.protocol_id for s in self._agreed),
-                ctx.max_record_size,
+                self._record_size,
                 self._early_accepted,
             )
         )
