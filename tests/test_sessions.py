@@ -770,6 +770,26 @@ def test_lifetime_announced_by_the_server_is_what_the_client_keeps() -> None:
     assert ticket.received == NOW
 
 
+def test_a_ticket_carries_one_lifetime_though_the_setting_changes_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The lifetime a server announces with a ticket is the one sealed in it,
+    even if another thread assigns ticket_lifetime while tickets are made
+    (a property stands for that thread: each read gives another value)."""
+    p = Pair.make(server={"tickets_per_handshake": 1}, server_name=SERVER_NAME)
+    values = iter(float(v) for v in range(7200, 6000, -100))  # another value at each read
+    monkeypatch.setattr(
+        Context, "ticket_lifetime", property(lambda _self: next(values)), raising=False
+    )
+    p.handshake()
+    p.pump()
+    ticket = p.client_ctx.session_cache.take(CACHE_KEY, NOW)
+    assert ticket is not None
+    contents = p.server_ctx.ticket_keys.open(ticket.ticket, NOW)
+    assert contents is not None
+    assert ticket.lifetime == contents.lifetime
+
+
 def _server_sends_ticket(p: Pair, msg: NewSessionTicket) -> None:
     sealer = p.server._sealer
     assert sealer is not None

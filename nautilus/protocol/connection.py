@@ -1478,10 +1478,11 @@ class Connection:
                 they were checked); nothing was taken or sent.
         """
         ctx = self._ctx
-        group = ctx.groups[0]
+        group_names = ctx.groups  # read once: another thread may assign it meanwhile
+        group = group_names[0]
         namespace = ctx.namespace.encode()
         ciphers = tuple(CIPHER_IDS[c] for c in ctx.ciphers)
-        groups = tuple(GROUP_IDS[g] for g in ctx.groups)
+        groups = tuple(GROUP_IDS[g] for g in group_names)
         expected = self._expected_hash()
         steps = tuple(StepOffer(s.protocol_id, s.required) for s in self._steps)
         random = os.urandom(RANDOM_SIZE)
@@ -2246,14 +2247,16 @@ class Connection:
         server_hash = hashlib.sha256(ident.peer_id.encode()).digest()
         client_key = self._peer_key.to_bytes() if self._peer_key is not None else b""
         client_cert = self._peer_cert.to_bytes() if self._peer_cert is not None else b""
+        lifetime = ctx.ticket_lifetime  # read once: another thread may assign it meanwhile
+        namespace = ctx.namespace.encode()
         for _ in range(ctx.tickets_per_handshake):
             nonce, age_add = os.urandom(8), secrets.randbits(32)
             contents = TicketContents(
-                self._now, ctx.ticket_lifetime, CIPHER_IDS[self._cipher], keys.ticket_psk(nonce),
-                server_hash, ctx.namespace.encode(), client_key, client_cert, max_early, age_add,
+                self._now, lifetime, CIPHER_IDS[self._cipher], keys.ticket_psk(nonce),
+                server_hash, namespace, client_key, client_cert, max_early, age_add,
             )  # fmt: skip
             ticket = ctx.ticket_keys.seal(contents, self._now)
-            msg = NewSessionTicket(int(ctx.ticket_lifetime), age_add, nonce, ticket, max_early)
+            msg = NewSessionTicket(int(lifetime), age_add, nonce, ticket, max_early)
             self._out.append(self._sealer._seal_chunk(frame(msg), ContentType.HANDSHAKE))
 
     def _on_new_session_ticket(self, msg: NewSessionTicket, full: bytes) -> State:
