@@ -592,11 +592,7 @@ class AEAD:
         Raises:
             TypeError, ValueError: wrong types; nonce not 12 bytes.
         """
-        n = _b.as_bytes("nonce", nonce, IV_SIZE)
-        aad = _b.as_bytes("associated_data", associated_data)
-        body = _b.as_bytes("data", data)
-        with self._lock:
-            return _b.aead_oneshot(self._handle, True, n, aad, body)
+        return self._oneshot(True, nonce, data, associated_data)
 
     def decrypt(self, nonce: bytes, data: bytes, associated_data: bytes = b"") -> bytes:
         """Verify and decrypt ciphertext || tag.
@@ -605,11 +601,14 @@ class AEAD:
             nautilus.IntegrityError: the tag does not verify.
             TypeError, ValueError: wrong types; nonce not 12 bytes.
         """
+        return self._oneshot(False, nonce, data, associated_data)
+
+    def _oneshot(self, encrypt: bool, nonce: bytes, data: bytes, associated_data: bytes) -> bytes:
         n = _b.as_bytes("nonce", nonce, IV_SIZE)
         aad = _b.as_bytes("associated_data", associated_data)
         body = _b.as_bytes("data", data)
-        with self._lock:
-            return _b.aead_oneshot(self._handle, False, n, aad, body)
+        with self._lock:  # one call at a time on the C cipher state
+            return _b.aead_oneshot(self._handle, encrypt, n, aad, body)
 
     def __reduce__(self) -> NoReturn:
         raise TypeError("AEAD cannot be copied or pickled (it owns a C key state); make a new one")

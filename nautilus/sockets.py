@@ -63,14 +63,13 @@ from nautilus.exceptions import (
     MessageTooLarge,
     NautilusError,
     ProtocolViolation,
-    RecordFormatError,
     RecordLimitReached,
     WantReadError,
     WantWriteError,
 )
 from nautilus.identity import PeerKey
 from nautilus.protocol import events as _events
-from nautilus.protocol.connection import Connection, _Abort, _format_abort
+from nautilus.protocol.connection import Connection, _Abort
 from nautilus.protocol.events import ConnectionClosed, DataReceived, MessagesReceived, SessionInfo
 from nautilus.protocol.messages import RECORD_SEALED as _SEALED
 from nautilus.protocol.messages import AlertCode
@@ -873,13 +872,15 @@ class NautilusSocket(socket.socket):
             )
         except _b.OpenFailure as failure:
             good = cast("_b.PackedOpen", failure.spans[0])
-            malformed = (  # told apart from a forgery as the Connection does
-                _format_abort(self._rview, ipos + failure.consumed, opener.max_fragment)
-                if isinstance(failure.error, RecordFormatError)
-                else None
-            )
+            error = failure.error
+            if isinstance(error, (RecordLimitReached, IntegrityError)):  # as the Connection does
+                pos = ipos + failure.consumed
+                abort = conn._open_abort(error, self._rview, pos, opener.max_fragment)
+            else:  # pragma: no cover - the opener is only given what fits
+                failed = ProtocolViolation(f"record layer failure: {error}")
+                abort = _Abort(failed, AlertCode.DECODE_ERROR)
             self._ipos = self._iend = 0  # nothing after a bad record is read
-            self._direct_failed(failure.error, good.written, malformed)
+            self._direct_failed(abort, good.written)
             return good.written
         ipos += opened.consumed
         self._ipos = ipos
@@ -898,28 +899,12 @@ class NautilusSocket(socket.socket):
         conn._bytes_received += written
         return written
 
-    def _direct_failed(self, error: Exception, good: int, malformed: _Abort | None) -> None:
+    def _direct_failed(self, abort: _Abort, good: int) -> None:
         """A record opened by :meth:`_open_direct` failed: fail the Connection as
-        it fails itself (the alert is queued), after ``good`` bytes were delivered
-        (``malformed``: the Connection's failure for a malformed record)."""
+        it fails itself (the alert is queued), after ``good`` bytes were delivered."""
         conn = self._conn
         conn._bytes_received += good
-        if malformed is not None:
-            conn._fail(malformed.error, malformed.alert)
-        elif isinstance(error, RecordLimitReached):
-            conn._fail(
-                ProtocolViolation(
-                    "the peer sent more records than one key may protect without a key update"
-                ),
-                AlertCode.UNEXPECTED_MESSAGE,
-            )
-        elif isinstance(error, IntegrityError):
-            conn._fail(
-                IntegrityError(f"a record failed authentication ({error}); connection closed"),
-                AlertCode.BAD_RECORD_MAC,
-            )
-        else:  # pragma: no cover - the opener is only given what fits
-            conn._fail(ProtocolViolation(f"record layer failure: {error}"), AlertCode.DECODE_ERROR)
+        conn._fail(abort.error, abort.alert)
         self._drain()
         self._take_output()
 

@@ -1046,41 +1046,55 @@ class Connection:
             self._scratch = bytearray(size if size >= len(src) else max(len(src), 2 * size))
         try:
             opened = opener._open_fast(src, self._scratch, self._batch_type)
-        except RecordLimitReached:
-            _abort(
-                ProtocolViolation,
-                AlertCode.UNEXPECTED_MESSAGE,
-                "the peer sent more records than one key may protect without a key update",
-            )
-        except IntegrityError as exc:
-            # A malformed record (RecordFormatError: a bad header or length, or
-            # no content type) is told apart from one that fails authentication
-            # (docs/protocol.md, section 6); decided before the records that
-            # verified are acted on, while the opener is still open.
-            malformed = (
-                _format_abort(src, exc.consumed, opener.max_fragment)
-                if isinstance(exc, RecordFormatError)
-                else None
-            )
-            good = cast("PackedOpen | None", exc.records[0] if exc.records else None)
-            if good is not None and good.records:
-                self._deliver(good)  # authentic records before the bad one
-            if malformed is not None:
-                raise malformed from None
-            if self._state in HANDSHAKE_STATES:
-                _abort(
-                    KeyAgreementFailed,
-                    AlertCode.BAD_RECORD_MAC,
-                    "could not decrypt the peer's handshake records: the key exchange was "
-                    "tampered with or the two sides derived different keys",
-                )
-            raise _Abort(
-                IntegrityError(f"a record failed authentication ({exc}); connection closed"),
-                AlertCode.BAD_RECORD_MAC,
-            ) from None
+        except (RecordLimitReached, IntegrityError) as exc:
+            limit = opener.max_fragment  # (read while the opener is still open)
+            pos = 0
+            if isinstance(exc, IntegrityError):
+                pos = exc.consumed
+                good = cast("PackedOpen | None", exc.records[0] if exc.records else None)
+                if good is not None and good.records:
+                    self._deliver(good)  # authentic records before the bad one
+            raise self._open_abort(exc, src, pos, limit) from None
         if opened.records:
             self._deliver(opened)
         return opened.consumed
+
+    def _open_abort(
+        self,
+        error: RecordLimitReached | IntegrityError,
+        src: bytes | bytearray | memoryview,
+        pos: int,
+        limit: int,
+    ) -> _Abort:
+        """The failure for the record at ``src[pos:]`` that the record layer
+        refused (``limit``: the opener's largest content). Shared with
+        NautilusSocket's direct path, which opens records itself.
+
+        A malformed record (RecordFormatError: a bad header or length, or no
+        content type) is told apart from one that fails authentication
+        (docs/protocol.md, section 6).
+        """
+        if isinstance(error, RecordLimitReached):
+            return _Abort(
+                ProtocolViolation(
+                    "the peer sent more records than one key may protect without a key update"
+                ),
+                AlertCode.UNEXPECTED_MESSAGE,
+            )
+        if isinstance(error, RecordFormatError):
+            return _format_abort(src, pos, limit)
+        if self._state in HANDSHAKE_STATES:
+            return _Abort(
+                KeyAgreementFailed(
+                    "could not decrypt the peer's handshake records: the key exchange was "
+                    "tampered with or the two sides derived different keys"
+                ),
+                AlertCode.BAD_RECORD_MAC,
+            )
+        return _Abort(
+            IntegrityError(f"a record failed authentication ({error}); connection closed"),
+            AlertCode.BAD_RECORD_MAC,
+        )
 
     def _deliver(self, opened: PackedOpen) -> None:
         """Act on opened records: a run of the batch type, then maybe one other.
