@@ -188,7 +188,60 @@ _SETTINGS: dict[str, _Check] = {
 _TICKET_TIMING = ("ticket_key_rotation", "ticket_lifetime")
 
 
-class Context:
+class _SettingFields:
+    """The settings of a Context, declared once for :class:`Context` and for
+    :class:`_Settings` (the snapshot a connection reads)."""
+
+    __slots__ = ()
+
+    identity: Identity | None
+    trust: TrustStore
+    groups: tuple[str, ...]
+    ciphers: tuple[str, ...]
+    client_auth: str
+    handshake_timeout: float
+    namespace: str
+    max_message_size: int
+    max_clock_skew: float
+    max_record_size: int
+    key_update_records: int
+    key_update_bytes: int
+    rekey_interval: float | None
+    handshake: Handshake
+    resumption: str
+    session_cache: SessionCache
+    ticket_lifetime: float
+    ticket_key_rotation: float
+    tickets_per_handshake: int
+    early_data: bool
+    max_early_data: int
+    early_data_window: float
+    sessions: SessionTable
+    """(server) The live sessions of this context, for operators."""
+
+
+class _Settings(_SettingFields):
+    """Every setting of a Context as it was at one moment: read-only.
+
+    A Context replaces its snapshot on each assignment (under a lock), and a
+    Connection takes the current one when it is made: whatever other threads
+    assign meanwhile, one handshake sees one consistent set of settings.
+    """
+
+    __slots__ = tuple(_SETTINGS)
+
+    def __init__(self, context: Context) -> None:
+        for name in _SETTINGS:
+            object.__setattr__(self, name, getattr(context, name))
+
+    def __setattr__(self, name: str, value: object) -> NoReturn:
+        raise AttributeError("a snapshot of a Context's settings is read-only")
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("a snapshot of a Context's settings cannot be copied or pickled")
+
+
+class Context(_SettingFields):
     """Settings and trust for many connections; the ``ssl.SSLContext`` of Nautilus.
 
     Args:
@@ -230,7 +283,10 @@ class Context:
     Every setting is an attribute of the same name, which may be changed
     between connections by assignment (``ctx.client_auth = "required"``): the
     value is checked as by the constructor, and a bad one raises (naming the
-    setting) and leaves the old value. Changing ``ticket_lifetime`` or
+    setting) and leaves the old value. A connection reads the settings its
+    context had when the connection was made (one snapshot, whatever other
+    threads assign meanwhile): an assignment applies to connections made after
+    it, never to a handshake in flight. Changing ``ticket_lifetime`` or
     ``ticket_key_rotation`` also changes the ticket keys in use. ``trust`` is
     the :class:`nautilus.TrustStore` made of the trust arguments, and
     ``sessions`` the server's :class:`~nautilus.sessions.SessionTable`.
@@ -242,31 +298,6 @@ class Context:
             kept, and each must open its tickets for their whole lifetime).
         AttributeError: assignment to a name that is not a setting.
     """
-
-    identity: Identity | None
-    trust: TrustStore
-    groups: tuple[str, ...]
-    ciphers: tuple[str, ...]
-    client_auth: str
-    handshake_timeout: float
-    namespace: str
-    max_message_size: int
-    max_clock_skew: float
-    max_record_size: int
-    key_update_records: int
-    key_update_bytes: int
-    rekey_interval: float | None
-    handshake: Handshake
-    resumption: str
-    session_cache: SessionCache
-    ticket_lifetime: float
-    ticket_key_rotation: float
-    tickets_per_handshake: int
-    early_data: bool
-    max_early_data: int
-    early_data_window: float
-    sessions: SessionTable
-    """(server) The live sessions of this context, for operators."""
 
     def __init__(
         self,
@@ -297,6 +328,8 @@ class Context:
         early_data_window: float = 10.0,
     ) -> None:
         self._replay_lock = threading.Lock()
+        self._settings_lock = threading.Lock()
+        self._settings: _Settings | None = None  # made once every setting is set
         self._ticket_keys: TicketKeys | None = None
         settings: dict[str, object] = {
             "identity": identity,
@@ -330,6 +363,7 @@ class Context:
         assert settings.keys() == _SETTINGS.keys()
         for name, value in settings.items():
             setattr(self, name, value)  # checked by __setattr__
+        self._settings = _Settings(self)
         self._early_replay = EarlyDataReplayCache()
         # A full hello cache forgets its oldest entry rather than refuse clients.
         self._seen_hellos = ReplayCache(REPLAY_CACHE_SIZE, evict_when_full=True)
@@ -350,6 +384,12 @@ class Context:
         if check is None:
             raise AttributeError(f"nautilus.Context has no setting {name!r}")
         value = check(value)
+        with self._settings_lock:  # the value and the snapshot change together
+            self._assign(name, value)
+            if self._settings is not None:  # (None while __init__ sets them one by one)
+                self._settings = _Settings(self)
+
+    def _assign(self, name: str, value: object) -> None:
         if name not in _TICKET_TIMING:
             object.__setattr__(self, name, value)
             return

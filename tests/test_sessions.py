@@ -770,24 +770,63 @@ def test_lifetime_announced_by_the_server_is_what_the_client_keeps() -> None:
     assert ticket.received == NOW
 
 
-def test_a_ticket_carries_one_lifetime_though_the_setting_changes_meanwhile(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The lifetime a server announces with a ticket is the one sealed in it,
-    even if another thread assigns ticket_lifetime while tickets are made
-    (a property stands for that thread: each read gives another value)."""
-    p = Pair.make(server={"tickets_per_handshake": 1}, server_name=SERVER_NAME)
-    values = iter(float(v) for v in range(7200, 6000, -100))  # another value at each read
-    monkeypatch.setattr(
-        Context, "ticket_lifetime", property(lambda _self: next(values)), raising=False
+def test_a_connection_keeps_the_settings_its_context_had_when_it_was_made() -> None:
+    """Settings assigned (by another thread) while a handshake is in flight
+    are for later connections: one handshake never mixes two values of a
+    setting. Under client authentication a server sends its tickets after
+    the client's Finished; it used to decide on them with the values of that
+    moment, after choosing the mode at the hello."""
+    p = Pair.make(
+        server={
+            "tickets_per_handshake": 2,
+            "client_auth": "required",
+            "trusted_peers": [CLIENT.public],
+        },
+        client={"identity": CLIENT},
+        server_name=SERVER_NAME,
     )
-    p.handshake()
+    p.start()
+    p.server.receive_data(p.client.data_to_send(), NOW)  # the hello
+    p.server_ctx.tickets_per_handshake = 0
+    p.server_ctx.resumption = "off"
+    p.server_ctx.ticket_lifetime = 60.0
+    p.server_ctx.client_auth = "off"
     p.pump()
+    assert p.client.handshake_complete
+    assert p.server.handshake_complete
+    assert len(p.client_ctx.session_cache) == 2  # as configured when the connection was made
     ticket = p.client_ctx.session_cache.take(CACHE_KEY, NOW)
     assert ticket is not None
+    assert ticket.lifetime == 7200.0
     contents = p.server_ctx.ticket_keys.open(ticket.ticket, NOW)
     assert contents is not None
-    assert ticket.lifetime == contents.lifetime
+    assert contents.lifetime == 7200.0
+    p.client_ctx.session_cache.store(CACHE_KEY, ticket)  # (taken above to look at it)
+    later = Pair(p.client_ctx, p.server_ctx, {"server_name": SERVER_NAME})
+    later.handshake()  # the new settings: no resumption, no tickets, no client auth
+    assert later.client.session is not None
+    assert not later.client.session.resumed
+    assert later.server.session is not None
+    assert later.server.session.peer_id is None
+    assert len(p.client_ctx.session_cache) == 1  # the one ticket offered was used up
+
+
+def test_the_settings_snapshot_is_read_only() -> None:
+    ctx = Context(SERVER)
+    snapshot = ctx._settings
+    assert snapshot is not None
+    with pytest.raises(AttributeError, match="read-only"):
+        snapshot.client_auth = "required"  # type: ignore[misc]
+    for copier in (copy.copy, pickle.dumps):
+        with pytest.raises(TypeError, match="cannot be copied or pickled"):
+            copier(snapshot)
+    ctx.client_auth = "required"
+    assert snapshot.client_auth == "off"  # a new snapshot, the old one unchanged
+    assert ctx._settings is not None
+    assert ctx._settings.client_auth == "required"
+    assert {n: getattr(ctx._settings, n) for n in _SETTINGS} == {
+        n: getattr(ctx, n) for n in _SETTINGS
+    }
 
 
 def _server_sends_ticket(p: Pair, msg: NewSessionTicket) -> None:

@@ -300,6 +300,7 @@ class Connection:
         "_budget",
         "_bytes_received",
         "_bytes_sent",
+        "_cfg",
         "_cipher",
         "_client",
         "_client_auth",
@@ -377,7 +378,11 @@ class Connection:
             raise TypeError(f"context must be a nautilus.Context, not {type(context).__name__}")
         if role not in ("client", "server"):
             raise ValueError(f"role must be 'client' or 'server', got {role!r}")
-        if role == "server" and context.identity is None:
+        # The context's settings as they are now: this connection reads them
+        # only here, whatever other threads assign to the context meanwhile.
+        cfg = context._settings
+        assert cfg is not None  # (None only inside Context.__init__)
+        if role == "server" and cfg.identity is None:
             raise ValueError("a server needs a context with an identity")
         if role == "server" and (expected_peer is not None or server_name is not None):
             raise ValueError("expected_peer and server_name apply to clients only")
@@ -390,6 +395,7 @@ class Connection:
 
             parse_peer_id(expected_peer)
         self._ctx = context
+        self._cfg = cfg
         self._role = role
         self._client = role == "client"
         self._server_name = server_name
@@ -428,8 +434,8 @@ class Connection:
         self._pending: list[tuple[int, bytes | bytearray]] = []
         self._batch_type: int = ContentType.APPLICATION_DATA
         self._messages = bytearray()
-        self._steps: tuple[HandshakeStep, ...] = context.handshake.custom_steps
-        self._auth_step = context.handshake.authentication
+        self._steps: tuple[HandshakeStep, ...] = cfg.handshake.custom_steps
+        self._auth_step = cfg.handshake.authentication
         self._agreed: list[HandshakeStep] = []
         self._step_state: dict[str, StepContext] = {}
         self._peer_payloads: dict[str, bytes] = {}
@@ -455,9 +461,8 @@ class Connection:
         self._group = ""
         self._cipher = ""
         self._client_auth = ClientAuth.OFF
-        # The record size this side announces and accepts, fixed for the
-        # connection (the context's setting may change meanwhile).
-        self._record_size = context.max_record_size
+        # The record size this side announces and accepts.
+        self._record_size = cfg.max_record_size
         self._send_fragment = min(self._record_size, _HANDSHAKE_RECORD)
         # Resumption and early data.
         self._resumed = False
@@ -555,7 +560,7 @@ class Connection:
             return
         if self._state is State.CLOSED:
             return  # closed meanwhile (a trust rule called close()): it stays closed
-        self._deadline = self._now + self._ctx.handshake_timeout
+        self._deadline = self._now + self._cfg.handshake_timeout
         self._set_state(nxt)
 
     def receive_data(self, data: bytes | bytearray | memoryview, now: float | None = None) -> None:
@@ -712,7 +717,7 @@ class Connection:
         Raises:
             as :meth:`send_message`.
         """
-        limit = self._ctx.max_message_size
+        limit = self._cfg.max_message_size
         framed: bytes | bytearray | None = None
         if isinstance(messages, (list, tuple)):
             if len(messages) == 1 and type(one := messages[0]) is bytes:
@@ -760,7 +765,7 @@ class Connection:
         the handshake deadline, then (with ``rekey_interval``) the next key update."""
         if self._state in HANDSHAKE_STATES:
             return self._deadline
-        interval = self._ctx.rekey_interval
+        interval = self._cfg.rekey_interval
         last = self._last_update
         if self._state is State.CONNECTED and interval is not None and last is not None:
             return last + interval  # (0.0 is a time too: no truthiness test)
@@ -777,7 +782,7 @@ class Connection:
         if self._deadline is not None and self._state in HANDSHAKE_STATES and now >= self._deadline:
             self._fail(
                 HandshakeTimeout(
-                    f"the handshake did not complete within {self._ctx.handshake_timeout:g} s"
+                    f"the handshake did not complete within {self._cfg.handshake_timeout:g} s"
                 ),
                 AlertCode.HANDSHAKE_TIMEOUT,
             )
@@ -796,7 +801,7 @@ class Connection:
         )
 
     def _rekey_due(self) -> bool:
-        interval = self._ctx.rekey_interval
+        interval = self._cfg.rekey_interval
         return (
             interval is not None
             and self._last_update is not None
@@ -897,7 +902,7 @@ class Connection:
 
     def _teardown(self) -> None:
         if self._state is State.CONNECTED and not self._client:
-            self._ctx.sessions._remove(self)
+            self._cfg.sessions._remove(self)
         self._state = State.CLOSED
         self._deadline = None
         for direction in (self._sealer, self._opener, self._early_opener):
@@ -1156,7 +1161,7 @@ class Connection:
         A length over ``max_message_size`` ends the connection as soon as its
         4 bytes are in, before the message body is waited for.
         """
-        limit = self._ctx.max_message_size
+        limit = self._cfg.max_message_size
         buf = self._messages
         if buf:
             buf += memoryview(self._scratch)[start:end]
@@ -1227,8 +1232,8 @@ class Connection:
             else:
                 self._sealer._rekey_from_secret(send_secret)
             budget = self._budget
-            budget.records = max(0, self._ctx.key_update_records - _BUDGET_MARGIN)
-            budget.bytes = self._ctx.key_update_bytes
+            budget.records = max(0, self._cfg.key_update_records - _BUDGET_MARGIN)
+            budget.bytes = self._cfg.key_update_bytes
         if recv_secret is not None:
             if self._opener is not None:
                 self._opener.close()
@@ -1248,7 +1253,7 @@ class Connection:
     def _seal_application(self, data: bytes | bytearray | memoryview, ctype: int) -> None:
         sealer = self._sealer
         assert sealer is not None
-        if self._ctx.rekey_interval is not None and self._rekey_due():
+        if self._cfg.rekey_interval is not None and self._rekey_due():
             self._send_key_update(False)
         total = len(data) if type(data) is bytes else memoryview(data).nbytes
         self._bytes_sent += total
@@ -1259,7 +1264,7 @@ class Connection:
             return
         # Near a key update: exact accounting, splitting the write across keys.
         view = memoryview(data).cast("B")
-        per_key_records = self._ctx.key_update_records
+        per_key_records = self._cfg.key_update_records
         budget = self._budget  # (the same struct after a key update: reset by _install)
         pos = 0
         while pos < total:
@@ -1431,7 +1436,7 @@ class Connection:
     def _step_context(self, step: HandshakeStep) -> StepContext:
         sc = self._step_state.get(step.protocol_id)
         if sc is None:
-            sc = StepContext(self._role, self._ctx.namespace, b"", None)
+            sc = StepContext(self._role, self._cfg.namespace, b"", None)
             self._step_state[step.protocol_id] = sc
         sc.transcript_hash = self._hash()
         sc.peer_key = self._peer_key
@@ -1465,13 +1470,13 @@ class Connection:
         return result
 
     def _identity_message(self) -> IdentityMsg:
-        ident = self._ctx.identity
+        ident = self._cfg.identity
         assert ident is not None
         cert = ident.certificate.to_bytes() if ident.certificate is not None else b""
         return IdentityMsg(ident.public.to_bytes(), cert)
 
     def _sign_transcript(self, context_string: bytes) -> Verify:
-        ident = self._ctx.identity
+        ident = self._cfg.identity
         assert ident is not None
         return Verify(ident.sign(context_string + self._hash()))
 
@@ -1491,11 +1496,11 @@ class Connection:
             ValueError: the hello cannot be encoded (custom steps changed after
                 they were checked); nothing was taken or sent.
         """
-        ctx = self._ctx
-        group_names = ctx.groups  # read once: another thread may assign it meanwhile
+        cfg = self._cfg
+        group_names = cfg.groups
         group = group_names[0]
-        namespace = ctx.namespace.encode()
-        ciphers = tuple(CIPHER_IDS[c] for c in ctx.ciphers)
+        namespace = cfg.namespace.encode()
+        ciphers = tuple(CIPHER_IDS[c] for c in cfg.ciphers)
         groups = tuple(GROUP_IDS[g] for g in group_names)
         expected = self._expected_hash()
         steps = tuple(StepOffer(s.protocol_id, s.required) for s in self._steps)
@@ -1540,7 +1545,7 @@ class Connection:
         self._stop_if_closed()  # (a trust rule ran)
         # A psk_only resumption needs no key share: skip making one. A server
         # that does not grant psk_only asks for a share with a HelloRetry.
-        no_share = ticket is not None and self._ctx.resumption == "psk_only"
+        no_share = ticket is not None and self._cfg.resumption == "psk_only"
         if no_share:
             self._kem = None
         else:
@@ -1550,9 +1555,9 @@ class Connection:
         if (
             ticket is not None
             and early_data
-            and self._ctx.early_data
+            and self._cfg.early_data
             and len(early_data) <= ticket.max_early_data
-            and _CIPHER_BY_ID[ticket.cipher] in self._ctx.ciphers
+            and _CIPHER_BY_ID[ticket.cipher] in self._cfg.ciphers
         ):
             early = early_data
         share = self._kem.public_key().public_bytes_raw() if self._kem is not None else b""
@@ -1578,7 +1583,7 @@ class Connection:
             self._hello, self._offered_mode = hello, PskMode.NONE
             self._send_handshake(hello)
             return
-        mode = PskMode.PSK_ONLY if self._ctx.resumption == "psk_only" else PskMode.PSK_DHE
+        mode = PskMode.PSK_ONLY if self._cfg.resumption == "psk_only" else PskMode.PSK_DHE
         age_ms = max(0, int((self._now - ticket.received) * 1000))
         offer = PskOffer(
             mode, ticket.ticket, (age_ms + ticket.age_add) % (1 << 32), early_records,
@@ -1606,12 +1611,12 @@ class Connection:
     def _pick_ticket(self, max_size: int) -> StoredTicket | None:
         """(client) A cached ticket for this server that the context still trusts,
         of at most ``max_size`` bytes (what the ClientHello has room for)."""
-        ctx = self._ctx
+        cfg = self._cfg
         key = self._cache_key()
-        if ctx.resumption == "off" or key is None:
+        if cfg.resumption == "off" or key is None:
             return None
-        while (ticket := ctx.session_cache.take(key, self._now)) is not None:
-            if ticket.namespace != ctx.namespace.encode() or ticket.cipher not in _CIPHER_BY_ID:
+        while (ticket := cfg.session_cache.take(key, self._now)) is not None:
+            if ticket.namespace != cfg.namespace.encode() or ticket.cipher not in _CIPHER_BY_ID:
                 continue
             if len(ticket.ticket) > max_size:  # its offer would not fit in the hello
                 continue
@@ -1623,7 +1628,7 @@ class Connection:
                     else None
                 )
                 self._auth_step.verify_peer(
-                    ctx.trust, server_key, certificate=cert, name=self._server_name,
+                    cfg.trust, server_key, certificate=cert, name=self._server_name,
                     now=self._now, expected_peer=self._expected_peer,
                 )  # fmt: skip
             except Exception as exc:  # trust changed: this ticket is no use, try the next
@@ -1767,7 +1772,7 @@ class Connection:
         keys.application(self._hash())
         # Our flight: identity (if asked for), step answers, Finished.
         self._hold_flight()
-        if self._client_auth is not ClientAuth.OFF and self._ctx.identity is not None:
+        if self._client_auth is not ClientAuth.OFF and self._cfg.identity is not None:
             self._send_handshake(self._identity_message())
             self._send_handshake(self._sign_transcript(_CLIENT_VERIFY))
         elif self._client_auth is ClientAuth.REQUIRED:
@@ -1795,7 +1800,7 @@ class Connection:
     # ---------------------------------------------------------------- server side
 
     def _on_client_hello(self, msg: ClientHello, full: bytes) -> State:
-        ctx = self._ctx
+        ctx, cfg = self._ctx, self._cfg
         first = self._hello
         if msg.version != 1:
             _abort(
@@ -1832,12 +1837,12 @@ class Connection:
                 )
         else:
             skew = abs(self._now - msg.timestamp_ms / 1000.0)
-            if skew > ctx.max_clock_skew:
+            if skew > cfg.max_clock_skew:
                 _abort(
                     ProtocolViolation,
                     AlertCode.STALE_HELLO,
                     f"client hello timestamp is {skew:.0f} s away from now "
-                    f"(max_clock_skew={ctx.max_clock_skew:g})",
+                    f"(max_clock_skew={cfg.max_clock_skew:g})",
                 )
             if ctx._hello_replayed(msg.random, self._now):
                 _abort(
@@ -1845,19 +1850,19 @@ class Connection:
                     AlertCode.REPLAYED_HELLO,
                     "this client hello was seen before (replay)",
                 )
-        if msg.namespace != ctx.namespace.encode():
+        if msg.namespace != cfg.namespace.encode():
             _abort(
                 NegotiationFailed,
                 AlertCode.NAMESPACE_MISMATCH,
-                f"the client's namespace {msg.namespace!r} is not {ctx.namespace!r}",
+                f"the client's namespace {msg.namespace!r} is not {cfg.namespace!r}",
             )
-        cipher = next((c for c in ctx.ciphers if CIPHER_IDS[c] in msg.ciphers), None)
-        group = next((g for g in ctx.groups if GROUP_IDS[g] in msg.groups), None)
+        cipher = next((c for c in cfg.ciphers if CIPHER_IDS[c] in msg.ciphers), None)
+        group = next((g for g in cfg.groups if GROUP_IDS[g] in msg.groups), None)
         if cipher is None or group is None:
             what = "cipher" if cipher is None else "key-exchange group"
             _abort(NegotiationFailed, AlertCode.NEGOTIATION_FAILED, f"no common {what}")
         self._agreed = self._agree_steps(msg.steps)
-        ident = ctx.identity
+        ident = cfg.identity
         assert ident is not None
         if (
             msg.expected_peer
@@ -1881,7 +1886,7 @@ class Connection:
             if not ks.finished_ok(keys.binder(h.digest()), offer.binder):
                 _abort(AuthenticationFailed, AlertCode.DECRYPT_ERROR,
                        "the resumption binder did not verify")  # fmt: skip
-            allow_psk_only = ctx.resumption == "psk_only"
+            allow_psk_only = cfg.resumption == "psk_only"
             mode = PskMode(offer.mode) if allow_psk_only else PskMode.PSK_DHE
         else:
             keys, mode = ks.KeySchedule(), PskMode.NONE
@@ -1936,7 +1941,7 @@ class Connection:
         self._keys = keys
         self._install(keys.server_hs, keys.client_hs, handshake=True)
         self._hold_flight()
-        self._client_auth = ClientAuth.OFF if self._resumed else _AUTH_MODE[ctx.client_auth]
+        self._client_auth = ClientAuth.OFF if self._resumed else _AUTH_MODE[cfg.client_auth]
         self._send_fragment = min(self._record_size, msg.max_record_size)
         self._send_handshake(
             EncryptedExtensions(
@@ -1997,22 +2002,22 @@ class Connection:
     def _usable_ticket(self, offer: PskOffer) -> TicketContents | None:
         """(server) The ticket's contents if it can be honoured, else None (which
         means a full handshake: never an error)."""
-        ctx, now = self._ctx, self._now
-        if ctx.resumption == "off":
+        ctx, cfg, now = self._ctx, self._cfg, self._now
+        if cfg.resumption == "off":
             return None
         contents = ctx.ticket_keys.open(offer.ticket, now)
         if contents is None:
             return None
-        ident = ctx.identity
+        ident = cfg.identity
         assert ident is not None
         if not contents.issued - 60 <= now <= contents.issued + contents.lifetime:
             return None
-        if contents.namespace != ctx.namespace.encode():
+        if contents.namespace != cfg.namespace.encode():
             return None
         if contents.server_id_hash != hashlib.sha256(ident.peer_id.encode()).digest():
             return None
         if not contents.client_key:
-            return None if ctx.client_auth == "required" else contents
+            return None if cfg.client_auth == "required" else contents
         # The client was authenticated: it must still be trusted.
         try:
             key = PeerKey.from_bytes(contents.client_key)
@@ -2021,9 +2026,9 @@ class Connection:
                 if contents.client_certificate
                 else None
             )
-            if ctx.trust.configured or type(self._auth_step) is not AuthenticationStep:
+            if cfg.trust.configured or type(self._auth_step) is not AuthenticationStep:
                 self._auth_step.verify_peer(
-                    ctx.trust, key, certificate=cert,
+                    cfg.trust, key, certificate=cert,
                     name=cert.subject_name if cert is not None else None,
                     now=now, expected_peer=None,
                 )  # fmt: skip
@@ -2041,21 +2046,21 @@ class Connection:
         """(server) Accept the announced early records, or arrange to skip them.
 
         Called with the ClientHello in the transcript."""
-        ctx = self._ctx
+        ctx, cfg = self._ctx, self._cfg
         accept = (
             contents is not None
             and not retried
-            and ctx.early_data
+            and cfg.early_data
             and contents.max_early_data > 0
             and contents.cipher in _CIPHER_BY_ID
-            and _CIPHER_BY_ID[contents.cipher] in ctx.ciphers
+            and _CIPHER_BY_ID[contents.cipher] in cfg.ciphers
             and offer.early_records <= -(-contents.max_early_data // _HANDSHAKE_RECORD)
         )
         if accept:
             assert contents is not None
             client_age = ((offer.obfuscated_age - contents.age_add) % (1 << 32)) / 1000.0
             server_age = self._now - contents.issued
-            accept = abs(client_age - server_age) <= ctx.early_data_window and (
+            accept = abs(client_age - server_age) <= cfg.early_data_window and (
                 ctx._early_replay.first_use(
                     offer.ticket, contents.issued + contents.lifetime, self._now
                 )
@@ -2163,7 +2168,7 @@ class Connection:
                 f"wrong peer: expected {want}, got {key.peer_id}",
             )
         custom_rule = type(self._auth_step) is not AuthenticationStep
-        if self._client or self._ctx.trust.configured or custom_rule:
+        if self._client or self._cfg.trust.configured or custom_rule:
             name = (
                 self._server_name
                 if self._client
@@ -2171,7 +2176,7 @@ class Connection:
             )
             try:
                 self._trust = self._auth_step.verify_peer(
-                    self._ctx.trust,
+                    self._cfg.trust,
                     key,
                     certificate=self._peer_cert,
                     name=name,
@@ -2228,7 +2233,7 @@ class Connection:
             cipher=self._cipher,
             peer_key=self._peer_key,
             trust=self._trust,
-            namespace=self._ctx.namespace,
+            namespace=self._cfg.namespace,
             steps=tuple(s.protocol_id for s in self._agreed),
             max_record_size=self._send_fragment,
             resumed=self._resumed,
@@ -2238,7 +2243,7 @@ class Connection:
         self._peer_payloads.clear()
         self._events.append(HandshakeCompleted(self._session))
         if not self._client:
-            self._ctx.sessions._add(self)
+            self._cfg.sessions._add(self)
             if not self._expected_finished and self._issues_tickets():
                 self._send_tickets()
             keys.resumption = b""  # its tickets are made: a server needs it no more
@@ -2248,28 +2253,29 @@ class Connection:
 
     def _issues_tickets(self) -> bool:
         """(server) Whether this handshake ends with session tickets."""
-        return self._ctx.resumption != "off" and self._ctx.tickets_per_handshake > 0
+        return self._cfg.resumption != "off" and self._cfg.tickets_per_handshake > 0
 
     def _send_tickets(self) -> None:
         """(server) Session tickets for resuming later; this server keeps no state.
         The callers check :meth:`_issues_tickets` first."""
-        ctx, keys, ident = self._ctx, self._keys, self._ctx.identity
+        cfg, keys = self._cfg, self._keys
+        ident = cfg.identity
         assert keys is not None
         assert ident is not None
         assert self._sealer is not None
-        max_early = ctx.max_early_data if ctx.early_data else 0
+        max_early = cfg.max_early_data if cfg.early_data else 0
         server_hash = hashlib.sha256(ident.peer_id.encode()).digest()
         client_key = self._peer_key.to_bytes() if self._peer_key is not None else b""
         client_cert = self._peer_cert.to_bytes() if self._peer_cert is not None else b""
-        lifetime = ctx.ticket_lifetime  # read once: another thread may assign it meanwhile
-        namespace = ctx.namespace.encode()
-        for _ in range(ctx.tickets_per_handshake):
+        lifetime = cfg.ticket_lifetime
+        namespace = cfg.namespace.encode()
+        for _ in range(cfg.tickets_per_handshake):
             nonce, age_add = os.urandom(8), secrets.randbits(32)
             contents = TicketContents(
                 self._now, lifetime, CIPHER_IDS[self._cipher], keys.ticket_psk(nonce),
                 server_hash, namespace, client_key, client_cert, max_early, age_add,
             )  # fmt: skip
-            ticket = ctx.ticket_keys.seal(contents, self._now)
+            ticket = self._ctx.ticket_keys.seal(contents, self._now)
             msg = NewSessionTicket(int(lifetime), age_add, nonce, ticket, max_early)
             self._out.append(self._sealer._seal_chunk(frame(msg), ContentType.HANDSHAKE))
 
@@ -2279,11 +2285,11 @@ class Connection:
             _abort(ProtocolViolation, AlertCode.UNEXPECTED_MESSAGE,
                    "unexpected_message: a client sent a session ticket")  # fmt: skip
         keys, key = self._keys, self._cache_key()
-        if self._ctx.resumption == "off" or keys is None or key is None:
+        if self._cfg.resumption == "off" or keys is None or key is None:
             return State.CONNECTED
         if self._peer_key is None or not msg.lifetime:
             return State.CONNECTED
-        self._ctx.session_cache.store(
+        self._cfg.session_cache.store(
             key,
             StoredTicket(
                 ticket=msg.ticket,
@@ -2295,7 +2301,7 @@ class Connection:
                 lifetime=min(float(msg.lifetime), MAX_TICKET_LIFETIME),
                 age_add=msg.age_add,
                 max_early_data=msg.max_early_data,
-                namespace=self._ctx.namespace.encode(),
+                namespace=self._cfg.namespace.encode(),
             ),
         )
         return State.CONNECTED
