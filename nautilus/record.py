@@ -545,6 +545,13 @@ class RecordOpener(_Direction):
         _wipe(self._scratch)
         self._scratch = bytearray()
 
+    def __del__(self) -> None:
+        # Collected without close(): its plaintext goes all the same (the key
+        # is cleansed in C when the handle is freed).
+        scratch = getattr(self, "_scratch", None)  # (unset if __init__ failed)
+        if scratch:
+            _wipe(scratch)
+
     def _to_records(self, spans: list[Span], merge: bool) -> list[Record]:
         records: list[Record] = []
         with memoryview(self._scratch) as view:

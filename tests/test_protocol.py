@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import array
 import dataclasses
+import gc
 import math
 import os
 
@@ -1149,10 +1150,11 @@ def test_a_record_size_set_during_a_handshake_is_for_later_connections(changed: 
     assert later._record_size == 512
 
 
-@pytest.mark.parametrize("ending", ["close", "peer_close"])
+@pytest.mark.parametrize("ending", ["close", "peer_close", "collected"])
 def test_closing_wipes_decrypted_data(ending: str) -> None:
     """What was decrypted (the scratch buffer, a partial message) is zeroed
-    when the connection closes, and when the scratch buffer is replaced."""
+    when the connection closes, when the scratch buffer is replaced, and when
+    a connection never closed is garbage-collected."""
     pair = Pair.make()
     pair.handshake()
     client, server = pair.client, pair.server
@@ -1171,10 +1173,14 @@ def test_closing_wipes_decrypted_data(ending: str) -> None:
     assert b"partial message" in partial
     if ending == "close":
         client.close()
-    else:
+        assert client.is_closed
+    elif ending == "peer_close":
         server.close()
         pair.pump()
-    assert client.is_closed
+        assert client.is_closed
+    else:
+        del pair, client, server
+        gc.collect()
     assert b"larger secret" not in scratch
     assert b"message" not in scratch
     assert b"partial message" not in partial

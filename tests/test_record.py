@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import pickle
 import threading
 from typing import Any
@@ -1113,6 +1114,17 @@ def test_close_wipes_the_opener_scratch() -> None:
     assert second == bytes(len(second))
     with pytest.raises(nautilus.ClosedError):
         opener.open(sealer.seal(small))
+
+
+def test_an_opener_collected_unclosed_wipes_its_scratch() -> None:
+    sealer, opener = pair("aes-256-gcm")
+    secret = marker(400, 4)
+    assert opener.open(sealer.seal(secret)).records == [Record(APP, secret)]
+    scratch = opener._scratch
+    assert secret in scratch
+    del opener
+    gc.collect()
+    assert scratch == bytes(len(scratch))
 
 
 def test_one_aead_used_by_several_threads_at_once() -> None:

@@ -927,6 +927,16 @@ class Connection:
         _wipe(self._messages)  # a partial message
         self._messages.clear()
 
+    def __del__(self) -> None:
+        # Collected without close(): decrypted data goes all the same, unless
+        # the application holds a view of it (DataReceived with data views).
+        # The record states' keys are cleansed in C when their handles are freed.
+        if not getattr(self, "_lent", True):  # (unset if __init__ failed)
+            _wipe(self._scratch)
+        messages = getattr(self, "_messages", None)
+        if messages:
+            _wipe(messages)
+
     def _drop_scratch(self) -> None:
         """Wipe the scratch buffer before it is replaced, unless the
         application holds a view of it (DataReceived with data views)."""
