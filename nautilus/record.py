@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import hmac
 import secrets
 import threading
 from typing import Any, NamedTuple, NoReturn, TypeVar, cast
@@ -31,6 +30,7 @@ __all__ = [
     "IV_SIZE",
     "MAX_FRAGMENT",
     "RECORD_OVERHEAD",
+    "REKEY_HISTORY",
     "TAG_SIZE",
     "ContentType",
     "OpenResult",
@@ -120,6 +120,11 @@ def _fingerprint(key: bytes, iv: bytes) -> bytes:
     return hashlib.blake2b(key + iv, digest_size=16, key=_FINGERPRINT_KEY, person=_KEY_IV).digest()
 
 
+REKEY_HISTORY = 1024
+"""How many earlier keys (key and IV) of a sealer or opener :meth:`rekey`
+refuses to go back to, the one in use included."""
+
+
 def _wipe(buf: bytearray) -> None:
     """Overwrite ``buf`` with zeros in place (same length: no reallocation)."""
     if buf:
@@ -130,7 +135,7 @@ _D = TypeVar("_D", bound="_Direction")
 
 
 class _Direction:
-    __slots__ = ("_cipher", "_fingerprint", "_handle")
+    __slots__ = ("_cipher", "_handle", "_used")
     _ENCRYPT: bool
 
     def __init__(
@@ -152,7 +157,8 @@ class _Direction:
         _b.aead_set_max_fragment(handle, max_fragment)
         _b.aead_set_limit(handle, record_limit)
         self._handle = handle
-        self._fingerprint = _fingerprint(k, i)
+        # Fingerprints of the keys used, oldest first (a dict as an ordered set).
+        self._used: dict[bytes, None] = {_fingerprint(k, i): None}
         self._init_direction()
 
     def _init_direction(self) -> None:
@@ -171,7 +177,7 @@ class _Direction:
         # No fingerprint: the key schedule never repeats a traffic secret (each
         # is derived from the one before), and these objects are the
         # Connection's own (this saves a hash per key of every handshake).
-        self._fingerprint = b""
+        self._used = {}
         self._init_direction()
         return self
 
@@ -208,27 +214,36 @@ class _Direction:
     def rekey(self, key: bytes, iv: bytes) -> None:
         """Switch to a new key and IV; the sequence number restarts at 0.
 
-        A rekey to the key and IV already in use is refused: restarting their
-        sequence would use their nonces again. An opener that failed (a record
-        did not authenticate or was malformed) stays failed: make a new one.
+        A rekey to the key and IV in use, or to one of the earlier ones of
+        this object (the last :data:`REKEY_HISTORY`, the one it was made with
+        included), is refused: restarting their sequence would use their
+        nonces again. An opener that failed (a record did not authenticate or
+        was malformed) stays failed: make a new one.
 
         Raises:
             TypeError, ValueError: wrong types or lengths.
-            ValueError: ``key`` and ``iv`` are the ones in use.
+            ValueError: ``key`` and ``iv`` are in use or were used before.
             nautilus.ClosedError: closed, or an opener that failed.
         """
         handle = self._rekeyable()
         k = _b.as_bytes("key", key, _b.AEAD_KEY_BYTES[self._cipher])
         i = _b.as_bytes("iv", iv, IV_SIZE)
-        fingerprint = self._new_fingerprint(_fingerprint(k, i))
+        fingerprint = _fingerprint(k, i)
+        used = self._used
+        if fingerprint in used:  # (keyed hashes: their comparison reveals nothing)
+            raise ValueError(
+                "rekey needs a new key: this key and IV are in use or were used "
+                "before, and restarting their sequence would reuse their nonces"
+            )
         _b.aead_rekey(handle, k, i)
-        self._fingerprint = fingerprint
+        used[fingerprint] = None
+        if len(used) > REKEY_HISTORY:
+            del used[next(iter(used))]
 
     def _rekey_from_secret(self, secret: bytes) -> None:
         """Internal: :meth:`rekey` with the key and IV of a traffic secret
         (the next of the key schedule: never one used before)."""
         _b.aead_rekey_from_secret(self._rekeyable(), secret)
-        self._fingerprint = b""
 
     def _rekeyable(self) -> Any:
         """The handle, unless closed or (an opener) failed for good."""
@@ -239,15 +254,6 @@ class _Direction:
                 "malformed) and refuses all further use, rekey included: make a new one"
             )
         return handle
-
-    def _new_fingerprint(self, fingerprint: bytes) -> bytes:
-        """``fingerprint``, unless it is that of the key in use (ValueError)."""
-        if hmac.compare_digest(fingerprint, self._fingerprint):
-            raise ValueError(
-                "rekey needs a new key: this key and IV are already in use, and "
-                "restarting their sequence would reuse their nonces"
-            )
-        return fingerprint
 
     def _set_sequence(self, value: int) -> None:
         """Start from sequence ``value`` (tests of counter exhaustion)."""

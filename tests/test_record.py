@@ -13,7 +13,15 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 import nautilus
 from nautilus import record
-from nautilus.record import ContentType, Record, RecordOpener, RecordSealer, Span
+from nautilus.record import (
+    IV_SIZE,
+    REKEY_HISTORY,
+    ContentType,
+    Record,
+    RecordOpener,
+    RecordSealer,
+    Span,
+)
 
 pytestmark = pytest.mark.native
 
@@ -1075,28 +1083,45 @@ def test_rekey_refuses_a_failed_opener(damage: str) -> None:
 
 
 @pytest.mark.parametrize("cls", [RecordSealer, RecordOpener])
-def test_rekey_refuses_the_key_and_iv_in_use(cls: type) -> None:
+def test_rekey_refuses_the_key_and_iv_in_use_or_used_before(cls: type) -> None:
     cipher = "chacha20-poly1305"
     obj = cls(cipher, key_for(cipher), iv_for())
     obj._set_sequence(5)
-    with pytest.raises(ValueError, match="already in use"):
+    with pytest.raises(ValueError, match="in use or were used before"):
         obj.rekey(key_for(cipher), iv_for())
-    with pytest.raises(ValueError, match="already in use"):
+    with pytest.raises(ValueError, match="in use or were used before"):
         obj.rekey(bytearray(key_for(cipher)), memoryview(iv_for()))
     assert obj.sequence == 5  # not restarted
     obj.rekey(key_for(cipher), iv_for(1))  # a new IV is a new nonce sequence
     assert obj.sequence == 0
-    with pytest.raises(ValueError, match="already in use"):
+    with pytest.raises(ValueError, match="in use or were used before"):
         obj.rekey(key_for(cipher), iv_for(1))
     obj.rekey(key_for(cipher, 1), iv_for(1))
-    # Only a keyed fingerprint is kept, never the key or IV.
+    obj._set_sequence(7)
+    for k, i in ((0, 0), (0, 1)):  # going back (A, B, A) would reuse A's nonces
+        with pytest.raises(ValueError, match="in use or were used before"):
+            obj.rekey(key_for(cipher, k), iv_for(i))
+    assert obj.sequence == 7
+    # Only keyed fingerprints are kept, never the key or IV.
     slots = [name for c in type(obj).__mro__ for name in getattr(c, "__slots__", ())]
     held = [getattr(obj, name) for name in slots]
-    assert obj._fingerprint in held
-    for value in held:
+    assert obj._used in held
+    assert len(obj._used) == 3
+    for value in [*held, *obj._used]:
         if isinstance(value, (bytes, bytearray)):
             assert key_for(cipher, 1)[:8] not in value
             assert iv_for(1)[:8] not in value
+
+
+def test_rekey_history_is_bounded() -> None:
+    cipher = "aes-256-gcm"
+    sealer = RecordSealer(cipher, key_for(cipher), iv_for())
+    for n in range(1, REKEY_HISTORY + 1):
+        sealer.rekey(key_for(cipher), n.to_bytes(IV_SIZE, "big"))
+    assert len(sealer._used) == REKEY_HISTORY
+    with pytest.raises(ValueError, match="used before"):
+        sealer.rekey(key_for(cipher), (1).to_bytes(IV_SIZE, "big"))  # still remembered
+    sealer.rekey(key_for(cipher), iv_for())  # the first one, out of the history
 
 
 def test_close_wipes_the_opener_scratch() -> None:
