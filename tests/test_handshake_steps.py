@@ -738,6 +738,64 @@ def test_a_trust_rule_that_closes_its_connection_ends_the_handshake() -> None:
     assert drain_events(pair.client) == []
 
 
+@pytest.mark.parametrize("call", ["receive_data", "start"])
+def test_a_hook_that_feeds_its_own_connection_fails_the_handshake(call: str) -> None:
+    """A step hook runs inside its connection's receive_data(): calling it (or
+    start()) again from there would process input in the middle of
+    processing. It raises RuntimeError, which fails the handshake as any
+    failing hook does; nothing was processed twice."""
+    sid = "example.com/reentrant"
+    holder: dict[str, Pair] = {}
+    seen: list[BaseException] = []
+
+    def reenter(ctx: StepContext) -> bytes:
+        server = holder["pair"].server
+        try:
+            if call == "receive_data":
+                server.receive_data(b"\x16\x00\x00\x01\x00", NOW)
+            else:
+                server.start(NOW)
+        except RuntimeError as exc:
+            seen.append(exc)
+            raise
+        return b"challenge"
+
+    pair = Pair.make(
+        server={"handshake": handshake_with(CustomProtocolStep(sid, server_payload=reenter))},
+        client={"handshake": handshake_with(CustomProtocolStep(sid))},
+    )
+    holder["pair"] = pair
+    pair.connect()
+    assert len(seen) == 1
+    assert f"{call}() called by a handshake step hook" in str(seen[0])
+    assert_closed_with(pair.server, pair.server_events, AuthenticationFailed)
+    assert "reentrant" in str(pair.server.error)
+    assert pair.client.is_closed
+
+
+def test_a_trust_rule_that_feeds_its_own_connection_fails_the_handshake() -> None:
+    holder: dict[str, Pair] = {}
+    seen: list[BaseException] = []
+
+    class Reenter(AuthenticationStep):
+        def verify_peer(self, trust: Any, key: PeerKey, **kwargs: Any) -> str:
+            try:
+                holder["pair"].client.receive_data(b"", NOW)
+            except RuntimeError as exc:
+                seen.append(exc)
+                raise
+            return "pinned"
+
+    pair = Pair.make(client=_client_with_policy(Reenter()))
+    holder["pair"] = pair
+    pair.connect()
+    assert len(seen) == 1
+    assert "receive_data() called by a handshake step hook or trust rule" in str(seen[0])
+    assert_closed_with(pair.client, pair.client_events, AuthenticationFailed)
+    assert pair.server.is_closed
+    assert not pair.client._in_hook  # (the flag does not outlive the rule)
+
+
 # ------------------------------------------------------------ step id and count bounds
 
 

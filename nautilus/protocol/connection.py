@@ -44,7 +44,7 @@ from nautilus.exceptions import (
     RecordLimitReached,
     SessionKeyDerivationFailed,
 )
-from nautilus.identity import Certificate, PeerKey
+from nautilus.identity import Certificate, PeerKey, TrustStore
 from nautilus.kem import GROUPS, KEMPrivateKey
 from nautilus.protocol import keyschedule as ks
 from nautilus.protocol.codec import DecodeError
@@ -232,6 +232,14 @@ class _Abort(Exception):
         self.alert = alert
 
 
+def _reentered(call: str) -> NoReturn:
+    raise RuntimeError(
+        f"{call}() called by a handshake step hook or trust rule of this same "
+        "connection: they run inside its start() or receive_data(), which cannot "
+        "be entered again (close() is allowed)"
+    )
+
+
 def _abort(cls: type[NautilusError], alert: AlertCode | None, message: str) -> NoReturn:
     raise _Abort(cls(message), alert)
 
@@ -324,6 +332,7 @@ class Connection:
         "_hello",
         "_hs",
         "_in",
+        "_in_hook",
         "_keep_input",
         "_kem",
         "_key_updates",
@@ -396,6 +405,7 @@ class Connection:
             parse_peer_id(expected_peer)
         self._ctx = context
         self._cfg = cfg
+        self._in_hook = False  # outside code (a step hook, a trust rule) is running
         self._role = role
         self._client = role == "client"
         self._server_name = server_name
@@ -542,7 +552,11 @@ class Connection:
                 server, or a ClientHello that cannot be encoded. Nothing was
                 changed: the connection can start again.
             ClosedError: already started.
+            RuntimeError: called by a handshake step hook or trust rule of
+                this connection.
         """
+        if self._in_hook:
+            _reentered("start")
         self._set_now(now)
         if early_data is not None:
             if self._role != "client":
@@ -573,7 +587,12 @@ class Connection:
                 C-contiguous.
             ValueError: ``now`` is out of range (see :meth:`start`).
             ClosedError: ``start()`` was not called.
+            RuntimeError: called by a handshake step hook or trust rule of
+                this connection (which runs inside this connection's
+                ``start()`` or ``receive_data()``).
         """
+        if self._in_hook:
+            _reentered("receive_data")
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
         if type(data) is memoryview and (
@@ -1452,7 +1471,29 @@ class Connection:
         sc.peer_key = self._peer_key
         return sc
 
+    def _verify_peer(
+        self,
+        trust: TrustStore,
+        key: PeerKey,
+        *,
+        certificate: Certificate | None,
+        name: str | None,
+        now: float,
+        expected_peer: PeerKey | str | None,
+    ) -> str:
+        """The authentication step's trust decision (outside code: while it
+        runs, this connection cannot be fed or started again)."""
+        self._in_hook = True
+        try:
+            return self._auth_step.verify_peer(
+                trust, key, certificate=certificate, name=name, now=now,
+                expected_peer=expected_peer,
+            )  # fmt: skip
+        finally:
+            self._in_hook = False
+
     def _run_hook(self, step: HandshakeStep, hook: str, *args: object) -> bytes | None:
+        self._in_hook = True
         try:
             result = getattr(step, hook)(self._step_context(step), *args)
         except HandshakeError as exc:
@@ -1463,6 +1504,8 @@ class Connection:
                 AlertCode.AUTHENTICATION_FAILED,
                 f"handshake step {step.protocol_id!r} failed: {exc}",
             )
+        finally:
+            self._in_hook = False
         self._stop_if_closed()  # the hook closed this connection: it stays closed
         if result is not None and not isinstance(result, bytes):
             _abort(
@@ -1637,7 +1680,7 @@ class Connection:
                     if ticket.server_certificate
                     else None
                 )
-                self._auth_step.verify_peer(
+                self._verify_peer(
                     cfg.trust, server_key, certificate=cert, name=self._server_name,
                     now=self._now, expected_peer=self._expected_peer,
                 )  # fmt: skip
@@ -2037,7 +2080,7 @@ class Connection:
                 else None
             )
             if cfg.trust.configured or type(self._auth_step) is not AuthenticationStep:
-                self._auth_step.verify_peer(
+                self._verify_peer(
                     cfg.trust, key, certificate=cert,
                     name=cert.subject_name if cert is not None else None,
                     now=now, expected_peer=None,
@@ -2185,7 +2228,7 @@ class Connection:
                 else (self._peer_cert.subject_name if self._peer_cert is not None else None)
             )
             try:
-                self._trust = self._auth_step.verify_peer(
+                self._trust = self._verify_peer(
                     self._cfg.trust,
                     key,
                     certificate=self._peer_cert,
