@@ -61,6 +61,7 @@ import json
 import os
 import random
 import resource
+import signal
 import socket
 import ssl
 import struct
@@ -836,6 +837,7 @@ class Server:
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(_quiet_cancelled_handlers)
         commands = asyncio.StreamReader()
         await loop.connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(commands), os.fdopen(0, "rb", buffering=0)
@@ -858,6 +860,18 @@ class Server:
                 lsock.close()
 
 
+def _quiet_cancelled_handlers(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The loop's exception handler: as the default one, except for the
+    cancelled connection handlers of an interrupted run. When compare.py
+    stops this process in the middle of a scenario, asyncio.run() cancels
+    them, and Python 3.11's StreamReaderProtocol then logs a CancelledError
+    raised in its own done-callback (fixed in 3.12), a traceback per
+    connection that reports nothing wrong."""
+    if isinstance(context.get("exception"), asyncio.CancelledError):
+        return
+    loop.default_exception_handler(context)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="compare.py's server process")
     parser.add_argument("--dir", type=Path, required=True)
@@ -869,6 +883,10 @@ def main() -> int:
         "--max-connections", type=int, default=0, help="raise the open-files limit for this many"
     )
     args = parser.parse_args()
+    # Ctrl-C in a terminal reaches the whole process group: this process
+    # ends when compare.py closes its control channel (stdin), as it does on
+    # its way out, not in the middle of a connection.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     names = args.listeners.split(",") if args.listeners else list(LISTENERS)
     unknown = set(names) - set(LISTENERS)
     if unknown:

@@ -1569,4 +1569,8 @@ def shown(path: Path) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C: the peer processes are stopped on the way out
+        print("\n[transport] interrupted: no results written", file=sys.stderr)
+        sys.exit(130)

@@ -504,4 +504,10 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C (its subprocesses get the signal too)
+        print(
+            f"\n[bench] interrupted: {SUMMARY_JSON.relative_to(ROOT)} not updated", file=sys.stderr
+        )
+        sys.exit(130)

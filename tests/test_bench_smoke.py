@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -257,3 +259,50 @@ def test_a_verdict_the_rounds_do_not_agree_on_is_marked(monkeypatch: pytest.Monk
     assert resumed == ("nautilus-psk_only", "ssl-resumed")
     assert report.ratio_contenders("psk_dhe_over_nautilus_full") == ("nautilus-psk_dhe", "nautilus")
     assert report.ratio_contenders("latency_p50_nautilus_over_ssl") is None
+
+
+def _peer_pids() -> set[int]:
+    """Processes running benchmarks/_peers.py (the bench's servers)."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"_peers.py" in cmdline:
+                pids.add(int(entry.name))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to list processes")
+def test_ctrl_c_stops_the_run_and_its_servers(tmp_path: Path) -> None:
+    """Interrupted, the bench says so in one line (no traceback), exits 130,
+    writes no result and leaves no server process behind."""
+    before = _peer_pids()
+    output = tmp_path / "transport.json"
+    proc = subprocess.Popen(
+        [sys.executable, str(COMPARE), "--only=stream-64k", "--rounds=3", "--round-seconds=5",
+         "--warmup=0", "--no-chart", "--no-uvloop", f"--output={output}"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # (progress lines) the first round has started
+            if "round 1/3" in line:
+                break
+        assert _peer_pids() - before, "no server process was started"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted: no results written" in err
+    assert "Traceback" not in err
+    assert not output.exists()
+    deadline = time.monotonic() + 10
+    while (left := _peer_pids() - before) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not left, f"server processes left running: {sorted(left)}"
