@@ -30,7 +30,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from nautilus.exceptions import IdentityFileError
 from nautilus.identity import _check_time as _seconds
@@ -71,7 +71,9 @@ clock went back (a new key then); less is the ordinary skew between
 connections of several threads, each passing the time its data arrived."""
 _NONCE_SIZE = 12
 _U32_MAX = 0xFFFFFFFF
-_CACHE_FORMAT = "nautilus-session-cache-v1"
+_CACHE_FORMAT = "nautilus-session-cache-v2"
+_CACHE_FORMAT_V1 = "nautilus-session-cache-v1"
+"""The format before the journal: one JSON object, read and then replaced by a journal."""
 
 
 @dataclass(frozen=True)
@@ -502,27 +504,74 @@ class StoredTicket:
         return f"<StoredTicket received={self.received:.0f} lifetime={self.lifetime:.0f}>"
 
 
-_FileSig = tuple[int, int, int]
-"""What identifies a version of the cache file: (st_ino, st_size, st_mtime_ns)."""
+_FileSig = tuple[int, int, int, int]
+"""What identifies a version of the cache file: (st_dev, st_ino, st_size, st_mtime_ns)."""
 
 # What a corrupt file can raise while parsed (from_json: TypeError, ValueError,
 # KeyError; json: ValueError, RecursionError for deep nesting).
 _CORRUPT = (ValueError, TypeError, KeyError, OverflowError, RecursionError)
 
+_OPEN_FLAGS = (
+    getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+)
+"""Added to every opening of the cache file: never through a symbolic link,
+never inherited by a child process, bytes as they are (Windows)."""
+
+_COMPACT_SLACK = 128
+"""The journal is compacted when it holds at least twice as many records as
+the cache writing to it holds tickets, plus this many."""
+
 
 def _sig(st: os.stat_result) -> _FileSig:
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _generation(fd: int) -> int:
-    """The write generation kept in the lock file's first 8 bytes (big-endian);
-    an empty or short lock file is generation 0.
+def _lock_state(fd: int) -> tuple[int, int]:
+    """The write generation and the compaction epoch kept in the lock file's
+    first 16 bytes (two big-endian 64-bit numbers); what is missing counts as 0
+    (an empty lock file, or the 8-byte one of an earlier version).
 
     Raises:
         OSError: the lock file cannot be read.
     """
-    data = os.pread(fd, 8, 0)
-    return int.from_bytes(data, "big") if len(data) == 8 else 0
+    data = os.pread(fd, 16, 0)
+    generation = int.from_bytes(data[:8], "big") if len(data) >= 8 else 0
+    epoch = int.from_bytes(data[8:], "big") if len(data) == 16 else 0
+    return generation, epoch
+
+
+def _ticket_id(ticket: StoredTicket) -> str:
+    """A ticket's name in the journal's removal records: a hash of the opaque
+    ticket (the bytes every hello sends in clear; never the PSK)."""
+    return hashlib.blake2b(ticket.ticket, digest_size=16).hexdigest()
+
+
+def _line(record: dict[str, Any]) -> bytes:
+    """One line of the journal, without its newline (JSON escapes control
+    characters: there is none inside)."""
+    return json.dumps(record, separators=(",", ":")).encode()
+
+
+def _store_line(key: str, ticket: StoredTicket) -> bytes:
+    return _line({"op": "store", "key": key, "ticket": ticket.to_json()})
+
+
+_JOURNAL_HEADER = _line({"format": _CACHE_FORMAT}) + b"\n"
+"""The first line of a journal, as written."""
+
+
+def _header_length(raw: bytes) -> int:
+    """The length of the journal header that starts ``raw`` (its newline
+    included): a first line that is a JSON object of format v2; 0 if there is
+    none (a file of format v1, or corrupt)."""
+    if raw.startswith(_JOURNAL_HEADER):
+        return len(_JOURNAL_HEADER)
+    end = raw.find(b"\n") + 1
+    try:
+        head = json.loads(raw[:end]) if end else None
+    except _CORRUPT:
+        return 0
+    return end if isinstance(head, dict) and head.get("format") == _CACHE_FORMAT else 0
 
 
 class SessionCache:
@@ -533,10 +582,12 @@ class SessionCache:
             recently used goes first.
         tickets_per_server: most tickets kept per server.
         path: optional file to persist tickets across processes (created with
-            mode 0600; it holds secrets). With a path, the file is the store:
-            every operation locks it (a sidecar ``<path>.lock`` file, where
-            ``fcntl`` exists), reads it again if another cache changed it, and
-            writes the change back. A file that cannot be written is logged
+            mode 0600; it holds secrets). With a path, the file is the store,
+            a journal of changes: every operation locks it (a sidecar
+            ``<path>.lock`` file, where ``fcntl`` exists), applies what other
+            caches appended since this one last looked, and appends its own
+            change; the journal is compacted when it has grown to twice
+            what the cache holds. A file that cannot be written is logged
             (once per streak of failures) and the tickets stay in memory; no
             operation raises because of it.
 
@@ -568,18 +619,39 @@ class SessionCache:
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, list[StoredTicket]] = OrderedDict()
         self._path: Path | None = None
+        # The rest is the file store's.
+        self._live = 0
+        """The tickets in ``_entries``, counted by the functions that apply records."""
         self._file_sig: _FileSig | None = None
         """The file as this cache last read or wrote it (None: no file)."""
+        self._offset = 0
+        """The bytes of the file this cache has applied: up to the end of its
+        last complete line."""
+        self._records = 0
+        """The records in the file after its header (for the compaction rule)."""
+        self._lines: dict[tuple[str, int], tuple[StoredTicket, bytes]] = {}
+        """The store line each ticket was read from or written as, by (key,
+        id(ticket)) (the ticket is kept with it: its id names no other object
+        meanwhile). A compaction writes these lines again rather than encode
+        every ticket, and reading the file whole parses only the lines not in
+        here. It has every ticket held, and is cut to them at each compaction
+        and each reading of the whole file (so bounded by the journal's length)."""
+        self._rewrite = False
+        """The file is not a journal this cache follows (format v1, corrupt,
+        or not readable): the next write replaces it."""
         self._generation: int | None = None
         """The lock file's write generation when this cache last read or wrote
-        the file (None: unknown, so the next locked operation reads it)."""
+        the file (None: unknown, so the next locked operation reads it whole)."""
+        self._epoch: int | None = None
+        """The lock file's compaction epoch, likewise: it changes whenever the
+        file is replaced (compacted), which the other caches then read whole."""
         self._lock_fd = -1
         """The locked lock file during an operation (-1: none, or not locked)."""
         self._unsaved = False
-        """The last save failed: memory holds what the file does not."""
+        """The last write failed: memory holds what the file does not."""
         self._failing: set[str] = set()
-        """The file actions ("lock", "read", "write") failing now: each
-        streak of failures is logged once, when it starts."""
+        """The file actions ("lock", "read", "write", "generation") failing
+        now: each streak of failures is logged once, when it starts."""
         if path is None:
             return
         fspath = os.fspath(path) if isinstance(path, os.PathLike) else path
@@ -592,12 +664,12 @@ class SessionCache:
                 "does not exist or is not a directory"
             )
         self._lock_path = self._path.with_name(self._path.name + ".lock")
-        # The generation before the file (unlocked): a write in between makes
-        # the next operation read the file again, never miss it.
-        self._generation = self._peek_generation()
-        raw, self._file_sig = self._read_file()  # a directory (even ".") raises here
+        # The lock file's state before the file (unlocked): a write in between
+        # makes the next operation read the file again, never miss it.
+        self._generation, self._epoch = self._peek_lock_state()
+        raw, sig = self._read_file()  # a directory (even ".") raises here
         if raw is not None:
-            self._entries = self._parse_or_empty(raw)
+            self._load(raw, sig)
 
     @staticmethod
     def key(server_id: str, address: str | None) -> str:
@@ -613,8 +685,11 @@ class SessionCache:
         return f"{server_id} {address or ''}"
 
     def __len__(self) -> int:
-        with self._lock, self._file_op():
-            return sum(len(v) for v in self._entries.values())
+        with self._lock:
+            if self._path is None:
+                return sum(len(v) for v in self._entries.values())
+            with self._file_op():
+                return self._live
 
     def store(self, key: str, ticket: StoredTicket) -> None:
         """Keep ``ticket`` for the server ``key`` (see :meth:`key`).
@@ -631,8 +706,10 @@ class SessionCache:
                 self._store_locked(key, ticket)
                 return
             with self._file_op():
-                self._store_locked(key, ticket)
-                self._save_locked()
+                line = _store_line(key, ticket)
+                self._apply_store(key, ticket)
+                self._lines[key, id(ticket)] = (ticket, line)
+                self._write_locked(line)
 
     def _store_locked(self, key: str, ticket: StoredTicket) -> None:
         tickets = self._entries.pop(key, [])
@@ -657,10 +734,20 @@ class SessionCache:
             if self._path is None:  # in memory (the common case): no file to hold
                 return self._take_locked(key, now)
             with self._file_op():
-                had = key in self._entries
-                found = self._take_locked(key, now)
-                if had:
-                    self._save_locked()
+                tickets = self._entries.get(key)
+                if not tickets:
+                    return None
+                # What _take_locked pops, named in one removal record: the
+                # ticket taken and the expired ones passed on the way.
+                found = None
+                removed: list[str] = []
+                for candidate in reversed(tickets):
+                    removed.append(_ticket_id(candidate))
+                    if not candidate.expired(now):
+                        found = candidate
+                        break
+                self._apply_removal(key, removed)
+                self._write_locked(_line({"op": "remove", "key": key, "ids": removed}))
                 return found
 
     def _take_locked(self, key: str, now: float) -> StoredTicket | None:
@@ -680,9 +767,72 @@ class SessionCache:
 
     def clear(self) -> None:
         """Forget every ticket (in the file too, for every cache that shares it)."""
-        with self._lock, self._file_op():
-            self._entries.clear()
-            self._save_locked()
+        with self._lock:
+            if self._path is None:
+                self._entries.clear()
+                return
+            with self._file_op():
+                self._entries.clear()
+                self._live = 0
+                self._snapshot_locked()  # a file of its header only
+
+    # ------------------------------------------------- records, as every cache applies them
+
+    def _apply_store(self, key: str, ticket: StoredTicket) -> None:
+        """A store record: as _store_locked, counting the tickets."""
+        entries = self._entries
+        tickets = entries.pop(key, [])
+        live = self._live - len(tickets)
+        tickets.append(ticket)
+        del tickets[: -self.tickets_per_server]
+        entries[key] = tickets
+        live += len(tickets)
+        while len(entries) > self.max_entries:
+            live -= len(entries.popitem(last=False)[1])
+        self._live = live
+
+    def _apply_removal(self, key: str, ids: list[str]) -> None:
+        """A removal record: the newest ticket of ``key`` with each id goes (a
+        cache with other bounds may not hold it); the server is then the most
+        recently used, as after a take, or gone if it has no ticket left."""
+        tickets = self._entries.get(key)
+        if tickets is None:
+            return
+        for ticket_id in ids:
+            for i in range(len(tickets) - 1, -1, -1):  # the taker's order: the last first
+                if _ticket_id(tickets[i]) == ticket_id:
+                    del tickets[i]
+                    self._live -= 1
+                    break
+        if tickets:
+            self._entries.move_to_end(key)
+        else:
+            del self._entries[key]
+
+    def _apply_line(self, line: bytes) -> None:
+        """Apply one record of the journal (a line without its newline).
+
+        Raises:
+            ValueError, TypeError, KeyError, OverflowError, RecursionError: a
+                corrupt record.
+        """
+        record = json.loads(line)
+        if not isinstance(record, dict):
+            raise TypeError("a record must be a JSON object")
+        op, key = record["op"], record["key"]
+        if not isinstance(key, str):
+            raise TypeError("a record's key must be a str")
+        if op == "store":
+            ticket = StoredTicket.from_json(record["ticket"])
+            self._apply_store(key, ticket)
+            self._lines[key, id(ticket)] = (ticket, line)
+        elif op == "remove":
+            ids = record["ids"]
+            if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+                raise TypeError("a removal's ids must be a list of str")
+            self._apply_removal(key, ids)
+        else:
+            raise ValueError("unknown record")
 
     # ---------------------------------------------------------------- the file
 
@@ -695,9 +845,8 @@ class SessionCache:
         """
         path = self._path
         assert path is not None
-        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
         try:
-            fd = os.open(path, flags)
+            fd = os.open(path, os.O_RDONLY | _OPEN_FLAGS)
         except FileNotFoundError:
             return None, None
         except OSError as exc:
@@ -716,9 +865,130 @@ class SessionCache:
             )
         return raw, _sig(st)
 
-    def _parse(self, raw: bytes) -> OrderedDict[str, list[StoredTicket]]:
+    def _read_tail(self) -> tuple[bytes, _FileSig] | None:
+        """What the file holds past the part this cache has applied, and the
+        file's signature; None if the path no longer holds the journal this
+        cache follows (the caller then reads it whole).
+
+        The read starts one byte early, at the newline that ends the last line
+        applied: another byte there means another file (or one rewritten in
+        place), whatever its inode says.
+
+        Raises:
+            OSError: the file cannot be read.
+        """
+        path, seen, offset = self._path, self._file_sig, self._offset
+        assert path is not None
+        assert seen is not None
+        assert offset > 0
+        try:
+            fd = os.open(path, os.O_RDONLY | _OPEN_FLAGS)
+        except FileNotFoundError:
+            return None
+        chunks = []
+        try:
+            st = os.fstat(fd)
+            if (
+                (st.st_dev, st.st_ino) != seen[:2]
+                or st.st_size < offset
+                or stat.S_IMODE(st.st_mode) & 0o077
+            ):
+                return None
+            os.lseek(fd, offset - 1, os.SEEK_SET)
+            want = st.st_size - offset + 1
+            while want > 0:
+                chunk = os.read(fd, want)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                want -= len(chunk)
+        finally:
+            os.close(fd)
+        data = b"".join(chunks)
+        if data[:1] != b"\n":
+            return None
+        return data[1:], _sig(st)
+
+    def _load(self, raw: bytes, sig: _FileSig | None) -> None:
+        """Hold what the file ``raw`` holds, instead of what this cache held: a
+        journal (a last line without its newline, torn or being written, is not
+        applied), or a file of format v1 (replaced by a journal at the next
+        write). A corrupt file is logged, and the cache starts empty."""
+        # The store lines read or written before, and what each holds: after a
+        # compaction by another cache, most lines of the file are among them.
+        known = {line: (key, t) for (key, _), (t, line) in self._lines.items()}
+        self._file_sig = sig
+        self._entries = OrderedDict()
+        self._lines = {}
+        self._live = self._offset = self._records = 0
+        try:
+            start = _header_length(raw)
+            if start:
+                end = raw.rfind(b"\n") + 1
+                lines = raw[start:end].split(b"\n")[:-1]
+                for line in lines:
+                    held = known.get(line)
+                    if held is None:
+                        self._apply_line(line)
+                    else:
+                        key, ticket = held
+                        self._apply_store(key, ticket)
+                        self._lines[key, id(ticket)] = (ticket, line)
+                self._offset, self._records, self._rewrite = end, len(lines), False
+                self._lines = self._live_lines()
+            else:
+                self._entries = self._parse_v1(raw)
+                self._live = sum(len(v) for v in self._entries.values())
+                self._rewrite = True
+        except _CORRUPT as exc:
+            self._corrupt(exc)
+
+    def _apply_tail(self, tail: bytes, sig: _FileSig) -> None:
+        """Apply the complete lines of ``tail`` (what follows the part this
+        cache has applied). A corrupt one voids the whole file, as when read whole."""
+        self._file_sig = sig
+        end = tail.rfind(b"\n") + 1  # a last line without its newline waits
+        if not end:
+            return
+        lines = tail[: end - 1].split(b"\n")
+        try:
+            for line in lines:
+                self._apply_line(line)
+        except _CORRUPT as exc:
+            self._corrupt(exc)
+            return
+        self._offset += end
+        self._records += len(lines)
+
+    def _corrupt(self, exc: BaseException) -> None:
+        log.warning(
+            "session cache %s is corrupt (%s); starting empty", self._path, type(exc).__name__
+        )
+        self._entries = OrderedDict()
+        self._lines = {}
+        self._live = 0
+        self._rewrite = True
+
+    def _live_lines(self) -> dict[tuple[str, int], tuple[StoredTicket, bytes]]:
+        """The store line of each ticket held (a ticket with none, read from a
+        file of format v1, is encoded now)."""
+        lines = self._lines
+        live = {}
+        for key, tickets in self._entries.items():
+            for t in tickets:
+                held = lines.get((key, id(t)))
+                live[key, id(t)] = (t, _store_line(key, t)) if held is None else held
+        return live
+
+    def _parse_v1(self, raw: bytes) -> OrderedDict[str, list[StoredTicket]]:
+        """The tickets of a file of format v1 (one JSON object), bounded.
+
+        Raises:
+            ValueError, TypeError, KeyError, OverflowError, RecursionError: a
+                corrupt file.
+        """
         data = json.loads(raw.decode())
-        if not isinstance(data, dict) or data.get("format") != _CACHE_FORMAT:
+        if not isinstance(data, dict) or data.get("format") != _CACHE_FORMAT_V1:
             raise ValueError("not a Nautilus session cache")
         servers = data["servers"]
         if not isinstance(servers, dict):
@@ -734,22 +1004,12 @@ class SessionCache:
             entries.popitem(last=False)
         return entries
 
-    def _parse_or_empty(self, raw: bytes) -> OrderedDict[str, list[StoredTicket]]:
-        """The file's tickets; none (logged) if the file is corrupt."""
-        try:
-            return self._parse(raw)
-        except _CORRUPT as exc:
-            log.warning(
-                "session cache %s is corrupt (%s); starting empty", self._path, type(exc).__name__
-            )
-            return OrderedDict()
-
     @contextlib.contextmanager
     def _file_op(self) -> Iterator[None]:
         """One operation on the file store, under ``self._lock``: hold the file
-        lock and read the file again if it changed since this cache last read
-        or wrote it; the operation then saves. No file failure is raised: each
-        streak of them is logged once, and memory keeps the tickets."""
+        lock and apply what changed in the file since this cache last read or
+        wrote it; the operation then writes its change. No file failure is
+        raised: each streak of them is logged once, and memory keeps the tickets."""
         if self._path is None:
             yield
             return
@@ -761,21 +1021,20 @@ class SessionCache:
             finally:
                 self._lock_fd = -1
 
-    def _peek_generation(self) -> int | None:
-        """The lock file's generation, read without locking (None: unknown)."""
+    def _peek_lock_state(self) -> tuple[int | None, int | None]:
+        """The lock file's generation and epoch, read without locking (None: unknown)."""
         if _fcntl is None:
-            return None
-        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC
+            return None, None
         try:
-            fd = os.open(self._lock_path, flags)
+            fd = os.open(self._lock_path, os.O_RDONLY | _OPEN_FLAGS)
         except FileNotFoundError:
-            return 0  # no cache has written the file under the lock yet
+            return 0, 0  # no cache has written the file under the lock yet
         except OSError:
-            return None
+            return None, None
         try:
-            return _generation(fd)
+            return _lock_state(fd)
         except OSError:
-            return None
+            return None, None
         finally:
             os.close(fd)
 
@@ -785,7 +1044,7 @@ class SessionCache:
         yields its descriptor, or -1 if it is not locked."""
         fd = -1
         if _fcntl is not None:
-            flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC
+            flags = os.O_RDWR | os.O_CREAT | _OPEN_FLAGS
             try:
                 fd = os.open(self._lock_path, flags, 0o600)
                 _fcntl.flock(fd, _fcntl.LOCK_EX)
@@ -807,60 +1066,183 @@ class SessionCache:
                 os.close(fd)  # releases the lock
 
     def _refresh_locked(self) -> None:
-        """Read the file again if another cache changed it: the lock file's
-        write generation differs from the one this cache last saw (exact), or
-        the file's stat does (a deleted file; the only check when unlocked)."""
+        """Apply what other caches changed in the file: nothing if the lock
+        file's generation is the one this cache last saw (or, unlocked, the
+        file's size and modification time are); the lines appended since, if
+        only that happened; else (the epoch differs: it was compacted; another
+        inode: replaced or deleted) the whole file."""
         if self._unsaved:
-            return  # memory is authoritative until a save succeeds
+            return  # memory is authoritative until a write succeeds
         assert self._path is not None
-        gen = self._locked_generation()
+        state = self._locked_state()
         try:
-            sig: _FileSig | None = _sig(os.stat(self._path, follow_symlinks=False))
+            st: os.stat_result | None = os.stat(self._path, follow_symlinks=False)
         except FileNotFoundError:
-            sig = None
+            st = None
         except OSError as exc:
+            self._rewrite = True  # memory is all this cache can write
             self._failed("read", f"cannot be read ({exc.strerror or type(exc).__name__})")
             return
-        if sig != self._file_sig or (gen is not None and gen != self._generation):
-            try:
-                raw, self._file_sig = self._read_file()
-            except IdentityFileError as exc:
-                # str(exc) names the file and why; it holds no secret.
-                self._failed("read", f"cannot be read again: {exc}")
-                return
-            self._entries = OrderedDict() if raw is None else self._parse_or_empty(raw)
-        self._generation = gen  # None when unlocked: the next locked operation reads
+        if st is None:
+            if self._file_sig is not None:  # deleted: the store is empty
+                self._forget_file()
+        else:
+            how = self._what_changed(st, state)
+            if how == "tail":
+                try:
+                    tail = self._read_tail()
+                except OSError as exc:
+                    self._rewrite = True
+                    self._failed("read", f"cannot be read ({exc.strerror or type(exc).__name__})")
+                    return
+                if tail is None:
+                    how = "whole"
+                else:
+                    self._apply_tail(*tail)
+            if how == "whole":
+                try:
+                    raw, sig = self._read_file()
+                except IdentityFileError as exc:
+                    # str(exc) names the file and why; it holds no secret.
+                    self._rewrite = True
+                    self._failed("read", f"cannot be read again: {exc}")
+                    return
+                if raw is None:  # deleted since the stat
+                    self._forget_file()
+                else:
+                    self._load(raw, sig)
+        # None when unlocked: the next locked operation reads the file whole.
+        self._generation, self._epoch = (None, None) if state is None else state
         self._works("read")
 
-    def _locked_generation(self) -> int | None:
-        """The lock file's generation under the lock (None: not locked, or the
-        lock file cannot be read: logged)."""
+    def _forget_file(self) -> None:
+        """The file was deleted: the store is empty."""
+        self._entries = OrderedDict()
+        self._lines = {}
+        self._file_sig = None
+        self._live = self._offset = self._records = 0
+        self._rewrite = False
+
+    def _what_changed(
+        self, st: os.stat_result, state: tuple[int, int] | None
+    ) -> Literal["none", "tail", "whole"]:
+        """What to read of the file (``st``, the lock file's ``state``): "none",
+        "tail" (only lines were appended) or "whole"."""
+        seen = self._file_sig
+        if (
+            seen is None
+            or (st.st_dev, st.st_ino) != seen[:2]
+            or not stat.S_ISREG(st.st_mode)
+            or stat.S_IMODE(st.st_mode) & 0o077  # read whole: refused, and logged
+            or (state is not None and state[1] != self._epoch)
+        ):
+            return "whole"
+        changed = state[0] != self._generation if state is not None else _sig(st) != seen
+        if self._rewrite:  # not a journal this cache follows: read it again if it changed
+            return "whole" if changed or _sig(st) != seen else "none"
+        if st.st_size > self._offset:
+            return "tail"
+        if st.st_size < self._offset:
+            return "whole"
+        return "whole" if changed else "none"  # the same size, yet rewritten: read it whole
+
+    def _locked_state(self) -> tuple[int, int] | None:
+        """The lock file's generation and epoch under the lock (None: not
+        locked, or the lock file cannot be read: logged)."""
         if self._lock_fd < 0:
             return None
         try:
-            return _generation(self._lock_fd)
+            return _lock_state(self._lock_fd)
         except OSError as exc:
             why = exc.strerror or type(exc).__name__
             self._failed("generation", f"lock file cannot be read ({why})")
             return None
 
-    def _save_locked(self) -> None:
-        """Write the tickets to the file (a new 0600 file renamed over it); a
-        failure is noted, and the tickets stay in memory."""
+    def _write_locked(self, line: bytes) -> None:
+        """Write one change (``line``, a record already applied to memory):
+        appended to the journal, or the file replaced by what memory holds
+        when it must be (after a failed write, a file this cache does not
+        follow, none yet) or when the journal holds at least 2 * tickets + 128
+        records (compaction)."""
+        if (
+            self._unsaved
+            or self._rewrite
+            or self._file_sig is None
+            or self._records >= 2 * self._live + _COMPACT_SLACK
+            or not self._append_locked(line)
+        ):
+            self._snapshot_locked()
+
+    def _append_locked(self, line: bytes) -> bool:
+        """Append ``line`` and its newline to the journal this cache follows, in one write.
+        False if the path no longer holds it (the caller replaces the file);
+        True if appended, or if that failed (noted, memory keeps the change).
+
+        Under the lock, this cache has read the file to its end: bytes past
+        its last complete line are a torn line (an append cut short by a crash
+        or a full disk), dropped before appending. Unlocked, they may be
+        another cache's record: the file is then replaced."""
+        path, seen, offset = self._path, self._file_sig, self._offset
+        assert path is not None
+        assert seen is not None
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | _OPEN_FLAGS)
+        except OSError:
+            return False  # gone, a symbolic link now, read-only: replace it
+        try:
+            st = os.fstat(fd)
+            if (
+                (st.st_dev, st.st_ino) != seen[:2]
+                or st.st_size < offset
+                or (st.st_size > offset and self._lock_fd < 0)
+                or stat.S_IMODE(st.st_mode) & 0o077  # no secret written to it: replace it
+            ):
+                return False
+            if st.st_size > offset:
+                os.ftruncate(fd, offset)
+            data = line + b"\n"
+            written = os.write(fd, data)
+            if written != len(data):  # a full disk: take the torn line back
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, offset)
+                raise OSError(0, f"wrote {written} of {len(data)} bytes")
+            after = os.fstat(fd)
+        except OSError as exc:
+            self._unsaved = True
+            self._failed(
+                "write",
+                f"cannot be written ({exc.strerror or type(exc).__name__}): "
+                "its tickets are kept in memory only",
+            )
+            return True
+        finally:
+            os.close(fd)
+        self._offset += len(line) + 1
+        self._records += 1
+        self._file_sig = _sig(after)
+        self._bump_locked(replaced=False)
+        self._works("write")
+        return True
+
+    def _snapshot_locked(self) -> None:
+        """Replace the file by what memory holds: a new 0600 file (the header,
+        then a store record per ticket, least recently used server first)
+        renamed over it. A failure is noted, and the tickets stay in memory."""
         path = self._path
-        if path is None:
-            return
-        data = {
-            "format": _CACHE_FORMAT,
-            "servers": {k: [t.to_json() for t in v] for k, v in self._entries.items()},
-        }
+        assert path is not None
+        self._lines = live = self._live_lines()
+        # A line per ticket held: one stored twice (the same object) is twice.
+        body = [live[key, id(t)][1] for key, tickets in self._entries.items() for t in tickets]
+        data = _JOURNAL_HEADER
+        if body:
+            data += b"\n".join(body) + b"\n"
         tmp: Path | None = None
         try:
             # mkstemp: a new file (O_EXCL) with mode 0600, never one left by someone else.
             fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
             tmp = Path(tmp_name)
-            with os.fdopen(fd, "w") as fh:
-                json.dump(data, fh)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
                 fh.flush()
                 written = os.fstat(fh.fileno())
             os.replace(tmp, path)
@@ -877,23 +1259,36 @@ class SessionCache:
                 "its tickets are kept in memory only",
             )
             return
-        self._unsaved = False
+        self._unsaved = self._rewrite = False
         self._file_sig = _sig(written)
-        self._generation = None
-        if self._lock_fd >= 0:
-            try:
-                gen = (_generation(self._lock_fd) + 1) % 2**64
-                os.pwrite(self._lock_fd, gen.to_bytes(8, "big"), 0)
-            except OSError as exc:
-                self._failed(
-                    "generation",
-                    f"lock file cannot be written ({exc.strerror or type(exc).__name__}): "
-                    "other caches sharing it may miss this change",
-                )
-            else:
-                self._generation = gen
-                self._works("generation")
+        self._offset = len(data)
+        self._records = len(body)
+        self._bump_locked(replaced=True)
         self._works("write")
+
+    def _bump_locked(self, *, replaced: bool) -> None:
+        """Tell the other caches that the file changed: the lock file's next
+        generation, and its next epoch if the file was ``replaced``. Unlocked,
+        or if the lock file cannot be written, this cache no longer knows them
+        (its next locked operation reads the file whole)."""
+        self._generation = self._epoch = None
+        if self._lock_fd < 0:
+            return
+        try:
+            generation, epoch = _lock_state(self._lock_fd)
+            generation = (generation + 1) % 2**64
+            if replaced:
+                epoch = (epoch + 1) % 2**64
+            os.pwrite(self._lock_fd, generation.to_bytes(8, "big") + epoch.to_bytes(8, "big"), 0)
+        except OSError as exc:
+            self._failed(
+                "generation",
+                f"lock file cannot be written ({exc.strerror or type(exc).__name__}): "
+                "other caches sharing it may miss this change",
+            )
+        else:
+            self._generation, self._epoch = generation, epoch
+            self._works("generation")
 
     def _failed(self, action: str, problem: str) -> None:
         """Log ``problem`` if it starts a streak of failures of ``action``.

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import base64
 import errno
+import hashlib
 import json
 import logging
 import math
 import os
+import random
 import shutil
 import stat
 import subprocess
@@ -20,7 +22,7 @@ from pathlib import Path
 import pytest
 from protocol_helpers import NOW, Pair, cached_identity
 
-from nautilus import Context, IdentityFileError
+from nautilus import Context, IdentityFileError, sessions
 from nautilus.sessions import MAX_TICKET_LIFETIME, SessionCache, StoredTicket
 
 SERVER = cached_identity()
@@ -346,15 +348,22 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
+def journal(path: Path) -> list[dict[str, object]]:
+    """The file's lines as JSON: the header, then the records (docs/sessions.md 3.1)."""
+    data = path.read_bytes()
+    assert data.endswith(b"\n")
+    return [json.loads(line) for line in data.split(b"\n")[:-1]]
+
+
 def test_file_is_created_with_mode_0600(tmp_path: Path) -> None:
     path = tmp_path / "tickets.json"
     cache = SessionCache(path=path)
     assert not path.exists()  # nothing to save yet
     cache.store("s", ticket(1))
     assert mode(path) == 0o600
-    data = json.loads(path.read_text())
-    assert data["format"] == "nautilus-session-cache-v1"
-    assert list(data["servers"]) == ["s"]
+    header, *records = journal(path)
+    assert header == {"format": "nautilus-session-cache-v2"}
+    assert records == [{"op": "store", "key": "s", "ticket": ticket(1).to_json()}]
     # no temporary left; the lock file is private too
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tickets.json", "tickets.json.lock"]
     assert mode(tmp_path / "tickets.json.lock") == 0o600
@@ -719,12 +728,14 @@ def test_change_with_the_same_inode_size_and_mtime_is_read_again(tmp_path: Path)
     keep = tmp_path / "keep"
     os.link(path, keep)  # hold b's inode so that it can come back
     assert number(a.take("s", NOW)) == 1
-    a.store("s", ticket(2))  # the same length as b's version
+    a.clear()  # a new file, of the header only
+    a.store("s", ticket(2))  # appended: the same length as b's version
     new = path.read_bytes()
     assert len(new) == seen.st_size
     # Put a's version in b's inode with b's mtime: the triple b recorded.
     with open(keep, "r+b") as fh:
         fh.write(new)
+        fh.truncate()
     os.replace(keep, path)
     os.utime(path, ns=(seen.st_atime_ns, seen.st_mtime_ns))
     now = os.stat(path)
@@ -749,7 +760,8 @@ def test_memory_is_authoritative_while_saves_fail(
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     with monkeypatch.context() as m, caplog.at_level(logging.WARNING, "nautilus.sessions"):
-        m.setattr(tempfile, "mkstemp", disk_full)
+        m.setattr(tempfile, "mkstemp", disk_full)  # no new file (a compaction)
+        m.setattr(os, "write", disk_full)  # no append
         a.store("A", ticket(2))  # kept in memory only
     assert _warnings(caplog, "cannot be written")
     b.store("B", ticket(3))  # the file now holds A1 and B3, not A2
@@ -822,5 +834,525 @@ def test_caches_in_two_processes_lose_nothing_and_take_each_ticket_once(tmp_path
     first, second = outputs
     assert not set(first) & set(second)  # no ticket handed out twice
     assert sorted(first + second) == sorted(f"shared-{n}" for n in range(count))
-    kept = json.loads(path.read_text())["servers"]
-    assert sorted(kept) == sorted(f"{who}-{n}" for who in ("first", "second") for n in range(count))
+    kept = SessionCache(max_entries=100_000, path=path)
+    assert len(kept) == 2 * count
+    for who in ("first", "second"):
+        for n in range(count):
+            assert kept.take(f"{who}-{n}", 1.8e9) is not None
+
+
+_CHURN_WORKER = """
+import os, sys, time
+from nautilus.sessions import SessionCache, StoredTicket
+
+path, who, gate, count, now = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), 1.8e9
+cache = SessionCache(max_entries=100_000, path=path)
+while not os.path.exists(gate):
+    time.sleep(0.001)
+taken = []
+for n in range(count):
+    ticket = StoredTicket(
+        f"{who}-{n}".encode(), b"p" * 32, 0x1302, b"key", b"", now, 3600.0, 1, 0, b"nautilus"
+    )
+    cache.store(f"{who}-{n}", ticket)
+    if cache.take(f"shared-{n}", now) is not None:
+        taken.append(f"shared-{n}")
+    assert cache.take(f"{who}-{n}", now) == ticket  # its own: no one else takes it
+print(" ".join(taken))
+"""
+
+
+@needs_fcntl
+def test_caches_in_two_processes_compacting_the_journal_keep_single_use(
+    tmp_path: Path,
+) -> None:
+    """Two processes at once, each storing a ticket and taking it back while
+    taking shared ones: the journal is compacted under them many times (the
+    tickets held fall, the records grow), and still every shared ticket is
+    taken exactly once and each process gets its own tickets back."""
+    path = tmp_path / "tickets.json"
+    gate = tmp_path / "go"
+    count = 200
+    seed = SessionCache(max_entries=100_000, path=path)
+    for n in range(count):
+        seed.store(f"shared-{n}", ticket(n))
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CHURN_WORKER, str(path), who, str(gate), str(count)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for who in ("first", "second")
+    ]
+    gate.touch()
+    outputs = []
+    for worker in workers:
+        out, _ = worker.communicate(timeout=60)
+        assert worker.returncode == 0
+        outputs.append(out.split())
+    first, second = outputs
+    assert not set(first) & set(second)
+    assert sorted(first + second) == sorted(f"shared-{n}" for n in range(count))
+    # 200 seeds and 2 x 200 x 3 records written; far fewer are left: compacted.
+    assert len(journal(path)) - 1 < 2 * count
+    assert len(SessionCache(path=path)) == 0
+
+
+# ----------------------------------------------------------------- the journal
+
+
+def view(cache: SessionCache) -> list[tuple[str, list[int]]]:
+    """What ``cache`` holds now (after reading the file), least recently used first."""
+    len(cache)
+    return [(key, [number(t) for t in tickets]) for key, tickets in cache._entries.items()]
+
+
+def _ticket_id(t: StoredTicket) -> str:
+    return hashlib.blake2b(t.ticket, digest_size=16).hexdigest()
+
+
+def _store_record(key: str, n: int) -> dict[str, object]:
+    return {"op": "store", "key": key, "ticket": ticket(n).to_json()}
+
+
+def _journal_bytes(*records: dict[str, object]) -> bytes:
+    lines = [{"format": "nautilus-session-cache-v2"}, *records]
+    return b"".join(json.dumps(r).encode() + b"\n" for r in lines)
+
+
+def test_a_change_is_appended_to_the_file_not_written_whole(tmp_path: Path) -> None:
+    path = tmp_path / "tickets.json"
+    cache = SessionCache(max_entries=1000, path=path)
+    for n in range(300):
+        cache.store(f"server-{n}", ticket(n))
+    inode = path.stat().st_ino
+    before = path.read_bytes()
+    cache.store("server-new", ticket(1000))
+    after = path.read_bytes()
+    assert path.stat().st_ino == inode
+    assert after.startswith(before)
+    assert json.loads(after[len(before) :]) == _store_record("server-new", 1000)
+    before = after
+    assert number(cache.take("server-5", NOW)) == 5
+    after = path.read_bytes()
+    assert path.stat().st_ino == inode
+    assert after.startswith(before)
+    added = after[len(before) :]
+    assert len(added) < 200
+    assert added.endswith(b"\n")
+    assert json.loads(added) == {"op": "remove", "key": "server-5", "ids": [_ticket_id(ticket(5))]}
+    assert mode(path) == 0o600
+
+
+def test_a_take_names_the_expired_tickets_it_drops(tmp_path: Path) -> None:
+    """Replaying the journal gives every cache the state of the one that took."""
+    path = tmp_path / "tickets.json"
+    a = SessionCache(path=path)
+    b = SessionCache(path=path)
+    a.store("s", ticket(1, lifetime=100_000))
+    a.store("s", ticket(2, lifetime=10))
+    a.store("s", ticket(3, lifetime=20))
+    assert view(b) == [("s", [1, 2, 3])]
+    assert number(a.take("s", NOW + 50)) == 1  # 3 and 2 have expired: dropped on the way
+    assert journal(path)[-1] == {
+        "op": "remove",
+        "key": "s",
+        "ids": [_ticket_id(ticket(n)) for n in (3, 2, 1)],
+    }
+    assert view(b) == view(a) == []
+
+
+def test_another_cache_reads_only_what_was_appended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "tickets.json"
+    a = SessionCache(max_entries=1000, path=path)
+    for n in range(300):
+        a.store(f"server-{n}", ticket(n))
+    b = SessionCache(max_entries=1000, path=path)
+    assert len(b) == 300
+    whole: list[Path] = []
+    tails: list[int] = []
+    read_file, read_tail = SessionCache._read_file, SessionCache._read_tail
+
+    def counting_file(self: SessionCache) -> tuple[bytes | None, object]:
+        whole.append(path)
+        return read_file(self)
+
+    def counting_tail(self: SessionCache) -> object:
+        got = read_tail(self)
+        tails.append(-1 if got is None else len(got[0]))
+        return got
+
+    monkeypatch.setattr(SessionCache, "_read_file", counting_file)
+    monkeypatch.setattr(SessionCache, "_read_tail", counting_tail)
+    size = path.stat().st_size
+    a.store("server-new", ticket(1000))
+    assert number(a.take("server-7", NOW)) == 7
+    appended = path.stat().st_size - size
+    assert tails == []  # a wrote both: it has nothing to read
+    assert number(b.take("server-new", NOW)) == 1000
+    assert b.take("server-7", NOW) is None  # taken through a: single use
+    assert whole == []
+    assert tails == [appended]  # b read a's two records, once, and nothing else
+    assert len(b) == len(a) == 299
+    assert whole == []
+
+
+def test_the_journal_is_compacted_to_the_live_tickets_in_lru_order(tmp_path: Path) -> None:
+    path = tmp_path / "tickets.json"
+    cache = SessionCache(path=path)
+    reader = SessionCache(path=path)
+    cache.store("a", ticket(1))
+    cache.store("b", ticket(2))
+    cache.store("a", ticket(3))
+    cache.store("c", ticket(4))
+    assert number(cache.take("a", NOW)) == 3  # "a" is now the most recently used
+    live = [("b", 2), ("c", 4), ("a", 1)]
+    inode = path.stat().st_ino
+    compactions = 0
+
+    def check(expected: list[tuple[str, int]]) -> None:
+        nonlocal inode, compactions
+        records = path.read_bytes().count(b"\n") - 1
+        assert records <= 2 * len(expected) + 128  # compacted before it grows past this
+        if path.stat().st_ino != inode:  # compacted: the live tickets, in LRU order
+            inode = path.stat().st_ino
+            compactions += 1
+            assert journal(path)[1:] == [_store_record(k, n) for k, n in expected]
+            assert mode(path) == 0o600
+
+    for n in range(10, 400):
+        cache.store("x", ticket(n))
+        check([*live, ("x", n)])
+        assert number(cache.take("x", NOW)) == n
+        check(live)
+        if n % 50 == 0:
+            assert view(reader) == [(k, [t]) for k, t in live]
+    assert compactions >= 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tickets.json", "tickets.json.lock"]
+    assert view(reader) == view(SessionCache(path=path)) == [(k, [t]) for k, t in live]
+    assert len(cache._lines) <= cache._records + 1  # its memory of lines is bounded too
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_two_caches_interleaving_keep_single_use_and_identical_views(
+    tmp_path: Path, seed: int
+) -> None:
+    """Two caches on one file, and an in-memory cache given the same calls:
+    every take gives what the in-memory one gives, and after every call both
+    file caches hold what it holds, in the same order (through appends,
+    evictions, expiry and compactions)."""
+    rng = random.Random(seed)
+    path = tmp_path / "tickets.json"
+    bounds = {"max_entries": 5, "tickets_per_server": 3}
+    caches = [SessionCache(path=path, **bounds), SessionCache(path=path, **bounds)]
+    model = SessionCache(**bounds)
+    appended = replaced = 0
+    for n in range(1500):
+        cache = rng.choice(caches)
+        key = f"server-{rng.randrange(7)}"
+        before = path.stat().st_ino if path.exists() else None
+        roll = rng.random()
+        if roll < 0.5:
+            t = ticket(n, lifetime=rng.choice([10.0, 3600.0]))
+            cache.store(key, t)
+            model.store(key, t)
+        elif roll < 0.995:
+            now = rng.choice([NOW, NOW + 100])
+            got = cache.take(key, now)
+            expected = model.take(key, now)
+            assert (got and number(got)) == (expected and number(expected))
+        else:
+            cache.clear()
+            model.clear()
+        after = path.stat().st_ino if path.exists() else None
+        if before is not None:
+            appended += before == after
+            replaced += before != after
+        assert view(caches[0]) == view(caches[1]) == view(model)
+    assert appended > 1000
+    assert replaced >= 5
+
+
+def test_a_torn_last_line_is_ignored_and_dropped_by_the_next_write(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An append cut short (a crash, a full disk) leaves a last line without
+    its newline: that record is not applied, nothing is logged, and the next
+    write drops it before appending."""
+    path = tmp_path / "tickets.json"
+    follower = SessionCache(path=path)
+    writer = SessionCache(path=path)
+    writer.store("s", ticket(1))
+    writer.store("s", ticket(2))
+    assert view(follower) == [("s", [1, 2])]
+    torn = json.dumps(_store_record("s", 3)).encode()[:-40]
+    with open(path, "ab") as fh:
+        fh.write(torn)
+    with caplog.at_level(logging.INFO, logger="nautilus.sessions"):
+        assert view(SessionCache(path=path)) == [("s", [1, 2])]
+        assert view(follower) == [("s", [1, 2])]
+        assert view(writer) == [("s", [1, 2])]
+        follower.store("s", ticket(4))
+        assert path.read_bytes().endswith(b"\n")
+        assert [r for r in journal(path) if r.get("op") == "store"] == [
+            _store_record("s", n) for n in (1, 2, 4)
+        ]
+        assert view(writer) == view(SessionCache(path=path)) == [("s", [1, 2, 4])]
+    assert not [r for r in caplog.records if r.name == "nautilus.sessions"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"{not json",
+        b"",  # an empty line
+        json.dumps({"op": "store", "key": "s"}).encode(),
+        json.dumps({"op": "store", "key": 5, "ticket": ticket(9).to_json()}).encode(),
+        json.dumps(
+            {"op": "store", "key": "s", "ticket": {**ticket(9).to_json(), "psk": "%"}}
+        ).encode(),
+        json.dumps({"op": "remove", "key": "s", "ids": "not a list"}).encode(),
+        json.dumps({"op": "rename", "key": "s"}).encode(),
+        b"[1, 2]",
+    ],
+    ids=["bad-json", "empty-line", "no-ticket", "key-not-str", "bad-base64", "ids", "op", "list"],
+)
+def test_a_corrupt_record_in_the_middle_voids_the_journal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, bad: bytes
+) -> None:
+    path = tmp_path / "tickets.json"
+    good = _journal_bytes(_store_record("s", 1), _store_record("t", 2))
+    _write(path, good)
+    follower = SessionCache(path=path)
+    assert view(follower) == [("s", [1]), ("t", [2])]  # the same journal, whole, is fine
+    _write(path, good + bad + b"\n" + json.dumps(_store_record("u", 3)).encode() + b"\n")
+    with caplog.at_level(logging.WARNING, logger="nautilus.sessions"):
+        assert len(SessionCache(path=path)) == 0  # read whole
+        assert len(follower) == 0  # read from where it was: the bad record voids it all
+    messages = [r.getMessage() for r in caplog.records if r.name == "nautilus.sessions"]
+    assert len(messages) == 2
+    assert all("corrupt" in m and str(path) in m for m in messages)
+    inode = path.stat().st_ino
+    follower.store("v", ticket(4))  # the next write replaces the file
+    assert path.stat().st_ino != inode
+    assert mode(path) == 0o600
+    assert journal(path)[1:] == [_store_record("v", 4)]
+    assert view(SessionCache(path=path)) == [("v", [4])]
+
+
+def test_a_file_of_format_v1_is_read_and_rewritten_as_a_journal(tmp_path: Path) -> None:
+    path = tmp_path / "tickets.json"
+    _write(
+        path, _doc({"a": [ticket(1).to_json(), ticket(2).to_json()], "b": [ticket(3).to_json()]})
+    )
+    cache = SessionCache(path=path)
+    other = SessionCache(path=path)
+    assert view(cache) == [("a", [1, 2]), ("b", [3])]
+    assert json.loads(path.read_bytes())["format"] == "nautilus-session-cache-v1"  # only read
+    assert number(cache.take("b", NOW)) == 3  # the first write: a journal replaces it
+    header, *records = journal(path)
+    assert header == {"format": "nautilus-session-cache-v2"}
+    assert records == [_store_record("a", 1), _store_record("a", 2)]
+    assert mode(path) == 0o600
+    assert view(other) == [("a", [1, 2])]
+    assert other.take("b", NOW) is None
+
+
+def test_caches_with_other_bounds_apply_their_own(tmp_path: Path) -> None:
+    """Each cache applies its own bounds to what it reads; a take through the
+    smaller one removes only the ticket it took."""
+    path = tmp_path / "tickets.json"
+    big = SessionCache(tickets_per_server=4, path=path)
+    small = SessionCache(tickets_per_server=1, path=path)
+    for n in (1, 2, 3):
+        big.store("s", ticket(n))
+    assert view(small) == [("s", [3])]
+    assert number(small.take("s", NOW)) == 3
+    assert view(small) == []
+    assert view(big) == [("s", [1, 2])]
+    small.store("s", ticket(4))
+    assert view(big) == [("s", [1, 2, 4])]
+    assert view(small) == [("s", [4])]
+
+
+@needs_fcntl
+def test_a_symbolic_link_put_in_place_of_the_file_is_not_written_through(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "tickets.json"
+    cache = SessionCache(path=path)
+    cache.store("s", ticket(1))
+    target = tmp_path / "elsewhere"
+    shutil.copy(path, target)
+    target.chmod(0o600)
+    planted = target.read_bytes()
+    path.unlink()
+    path.symlink_to(target)
+    with caplog.at_level(logging.WARNING, logger="nautilus.sessions"):
+        cache.store("s", ticket(2))
+    assert _warnings(caplog, "cannot be read")  # the link is not read through either
+    assert target.read_bytes() == planted
+    assert not path.is_symlink()
+    assert mode(path) == 0o600
+    assert journal(path)[1:] == [_store_record("s", 1), _store_record("s", 2)]
+
+
+@pytest.mark.parametrize("when", ["before", "during"])
+def test_a_file_opened_to_others_is_not_appended_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, when: str
+) -> None:
+    """No ticket is written into a file others can read: it is replaced. Also
+    if its mode changes during the operation, after this cache read it."""
+    path = tmp_path / "tickets.json"
+    cache = SessionCache(path=path)
+    cache.store("s", ticket(1))
+    old = tmp_path / "old"
+    os.link(path, old)
+    before = old.read_bytes()
+    if when == "before":
+        path.chmod(0o644)
+    else:
+        refresh = SessionCache._refresh_locked
+
+        def then_chmod(self: SessionCache) -> None:
+            refresh(self)
+            path.chmod(0o644)
+
+        monkeypatch.setattr(SessionCache, "_refresh_locked", then_chmod)
+    with caplog.at_level(logging.WARNING, logger="nautilus.sessions"):
+        cache.store("s", ticket(2))
+    if when == "before":
+        assert _warnings(caplog, "other users")
+    monkeypatch.undo()
+    assert old.read_bytes() == before
+    assert mode(path) == 0o600
+    assert view(SessionCache(path=path)) == [("s", [1, 2])]
+
+
+def test_the_same_ticket_stored_twice_is_removed_newest_first(tmp_path: Path) -> None:
+    """A removal names tickets by their opaque bytes: with two alike, every
+    cache removes the newest, as the take did."""
+    path = tmp_path / "tickets.json"
+    a = SessionCache(path=path)
+    b = SessionCache(path=path)
+    a.store("s", ticket(1, lifetime=10))
+    a.store("s", ticket(1, lifetime=3600))
+    assert len(b) == 2
+    assert a.take("s", NOW) == ticket(1, lifetime=3600)
+    assert len(a) == len(b) == 1
+    assert a._entries == b._entries == {"s": [ticket(1, lifetime=10)]}
+
+
+def test_a_short_append_is_taken_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full disk may write part of a line: it is truncated away, the failure
+    is logged once, memory keeps the ticket, and the next write that works
+    writes the file whole."""
+    path = tmp_path / "tickets.json"
+    cache = SessionCache(path=path)
+    other = SessionCache(path=path)
+    cache.store("s", ticket(1))
+    before = path.read_bytes()
+    write = os.write
+
+    def half(fd: int, data: bytes) -> int:
+        return write(fd, data[: len(data) // 2])
+
+    with monkeypatch.context() as m, caplog.at_level(logging.WARNING, "nautilus.sessions"):
+        m.setattr(os, "write", half)
+        cache.store("s", ticket(2))
+        assert len(_warnings(caplog, "cannot be written")) == 1
+    assert path.read_bytes() == before  # no torn line left
+    assert view(other) == [("s", [1])]
+    assert view(cache) == [("s", [1, 2])]  # memory is authoritative
+    cache.store("t", ticket(3))
+    assert view(other) == [("s", [1, 2]), ("t", [3])]
+    for message in [r.getMessage() for r in caplog.records]:
+        assert ticket(2).to_json()["psk"] not in message
+
+
+def test_a_ticket_stored_twice_is_kept_twice_by_a_compaction(tmp_path: Path) -> None:
+    path = tmp_path / "tickets.json"
+    cache = SessionCache(path=path)
+    t = ticket(1)
+    cache.store("s", t)
+    cache.store("s", t)  # the same object again
+    inode = path.stat().st_ino
+    n = 10
+    while path.stat().st_ino == inode:  # until a compaction
+        cache.store("x", ticket(n))
+        cache.take("x", NOW)
+        n += 1
+    assert [r for r in journal(path)[1:] if r["key"] == "s"] == [_store_record("s", 1)] * 2
+    assert view(SessionCache(path=path)) == view(cache) == [("s", [1, 1])]
+
+
+@needs_fcntl
+def test_a_compaction_that_reuses_the_inode_is_read_whole(tmp_path: Path) -> None:
+    """A compacted file in the inode a cache followed, longer, with a newline
+    where the cache's last line ended: it looks appended to, but the lock
+    file's compaction epoch changed, so the cache reads it whole (it does not
+    hand out a ticket taken meanwhile)."""
+    path = tmp_path / "tickets.json"
+    a = SessionCache(path=path)
+    b = SessionCache(path=path)
+    b.store("s", ticket(1))
+    followed = path.stat().st_size  # where b's last line ends
+    keep = tmp_path / "keep"
+    os.link(path, keep)  # hold b's inode so that it can come back
+    assert number(a.take("s", NOW)) == 1
+    a.clear()  # a new file
+    a.store("s", ticket(2))  # a line as long as b's last one
+    a.store("t", ticket(3))
+    new = path.read_bytes()
+    assert new[followed - 1 : followed] == b"\n"
+    with open(keep, "r+b") as fh:
+        fh.write(new)
+        fh.truncate()
+    os.replace(keep, path)
+    assert view(b) == [("s", [2]), ("t", [3])]
+
+
+def test_a_file_rewritten_in_place_is_read_whole(tmp_path: Path) -> None:
+    """Not an append, though the file kept its inode and grew: the byte before
+    the part a cache has not read is not the newline it read there."""
+    path = tmp_path / "tickets.json"
+    a = SessionCache(path=path)
+    a.store("s", ticket(1))
+    replacement = _journal_bytes(_store_record("other-server", 7), _store_record("t", 8))
+    assert len(replacement) > path.stat().st_size
+    with open(path, "r+b") as fh:  # the same inode, longer, by no cache
+        fh.write(replacement)
+    assert view(a) == [("other-server", [7]), ("t", [8])]
+
+
+def test_without_fcntl_changes_are_seen_by_stat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where fcntl does not exist (Windows) the file is not locked: appends
+    are seen by the file's size, a compaction by its inode."""
+    monkeypatch.setattr(sessions, "_fcntl", None)
+    path = tmp_path / "tickets.json"
+    a = SessionCache(path=path)
+    b = SessionCache(path=path)
+    a.store("s", ticket(1))
+    assert view(b) == [("s", [1])]
+    whole: list[Path] = []
+    read_file = SessionCache._read_file
+
+    def counting(self: SessionCache) -> tuple[bytes | None, object]:
+        whole.append(path)
+        return read_file(self)
+
+    monkeypatch.setattr(SessionCache, "_read_file", counting)
+    a.store("s", ticket(2))
+    assert number(b.take("s", NOW)) == 2
+    assert view(a) == [("s", [1])]
+    assert whole == []  # appended: read from where each cache was
+    a.clear()
+    assert view(b) == []
+    assert len(whole) == 1  # replaced: read whole
+    assert not (tmp_path / "tickets.json.lock").exists()
