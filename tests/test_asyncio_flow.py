@@ -665,6 +665,37 @@ def test_early_data_waits_while_the_server_application_has_paused_reading() -> N
     run(main())
 
 
+def test_refused_early_data_and_a_failed_handshake_in_one_read() -> None:
+    """The server refuses the early data and then the handshake itself (it now
+    requires client authentication): both arrive in one read. The client gets
+    the handshake's own error, the server the client's alert, and nothing is
+    reported to the loop (resending the refused data raised ClosedError there,
+    and the real error was lost)."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        errors: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _loop, context: errors.append(context))
+        sctx = Context(SERVER_ID, early_data=True)
+        cctx = Context(trusted_peers=[SERVER_ID.public], early_data=True)
+        server, port, _made = await _server(ctx=sctx)
+        _reader, writer = await na.open_connection(HOST, port, context=cctx)  # a ticket
+        await asyncio.sleep(0.1)
+        writer.close()
+        await writer.wait_closed()
+        sctx.client_auth = "required"
+        with pytest.raises(nautilus.AuthenticationFailed, match="client authentication"):
+            await asyncio.wait_for(
+                na.open_connection(HOST, port, context=cctx, early_data=b"GET /"), 5
+            )
+        await asyncio.sleep(0.1)
+        assert errors == []
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
 def test_reset_after_early_data_before_the_handshake_completes() -> None:
     """The server holds accepted 0-RTT data until its application exists; a
     client that resets the connection before its Finished leaves nothing behind."""

@@ -96,13 +96,12 @@ def offer_of(first_flight: bytes) -> PskOffer | None:
     return PskOffer.decode(hello.psk_offer) if hello.psk_offer else None
 
 
-def resend_rejected(q: Pair) -> bytes:
-    """What a well-behaved application does with EarlyDataRejected: send it again."""
-    rejected = [e for e in q.client_events if isinstance(e, EarlyDataRejected)]
-    assert len(rejected) == 1, q.client_events
-    q.client.send_data(rejected[0].data)
-    q.pump()
-    return rejected[0].data
+def rejected(q: Pair) -> bytes:
+    """The data of the one EarlyDataRejected the client reported (the
+    connection sends it again itself)."""
+    events = [e for e in q.client_events if isinstance(e, EarlyDataRejected)]
+    assert len(events) == 1, q.client_events
+    return events[0].data
 
 
 def replay(flight: bytes, server_ctx: Context, now: float = NOW) -> Connection:
@@ -260,8 +259,8 @@ def test_copied_ticket_gets_its_early_data_accepted_only_once() -> None:
     assert second.client.session is not None
     assert second.client.session.resumed
     assert not second.client.session.early_data_accepted
-    assert resend_rejected(second) == REQUEST
-    assert received_data(second.server_events) == REQUEST
+    assert rejected(second) == REQUEST
+    assert received_data(second.server_events) == REQUEST  # sent again, once
 
 
 # -------------------------------------------------------- refused by the server
@@ -306,24 +305,46 @@ def _replay_cache_full(p: Pair) -> dict[str, object]:
     ],
     ids=["server-early-data-off", "hello-retry", "age-window", "replay-cache-full", "no-ticket"],
 )
-def test_refused_early_data_is_reported_and_can_be_resent_once(
-    arrange: object, resumed: bool
-) -> None:
+def test_refused_early_data_is_reported_and_sent_again_once(arrange: object, resumed: bool) -> None:
     p = first_session()
     kwargs = arrange(p)  # type: ignore[operator]
     q = with_early_data(p, **kwargs)
     assert q.client.handshake_complete
     assert q.server.handshake_complete
-    assert early_received(q) == b""
-    assert received_data(q.server_events) == b""  # nothing processed
+    assert early_received(q) == b""  # none of it processed as early data
     assert q.client_events[0] == EarlyDataRejected(REQUEST)  # exactly the data
     assert isinstance(q.client_events[1], HandshakeCompleted)
     session = q.client_events[1].session
     assert session.resumed is resumed
     assert not session.early_data_accepted
-    resend_rejected(q)
-    assert received_data(q.server_events) == REQUEST  # once, after the handshake
+    # Sent again by the connection itself, as ordinary data after the
+    # handshake: the server receives it once.
+    assert received_data(q.server_events) == REQUEST
     assert not any(isinstance(e, EarlyDataReceived) for e in q.server_events)
+    assert q.server.stats.bytes_received == len(REQUEST)
+    assert q.client.stats.bytes_sent == len(REQUEST)
+
+
+def test_refused_early_data_goes_before_what_was_written_after_it() -> None:
+    """Written after start(early_data=A) and before the handshake completes,
+    B waits for the handshake; A, refused, is sent again first: the server
+    receives A then B, as it does when A is accepted or there is no ticket."""
+    for arrange in (None, _server_turned_early_data_off, _ticket_refused):
+        p = first_session()
+        kwargs = arrange(p) if arrange is not None else {}
+        q = Pair(
+            kwargs.get("client_ctx", p.client_ctx),  # type: ignore[arg-type]
+            kwargs.get("server_ctx", p.server_ctx),  # type: ignore[arg-type]
+            {"server_name": SERVER_NAME},
+        )
+        q.client.start(NOW, early_data=b"A" * 100)
+        q.client.send_data(b"B" * 100)
+        q.server.start(NOW)
+        q.pump()
+        assert q.client.handshake_complete, q.client_events
+        assert early_received(q) + received_data(q.server_events) == b"A" * 100 + b"B" * 100
+        if arrange is not None:
+            assert rejected(q) == b"A" * 100
 
 
 def test_early_data_limit_is_the_tickets_not_the_servers_current_setting() -> None:
@@ -414,8 +435,7 @@ def test_more_early_records_than_the_ticket_allows_are_skipped_unread() -> None:
     q = with_early_data(p, data)
     assert early_received(q) == b""
     assert q.client_events[0] == EarlyDataRejected(data)
-    resend_rejected(q)
-    assert received_data(q.server_events) == data
+    assert received_data(q.server_events) == data  # sent again, once
 
 
 def test_tampered_early_data_record_fails_the_handshake() -> None:
@@ -463,6 +483,30 @@ def test_early_data_is_not_sent_under_a_cipher_the_client_no_longer_allows() -> 
     assert q.client.session is not None
     assert q.client.session.cipher == "chacha20-poly1305"
     assert early_received(q) == b""
+
+
+def test_a_ticket_is_refused_at_the_instant_its_lifetime_ends() -> None:
+    """A ticket is valid while now < issued + lifetime, on the server as on the
+    client. At that instant the replay cache forgets the ticket: accepting it
+    then let two copies of one ticket (two clients) both send early data."""
+    p = first_session(server={"ticket_lifetime": 60.0})
+    ticket = p.client_ctx.session_cache.take(CACHE_KEY, NOW)
+    assert ticket is not None
+    for client_now, server_now, accepted in (
+        (NOW + 59.9, NOW + 59.9, True),
+        (NOW + 59.9, NOW + 60, False),
+    ):
+        cache = SessionCache()
+        cache.store(CACHE_KEY, ticket)  # a copy of the same ticket for each client
+        ctx = Context(trusted_peers=[SERVER.public], early_data=True, session_cache=cache)
+        client = Connection(ctx, "client", server_name=SERVER_NAME)
+        client.start(client_now, early_data=REQUEST)
+        server = Connection(p.server_ctx, "server")
+        server.start(server_now)
+        server.receive_data(client.data_to_send(), server_now)
+        events = drain_events(server)
+        assert (EarlyDataReceived(REQUEST) in events) is accepted
+        assert server._resumed is accepted
 
 
 # ----------------------------------------------------- the early-data replay cache

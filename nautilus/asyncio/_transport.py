@@ -28,7 +28,6 @@ from nautilus.protocol.events import (
     ConnectionClosed,
     DataReceived,
     EarlyDataReceived,
-    EarlyDataRejected,
     Event,
     HandshakeCompleted,
     MessagesReceived,
@@ -788,13 +787,12 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
                 # it gets this data first, as ordinary stream data (the server
                 # context opted into 0-RTT, replays included).
                 self._early_received.append(event.data)
-            elif type(event) is EarlyDataRejected:
-                conn.send_data(event.data)  # the server never saw it: send it normally
             elif type(event) is HandshakeCompleted:
                 self._handshake_completed()
             elif type(event) is ConnectionClosed:
                 self._connection_closed(event.error)
-            # KeysUpdated and AlertReceived need nothing from us.
+            # KeysUpdated, AlertReceived and EarlyDataRejected (the Connection
+            # sends the refused early data again itself) need nothing from us.
             event = conn.next_event()
         conn._lent = False  # every DataReceived view was delivered
 

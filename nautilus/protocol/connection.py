@@ -542,8 +542,10 @@ class Connection:
                 flight as 0-RTT early data, when the context allows it and a
                 ticket permits it; otherwise it is sent once the handshake
                 completes. If the server refuses it, ``EarlyDataRejected``
-                reports it (to send again). Early data can be replayed by an
-                attacker: only send what is safe to process twice.
+                reports it, and it is sent again as ordinary data when the
+                handshake completes (before anything written since). Early
+                data can be replayed by an attacker: only send what is safe to
+                process twice.
 
         Raises:
             TypeError: ``now`` is not a number, ``early_data`` not bytes.
@@ -1804,7 +1806,10 @@ class Connection:
             if msg.early_data_accepted:
                 self._early_accepted = True
             else:
+                # Not processed: sent again as ordinary data when the handshake
+                # completes, before what was written since (stream order).
                 self._bytes_sent -= len(self._early_sent)
+                self._pending.insert(0, (ContentType.APPLICATION_DATA, self._early_sent))
                 self._events.append(EarlyDataRejected(self._early_sent))
             self._early_sent = b""
         if self._resumed:
@@ -2063,7 +2068,7 @@ class Connection:
             return None
         ident = cfg.identity
         assert ident is not None
-        if not contents.issued - 60 <= now <= contents.issued + contents.lifetime:
+        if not contents.issued - 60 <= now < contents.issued + contents.lifetime:
             return None
         if contents.namespace != cfg.namespace.encode():
             return None

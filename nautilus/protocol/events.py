@@ -87,8 +87,10 @@ class EarlyDataReceived(Event):
 class EarlyDataRejected(Event):
     """(Client) the server did not accept the 0-RTT data given to ``start()``.
 
-    None of it was processed; ``data`` is all of it, to send again now that
-    the handshake is complete (the connection does not resend it by itself).
+    None of it was processed, and the connection sends it again, as ordinary
+    data, when the handshake completes: before anything written since, so the
+    stream keeps its order and the server receives it exactly once. ``data``
+    is all of it, for information (do not send it again).
     """
 
     data: bytes
