@@ -672,17 +672,25 @@ class SessionCache:
             self._load(raw, sig)
 
     @staticmethod
-    def key(server_id: str, address: str | None) -> str:
-        """The cache key of a server: its peer id and the address dialled.
+    def key(server_id: str, address: str | None, client_id: str | None = None) -> str:
+        """The cache key of a server: its peer id and the address dialled, and
+        the peer id of the client identity the tickets were obtained with
+        (None: a context without an identity). A ticket resumes the session it
+        came from, the client's authentication included: only a context with
+        the same identity may use it.
 
         Raises:
-            TypeError: ``server_id`` is not a str, or ``address`` neither a str nor None.
+            TypeError: ``server_id`` is not a str, or ``address`` or
+                ``client_id`` neither a str nor None.
         """
         if not isinstance(server_id, str):
             raise TypeError(f"server_id must be a str, not {type(server_id).__name__}")
         if address is not None and not isinstance(address, str):
             raise TypeError(f"address must be a str or None, not {type(address).__name__}")
-        return f"{server_id} {address or ''}"
+        if client_id is not None and not isinstance(client_id, str):
+            raise TypeError(f"client_id must be a str or None, not {type(client_id).__name__}")
+        base = f"{server_id} {address or ''}"
+        return base if client_id is None else f"{base} as {client_id}"
 
     def __len__(self) -> int:
         with self._lock:

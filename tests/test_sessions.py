@@ -74,6 +74,8 @@ SERVER_NAME = "srv:1"
 CACHE_KEY = SessionCache.key("*", SERVER_NAME)
 SERVER = cached_identity()
 CLIENT = cached_identity("ed25519", 1)
+CLIENT_CACHE_KEY = SessionCache.key("*", SERVER_NAME, CLIENT.peer_id)
+"""Where a context with the identity CLIENT keeps its tickets for the server."""
 OTHER = cached_identity("ed25519", 2)
 
 
@@ -740,9 +742,52 @@ def test_ticket_issued_by_a_resumed_session_keeps_the_identities() -> None:
         assert completed(q) == (True, True)
         assert q.server.session is not None
         assert q.server.session.peer_id == CLIENT.peer_id
-    ticket = p.client_ctx.session_cache.take(CACHE_KEY, NOW)
+    ticket = p.client_ctx.session_cache.take(CLIENT_CACHE_KEY, NOW)
     assert ticket is not None
     assert ticket.server_key == SERVER.public.to_bytes()
+
+
+def test_a_ticket_is_used_only_by_a_context_with_the_identity_it_was_obtained_with() -> None:
+    """Contexts may share a SessionCache. A ticket resumes the session it came
+    from, the client's authentication included: another identity (or none)
+    sharing the cache must not resume as the first one, and a context whose
+    identity was replaced must present the new one."""
+    other, third = cached_identity("ed25519", 3), cached_identity("ed25519", 4)
+    shared = SessionCache()
+    server = {
+        "client_auth": "optional",
+        "trusted_peers": [CLIENT.public, other.public, third.public],
+        "tickets_per_handshake": 1,
+    }
+    p = first_session(server=server, client={"identity": CLIENT, "session_cache": shared})
+    for ident in (other, None):
+        ctx = Context(ident, trusted_peers=[SERVER.public], session_cache=shared)
+        q = resume(p, client_ctx=ctx)
+        assert completed(q) == (False, False)
+        assert q.server.session is not None
+        assert q.server.session.peer_id == (None if ident is None else ident.peer_id)
+    q = resume(p)  # the ticket's own identity: resumed, as CLIENT
+    assert completed(q) == (True, True)
+    assert q.server.session is not None
+    assert q.server.session.peer_id == CLIENT.peer_id
+    p.client_ctx.identity = third  # a new identity for this context: presented
+    q = resume(p)
+    assert completed(q) == (False, False)
+    assert q.server.session is not None
+    assert q.server.session.peer_id == third.peer_id
+    p.client_ctx.identity = other  # the tickets obtained as ``other`` resume as other
+    q = resume(p)
+    assert completed(q) == (True, True)
+    assert q.server.session is not None
+    assert q.server.session.peer_id == other.peer_id
+
+
+def test_cache_key_names_the_client_identity() -> None:
+    assert SessionCache.key("srv", "h:1") == "srv h:1"
+    assert SessionCache.key("srv", "h:1", None) == "srv h:1"
+    assert SessionCache.key("srv", "h:1", CLIENT.peer_id) == f"srv h:1 as {CLIENT.peer_id}"
+    with pytest.raises(TypeError, match="client_id"):
+        SessionCache.key("srv", "h:1", CLIENT)  # type: ignore[arg-type]
 
 
 def test_ticket_lifetime_is_bounded_to_seven_days() -> None:
@@ -795,13 +840,13 @@ def test_a_connection_keeps_the_settings_its_context_had_when_it_was_made() -> N
     assert p.client.handshake_complete
     assert p.server.handshake_complete
     assert len(p.client_ctx.session_cache) == 2  # as configured when the connection was made
-    ticket = p.client_ctx.session_cache.take(CACHE_KEY, NOW)
+    ticket = p.client_ctx.session_cache.take(CLIENT_CACHE_KEY, NOW)
     assert ticket is not None
     assert ticket.lifetime == 7200.0
     contents = p.server_ctx.ticket_keys.open(ticket.ticket, NOW)
     assert contents is not None
     assert contents.lifetime == 7200.0
-    p.client_ctx.session_cache.store(CACHE_KEY, ticket)  # (taken above to look at it)
+    p.client_ctx.session_cache.store(CLIENT_CACHE_KEY, ticket)  # (taken above to look at it)
     later = Pair(p.client_ctx, p.server_ctx, {"server_name": SERVER_NAME})
     later.handshake()  # the new settings: no resumption, no tickets, no client auth
     assert later.client.session is not None
@@ -877,7 +922,7 @@ def test_tickets_carry_nothing_in_clear() -> None:
     q = resume(p, intercept=(resumed := Flights()))
     assert completed(q) == (True, True)
     wire = full.wire() + resumed.wire()
-    remaining = p.client_ctx.session_cache.take(CACHE_KEY, NOW)
+    remaining = p.client_ctx.session_cache.take(CLIENT_CACHE_KEY, NOW)
     assert remaining is not None
     secrets = {
         "server key": SERVER.public.to_bytes()[1:],

@@ -1661,7 +1661,10 @@ class Connection:
         if exp is None and self._server_name is None:
             return None  # nothing names the server: its tickets could not be found again
         peer_id = "*" if exp is None else (exp.peer_id if isinstance(exp, PeerKey) else exp)
-        return SessionCache.key(peer_id, self._server_name)
+        ident = self._cfg.identity  # tickets of another identity are not this context's
+        return SessionCache.key(
+            peer_id, self._server_name, None if ident is None else ident.peer_id
+        )
 
     def _pick_ticket(self, max_size: int) -> StoredTicket | None:
         """(client) A cached ticket for this server that the context still trusts,
