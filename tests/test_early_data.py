@@ -485,6 +485,42 @@ def test_early_data_is_not_sent_under_a_cipher_the_client_no_longer_allows() -> 
     assert early_received(q) == b""
 
 
+def test_a_server_that_answers_early_data_and_closes_at_once_delivers_its_answer() -> None:
+    """A server that replies to an accepted request and closes before the
+    client's Finished: the reply goes first (0.5-RTT, under the server's
+    application key), then close_notify. It was dropped, and the client saw a
+    clean end without it."""
+    p = first_session()
+    q = Pair(p.client_ctx, p.server_ctx, {"server_name": SERVER_NAME})
+    q.client.start(NOW, early_data=REQUEST)
+    q.server.start(NOW)
+    q.server.receive_data(q.client.data_to_send(), NOW)
+    assert drain_events(q.server) == [EarlyDataReceived(REQUEST)]
+    q.server.send_data(b"200 OK")
+    q.server.close()
+    q.client.receive_data(q.server.data_to_send(), NOW)
+    events = drain_events(q.client)
+    assert received_data(events) == b"200 OK"
+    assert event_types(events)[-1] == "ConnectionClosed"
+    assert q.client.error is None
+
+
+def test_a_server_awaiting_the_client_identity_sends_nothing_more_at_close() -> None:
+    """The same close while the client's identity is still awaited: what was
+    written is not sent to a client not yet authenticated."""
+    client_id = cached_identity("ed25519", 5)
+    p = Pair.make(
+        server={"client_auth": "required", "trusted_peers": [client_id.public]},
+        client={"identity": client_id},
+    )
+    p.start()
+    p.server.receive_data(p.client.data_to_send(), NOW)
+    p.server.send_data(b"for an authenticated client only")
+    p.server.close()
+    p.client.receive_data(p.server.data_to_send(), NOW)
+    assert received_data(drain_events(p.client)) == b""
+
+
 def test_a_ticket_is_refused_at_the_instant_its_lifetime_ends() -> None:
     """A ticket is valid while now < issued + lifetime, on the server as on the
     client. At that instant the replay cache forgets the ticket: accepting it

@@ -847,10 +847,23 @@ class Connection:
 
         Every secret of the connection is dropped (the record keys cleansed);
         from a handshake step's hook, the handshake stops there and nothing
-        more is sent.
+        more is sent. Data written while the handshake was in progress is
+        sent first by a server that has sent its Finished and awaits no client
+        identity (as 0.5-RTT data: the client reads it once its own handshake
+        completes); otherwise it is dropped, as the handshake is.
         """
         if self._state is State.CLOSED:
             return
+        if (
+            self._pending
+            and self._state in (State.SERVER_WAIT_FLIGHT, State.SERVER_WAIT_FINISHED)
+            and self._client_auth is ClientAuth.OFF
+            and not self._in_hook
+        ):
+            # The server's application key is in use since its Finished.
+            pending, self._pending = self._pending, []
+            for ctype, data in pending:
+                self._seal_application(data, ctype)
         if self._state not in (State.CLIENT_START, State.SERVER_START):
             self._send_alert(AlertCode.CLOSE_NOTIFY)
         self._teardown()
