@@ -665,6 +665,24 @@ def test_early_data_waits_while_the_server_application_has_paused_reading() -> N
     run(main())
 
 
+async def _early_data_pair() -> tuple[
+    list[dict[str, Any]], Context, Context, asyncio.Server, int, list[Recorder]
+]:
+    """Contexts allowing 0-RTT, a server, and a client ticket from a first
+    connection; what the loop reports is collected in the list returned."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    sctx = Context(SERVER_ID, early_data=True)
+    cctx = Context(trusted_peers=[SERVER_ID.public], early_data=True)
+    server, port, made = await _server(ctx=sctx)
+    _reader, writer = await na.open_connection(HOST, port, context=cctx)  # a ticket
+    await asyncio.sleep(0.1)
+    writer.close()
+    await writer.wait_closed()
+    return errors, sctx, cctx, server, port, made
+
+
 def test_refused_early_data_and_a_failed_handshake_in_one_read() -> None:
     """The server refuses the early data and then the handshake itself (it now
     requires client authentication): both arrive in one read. The client gets
@@ -673,16 +691,7 @@ def test_refused_early_data_and_a_failed_handshake_in_one_read() -> None:
     and the real error was lost)."""
 
     async def main() -> None:
-        loop = asyncio.get_running_loop()
-        errors: list[dict[str, Any]] = []
-        loop.set_exception_handler(lambda _loop, context: errors.append(context))
-        sctx = Context(SERVER_ID, early_data=True)
-        cctx = Context(trusted_peers=[SERVER_ID.public], early_data=True)
-        server, port, _made = await _server(ctx=sctx)
-        _reader, writer = await na.open_connection(HOST, port, context=cctx)  # a ticket
-        await asyncio.sleep(0.1)
-        writer.close()
-        await writer.wait_closed()
+        errors, sctx, cctx, server, port, _made = await _early_data_pair()
         sctx.client_auth = "required"
         with pytest.raises(nautilus.AuthenticationFailed, match="client authentication"):
             await asyncio.wait_for(
@@ -701,16 +710,7 @@ def test_reset_after_early_data_before_the_handshake_completes() -> None:
     client that resets the connection before its Finished leaves nothing behind."""
 
     async def main() -> None:
-        loop = asyncio.get_running_loop()
-        errors: list[dict[str, Any]] = []
-        loop.set_exception_handler(lambda _loop, context: errors.append(context))
-        sctx = Context(SERVER_ID, early_data=True)
-        cctx = Context(trusted_peers=[SERVER_ID.public], early_data=True)
-        server, port, made = await _server(ctx=sctx)
-        _reader, writer = await na.open_connection(HOST, port, context=cctx)  # a ticket
-        await asyncio.sleep(0.1)
-        writer.close()
-        await writer.wait_closed()
+        errors, _sctx, cctx, server, port, made = await _early_data_pair()
         conn = nautilus.Connection(cctx, "client", server_name=f"{HOST}:{port}")
         reader, writer = await asyncio.open_connection(HOST, port)
         conn.start(time.time(), early_data=b"early")

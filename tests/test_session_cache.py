@@ -792,6 +792,7 @@ import os, sys, time
 from nautilus.sessions import SessionCache, StoredTicket
 
 path, who, gate, count, now = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), 1.8e9
+churn = sys.argv[5] == "churn"  # each process also takes its own ticket back at once
 cache = SessionCache(max_entries=100_000, path=path)
 while not os.path.exists(gate):
     time.sleep(0.001)
@@ -803,23 +804,22 @@ for n in range(count):
     cache.store(f"{who}-{n}", ticket)
     if cache.take(f"shared-{n}", now) is not None:
         taken.append(f"shared-{n}")
+    if churn:
+        assert cache.take(f"{who}-{n}", now) == ticket  # its own: no one else takes it
 print(" ".join(taken))
 """
 
 
-@needs_fcntl
-def test_caches_in_two_processes_lose_nothing_and_take_each_ticket_once(tmp_path: Path) -> None:
-    """Two processes at once on one file: every ticket either stores is kept,
-    and each ticket in the file is taken by exactly one of them."""
-    path = tmp_path / "tickets.json"
-    gate = tmp_path / "go"
-    count = 60
+def _two_workers(mode: str, path: Path, gate: Path, count: int) -> tuple[list[str], list[str]]:
+    """Seed ``path`` with ``count`` shared tickets, then run _WORKER (``mode``:
+    "plain" or "churn") in two processes ("first", "second") started together;
+    the shared tickets each took."""
     seed = SessionCache(max_entries=100_000, path=path)
     for n in range(count):
         seed.store(f"shared-{n}", ticket(n))
     workers = [
         subprocess.Popen(
-            [sys.executable, "-c", _WORKER, str(path), who, str(gate), str(count)],
+            [sys.executable, "-c", _WORKER, str(path), who, str(gate), str(count), mode],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -831,7 +831,16 @@ def test_caches_in_two_processes_lose_nothing_and_take_each_ticket_once(tmp_path
         out, _ = worker.communicate(timeout=60)
         assert worker.returncode == 0
         outputs.append(out.split())
-    first, second = outputs
+    return outputs[0], outputs[1]
+
+
+@needs_fcntl
+def test_caches_in_two_processes_lose_nothing_and_take_each_ticket_once(tmp_path: Path) -> None:
+    """Two processes at once on one file: every ticket either stores is kept,
+    and each ticket in the file is taken by exactly one of them."""
+    path = tmp_path / "tickets.json"
+    count = 60
+    first, second = _two_workers("plain", path, tmp_path / "go", count)
     assert not set(first) & set(second)  # no ticket handed out twice
     assert sorted(first + second) == sorted(f"shared-{n}" for n in range(count))
     kept = SessionCache(max_entries=100_000, path=path)
@@ -839,27 +848,6 @@ def test_caches_in_two_processes_lose_nothing_and_take_each_ticket_once(tmp_path
     for who in ("first", "second"):
         for n in range(count):
             assert kept.take(f"{who}-{n}", 1.8e9) is not None
-
-
-_CHURN_WORKER = """
-import os, sys, time
-from nautilus.sessions import SessionCache, StoredTicket
-
-path, who, gate, count, now = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), 1.8e9
-cache = SessionCache(max_entries=100_000, path=path)
-while not os.path.exists(gate):
-    time.sleep(0.001)
-taken = []
-for n in range(count):
-    ticket = StoredTicket(
-        f"{who}-{n}".encode(), b"p" * 32, 0x1302, b"key", b"", now, 3600.0, 1, 0, b"nautilus"
-    )
-    cache.store(f"{who}-{n}", ticket)
-    if cache.take(f"shared-{n}", now) is not None:
-        taken.append(f"shared-{n}")
-    assert cache.take(f"{who}-{n}", now) == ticket  # its own: no one else takes it
-print(" ".join(taken))
-"""
 
 
 @needs_fcntl
@@ -871,26 +859,8 @@ def test_caches_in_two_processes_compacting_the_journal_keep_single_use(
     tickets held fall, the records grow), and still every shared ticket is
     taken exactly once and each process gets its own tickets back."""
     path = tmp_path / "tickets.json"
-    gate = tmp_path / "go"
     count = 200
-    seed = SessionCache(max_entries=100_000, path=path)
-    for n in range(count):
-        seed.store(f"shared-{n}", ticket(n))
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-c", _CHURN_WORKER, str(path), who, str(gate), str(count)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for who in ("first", "second")
-    ]
-    gate.touch()
-    outputs = []
-    for worker in workers:
-        out, _ = worker.communicate(timeout=60)
-        assert worker.returncode == 0
-        outputs.append(out.split())
-    first, second = outputs
+    first, second = _two_workers("churn", path, tmp_path / "go", count)
     assert not set(first) & set(second)
     assert sorted(first + second) == sorted(f"shared-{n}" for n in range(count))
     # 200 seeds and 2 x 200 x 3 records written; far fewer are left: compacted.
