@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import secrets
 import stat
 import tempfile
 import threading
@@ -512,10 +513,18 @@ _FileSig = tuple[int, int, int, int]
 _CORRUPT = (ValueError, TypeError, KeyError, OverflowError, RecursionError)
 
 _OPEN_FLAGS = (
-    getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_BINARY", 0)
+    | getattr(os, "O_NONBLOCK", 0)
 )
-"""Added to every opening of the cache file: never through a symbolic link,
-never inherited by a child process, bytes as they are (Windows)."""
+"""Added to every opening of the cache file and its lock file: never through
+a symbolic link, never inherited by a child process, bytes as they are
+(Windows), and no wait in open() (a FIFO put at the path; the files are then
+refused as not regular)."""
+
+_NONCE_BYTES = 16
+"""The lock file's name (random), after its two counters."""
 
 _COMPACT_SLACK = 128
 """The journal is compacted when it holds at least twice as many records as
@@ -574,6 +583,25 @@ def _header_length(raw: bytes) -> int:
     return end if isinstance(head, dict) and head.get("format") == _CACHE_FORMAT else 0
 
 
+_CACHES: weakref.WeakSet[SessionCache] = weakref.WeakSet()
+"""Every SessionCache of the process (for _after_fork_in_child)."""
+
+
+def _after_fork_in_child() -> None:
+    """In a child made by fork(): a thread of the parent may have been inside
+    an operation, holding a cache's lock and the flock of its lock file
+    (inherited: the parent would wait for the child's end, and the child for
+    a thread it does not have). Each cache gets a new lock, lets the
+    inherited descriptor go and reads its file whole at its next operation."""
+    for cache in list(_CACHES):
+        cache._lock = threading.Lock()
+        if cache._lock_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(cache._lock_fd)
+            cache._lock_fd = -1
+            cache._generation = cache._epoch = None
+
+
 class SessionCache:
     """The client's resumption tickets, shared by every connection of a context.
 
@@ -617,6 +645,7 @@ class SessionCache:
         self.max_entries = max_entries
         self.tickets_per_server = tickets_per_server
         self._lock = threading.Lock()
+        _CACHES.add(self)  # (its locks are made again in a forked child)
         self._entries: OrderedDict[str, list[StoredTicket]] = OrderedDict()
         self._path: Path | None = None
         # The rest is the file store's.
@@ -647,6 +676,11 @@ class SessionCache:
         file is replaced (compacted), which the other caches then read whole."""
         self._lock_fd = -1
         """The locked lock file during an operation (-1: none, or not locked)."""
+        self._lock_nonce: bytes | None = None
+        """The name of the lock file this cache last locked: 16 random bytes
+        that its first locker writes at offset 16 (after the counters). A lock
+        file deleted and made again (its counters restarting at 0, maybe on
+        the same inode number) has another."""
         self._unsaved = False
         """The last write failed: memory holds what the file does not."""
         self._failing: set[str] = set()
@@ -682,6 +716,8 @@ class SessionCache:
         Raises:
             TypeError: ``server_id`` is not a str, or ``address`` or
                 ``client_id`` neither a str nor None.
+            ValueError: ``server_id`` holds a newline, or ``client_id`` a
+                newline or a space (peer ids have neither).
         """
         if not isinstance(server_id, str):
             raise TypeError(f"server_id must be a str, not {type(server_id).__name__}")
@@ -689,8 +725,12 @@ class SessionCache:
             raise TypeError(f"address must be a str or None, not {type(address).__name__}")
         if client_id is not None and not isinstance(client_id, str):
             raise TypeError(f"client_id must be a str or None, not {type(client_id).__name__}")
+        if "\n" in server_id or (client_id is not None and ("\n" in client_id or " " in client_id)):
+            raise ValueError("server_id and client_id must be peer ids (no newline or space)")
         base = f"{server_id} {address or ''}"
-        return base if client_id is None else f"{base} as {client_id}"
+        # The client's id first, before a newline: a peer id has neither a
+        # space nor a newline, so no address makes one key equal another.
+        return base if client_id is None else f"{client_id}\n{base}"
 
     def __len__(self) -> int:
         with self._lock:
@@ -862,9 +902,11 @@ class SessionCache:
         try:
             with os.fdopen(fd, "rb") as fh:
                 st = os.fstat(fh.fileno())
+                if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
+                    raise OSError(0, "not a regular file")
                 mode = stat.S_IMODE(st.st_mode)
                 raw = b"" if mode & 0o077 else fh.read()
-        except OSError as exc:  # a directory, an I/O error
+        except OSError as exc:  # a directory, a FIFO or device, an I/O error
             raise IdentityFileError(f"session cache {str(path)!r} cannot be read: {exc}") from None
         if mode & 0o077:
             raise IdentityFileError(
@@ -898,6 +940,7 @@ class SessionCache:
             st = os.fstat(fd)
             if (
                 (st.st_dev, st.st_ino) != seen[:2]
+                or not stat.S_ISREG(st.st_mode)
                 or st.st_size < offset
                 or stat.S_IMODE(st.st_mode) & 0o077
             ):
@@ -1040,11 +1083,56 @@ class SessionCache:
         except OSError:
             return None, None
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None, None
             return _lock_state(fd)
         except OSError:
             return None, None
         finally:
             os.close(fd)
+
+    def _lock_file(self) -> int:
+        """Open and flock the lock file; its descriptor. The lock is the one at
+        ``<path>.lock`` now: one deleted or replaced between the open and the
+        flock is opened again. A lock file other than the one this cache saw
+        last (another name: its counters started again) makes the next
+        refresh read the cache file whole.
+
+        Raises:
+            OSError: it cannot be opened or locked, or is not a regular file.
+        """
+        assert _fcntl is not None
+        flags = os.O_RDWR | os.O_CREAT | _OPEN_FLAGS
+        for _ in range(8):
+            fd = os.open(self._lock_path, flags, 0o600)
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise OSError(0, "not a regular file")
+                _fcntl.flock(fd, _fcntl.LOCK_EX)
+                try:
+                    now = os.stat(self._lock_path, follow_symlinks=False)
+                except FileNotFoundError:
+                    now = None
+            except BaseException:
+                os.close(fd)
+                raise
+            if now is not None and (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+                try:
+                    nonce = os.pread(fd, _NONCE_BYTES, 16)
+                    if len(nonce) < _NONCE_BYTES:  # a new lock file: name it
+                        nonce = secrets.token_bytes(_NONCE_BYTES)
+                        os.pwrite(fd, nonce, 16)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                if nonce != self._lock_nonce:
+                    if self._lock_nonce is not None:
+                        self._generation = self._epoch = None  # its counters restarted
+                    self._lock_nonce = nonce
+                return fd
+            os.close(fd)  # unlinked or replaced meanwhile: lock the one there now
+        raise OSError(0, "replaced again and again while being locked")
 
     @contextlib.contextmanager
     def _file_locked(self) -> Iterator[int]:
@@ -1052,10 +1140,8 @@ class SessionCache:
         yields its descriptor, or -1 if it is not locked."""
         fd = -1
         if _fcntl is not None:
-            flags = os.O_RDWR | os.O_CREAT | _OPEN_FLAGS
             try:
-                fd = os.open(self._lock_path, flags, 0o600)
-                _fcntl.flock(fd, _fcntl.LOCK_EX)
+                fd = self._lock_file()
             except OSError as exc:
                 if fd >= 0:
                     os.close(fd)
@@ -1201,11 +1287,15 @@ class SessionCache:
             st = os.fstat(fd)
             if (
                 (st.st_dev, st.st_ino) != seen[:2]
+                or not stat.S_ISREG(st.st_mode)
                 or st.st_size < offset
                 or (st.st_size > offset and self._lock_fd < 0)
                 or stat.S_IMODE(st.st_mode) & 0o077  # no secret written to it: replace it
             ):
                 return False
+            if st.st_size > offset and not self._past_offset(path, offset, st):
+                return False  # not a journal this cache can append to now: replace it
+            offset = self._offset
             if st.st_size > offset:
                 os.ftruncate(fd, offset)
             data = line + b"\n"
@@ -1231,6 +1321,34 @@ class SessionCache:
         self._bump_locked(replaced=False)
         self._works("write")
         return True
+
+    def _past_offset(self, path: Path, offset: int, st: os.stat_result) -> bool:
+        """Bytes follow the last line this cache applied, though it read the
+        file to its end under the lock: a torn line (no newline: the caller
+        drops it), or whole records that another cache wrote without holding
+        the lock (the lock file was deleted or replaced while in use). Those
+        are applied, and the lock's failure logged. False if they could not
+        be read or are corrupt (the file is then replaced by what memory
+        holds).
+
+        Raises:
+            OSError: the file cannot be read.
+        """
+        rfd = os.open(path, os.O_RDONLY | _OPEN_FLAGS)
+        try:
+            extra = os.pread(rfd, st.st_size - offset, offset)
+        finally:
+            os.close(rfd)
+        if b"\n" not in extra:
+            return True
+        self._failed(
+            "lock",
+            "was not exclusive: another cache wrote to the file without holding "
+            f"{str(self._lock_path)!r} (deleted or replaced while in use?); a ticket "
+            "may have been taken twice",
+        )
+        self._apply_tail(extra, _sig(st))
+        return not self._rewrite
 
     def _snapshot_locked(self) -> None:
         """Replace the file by what memory holds: a new 0600 file (the header,
@@ -1318,6 +1436,10 @@ class SessionCache:
         with self._lock:  # what this cache holds now: no file access in a repr
             count = sum(len(v) for v in self._entries.values())
         return f"<SessionCache {count} tickets{where}>"
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @dataclass(frozen=True)

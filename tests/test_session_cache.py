@@ -1326,3 +1326,117 @@ def test_without_fcntl_changes_are_seen_by_stat(
     assert view(b) == []
     assert len(whole) == 1  # replaced: read whole
     assert not (tmp_path / "tickets.json.lock").exists()
+
+
+# ------------------------------------------------ the lock file: replaced, forked, not a file
+
+
+@needs_fcntl
+def test_a_lock_file_made_again_is_noticed(tmp_path: Path) -> None:
+    """The lock file deleted between operations (a stale-lock cleanup): its
+    counters start again from 0, and on ext4 the new file may get the old
+    inode number. A cache that saw the old lock file reads the cache file
+    whole: it took a ticket another cache had cleared."""
+    path = tmp_path / "tickets.json"
+    a = SessionCache(path=path)
+    a.store("s", ticket(1))
+    a.clear()
+    a.store("s", ticket(1))
+    os.unlink(f"{path}.lock")
+    b = SessionCache(path=path)
+    b.clear()
+    b.clear()
+    b.store("s", ticket(2))  # counters and sizes as a last left them
+    assert number(a.take("s", NOW)) == 2
+    assert b.take("s", NOW) is None
+
+
+@needs_fcntl
+def test_records_written_without_the_lock_are_kept_and_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cache holding the lock finds complete records past what it read:
+    another cache wrote without the lock (the lock file was deleted while in
+    use). They are applied, not dropped as a torn line, and it is logged."""
+    path = tmp_path / "tickets.json"
+    a = SessionCache(path=path)
+    a.store("s", ticket(1))
+    b = SessionCache(path=path)
+    assert number(b.take("s", NOW)) == 1
+    b.store("t", ticket(2))
+    with a._lock, a._file_op():  # a holds the lock, and has read the file...
+        appended = path.read_bytes()
+    os.unlink(f"{path}.lock")
+    b.store("u", ticket(3))  # ...b, on a new lock file, appends meanwhile
+    with (
+        caplog.at_level(logging.WARNING, logger="nautilus.sessions"),
+        a._lock,
+        a._file_locked() as fd,
+    ):
+        a._lock_fd = fd
+        try:  # (a's write, as if its operation had not re-read the file)
+            a._write_locked(sessions._store_line("v", ticket(4)))
+        finally:
+            a._lock_fd = -1
+    assert path.read_bytes().startswith(appended)
+    assert "was not exclusive" in caplog.text
+    fresh = SessionCache(path=path)
+    assert sorted(number(fresh.take(k, NOW)) for k in ("t", "u", "v")) == [2, 3, 4]
+
+
+@needs_fcntl
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_during_an_operation_neither_blocks_nor_hangs(tmp_path: Path) -> None:
+    """fork() while a thread of the parent is inside an operation: the child
+    used to inherit the held lock (its own operations waited for ever) and
+    the flock'd descriptor (the parent's operations waited for the child)."""
+    import fcntl
+
+    path = tmp_path / "tickets.json"
+    cache = SessionCache(path=path)
+    cache.store("s", ticket(1))
+    go_r, go_w = os.pipe()
+    done_r, done_w = os.pipe()
+    with cache._lock, cache._file_op():  # as another thread would, mid-operation
+        pid = os.fork()
+        if pid == 0:  # the child
+            code = 1
+            try:
+                import signal
+
+                signal.alarm(10)  # a hang ends the child, and fails the test
+                os.write(done_w, b"r")  # running (the fork hooks have run)
+                os.read(go_r, 1)
+                cache.store("child", ticket(2))
+                code = 0 if number(cache.take("s", NOW)) == 1 else 2
+            finally:
+                os.write(done_w, bytes([code]))
+                os._exit(code)
+    assert os.read(done_r, 1) == b"r"
+    # The parent's operation has ended: nobody holds the lock file now.
+    fd = os.open(f"{path}.lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if the child held it
+    finally:
+        os.close(fd)
+    os.write(go_w, b"x")
+    assert os.read(done_r, 1) == b"\x00"
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert number(cache.take("child", NOW)) == 2
+    for end in (go_r, go_w, done_r, done_w):
+        os.close(end)
+
+
+def test_a_fifo_at_the_path_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """A FIFO put where the cache file or its lock file goes: refused (or, for
+    the lock, the cache works unlocked), never an open() that waits for ever."""
+    path = tmp_path / "tickets.json"
+    os.mkfifo(path)
+    with pytest.raises(IdentityFileError, match="not a regular file"):
+        SessionCache(path=path)
+    os.unlink(path)
+    os.mkfifo(f"{path}.lock")
+    cache = SessionCache(path=path)
+    cache.store("s", ticket(1))
+    assert number(SessionCache(path=path).take("s", NOW)) == 1
