@@ -258,8 +258,14 @@ class PeerProcess:
             cmd += ["--listeners", ",".join(listeners)]
         if max_connections:
             cmd += ["--max-connections", str(max_connections)]
+        # Its own session: Ctrl-C in a terminal (SIGINT to the foreground
+        # process group) reaches this process only, which then stops it.
         proc = await asyncio.create_subprocess_exec(
-            *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=ROOT
+            *cmd,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            cwd=ROOT,
+            start_new_session=True,
         )
         peer = cls(proc, {})
         try:

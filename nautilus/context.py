@@ -462,13 +462,14 @@ class Context(_SettingFields):
                 self._ticket_keys = TicketKeys(self.ticket_key_rotation, self.ticket_lifetime)
             return self._ticket_keys
 
-    def _hello_replayed(self, random: bytes, now: float) -> bool:
+    def _hello_replayed(self, random: bytes, now: float, max_clock_skew: float) -> bool:
         """Record a client hello's random; True if it was seen within the window.
 
-        Entries live for twice ``max_clock_skew`` (any older hello is refused
-        by its timestamp anyway); the cache is bounded, oldest out first.
+        Entries live for twice ``max_clock_skew``, the setting the connection
+        checked the hello's timestamp with (any older hello is refused by its
+        timestamp anyway); the cache is bounded, oldest out first.
         """
-        return not self._seen_hellos.first_use(random, now + 2 * self.max_clock_skew + 1.0, now)
+        return not self._seen_hellos.first_use(random, now + 2 * max_clock_skew + 1.0, now)
 
     def __reduce__(self) -> NoReturn:
         raise TypeError(

@@ -1227,7 +1227,8 @@ class NautilusSocket(socket.socket):
             batch = [_as_buffer(m) for m in messages]
         except TypeError as exc:
             raise TypeError(f"a message must be bytes-like: {exc}") from None
-        limit = self._context.max_message_size
+        conn = self._conn  # the limit its connection was made with
+        limit = (self._context if conn is None else conn._cfg).max_message_size
         for m in batch:
             n = _nbytes(m)
             if n > limit:

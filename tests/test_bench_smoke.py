@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -277,14 +278,16 @@ def _peer_pids() -> set[int]:
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to list processes")
 def test_ctrl_c_stops_the_run_and_its_servers(tmp_path: Path) -> None:
-    """Interrupted, the bench says so in one line (no traceback), exits 130,
-    writes no result and leaves no server process behind."""
+    """Interrupted (SIGINT to its process group, as Ctrl-C in a terminal
+    does), the bench says so in one line (no traceback), exits 130, writes no
+    result and leaves no server process behind."""
     before = _peer_pids()
     output = tmp_path / "transport.json"
     proc = subprocess.Popen(
         [sys.executable, str(COMPARE), "--only=stream-64k", "--rounds=3", "--round-seconds=5",
          "--warmup=0", "--no-chart", "--no-uvloop", f"--output={output}"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # a process group of its own, as a terminal job has
     )  # fmt: skip
     try:
         assert proc.stderr is not None
@@ -292,7 +295,7 @@ def test_ctrl_c_stops_the_run_and_its_servers(tmp_path: Path) -> None:
             if "round 1/3" in line:
                 break
         assert _peer_pids() - before, "no server process was started"
-        proc.send_signal(signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C: to the whole group
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:

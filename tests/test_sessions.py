@@ -785,9 +785,18 @@ def test_a_ticket_is_used_only_by_a_context_with_the_identity_it_was_obtained_wi
 def test_cache_key_names_the_client_identity() -> None:
     assert SessionCache.key("srv", "h:1") == "srv h:1"
     assert SessionCache.key("srv", "h:1", None) == "srv h:1"
-    assert SessionCache.key("srv", "h:1", CLIENT.peer_id) == f"srv h:1 as {CLIENT.peer_id}"
+    assert SessionCache.key("srv", "h:1", CLIENT.peer_id) == f"{CLIENT.peer_id}\nsrv h:1"
+    # No address (free text) makes an anonymous key equal an identified one.
+    for address in (f"h:1 as {CLIENT.peer_id}", f"h:1\n{CLIENT.peer_id}", f"{CLIENT.peer_id}\n"):
+        assert SessionCache.key("srv", address) != SessionCache.key("srv", "h:1", CLIENT.peer_id)
+    assert SessionCache.key("*", f"{CLIENT.peer_id}\n* h:1") != SessionCache.key(
+        "*", "h:1", CLIENT.peer_id
+    )
     with pytest.raises(TypeError, match="client_id"):
         SessionCache.key("srv", "h:1", CLIENT)  # type: ignore[arg-type]
+    for server_id, client_id in ((f"{CLIENT.peer_id}\n*", None), ("*", "a b"), ("*", "a\nb")):
+        with pytest.raises(ValueError, match="peer ids"):
+            SessionCache.key(server_id, "h:1", client_id)
 
 
 def test_ticket_lifetime_is_bounded_to_seven_days() -> None:

@@ -983,6 +983,20 @@ def test_message_bounds_locally() -> None:
     assert peer.result() == [b"x" * 1000, b"", b"after"]
 
 
+def test_message_bound_is_the_one_the_connection_was_made_with() -> None:
+    """max_message_size lowered on the context after a connection was made is
+    for later connections: this one keeps its bound for what it sends, as its
+    Connection does (the socket checked the context's current value)."""
+    ctx = client_ctx(max_message_size=1000)
+    peer = Peer(lambda sock: sock.recv_message())
+    with connect(peer, context=ctx) as sock:
+        ctx.max_message_size = 10
+        sock.send_message(b"x" * 1000)
+        with pytest.raises(nautilus.MessageTooLarge, match="1000 bytes"):
+            sock.send_messages([b"x" * 1001])
+    assert peer.result() == b"x" * 1000
+
+
 def test_oversized_message_from_the_peer_is_a_protocol_violation() -> None:
     def handler(sock: NautilusSocket) -> None:
         assert sock.recv_message() == b"small"

@@ -1918,7 +1918,7 @@ class Connection:
                     f"client hello timestamp is {skew:.0f} s away from now "
                     f"(max_clock_skew={cfg.max_clock_skew:g})",
                 )
-            if ctx._hello_replayed(msg.random, self._now):
+            if ctx._hello_replayed(msg.random, self._now, cfg.max_clock_skew):
                 _abort(
                     ProtocolViolation,
                     AlertCode.REPLAYED_HELLO,
