@@ -61,7 +61,6 @@ import json
 import os
 import random
 import resource
-import signal
 import socket
 import ssl
 import struct
@@ -883,10 +882,6 @@ def main() -> int:
         "--max-connections", type=int, default=0, help="raise the open-files limit for this many"
     )
     args = parser.parse_args()
-    # (compare.py starts it in a session of its own, away from a terminal's
-    # Ctrl-C.) This process ends when compare.py closes its control channel
-    # (stdin), as it does on its way out, not in the middle of a connection.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     names = args.listeners.split(",") if args.listeners else list(LISTENERS)
     unknown = set(names) - set(LISTENERS)
     if unknown:

@@ -16,6 +16,7 @@ from protocol_helpers import (
     cached_identity,
     drain_events,
     event_types,
+    received_data,
     split_plain_handshake,
     split_records,
 )
@@ -794,6 +795,33 @@ def test_a_trust_rule_that_feeds_its_own_connection_fails_the_handshake() -> Non
     assert_closed_with(pair.client, pair.client_events, AuthenticationFailed)
     assert pair.server.is_closed
     assert not pair.client._in_hook  # (the flag does not outlive the rule)
+
+
+def test_a_server_closing_before_an_agreed_step_is_verified_sends_no_data() -> None:
+    """close() right after the server's flight sends what the server wrote
+    first only when nothing but the client's Finished is awaited: here the
+    client's step payload (a wrong password) is still to be checked, so the
+    data is not sent to it."""
+    sid = "example.com/password"
+
+    def check(ctx: StepContext, payload: bytes) -> None:
+        if payload != b"secret":
+            raise ValueError("wrong password")
+
+    pair = Pair.make(
+        server={"handshake": handshake_with(
+            CustomProtocolStep(sid, required=True, verify_client_payload=check)
+        )},
+        client={"handshake": handshake_with(
+            CustomProtocolStep(sid, client_payload=lambda ctx, p: b"wrong")
+        )},
+    )  # fmt: skip
+    pair.start()
+    pair.server.receive_data(pair.client.data_to_send(), NOW)
+    pair.server.send_data(b"for a client that passed the step only")
+    pair.server.close()
+    pair.client.receive_data(pair.server.data_to_send(), NOW)
+    assert received_data(drain_events(pair.client)) == b""
 
 
 # ------------------------------------------------------------ step id and count bounds

@@ -848,8 +848,9 @@ class Connection:
         Every secret of the connection is dropped (the record keys cleansed);
         from a handshake step's hook, the handshake stops there and nothing
         more is sent. Data written while the handshake was in progress is
-        sent first by a server that has sent its Finished and awaits no client
-        identity (as 0.5-RTT data: the client reads it once its own handshake
+        sent first by a server that has sent its Finished and awaits nothing
+        but the client's Finished (no client identity, no agreed step: as
+        0.5-RTT data, which the client reads once its own handshake
         completes); otherwise it is dropped, as the handshake is.
         """
         if self._state is State.CLOSED:
@@ -857,13 +858,10 @@ class Connection:
         if (
             self._pending
             and self._state in (State.SERVER_WAIT_FLIGHT, State.SERVER_WAIT_FINISHED)
-            and self._client_auth is ClientAuth.OFF
+            and self._awaits_only_finished()
             and not self._in_hook
         ):
-            # The server's application key is in use since its Finished.
-            pending, self._pending = self._pending, []
-            for ctype, data in pending:
-                self._seal_application(data, ctype)
+            self._flush_pending()  # the server's application key is in use since its Finished
         if self._state not in (State.CLIENT_START, State.SERVER_START):
             self._send_alert(AlertCode.CLOSE_NOTIFY)
         self._teardown()
@@ -965,10 +963,9 @@ class Connection:
         # Collected without close(): decrypted data goes all the same, unless
         # the application holds a view of it (DataReceived with data views).
         # The record states' keys are cleansed in C when their handles are freed.
-        if not getattr(self, "_lent", True):  # (unset if __init__ failed)
-            _wipe(self._scratch)
-        messages = getattr(self, "_messages", None)
-        if messages:
+        messages = getattr(self, "_messages", None)  # (unset if __init__ failed)
+        if messages is not None:
+            self._drop_scratch()
             _wipe(messages)
 
     def _drop_scratch(self) -> None:
@@ -2050,7 +2047,7 @@ class Connection:
         # can read an alert about its own flight.
         self._install(keys.server_app, None)
         self._sealer_fragment()
-        if self._client_auth is ClientAuth.OFF and not self._agreed and self._issues_tickets():
+        if self._awaits_only_finished() and self._issues_tickets():
             self._send_early_tickets()
         return State.SERVER_WAIT_FLIGHT
 
@@ -2321,9 +2318,18 @@ class Connection:
             if not self._expected_finished and self._issues_tickets():
                 self._send_tickets()
             keys.resumption = b""  # its tickets are made: a server needs it no more
+        self._flush_pending()
+
+    def _flush_pending(self) -> None:
+        """Seal what was written while the handshake was in progress."""
         pending, self._pending = self._pending, []
         for ctype, data in pending:
             self._seal_application(data, ctype)
+
+    def _awaits_only_finished(self) -> bool:
+        """(server) The client's flight can only be its Finished: no identity
+        asked, no step agreed (whose verification could still refuse it)."""
+        return self._client_auth is ClientAuth.OFF and not self._agreed
 
     def _issues_tickets(self) -> bool:
         """(server) Whether this handshake ends with session tickets."""
