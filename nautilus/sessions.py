@@ -535,18 +535,20 @@ def _sig(st: os.stat_result) -> _FileSig:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _lock_state(fd: int) -> tuple[int, int]:
-    """The write generation and the compaction epoch kept in the lock file's
-    first 16 bytes (two big-endian 64-bit numbers); what is missing counts as 0
-    (an empty lock file, or the 8-byte one of an earlier version).
+def _lock_head(fd: int) -> tuple[int, int, bytes | None]:
+    """What the lock file's first 32 bytes hold: the write generation and the
+    compaction epoch (two big-endian 64-bit numbers; what is missing counts as
+    0: an empty lock file, or the 8-byte one of an earlier version), then its
+    name (None if it has none yet).
 
     Raises:
         OSError: the lock file cannot be read.
     """
-    data = os.pread(fd, 16, 0)
+    data = os.pread(fd, 16 + _NONCE_BYTES, 0)
     generation = int.from_bytes(data[:8], "big") if len(data) >= 8 else 0
-    epoch = int.from_bytes(data[8:], "big") if len(data) == 16 else 0
-    return generation, epoch
+    epoch = int.from_bytes(data[8:16], "big") if len(data) >= 16 else 0
+    name = data[16:] if len(data) == 16 + _NONCE_BYTES else None
+    return generation, epoch, name
 
 
 def _ticket_id(ticket: StoredTicket) -> str:
@@ -676,6 +678,9 @@ class SessionCache:
         file is replaced (compacted), which the other caches then read whole."""
         self._lock_fd = -1
         """The locked lock file during an operation (-1: none, or not locked)."""
+        self._lock_counters = (0, 0)
+        """The lock file's generation and epoch, as read when it was locked
+        for the operation in progress (and as this cache wrote them since)."""
         self._lock_nonce: bytes | None = None
         """The name of the lock file this cache last locked: 16 random bytes
         that its first locker writes at offset 16 (after the counters). A lock
@@ -700,7 +705,7 @@ class SessionCache:
         self._lock_path = self._path.with_name(self._path.name + ".lock")
         # The lock file's state before the file (unlocked): a write in between
         # makes the next operation read the file again, never miss it.
-        self._generation, self._epoch = self._peek_lock_state()
+        self._generation, self._epoch, self._lock_nonce = self._peek_lock_state()
         raw, sig = self._read_file()  # a directory (even ".") raises here
         if raw is not None:
             self._load(raw, sig)
@@ -733,11 +738,8 @@ class SessionCache:
         return base if client_id is None else f"{client_id}\n{base}"
 
     def __len__(self) -> int:
-        with self._lock:
-            if self._path is None:
-                return sum(len(v) for v in self._entries.values())
-            with self._file_op():
-                return self._live
+        with self._lock, self._file_op():
+            return self._live
 
     def store(self, key: str, ticket: StoredTicket) -> None:
         """Keep ``ticket`` for the server ``key`` (see :meth:`key`).
@@ -751,21 +753,13 @@ class SessionCache:
             raise TypeError(f"ticket must be a StoredTicket, not {type(ticket).__name__}")
         with self._lock:
             if self._path is None:  # in memory (the common case): no file to hold
-                self._store_locked(key, ticket)
+                self._apply_store(key, ticket)
                 return
             with self._file_op():
                 line = _store_line(key, ticket)
                 self._apply_store(key, ticket)
                 self._lines[key, id(ticket)] = (ticket, line)
                 self._write_locked(line)
-
-    def _store_locked(self, key: str, ticket: StoredTicket) -> None:
-        tickets = self._entries.pop(key, [])
-        tickets.append(ticket)
-        del tickets[: -self.tickets_per_server]
-        self._entries[key] = tickets
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
 
     def take(self, key: str, now: float) -> StoredTicket | None:
         """Remove and return the newest unexpired ticket for ``key`` (single use,
@@ -780,44 +774,40 @@ class SessionCache:
             now = _seconds("now", now)
         with self._lock:
             if self._path is None:  # in memory (the common case): no file to hold
-                return self._take_locked(key, now)
+                return self._take_locked(key, now)[0]
             with self._file_op():
-                tickets = self._entries.get(key)
-                if not tickets:
-                    return None
-                # What _take_locked pops, named in one removal record: the
-                # ticket taken and the expired ones passed on the way.
-                found = None
-                removed: list[str] = []
-                for candidate in reversed(tickets):
-                    removed.append(_ticket_id(candidate))
-                    if not candidate.expired(now):
-                        found = candidate
-                        break
-                self._apply_removal(key, removed)
-                self._write_locked(_line({"op": "remove", "key": key, "ids": removed}))
+                found, popped = self._take_locked(key, now)
+                if popped:  # one removal record names them all, newest first
+                    ids = [_ticket_id(t) for t in popped]
+                    self._write_locked(_line({"op": "remove", "key": key, "ids": ids}))
                 return found
 
-    def _take_locked(self, key: str, now: float) -> StoredTicket | None:
+    def _take_locked(self, key: str, now: float) -> tuple[StoredTicket | None, list[StoredTicket]]:
+        """Pop ``key``'s tickets, newest first, up to the first unexpired one:
+        (that one or None, every ticket popped)."""
         tickets = self._entries.get(key)
         if not tickets:
-            return None
+            return None, []
         found = None
+        popped = []
         while tickets and found is None:
             candidate = tickets.pop()
+            popped.append(candidate)
             if not candidate.expired(now):
                 found = candidate
+        self._live -= len(popped)
         if tickets:
             self._entries.move_to_end(key)
         else:
             del self._entries[key]
-        return found
+        return found, popped
 
     def clear(self) -> None:
         """Forget every ticket (in the file too, for every cache that shares it)."""
         with self._lock:
             if self._path is None:
                 self._entries.clear()
+                self._live = 0
                 return
             with self._file_op():
                 self._entries.clear()
@@ -827,7 +817,9 @@ class SessionCache:
     # ------------------------------------------------- records, as every cache applies them
 
     def _apply_store(self, key: str, ticket: StoredTicket) -> None:
-        """A store record: as _store_locked, counting the tickets."""
+        """Keep ``ticket`` (store(), and a store record): the server becomes the
+        most recently used; its oldest ticket beyond tickets_per_server, and
+        the least recently used server beyond max_entries, go."""
         entries = self._entries
         tickets = entries.pop(key, [])
         live = self._live - len(tickets)
@@ -915,6 +907,19 @@ class SessionCache:
             )
         return raw, _sig(st)
 
+    def _follows(self, st: os.stat_result) -> bool:
+        """Whether ``st`` is the journal this cache follows: the same file (device
+        and inode), a regular file that only its owner may access, at least as
+        long as what this cache has applied."""
+        seen = self._file_sig
+        return (
+            seen is not None
+            and (st.st_dev, st.st_ino) == seen[:2]
+            and stat.S_ISREG(st.st_mode)
+            and not stat.S_IMODE(st.st_mode) & 0o077
+            and st.st_size >= self._offset
+        )
+
     def _read_tail(self) -> tuple[bytes, _FileSig] | None:
         """What the file holds past the part this cache has applied, and the
         file's signature; None if the path no longer holds the journal this
@@ -938,12 +943,7 @@ class SessionCache:
         chunks = []
         try:
             st = os.fstat(fd)
-            if (
-                (st.st_dev, st.st_ino) != seen[:2]
-                or not stat.S_ISREG(st.st_mode)
-                or st.st_size < offset
-                or stat.S_IMODE(st.st_mode) & 0o077
-            ):
+            if not self._follows(st):
                 return None
             os.lseek(fd, offset - 1, os.SEEK_SET)
             want = st.st_size - offset + 1
@@ -1072,22 +1072,23 @@ class SessionCache:
             finally:
                 self._lock_fd = -1
 
-    def _peek_lock_state(self) -> tuple[int | None, int | None]:
-        """The lock file's generation and epoch, read without locking (None: unknown)."""
+    def _peek_lock_state(self) -> tuple[int | None, int | None, bytes | None]:
+        """The lock file's generation, epoch and name, read without locking
+        (None: unknown)."""
         if _fcntl is None:
-            return None, None
+            return None, None, None
         try:
             fd = os.open(self._lock_path, os.O_RDONLY | _OPEN_FLAGS)
         except FileNotFoundError:
-            return 0, 0  # no cache has written the file under the lock yet
+            return 0, 0, None  # no cache has written the file under the lock yet
         except OSError:
-            return None, None
+            return None, None, None
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return None, None
-            return _lock_state(fd)
+                return None, None, None
+            return _lock_head(fd)
         except OSError:
-            return None, None
+            return None, None, None
         finally:
             os.close(fd)
 
@@ -1118,14 +1119,15 @@ class SessionCache:
                 os.close(fd)
                 raise
             if now is not None and (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
-                try:
-                    nonce = os.pread(fd, _NONCE_BYTES, 16)
-                    if len(nonce) < _NONCE_BYTES:  # a new lock file: name it
+                try:  # (read once: the counters are kept for the operation)
+                    generation, epoch, nonce = _lock_head(fd)
+                    if nonce is None:  # a new lock file: name it
                         nonce = secrets.token_bytes(_NONCE_BYTES)
                         os.pwrite(fd, nonce, 16)
                 except BaseException:
                     os.close(fd)
                     raise
+                self._lock_counters = (generation, epoch)
                 if nonce != self._lock_nonce:
                     if self._lock_nonce is not None:
                         self._generation = self._epoch = None  # its counters restarted
@@ -1143,9 +1145,6 @@ class SessionCache:
             try:
                 fd = self._lock_file()
             except OSError as exc:
-                if fd >= 0:
-                    os.close(fd)
-                    fd = -1
                 self._failed(
                     "lock",
                     f"cannot be locked ({exc.strerror or type(exc).__name__}): "
@@ -1223,34 +1222,19 @@ class SessionCache:
         """What to read of the file (``st``, the lock file's ``state``): "none",
         "tail" (only lines were appended) or "whole"."""
         seen = self._file_sig
-        if (
-            seen is None
-            or (st.st_dev, st.st_ino) != seen[:2]
-            or not stat.S_ISREG(st.st_mode)
-            or stat.S_IMODE(st.st_mode) & 0o077  # read whole: refused, and logged
-            or (state is not None and state[1] != self._epoch)
-        ):
-            return "whole"
+        if not self._follows(st) or (state is not None and state[1] != self._epoch):
+            return "whole"  # (one open to others is then refused, and logged)
+        assert seen is not None
         changed = state[0] != self._generation if state is not None else _sig(st) != seen
         if self._rewrite:  # not a journal this cache follows: read it again if it changed
             return "whole" if changed or _sig(st) != seen else "none"
         if st.st_size > self._offset:
             return "tail"
-        if st.st_size < self._offset:
-            return "whole"
         return "whole" if changed else "none"  # the same size, yet rewritten: read it whole
 
     def _locked_state(self) -> tuple[int, int] | None:
-        """The lock file's generation and epoch under the lock (None: not
-        locked, or the lock file cannot be read: logged)."""
-        if self._lock_fd < 0:
-            return None
-        try:
-            return _lock_state(self._lock_fd)
-        except OSError as exc:
-            why = exc.strerror or type(exc).__name__
-            self._failed("generation", f"lock file cannot be read ({why})")
-            return None
+        """The lock file's generation and epoch under the lock (None: not locked)."""
+        return None if self._lock_fd < 0 else self._lock_counters
 
     def _write_locked(self, line: bytes) -> None:
         """Write one change (``line``, a record already applied to memory):
@@ -1285,14 +1269,8 @@ class SessionCache:
             return False  # gone, a symbolic link now, read-only: replace it
         try:
             st = os.fstat(fd)
-            if (
-                (st.st_dev, st.st_ino) != seen[:2]
-                or not stat.S_ISREG(st.st_mode)
-                or st.st_size < offset
-                or (st.st_size > offset and self._lock_fd < 0)
-                or stat.S_IMODE(st.st_mode) & 0o077  # no secret written to it: replace it
-            ):
-                return False
+            if not self._follows(st) or (st.st_size > offset and self._lock_fd < 0):
+                return False  # (one open to others gets no secret: it is replaced)
             if st.st_size > offset and not self._past_offset(path, offset, st):
                 return False  # not a journal this cache can append to now: replace it
             offset = self._offset
@@ -1401,7 +1379,7 @@ class SessionCache:
         if self._lock_fd < 0:
             return
         try:
-            generation, epoch = _lock_state(self._lock_fd)
+            generation, epoch = self._lock_counters
             generation = (generation + 1) % 2**64
             if replaced:
                 epoch = (epoch + 1) % 2**64
@@ -1413,7 +1391,7 @@ class SessionCache:
                 "other caches sharing it may miss this change",
             )
         else:
-            self._generation, self._epoch = generation, epoch
+            self._generation, self._epoch = self._lock_counters = generation, epoch
             self._works("generation")
 
     def _failed(self, action: str, problem: str) -> None:
@@ -1434,7 +1412,7 @@ class SessionCache:
     def __repr__(self) -> str:
         where = f" file={str(self._path)!r}" if self._path else ""
         with self._lock:  # what this cache holds now: no file access in a repr
-            count = sum(len(v) for v in self._entries.values())
+            count = self._live
         return f"<SessionCache {count} tickets{where}>"
 
 
