@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from nautilus._fork import renew_locks_after_fork
 from nautilus.identity import Identity, PeerKey, TrustStore
 from nautilus.kem import GROUPS
 from nautilus.protocol.keypool import KeyPool
@@ -329,6 +330,7 @@ class Context(_SettingFields):
     ) -> None:
         self._replay_lock = threading.Lock()
         self._settings_lock = threading.Lock()
+        renew_locks_after_fork(self, "_replay_lock", "_settings_lock")
         self._settings: _Settings | None = None  # made once every setting is set
         self._ticket_keys: TicketKeys | None = None
         settings: dict[str, object] = {

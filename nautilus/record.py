@@ -19,6 +19,7 @@ import threading
 from typing import Any, NamedTuple, NoReturn, TypeVar, cast
 
 from nautilus import _bindings as _b
+from nautilus._fork import renew_locks_after_fork
 from nautilus.exceptions import ClosedError, IntegrityError
 
 __all__ = [
@@ -591,13 +592,14 @@ class AEAD:
         TypeError, ValueError: unknown cipher or wrong key length.
     """
 
-    __slots__ = ("_cipher", "_handle", "_lock")
+    __slots__ = ("__weakref__", "_cipher", "_handle", "_lock")
 
     def __init__(self, cipher: str, key: bytes) -> None:
         self._cipher = _cipher_name(cipher)
         k = _b.as_bytes("key", key, _b.AEAD_KEY_BYTES[self._cipher])
         self._handle = _b.aead_new(self._cipher, True, k, bytes(IV_SIZE))
         self._lock = threading.Lock()
+        renew_locks_after_fork(self, "_lock")
 
     def encrypt(self, nonce: bytes, data: bytes, associated_data: bytes = b"") -> bytes:
         """Return ciphertext || 16-byte tag.

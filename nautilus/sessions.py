@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from nautilus._fork import renew_locks_after_fork
 from nautilus.exceptions import IdentityFileError
 from nautilus.identity import _check_time as _seconds
 from nautilus.protocol.codec import DecodeError, Reader, Writer
@@ -177,6 +178,7 @@ class TicketKeys:
     def __init__(self, rotation: float, lifetime: float) -> None:
         self._rotation, self._lifetime = check_ticket_timing(rotation, lifetime)
         self._lock = threading.Lock()
+        renew_locks_after_fork(self, "_lock")
         self._current: _Key | None = None
         # Retired keys in retirement order, with the time each retired: each
         # still opens tickets for one lifetime (a ticket sealed just before
@@ -317,6 +319,7 @@ class ReplayCache:
 
     def __init__(self, max_entries: int, *, evict_when_full: bool) -> None:
         self._lock = threading.Lock()
+        renew_locks_after_fork(self, "_lock")
         self._seen: OrderedDict[bytes, float] = OrderedDict()
         self._max = max_entries
         self._evict = evict_when_full
@@ -1452,6 +1455,7 @@ class SessionTable:
         if max_sessions < 1:
             raise ValueError(f"max_sessions must be at least 1, got {max_sessions}")
         self._lock = threading.Lock()
+        renew_locks_after_fork(self, "_lock")
         self._conns: weakref.WeakSet[Connection] = weakref.WeakSet()
         self._max = max_sessions
         self.dropped = 0

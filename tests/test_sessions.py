@@ -1499,3 +1499,49 @@ def test_session_api_is_exported_from_the_package() -> None:
 
     names = ("SessionCache", "EarlyDataReceived", "EarlyDataRejected")
     assert [n for n in names if not hasattr(nautilus, n)] == []
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_while_locks_were_held_can_use_the_context() -> None:
+    """fork() while other threads hold a Context's locks (settings, ticket
+    keys, replay caches, the session table, the ticket AEAD): the child, which
+    has none of those threads, gets new locks and works, where it used to wait
+    for ever."""
+    import signal
+
+    ctx = Context(SERVER, early_data=True)
+    keys = ctx.ticket_keys
+    contents_now = NOW
+    sealed = keys.seal(_contents(), contents_now)
+    current = keys._current
+    assert current is not None
+    held = [
+        ctx._settings_lock,
+        ctx._replay_lock,
+        keys._lock,
+        ctx._early_replay._lock,
+        ctx._seen_hellos._lock,
+        ctx.sessions._lock,
+        current.aead._lock,
+    ]
+    for lock in held:
+        lock.acquire()  # as other threads would, at the instant of the fork
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child
+            code = 1
+            try:
+                signal.alarm(10)  # a hang ends the child, and fails the test
+                ctx.client_auth = "optional"
+                assert keys.open(sealed, contents_now) is not None
+                assert ctx._early_replay.first_use(b"t", NOW + 10, NOW)
+                assert not ctx._hello_replayed(b"r" * 32, NOW, 120.0)
+                assert len(ctx.sessions) == 0
+                code = 0
+            finally:
+                os._exit(code)
+    finally:
+        for lock in held:
+            lock.release()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
