@@ -137,14 +137,21 @@ def test_early_data_is_accepted_once_before_the_handshake_completes() -> None:
     assert received_data(q.server_events) == b" then more"  # the early data is not repeated
 
 
-def test_early_data_arrives_with_the_first_flight() -> None:
-    """The point of 0-RTT: the server has the request before any round trip."""
+def first_flight_with_early_data() -> Pair:
+    """A resuming pair whose server has read only the client's first flight,
+    and accepted its early data (REQUEST)."""
     p = first_session()
     q = Pair(p.client_ctx, p.server_ctx, {"server_name": SERVER_NAME})
     q.client.start(NOW, early_data=REQUEST)
     q.server.start(NOW)
     q.server.receive_data(q.client.data_to_send(), NOW)
     assert drain_events(q.server) == [EarlyDataReceived(REQUEST)]
+    return q
+
+
+def test_early_data_arrives_with_the_first_flight() -> None:
+    """The point of 0-RTT: the server has the request before any round trip."""
+    q = first_flight_with_early_data()
     assert not q.server.handshake_complete
 
 
@@ -510,12 +517,7 @@ def test_a_server_that_answers_early_data_and_closes_at_once_delivers_its_answer
     client's Finished: the reply goes first (0.5-RTT, under the server's
     application key), then close_notify. It was dropped, and the client saw a
     clean end without it."""
-    p = first_session()
-    q = Pair(p.client_ctx, p.server_ctx, {"server_name": SERVER_NAME})
-    q.client.start(NOW, early_data=REQUEST)
-    q.server.start(NOW)
-    q.server.receive_data(q.client.data_to_send(), NOW)
-    assert drain_events(q.server) == [EarlyDataReceived(REQUEST)]
+    q = first_flight_with_early_data()
     q.server.send_data(b"200 OK")
     q.server.close()
     q.client.receive_data(q.server.data_to_send(), NOW)

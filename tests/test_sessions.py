@@ -824,13 +824,10 @@ def test_lifetime_announced_by_the_server_is_what_the_client_keeps() -> None:
     assert ticket.received == NOW
 
 
-def test_a_connection_keeps_the_settings_its_context_had_when_it_was_made() -> None:
-    """Settings assigned (by another thread) while a handshake is in flight
-    are for later connections: one handshake never mixes two values of a
-    setting. Under client authentication a server sends its tickets after
-    the client's Finished; it used to decide on them with the values of that
-    moment, after choosing the mode at the hello."""
-    p = Pair.make(
+def _mutual_pair_issuing_two_tickets() -> Pair:
+    """A server requiring CLIENT's identity and sending two tickets (after the
+    client's Finished, as under client authentication), not yet started."""
+    return Pair.make(
         server={
             "tickets_per_handshake": 2,
             "client_auth": "required",
@@ -839,6 +836,15 @@ def test_a_connection_keeps_the_settings_its_context_had_when_it_was_made() -> N
         client={"identity": CLIENT},
         server_name=SERVER_NAME,
     )
+
+
+def test_a_connection_keeps_the_settings_its_context_had_when_it_was_made() -> None:
+    """Settings assigned (by another thread) while a handshake is in flight
+    are for later connections: one handshake never mixes two values of a
+    setting. Under client authentication a server sends its tickets after
+    the client's Finished; it used to decide on them with the values of that
+    moment, after choosing the mode at the hello."""
+    p = _mutual_pair_issuing_two_tickets()
     p.start()
     p.server.receive_data(p.client.data_to_send(), NOW)  # the hello
     p.server_ctx.tickets_per_handshake = 0
@@ -917,15 +923,7 @@ def test_new_session_ticket_sent_by_a_client_is_a_protocol_violation() -> None:
 def test_tickets_carry_nothing_in_clear() -> None:
     """Neither identity key, nor the PSK, nor the ticket contents are visible on
     the wire, in the full handshake that issues tickets or in a resumption."""
-    p = Pair.make(
-        server={
-            "tickets_per_handshake": 2,
-            "client_auth": "required",
-            "trusted_peers": [CLIENT.public],
-        },
-        client={"identity": CLIENT},
-        server_name=SERVER_NAME,
-    )
+    p = _mutual_pair_issuing_two_tickets()
     full = Flights()
     p.connect(full)
     q = resume(p, intercept=(resumed := Flights()))
