@@ -4,6 +4,7 @@
 #                with ssl and plaintext: table, benchmarks/results/latest.json and latest.png);
 #                QUICK=1: a short run (under 2 minutes)
 #   make bench-transport  only the comparison with ssl and plaintext (QUICK=1 too)
+#   make bench-rr-floor   request/response: the bare-asyncio floor beside plain, ssl, Nautilus
 #   make lint    ruff check, ruff format --check, mypy --strict
 #   make asan    rebuild the C core with ASan/UBSan and run the test suite on it
 #   make clean   remove build products (keeps the OpenSSL build); distclean: all
@@ -17,7 +18,7 @@ C_SOURCES := $(wildcard csrc/*.c csrc/*.h csrc/cdef/*.h) build_ffi.py nautilus/_
 PYTEST_ARGS ?=
 ASAN_DIR := build/asan
 
-.PHONY: all build openssl test bench bench-transport bench-micro lint format asan clean distclean
+.PHONY: all build openssl test bench bench-transport bench-rr-floor bench-micro lint format asan clean distclean
 
 all: build
 
@@ -55,6 +56,9 @@ bench: build
 bench-transport: build
 	@$(BENCH_CHART)
 	$(PY) benchmarks/compare.py $(BENCH_QUICK)
+
+bench-rr-floor: build
+	$(PY) benchmarks/rr_floor.py
 
 bench-micro: build
 	$(PY) -m pytest benchmarks --benchmark-only --benchmark-columns=min,median,ops -q

@@ -309,3 +309,29 @@ def test_ctrl_c_stops_the_run_and_its_servers(tmp_path: Path) -> None:
     while (left := _peer_pids() - before) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not left, f"server processes left running: {sorted(left)}"
+
+
+SHORT_FLOOR_RUN = ("--rounds", "1", "--round-seconds", "0.3")
+
+
+def test_rr_floor_runs_every_contender_and_states_the_bound() -> None:
+    """benchmarks/rr_floor.py (make bench-rr-floor): one short round each;
+    every contender completes round trips whose echo it checked, and the
+    bound line is derived from the figures printed above it."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "rr_floor.py"), *SHORT_FLOOR_RUN],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    rates = {}
+    for line in lines[1:5]:
+        name, rate = line.split()[:2]
+        rates[name] = float(rate.replace(",", ""))
+    assert set(rates) == {"floor", "plain", "ssl", "nautilus"}
+    assert all(rate > 0 for rate in rates.values())
+    said = lines[5].split("at most ", 1)[1].split("x ssl", 1)[0]
+    assert float(said) == pytest.approx(rates["floor"] / rates["ssl"], abs=0.006)
