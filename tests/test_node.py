@@ -661,6 +661,35 @@ def test_connect_times_out_when_the_peer_sends_no_hello() -> None:
     run(main())
 
 
+def test_the_hello_wait_is_the_timeout_the_connection_was_made_with(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A handshake_timeout assigned after a connection was made is for later
+    connections: the node hello of this one is still bounded by the old value."""
+    original = Node._link_made
+
+    def raise_timeout_first(self: Node, link: Any) -> None:
+        self._context.handshake_timeout = 30.0  # (as another thread might, meanwhile)
+        original(self, link)
+
+    monkeypatch.setattr(Node, "_link_made", raise_timeout_first)
+
+    async def main() -> None:
+        server, _made = await silent_peer(IDS[1])
+        port = server.sockets[0].getsockname()[1]
+        ctx = node_ctx(IDS[0], handshake_timeout=0.5)
+        async with Node(ctx, HOST, 0) as a:
+            started = time.monotonic()
+            with pytest.raises(nautilus.HandshakeTimeout, match=r"no node hello within 0\.5 s"):
+                await asyncio.wait_for(a.connect((HOST, port), IDS[1].peer_id), 5)
+            assert time.monotonic() - started < 3.0
+            assert ctx.handshake_timeout == 30.0
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
 def test_listener_drops_a_dialler_that_sends_no_hello() -> None:
     async def main() -> None:
         async with Node(node_ctx(IDS[0], trusted=[IDS[1]], handshake_timeout=0.5)) as node:

@@ -362,6 +362,12 @@ class NautilusTransport(asyncio.Transport):
         """
         return self._conn.export_keying_material(label, context, length)
 
+    @property
+    def _handshake_timeout(self) -> float:
+        """The handshake_timeout this connection was made with (its context's
+        settings snapshot, not the context's current value)."""
+        return self._conn._cfg.handshake_timeout
+
     def __repr__(self) -> str:
         state = "closing" if self.is_closing() else "open"
         return f"<nautilus.asyncio.NautilusTransport {self._conn.role} {state}>"

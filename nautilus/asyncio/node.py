@@ -591,7 +591,8 @@ class Node:
     from peers the context does not trust are refused during the handshake.
     The context's ``handshake_timeout`` also bounds the node hello: a
     connection whose peer sends none within that time after the handshake
-    is dropped, in either direction.
+    is dropped, in either direction (the value the context had when the
+    connection was made, as for the handshake itself).
 
     Args:
         context: the node's :class:`nautilus.Context`.
@@ -935,7 +936,8 @@ class Node:
         self._links.add(link)
         link.local_sid = self._sid(link.peer_id)
         link.send_frame(_HELLO, _VERSION, link.local_sid, link.nonce)
-        link.wait_for_hello(self._context.handshake_timeout)
+        assert link.transport is not None
+        link.wait_for_hello(link.transport._handshake_timeout)  # the connection's own setting
 
     def _link_ready(self, link: _NodeLink) -> None:
         """Both HELLOs are in: the connection joins a session (or waits, or goes)."""
