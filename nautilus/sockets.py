@@ -52,6 +52,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from nautilus import _bindings as _b
+from nautilus._fork import renew_locks_after_fork
 from nautilus._native import ffi as _ffi
 from nautilus._native import lib as _lib
 from nautilus.context import Context
@@ -306,6 +307,8 @@ class NautilusSocket(socket.socket):
         self._hs_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._state_lock = threading.Lock()
+        # (A child forked while a thread was inside a call would wait for ever.)
+        renew_locks_after_fork(self, "_read_lock", "_hs_lock", "_write_lock", "_state_lock")
         self._rbuf = bytearray(_RECV_FIRST)
         self._rview = memoryview(self._rbuf)
         self._rdata = b""

@@ -1958,3 +1958,36 @@ def test_output_a_reader_queued_goes_before_the_next_piece_of_a_large_sendall() 
         got, peer_updates = peer.result()
     assert got == payload
     assert peer_updates == 2  # its own update and the client's answer
+
+
+def test_a_child_forked_while_the_socket_locks_were_held_gets_new_ones() -> None:
+    """fork() while other threads are inside calls on a NautilusSocket (its
+    read, write, handshake and state locks held): the child, which has none
+    of those threads, gets unlocked locks instead of waiting for ever."""
+    import signal
+
+    peer = Peer(echo)
+    with connect(peer) as sock:
+        held = [sock._read_lock, sock._write_lock, sock._hs_lock, sock._state_lock]
+        for lock in held:
+            lock.acquire()  # as other threads would, at the instant of the fork
+        try:
+            pid = os.fork()
+            if pid == 0:  # the child: it neither sends nor reads on the parent's session
+                code = 1
+                try:
+                    signal.alarm(10)  # a hang ends the child, and fails the test
+                    now = [sock._read_lock, sock._write_lock, sock._hs_lock, sock._state_lock]
+                    assert not any(lock.locked() for lock in now)
+                    assert len(sock.export_keying_material(b"fork test", b"", 32)) == 32
+                    code = 0
+                finally:
+                    os._exit(code)
+        finally:
+            for lock in held:
+                lock.release()
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        sock.sendall(b"still usable in the parent")
+        assert recv_exactly(sock, 26) == b"still usable in the parent"
+    assert peer.result() == 26
