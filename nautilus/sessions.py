@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import re
 import secrets
 import stat
 import tempfile
@@ -536,6 +537,24 @@ the cache writing to it holds tickets, plus this many."""
 
 def _sig(st: os.stat_result) -> _FileSig:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _remove_leftovers(path: Path) -> None:
+    """Delete the temporary files of compactions that never finished (the
+    process was killed between writing one and renaming it): each holds
+    tickets, PSKs included. Called with the file's lock held, when no other
+    cache is compacting, so every such file there is a leftover. Only names
+    that ``tempfile.mkstemp`` gives for this file are touched."""
+    pattern = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}" + re.escape(".tmp"))
+    try:
+        with os.scandir(path.parent) as entries:
+            names = [e.name for e in entries if pattern.fullmatch(e.name)]
+    except OSError:
+        return
+    for name in names:
+        with contextlib.suppress(OSError):
+            os.unlink(path.parent / name)
+            log.warning("nautilus: removed %s, left by an unfinished compaction", name)
 
 
 def _lock_head(fd: int) -> tuple[int, int, bytes | None]:
@@ -1343,6 +1362,7 @@ class SessionCache:
         data = _JOURNAL_HEADER
         if body:
             data += b"\n".join(body) + b"\n"
+        _remove_leftovers(path)
         tmp: Path | None = None
         try:
             # mkstemp: a new file (O_EXCL) with mode 0600, never one left by someone else.

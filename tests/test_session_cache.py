@@ -1440,3 +1440,28 @@ def test_a_fifo_at_the_path_is_refused_not_waited_on(tmp_path: Path) -> None:
     cache = SessionCache(path=path)
     cache.store("s", ticket(1))
     assert number(SessionCache(path=path).take("s", NOW)) == 1
+
+
+def test_a_compaction_removes_the_temporary_files_of_unfinished_ones(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A process killed between writing a compacted file and renaming it left
+    that file, PSKs included: the next compaction (made under the lock, when
+    no other is in progress) deletes it, and nothing else."""
+    path = tmp_path / "tickets.json"
+    leftover = tmp_path / ".tickets.json.k3_x9q0z.tmp"  # a name mkstemp gives
+    leftover.write_bytes(b"a compacted journal, with its PSKs")
+    kept = [
+        tmp_path / ".tickets.json.short.tmp",  # not mkstemp's 8 characters
+        tmp_path / ".other.json.k3_x9q0z.tmp",  # another cache's
+        tmp_path / "tickets.json.bak",
+    ]
+    for other in kept:
+        other.write_bytes(b"x")
+    cache = SessionCache(path=path)
+    with caplog.at_level(logging.WARNING, logger="nautilus.sessions"):
+        cache.store("s", ticket(1))  # the first write makes the file: a compaction
+    assert not leftover.exists()
+    assert all(other.exists() for other in kept)
+    assert any(".tickets.json.k3_x9q0z.tmp" in r.getMessage() for r in caplog.records)
+    assert view(SessionCache(path=path)) == [("s", [1])]
