@@ -1006,3 +1006,55 @@ def test_wrong_version_is_refused() -> None:
             assert node.peers == {}
 
     run(main())
+
+
+def test_closing_the_old_channel_starts_the_peers_next_session() -> None:
+    """The peer began a new session (its connection is held, rule 3) before
+    this side closed the old channel. The close ends the old session only: the
+    held connection starts the new one, which accept() reports with what it
+    carried. It used to be refused as part of the closed session and closed
+    cleanly, so the peer read a clean end and its messages were lost with no
+    error on either side."""
+
+    async def main() -> None:
+        async with fake_node() as node:
+            old = await fake_dial(node, IDS[1], b"\x01" * 16, b"\x0a" * 16)
+            first = await asyncio.wait_for(node.accept(), 5)
+            await old.expect(START)
+            new = await fake_dial(node, IDS[1], b"\x02" * 16, b"\x0b" * 16)  # the next session
+            await until(lambda: bool(node._held.get(IDS[1].peer_id)), "the node holds it")
+            new.frame(START, 0)
+            new.send(b"sent in the next session")
+            first.close()
+            assert await asyncio.wait_for(old.lost, 5) is None  # the old session: closed
+            second = await asyncio.wait_for(node.accept(), 5)
+            assert second is not first
+            assert await asyncio.wait_for(second.recv_message(), 5) == b"sent in the next session"
+            await new.expect(START)
+            second.send_message(b"answer")
+            assert await asyncio.wait_for(new.messages.get(), 5) == b"answer"
+            assert not new.lost.done()
+
+    run(main())
+
+
+def test_a_node_channel_close_the_peer_never_read_fails_wait_closed() -> None:
+    """As for a channel of one connection: when close() gives up on a peer
+    that does not read (5 s), what it had not read is lost, and wait_closed()
+    raises ConnectionLost instead of returning as after a clean close."""
+
+    async def main() -> None:
+        async with Node(node_ctx(IDS[0])) as a, Node(node_ctx(IDS[1]), max_queue=4) as b:
+            ab = await a.connect(b.address, b.peer_id)
+            await asyncio.wait_for(b.accept(), 5)  # never read
+            while True:  # until the peer's buffers and ours are full
+                ab.send_message(bytes(60_000))
+                try:
+                    await asyncio.wait_for(ab.drain(), 0.3)
+                except asyncio.TimeoutError:
+                    break
+            ab.close()
+            with pytest.raises(nautilus.ConnectionLost, match="had not read"):
+                await asyncio.wait_for(ab.wait_closed(), 15)
+
+    run(main(), 40)

@@ -188,6 +188,7 @@ class _NodeLink(_Link):
         self.ready = False  # both HELLOs exchanged
         self.session: _Session | None = None
         self.ended = False  # close_notify or failure seen (or closed here)
+        self.aborted = False  # dropped here: its end is no close_notify from the peer
         self.joined: asyncio.Future[_Session] | None = None
         self._hello_timer: asyncio.TimerHandle | None = None  # the peer's HELLO is overdue
         if dialled:  # Node._dial waits on it; if it gave up, the outcome is not news
@@ -246,8 +247,14 @@ class _NodeLink(_Link):
         self._end(None)
         return False
 
+    def abort(self) -> None:
+        self.aborted = True
+        super().abort()
+
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
+        if exc is None and self.aborted:  # (asyncio reports an abort as a clean end)
+            exc = ConnectionLost("the connection was aborted")
         self._end(exc)
         self.node._link_gone(self)
 
@@ -499,7 +506,13 @@ class _Session(_Route):
     # --------------------------------------------------------- endings
 
     def link_ended(self, link: _NodeLink, exc: BaseException | None) -> None:
-        if self.state in (_CLOSED, _FAILED, _ENDED):
+        if self.state == _CLOSED:
+            if exc is not None and self.channel._error is None:
+                # Our close did not complete (a peer that did not read): what
+                # was sent may be lost, and wait_closed() says so.
+                self.channel._error = exc
+            return
+        if self.state in (_FAILED, _ENDED):
             return
         if link.retired and link.done_received:
             pass  # a tie-break loser, closed once both sides said DONE
@@ -988,7 +1001,15 @@ class Node:
             del self._sessions[peer_id]
         if peer_id in self._sessions:
             return
-        if renew and self._sids.get(peer_id) == session.local_sid:
+        held = self._held.get(peer_id)
+        if (
+            renew
+            and self._sids.get(peer_id) == session.local_sid
+            and not (held and any(not link.ended for link in held))
+        ):
+            # (A held connection is the peer's next session, announced with
+            # our current id: it starts now, under that id, rather than being
+            # refused as part of the session that just ended.)
             self._sids[peer_id] = os.urandom(_ID_SIZE)
         for link in self._held.pop(peer_id, []):
             if not link.ended:
