@@ -506,6 +506,42 @@ def test_on_peer_callback_and_accept() -> None:
     run(main())
 
 
+def test_on_peer_tasks_of_a_run_outlive_a_restart() -> None:
+    """A restart (close, wait_closed, start) keeps the previous run's on_peer
+    tasks referenced until they end: the event loop holds tasks only weakly,
+    and they used to be dropped with the rest of the run's state, so a
+    garbage collection destroyed one still pending (its coroutine closed)."""
+    import gc
+
+    async def main() -> None:
+        started = asyncio.Event()
+        finished: list[str] = []
+
+        async def lingers(channel: Channel) -> None:
+            started.set()
+            try:
+                await asyncio.get_running_loop().create_future()  # held by nothing else
+            finally:
+                finished.append("ended")
+
+        server = Node(node_ctx(IDS[0]), on_peer=lingers)
+        async with server, Node(node_ctx(IDS[1])) as client:
+            await client.connect(server.address, server.peer_id)
+            await asyncio.wait_for(started.wait(), 5)
+            server.close()
+            await server.wait_closed()
+            await server.start()
+            gc.collect()
+            await asyncio.sleep(0)
+            assert finished == []  # still pending, not destroyed
+            (task,) = server._tasks
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            assert finished == ["ended"]
+
+    run(main())
+
+
 def test_on_peer_errors_are_logged(caplog: pytest.LogCaptureFixture) -> None:
     def fails(channel: Channel) -> None:
         raise RuntimeError("boom")

@@ -655,6 +655,9 @@ class Node:
         self._running = False
         self._server: asyncio.Server | None = None
         self._address: tuple[str, int] | None = None
+        # The on_peer tasks, held until they end (a restart keeps those of the
+        # previous run: the loop itself holds tasks only weakly).
+        self._tasks: set[asyncio.Future[Any]] = set()
         self._reset()
 
     def _reset(self) -> None:
@@ -664,7 +667,6 @@ class Node:
         self._links: set[_NodeLink] = set()
         self._accepted: deque[Channel] = deque()
         self._accept_waiter: asyncio.Future[None] | None = None
-        self._tasks: set[asyncio.Future[Any]] = set()
         self._dials: set[asyncio.Future[Channel]] = set()  # dials in progress
         self._stopped: asyncio.Future[None] | None = None
 
