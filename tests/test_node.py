@@ -127,6 +127,9 @@ def test_connect_argument_checks() -> None:
                 await a.connect(a.address, a.peer_id)
             with pytest.raises(TypeError, match="address"):
                 await a.connect("127.0.0.1:1", IDS[1].peer_id)  # type: ignore[arg-type]
+            with pytest.raises(ValueError, match=r"port must be in 1\.\.65535, got 0"):
+                await a.connect(("127.0.0.1", 0), IDS[1].peer_id)  # port 0: only to listen on
+            assert a.connection_count() == 0
             with pytest.raises(nautilus.InvalidKey):
                 await a.connect(a.address, "not a peer id")
             with pytest.raises(TypeError, match="RetryPolicy"):

@@ -585,13 +585,14 @@ def _peer_id_of(peer: object) -> str:
     raise TypeError(f"expected_peer must be a PeerKey or a peer id, not {type(peer).__name__}")
 
 
-def _check_host_port(host: object, port: object) -> tuple[str, int]:
+def _check_host_port(host: object, port: object, *, lowest: int = 0) -> tuple[str, int]:
+    """``lowest`` 1 for an address to dial (port 0 is only for listening)."""
     if not isinstance(host, str):
         raise TypeError(f"host must be a str, not {type(host).__name__}")
     if not isinstance(port, int) or isinstance(port, bool):
         raise TypeError(f"port must be an int, not {type(port).__name__}")
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port must be in 0..65535, got {port}")
+    if not lowest <= port <= 65535:
+        raise ValueError(f"port must be in {lowest}..65535, got {port}")
     return host, port
 
 
@@ -796,7 +797,8 @@ class Node:
         (see :class:`RetryPolicy`); cancelling the call stops it at once.
 
         Raises:
-            TypeError, ValueError: a malformed address or peer id, or this node's own id.
+            TypeError, ValueError: a malformed address (port 0 included) or peer id, or
+                this node's own id.
             nautilus.ClosedError: the node is not running, or was closed meanwhile.
             OSError: the TCP connection failed (after the retries).
             nautilus.AuthenticationFailed: the peer is not ``expected_peer``,
@@ -808,7 +810,7 @@ class Node:
         """
         if not isinstance(address, tuple) or len(address) != 2:
             raise TypeError("address must be a (host, port) tuple")
-        host, port = _check_host_port(*address)
+        host, port = _check_host_port(*address, lowest=1)
         peer_id = _peer_id_of(expected_peer)
         if peer_id == self._peer_id:
             raise ValueError("a node cannot connect to itself")
