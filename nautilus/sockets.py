@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import math
 import operator
 import os
 import select
@@ -48,7 +49,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from nautilus import _bindings as _b
@@ -211,6 +212,7 @@ class NautilusSocket(socket.socket):
         "_rdata",
         "_rdview",
         "_read_lock",
+        "_read_shut",
         "_ready",
         "_rmore",
         "_rpos",
@@ -243,6 +245,7 @@ class NautilusSocket(socket.socket):
     _error: BaseException | None
     _error_raised: bool
     _fd_closed: bool
+    _read_shut: bool
     _read_lock: threading.Lock
     _hs_lock: threading.Lock
     _write_lock: threading.Lock
@@ -303,6 +306,7 @@ class NautilusSocket(socket.socket):
         self._error = None
         self._error_raised = False
         self._fd_closed = False
+        self._read_shut = False  # shutdown(SHUT_RD or SHUT_RDWR) was called
         self._read_lock = threading.Lock()
         self._hs_lock = threading.Lock()
         self._write_lock = threading.Lock()
@@ -684,7 +688,9 @@ class NautilusSocket(socket.socket):
     def recv_into(self, buffer: WriteableBuffer, nbytes: int = 0, flags: int = 0) -> int:
         """Receive up to ``nbytes`` (default: the buffer's size) stream bytes into ``buffer``.
 
-        Returns the number of bytes written, 0 at a clean end.
+        Returns the number of bytes written, 0 at a clean end. The bytes
+        after those, up to ``nbytes``, may be overwritten (records are opened
+        in place; what is not stream data there is wiped with zeros).
 
         Raises:
             TypeError: ``buffer`` is not a writable bytes-like object.
@@ -1035,7 +1041,7 @@ class NautilusSocket(socket.socket):
             self._ipos = self._iend = 0
             if end > start:
                 conn.receive_data(self._rview[start:end], time.time())
-            if not n:
+            if not n and not self._read_shut:  # (after our SHUT_RD: no end from the peer)
                 conn.receive_eof()
             self._drain()
             out = conn.data_to_send()
@@ -1084,6 +1090,8 @@ class NautilusSocket(socket.socket):
         With a timeout: a ``TimeoutError`` means the data *was* accepted
         (sealed) but part of it is not written yet; it stays queued and is
         written first by the next call on the socket (do not send it again).
+        Except before the handshake has completed: a timeout in the implicit
+        handshake accepted nothing (``session`` is still None; call again).
         Non-blocking: what the socket does not take at once stays queued and
         is written by the next call; ``WantWriteError`` means earlier output
         still waits and *nothing* of ``data`` was accepted (retry with the
@@ -1488,8 +1496,16 @@ class NautilusSocket(socket.socket):
             raise OSError(errno.EBADF, "the socket is closed")
         if how != socket.SHUT_RD:
             self._goodbye(raise_errors=True, wait_for_writer=False)
+        before = self._eof, self._read_shut
+        # Set first: a reader blocked in another thread wakes as soon as TCP
+        # is shut down, and its empty read is then no truncation by the peer.
         self._eof = True
-        super().shutdown(how)
+        self._read_shut = how != socket.SHUT_WR
+        try:
+            super().shutdown(how)
+        except BaseException:  # (not connected...): the socket is as it was
+            self._eof, self._read_shut = before
+            raise
 
     def close(self) -> None:
         """Send close_notify and close the socket (idempotent).
@@ -1560,15 +1576,39 @@ class NautilusSocket(socket.socket):
         try:
             if self._iend:  # held back by the direct path
                 self._feed_held(self._iend)
-            for _ in range(64):
-                if not _wait(self, False, 0.0):
-                    return
-                try:
-                    n = _raw_recv_into(self, self._rview, 0, _DONTWAIT)
-                except OSError:
-                    return
+            for n in self._arrived(self._rview):
                 self._feed(n)
                 if not n or self._eof:
+                    return
+        finally:
+            self._read_lock.release()
+
+    def _arrived(self, into: memoryview | bytearray) -> Iterator[int]:
+        """Read into ``into``, without waiting, what is there: the size of each
+        read (0: the end of the stream), up to 64 reads (read lock held)."""
+        for _ in range(64):
+            # (_wait first: with a timeout set, a read waits for data even with
+            # MSG_DONTWAIT, as Python polls before it reads)
+            if not _wait(self, False, 0.0):
+                return
+            try:
+                yield _raw_recv_into(self, into, 0, _DONTWAIT)
+            except OSError:
+                return
+
+    def _discard_arrived(self) -> None:
+        """Just before the descriptor is closed: read and drop what arrived
+        since the close_notify was written (the peer's answer to a key update
+        it was asked for, its own close_notify...). ``_absorb_arrived`` read
+        what was there before; a write of queued output can take long after
+        it. Unread bytes make the kernel reset rather than close, and a reset
+        destroys what the peer has not read yet. (If no reader holds the lock.)
+        """
+        if not self._read_lock.acquire(blocking=False):
+            return
+        try:
+            for n in self._arrived(bytearray(RECV_BUFFER_SIZE)):
+                if not n:
                     return
         finally:
             self._read_lock.release()
@@ -1579,6 +1619,7 @@ class NautilusSocket(socket.socket):
             with contextlib.suppress(NautilusError):  # Connection.close() does not raise
                 self._goodbye(raise_errors=False)
             if self._connected:
+                self._discard_arrived()
                 # Push out what the kernel may still hold back (Nagle waiting
                 # for an ACK, or TCP_CORK): if bytes arrive between the last
                 # read and close(), the kernel resets the connection and
@@ -1731,8 +1772,8 @@ def create_connection(
         The connected :class:`NautilusSocket`, its handshake completed.
 
     Raises:
-        TypeError, ValueError: bad arguments (timeout 0 included: the
-            handshake needs to block), before any I/O.
+        TypeError, ValueError: bad arguments (timeout 0 or infinite included:
+            the handshake needs to block, for a bounded time), before any I/O.
         OSError: the TCP connection could not be made.
         TimeoutError: ``timeout`` expired (connecting or during the handshake).
         nautilus.NegotiationFailed, nautilus.AuthenticationFailed,
@@ -1756,8 +1797,10 @@ def create_connection(
     if timeout is not None and timeout is not _DEFAULT_TIMEOUT:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
             raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
-        if not timeout > 0:
-            raise ValueError(f"timeout must be positive (or None to block), got {timeout}")
+        if not 0 < timeout < math.inf:
+            raise ValueError(
+                f"timeout must be positive and finite (or None to block), got {timeout}"
+            )
     if source_address is not None and not isinstance(source_address, tuple):
         raise TypeError("source_address must be a (host, port) tuple or None")
     if server_name is None:

@@ -1311,8 +1311,8 @@ def test_bad_arguments_to_the_constructors() -> None:
     ctx = client_ctx()
     with pytest.raises(TypeError):
         NautilusSocket()
-    with pytest.raises(TypeError):
-        wrap_socket("not a context", socket.socket())  # type: ignore[arg-type]
+    with socket.socket() as raw, pytest.raises(TypeError):
+        wrap_socket("not a context", raw)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         ctx.wrap_socket("not a socket")  # type: ignore[arg-type]
     with (
@@ -1334,6 +1334,8 @@ def test_bad_arguments_to_the_constructors() -> None:
         ({"address": "127.0.0.1:80"}, TypeError),
         ({"address": (HOST, 70000)}, ValueError),
         ({"address": (HOST, 1), "timeout": 0}, ValueError),
+        ({"address": (HOST, 1), "timeout": float("inf")}, ValueError),  # (not OverflowError)
+        ({"address": (HOST, 1), "timeout": float("nan")}, ValueError),
         ({"address": (HOST, 1), "timeout": "1"}, TypeError),
         ({"address": (HOST, 1), "context": "ctx"}, TypeError),
         ({"address": (HOST, 1), "server_name": 5}, TypeError),
@@ -1991,3 +1993,76 @@ def test_a_child_forked_while_the_socket_locks_were_held_gets_new_ones() -> None
         sock.sendall(b"still usable in the parent")
         assert recv_exactly(sock, 26) == b"still usable in the parent"
     assert peer.result() == 26
+
+
+def test_shut_rd_wakes_a_blocked_reader_with_an_end_and_keeps_writing() -> None:
+    """shutdown(SHUT_RD) while another thread waits in recv(): the reader gets
+    b"" (it used to take its own empty read for a truncation by the peer,
+    ConnectionLost, and fail the connection both ways); writing goes on, and
+    the peer gets what follows and a clean end."""
+
+    def handler(sock: NautilusSocket) -> bytes:
+        got = bytearray()
+        while data := sock.recv(100):
+            got += data
+        return bytes(got)
+
+    peer = Peer(handler)
+    with connect(peer, timeout=PEER_TIMEOUT) as sock:
+        woken: list[object] = []
+        reader = threading.Thread(target=lambda: woken.append(sock.recv(10)))
+        reader.start()
+        deadline = time.monotonic() + PEER_TIMEOUT
+        while not sock._read_lock.locked():  # until it waits for the peer
+            assert time.monotonic() < deadline, "the reader did not start"
+            time.sleep(0.01)
+        time.sleep(0.1)
+        sock.shutdown(socket.SHUT_RD)
+        reader.join(PEER_TIMEOUT)
+        assert woken == [b""]
+        assert sock.recv(10) == b""
+        sock.sendall(b"still writing")
+    assert peer.result() == b"still writing"
+
+
+def test_a_failed_shutdown_leaves_the_socket_as_it_was() -> None:
+    """shutdown() on a socket that is not connected raises ENOTCONN, as on a
+    plain socket, and marks nothing: reading it still says "not connected"
+    rather than "shut down"."""
+    sock = client_ctx().wrap_socket(socket.socket(), do_handshake_on_connect=False)
+    with sock:
+        with pytest.raises(OSError, match="not connected") as failed:
+            sock.shutdown(socket.SHUT_RD)
+        assert failed.value.errno == errno.ENOTCONN
+        assert not sock._eof
+        assert not sock._read_shut
+        with pytest.raises(OSError, match="not connected") as reading:
+            sock.recv_message()
+        assert reading.value.errno == errno.ENOTCONN
+
+
+def test_close_reads_what_arrived_while_it_wrote_the_queued_output() -> None:
+    """A timed-out sendall leaves output queued; close() writes it (here for
+    a while: the peer reads slowly) and the peer answers the key update that
+    went first meanwhile. That answer used to stay unread when the socket was
+    closed, so the kernel reset the connection and the peer lost the end of
+    the data and the close_notify."""
+    size = 8_000_000
+
+    def handler(sock: NautilusSocket) -> tuple[int, bool]:
+        time.sleep(1.0)  # the client's sendall times out meanwhile
+        got = 0
+        buf = bytearray(1 << 16)
+        while n := sock.recv_into(buf):
+            got += n
+            time.sleep(0.0005)
+        return got, True
+
+    peer = Peer(handler, timeout=30.0)
+    sock = connect(peer, timeout=0.3)
+    sock.update_keys(True)  # the server answers with a key update of its own
+    with pytest.raises(TimeoutError):
+        sock.sendall(os.urandom(size))
+    sock.settimeout(30.0)
+    sock.close()
+    assert peer.result(40.0) == (size, True)  # all of it, then a clean end
