@@ -1607,7 +1607,8 @@ class NautilusSocket(socket.socket):
         if not self._read_lock.acquire(blocking=False):
             return
         try:
-            for n in self._arrived(bytearray(RECV_BUFFER_SIZE)):
+            # (into the receive buffer: what it holds is of no use any more)
+            for n in self._arrived(self._rview):
                 if not n:
                     return
         finally:
