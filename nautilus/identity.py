@@ -913,6 +913,8 @@ def _parse_identity(text: str, where: str) -> Identity:
         raise IdentityFileError(
             f"{where} has unknown kind {_safe_token(kind)} (known: {', '.join(KINDS)})"
         )
+    while len(lines) > 1 and (not lines[-1].strip() or lines[-1].startswith("#")):
+        lines.pop()  # (blank lines and comments are ignored, after 'end' too)
     if lines[-1] != _IDENTITY_END:
         raise IdentityFileError(f"{where} is truncated or corrupt: its last line must be 'end'")
     fields: dict[str, tuple[int, str]] = {}
@@ -1276,7 +1278,7 @@ class KnownPeers:
     Blank lines and lines starting with ``#`` are ignored.
     """
 
-    __slots__ = ("_path",)
+    __slots__ = ("_cache", "_path")
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         """Use the file at ``path`` (created on the first new entry).
@@ -1287,6 +1289,7 @@ class KnownPeers:
                 corrupt, or writable by group or others.
         """
         self._path = _fspath("path", path)
+        self._cache: tuple[str, _Entries] | None = None  # the text last parsed, its entries
         self._load()
 
     @property
@@ -1305,9 +1308,22 @@ class KnownPeers:
             return {}
         try:
             _lock(fd, exclusive=False)
-            return self._parse(_read_all(fd, self._where, _MAX_KNOWN_PEERS_FILE))
+            return self._entries(fd)
         finally:
             os.close(fd)
+
+    def _entries(self, fd: int) -> _Entries:
+        """The entries of the open (and locked) file, read whole each time but
+        parsed again only if its text changed since the last parse (each
+        line's key costs a decoding: a file of thousands of peers took a
+        tenth of a second per handshake)."""
+        text = _read_all(fd, self._where, _MAX_KNOWN_PEERS_FILE)
+        cached = self._cache
+        if cached is not None and cached[0] == text:
+            return cached[1]
+        entries = self._parse(text)
+        self._cache = (text, entries)
+        return entries
 
     def _parse(self, text: str) -> _Entries:
         entries: _Entries = {}
@@ -1386,17 +1402,19 @@ class KnownPeers:
             ) from None
         try:
             _lock(fd, exclusive=True)
-            text = _read_all(fd, self._where, _MAX_KNOWN_PEERS_FILE)
-            known = self._lookup(self._parse(text), name, key)
+            known = self._lookup(self._entries(fd), name, key)
             if known is not None:  # another context recorded it meanwhile
                 return known
+            size = os.fstat(fd).st_size
             prefix = ""
-            if not text:
+            if not size:
                 prefix = _KNOWN_PEERS_HEADER + "\n"
                 if _POSIX:
                     os.fchmod(fd, 0o600)
-            elif not text.endswith("\n"):
-                prefix = "\n"
+            else:
+                os.lseek(fd, size - 1, os.SEEK_SET)
+                if os.read(fd, 1) != b"\n":
+                    prefix = "\n"
             line = f"{prefix}{name} {key.peer_id} {_b64encode(key.to_bytes())}\n"
             _write_all(fd, line.encode("utf-8"))
             os.fsync(fd)
@@ -1405,6 +1423,12 @@ class KnownPeers:
         finally:
             os.close(fd)
         return True
+
+    def _known(self, name: str, key: PeerKey) -> bool:
+        """True if ``name`` is recorded with ``key``, False if it is not
+        recorded; nothing is written. Raises as :meth:`check`."""
+        _check_name("name", name, allow_space=False)
+        return self._lookup(self._load(), name, key) is False
 
     def __contains__(self, name: object) -> bool:
         """True if ``name`` has an entry (the file is re-read).
@@ -1420,6 +1444,20 @@ class KnownPeers:
 
 # --------------------------------------------------------------------------- TrustStore
 
+
+def _host_of(name: str) -> str | None:
+    """The host of a ``host:port`` or ``[host]:port`` name (the default server
+    name of the socket and asyncio APIs), else None."""
+    head, sep, port = name.rpartition(":")
+    if not sep or not port.isascii() or not port.isdigit():
+        return None
+    if head.startswith("[") and head.endswith("]"):
+        head = head[1:-1]
+    elif ":" in head or "[" in head or "]" in head:
+        return None
+    return head or None
+
+
 _NOTHING_CONFIGURED: Final = (
     "no trust configured (set trusted_peers, known_peers_file or trusted_issuers, "
     "or pass expected_peer)"
@@ -1429,7 +1467,7 @@ _NOTHING_CONFIGURED: Final = (
 class TrustStore:
     """Decides whether a peer's key is trusted; see :meth:`verify` for the rules."""
 
-    __slots__ = ("_issuers", "_known_peers", "_pinned")
+    __slots__ = ("_issuers", "_known_peers", "_pinned", "_record")
 
     def __init__(
         self,
@@ -1452,6 +1490,16 @@ class TrustStore:
             self._known_peers: KnownPeers | None = None
         else:
             self._known_peers = KnownPeers(_fspath("known_peers_file", known_peers_file))
+        self._record = True  # rule 4 records a first use
+
+    def _lookup_only(self) -> TrustStore:
+        """The same trust settings, except that rule 4 records nothing: a name
+        the known-peers file does not hold is not trusted. For keys that did
+        not prove themselves in this handshake (a cached ticket's)."""
+        view = object.__new__(TrustStore)
+        view._pinned, view._issuers = self._pinned, self._issuers
+        view._known_peers, view._record = self._known_peers, False
+        return view
 
     @property
     def configured(self) -> bool:
@@ -1538,10 +1586,9 @@ class TrustStore:
                     f"certificate for {certificate.subject_name!r} is for "
                     f"{certificate.subject_key.peer_id}, not for the peer's key {key.peer_id}"
                 )
-            if name is not None and certificate.subject_name != name:
-                raise AuthenticationFailed(
-                    f"certificate is for {certificate.subject_name!r}, not for {name!r}"
-                )
+            subject = certificate.subject_name
+            if name is not None and subject != name and subject != _host_of(name):
+                raise AuthenticationFailed(f"certificate is for {subject!r}, not for {name!r}")
             return "certificate"
 
         if self._known_peers is not None and name is not None:
@@ -1552,7 +1599,14 @@ class TrustStore:
                     f"peer {key.peer_id} is not trusted: its name {name!r} cannot be looked up "
                     f"in the known-peers file ({exc})"
                 ) from None
-            return "first-use" if self._known_peers.check(name, key) else "known-peers"
+            if self._record:
+                return "first-use" if self._known_peers.check(name, key) else "known-peers"
+            if self._known_peers._known(name, key):
+                return "known-peers"
+            raise AuthenticationFailed(
+                f"peer {key.peer_id} is not trusted: {name!r} is not in the known-peers file "
+                "(and a key that did not prove itself here is not recorded)"
+            )
 
         if not self.configured:
             reason = _NOTHING_CONFIGURED

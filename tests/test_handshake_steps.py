@@ -566,6 +566,23 @@ def test_authentication_step_may_name_its_own_trust() -> None:
     assert pair.client.session.trust == "directory"
 
 
+@pytest.mark.parametrize("answer", [False, None, 0, "", b"pinned"])
+def test_a_trust_rule_that_returns_no_name_rejects_the_peer(answer: object) -> None:
+    """verify_peer must return how the peer was trusted (a non-empty str) or
+    raise. ``return False`` reads like a refusal: it used to accept the peer,
+    with False as the session's trust."""
+
+    class Sloppy(AuthenticationStep):
+        def verify_peer(self, trust: Any, key: PeerKey, **kwargs: Any) -> str:
+            return answer  # type: ignore[return-value]
+
+    pair = Pair.make(pin=False, client=_client_with_policy(Sloppy()))
+    pair.connect()
+    assert pair.client.session is None
+    assert_closed_with(pair.client, pair.client_events, AuthenticationFailed)
+    assert "must return how the peer was trusted" in str(pair.client.error)
+
+
 def test_server_side_authentication_step_checks_clients() -> None:
     client_ident = cached_identity("ed25519", 1)
     policy = HybridOnly()

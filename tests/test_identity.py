@@ -770,6 +770,18 @@ def test_load_tolerates_crlf_and_comments(saved: tuple[Path, list[str]]) -> None
     Identity.load(path)
 
 
+def test_load_ignores_blank_lines_and_comments_after_end(saved: tuple[Path, list[str]]) -> None:
+    """As after the header (docs/identity.md), an editor's blank line or a
+    comment after 'end' is ignored; anything else after it is corruption."""
+    path, secret_values = saved
+    text = path.read_text()
+    for tail in ("\n", "\n\n", "# note\n", "\n# note\n\n"):
+        path.write_text(text + tail)
+        Identity.load(path)
+    path.write_text(text + "peer-id: x\n# note\n")
+    assert "last line must be 'end'" in load_error(path, secret_values)
+
+
 def test_load_missing_file(tmp_path: Path) -> None:
     message = load_error(tmp_path / "nope.key", [])
     assert "does not exist" in message
@@ -1123,6 +1135,34 @@ def test_known_peers_changed_key(ids: dict[str, Identity], tmp_path: Path) -> No
     assert known.check("carol", ids["ml-dsa-65"].public) is False
 
 
+def test_known_peers_file_is_parsed_again_only_when_it_changed(
+    ids: dict[str, Identity], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each check reads the file (another process may have written it) but
+    decodes its keys again only if its text changed: a file of thousands of
+    peers used to cost a tenth of a second per handshake. An edit in place,
+    same size, is seen at once."""
+    path = tmp_path / "known_peers"
+    known = KnownPeers(path)
+    alice, mallory = ids["ed25519"].public, ids["ml-dsa-65"].public
+    assert known.check("alice", alice) is True
+    parses: list[int] = []
+    real_parse = KnownPeers._parse
+    monkeypatch.setattr(
+        KnownPeers, "_parse", lambda self, text: parses.append(1) or real_parse(self, text)
+    )
+    for _ in range(5):
+        assert known.check("alice", alice) is False
+    assert len(parses) <= 1  # (once, if the cache held the text before the append)
+    parses.clear()
+    text = path.read_text()
+    line = f"alice {mallory.peer_id} {base64.b64encode(mallory.to_bytes()).decode()}"
+    path.write_text(text.replace(text.splitlines()[1], line))  # another key for alice
+    with pytest.raises(AuthenticationFailed, match="changed"):
+        known.check("alice", alice)
+    assert parses == [1]
+
+
 def test_known_peers_shared_file(ids: dict[str, Identity], tmp_path: Path) -> None:
     path = tmp_path / "known_peers"
     first, second = KnownPeers(path), KnownPeers(path)
@@ -1397,6 +1437,28 @@ def test_trust_store_certificate(
         verify(store, key, certificate=cert, name="bob.example")
     with pytest.raises(AuthenticationFailed, match="unknown issuer"):
         verify(TrustStore(trusted_issuers=[key]), key, certificate=cert)
+
+
+def test_a_certificate_for_a_host_is_valid_for_any_port_of_it(
+    ids: dict[str, Identity], issuer: Identity, cert: Certificate
+) -> None:
+    """The socket and asyncio APIs name a server "host:port" by default; a
+    certificate names the host (valid on any port) or "host:port" (that port
+    only). A certificate for "alice.example" used to fail as "not for
+    'alice.example:443'" unless server_name was passed."""
+    store = TrustStore(trusted_issuers=[issuer.public])
+    key = ids["ed25519"].public
+    for name in ("alice.example:443", "alice.example:1", "[alice.example]:443"):
+        assert verify(store, key, certificate=cert, name=name) == "certificate"
+    for name in ("alice.example:", "alice.example:x", "alice.example:443:1", "bob.example:443"):
+        with pytest.raises(AuthenticationFailed, match="not for"):
+            verify(store, key, certificate=cert, name=name)
+    on_a_port = Certificate.issue(issuer, key, "alice.example:443", not_before=1.0, not_after=2e3)
+    assert verify(store, key, certificate=on_a_port, name="alice.example:443") == "certificate"
+    with pytest.raises(AuthenticationFailed, match=r"not for 'alice\.example:8443'"):
+        verify(store, key, certificate=on_a_port, name="alice.example:8443")
+    with pytest.raises(AuthenticationFailed, match=r"not for 'alice\.example'"):
+        verify(store, key, certificate=on_a_port, name="alice.example")
 
 
 def test_trust_store_certificate_wrong_subject(

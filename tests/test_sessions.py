@@ -14,6 +14,7 @@ import math
 import os
 import pickle
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from protocol_helpers import (
@@ -494,6 +495,28 @@ def test_ticket_not_used_when_the_client_no_longer_trusts_the_server() -> None:
     # The full handshake then fails on trust, as it would without any ticket.
     assert_closed_with(q.client, q.client_events, AuthenticationFailed)
     assert "not trusted" in str(q.client.error)
+
+
+def test_a_cached_ticket_never_records_its_server_in_the_known_peers_file(tmp_path: Path) -> None:
+    """The user deleted the server's known-peers entry (what the changed-key
+    error tells them to do) while a ticket for it was cached. The ticket's key
+    did not prove itself in the new connection: it is looked up, not recorded.
+    It used to be written back at start(), so the server's new key was then
+    refused as a changed key, until the ticket expired (up to 7 days)."""
+    known = tmp_path / "known_peers"
+    p = first_session(client={"known_peers_file": known, "trusted_peers": []})
+    assert p.client.session is not None
+    assert p.client.session.trust == "first-use"
+    assert len(p.client_ctx.session_cache) == 1
+    known.unlink()  # the entry deleted: the server changed its key
+    new_server = Context(OTHER, tickets_per_handshake=0)
+    q = resume(p, server_ctx=new_server)
+    assert q.client.session is not None, q.client_events
+    assert not q.client.session.resumed
+    assert q.client.session.trust == "first-use"  # the new key, recorded now
+    assert q.client.session.peer_id == OTHER.peer_id
+    assert SERVER.peer_id not in known.read_text()
+    assert OTHER.peer_id in known.read_text()
 
 
 def test_server_no_longer_trusting_the_client_forces_a_full_handshake() -> None:

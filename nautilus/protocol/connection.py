@@ -1497,12 +1497,19 @@ class Connection:
         runs, this connection cannot be fed or started again)."""
         self._in_hook = True
         try:
-            return self._auth_step.verify_peer(
+            how = self._auth_step.verify_peer(
                 trust, key, certificate=certificate, name=name, now=now,
                 expected_peer=expected_peer,
             )  # fmt: skip
         finally:
             self._in_hook = False
+        if type(how) is not str or not how:  # (a rule returning False must not accept)
+            raise AuthenticationFailed(
+                "the trust rule (verify_peer) must return how the peer was trusted, a "
+                f"non-empty str, or raise; it returned {type(how).__name__} {how!r:.40}: "
+                "the peer is not accepted"
+            )
+        return how
 
     def _run_hook(self, step: HandshakeStep, hook: str, *args: object) -> bytes | None:
         self._in_hook = True
@@ -1695,9 +1702,9 @@ class Connection:
                     if ticket.server_certificate
                     else None
                 )
-                self._verify_peer(
-                    cfg.trust, server_key, certificate=cert, name=self._server_name,
-                    now=self._now, expected_peer=self._expected_peer,
+                self._verify_peer(  # (a key not proved here: looked up, never recorded)
+                    cfg.trust._lookup_only(), server_key, certificate=cert,
+                    name=self._server_name, now=self._now, expected_peer=self._expected_peer,
                 )  # fmt: skip
             except Exception as exc:  # trust changed: this ticket is no use, try the next
                 log.debug("cached ticket not used: %s", type(exc).__name__)
@@ -2098,8 +2105,8 @@ class Connection:
                 else None
             )
             if cfg.trust.configured or type(self._auth_step) is not AuthenticationStep:
-                self._verify_peer(
-                    cfg.trust, key, certificate=cert,
+                self._verify_peer(  # (a key not proved here: looked up, never recorded)
+                    cfg.trust._lookup_only(), key, certificate=cert,
                     name=cert.subject_name if cert is not None else None,
                     now=now, expected_peer=None,
                 )  # fmt: skip

@@ -110,6 +110,12 @@ class AuthenticationStep(HandshakeStep):
     ) -> str:
         """Decide whether ``key`` is trusted; return how (see TrustStore.verify).
 
+        The answer must be a non-empty str (it becomes ``SessionInfo.trust``);
+        anything else (``False``, ``None``...) rejects the peer, as raising does.
+        ``trust`` may record what it decides (a first use in the known-peers
+        file); for a key read from a session ticket, which did not prove
+        itself in this handshake, it is given a store that records nothing.
+
         Raises:
             nautilus.AuthenticationFailed: not trusted.
         """
