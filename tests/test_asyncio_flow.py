@@ -729,3 +729,150 @@ def test_reset_after_early_data_before_the_handshake_completes() -> None:
         await server.wait_closed()
 
     run(main())
+
+
+def test_a_producer_writing_in_a_callback_until_paused_is_paused() -> None:
+    """The asyncio producer pattern, in a callback (connection_made, which the
+    handshake's last read calls): write until pause_writing(). Writes made in
+    a callback were sealed once 64 KiB waited but not sent, so the TCP
+    buffer's water marks never saw them: the loop never ended, the memory
+    grew without bound. get_write_buffer_size() counts what waits too."""
+    cap = 64 << 20
+
+    class Producer(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.paused = False
+            self.written = 0
+            self.largest = 0
+
+        def pause_writing(self) -> None:
+            self.paused = True
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            assert isinstance(transport, asyncio.Transport)
+            chunk = bytes(4096)
+            while not self.paused and self.written < cap:
+                transport.write(chunk)
+                self.written += len(chunk)
+                self.largest = max(self.largest, transport.get_write_buffer_size())
+
+    async def main() -> None:
+        server, port, _made = await _server(paused=True)  # the peer reads nothing
+        transport, producer = await na.create_connection(Producer, HOST, port, context=client_ctx())
+        assert producer.paused
+        assert producer.written < cap // 4
+        assert producer.largest > 0
+        transport.abort()
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_rekey_interval_ratchets_the_keys_of_a_side_that_only_sends() -> None:
+    """The connection's timer is run after the handshake too: rekey_interval
+    used to have no effect over asyncio (the timer was armed only during the
+    handshake, and writes do not tell the connection the time)."""
+
+    async def main() -> None:
+        server, port, made = await _server(ctx=Context(SERVER_ID, rekey_interval=0.1))
+        transport, _ = await na.create_connection(
+            asyncio.Protocol,
+            HOST,
+            port,
+            context=Context(trusted_peers=[SERVER_ID.public], rekey_interval=0.1),
+        )
+        assert isinstance(transport, na.NautilusTransport)
+        for _ in range(8):  # 0.8 s of sending
+            transport.write(b"x" * 1000)
+            await asyncio.sleep(0.1)
+        peer = await _first(made)
+        await _wait(lambda: len(peer.data) == 8000, peer)
+        sent = transport._conn.stats.key_updates
+        assert sent >= 3  # about one per 0.1 s (and none from the idle server's keys)
+        server_conn = peer.transport._conn  # type: ignore[union-attr]
+        assert server_conn.stats.key_updates == sent
+        transport.close()
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+class Failing(Recorder):
+    """Raises from one callback: ``data_received`` (on the data b"boom"), or ``eof_received``."""
+
+    fail_in = "data_received"
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.fail_in == "data_received" and b"boom" in data:
+            raise RuntimeError("the application's own bug")
+
+    def eof_received(self) -> bool:
+        super().eof_received()
+        if self.fail_in == "eof_received":
+            raise RuntimeError("the application's own bug")
+        return False
+
+
+@pytest.mark.parametrize("case", ["data_received", "held data", "eof_received", "early data"])
+def test_a_callback_that_raises_is_reported_as_itself(case: str) -> None:
+    """As with asyncio's own transports: the loop's exception handler is told
+    which callback failed, the connection is dropped, and connection_lost()
+    gets the application's exception. It used to get ConnectionLost, "the
+    peer closed the connection without close_notify" (data held while paused:
+    without even a cause), None after eof_received(), and nothing at all
+    after accepted 0-RTT data (whose failure was also blamed on
+    connection_made)."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        errors: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _loop, context: errors.append(context))
+        sctx = Context(SERVER_ID, early_data=True)
+        cctx = Context(trusted_peers=[SERVER_ID.public], early_data=True)
+        made: list[Failing] = []
+
+        def factory() -> Failing:
+            proto = Failing(paused=case == "held data" and len(made) == 1)  # (not the first)
+            proto.fail_in = "eof_received" if case == "eof_received" else "data_received"
+            made.append(proto)
+            return proto
+
+        server = await na.create_server(factory, HOST, 0, context=sctx)
+        port = server.sockets[0].getsockname()[1]
+        _reader, writer = await na.open_connection(HOST, port, context=cctx)  # a ticket
+        await _first(made)
+        writer.close()
+        await writer.wait_closed()
+        early = b"boom" if case == "early data" else b""
+        transport, client = await na.create_connection(
+            Recorder, HOST, port, context=cctx, early_data=early
+        )
+        assert transport.get_extra_info("nautilus").early_data_accepted == bool(early)
+        while len(made) < 2:
+            await asyncio.sleep(0.01)
+        peer = made[1]
+        if case == "eof_received":
+            transport.close()
+        elif case != "early data":
+            transport.write(b"boom")
+        if case == "held data":
+            await asyncio.sleep(0.1)
+            assert peer.transport is not None
+            peer.transport.resume_reading()
+        lost = await asyncio.wait_for(peer.lost, 5)
+        assert isinstance(lost, RuntimeError)
+        assert str(lost) == "the application's own bug"
+        assert peer.events.count("lost") == 1
+        reported = [e for e in errors if e.get("protocol") is peer]
+        callback = "eof_received()" if case == "eof_received" else "data_received()"
+        assert [e["message"] for e in reported] == [f"nautilus: protocol.{callback} call failed"]
+        if case != "eof_received":  # the client sees the drop as a truncation
+            assert isinstance(await asyncio.wait_for(client.lost, 5), nautilus.ConnectionLost)
+        transport.close()
+        server.close()
+        await server.wait_closed()
+
+    run(main())

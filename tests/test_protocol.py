@@ -987,6 +987,7 @@ def test_rekey_timer_when_the_handshake_completed_at_time_zero() -> None:
     pair = Pair.make(now=0.0, server={"rekey_interval": 5.0}, client={"rekey_interval": 5.0})
     pair.handshake()
     assert pair.client.get_timer() == 5.0  # 0.0 is a time, not "never"
+    pair.client.send_data(b"x")  # (keys that sealed nothing are not ratcheted)
     pair.client.handle_timer(5.0)
     assert KeysUpdated("send") in drain_events(pair.client)
     assert pair.client.get_timer() == 10.0

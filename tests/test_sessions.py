@@ -1351,6 +1351,8 @@ def test_rekey_interval_drives_key_updates_through_the_timer() -> None:
     p.handshake()
     assert p.client.get_timer() == NOW + 60
     assert p.server.get_timer() == NOW + 60
+    p.client.send_data(b"under the first keys")
+    p.pump()
     p.client.handle_timer(NOW + 59.5)
     assert p.client.data_to_send() == b""  # not yet
     p.client.handle_timer(NOW + 60)
@@ -1363,6 +1365,30 @@ def test_rekey_interval_drives_key_updates_through_the_timer() -> None:
     p.client.send_data(b"after")
     p.pump(now=NOW + 60)
     assert p.server_events[-1].data == b"after"  # type: ignore[union-attr]
+
+
+def test_rekey_interval_leaves_keys_that_sealed_nothing_and_restarts_their_age() -> None:
+    """An interval that passes with nothing sent sends no KeyUpdate (the keys
+    protect nothing yet): their age starts again. Idle connections used to
+    ratchet at every interval, each side, and with an interval under 1/64 s
+    the peer refused them as a flood (MAX_PEER_KEY_UPDATES)."""
+    p = Pair.make(client={"rekey_interval": 0.01}, server={"rekey_interval": 0.01})
+    p.handshake()
+    for tick in range(1, 200):  # two idle seconds of timers
+        now = NOW + tick * 0.01
+        p.client.handle_timer(now)
+        p.server.handle_timer(now)
+        assert p.client.data_to_send() == b""
+        assert p.server.data_to_send() == b""
+    assert p.client.get_timer() == pytest.approx(NOW + 2.0)  # restarted at the last tick
+    assert p.client.stats.key_updates == 0
+    p.client.send_data(b"now the keys are used")
+    p.client.handle_timer(NOW + 2.0)
+    p.pump(now=NOW + 2.0)
+    assert p.client.stats.key_updates == 1  # ratcheted once they sealed something
+    assert p.server_events[-1] == KeysUpdated("receive")
+    assert p.client.error is None
+    assert p.server.error is None
 
 
 def test_rekey_interval_applies_on_send_after_the_interval() -> None:

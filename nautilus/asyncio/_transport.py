@@ -135,9 +135,11 @@ class NautilusTransport(asyncio.Transport):
                 owner._pending.append(data if type(data) is bytes else bytes(data))
                 owner._pending_size += size
                 if owner._pending_size >= _COALESCE:
+                    # Sent at once, in a callback too: what waits sealed is
+                    # counted nowhere, and the TCP buffer's water marks must
+                    # see it (pause_writing) for a writer that loops.
                     owner._seal_pending()
-                    if not owner._in_callback:
-                        owner._send()
+                    owner._send()
                 elif not owner._in_callback:  # (in a callback: sent when it returns)
                     owner._uncork_soon()
                 return
@@ -145,8 +147,7 @@ class NautilusTransport(asyncio.Transport):
             if owner._pending_size:
                 owner._seal_pending()
             owner._seal(data)
-            if not owner._in_callback:
-                owner._send()
+            owner._send()
             return
         # The first write of this loop iteration: sent now. Further writes
         # are collected until the loop runs its next callbacks (_uncork).
@@ -184,17 +185,20 @@ class NautilusTransport(asyncio.Transport):
         out = conn._out
         before = len(out)
         conn.send_messages(messages)
-        if owner._in_callback:
-            return
-        if owner._corked:
-            # Not the first write of this loop iteration: the sealed records
-            # wait for the others (sent together by _uncork, or at 64 KiB).
+        if owner._corked or owner._in_callback:
+            # Not the first write of this loop iteration (or in a callback):
+            # the sealed records wait for the others (sent together by
+            # _uncork or when the callback returns, or at 64 KiB).
             held = owner._held_size
             for chunk in out[before:]:
                 held += len(chunk)
             if held < _COALESCE:
                 owner._held_size = held
-                owner._uncork_soon()
+                if not owner._in_callback:
+                    owner._uncork_soon()
+                return
+            if owner._in_callback:
+                owner._send()
                 return
         owner._send_and_cork()
 
@@ -783,11 +787,19 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
                     data = event.data
                     if type(data) is not bytes and not self._app_copies:
                         data = bytes(data)  # a view of the Connection's buffer (_set_app)
-                    app.data_received(data)
+                    try:
+                        app.data_received(data)
+                    except Exception as exc:
+                        self._app_failed(exc, "data_received()")
+                        return
             elif type(event) is MessagesReceived:
                 deliver = self._app_messages
                 if deliver is not None and self._app is not None and not self._closing:
-                    deliver(event.messages)  # the whole batch in one call
+                    try:
+                        deliver(event.messages)  # the whole batch in one call
+                    except Exception as exc:
+                        self._app_failed(exc, "messages_received()")
+                        return
             elif type(event) is EarlyDataReceived:
                 # Before the handshake completes there is no application yet:
                 # it gets this data first, as ordinary stream data (the server
@@ -871,7 +883,6 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
                 )
             self._set_app(app)
             app.connection_made(transport)
-            self._deliver_early()
         except Exception as exc:
             self._app = None
             if self._waiter is not None:
@@ -881,8 +892,11 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
                 logger.exception("nautilus: the protocol factory or connection_made() failed")
             self._abort()
             return
+        if not self._deliver_early():
+            return  # the application raised: connection_lost() tells it so
         if self._write_paused:
             app.pause_writing()
+        self._arm_timer()  # (rekey_interval: the age of the sending keys)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
@@ -903,18 +917,28 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         if self._app_copies:
             self._conn._data_views = True
 
-    def _deliver_early(self) -> None:
-        """(server) Accepted 0-RTT data goes to the application first, as stream data."""
+    def _deliver_early(self) -> bool:
+        """(server) Accepted 0-RTT data goes to the application first, as stream
+        data. False if the application raised (the connection is dropped)."""
         early = self._early_received
         while early and self._app is not None and not self._read_paused and not self._closing:
-            self._app.data_received(early.pop(0))
+            try:
+                self._app.data_received(early.pop(0))
+            except Exception as exc:
+                self._app_failed(exc, "data_received()")
+                return False
+        return True
 
     def _connection_closed(self, error: NautilusError | None) -> None:
         app = self._app
         if error is None:  # close_notify from the peer: a clean end of stream
             closing, self._closing = self._closing, True  # writes from now on are dropped
             if app is not None and not closing:
-                app.eof_received()  # no half-close: the return value cannot keep it open
+                try:
+                    app.eof_received()  # no half-close: the return value cannot keep it open
+                except Exception as exc:
+                    self._app_failed(exc, "eof_received()")
+                    return
             self._shutdown(clean=True)
             return
         if app is not None:
@@ -1010,6 +1034,24 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
             return
         if self._linger_timer is None:
             self._linger_timer = self._loop.call_later(_LINGER, self._linger_over)
+
+    def _app_failed(self, exc: Exception, call: str) -> None:
+        """A callback of the application raised. As asyncio's own transports
+        do: the loop's exception handler is told, the connection is dropped
+        (no close_notify: the peer sees a truncation), and the application's
+        ``connection_lost()`` gets its own exception (not a truncation by the
+        peer, which it is not)."""
+        self._loop.call_exception_handler(
+            {
+                "message": f"nautilus: protocol.{call} call failed",
+                "exception": exc,
+                "transport": self._transport,
+                "protocol": self._app,
+            }
+        )
+        if self._app_exc is None:
+            self._app_exc = exc
+        self._abort()
 
     def _lose_app(self) -> None:
         app = self._app

@@ -359,6 +359,7 @@ class Connection:
         "_scratch",
         "_sealer",
         "_send_fragment",
+        "_sent_at_update",
         "_server_name",
         "_session",
         "_started",
@@ -500,6 +501,7 @@ class Connection:
         self._updates_since = 0.0
         self._updates_mark = 0
         self._last_update: float | None = None  # when our sending keys last changed
+        self._sent_at_update = 0  # _bytes_sent then (rekey_interval: were they used since?)
         self._last_any_update: float | None = None
 
     # ----------------------------------------------------------------- public API
@@ -808,7 +810,7 @@ class Connection:
                 AlertCode.HANDSHAKE_TIMEOUT,
             )
         elif self._state is State.CONNECTED and self._rekey_due():
-            self._send_key_update(False)
+            self._rekey()
 
     @property
     def stats(self) -> ConnectionStats:
@@ -828,6 +830,15 @@ class Connection:
             and self._last_update is not None
             and self._now - self._last_update >= interval
         )
+
+    def _rekey(self) -> None:
+        """(rekey_interval has passed) Ratchet the sending keys, if they sealed
+        anything: keys that sealed nothing protect nothing yet, and their age
+        starts again instead (an idle connection sends no KeyUpdates)."""
+        if self._bytes_sent != self._sent_at_update:
+            self._send_key_update(False)
+        else:
+            self._last_update = self._now
 
     def update_keys(self, request_peer: bool = True) -> None:
         """Ratchet the sending keys now, and ask the peer to ratchet its own.
@@ -1295,7 +1306,7 @@ class Connection:
         sealer = self._sealer
         assert sealer is not None
         if self._cfg.rekey_interval is not None and self._rekey_due():
-            self._send_key_update(False)
+            self._rekey()
         total = len(data) if type(data) is bytes else memoryview(data).nbytes
         self._bytes_sent += total
         # Fast path: the whole write fits in this key's budget.
@@ -1334,6 +1345,7 @@ class Connection:
         assert keys is not None  # (connected)
         self._install(keys.update_traffic(self._client), None)  # the old secret is dropped
         self._last_update = self._last_any_update = self._now
+        self._sent_at_update = self._bytes_sent
         self._key_updates += 1
         if request_peer:
             self._updates_asked += 1  # the peer's answer is not counted (_on_key_update)
@@ -2305,6 +2317,7 @@ class Connection:
         keys.wipe_handshake()
         self._deadline = None
         self._started = self._last_update = self._now
+        self._sent_at_update = self._bytes_sent
         self._session = SessionInfo(
             role=self._role,
             group=self._group,
