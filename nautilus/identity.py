@@ -723,6 +723,7 @@ class Identity:
 
         Raises:
             TypeError: ``path`` is not a str or path-like of str.
+            ValueError: ``path`` is empty or contains a NUL character.
             OSError: the directory is missing or not writable, disk full, etc.
         """
         target = _fspath("path", path)
@@ -757,6 +758,7 @@ class Identity:
 
         Raises:
             TypeError: ``path`` is not a str or path-like of str.
+            ValueError: ``path`` is empty or contains a NUL character.
             nautilus.IdentityFileError (a ValueError): the file is missing or
                 unreadable; its permissions let group or others access it
                 (``mode & 0o077``; fix with ``chmod 600``); it is not an
@@ -795,6 +797,10 @@ def _fspath(name: str, path: object) -> str:
     result = os.fspath(path)
     if not isinstance(result, str):
         raise TypeError(f"{name} must be a str path, not bytes")
+    if not result:
+        raise ValueError(f"{name} must not be empty")
+    if "\0" in result:
+        raise ValueError(f"{name} contains a NUL character: no file can have that name")
     return result
 
 
@@ -1285,16 +1291,18 @@ class KnownPeers:
 
         Raises:
             TypeError: ``path`` is not a str or path-like of str.
+            ValueError: ``path`` is empty or contains a NUL character.
             nautilus.IdentityFileError: the file exists but is unreadable,
                 corrupt, or writable by group or others.
         """
-        self._path = _fspath("path", path)
+        # (absolute: a later os.chdir() must not make it another file)
+        self._path = os.path.abspath(_fspath("path", path))
         self._cache: tuple[str, _Entries] | None = None  # the text last parsed, its entries
         self._load()
 
     @property
     def path(self) -> str:
-        """The file's path."""
+        """The file's path (made absolute when given)."""
         return self._path
 
     @property
@@ -1481,6 +1489,7 @@ class TrustStore:
             TypeError: an argument has the wrong type (the message names it);
                 a single str or PeerKey where an iterable is expected counts.
             nautilus.InvalidKey (a ValueError): a peer id string is malformed.
+            ValueError: ``known_peers_file`` is empty or contains a NUL character.
             nautilus.IdentityFileError: the known-peers file exists but is
                 unreadable, corrupt, or writable by group or others.
         """

@@ -565,6 +565,8 @@ def test_bad_arguments_raise_before_any_io() -> None:
             (TypeError, lambda: na.open_connection(HOST, port, context=ctx, expected_peer=5)),  # type: ignore[arg-type]
             (ValueError, lambda: na.open_connection(HOST, port, context=ctx, expected_peer="x")),
             (TypeError, lambda: na.open_connection(HOST, port, context=ctx, server_name=1)),  # type: ignore[arg-type]
+            (ValueError, lambda: na.open_connection(HOST, port, context=ctx, server_name="")),
+            (TypeError, lambda: na.open_connection([HOST], port, context=ctx)),  # type: ignore[arg-type]
             (ValueError, lambda: na.open_connection(HOST, port, context=ctx, limit=0)),
             (TypeError, lambda: na.open_connection(HOST, port, context=ctx, limit=1.5)),  # type: ignore[arg-type]
             (ValueError, lambda: na.open_connection(HOST, 70000, context=ctx)),

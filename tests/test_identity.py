@@ -1541,3 +1541,33 @@ def test_int_time_beyond_float_range_is_value_error(
         verify(TrustStore(trusted_peers=[key]), key, now=huge)
     # The largest int a float holds is still a time (far in the future).
     assert Certificate.issue(issuer, key, "n", not_before=0, not_after=2**1023).not_after > 0
+
+
+def test_paths_that_cannot_name_a_file_are_refused_by_name(tmp_path: Path) -> None:
+    """An empty path, or one with a NUL character, is a ValueError that names
+    the argument (it used to be os's bare "embedded null byte", or for an
+    empty known-peers path no error at all until the first write)."""
+    ident = Identity.generate()
+    for bad in ("", "peers\0.txt"):
+        with pytest.raises(ValueError, match=r"^path (must not be empty|contains a NUL)"):
+            ident.save(bad)
+        with pytest.raises(ValueError, match=r"^path (must not be empty|contains a NUL)"):
+            Identity.load(bad)
+        with pytest.raises(ValueError, match=r"^path (must not be empty|contains a NUL)"):
+            KnownPeers(bad)
+        with pytest.raises(ValueError, match=r"^known_peers_file (must not be empty|contains)"):
+            TrustStore(known_peers_file=bad)
+
+
+def test_a_relative_known_peers_path_stays_the_same_file_after_chdir(
+    ids: dict[str, Identity], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    known = KnownPeers("known_peers")
+    assert known.path == str(tmp_path / "a" / "known_peers")
+    monkeypatch.chdir(tmp_path / "b")
+    assert known.check("alice", ids["ed25519"].public) is True
+    assert (tmp_path / "a" / "known_peers").exists()
+    assert not (tmp_path / "b" / "known_peers").exists()

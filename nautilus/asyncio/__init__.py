@@ -130,6 +130,8 @@ async def create_connection(
     """
     if not callable(protocol_factory):
         raise TypeError("protocol_factory must be callable")
+    if host is not None and not isinstance(host, str):  # (a list is for servers only)
+        raise TypeError(f"host must be a str or None, not {type(host).__name__}")
     _check_address(host, port)
     _check_kw(kw)
     if server_name is None:

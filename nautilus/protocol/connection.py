@@ -398,6 +398,8 @@ class Connection:
             raise ValueError("expected_peer and server_name apply to clients only")
         if server_name is not None and not isinstance(server_name, str):
             raise TypeError(f"server_name must be a str, not {type(server_name).__name__}")
+        if server_name == "":
+            raise ValueError("server_name must not be empty (None: no name)")
         if expected_peer is not None and not isinstance(expected_peer, (PeerKey, str)):
             raise TypeError("expected_peer must be a PeerKey or a peer id string")
         if isinstance(expected_peer, str):
