@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,17 @@ class _Waiter(asyncio.Protocol):
             self.future.set_exception(ConnectionError("the floor's server closed"))
 
 
+async def _rate(rounds: Callable[[float], Awaitable[tuple[int, float]]], seconds: float) -> float:
+    """Round trips per second: a warm-up, then ``seconds`` of ``rounds(until)``,
+    which returns (round trips, end time). Each contender's loop is written
+    out in full, with no call per round trip: the harness must not slow the
+    floor down, or the bound it gives would be too low."""
+    await rounds(time.perf_counter() + WARMUP_S)
+    start = time.perf_counter()
+    count, end = await rounds(start + seconds)
+    return count / (end - start)
+
+
 async def _run_floor(port: int, seconds: float) -> float:
     loop = asyncio.get_running_loop()
     transport, proto = await loop.create_connection(_Waiter, _peers.HOST, port)
@@ -143,11 +155,9 @@ async def _run_floor(port: int, seconds: float) -> float:
             if now() >= until:
                 return count, now()
 
-    await rounds(time.perf_counter() + WARMUP_S)
-    start = time.perf_counter()
-    count, end = await rounds(start + seconds)
+    rate = await _rate(rounds, seconds)
     transport.close()
-    return count / (end - start)
+    return rate
 
 
 async def _run_streams(port: int, seconds: float, tls: ssl.SSLContext | None) -> float:
@@ -166,11 +176,9 @@ async def _run_streams(port: int, seconds: float, tls: ssl.SSLContext | None) ->
             if now() >= until:
                 return count, now()
 
-    await rounds(time.perf_counter() + WARMUP_S)
-    start = time.perf_counter()
-    count, end = await rounds(start + seconds)
+    rate = await _rate(rounds, seconds)
     writer.close()
-    return count / (end - start)
+    return rate
 
 
 async def _run_channel(port: int, seconds: float, context: nautilus.Context) -> float:
@@ -188,12 +196,10 @@ async def _run_channel(port: int, seconds: float, context: nautilus.Context) -> 
             if now() >= until:
                 return count, now()
 
-    await rounds(time.perf_counter() + WARMUP_S)
-    start = time.perf_counter()
-    count, end = await rounds(start + seconds)
+    rate = await _rate(rounds, seconds)
     channel.close()
     await channel.wait_closed()
-    return count / (end - start)
+    return rate
 
 
 async def measure(args: argparse.Namespace, directory: Path) -> dict[str, list[float]]:

@@ -5,6 +5,9 @@ the man-in-the-middle tests."""
 from __future__ import annotations
 
 import functools
+import os
+import signal
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -292,3 +295,32 @@ def normalized(events: Iterable[Event]) -> list[tuple[str, Any]]:
         else:
             out.append((type(e).__name__, e))
     return out
+
+
+# ------------------------------------------------------------------ fork()
+
+
+def in_a_child_forked_with_locks_held(
+    locks: Iterable[threading.Lock], child: Callable[[], None]
+) -> None:
+    """Hold ``locks`` (as other threads would, at the instant of a fork), fork,
+    and run ``child()`` in the child; fail unless it returns within 10 s (a
+    hang on one of those locks ends the child with SIGALRM)."""
+    held = list(locks)
+    for lock in held:
+        lock.acquire()
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child
+            code = 1
+            try:
+                signal.alarm(10)
+                child()
+                code = 0
+            finally:
+                os._exit(code)
+    finally:
+        for lock in held:
+            lock.release()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -24,6 +24,7 @@ from protocol_helpers import (
     cached_identity,
     event_types,
     handshake_message,
+    in_a_child_forked_with_locks_held,
     plain_record,
     received_data,
     rewrite_plain_handshake,
@@ -1554,8 +1555,6 @@ def test_a_child_forked_while_locks_were_held_can_use_the_context() -> None:
     keys, replay caches, the session table, the ticket AEAD): the child, which
     has none of those threads, gets new locks and works, where it used to wait
     for ever."""
-    import signal
-
     ctx = Context(SERVER, early_data=True)
     keys = ctx.ticket_keys
     contents_now = NOW
@@ -1571,24 +1570,12 @@ def test_a_child_forked_while_locks_were_held_can_use_the_context() -> None:
         ctx.sessions._lock,
         current.aead._lock,
     ]
-    for lock in held:
-        lock.acquire()  # as other threads would, at the instant of the fork
-    try:
-        pid = os.fork()
-        if pid == 0:  # the child
-            code = 1
-            try:
-                signal.alarm(10)  # a hang ends the child, and fails the test
-                ctx.client_auth = "optional"
-                assert keys.open(sealed, contents_now) is not None
-                assert ctx._early_replay.first_use(b"t", NOW + 10, NOW)
-                assert not ctx._hello_replayed(b"r" * 32, NOW, 120.0)
-                assert len(ctx.sessions) == 0
-                code = 0
-            finally:
-                os._exit(code)
-    finally:
-        for lock in held:
-            lock.release()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+
+    def child() -> None:
+        ctx.client_auth = "optional"
+        assert keys.open(sealed, contents_now) is not None
+        assert ctx._early_replay.first_use(b"t", NOW + 10, NOW)
+        assert not ctx._hello_replayed(b"r" * 32, NOW, 120.0)
+        assert len(ctx.sessions) == 0
+
+    in_a_child_forked_with_locks_held(held, child)

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from protocol_helpers import in_a_child_forked_with_locks_held
 
 import nautilus
 from nautilus import Connection, Context, Identity, NautilusSocket
@@ -1966,30 +1967,16 @@ def test_a_child_forked_while_the_socket_locks_were_held_gets_new_ones() -> None
     """fork() while other threads are inside calls on a NautilusSocket (its
     read, write, handshake and state locks held): the child, which has none
     of those threads, gets unlocked locks instead of waiting for ever."""
-    import signal
-
     peer = Peer(echo)
     with connect(peer) as sock:
+
+        def child() -> None:  # it neither sends nor reads on the parent's session
+            now = [sock._read_lock, sock._write_lock, sock._hs_lock, sock._state_lock]
+            assert not any(lock.locked() for lock in now)
+            assert len(sock.export_keying_material(b"fork test", b"", 32)) == 32
+
         held = [sock._read_lock, sock._write_lock, sock._hs_lock, sock._state_lock]
-        for lock in held:
-            lock.acquire()  # as other threads would, at the instant of the fork
-        try:
-            pid = os.fork()
-            if pid == 0:  # the child: it neither sends nor reads on the parent's session
-                code = 1
-                try:
-                    signal.alarm(10)  # a hang ends the child, and fails the test
-                    now = [sock._read_lock, sock._write_lock, sock._hs_lock, sock._state_lock]
-                    assert not any(lock.locked() for lock in now)
-                    assert len(sock.export_keying_material(b"fork test", b"", 32)) == 32
-                    code = 0
-                finally:
-                    os._exit(code)
-        finally:
-            for lock in held:
-                lock.release()
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
+        in_a_child_forked_with_locks_held(held, child)
         sock.sendall(b"still usable in the parent")
         assert recv_exactly(sock, 26) == b"still usable in the parent"
     assert peer.result() == 26
