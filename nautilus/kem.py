@@ -60,11 +60,20 @@ class KEMPublicKey:
 
     @classmethod
     def _wrap(cls: type[_Pub], handle: Any, raw: bytes) -> _Pub:
-        """Internal: the key for a C key handle and its raw encoding."""
+        """Internal: the key for a C key handle (None: made from ``raw`` when
+        first needed) and its raw encoding."""
         self = cls.__new__(cls)
         self._handle = handle
         self._raw = raw
         return self
+
+    def _live(self) -> Any:
+        """The C handle, a public-only one made on first use for the public key
+        of a private key (which must not keep the private key's material alive)."""
+        handle = self._handle
+        if handle is None:
+            handle = self._handle = _b.kem_from_public(self.GROUP, self._raw)
+        return handle
 
     @classmethod
     def public_bytes_length(cls) -> int:
@@ -102,7 +111,7 @@ class KEMPublicKey:
             nautilus.InvalidKey: the X25519 part gives the all-zero secret
                 (a low-order public key).
         """
-        return _b.kem_encapsulate(self.GROUP, self._handle, None)
+        return _b.kem_encapsulate(self.GROUP, self._live(), None)
 
     def _encapsulate_with_ephemeral(self, ephemeral: X25519KEMPrivateKey) -> tuple[bytes, bytes]:
         """:meth:`encapsulate`, with a prepared X25519 key for the X25519 part.
@@ -120,12 +129,12 @@ class KEMPublicKey:
             raise TypeError(
                 f"ephemeral must be an X25519KEMPrivateKey, not {type(ephemeral).__name__}"
             )
-        return _b.kem_encapsulate(self.GROUP, self._handle, None, ephemeral._handle)
+        return _b.kem_encapsulate(self.GROUP, self._live(), None, ephemeral._handle)
 
     def _encapsulate_with_entropy(self, entropy: bytes) -> tuple[bytes, bytes]:
         """Deterministic encapsulation, for known-answer tests only."""
         data = _b.as_bytes("entropy", entropy, _b.KEM_SIZES[self.GROUP].entropy)
-        return _b.kem_encapsulate(self.GROUP, self._handle, data)
+        return _b.kem_encapsulate(self.GROUP, self._live(), data)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, KEMPublicKey):
@@ -175,7 +184,9 @@ class KEMPrivateKey:
         """Internal: the key for a C key handle."""
         self = cls.__new__(cls)
         self._handle = handle
-        self._public = cls.PUBLIC_KEY_CLASS._wrap(handle, _b.kem_public_bytes(handle))
+        # (no handle of its own until it is used: sharing the private key's
+        # would keep that key's material alive as long as the public key)
+        self._public = cls.PUBLIC_KEY_CLASS._wrap(None, _b.kem_public_bytes(handle))
         return self
 
     @classmethod

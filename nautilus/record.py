@@ -112,18 +112,20 @@ def _content_type(value: object) -> int:
 _FINGERPRINT_KEY = secrets.token_bytes(32)
 """Random per-process key of the fingerprints below: a fingerprint kept in
 memory tells nothing about the key it stands for."""
-_KEY_IV = b"nautilus key+iv"
+_KEY_ONLY = b"nautilus key"
 
 
-def _fingerprint(key: bytes, iv: bytes) -> bytes:
-    """A keyed hash of the key and IV in use, so that a rekey to them again is
-    refused without the key itself being kept in Python."""
-    return hashlib.blake2b(key + iv, digest_size=16, key=_FINGERPRINT_KEY, person=_KEY_IV).digest()
+def _fingerprint(key: bytes) -> bytes:
+    """A keyed hash of the key in use, so that a rekey to it again is refused
+    without the key itself being kept in Python. Of the key alone: the same
+    key under another IV reuses nonces as soon as the two IVs' sequences
+    overlap (IVs that differ in their low bits)."""
+    return hashlib.blake2b(key, digest_size=16, key=_FINGERPRINT_KEY, person=_KEY_ONLY).digest()
 
 
 REKEY_HISTORY = 1024
-"""How many earlier keys (key and IV) of a sealer or opener :meth:`rekey`
-refuses to go back to, the one in use included."""
+"""How many earlier keys of a sealer or opener :meth:`rekey` refuses to go
+back to (under any IV), the one in use included."""
 
 
 def _wipe(buf: bytearray) -> None:
@@ -148,6 +150,8 @@ class _Direction:
         max_fragment: int = DEFAULT_MAX_FRAGMENT,
         record_limit: int = DEFAULT_RECORD_LIMIT,
     ) -> None:
+        if getattr(self, "_handle", None) is not None:  # (its sequence would restart)
+            raise RuntimeError(f"this {type(self).__name__} is already keyed: use rekey()")
         self._cipher = _cipher_name(cipher)
         self._handle: Any = None
         k = _b.as_bytes("key", key, _b.AEAD_KEY_BYTES[self._cipher])
@@ -159,7 +163,7 @@ class _Direction:
         _b.aead_set_limit(handle, record_limit)
         self._handle = handle
         # Fingerprints of the keys used, oldest first (a dict as an ordered set).
-        self._used: dict[bytes, None] = {_fingerprint(k, i): None}
+        self._used: dict[bytes, None] = {_fingerprint(k): None}
         self._init_direction()
 
     def _init_direction(self) -> None:
@@ -215,26 +219,27 @@ class _Direction:
     def rekey(self, key: bytes, iv: bytes) -> None:
         """Switch to a new key and IV; the sequence number restarts at 0.
 
-        A rekey to the key and IV in use, or to one of the earlier ones of
-        this object (the last :data:`REKEY_HISTORY`, the one it was made with
-        included), is refused: restarting their sequence would use their
-        nonces again. An opener that failed (a record did not authenticate or
+        A rekey to the key in use, or to one of the earlier ones of this
+        object (the last :data:`REKEY_HISTORY`, the one it was made with
+        included), is refused, whatever the IV: restarting a sequence under
+        it would use nonces again (the same IV's, or another IV's that
+        overlap them). An opener that failed (a record did not authenticate or
         was malformed) stays failed: make a new one.
 
         Raises:
             TypeError, ValueError: wrong types or lengths.
-            ValueError: ``key`` and ``iv`` are in use or were used before.
+            ValueError: ``key`` is in use or was used before (with any IV).
             nautilus.ClosedError: closed, or an opener that failed.
         """
         handle = self._rekeyable()
         k = _b.as_bytes("key", key, _b.AEAD_KEY_BYTES[self._cipher])
         i = _b.as_bytes("iv", iv, IV_SIZE)
-        fingerprint = _fingerprint(k, i)
+        fingerprint = _fingerprint(k)
         used = self._used
         if fingerprint in used:  # (keyed hashes: their comparison reveals nothing)
             raise ValueError(
-                "rekey needs a new key: this key and IV are in use or were used "
-                "before, and restarting their sequence would reuse their nonces"
+                "rekey needs a new key: this key is in use or was used before, and "
+                "restarting a sequence under it (with any IV) would reuse nonces"
             )
         _b.aead_rekey(handle, k, i)
         used[fingerprint] = None

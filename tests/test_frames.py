@@ -10,12 +10,15 @@ wherever the stream is cut, and stop before a length over the limit.
 from __future__ import annotations
 
 import array
+import ctypes
 import struct
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from protocol_helpers import Pair
 
+from nautilus import MessagesReceived
 from nautilus import _bindings as _b
 from nautilus._bindings import ffi, lib
 
@@ -102,8 +105,26 @@ def test_pack_gives_way_for_what_it_cannot_count() -> None:
     assert _b.frames_pack([b"a", words], LIMIT) is None
     assert _b.frames_pack([b"a", "text"], LIMIT) is None  # type: ignore[list-item]
     assert _b.frames_pack([b"a", 7], LIMIT) is None  # type: ignore[list-item]
-    ok = [bytearray(b"ba"), memoryview(b"mv"), b"b"]
+    assert _b.frames_pack([b"a", memoryview(b"mv")], LIMIT) is None  # any view: by nbytes
+    ok = [bytearray(b"ba"), b"mv", b"b"]
     assert _b.frames_pack(ok, LIMIT) == bytearray(reference_frame([b"ba", b"mv", b"b"]))
+
+
+def test_wrong_lengths_that_cancel_out_are_framed_by_byte_count() -> None:
+    """A zero-size 2-D buffer (len() 3, 0 bytes) beside a buffer of 2-byte
+    items (len() 3, 6 bytes): the lengths add up to the bytes joined, so the
+    check in C passed, and the peer received b"AAB" and b"BCC" instead of
+    b"" and b"AABBCC". Such batches now take the general path."""
+    empty_rows = memoryview((ctypes.c_uint8 * 0 * 3)())
+    words = memoryview(array.array("H", [0x4141, 0x4242, 0x4343]))
+    assert (len(empty_rows), empty_rows.nbytes, len(words), words.nbytes) == (3, 0, 3, 6)
+    assert _b.frames_pack([empty_rows, words], LIMIT) is None
+    pair = Pair.make()
+    pair.handshake()
+    pair.client.send_messages([empty_rows, words])
+    pair.pump()
+    got = [m for e in pair.server_events if isinstance(e, MessagesReceived) for m in e.messages]
+    assert got == [b"", words.tobytes()]
 
 
 def test_the_c_calls_refuse_bad_arguments() -> None:

@@ -139,6 +139,28 @@ def test_round_trip(cls: type[KEMPrivateKey]) -> None:
 
 
 @ALL
+def test_a_private_keys_public_key_holds_none_of_its_material(cls: type[KEMPrivateKey]) -> None:
+    """The public key of a private key used to share the private key's C
+    handle: kept (in a cache, say), it kept the private key alive, seed
+    included, after the private key object was gone."""
+    import gc
+
+    from nautilus import _bindings as _b
+
+    key = cls.generate()
+    public = key.public_key()
+    shared, ciphertext = public.encapsulate()
+    assert key.decapsulate(ciphertext) == shared
+    assert public._handle is not key._handle
+    if _b.KEM_SIZES[cls.GROUP].seed:
+        assert len(_b.kem_seed_bytes(key._handle)) == cls.seed_length()
+    del key
+    gc.collect()
+    with pytest.raises(ClosedError, match="lacks the data"):
+        _b.kem_seed_bytes(public._handle)
+
+
+@ALL
 def test_generate_is_random(cls: type[KEMPrivateKey]) -> None:
     a, b = cls.generate(), cls.generate()
     assert a.public_key() != b.public_key()

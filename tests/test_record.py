@@ -1083,45 +1083,69 @@ def test_rekey_refuses_a_failed_opener(damage: str) -> None:
 
 
 @pytest.mark.parametrize("cls", [RecordSealer, RecordOpener])
-def test_rekey_refuses_the_key_and_iv_in_use_or_used_before(cls: type) -> None:
+def test_rekey_refuses_a_key_in_use_or_used_before_under_any_iv(cls: type) -> None:
     cipher = "chacha20-poly1305"
     obj = cls(cipher, key_for(cipher), iv_for())
     obj._set_sequence(5)
-    with pytest.raises(ValueError, match="in use or were used before"):
-        obj.rekey(key_for(cipher), iv_for())
-    with pytest.raises(ValueError, match="in use or were used before"):
+    for iv in (iv_for(), iv_for(1), bytes(IV_SIZE)):  # another IV too: see below
+        with pytest.raises(ValueError, match="in use or was used before"):
+            obj.rekey(key_for(cipher), iv)
+    with pytest.raises(ValueError, match="in use or was used before"):
         obj.rekey(bytearray(key_for(cipher)), memoryview(iv_for()))
     assert obj.sequence == 5  # not restarted
-    obj.rekey(key_for(cipher), iv_for(1))  # a new IV is a new nonce sequence
+    obj.rekey(key_for(cipher, 1), iv_for(1))  # a new key
     assert obj.sequence == 0
-    with pytest.raises(ValueError, match="in use or were used before"):
-        obj.rekey(key_for(cipher), iv_for(1))
-    obj.rekey(key_for(cipher, 1), iv_for(1))
     obj._set_sequence(7)
-    for k, i in ((0, 0), (0, 1)):  # going back (A, B, A) would reuse A's nonces
-        with pytest.raises(ValueError, match="in use or were used before"):
+    for k, i in ((0, 0), (0, 1), (1, 2)):  # going back (A, B, A) would reuse A's nonces
+        with pytest.raises(ValueError, match="in use or was used before"):
             obj.rekey(key_for(cipher, k), iv_for(i))
     assert obj.sequence == 7
     # Only keyed fingerprints are kept, never the key or IV.
     slots = [name for c in type(obj).__mro__ for name in getattr(c, "__slots__", ())]
     held = [getattr(obj, name) for name in slots]
     assert obj._used in held
-    assert len(obj._used) == 3
+    assert len(obj._used) == 2
     for value in [*held, *obj._used]:
         if isinstance(value, (bytes, bytearray)):
             assert key_for(cipher, 1)[:8] not in value
             assert iv_for(1)[:8] not in value
 
 
-def test_rekey_history_is_bounded() -> None:
+def test_rekey_to_the_same_key_under_an_overlapping_iv_is_refused() -> None:
+    """Nonces are the IV XOR the sequence number: the same key under the IV
+    with its last bit flipped gives, at its record 0, the nonce record 1 had.
+    Only (key, IV) pairs were remembered, so this rekey was accepted and two
+    records were sealed with one keystream."""
     cipher = "aes-256-gcm"
     sealer = RecordSealer(cipher, key_for(cipher), iv_for())
-    for n in range(1, REKEY_HISTORY + 1):
-        sealer.rekey(key_for(cipher), n.to_bytes(IV_SIZE, "big"))
+    sealer.seal(b"record zero")
+    sealer.seal(b"record one")
+    related = bytes(iv_for()[:-1]) + bytes([iv_for()[-1] ^ 1])
+    with pytest.raises(ValueError, match="in use or was used before"):
+        sealer.rekey(key_for(cipher), related)
+    assert sealer.sequence == 2
+
+
+def test_a_keyed_sealer_or_opener_cannot_be_initialised_again() -> None:
+    """__init__ called again would restart the sequence under the same key."""
+    cipher = "aes-256-gcm"
+    for cls in (RecordSealer, RecordOpener):
+        obj = cls(cipher, key_for(cipher), iv_for())
+        with pytest.raises(RuntimeError, match="already keyed"):
+            obj.__init__(cipher, key_for(cipher), iv_for())  # type: ignore[misc]
+
+
+def test_rekey_history_is_bounded() -> None:
+    cipher = "aes-256-gcm"
+    first = key_for(cipher)
+    sealer = RecordSealer(cipher, first, iv_for())
+    keys = [n.to_bytes(KEY_BYTES[cipher], "big") for n in range(1, REKEY_HISTORY + 1)]
+    for key in keys:
+        sealer.rekey(key, iv_for())
     assert len(sealer._used) == REKEY_HISTORY
     with pytest.raises(ValueError, match="used before"):
-        sealer.rekey(key_for(cipher), (1).to_bytes(IV_SIZE, "big"))  # still remembered
-    sealer.rekey(key_for(cipher), iv_for())  # the first one, out of the history
+        sealer.rekey(keys[0], iv_for(1))  # still remembered
+    sealer.rekey(first, iv_for(1))  # the first one, out of the history
 
 
 def test_close_wipes_the_opener_scratch() -> None:

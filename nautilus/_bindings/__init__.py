@@ -540,16 +540,23 @@ if array("Q").itemsize != 8:  # pragma: no cover - the lengths go to C as uint64
     raise ImportError("nautilus needs array typecode 'Q' to be 8 bytes")
 
 
+_BYTE_STRINGS = frozenset((bytes, bytearray))
+
+
 def frames_pack(messages: list[Any] | tuple[Any, ...], limit: int) -> bytearray | int | None:
     """The ``messages`` framed back to back (for each, its 4-byte length, then
     it), if none is over ``limit``; else the index of the first that is.
-    None if they are not all bytes-like objects of single bytes (the caller's
-    general path frames those, or says what is wrong)."""
-    try:
-        body = b"".join(messages)
-        lens = array("Q", map(len, messages))
-    except TypeError:
+    None if they are not all bytes or bytearray objects (the caller's general
+    path frames the others by their byte counts, or says what is wrong).
+
+    Only those: ``len()`` is the byte count of every bytes and bytearray, not
+    of every buffer (a memoryview of another format or shape, an array), and
+    the checks in C (the lengths add up to the joined bytes) cannot see two
+    wrong lengths whose errors cancel out."""
+    if not _BYTE_STRINGS.issuperset(map(type, messages)):
         return None
+    body = b"".join(messages)
+    lens = array("Q", map(len, messages))
     n = len(lens)
     out = bytearray(len(body) + FRAME_PREFIX_BYTES * n)
     over = ffi.new("size_t *")
@@ -574,6 +581,8 @@ def frames_cut(
     C describes the frames as a struct format, so that ``struct`` makes the
     bytes objects in one call: no Python step per message.
     """
+    if not 0 <= start <= end <= len(data):  # (C is told ``end`` as the length)
+        raise ValueError(f"frames_cut: bad range {start}..{end} of {len(data)} bytes")
     cap = min(_LAYOUT_CAP, 2 + 14 * ((end - start) // FRAME_PREFIX_BYTES))
     fmt = ffi.new("char[]", cap)
     result = ffi.new("size_t[4]")
