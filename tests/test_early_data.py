@@ -728,3 +728,27 @@ def test_replay_cache_that_evicts_when_full() -> None:
     assert refusing.first_use(b"a", NOW + 100, NOW)
     assert not refusing.first_use(b"b", NOW + 100, NOW)
     assert refusing.first_use(b"b", NOW + 200, NOW + 150)  # "a" expired
+
+
+@pytest.mark.parametrize("case", ["no ticket", "accepted", "refused", "over the allowance"])
+def test_early_data_comes_first_whether_or_not_a_ticket_lets_it_go_as_0rtt(case: str) -> None:
+    """send_data() before start(), start(early_data=...), send_data() after:
+    the server receives the early data first in every case, as when it is
+    accepted as 0-RTT. Without a usable ticket it used to come after the data
+    written before start(): the order depended on the client's cache."""
+    if case == "no ticket":
+        p = Pair.make(server_name=SERVER_NAME)
+    elif case == "over the allowance":
+        p = first_session(server={"max_early_data": 1})
+    else:
+        p = first_session()
+        p.server_ctx.early_data = case == "accepted"
+    q = Pair(p.client_ctx, p.server_ctx, {"server_name": SERVER_NAME})
+    q.client.send_data(b"A|")
+    q.client.start(NOW, early_data=b"E|")
+    q.client.send_data(b"B|")
+    q.server.start(NOW)
+    q.pump()
+    assert early_received(q) + received_data(q.server_events) == b"E|A|B|"
+    assert q.client.session is not None
+    assert q.client.session.early_data_accepted == (case == "accepted")

@@ -41,6 +41,7 @@ from nautilus import (
     DataReceived,
     HandshakeCompleted,
     HandshakeError,
+    HandshakeTimeout,
     Identity,
     InvalidKey,
     KeysUpdated,
@@ -1267,3 +1268,24 @@ def test_a_server_drops_its_resumption_secret_once_its_tickets_are_made(
     assert pair.server.export_keying_material(b"l", b"", 16) == pair.client.export_keying_material(
         b"l", b"", 16
     )
+
+
+def test_the_timer_never_names_a_time_handle_timer_refuses() -> None:
+    """A handshake started just below MAX_NOW: its deadline (now +
+    handshake_timeout) is clamped, so handle_timer(get_timer()) fires it
+    instead of raising ValueError (that handshake could never time out)."""
+    conn = Connection(Context(trusted_peers=[cached_identity().public]), "client")
+    conn.start(MAX_NOW - 1)
+    when = conn.get_timer()
+    assert when == MAX_NOW
+    conn.handle_timer(when)
+    assert isinstance(conn.error, HandshakeTimeout)
+
+
+def test_receive_eof_before_start_is_refused_as_receive_data_is() -> None:
+    conn = Connection(Context(trusted_peers=[cached_identity().public]), "client")
+    with pytest.raises(ClosedError, match=r"call start\(now\) before receive_eof"):
+        conn.receive_eof()
+    assert conn.error is None
+    conn.start(NOW)  # still usable
+    assert conn.data_to_send()

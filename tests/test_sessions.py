@@ -1392,6 +1392,24 @@ def test_rekey_interval_leaves_keys_that_sealed_nothing_and_restarts_their_age()
     assert p.server.error is None
 
 
+def test_rekey_interval_ratchets_a_key_that_took_over_in_the_middle_of_a_write() -> None:
+    """150 bytes with key_update_bytes=100: 100 under the first keys, a key
+    update, 50 under the next. Those 50 count for the next keys: the
+    interval then ratchets them. (The whole write was counted before it was
+    sealed, so the next keys seemed to have sealed nothing, and only their
+    age was restarted, again and again.)"""
+    opts = {"key_update_bytes": 100, "rekey_interval": 10.0}
+    p = Pair.make(server=dict(opts), client=dict(opts))
+    p.handshake()
+    p.client.send_data(b"x" * 150)
+    p.pump(now=NOW)
+    assert p.client.stats.key_updates == 1  # the one in the middle of the write
+    p.client.handle_timer(NOW + 10)
+    p.pump(now=NOW + 10)
+    assert p.client.stats.key_updates == 2  # the interval's
+    assert received_data(p.server_events) == b"x" * 150
+
+
 def test_rekey_interval_applies_on_send_after_the_interval() -> None:
     """The connection has no clock: ``now`` comes from receive_data/handle_timer.
     Once it has passed the interval, the next send ratchets first."""

@@ -685,7 +685,13 @@ class Connection:
         )
 
     def receive_eof(self) -> None:
-        """The peer closed its side of the transport."""
+        """The peer closed its side of the transport.
+
+        Raises:
+            ClosedError: ``start()`` was not called (as for receive_data).
+        """
+        if self._state in (State.CLIENT_START, State.SERVER_START):
+            raise ClosedError("call start(now) before receive_eof()")
         if self._state is State.CLOSED:
             return
         if self._state is State.CONNECTED:
@@ -789,11 +795,14 @@ class Connection:
         """When :meth:`handle_timer` must be called next (UNIX time), or None:
         the handshake deadline, then (with ``rekey_interval``) the next key update."""
         if self._state in HANDSHAKE_STATES:
-            return self._deadline
+            deadline = self._deadline
+            return None if deadline is None else min(deadline, MAX_NOW)
         interval = self._cfg.rekey_interval
         last = self._last_update
         if self._state is State.CONNECTED and interval is not None and last is not None:
-            return last + interval  # (0.0 is a time too: no truthiness test)
+            # (0.0 is a time too: no truthiness test; never past what
+            # handle_timer() accepts)
+            return min(last + interval, MAX_NOW)
         return None
 
     def handle_timer(self, now: float) -> None:
@@ -804,7 +813,12 @@ class Connection:
             ValueError: ``now`` is out of range (see :meth:`start`).
         """
         self._set_now(now)
-        if self._deadline is not None and self._state in HANDSHAKE_STATES and now >= self._deadline:
+        deadline = self._deadline
+        if (
+            deadline is not None
+            and self._state in HANDSHAKE_STATES
+            and now >= min(deadline, MAX_NOW)
+        ):
             self._fail(
                 HandshakeTimeout(
                     f"the handshake did not complete within {self._cfg.handshake_timeout:g} s"
@@ -1310,10 +1324,12 @@ class Connection:
         if self._cfg.rekey_interval is not None and self._rekey_due():
             self._rekey()
         total = len(data) if type(data) is bytes else memoryview(data).nbytes
-        self._bytes_sent += total
-        # Fast path: the whole write fits in this key's budget.
+        # Fast path: the whole write fits in this key's budget. (Bytes are
+        # counted as they are sealed: a key update in the middle of a write
+        # must see only those sealed before it, see _rekey.)
         sealed = sealer._seal_within(data, ctype, self._budget)
         if sealed is not None:
+            self._bytes_sent += total
             self._out.append(sealed)
             return
         # Near a key update: exact accounting, splitting the write across keys.
@@ -1332,6 +1348,7 @@ class Connection:
             n = min(total - pos, room_records * sealer.max_fragment, room_bytes)
             self._out.append(sealer._seal_chunk(view[pos : pos + n], ctype))
             pos += n
+            self._bytes_sent += n
             budget.bytes -= n
         sealer = self._sealer
         assert sealer is not None
@@ -1660,7 +1677,9 @@ class Connection:
             self._early_sent = early
             self._bytes_sent += len(early)
         elif early_data:
-            self._pending.append((ContentType.APPLICATION_DATA, early_data))
+            # First, as when it is sent as 0-RTT: before what send_data() queued
+            # before start() (the order must not depend on a ticket's being there)
+            self._pending.insert(0, (ContentType.APPLICATION_DATA, early_data))
 
     def _send_hello(self, hello: ClientHello, early_records: int) -> None:
         """Send a ClientHello; with a ticket, add the resumption offer and its binder."""
