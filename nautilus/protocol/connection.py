@@ -813,12 +813,10 @@ class Connection:
             ValueError: ``now`` is out of range (see :meth:`start`).
         """
         self._set_now(now)
-        deadline = self._deadline
-        if (
-            deadline is not None
-            and self._state in HANDSHAKE_STATES
-            and now >= min(deadline, MAX_NOW)
-        ):
+        if self._state in HANDSHAKE_STATES:
+            deadline = self.get_timer()  # (as it was told: clamped to MAX_NOW)
+            if deadline is None or now < deadline:
+                return
             self._fail(
                 HandshakeTimeout(
                     f"the handshake did not complete within {self._cfg.handshake_timeout:g} s"
