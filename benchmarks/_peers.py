@@ -37,6 +37,11 @@ listener has a contender (``plain``, ``ssl``, ``nautilus``,
   length-prefixed frames out of large reads (``reader.read``), making one
   ``bytes`` object per message as the message API does; Nautilus takes all
   the messages queued at each wake-up (``Channel.recv_messages``).
+* ``hs-floor`` (contender ``floor``, asyncio): the message exchange of a
+  psk_only resumption with no protocol and no cryptography: the client sends
+  :data:`FLOOR_SIZES` ``[0]`` bytes, the server answers with ``[1]``, the
+  client sends ``[2]``, the server sends ``[3]`` and closes. What any
+  resumption must at least take (see ``_report.resumption_bound``).
 * ``idle``: hold the connection open and idle until the client closes it
   (for the memory scenario); the number of such connections is in the stats.
 
@@ -55,6 +60,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime
+import functools
 import gc
 import ipaddress
 import json
@@ -70,7 +76,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -99,14 +105,20 @@ MAX_FRAME = 1 << 20
 ERRORS = (OSError, EOFError, ssl.SSLError, nautilus.NautilusError, asyncio.IncompleteReadError)
 
 
+FLOOR_SIZES = (259, 304, 57, 22)
+"""The bytes of a psk_only resumption in bench's settings: the client's hello, the
+server's flight with one ticket, the client's Finished, the server's close_notify."""
+
+
 class Listener(NamedTuple):
-    contender: str  # plain, ssl, nautilus, nautilus-chacha
-    role: str  # hs, hs-tickets, sink, bsink, echo, msink, idle
+    contender: str  # plain, floor, ssl, nautilus, nautilus-chacha
+    role: str  # hs, hs-tickets, hs-floor, sink, bsink, echo, msink, idle
     mutual: bool = False
 
 
 LISTENERS: dict[str, Listener] = {
     "plain-hs": Listener("plain", "hs"),  # TCP connect and close: the floor of a handshake
+    "floor-hs": Listener("floor", "hs-floor"),  # and of a resumption: its messages, no work
     "ssl-hs": Listener("ssl", "hs"),
     "ssl-hs-mutual": Listener("ssl", "hs", True),
     "ssl-hs-tickets": Listener("ssl", "hs-tickets"),
@@ -434,6 +446,37 @@ def describe(exc: BaseException) -> str:
 
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class FloorProtocol(asyncio.Protocol):
+    """One connection of the ``hs-floor`` listener (see the module docstring)."""
+
+    def __init__(self, server: Server, name: str) -> None:
+        self.server, self.name = server, name
+        self.got = 0
+        self.answered = False
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.got += len(data)
+        hello, flight, last, close = FLOOR_SIZES
+        if not self.answered and self.got >= hello:
+            self.answered = True
+            self.transport.write(bytes(flight))
+        if self.got >= hello + last and not self.transport.is_closing():
+            problem = None if self.got == hello + last else f"{self.got} bytes received"
+            self.server.note(self.name, problem)
+            self.transport.write(bytes(close))
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        hello, _, last, _ = FLOOR_SIZES
+        if self.got < hello + last:
+            self.server.note(self.name, f"the client left after {self.got} bytes")
 
 
 class Server:
@@ -774,6 +817,13 @@ class Server:
                     target=self.serve_blocking, args=(name, contender, lsock), daemon=True
                 ).start()
                 ports[name] = lsock.getsockname()[1]
+                continue
+            if role == "hs-floor":
+                server = await asyncio.get_running_loop().create_server(
+                    functools.partial(FloorProtocol, self, name), HOST, 0, backlog=1024
+                )
+                self.servers.append(server)
+                ports[name] = server.sockets[0].getsockname()[1]
                 continue
             if contender.startswith("nautilus"):
                 nctx = nautilus_server_context(

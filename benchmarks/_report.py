@@ -199,6 +199,31 @@ def plain_ceiling(sc: dict[str, Any], t: Target) -> float | None:
 _OWN_FRAMING = ("rr", "oneway")
 
 
+def resumption_bound(sc: dict[str, Any], t: Target) -> dict[str, float] | None:
+    """The most a resumption mode can reach against Nautilus's full handshakes, if
+    the work both handshakes do cost nothing (same run; None when not measured).
+
+    A full handshake does what a resumption does (but open the ticket), plus its
+    own extra (signatures, the key exchange for psk_only): ``extra`` = T(full) -
+    T(mode), per sequential handshake. A resumption cannot take less than its
+    messages alone, ``floor`` = T(floor contender: TCP connect, the same
+    messages, no work). Cutting work both do lowers T(full) by as much, so
+    T(full)/T(mode) <= 1 + extra/floor: ``bound``. A target above it is out of
+    reach: only making full handshakes slower, or the resumption's own work
+    (opening the ticket, the binders, issuing the next ticket) nearly free as
+    well, would raise the bound, by at most that work over ``floor``.
+    """
+    if not t.ratio.endswith("_over_nautilus_full"):
+        return None
+    name = "nautilus-" + t.ratio.removesuffix("_over_nautilus_full")
+    rates = [(sc["contenders"].get(c) or {}).get("median") for c in ("nautilus", name, "floor")]
+    if not all(rates):
+        return None
+    full, mode, floor = (1e6 / rate for rate in rates)
+    extra = full - mode
+    return {"extra_us": extra, "floor_us": floor, "bound": 1.0 + max(extra, 0.0) / floor}
+
+
 def ceiling_binds(sc: dict[str, Any]) -> bool:
     """Whether plaintext's figure bounds Nautilus's in this scenario."""
     return sc.get("kind") not in _OWN_FRAMING
@@ -262,6 +287,7 @@ def check_targets(scenarios: list[dict[str, Any]], cpu_count: int) -> list[dict[
                 "limit": limiting_side(sc, t, cpu_count),
                 "plain_ceiling": plain_ceiling(sc, t),
                 "ceiling_binds": ceiling_binds(sc),
+                "resumption_bound": resumption_bound(sc, t),
                 # The rounds' own ratios; the verdict is within the run's noise
                 # when they fall on both sides of the threshold.
                 "round_ratios": None if spread is None else list(spread),
@@ -401,6 +427,18 @@ def table_rows(summary: dict[str, Any]) -> list[Row]:
                         "-",
                         "-",
                         tcell(f"{mode}_over_nautilus_full"),
+                    )
+                )
+            if cons.get("floor"):
+                rows.append(
+                    Row(
+                        f"{sc['title']}, floor: a resumption's messages, no work",
+                        cell(cons.get("plain")),
+                        "-",
+                        cell(cons.get("floor")),
+                        "-",
+                        ratio_cell(r.get("floor_over_plain")),
+                        "-",
                     )
                 )
             continue
@@ -563,6 +601,13 @@ def notes_lines(summary: dict[str, Any]) -> list[str]:
                 if t.get("ceiling_binds", True)
                 else f"; plaintext streams reach {ceiling:.2f}x (their framing is Python's, "
                 "the message API's is C: no bound)"
+            )
+        bound = t.get("resumption_bound")
+        if bound is not None and bound["bound"] < t["threshold"]:
+            beyond += (
+                f"; OUT OF REACH: at most {bound['bound']:.2f}x even if the work both "
+                f"handshakes do cost nothing (full handshakes take {bound['extra_us']:.0f} us "
+                f"more; a resumption's messages alone take {bound['floor_us']:.0f} us)"
             )
         lines.append(
             f"  NOT MET {t['target']}: {shown}; needs {need:.2f}x better{beyond}"

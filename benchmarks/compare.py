@@ -155,7 +155,16 @@ HS = ("ssl", "nautilus")
 HS_PLAIN = ("plain", "ssl", "nautilus")  # plain: TCP connect and close, the floor of any handshake
 STREAM = ("plain", "ssl", "nautilus", "nautilus-chacha")
 THREE = ("plain", "ssl", "nautilus")
-RESUME = ("plain", "ssl", "ssl-resumed", "nautilus", "nautilus-psk_dhe", "nautilus-psk_only")
+# floor: a resumption's messages with no protocol work, the floor of any resumption
+RESUME = (
+    "plain",
+    "floor",
+    "ssl",
+    "ssl-resumed",
+    "nautilus",
+    "nautilus-psk_dhe",
+    "nautilus-psk_only",
+)
 
 SCENARIOS = (
     Scenario("hs-seq", "handshakes/s, sequential, server-auth", "handshake", HS_PLAIN),
@@ -520,6 +529,7 @@ class ResumeSpec(NamedTuple):
 
 RESUME_SPECS = {
     "plain": ResumeSpec("plain-hs", False, ""),
+    "floor": ResumeSpec("floor-hs", False, ""),
     "ssl": ResumeSpec("ssl-hs", False, ""),
     "ssl-resumed": ResumeSpec("ssl-hs-tickets", True, ""),
     "nautilus": ResumeSpec("nautilus-hs", False, "NONE"),
@@ -562,6 +572,29 @@ def plain_blocking_cycle(port: int) -> float:
     with sock:
         while rest := sock.recv(4096):  # b"" when the server closes
             raise BenchFailure(f"plain: the server sent {len(rest)} bytes")
+    return latency
+
+
+def floor_blocking_cycle(port: int) -> float:
+    """A resumption's messages and nothing else (the ``hs-floor`` listener); its latency,
+    taken as for the handshakes: from connect to the server's answer."""
+    hello, flight, last, close = _peers.FLOOR_SIZES
+    start = time.perf_counter()
+    sock = socket.create_connection((HOST, port), timeout=OP_TIMEOUT)
+    with sock:
+        sock.sendall(bytes(hello))
+        got = 0
+        while got < flight:
+            data = sock.recv(4096)
+            if not data:
+                raise BenchFailure(f"floor: the server closed after {got} bytes")
+            got += len(data)
+        latency = time.perf_counter() - start
+        sock.sendall(bytes(last))
+        while data := sock.recv(4096):
+            got += len(data)
+        if got != flight + close:
+            raise BenchFailure(f"floor: the server sent {got} bytes, not {flight + close}")
     return latency
 
 
@@ -609,6 +642,8 @@ async def run_resume(
         while time.perf_counter() < deadline:
             if contender == "plain":
                 latency = plain_blocking_cycle(port)
+            elif contender == "floor":
+                latency = floor_blocking_cycle(port)
             elif contender == "ssl":
                 latency, _ = tls_blocking_cycle(client.tls_server_auth, port, None)
             elif contender == "ssl-resumed":
@@ -1209,6 +1244,7 @@ def scenario_ratios(kind: str, contenders: dict[str, Any]) -> dict[str, float | 
             out[f"latency_p50_{mode}_over_ssl_resumed"] = ratio(p50(name), p50("ssl-resumed"))
             out[f"cpu_{mode}_over_ssl_resumed"] = ratio(cpu(name), cpu("ssl-resumed"))
         out["ssl_resumed_over_ssl_full"] = ratio(med("ssl-resumed"), med("ssl"))
+        out["floor_over_plain"] = ratio(med("floor"), med("plain"))
     if kind == "memory":
         n, p = med("nautilus"), med("plain")
         out["nautilus_minus_plain_kib"] = None if n is None or p is None else n - p

@@ -32,6 +32,7 @@ EXPECTED = {
     "hs-conc-mutual": HS,
     "hs-resume": {
         "plain",
+        "floor",
         "ssl",
         "ssl-resumed",
         "nautilus",
@@ -126,6 +127,13 @@ def test_every_scenario_runs_and_verifies(tmp_path: Path) -> None:
     resume = scenarios["hs-resume"]["ratios"]
     assert resume["psk_dhe_over_nautilus_full"] > 0
     assert resume["psk_only_over_ssl_resumed"] > 0
+    # The floor of a resumption does less than any handshake and more than TCP alone.
+    rates = {n: e["median"] for n, e in scenarios["hs-resume"]["contenders"].items()}
+    assert rates["floor"] > max(rates["nautilus-psk_only"], rates["ssl-resumed"])
+    assert 0 < resume["floor_over_plain"] == pytest.approx(rates["floor"] / rates["plain"])
+    bounds = [t["resumption_bound"] for t in summary["targets"] if "nautilus_full" in t["ratio"]]
+    assert len(bounds) == 2
+    assert all(b is not None and b["floor_us"] > 0 for b in bounds)
     assert scenarios["stream-4k"]["ratios"]["chacha_over_ssl"] > 0
 
     assert {t["scenario"] for t in summary["targets"]} <= set(EXPECTED)
@@ -213,6 +221,51 @@ def test_a_target_above_plaintext_is_reported_out_of_reach(monkeypatch: pytest.M
     line = next(x for x in report.notes_lines({**summary, "targets": checked}) if "NOT MET" in x)
     assert "OUT OF REACH" not in line
     assert "plaintext streams reach 1.38x" in line
+
+
+def test_a_resumption_target_above_its_bound_is_reported_out_of_reach(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """psk_only / full <= 1 + (T(full) - T(psk_only)) / T(floor), per handshake."""
+    report = _report_module(monkeypatch)
+    # full 1000 us, psk_only 800 us, floor 250 us: at most 1 + 200/250 = 1.8x.
+    rates = {"nautilus": 1000.0, "nautilus-psk_only": 1250.0, "floor": 4000.0}
+    sc = {
+        "key": "hs-resume",
+        "kind": "resume",
+        "contenders": {name: {"median": rate} for name, rate in rates.items()},
+        "ratios": {"psk_only_over_nautilus_full": 1.25},
+    }
+    (target,) = [t for t in report.TARGETS if t.ratio == "psk_only_over_nautilus_full"]
+    bound = report.resumption_bound(sc, target)
+    assert bound == pytest.approx({"extra_us": 200.0, "floor_us": 250.0, "bound": 1.8})
+
+    def check() -> dict[str, Any]:
+        (checked,) = [t for t in report.check_targets([sc], 2) if t["ratio"] == target.ratio]
+        return checked
+
+    checked = check()
+    summary = {
+        "targets": [checked],
+        "interference": {"other_cores_max": None},
+        "settings": {"connections_note": "", "uvloop_note": "", "nautilus_unsupported_on": {}},
+        "scenarios": [],
+    }
+    (line,) = [x for x in report.notes_lines(summary) if "NOT MET" in x]
+    assert "OUT OF REACH: at most 1.80x" in line
+    assert "full handshakes take 200 us more" in line
+    assert "messages alone take 250 us" in line
+    # A floor slow enough to leave room under the target: no such verdict.
+    sc["contenders"]["floor"] = {"median": 10000.0}  # 100 us: 1 + 200/100 = 3.0x
+    checked = check()
+    assert checked["resumption_bound"]["bound"] == pytest.approx(3.0)
+    line = next(x for x in report.notes_lines({**summary, "targets": [checked]}) if "NOT MET" in x)
+    assert "OUT OF REACH" not in line
+    # Without the floor (--contenders), no bound; other targets have none.
+    del sc["contenders"]["floor"]
+    assert report.resumption_bound(sc, target) is None
+    (other,) = [t for t in report.TARGETS if t.ratio == "psk_only_over_ssl_resumed"]
+    assert report.resumption_bound(sc, other) is None
 
 
 def test_a_verdict_the_rounds_do_not_agree_on_is_marked(monkeypatch: pytest.MonkeyPatch) -> None:
