@@ -54,8 +54,6 @@ from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from nautilus import _bindings as _b
 from nautilus._fork import renew_locks_after_fork
-from nautilus._native import ffi as _ffi
-from nautilus._native import lib as _lib
 from nautilus.context import Context
 from nautilus.exceptions import (
     ClosedError,
@@ -107,12 +105,12 @@ _EarlyDataReceived: Any = getattr(_events, "EarlyDataReceived", None)
 _DATA, _MESSAGES, _KEY_UPDATE = 0, 1, 2
 
 _APP_DATA = int(ContentType.APPLICATION_DATA)
-_NT_OK: int = _lib.NT_OK
-_OVERHEAD: int = _lib.NT_RECORD_OVERHEAD
-_nt_seal_send = _lib.nt_seal_send
-_NT_PARTIAL = _lib.NT_PARTIAL
-_NT_DUE = _lib.NT_DUE
-_from_buffer = _ffi.from_buffer
+_NT_OK = _b.NT_OK
+_OVERHEAD = _b.RECORD_OVERHEAD
+_nt_seal_send = _b.nt_seal_send
+_NT_PARTIAL = _b.NT_PARTIAL
+_NT_DUE = _b.NT_DUE
+_from_buffer = _b.from_buffer
 _WRITE_PIECE = 256 * 1024
 """Content sealed per step by the direct send path (its output buffer stays this small)."""
 _RECORD_EXTRA = HEADER_SIZE + 1 + TAG_SIZE  # a sealed record's bytes beyond its content
