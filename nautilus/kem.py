@@ -38,6 +38,18 @@ _Pub = TypeVar("_Pub", bound="KEMPublicKey")
 _Priv = TypeVar("_Priv", bound="KEMPrivateKey")
 
 
+def _group_of(cls: type[KEMPublicKey] | type[KEMPrivateKey]) -> str:
+    """The group of a concrete key class; the base classes have none."""
+    group: str | None = getattr(cls, "GROUP", None)
+    if group is None:
+        kind = "PublicKey" if issubclass(cls, KEMPublicKey) else "PrivateKey"
+        raise TypeError(
+            f"{cls.__name__} is a base class with no algorithm: use a concrete class, "
+            f"such as X25519MLKEM768{kind} or MLKEM768{kind}"
+        )
+    return group
+
+
 class KEMPublicKey:
     """A KEM public key (for a hybrid, the client's key share).
 
@@ -77,20 +89,28 @@ class KEMPublicKey:
 
     @classmethod
     def public_bytes_length(cls) -> int:
-        """Length in bytes of the public key."""
-        return _b.KEM_SIZES[cls.GROUP].public
+        """Length in bytes of the public key.
+
+        Raises:
+            TypeError: called on the base class :class:`KEMPublicKey`.
+        """
+        return _b.KEM_SIZES[_group_of(cls)].public
 
     @classmethod
     def ciphertext_length(cls) -> int:
-        """Length in bytes of a ciphertext made by :meth:`encapsulate`."""
-        return _b.KEM_SIZES[cls.GROUP].ciphertext
+        """Length in bytes of a ciphertext made by :meth:`encapsulate`.
+
+        Raises:
+            TypeError: called on the base class :class:`KEMPublicKey`.
+        """
+        return _b.KEM_SIZES[_group_of(cls)].ciphertext
 
     @classmethod
     def from_public_bytes(cls: type[_Pub], data: bytes) -> _Pub:
         """Load a public key from its raw encoding.
 
         Raises:
-            TypeError: ``data`` is not bytes-like.
+            TypeError: ``data`` is not bytes-like, or called on the base class.
             ValueError: wrong length.
             nautilus.InvalidKey (a ValueError): malformed, or an ML-KEM key whose
                 coefficients are not reduced modulo q (FIPS 203 section 7.2).
@@ -191,20 +211,28 @@ class KEMPrivateKey:
 
     @classmethod
     def seed_length(cls) -> int:
-        """Length in bytes of the seed taken by :meth:`from_seed_bytes`."""
-        return _b.KEM_SIZES[cls.GROUP].seed
+        """Length in bytes of the seed taken by :meth:`from_seed_bytes`.
+
+        Raises:
+            TypeError: called on the base class :class:`KEMPrivateKey`.
+        """
+        return _b.KEM_SIZES[_group_of(cls)].seed
 
     @classmethod
     def generate(cls: type[_Priv]) -> _Priv:
-        """A new random key pair."""
-        return cls._wrap(_b.kem_generate(cls.GROUP, None))
+        """A new random key pair.
+
+        Raises:
+            TypeError: called on the base class :class:`KEMPrivateKey`.
+        """
+        return cls._wrap(_b.kem_generate(_group_of(cls), None))
 
     @classmethod
     def from_seed_bytes(cls: type[_Priv], data: bytes) -> _Priv:
         """Derive the key pair from a seed (see :meth:`private_bytes_raw`).
 
         Raises:
-            TypeError: ``data`` is not bytes-like.
+            TypeError: ``data`` is not bytes-like, or called on the base class.
             ValueError: wrong length.
         """
         seed = _b.as_bytes("seed", data, cls.seed_length())

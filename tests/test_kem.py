@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import pickle
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from nautilus import ClosedError, InvalidKey
 from nautilus.kem import (
     GROUPS,
     KEMPrivateKey,
+    KEMPublicKey,
     MLKEM768PrivateKey,
     MLKEM768PublicKey,
     MLKEM1024PrivateKey,
@@ -750,3 +752,21 @@ def test_hybrid_entropy_round_trip(seed: bytes, entropy: bytes, cls: Any) -> Non
     eph = X25519PrivateKey.from_private_bytes(entropy[32:])
     assert ciphertext[-32:] == _x25519_raw(eph)
     assert shared[32:] == eph.exchange(X25519PrivateKey.from_private_bytes(seed[64:]).public_key())
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: KEMPrivateKey.generate(),
+        lambda: KEMPrivateKey.from_seed_bytes(bytes(64)),
+        lambda: KEMPrivateKey.seed_length(),
+        lambda: KEMPublicKey.from_public_bytes(bytes(32)),
+        lambda: KEMPublicKey.public_bytes_length(),
+        lambda: KEMPublicKey.ciphertext_length(),
+    ],
+)
+def test_the_base_classes_refuse_to_make_keys_naming_a_concrete_class(
+    call: Callable[[], object],
+) -> None:
+    with pytest.raises(TypeError, match=r"KEM(Private|Public)Key is a base class .* MLKEM768"):
+        call()
