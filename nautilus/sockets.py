@@ -1008,6 +1008,13 @@ class NautilusSocket(socket.socket):
             if self._fd_closed:
                 raise
             self._ipos = self._iend = 0
+            if self._read_shut:
+                # After our own SHUT_RD (SHUT_RDWR) the kernel resets the
+                # connection if the peer still sends (its answer to our
+                # close_notify, say), and a reader that was not yet waiting
+                # gets ECONNRESET: this side asked for the end of reading.
+                self._feed(0)
+                return False
             self._lost(exc)
             return False
         full = n > 0 and iend + n == len(self._rbuf) < RECV_BUFFER_SIZE

@@ -29,6 +29,7 @@ import pytest
 from protocol_helpers import in_a_child_forked_with_locks_held
 
 import nautilus
+import nautilus.sockets
 from nautilus import Connection, Context, Identity, NautilusSocket
 from nautilus.protocol.messages import AlertCode
 from nautilus.sockets import wrap_socket
@@ -2062,3 +2063,51 @@ def test_close_reads_what_arrived_while_it_wrote_the_queued_output() -> None:
     sock.settimeout(30.0)
     sock.close()
     assert peer.result(40.0) == (size, True)  # all of it, then a clean end
+
+
+def test_a_reset_after_our_shut_rdwr_reads_as_the_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After shutdown(SHUT_RDWR), TCP may report ECONNRESET to a reader in
+    another thread that had not reached its read yet: a peer that answers our
+    close_notify, or closes with our close_notify unread, resets the
+    connection (seen with `nautilus connect`, 5 times in 300 connections).
+    This side asked for the end: recv() returns b"", not ConnectionLost. The
+    test holds the reader past its checks until the shutdown, then gives it
+    the reset."""
+    shut = threading.Event()
+    waiting = threading.Event()
+    real_recv_into = nautilus.sockets._raw_recv_into
+
+    client: list[NautilusSocket] = []
+
+    def late_recv_into(sock: Any, *args: Any) -> int:
+        if sock not in client or waiting.is_set():  # (the peer's reads pass through)
+            return real_recv_into(sock, *args)
+        waiting.set()
+        assert shut.wait(PEER_TIMEOUT)
+        raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+
+    def handler(sock: NautilusSocket) -> bytes:
+        return sock.recv(100)  # our close_notify: b""
+
+    peer = Peer(handler)
+    with connect(peer, timeout=PEER_TIMEOUT) as sock:
+        sock.settimeout(None)
+        client.append(sock)
+        monkeypatch.setattr(nautilus.sockets, "_raw_recv_into", late_recv_into)
+        got: list[object] = []
+
+        def read() -> None:
+            try:
+                got.append(sock.recv(10))
+            except Exception as exc:
+                got.append(exc)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        assert waiting.wait(PEER_TIMEOUT)
+        sock.shutdown(socket.SHUT_RDWR)
+        shut.set()
+        reader.join(PEER_TIMEOUT)
+        assert got == [b""]
+        assert sock.recv(10) == b""
+    assert peer.result() == b""
