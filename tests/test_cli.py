@@ -1,0 +1,182 @@
+"""The ``nautilus`` command line: identity files, and an echo server and a
+client over real loopback sockets."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nautilus import Identity
+from nautilus.cli import main
+
+pytestmark = pytest.mark.native
+
+
+def run(*argv: str, stdin: bytes = b"") -> tuple[int, bytes, str]:
+    """``main(argv)`` in this process: (exit status, stdout, stderr)."""
+    out, err = io.BytesIO(), io.BytesIO()
+    status = main(list(argv), stdin=io.BytesIO(stdin), stdout=out, stderr=err)
+    return status, out.getvalue(), err.getvalue().decode()
+
+
+def test_identity_new_writes_a_private_file_and_prints_its_peer_id(tmp_path: Path) -> None:
+    path = tmp_path / "server.id"
+    status, out, err = run("identity", "new", str(path))
+    assert (status, err) == (0, "")
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert out.decode() == Identity.load(path).peer_id + "\n"
+    status, out, err = run("identity", "show", str(path))
+    assert status == 0
+    assert out.decode() == f"{Identity.load(path).peer_id}\nkind: ed25519\n"
+
+
+def test_identity_new_never_replaces_a_file_without_force(tmp_path: Path) -> None:
+    path = tmp_path / "server.id"
+    run("identity", "new", str(path))
+    first = Identity.load(path).peer_id
+    status, out, err = run("identity", "new", str(path), "--kind", "ml-dsa-65")
+    assert (status, out) == (1, b"")
+    assert err == f"nautilus: error: {path} exists: give --force to replace it\n"
+    assert Identity.load(path).peer_id == first
+    status, out, _ = run("identity", "new", str(path), "--kind", "ml-dsa-65", "--force")
+    assert status == 0
+    assert Identity.load(path).kind == "ml-dsa-65"
+    assert out.decode().strip() == Identity.load(path).peer_id != first
+
+
+def test_identity_show_of_a_file_that_is_no_identity_fails_cleanly(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("not an identity\n")
+    path.chmod(0o600)
+    status, out, err = run("identity", "show", str(path))
+    assert (status, out) == (1, b"")
+    assert err.startswith("nautilus: error: ")
+    assert "identity" in err
+    status, _, err = run("identity", "show", str(tmp_path / "missing"))
+    assert status == 1
+    assert err.startswith("nautilus: error: ")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["connect", "127.0.0.1:99999", "--trust", "x"],
+        ["connect", "127.0.0.1", "--trust", "x"],
+        ["connect", "127.0.0.1:1", "--trust", "x", "--timeout", "0"],
+        ["connect", "127.0.0.1:1", "--trust", "x", "--wait", "-1"],
+        ["identity", "new", "f", "--kind", "rsa"],
+        ["serve", "127.0.0.1:0"],  # no --identity
+        [],
+    ],
+)
+def test_bad_usage_exits_with_status_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "usage: nautilus" in capsys.readouterr().err
+
+
+class EchoServer:
+    """``python -m nautilus serve`` in a subprocess, on a free loopback port."""
+
+    def __init__(self, identity: Path, *extra: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "nautilus", "serve", "127.0.0.1:0", "--identity", str(identity),
+             *extra],
+            stderr=subprocess.PIPE,
+            cwd=Path(__file__).resolve().parent.parent,
+        )  # fmt: skip
+        assert self.proc.stderr is not None
+        line = self.proc.stderr.readline().decode()
+        found = re.fullmatch(r"listening on 127\.0\.0\.1:(\d+) as (\S+)\n", line)
+        assert found, line
+        self.address = f"127.0.0.1:{found[1]}"
+        self.peer_id = found[2]
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(timeout=10)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            assert self.proc.stderr is not None
+            self.proc.stderr.close()
+
+
+@pytest.fixture
+def server_id(tmp_path: Path) -> Path:
+    path = tmp_path / "server.id"
+    Identity.generate().save(path)
+    return path
+
+
+@pytest.fixture
+def server(server_id: Path) -> Iterator[EchoServer]:
+    srv = EchoServer(server_id)
+    yield srv
+    assert srv.stop() == 130  # Ctrl-C
+
+
+def test_connect_echoes_stdin_through_the_server(server: EchoServer) -> None:
+    data = os.urandom(300_000) + b"the end\n"
+    status, out, err = run(
+        "connect", server.address, "--trust", server.peer_id, "--wait", "0.3", stdin=data
+    )
+    assert status == 0, err
+    assert out == data
+    assert err == f"connected to {server.peer_id} (x25519-mlkem768, aes-256-gcm)\n"
+
+
+def test_connect_to_a_server_it_does_not_trust_fails_cleanly(
+    server: EchoServer, tmp_path: Path
+) -> None:
+    other = Identity.generate().peer_id
+    status, out, err = run("connect", server.address, "--trust", other, stdin=b"secret\n")
+    assert (status, out) == (1, b"")
+    assert err.startswith(f"nautilus: error: cannot connect to {server.address}: ")
+    assert "not trusted" in err
+    status, _, err = run("connect", server.address)
+    assert status == 1
+    assert (
+        err
+        == "nautilus: error: connect needs --trust PEER or --known-peers FILE to know the server\n"
+    )
+    # Trust on first use: the first connection records the server, the next checks it.
+    known = tmp_path / "known_peers"
+    for _ in range(2):
+        status, out, err = run(
+            "connect", server.address, "--known-peers", str(known), "--wait", "0.2", stdin=b"hi\n"
+        )
+        assert (status, out) == (0, b"hi\n"), err
+    assert server.peer_id in known.read_text()
+    # The server kept serving through all of this.
+    status, out, _ = run("connect", server.address, "--trust", server.peer_id, stdin=b"again\n")
+    assert (status, out) == (0, b"again\n")
+
+
+def test_a_server_requiring_client_auth_serves_only_trusted_clients(
+    server_id: Path, tmp_path: Path
+) -> None:
+    client_id = tmp_path / "client.id"
+    run("identity", "new", str(client_id))
+    client_peer = Identity.load(client_id).peer_id
+    srv = EchoServer(server_id, "--client-auth", "required", "--trust", client_peer)
+    try:
+        base = ("connect", srv.address, "--trust", srv.peer_id, "--wait", "0.2")
+        status, out, err = run(*base, "--identity", str(client_id), stdin=b"ping\n")
+        assert (status, out) == (0, b"ping\n"), err
+        status, out, err = run(*base, stdin=b"ping\n")  # no identity
+        assert status == 1
+        assert out == b""
+        assert err.startswith("nautilus: error: ")
+    finally:
+        assert srv.stop() == 130
