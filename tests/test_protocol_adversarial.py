@@ -58,6 +58,7 @@ from nautilus.protocol.messages import (
     HelloRetry,
     IdentityMsg,
     MsgType,
+    NewSessionTicket,
     ServerHello,
     frame,
 )
@@ -1058,6 +1059,92 @@ def test_sealed_record_at_the_size_limit_is_not_an_overflow() -> None:
     pair.client.receive_data(bytes(16384 + 1 + 16), NOW)  # a body that does not verify
     pair.collect()
     assert_closed_with(pair.client, pair.client_events, IntegrityError)
+
+
+def _large_record_pair() -> Pair:
+    """Connected, both sides accepting (and the server sealing) 64 KiB records."""
+    big = {"max_record_size": 65536}
+    pair = Pair.make(client=big, server=big, server_name="srv:1")
+    pair.handshake()
+    assert pair.server._sealer is not None
+    assert pair.server._sealer.max_fragment == 65536
+    return pair
+
+
+def _ticket_message(size: int) -> bytes:
+    """A well-formed NewSessionTicket message of ``size`` bytes, header included."""
+    message = frame(NewSessionTicket(3600, 7, b"n", b"t" * (size - 20), 0))
+    assert len(message) == size
+    return message
+
+
+@pytest.mark.parametrize(
+    "ctype", [ContentType.HANDSHAKE, ContentType.KEY_UPDATE], ids=["handshake", "key_update"]
+)
+def test_oversized_handshake_record_is_record_overflow_with_a_larger_max_record_size(
+    ctype: int,
+) -> None:
+    """docs/protocol.md, section 1: handshake records (and every other record
+    that is not application data or messages) are at most 16 KiB, even when
+    the receiver accepts application records of 64 KiB. A well-formed ticket
+    of 20000 bytes in one record was stored before."""
+    pair = _large_record_pair()
+    sealer = pair.server._sealer
+    assert sealer is not None
+    content = _ticket_message(20000) if ctype == ContentType.HANDSHAKE else bytes(20000)
+    pair.server._out.append(sealer.seal(content, ctype))
+    pair.pump()
+    assert_closed_with(pair.client, pair.client_events, ProtocolViolation)
+    assert "record_overflow" in str(pair.client.error)
+    assert len(pair.client_ctx.session_cache) == 0
+    assert_closed_with(pair.server, pair.server_events, ProtocolViolation)
+    assert alert_codes(pair.server_events) == [22]  # record_overflow
+
+
+def test_handshake_and_application_records_at_their_own_limits_are_accepted() -> None:
+    """The bounds of the test above: a 16 KiB ticket record and a 64 KiB
+    application record are both fine."""
+    pair = _large_record_pair()
+    sealer = pair.server._sealer
+    assert sealer is not None
+    pair.server._out.append(sealer.seal(_ticket_message(16384), ContentType.HANDSHAKE))
+    pair.server.send_data(b"x" * 65536)  # one record
+    pair.pump()
+    assert pair.client.handshake_complete, pair.client.error
+    assert len(pair.client_ctx.session_cache) == 1
+    assert received_data(pair.client_events) == b"x" * 65536
+
+
+def test_oversized_handshake_record_during_the_handshake_is_refused_from_its_header(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server whose flight (a step payload of 20000 bytes) comes sealed in
+    one record over 16 KiB, to a client that accepts 64 KiB application
+    records: refused from the header, under handshake keys, not opened."""
+    step = CustomProtocolStep("example.com/big", server_payload=lambda ctx: b"p" * 20000)
+    big = {"max_record_size": 65536, "handshake": _with_step(step)}
+    pair = Pair.make(client=big, server=big)
+    honest = Connection._hold_flight
+
+    def hold_in_one_record() -> None:
+        assert pair.server._sealer is not None
+        pair.server._sealer.set_max_fragment(65536)  # its whole flight in one record
+        honest(pair.server)
+
+    patch_method(monkeypatch, pair.server, "_hold_flight", hold_in_one_record)
+    pair.start()
+    pair.server.receive_data(pair.client.data_to_send(), NOW)
+    hello, flight = split_records(pair.server.data_to_send())
+    assert len(flight) > 4 + 20000
+    pair.client.receive_data(hello, NOW)
+    pair.client.receive_data(flight[:4], NOW)  # its header alone
+    pair.collect()
+    assert_closed_with(pair.client, pair.client_events, ProtocolViolation)
+    assert "record_overflow" in str(pair.client.error)
+    pair.server.receive_data(pair.client.data_to_send(), NOW)
+    pair.collect()
+    assert_closed_with(pair.server, pair.server_events, ProtocolViolation)
+    assert alert_codes(pair.server_events) == [22]
 
 
 @pytest.mark.parametrize("declared", [0, 5, 16])

@@ -1209,6 +1209,16 @@ class Connection:
             self._bytes_received += end - start
             self._feed_messages(start, end)
             return
+        if end - start > _HANDSHAKE_RECORD:
+            # Only application records may be as large as this side's
+            # max_record_size (the opener's bound): handshake, alert and key
+            # update records are at most 16 KiB (docs/protocol.md, section 1).
+            _abort(
+                ProtocolViolation,
+                AlertCode.RECORD_OVERFLOW,
+                f"record_overflow: a record of content type {ctype} holds {end - start} bytes "
+                f"(at most {_HANDSHAKE_RECORD})",
+            )
         payload = bytes(self._scratch[start:end])
         if ctype == ContentType.HANDSHAKE:
             if not payload:
@@ -1278,7 +1288,8 @@ class Connection:
         """Switch keys (at a record boundary: no handshake bytes may be pending).
 
         Handshake records are at most 16 KiB, so during the handshake the opener
-        accepts that much even if this side's own limit is lower.
+        accepts exactly that much, whatever this side's own limit: a larger
+        record is refused from its header (record_overflow).
         """
         self._stop_if_closed()  # no key is made for a closed connection
         if recv_secret is not None and self._hs:  # (our sending key does not matter)
@@ -1303,7 +1314,7 @@ class Connection:
         if recv_secret is not None:
             if self._opener is not None:
                 self._opener.close()
-            accept = max(own_limit, _HANDSHAKE_RECORD) if handshake else own_limit
+            accept = _HANDSHAKE_RECORD if handshake else own_limit
             self._opener = RecordOpener._from_secret(self._cipher, recv_secret, accept)
 
     def _send_alert(self, code: AlertCode) -> None:
