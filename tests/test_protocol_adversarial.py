@@ -1279,6 +1279,28 @@ def test_a_handshake_message_without_a_key_is_an_internal_error_not_plaintext(
     assert alert == plain_record(RECORD_ALERT_PLAIN, b"\x50")  # internal_error (80)
 
 
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"\x00" * 3, b"\xff" * 40, NewSessionTicket(3600, 1, b"n", b"ticket", 0).encode_body()],
+    ids=["empty", "truncated", "garbage", "well-formed"],
+)
+def test_new_session_ticket_from_a_client_is_unexpected_whatever_its_body(body: bytes) -> None:
+    """docs/protocol.md, sections 2.9 and 4: a server refuses a NewSessionTicket
+    as a message it never receives (unexpected_message), before decoding it: a
+    malformed one was decode_error."""
+    pair = Pair.make()
+    pair.handshake()
+    sealer = pair.client._sealer
+    assert sealer is not None
+    message = handshake_message(MsgType.NEW_SESSION_TICKET, body)
+    pair.client._out.append(sealer.seal(message, ContentType.HANDSHAKE))
+    pair.pump()
+    assert_closed_with(pair.server, pair.server_events, ProtocolViolation)
+    assert "unexpected_message: NEW_SESSION_TICKET" in str(pair.server.error)
+    assert_closed_with(pair.client, pair.client_events, ProtocolViolation)
+    assert alert_codes(pair.client_events) == [10]  # unexpected_message
+
+
 def test_update_keys_with_half_a_session_ticket_received() -> None:
     """A NewSessionTicket split across records leaves handshake bytes waiting:
     that is no reason to refuse our own (sending) key update."""

@@ -941,7 +941,7 @@ def test_new_session_ticket_sent_by_a_client_is_a_protocol_violation() -> None:
     )
     p.pump()
     assert_closed_with(p.server, p.server_events, ProtocolViolation)
-    assert "client sent a session ticket" in str(p.server.error)
+    assert "unexpected_message: NEW_SESSION_TICKET" in str(p.server.error)
 
 
 def test_tickets_carry_nothing_in_clear() -> None:

@@ -1448,7 +1448,7 @@ class Connection:
             if item is None:
                 return
             mtype, body, full = item
-            row = transition(self._state, mtype)
+            row = transition(self._state, mtype, client=self._client)
             if row is None:
                 _abort(
                     ProtocolViolation,
@@ -2410,10 +2410,9 @@ class Connection:
             self._out.append(self._sealer._seal_chunk(frame(msg), ContentType.HANDSHAKE))
 
     def _on_new_session_ticket(self, msg: NewSessionTicket, full: bytes) -> State:
-        """(client) Keep a ticket in the context's session cache."""
-        if not self._client:
-            _abort(ProtocolViolation, AlertCode.UNEXPECTED_MESSAGE,
-                   "unexpected_message: a client sent a session ticket")  # fmt: skip
+        """(client) Keep a ticket in the context's session cache. (A server
+        never gets here: the state table refuses the message before it is
+        decoded, see state.RECEIVED_BY_CLIENT_ONLY.)"""
         keys, key = self._keys, self._cache_key()
         if self._cfg.resumption == "off" or keys is None or key is None:
             return State.CONNECTED

@@ -85,10 +85,15 @@ HANDSHAKE_TRANSITIONS: dict[tuple[State, MsgType], tuple[str, frozenset[State]]]
     ),
     (S.SERVER_WAIT_FINISHED, M.FINISHED): ("_on_client_finished", frozenset({S.CONNECTED})),
     (S.CONNECTED, M.NEW_SESSION_TICKET): (
-        "_on_new_session_ticket",  # client only: a server refuses it
+        "_on_new_session_ticket",  # client only (RECEIVED_BY_CLIENT_ONLY)
         frozenset({S.CONNECTED}),
     ),
 }
+
+# Messages only a client may receive. ``connected`` is the one state both
+# roles share: there a server refuses these as it refuses a pair missing from
+# the table above (unexpected_message), before their body is decoded.
+RECEIVED_BY_CLIENT_ONLY = frozenset({M.NEW_SESSION_TICKET})
 
 # Transitions made by local actions rather than by a received message.
 LOCAL_TRANSITIONS: dict[tuple[State, str], State] = {
@@ -131,8 +136,11 @@ PLAINTEXT_HANDSHAKE_STATES = frozenset(
 )
 
 
-def transition(state: State, msg: MsgType) -> tuple[str, frozenset[State]] | None:
-    """The handler and allowed next states for ``msg`` in ``state``, or None."""
+def transition(state: State, msg: MsgType, *, client: bool) -> tuple[str, frozenset[State]] | None:
+    """The handler and allowed next states for ``msg`` received in ``state``
+    by a client (``client``) or a server, or None: a protocol violation."""
+    if not client and msg in RECEIVED_BY_CLIENT_ONLY:
+        return None
     return HANDSHAKE_TRANSITIONS.get((state, msg))
 
 
@@ -143,7 +151,8 @@ def diagram() -> str:
         lines.append(f"| `{state.value}` | (local: {action}) | `{nxt.value}` |")
     for (state, msg), (_handler, nexts) in HANDSHAKE_TRANSITIONS.items():
         goes = ", ".join(f"`{n.value}`" for n in sorted(nexts, key=lambda s: s.value))
-        lines.append(f"| `{state.value}` | {msg.name} | {goes} |")
+        who = " (client only)" if msg in RECEIVED_BY_CLIENT_ONLY else ""
+        lines.append(f"| `{state.value}` | {msg.name}{who} | {goes} |")
     return "\n".join(lines)
 
 
