@@ -529,6 +529,24 @@ def test_close_notify(closer: str) -> None:
         peer.send_data(b"x")
 
 
+def test_a_local_close_during_the_handshake_reports_no_event() -> None:
+    """docs/protocol.md, section 6: close() queues no ConnectionClosed, in the
+    middle of the handshake too; the peer learns of it from the close_notify."""
+    pair = Pair.make()
+    pair.start()
+    pair.server.receive_data(pair.client.data_to_send(), NOW)  # the server's flight is out
+    pair.client.close()
+    assert pair.client.is_closed
+    assert pair.client.error is None
+    assert drain_events(pair.client) == []
+    pair.server.receive_data(pair.client.data_to_send(), NOW)
+    events = drain_events(pair.server)
+    assert_closed_with(pair.server, events, HandshakeError)
+    assert [e.code for e in events if isinstance(e, AlertReceived)] == [0]
+    pair.client.receive_data(pair.server.data_to_send(), NOW)  # ignored: closed
+    assert drain_events(pair.client) == []
+
+
 def test_close_before_start_sends_nothing() -> None:
     conn = Connection(Context(), "client")
     conn.close()

@@ -9,7 +9,8 @@ UNIX time in seconds (``time.time()``), passed in by the caller.
 A peer that misbehaves never makes ``receive_data`` raise: the connection sends
 an alert (where that is safe), closes, and reports
 ``ConnectionClosed(error=...)`` with the named error. Misuse of the API (wrong
-types, sending on a closed connection) raises at once.
+types, sending on a closed connection) raises at once. A local
+:meth:`Connection.close` reports no event: the caller knows.
 """
 
 from __future__ import annotations
@@ -869,6 +870,13 @@ class Connection:
 
     def close(self) -> None:
         """Send close_notify and close. Idempotent.
+
+        No event is queued: :class:`ConnectionClosed` reports only an end the
+        connection learns of itself (the peer's close_notify or alert, an
+        error it detects, an EOF, the handshake timeout), never the caller's
+        own close, as in h11. Events queued before stay queued; the peer's
+        answering close_notify, if it is fed, is ignored, and ``error`` stays
+        None.
 
         Every secret of the connection is dropped (the record keys cleansed);
         from a handshake step's hook, the handshake stops there and nothing

@@ -111,6 +111,11 @@ class AlertReceived(Event):
 
 @dataclass(frozen=True)
 class ConnectionClosed(Event):
-    """The connection is over. ``error`` is None after a clean close_notify."""
+    """The connection is over. ``error`` is None after a clean close_notify.
+
+    Reported once, for an end the connection learned of itself: the peer's
+    close_notify (``error`` None) or alert, an error it detected, an EOF, the
+    handshake timeout. A local ``Connection.close()`` queues no event.
+    """
 
     error: NautilusError | None = None
