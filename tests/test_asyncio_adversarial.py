@@ -637,3 +637,94 @@ def test_replay_while_the_original_is_still_connected(caplog: pytest.LogCaptureF
             await writer.wait_closed()
 
     run(main())
+
+
+# ------------------------------------------- a hook raising a BaseException
+
+
+class Interrupt(BaseException):
+    """Not an Exception, as asyncio.CancelledError or KeyboardInterrupt."""
+
+
+class Stop(KeyboardInterrupt):
+    """A KeyboardInterrupt of the test's own (caught by pytest.raises)."""
+
+
+STEP = "example.com/interrupted"
+
+
+def _step_handshake(step: nautilus.CustomProtocolStep) -> nautilus.Handshake:
+    hs = nautilus.Handshake()
+    hs.add(step)
+    return hs
+
+
+def _interrupting_client(exc_type: type[BaseException]) -> Context:
+    def interrupt(ctx: nautilus.StepContext, payload: bytes | None) -> bytes:
+        raise exc_type("from the hook")
+
+    step = nautilus.CustomProtocolStep(STEP, client_payload=interrupt)
+    return good_client_ctx(handshake=_step_handshake(step))
+
+
+def _server_with_the_step() -> Context:
+    return Context(SERVER_ID, handshake=_step_handshake(nautilus.CustomProtocolStep(STEP)))
+
+
+def test_a_hook_raising_a_base_exception_is_a_local_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """docs/asyncio.md: a BaseException that is not KeyboardInterrupt or
+    SystemExit (asyncio.CancelledError...) from a hook fails the connection as
+    a local error, reported to the loop's exception handler; it was reported
+    as the peer closing the connection."""
+
+    async def main() -> None:
+        async with Harness(caplog, _server_with_the_step()).running() as h:
+            handled: list[dict[str, Any]] = []
+            asyncio.get_running_loop().set_exception_handler(lambda _, c: handled.append(c))
+            with pytest.raises(nautilus.HandshakeError, match="interrupted by Interrupt") as info:
+                await asyncio.wait_for(
+                    na.open_connection(HOST, h.port, context=_interrupting_client(Interrupt)), 5
+                )
+            assert isinstance(info.value.__cause__, Interrupt)
+            assert [type(c.get("exception")) for c in handled] == [Interrupt]
+            # The server was told: internal_error, not an end of the connection.
+            await h.wait_for_log("failed", "internal_error")
+
+    run(main())
+
+
+def test_a_hook_raising_keyboard_interrupt_propagates_after_a_local_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """KeyboardInterrupt (and SystemExit) from a hook leave the event loop, as
+    asyncio lets them; the connection failed locally before, and the waiting
+    open_connection() learns it when the loop runs again."""
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    loop = asyncio.new_event_loop()
+    try:
+        server = loop.run_until_complete(
+            na.start_server(lambda r, w: None, HOST, 0, context=_server_with_the_step())
+        )
+        port = server.sockets[0].getsockname()[1]
+        task = loop.create_task(na.open_connection(HOST, port, context=_interrupting_client(Stop)))
+        guard = loop.call_later(5, task.cancel)  # (bounded in time whatever happens)
+        with pytest.raises(Stop):
+            loop.run_until_complete(task)
+        with pytest.raises(nautilus.HandshakeError, match="interrupted by Stop") as info:
+            loop.run_until_complete(task)
+        assert isinstance(info.value.__cause__, Stop)
+        guard.cancel()
+
+        async def server_told() -> None:
+            while not any(
+                "internal_error" in r.getMessage() for r in caplog.records if r.name == LOGGER
+            ):
+                await asyncio.sleep(0.01)
+
+        loop.run_until_complete(asyncio.wait_for(server_told(), 5))
+        server.close()
+        loop.run_until_complete(server.wait_closed())
+    finally:
+        loop.close()

@@ -16,6 +16,8 @@ from protocol_helpers import (
     cached_identity,
     drain_events,
     event_types,
+    patch_method,
+    pump,
     received_data,
     split_plain_handshake,
     split_records,
@@ -27,6 +29,7 @@ from nautilus import (
     AuthenticationStep,
     ClosedError,
     ConnectionClosed,
+    ConnectionLost,
     CustomProtocolStep,
     Handshake,
     HandshakeCompleted,
@@ -812,6 +815,130 @@ def test_a_trust_rule_that_feeds_its_own_connection_fails_the_handshake() -> Non
     assert_closed_with(pair.client, pair.client_events, AuthenticationFailed)
     assert pair.server.is_closed
     assert not pair.client._in_hook  # (the flag does not outlive the rule)
+
+
+class Interrupt(BaseException):
+    """Not an Exception, as KeyboardInterrupt, SystemExit, asyncio.CancelledError
+    (a KeyboardInterrupt of our own would stop pytest)."""
+
+
+def _failed_locally(conn: Connection, call: str) -> None:
+    """``conn`` was failed by an Interrupt raised from inside ``call``()."""
+    events = drain_events(conn)
+    assert_closed_with(conn, events, HandshakeError)
+    assert f"{call}() was interrupted by Interrupt" in str(conn.error)
+    assert isinstance(conn.error.__cause__, Interrupt)
+    assert "HandshakeCompleted" not in event_types(events)
+    assert not conn._in_hook
+    assert conn.get_timer() is None
+
+
+@pytest.mark.parametrize("hook", ["server_payload", "client_payload", "verify_client_payload"])
+def test_a_hook_raising_a_base_exception_fails_the_connection_then_it_propagates(
+    hook: str,
+) -> None:
+    """docs/protocol.md, section 3.2: KeyboardInterrupt and the like from a hook
+    say nothing about the peer, and are not swallowed: the connection fails
+    locally (internal_error sent, closed, ConnectionClosed with a HandshakeError
+    caused by it) and the exception leaves receive_data(). It left the
+    connection open in the middle of its handshake before."""
+    sid = "example.com/interrupted"
+    side = "client" if hook == "client_payload" else "server"
+
+    def interrupt(ctx: StepContext, *args: object) -> bytes:
+        raise Interrupt(hook)
+
+    server_step = CustomProtocolStep(
+        sid,
+        server_payload=interrupt if hook == "server_payload" else (lambda ctx: b"challenge"),
+        verify_client_payload=interrupt if hook == "verify_client_payload" else None,
+    )
+    client_step = CustomProtocolStep(
+        sid, client_payload=interrupt if hook == "client_payload" else (lambda c, p: b"answer")
+    )
+    pair = Pair.make(
+        server={"handshake": handshake_with(server_step)},
+        client={"handshake": handshake_with(client_step)},
+    )
+    pair.start()
+    with pytest.raises(Interrupt, match=hook):
+        pump(pair.client, pair.server)
+    conn, peer = (pair.client, pair.server) if side == "client" else (pair.server, pair.client)
+    _failed_locally(conn, "receive_data")
+    peer.receive_data(conn.data_to_send(), NOW)  # the alert
+    events = drain_events(peer)
+    assert AlertReceived(80, "internal_error") in events
+    # The client had completed its side (1-RTT) when the server checked its payload.
+    assert_closed_with(
+        peer, events, ConnectionLost if hook == "verify_client_payload" else HandshakeError
+    )
+
+
+def test_a_trust_rule_raising_a_base_exception_fails_the_connection_then_it_propagates() -> None:
+    class Interrupting(AuthenticationStep):
+        def verify_peer(self, trust: Any, key: PeerKey, **kwargs: Any) -> str:
+            raise Interrupt("trust rule")
+
+    pair = Pair.make(client=_client_with_policy(Interrupting()))
+    pair.start()
+    pair.server.receive_data(pair.client.data_to_send(), NOW)
+    with pytest.raises(Interrupt):
+        pair.client.receive_data(pair.server.data_to_send(), NOW)
+    _failed_locally(pair.client, "receive_data")
+    pair.server.receive_data(pair.client.data_to_send(), NOW)
+    events = drain_events(pair.server)
+    assert AlertReceived(80, "internal_error") in events
+    assert_closed_with(pair.server, events, HandshakeError)
+
+
+def test_a_trust_rule_raising_a_base_exception_in_start_fails_the_connection() -> None:
+    """The trust rule also runs in start(), on the server of a cached ticket:
+    nothing was sent yet, so nothing is (no alert)."""
+    armed: list[bool] = []
+
+    class Interrupting(AuthenticationStep):
+        def verify_peer(self, trust: Any, key: PeerKey, **kwargs: Any) -> str:
+            if armed:
+                raise Interrupt("trust rule")
+            return super().verify_peer(trust, key, **kwargs)
+
+    pair = Pair.make(
+        server={"tickets_per_handshake": 1},
+        client=_client_with_policy(Interrupting()),
+        server_name="srv:1",
+    )
+    pair.handshake()
+    assert len(pair.client_ctx.session_cache) == 1
+    armed.append(True)
+    client = Connection(pair.client_ctx, "client", server_name="srv:1")
+    with pytest.raises(Interrupt):
+        client.start(NOW)
+    _failed_locally(client, "start")
+    assert client.data_to_send() == b""
+
+
+def test_an_interruption_after_the_handshake_is_connection_lost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same for an interruption of a connected connection (a signal
+    handler's KeyboardInterrupt while it acts on a record): ConnectionLost."""
+    pair = Pair.make()
+    pair.handshake()
+
+    def interrupted(payload: bytes) -> None:
+        raise Interrupt("signal")
+
+    patch_method(monkeypatch, pair.client, "_on_key_update", interrupted)
+    pair.server.update_keys()
+    with pytest.raises(Interrupt):
+        pair.client.receive_data(pair.server.data_to_send(), NOW)
+    events = drain_events(pair.client)
+    assert_closed_with(pair.client, events, ConnectionLost)
+    assert isinstance(pair.client.error.__cause__, Interrupt)
+    pair.server.receive_data(pair.client.data_to_send(), NOW)
+    events = drain_events(pair.server)
+    assert AlertReceived(80, "internal_error") in events
+    assert_closed_with(pair.server, events, ConnectionLost)
 
 
 def test_a_server_closing_before_an_agreed_step_is_verified_sends_no_data() -> None:

@@ -505,6 +505,10 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         except Exception as exc:  # it should not raise: the waiter must hear of it all the same
             self._engine_error(exc)
             return
+        except BaseException as exc:  # (a trust rule's KeyboardInterrupt...)
+            if self._interrupted(exc):
+                raise
+            return
         self._early_data = None
         self._transmit()
         self._dispatch()
@@ -610,6 +614,12 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         except Exception as exc:  # the Connection promises not to raise here
             used = end - start
             self._engine_error(exc)
+        except BaseException as exc:  # (a hook's KeyboardInterrupt...): the Connection failed
+            if shared is None:
+                self._rstart = self._rseen = self._rend = 0  # nothing more will be read
+            if self._interrupted(exc):
+                raise
+            return
         if shared is not None:
             if used < end:  # the shared buffer is reused: keep the incomplete record
                 self._keep(shared[used:])
@@ -1098,6 +1108,42 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
                 self._waiter.set_exception(error)
         else:
             self._log_failure(error)
+
+    def _interrupted(self, exc: BaseException) -> bool:
+        """``Connection.receive_data`` (or ``start``) raised ``exc``, which is
+        not an Exception: a handshake step hook or trust rule raised
+        KeyboardInterrupt, SystemExit, asyncio.CancelledError...
+
+        The Connection failed itself before (internal_error queued, a
+        ConnectionClosed whose error is caused by ``exc``): that is dispatched
+        as any local failure, so the waiter or ``connection_lost()`` gets that
+        error (not "the peer closed") and the alert goes out before TCP
+        closes. Returns True for KeyboardInterrupt and SystemExit, which the
+        caller raises again, as asyncio lets them out of its loop; anything
+        else goes to the loop's exception handler, as asyncio does with a
+        callback that raises it (raised again from a protocol callback, the
+        TCP transport would abort and the alert would be lost).
+        """
+        self._in_callback = True
+        try:
+            self._dispatch()
+        finally:
+            self._in_callback = False
+        if not self._conn.is_closed:  # (never: the Connection fails itself first)
+            self._engine_error(ConnectionLost(f"interrupted by {type(exc).__name__}"))
+        self._transmit()
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            return True
+        self._loop.call_exception_handler(
+            {
+                "message": f"nautilus: a handshake step hook or trust rule raised "
+                f"{type(exc).__name__}; the connection failed",
+                "exception": exc,
+                "transport": self._transport,
+                "protocol": self._app,
+            }
+        )
+        return False
 
     def _log_failure(self, error: BaseException) -> None:
         peer = self._tcp.get_extra_info("peername") if self._tcp is not None else None

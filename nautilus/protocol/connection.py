@@ -561,6 +561,10 @@ class Connection:
             ClosedError: already started.
             RuntimeError: called by a handshake step hook or trust rule of
                 this connection.
+            BaseException: one that is not an ``Exception`` (KeyboardInterrupt,
+                SystemExit, asyncio.CancelledError...) raised by a trust rule
+                (or a signal handler) while this ran propagates, once the
+                connection has failed locally (see :meth:`receive_data`).
         """
         if self._in_hook:
             _reentered("start")
@@ -579,6 +583,11 @@ class Connection:
         except _Abort as abort:
             self._fail(abort.error, abort.alert)
             return
+        except Exception:
+            raise
+        except BaseException as exc:  # KeyboardInterrupt...: fail, then let it go on
+            self._interrupted(exc, "start")
+            raise
         if self._state is State.CLOSED:
             return  # closed meanwhile (a trust rule called close()): it stays closed
         self._deadline = self._now + self._cfg.handshake_timeout
@@ -597,6 +606,14 @@ class Connection:
             RuntimeError: called by a handshake step hook or trust rule of
                 this connection (which runs inside this connection's
                 ``start()`` or ``receive_data()``).
+            BaseException: one that is not an ``Exception`` (KeyboardInterrupt,
+                SystemExit, asyncio.CancelledError...) raised by a handshake
+                step hook or trust rule (or a signal handler) while this ran.
+                It says nothing about the peer, but what was under way is
+                lost: the connection fails locally first (an internal_error
+                alert queued, closed, ``ConnectionClosed`` with a
+                HandshakeError, or ConnectionLost once connected, whose
+                ``__cause__`` is the exception), then it propagates.
         """
         if self._in_hook:
             _reentered("receive_data")
@@ -671,6 +688,29 @@ class Connection:
             self._fail(exc, AlertCode.UNEXPECTED_MESSAGE)
         except NautilusError as exc:  # a local failure (OpenSSL...): the peer must not
             self._fail(exc, AlertCode.INTERNAL_ERROR)  # take the end for a clean close
+        except Exception:
+            raise
+        except BaseException as exc:  # KeyboardInterrupt...: fail, then let it go on
+            self._interrupted(exc, "receive_data")
+            raise
+
+    def _interrupted(self, exc: BaseException, call: str) -> None:
+        """``call`` was interrupted by ``exc``, not an Exception: a hook or a
+        trust rule raised KeyboardInterrupt, SystemExit, asyncio.CancelledError...
+        Not the peer's doing, but what was under way (a flight, a record) is
+        lost: fail the connection locally before ``exc`` propagates."""
+        if self._state is State.CLOSED:
+            return  # (a hook closed it before raising: it stays as it was closed)
+        handshake = self._state in HANDSHAKE_STATES
+        cls = HandshakeError if handshake else ConnectionLost
+        error = cls(
+            f"{call}() was interrupted by {type(exc).__name__} (raised by a handshake step "
+            "hook, a trust rule or a signal handler): the connection failed locally"
+        )
+        error.__cause__ = exc
+        # Nothing was sent before start() queued the hello: no alert either.
+        said = self._out or self._state not in (State.CLIENT_START, State.SERVER_START)
+        self._fail(error, AlertCode.INTERNAL_ERROR if said else None)
 
     def _incomplete(self, data: bytes | bytearray | memoryview, pos: int) -> bool:
         """Whether ``data[pos:]`` is the start of a sealed record, and only that."""
