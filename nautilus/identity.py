@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import errno
 import functools
 import hashlib
 import hmac
@@ -727,10 +728,21 @@ class Identity:
             OSError: the directory is missing or not writable, disk full, etc.
         """
         target = _fspath("path", path)
-        directory = os.path.dirname(os.path.abspath(target))
+        # The directory as the system resolves it: "link/../x" is in the
+        # parent of link's target, not lexically next to "link".
+        directory = os.path.dirname(target) or os.curdir
         data = self._file_text().encode("ascii")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC
         temp = os.path.join(directory, f".{os.path.basename(target)}.{secrets.token_hex(8)}.tmp")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(temp, flags, 0o600)
+        except OSError as exc:
+            if exc.errno != errno.ENAMETOOLONG:
+                raise
+            # A name near the file system's limit leaves no room for the
+            # temporary name's prefix and suffix: a short one then.
+            temp = os.path.join(directory, f".nautilus-identity.{secrets.token_hex(8)}.tmp")
+            fd = os.open(temp, flags, 0o600)
         try:
             try:
                 if _POSIX:
@@ -1295,14 +1307,17 @@ class KnownPeers:
             nautilus.IdentityFileError: the file exists but is unreadable,
                 corrupt, or writable by group or others.
         """
-        # (absolute: a later os.chdir() must not make it another file)
-        self._path = os.path.abspath(_fspath("path", path))
+        # Absolute, so that a later os.chdir() cannot make it another file;
+        # not normalised, so that "link/../known" is the file the system
+        # opens (next to link's target), not the one lexically next to "link".
+        given = _fspath("path", path)
+        self._path = given if os.path.isabs(given) else os.path.join(os.getcwd(), given)
         self._cache: tuple[str, _Entries] | None = None  # the text last parsed, its entries
         self._load()
 
     @property
     def path(self) -> str:
-        """The file's path (made absolute when given)."""
+        """The file's path (made absolute when given; ".." kept, for the system to resolve)."""
         return self._path
 
     @property

@@ -11,6 +11,7 @@ import stat
 import struct
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -1571,3 +1572,45 @@ def test_a_relative_known_peers_path_stays_the_same_file_after_chdir(
     assert known.check("alice", ids["ed25519"].public) is True
     assert (tmp_path / "a" / "known_peers").exists()
     assert not (tmp_path / "b" / "known_peers").exists()
+
+
+def test_paths_through_a_symlink_and_dotdot_name_the_files_the_system_opens(
+    ids: dict[str, Identity], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ "link/../f" is f next to link's target, as open() resolves it, not the f
+    lexically next to link: KnownPeers used to normalise the path first (and
+    Identity.save to make its temporary file there)."""
+    (tmp_path / "real" / "inner").mkdir(parents=True)
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "link").symlink_to(tmp_path / "real" / "inner")
+    monkeypatch.chdir(tmp_path / "work")
+    known = KnownPeers(os.path.join("link", "..", "known_peers"))
+    assert known.check("alice", ids["ed25519"].public) is True
+    assert (tmp_path / "real" / "known_peers").exists()
+    assert not (tmp_path / "work" / "known_peers").exists()
+    monkeypatch.chdir(tmp_path)  # still the same file after chdir
+    assert KnownPeers(known.path).check("alice", ids["ed25519"].public) is False  # known
+    # Identity.save makes its temporary file in the directory of the result.
+    made: list[str] = []
+    real_open = os.open
+
+    def watch(path: Any, flags: int, mode: int = 0o777, **kw: Any) -> int:
+        if flags & os.O_CREAT:
+            made.append(os.path.realpath(os.path.dirname(path) or "."))
+        return real_open(path, flags, mode, **kw)
+
+    monkeypatch.chdir(tmp_path / "work")
+    monkeypatch.setattr(os, "open", watch)
+    ids["ed25519"].save(os.path.join("link", "..", "id.key"))
+    monkeypatch.undo()
+    assert made == [str((tmp_path / "real").resolve())]
+    assert Identity.load(tmp_path / "real" / "id.key").public == ids["ed25519"].public
+
+
+def test_save_to_a_name_at_the_file_system_limit(ids: dict[str, Identity], tmp_path: Path) -> None:
+    """A name of 250 characters leaves no room for the temporary name's prefix
+    and suffix (".NAME.<16 hex>.tmp" is over 255): a short one is used then."""
+    path = tmp_path / ("k" * 250)
+    ids["ed25519"].save(path)
+    assert Identity.load(path).public == ids["ed25519"].public
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
