@@ -1481,6 +1481,13 @@ def _host_of(name: str) -> str | None:
     return head or None
 
 
+def _names_host(subject: str, name: str) -> bool:
+    """Whether a certificate for ``subject`` is for the host of ``name``
+    (``host:port``): host names compare without regard to ASCII case."""
+    host = _host_of(name)
+    return host is not None and subject.lower() == host.lower()
+
+
 _NOTHING_CONFIGURED: Final = (
     "no trust configured (set trusted_peers, known_peers_file or trusted_issuers, "
     "or pass expected_peer)"
@@ -1611,7 +1618,7 @@ class TrustStore:
                     f"{certificate.subject_key.peer_id}, not for the peer's key {key.peer_id}"
                 )
             subject = certificate.subject_name
-            if name is not None and subject != name and subject != _host_of(name):
+            if name is not None and subject != name and not _names_host(subject, name):
                 raise AuthenticationFailed(f"certificate is for {subject!r}, not for {name!r}")
             return "certificate"
 

@@ -164,6 +164,7 @@ def _default_server_name(address: object) -> str | None:
     host, port = address[0], address[1]
     if not isinstance(host, str) or isinstance(port, bool) or not isinstance(port, (int, str)):
         return None
+    host = host.lower()  # host names are case-insensitive: one known-peers entry
     if ":" in host and not host.startswith("["):  # IPv6 literal: [::1]:443
         return f"[{host}]:{port}"
     return f"{host}:{port}"

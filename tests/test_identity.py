@@ -1462,6 +1462,33 @@ def test_a_certificate_for_a_host_is_valid_for_any_port_of_it(
         verify(store, key, certificate=on_a_port, name="alice.example")
 
 
+def test_host_names_compare_without_regard_to_case(
+    ids: dict[str, Identity], issuer: Identity, cert: Certificate, tmp_path: Path
+) -> None:
+    """Host names are case-insensitive: a certificate for "alice.example" is
+    for "ALICE.Example:443", and the default server name of an address is in
+    lower case, so "EXAMPLE.com" and "example.com" are one known-peers entry
+    (two entries would let a first use under the other spelling be trusted
+    anew). An exact name (no port) still compares exactly."""
+    from nautilus.asyncio import _default_server_name as asyncio_name
+    from nautilus.sockets import _default_server_name as socket_name
+
+    store = TrustStore(trusted_issuers=[issuer.public])
+    key = ids["ed25519"].public
+    for name in ("ALICE.example:443", "[Alice.Example]:443"):
+        assert verify(store, key, certificate=cert, name=name) == "certificate"
+    with pytest.raises(AuthenticationFailed, match="not for"):
+        verify(store, key, certificate=cert, name="ALICE.example")
+    assert socket_name(("Example.COM", 443)) == "example.com:443"
+    assert asyncio_name("Example.COM", 443) == "example.com:443"
+    assert socket_name(("FE80::A", 443)) == "[fe80::a]:443"
+    known = TrustStore(known_peers_file=tmp_path / "known_peers")
+    assert verify(known, key, name=socket_name(("Example.COM", 443))) == "first-use"
+    other = ids["ml-dsa-65"].public
+    with pytest.raises(AuthenticationFailed, match="changed"):
+        verify(known, other, name=asyncio_name("example.com", 443))
+
+
 def test_trust_store_certificate_wrong_subject(
     ids: dict[str, Identity], issuer: Identity, cert: Certificate
 ) -> None:

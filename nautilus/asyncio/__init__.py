@@ -83,6 +83,7 @@ def _check_server_context(context: object) -> Context:
 def _default_server_name(host: object, port: object) -> str | None:
     if not isinstance(host, str) or port is None:
         return None
+    host = host.lower()  # host names are case-insensitive: one known-peers entry
     if ":" in host and not host.startswith("["):  # IPv6 literal: [::1]:443
         return f"[{host}]:{port}"
     return f"{host}:{port}"
