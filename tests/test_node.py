@@ -29,6 +29,7 @@ IDS = [Identity.generate() for _ in range(4)]
 OUTSIDER = Identity.generate()
 FRAME = struct.Struct(">B7xQ16s16s")
 HELLO, START, DONE = 1, 2, 3
+LOW_NONCE = bytes(15) + b"\x01"  # the smallest nonce but for all-zero (refused)
 
 
 def run(coro: Coroutine[Any, Any, Any], timeout: float = 10.0) -> Any:
@@ -860,6 +861,10 @@ class FakeLink(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(FRAME.pack(kind, value, a, b))
 
+    def raw(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
     def send(self, *messages: bytes) -> None:
         assert self.transport is not None
         self.transport.send_messages(messages)
@@ -894,7 +899,7 @@ def test_messages_from_two_connections_are_put_back_in_order() -> None:
             first = await fake_dial(node, IDS[1], b"\xff" * 16, sid)  # larger nonce: loses
             channel = await node.accept()
             await first.expect(START)  # the node sends on connection 1 for now
-            second = await fake_dial(node, IDS[1], b"\x00" * 16, sid)
+            second = await fake_dial(node, IDS[1], LOW_NONCE, sid)
             value, _, _ = await second.expect(START)  # the node moved to connection 2
             assert value == 0
             assert await first.expect(DONE) == (0, bytes(16), bytes(16))
@@ -931,7 +936,7 @@ def test_peer_retires_our_connection_before_we_see_its_winner() -> None:
             await asyncio.sleep(0.02)
             channel.send_message(b"still on the first")
             assert await asyncio.wait_for(first.messages.get(), 5) == b"still on the first"
-            second = await fake_dial(node, IDS[1], b"\x00" * 16, sid)
+            second = await fake_dial(node, IDS[1], LOW_NONCE, sid)
             assert (await second.expect(START))[0] == 1  # message 1 goes on the second
             assert (await first.expect(DONE))[0] == 1  # one message was sent on the first
             assert await asyncio.wait_for(first.lost, 5) is None  # both DONEs: closed
@@ -988,11 +993,16 @@ def test_a_connection_announced_under_a_closed_session_is_closed() -> None:
             await late.expect(HELLO)
             channel.close()  # ... then closes that session ...
             await asyncio.wait_for(first.lost, 5)
-            late.frame(HELLO, 1, sid, b"\x00" * 16)  # ... so this one belongs to no session
+            late.frame(HELLO, 1, sid, LOW_NONCE)  # ... so this one belongs to no session
             assert await asyncio.wait_for(late.lost, 5) is None
             assert node.peers == {}
 
     run(main())
+
+
+def padded(frame: bytes) -> bytes:
+    """``frame`` with its last reserved byte (after the type) set."""
+    return frame[:7] + b"\x01" + frame[8:]
 
 
 @pytest.mark.parametrize(
@@ -1005,6 +1015,12 @@ def test_a_connection_announced_under_a_closed_session_is_closed() -> None:
         ),
         pytest.param([("frame", (9, 0))], id="unknown frame"),
         pytest.param([("frame", (HELLO, 1))], id="second HELLO"),
+        pytest.param([("raw", padded(FRAME.pack(START, 0, bytes(16), bytes(16))))], id="padding"),
+        pytest.param([("frame", (START, 0, b"\x01" * 16))], id="START with a field set"),
+        pytest.param(
+            [("frame", (START, 0)), ("frame", (DONE, 0, bytes(16), b"\x01" * 16))],
+            id="DONE with a field set",
+        ),
     ],
 )
 def test_node_protocol_violations_drop_the_connection(script: list[tuple[str, Any]]) -> None:
@@ -1015,6 +1031,8 @@ def test_node_protocol_violations_drop_the_connection(script: list[tuple[str, An
             for kind, arg in script:
                 if kind == "msg":
                     link.send(arg)
+                elif kind == "raw":
+                    link.raw(arg)
                 else:
                     link.frame(*arg)
             received: list[bytes] = []
@@ -1032,7 +1050,19 @@ def test_node_protocol_violations_drop_the_connection(script: list[tuple[str, An
     run(main())
 
 
-def test_wrong_version_is_refused() -> None:
+@pytest.mark.parametrize(
+    "hello",
+    [
+        pytest.param(FRAME.pack(HELLO, 2, b"\x01" * 16, b"\x01" * 16), id="version 2"),
+        pytest.param(padded(FRAME.pack(HELLO, 1, b"\x01" * 16, b"\x01" * 16)), id="padding"),
+        pytest.param(FRAME.pack(HELLO, 1, bytes(16), b"\x01" * 16), id="all-zero session id"),
+        pytest.param(FRAME.pack(HELLO, 1, b"\x01" * 16, bytes(16)), id="all-zero nonce"),
+    ],
+)
+def test_a_bad_hello_is_refused(hello: bytes) -> None:
+    """Reserved bytes must be zero, and the random session id and nonce must
+    not be all-zero (the "no id" value): such a HELLO used to be accepted."""
+
     async def main() -> None:
         async with fake_node() as node:
             link = FakeLink()
@@ -1040,9 +1070,15 @@ def test_wrong_version_is_refused() -> None:
             await na.create_connection(
                 lambda: link, *node.address, context=ctx, expected_peer=node.peer_id
             )
-            link.frame(HELLO, 2, b"\x01" * 16, b"\x01" * 16)
+            link.raw(hello)
             assert isinstance(await asyncio.wait_for(link.lost, 5), nautilus.ConnectionLost)
             assert node.peers == {}
+            # The node keeps serving.
+            good = await fake_dial(node, IDS[1], b"\x01" * 16, b"\x01" * 16)
+            channel = await asyncio.wait_for(node.accept(), 5)
+            good.frame(START, 0)
+            good.send(b"after the bad one")
+            assert await channel.recv_message() == b"after the bad one"
 
     run(main())
 

@@ -17,6 +17,9 @@ beside the messages, in fixed 48-byte control frames::
     START  value=number of the next message the sender sends on this connection
     DONE   value=messages the sender sent on this connection; it sends no more
 
+The zero bytes, and ``a`` and ``b`` of START and DONE, must be zero; the
+session id and the nonce are random and must not be all-zero.
+
 Messages themselves are the Connection's messages, unchanged.
 """
 
@@ -65,7 +68,8 @@ logger = logging.getLogger("nautilus.asyncio")
 
 _VERSION = 1
 _HELLO, _START, _DONE = 1, 2, 3
-_FRAME = struct.Struct(">B7xQ16s16s")
+_FRAME = struct.Struct(">B7sQ16s16s")
+_PAD = bytes(7)
 _ID_SIZE = 16
 _ZERO_ID = bytes(_ID_SIZE)
 _PEER_CLOSE_LINGER = 10.0  # seconds a peer's close may take to reach all connections
@@ -260,13 +264,18 @@ class _NodeLink(_Link):
 
     # ------------------------------------------------------------- control
 
-    def _on_frame(self, kind: int, value: int, a: bytes, b: bytes) -> None:
-        if kind == _HELLO:
+    def _on_frame(self, kind: int, pad: bytes, value: int, a: bytes, b: bytes) -> None:
+        if pad != _PAD:
+            self.violation(f"control frame {kind} with reserved bytes set")
+        elif kind == _HELLO:
             if self.ready:
                 self.violation("a second HELLO")
                 return
             if value != _VERSION:
                 self.violation(f"node protocol version {value}; this node speaks {_VERSION}")
+                return
+            if a == _ZERO_ID or b == _ZERO_ID:
+                self.violation("an all-zero session id or nonce in HELLO")
                 return
             self.peer_sid = a
             self.ready = True
@@ -278,13 +287,17 @@ class _NodeLink(_Link):
             self.node._link_ready(self)
         elif not self.ready:
             self.violation(f"control frame {kind} before HELLO")
+        elif kind not in (_START, _DONE):
+            self.violation(f"unknown control frame type {kind}")
+        elif a != _ZERO_ID or b != _ZERO_ID:
+            self.violation(f"control frame {kind} with its unused fields set")
         elif kind == _START:
             if self.started or self.done_received:
                 self.violation("START twice, or after DONE")
                 return
             self.started = True
             self.base = value
-        elif kind == _DONE:
+        else:
             if self.done_received:
                 self.violation("DONE twice")
                 return
@@ -294,14 +307,12 @@ class _NodeLink(_Link):
             self.done_received = True
             if self.session is not None:
                 self.session.done(self)
-        else:
-            self.violation(f"unknown control frame type {kind}")
 
     def send_frame(self, kind: int, value: int, a: bytes = _ZERO_ID, b: bytes = _ZERO_ID) -> None:
         transport = self.transport
         if transport is None or self.lost or transport.is_closing():
             return
-        transport.write(_FRAME.pack(kind, value, a, b))
+        transport.write(_FRAME.pack(kind, _PAD, value, a, b))
 
     def violation(self, message: str) -> None:
         """The peer broke the node protocol: drop the connection."""
