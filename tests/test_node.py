@@ -1015,6 +1015,8 @@ def padded(frame: bytes) -> bytes:
         ),
         pytest.param([("frame", (9, 0))], id="unknown frame"),
         pytest.param([("frame", (HELLO, 1))], id="second HELLO"),
+        pytest.param([("frame", (START, 3))], id="START skipping messages"),
+        pytest.param([("frame", (START, 3)), ("msg", b"x")], id="START skipping, then a message"),
         pytest.param([("raw", padded(FRAME.pack(START, 0, bytes(16), bytes(16))))], id="padding"),
         pytest.param([("frame", (START, 0, b"\x01" * 16))], id="START with a field set"),
         pytest.param(
@@ -1079,6 +1081,40 @@ def test_a_bad_hello_is_refused(hello: bytes) -> None:
             good.frame(START, 0)
             good.send(b"after the bad one")
             assert await channel.recv_message() == b"after the bad one"
+
+    run(main())
+
+
+def test_a_start_past_messages_no_connection_carries_fails_the_channel() -> None:
+    """The peer moves to a second connection announcing START(3), but it sent
+    only messages 0 and 1 on the first (DONE(2)): message 2 can never come,
+    and the channel used to wait for it for ever. Once no connection can
+    carry it, the lie is a protocol violation."""
+
+    async def main() -> None:
+        async with fake_node() as node:
+            sid = b"\x01" * 16
+            first = await fake_dial(node, IDS[1], b"\xff" * 16, sid)
+            channel = await asyncio.wait_for(node.accept(), 5)
+            await first.expect(START)
+            second = await fake_dial(node, IDS[1], LOW_NONCE, sid)
+            await second.expect(START)
+            second.frame(START, 3)
+            second.send(b"m3")
+            first.frame(START, 0)
+            first.send(b"m0", b"m1")  # the first may still carry message 2: no failure yet
+            received = await asyncio.wait_for(channel.recv_messages(), 5)
+            first.frame(DONE, 2)
+
+            async def read_all() -> None:
+                async for message in channel:
+                    received.append(message)
+
+            with pytest.raises(nautilus.ProtocolViolation, match="node protocol: START"):
+                await asyncio.wait_for(read_all(), 5)
+            assert received == [b"m0", b"m1"]
+            assert isinstance(await asyncio.wait_for(second.lost, 5), nautilus.ConnectionLost)
+            assert node.peers == {}
 
     run(main())
 

@@ -297,6 +297,8 @@ class _NodeLink(_Link):
                 return
             self.started = True
             self.base = value
+            if self.session is not None:
+                self.session.check_gap()
         else:
             if self.done_received:
                 self.violation("DONE twice")
@@ -395,6 +397,7 @@ class _Session(_Route):
         if link.inbox:
             self._merge()
         self._update_reading()
+        self.check_gap()
 
     def _tie_break(self) -> None:
         """Use the connection with the smallest key; retire the others."""
@@ -419,6 +422,7 @@ class _Session(_Route):
         """The peer sent DONE on ``link``: it sends nothing more there."""
         if link.retired:
             link.close()
+        self.check_gap()
 
     # --------------------------------------------------------- receiving
 
@@ -456,6 +460,43 @@ class _Session(_Route):
                     link.violation(f"message {head} arrived twice")
                     return
         self._update_reading()
+        if any(link.inbox for link in self.links):
+            self.check_gap()
+
+    def check_gap(self) -> None:
+        """Fail the session if a START skipped messages no connection can still carry.
+
+        The messages before a connection's START come on the peer's other
+        connections of the session. While one of them may still carry
+        message ``next_seq`` (it has not said HELLO or START yet, or its
+        next message is that one), the others wait for it. Once none can,
+        the peer announced messages it never sent: it would stall the
+        channel for ever.
+        """
+        if self.state != _OPEN:
+            return
+        expected = self.next_seq
+        for link in self.node._links:
+            if link.peer_id != self.peer_id or link.ended or link.done_received:
+                continue
+            in_session = link.session is self or not link.ready  # (not ready: it may join)
+            if in_session and (not link.started or link.head <= expected):
+                return
+        for link in self.links:
+            if link.started and link.head > expected:
+                logger.debug(
+                    "nautilus: node protocol violation by %s: START(%d), message %d never sent",
+                    self.peer_id,
+                    link.base,
+                    expected,
+                )
+                self._fail(
+                    ProtocolViolation(
+                        f"node protocol: START({link.base}) on a connection, but message "
+                        f"{expected} was sent on none"
+                    )
+                )
+                return
 
     def _update_reading(self) -> None:
         max_queue, max_bytes = self.node._max_queue, self.node._max_queue_bytes
@@ -994,16 +1035,19 @@ class Node:
         session = link.session
         if session is not None:
             session.link_ended(link, exc)
-            return
-        held = self._held.get(link.peer_id)
-        if held is not None and link in held:
-            held.remove(link)
-        joined = link.joined
-        if joined is not None and not joined.done():
-            if exc is None:
-                exc = ConnectionLost("the peer closed the connection before the node hello")
-            joined.set_exception(exc)
-        link.close()
+        else:
+            held = self._held.get(link.peer_id)
+            if held is not None and link in held:
+                held.remove(link)
+            joined = link.joined
+            if joined is not None and not joined.done():
+                if exc is None:
+                    exc = ConnectionLost("the peer closed the connection before the node hello")
+                joined.set_exception(exc)
+            link.close()
+        current = self._sessions.get(link.peer_id)
+        if current is not None:
+            current.check_gap()  # one connection fewer that could carry a missing message
 
     def _link_gone(self, link: _NodeLink) -> None:
         self._links.discard(link)
