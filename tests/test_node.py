@@ -1119,6 +1119,38 @@ def test_a_start_past_messages_no_connection_carries_fails_the_channel() -> None
     run(main())
 
 
+def test_a_held_connection_is_dropped_after_the_handshake_timeout() -> None:
+    """A connection of the peer's next session is held (rule 3) until the old
+    session ends here. A peer that never ends it (or an old connection that
+    stalls) used to keep the new one held, with what it carried, for ever:
+    it is now dropped after the context's handshake_timeout, and the old
+    channel carries on."""
+
+    async def main() -> None:
+        ctx = node_ctx(IDS[0], trusted=[IDS[1]], handshake_timeout=0.5)
+        async with Node(ctx) as node:
+            old = await fake_dial(node, IDS[1], b"\x01" * 16, b"\x0a" * 16)
+            channel = await asyncio.wait_for(node.accept(), 5)
+            await old.expect(START)
+            new = await fake_dial(node, IDS[1], b"\x02" * 16, b"\x0b" * 16)  # the next session
+            started = time.monotonic()
+            await until(lambda: bool(node._held.get(IDS[1].peer_id)), "the node holds it")
+            new.frame(START, 0)
+            new.send(b"held")
+            assert isinstance(await asyncio.wait_for(new.lost, 5), nautilus.ConnectionLost)
+            assert 0.3 < time.monotonic() - started < 3.0
+            await until(lambda: node.connection_count(IDS[1].peer_id) == 1, "it is gone")
+            assert not node._held.get(IDS[1].peer_id)
+            assert node.peers == {IDS[1].peer_id: channel}
+            old.frame(START, 0)
+            old.send(b"still here")
+            assert await asyncio.wait_for(channel.recv_message(), 5) == b"still here"
+            channel.send_message(b"reply")
+            assert await asyncio.wait_for(old.messages.get(), 5) == b"reply"
+
+    run(main())
+
+
 def test_closing_the_old_channel_starts_the_peers_next_session() -> None:
     """The peer began a new session (its connection is held, rule 3) before
     this side closed the old channel. The close ends the old session only: the

@@ -194,7 +194,7 @@ class _NodeLink(_Link):
         self.ended = False  # close_notify or failure seen (or closed here)
         self.aborted = False  # dropped here: its end is no close_notify from the peer
         self.joined: asyncio.Future[_Session] | None = None
-        self._hello_timer: asyncio.TimerHandle | None = None  # the peer's HELLO is overdue
+        self._timer: asyncio.TimerHandle | None = None  # the peer's HELLO, or the hold, is overdue
         if dialled:  # Node._dial waits on it; if it gave up, the outcome is not news
             self.joined = asyncio.get_running_loop().create_future()
             self.joined.add_done_callback(_consume)
@@ -279,7 +279,7 @@ class _NodeLink(_Link):
                 return
             self.peer_sid = a
             self.ready = True
-            self._cancel_hello_timer()
+            self._cancel_timer()
             if self.dialled:
                 self.key = (self.node.peer_id, self.nonce)
             else:
@@ -325,26 +325,35 @@ class _NodeLink(_Link):
     def wait_for_hello(self, timeout: float) -> None:
         """Drop the connection unless the peer's HELLO arrives within ``timeout`` seconds."""
         loop = asyncio.get_running_loop()
-        self._hello_timer = loop.call_later(timeout, self._hello_overdue, timeout)
+        message = f"the peer sent no node hello within {timeout:g} s"
+        self._timer = loop.call_later(timeout, self._overdue, message)
 
-    def _hello_overdue(self, timeout: float) -> None:
-        self._hello_timer = None
-        if self.ready or self.ended:
+    def hold(self, timeout: float) -> None:
+        """Held (rule 3): drop the connection unless it joins a session within
+        ``timeout`` seconds of its first hold."""
+        if self._timer is None:
+            loop = asyncio.get_running_loop()
+            message = f"the peer's new session was held over {timeout:g} s: the old one went on"
+            self._timer = loop.call_later(timeout, self._overdue, message)
+
+    def _overdue(self, message: str) -> None:
+        self._timer = None
+        if self.session is not None or self.ended:
             return
-        logger.debug("nautilus: no node hello from %s within %g s", self.peer_id, timeout)
+        logger.debug("nautilus: dropping a connection of %s: %s", self.peer_id, message)
         self.abort()
-        self._end(HandshakeTimeout(f"the peer sent no node hello within {timeout:g} s"))
+        self._end(HandshakeTimeout(message))
 
-    def _cancel_hello_timer(self) -> None:
-        if self._hello_timer is not None:
-            self._hello_timer.cancel()
-            self._hello_timer = None
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _end(self, exc: BaseException | None) -> None:
         if self.ended:
             return
         self.ended = True
-        self._cancel_hello_timer()
+        self._cancel_timer()
         self.node._link_ended(self, exc)
 
     @property
@@ -658,7 +667,9 @@ class Node:
     The context's ``handshake_timeout`` also bounds the node hello: a
     connection whose peer sends none within that time after the handshake
     is dropped, in either direction (the value the context had when the
-    connection was made, as for the handshake itself).
+    connection was made, as for the handshake itself); so is a connection
+    of a peer's next session held that long while the previous session goes
+    on here.
 
     Args:
         context: the node's :class:`nautilus.Context`.
@@ -1020,7 +1031,10 @@ class Node:
         if session is not None and session.peer_sid != link.peer_sid:
             # The peer has started a new session; ours ends when its connections do.
             self._held.setdefault(peer_id, []).append(link)
+            assert link.transport is not None
+            link.hold(link.transport._handshake_timeout)
             return
+        link._cancel_timer()
         new = session is None
         if session is None:
             session = _Session(self, peer_id, link.local_sid, link.peer_sid)
