@@ -510,11 +510,12 @@ def test_on_peer_callback_and_accept() -> None:
     run(main())
 
 
-def test_on_peer_tasks_of_a_run_outlive_a_restart() -> None:
-    """A restart (close, wait_closed, start) keeps the previous run's on_peer
-    tasks referenced until they end: the event loop holds tasks only weakly,
-    and they used to be dropped with the rest of the run's state, so a
-    garbage collection destroyed one still pending (its coroutine closed)."""
+def test_close_cancels_the_on_peer_tasks_and_wait_closed_waits_for_them() -> None:
+    """close() cancels the on_peer tasks still running (here one waiting on
+    something other than its channel, which close() ends) and wait_closed()
+    returns once they have ended: they used to run on after the node closed.
+    Until they end the node holds them (the event loop holds tasks only
+    weakly: a garbage collection must not destroy a pending one)."""
     import gc
 
     async def main() -> None:
@@ -525,23 +526,44 @@ def test_on_peer_tasks_of_a_run_outlive_a_restart() -> None:
             started.set()
             try:
                 await asyncio.get_running_loop().create_future()  # held by nothing else
-            finally:
-                finished.append("ended")
+            except asyncio.CancelledError:
+                finished.append("cancelled")
+                raise
 
         server = Node(node_ctx(IDS[0]), on_peer=lingers)
         async with server, Node(node_ctx(IDS[1])) as client:
             await client.connect(server.address, server.peer_id)
             await asyncio.wait_for(started.wait(), 5)
-            server.close()
-            await server.wait_closed()
-            await server.start()
             gc.collect()
             await asyncio.sleep(0)
             assert finished == []  # still pending, not destroyed
-            (task,) = server._tasks
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            assert finished == ["ended"]
+            server.close()
+            await asyncio.wait_for(server.wait_closed(), 5)
+            assert finished == ["cancelled"]
+            assert not server._tasks
+
+    run(main())
+
+
+def test_an_on_peer_task_may_close_its_own_node() -> None:
+    """The task calling close() is not cancelled, and its wait_closed() does
+    not wait for itself."""
+
+    async def main() -> None:
+        outcome: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+        async def shuts_down(channel: Channel) -> None:
+            assert await channel.recv_message() == b"stop"
+            server.close()
+            await server.wait_closed()  # (called directly: wait_for() would make a new task)
+            outcome.set_result("closed")
+
+        server = Node(node_ctx(IDS[0]), on_peer=shuts_down)
+        async with server, Node(node_ctx(IDS[1])) as client:
+            channel = await client.connect(server.address, server.peer_id)
+            channel.send_message(b"stop")
+            assert await asyncio.wait_for(outcome, 5) == "closed"
+            assert not server.is_running
 
     run(main())
 

@@ -638,6 +638,13 @@ class _Session(_Route):
 # ----------------------------------------------------------------------- node
 
 
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no running loop (a close() from outside any)
+        return None
+
+
 def _peer_id_of(peer: object) -> str:
     if isinstance(peer, PeerKey):
         return peer.peer_id
@@ -675,8 +682,9 @@ class Node:
         context: the node's :class:`nautilus.Context`.
         host, port: where to listen (port 0: any free port; see :attr:`address`).
         on_peer: called with the :class:`Channel` of each newly connected peer
-            (a function, or a coroutine function run as a task). Without it,
-            new peers queue up for :meth:`accept`.
+            (a function, or a coroutine function run as a task, which
+            :meth:`close` cancels). Without it, new peers queue up for
+            :meth:`accept`.
         max_queue, max_queue_bytes: the receive-queue bounds of each channel.
 
     Raises:
@@ -764,7 +772,8 @@ class Node:
 
         Pending :meth:`connect` and :meth:`accept` calls raise ``ClosedError``;
         dials in progress (in the handshake or waiting for the peer's node
-        hello) are dropped.
+        hello) are dropped. The ``on_peer`` tasks still running are cancelled
+        (except the one calling ``close()``, if it is one).
         """
         if not self._running:
             return
@@ -781,12 +790,18 @@ class Node:
         waiter = self._accept_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        current = _current_task()
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
 
     async def wait_closed(self) -> None:
-        """Wait until every connection of the closed node has ended.
+        """Wait until the ``on_peer`` tasks and every connection of the closed node have ended.
 
         Connections whose close does not complete within a few seconds (a
-        peer that does not read) are aborted.
+        peer that does not read) are aborted; an ``on_peer`` task that goes
+        on after its cancellation is no longer waited for after those
+        seconds. The task calling ``wait_closed()`` does not wait for itself.
         """
         if self._server is not None:
             await self._server.wait_closed()
@@ -794,6 +809,9 @@ class Node:
             await asyncio.wait(set(self._dials))  # being cancelled by their connect() calls
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _CLOSE_TIMEOUT
+        tasks = self._tasks - {_current_task()}
+        if tasks and not self._running:
+            await asyncio.wait(tasks, timeout=_CLOSE_TIMEOUT)
         while self._links and not self._running:
             if loop.time() >= deadline:
                 for link in list(self._links):
