@@ -113,6 +113,12 @@ def test_node_needs_a_context_for_peers() -> None:
         Node(node_ctx(me), on_peer=42)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_queue"):
         Node(node_ctx(me), max_queue=0)
+    with pytest.raises(ValueError, match="max_pending"):
+        Node(node_ctx(me), max_pending=0)
+    with pytest.raises(TypeError, match="max_pending"):
+        Node(node_ctx(me), max_pending=2.0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="max_pending"):
+        Node(node_ctx(me), max_pending=True)
     node = Node(node_ctx(me))
     with pytest.raises(RuntimeError, match="not been started"):
         _ = node.address
@@ -1171,6 +1177,54 @@ def test_a_held_connection_is_dropped_after_the_handshake_timeout() -> None:
             assert await asyncio.wait_for(old.messages.get(), 5) == b"reply"
 
     run(main())
+
+
+def test_new_channels_beyond_max_pending_are_refused(caplog: pytest.LogCaptureFixture) -> None:
+    """Without on_peer, new channels wait for accept(): at most max_pending of
+    them. Beyond, a peer's connection that would start one is refused (before
+    the node's HELLO if it can be, else when it would start the channel);
+    the queue used to grow without bound."""
+
+    async def main() -> None:
+        async with Node(node_ctx(IDS[0]), max_pending=2) as node:
+            # IDS[3] connects and gets the node's HELLO while there is room ...
+            early = FakeLink()
+            ctx = Context(IDS[3], trusted_peers=[IDS[0].public])
+            await na.create_connection(
+                lambda: early, *node.address, context=ctx, expected_peer=node.peer_id
+            )
+            await early.expect(HELLO)
+            one = await fake_dial(node, IDS[1], b"\x01" * 16, b"\x01" * 16)
+            two = await fake_dial(node, IDS[2], b"\x02" * 16, b"\x02" * 16)
+            await until(lambda: len(node.peers) == 2, "two channels wait")
+            # ... but the queue is full when its own HELLO comes: dropped.
+            early.frame(HELLO, 1, b"\x03" * 16, b"\x03" * 16)
+            assert isinstance(await asyncio.wait_for(early.lost, 5), nautilus.ConnectionLost)
+            # A new connection is now refused before the node says HELLO.
+            late = FakeLink()
+            await na.create_connection(
+                lambda: late, *node.address, context=ctx, expected_peer=node.peer_id
+            )
+            await asyncio.wait_for(late.lost, 5)
+            assert late.frames.empty()
+            assert set(node.peers) == {IDS[1].peer_id, IDS[2].peer_id}
+            # Connections of the waiting channels still work; accepting makes room.
+            one.frame(START, 0)
+            one.send(b"one")
+            first = await node.accept()
+            assert await asyncio.wait_for(first.recv_message(), 5) == b"one"
+            again = await fake_dial(node, IDS[3], b"\x04" * 16, b"\x04" * 16)
+            assert (await node.accept()).peer_id == IDS[2].peer_id
+            third = await node.accept()
+            assert third.peer_id == IDS[3].peer_id
+            again.frame(START, 0)
+            again.send(b"three")
+            assert await asyncio.wait_for(third.recv_message(), 5) == b"three"
+            assert not two.lost.done()
+
+    with caplog.at_level(logging.WARNING, logger="nautilus.asyncio"):
+        run(main())
+    assert f"refusing a new channel from {IDS[3].peer_id}" in caplog.text
 
 
 def test_closing_the_old_channel_starts_the_peers_next_session() -> None:

@@ -74,6 +74,7 @@ _ID_SIZE = 16
 _ZERO_ID = bytes(_ID_SIZE)
 _PEER_CLOSE_LINGER = 10.0  # seconds a peer's close may take to reach all connections
 _CLOSE_TIMEOUT = 5.0  # seconds Node.wait_closed() waits for close_notify before aborting
+DEFAULT_MAX_PENDING = 100  # new channels waiting for Node.accept()
 _rng = random.SystemRandom()
 
 # Session states.
@@ -686,6 +687,10 @@ class Node:
             :meth:`close` cancels). Without it, new peers queue up for
             :meth:`accept`.
         max_queue, max_queue_bytes: the receive-queue bounds of each channel.
+        max_pending: without ``on_peer``, how many new channels may wait for
+            :meth:`accept`. While that many wait, a peer's connection that
+            would start another is refused (closed; a warning is logged).
+            Channels this node's own :meth:`connect` makes are never refused.
 
     Raises:
         TypeError: an argument of the wrong type.
@@ -702,6 +707,7 @@ class Node:
         on_peer: Callable[[Channel], Awaitable[None] | None] | None = None,
         max_queue: int = DEFAULT_MAX_QUEUE,
         max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
+        max_pending: int = DEFAULT_MAX_PENDING,
     ) -> None:
         if not isinstance(context, Context):
             raise TypeError(f"context must be a nautilus.Context, not {type(context).__name__}")
@@ -721,6 +727,11 @@ class Node:
         if on_peer is not None and not callable(on_peer):
             raise TypeError("on_peer must be callable")
         self._max_queue, self._max_queue_bytes = _check_queue_limits(max_queue, max_queue_bytes)
+        if not isinstance(max_pending, int) or isinstance(max_pending, bool):
+            raise TypeError(f"max_pending must be an int, not {type(max_pending).__name__}")
+        if max_pending < 1:
+            raise ValueError(f"max_pending must be at least 1, got {max_pending}")
+        self._max_pending = max_pending
         self._context = context
         self._peer_id = context.identity.peer_id
         self._on_peer = on_peer
@@ -975,7 +986,9 @@ class Node:
 
         Every new channel is reported once, whichever node dialled (a
         channel returned by :meth:`connect` is reported too). Channels not
-        yet accepted when the node closes are dropped.
+        yet accepted when the node closes are dropped. At most
+        ``max_pending`` channels of peers' making wait here: beyond, their
+        connections are refused.
 
         Raises:
             nautilus.ClosedError: the node is not running (or was closed while waiting).
@@ -1031,6 +1044,10 @@ class Node:
             link.close()
             link._end(ClosedError("the node is closed") if not self._running else None)
             return
+        if link.peer_id not in self._sessions and self._refuses_new_channel(link):
+            link.close()  # before our HELLO: the dialler's connect() raises ConnectionLost
+            link._end(None)
+            return
         self._links.add(link)
         link.local_sid = self._sid(link.peer_id)
         link.send_frame(_HELLO, _VERSION, link.local_sid, link.nonce)
@@ -1053,6 +1070,10 @@ class Node:
             link.hold(link.transport._handshake_timeout)
             return
         link._cancel_timer()
+        if session is None and self._refuses_new_channel(link):
+            link.abort()  # the peer may have its channel already: no clean end
+            link._end(None)
+            return
         new = session is None
         if session is None:
             session = _Session(self, peer_id, link.local_sid, link.peer_sid)
@@ -1080,6 +1101,17 @@ class Node:
         current = self._sessions.get(link.peer_id)
         if current is not None:
             current.check_gap()  # one connection fewer that could carry a missing message
+
+    def _refuses_new_channel(self, link: _NodeLink) -> bool:
+        """Whether ``link`` may not start a channel: ``max_pending`` wait for accept()."""
+        if self._on_peer is not None or link.dialled or len(self._accepted) < self._max_pending:
+            return False
+        logger.warning(
+            "nautilus: %d channels wait for accept(): refusing a new channel from %s",
+            len(self._accepted),
+            link.peer_id,
+        )
+        return True
 
     def _link_gone(self, link: _NodeLink) -> None:
         self._links.discard(link)
