@@ -181,6 +181,16 @@ def _report_module(monkeypatch: pytest.MonkeyPatch) -> Any:
     return module
 
 
+def quiet_summary(targets: list[dict[str, Any]]) -> dict[str, Any]:
+    """What notes_lines() reads of a run's summary: ``targets``, a quiet machine."""
+    return {
+        "targets": targets,
+        "interference": {"other_cores_max": None},
+        "settings": {"connections_note": "", "uvloop_note": "", "nautilus_unsupported_on": {}},
+        "scenarios": [],
+    }
+
+
 def test_a_target_above_plaintext_is_reported_out_of_reach(monkeypatch: pytest.MonkeyPatch) -> None:
     report = _report_module(monkeypatch)
 
@@ -197,12 +207,7 @@ def test_a_target_above_plaintext_is_reported_out_of_reach(monkeypatch: pytest.M
     assert report.plain_ceiling(sc, target) == pytest.approx(1.9 / 1.6)
     checked = report.check_targets([sc], 2)
     assert checked[0]["plain_ceiling"] == pytest.approx(1.9 / 1.6)
-    summary = {
-        "targets": checked,
-        "interference": {"other_cores_max": None},
-        "settings": {"connections_note": "", "uvloop_note": "", "nautilus_unsupported_on": {}},
-        "scenarios": [],
-    }
+    summary = quiet_summary(checked)
     line = next(x for x in report.notes_lines(summary) if "NOT MET" in x)
     assert "OUT OF REACH here: plaintext itself reaches only 1.19x" in line
     # Within reach of plaintext: no such note.
@@ -245,12 +250,7 @@ def test_a_resumption_target_above_its_bound_is_reported_out_of_reach(
         return checked
 
     checked = check()
-    summary = {
-        "targets": [checked],
-        "interference": {"other_cores_max": None},
-        "settings": {"connections_note": "", "uvloop_note": "", "nautilus_unsupported_on": {}},
-        "scenarios": [],
-    }
+    summary = quiet_summary([checked])
     (line,) = [x for x in report.notes_lines(summary) if "NOT MET" in x]
     assert "OUT OF REACH: at most 1.80x" in line
     assert "full handshakes take 200 us more" in line
@@ -291,12 +291,7 @@ def test_a_verdict_the_rounds_do_not_agree_on_is_marked(monkeypatch: pytest.Monk
     assert checked["met"] is True
     assert checked["within_noise"] is True
     assert report.target_cell([checked], "socket-64k", ("nautilus_over_ssl",)) == "met* >=1.3x ssl"
-    summary = {
-        "targets": [checked],
-        "interference": {"other_cores_max": None},
-        "settings": {"connections_note": "", "uvloop_note": "", "nautilus_unsupported_on": {}},
-        "scenarios": [],
-    }
+    summary = quiet_summary([checked])
     (line,) = [x for x in report.notes_lines(summary) if "within this run's noise" in x]
     assert "1.38x (met), but round by round 1.10x-1.57x" in line
     # Every round above the threshold: a plain verdict.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -672,6 +673,23 @@ def _sealed_only(wire: bytes) -> bool:
     return all(rec[0] == RECORD_SEALED for rec in split_records(wire))
 
 
+def pair_with_a_step_hook(sid: str, hook: str, fn: Callable[..., bytes]) -> Pair:
+    """A pair agreeing on one step whose ``hook`` (server_payload, client_payload
+    or verify_client_payload) is ``fn``; its other hooks answer normally."""
+    server_step = CustomProtocolStep(
+        sid,
+        server_payload=fn if hook == "server_payload" else (lambda ctx: b"challenge"),
+        verify_client_payload=fn if hook == "verify_client_payload" else None,
+    )
+    client_step = CustomProtocolStep(
+        sid, client_payload=fn if hook == "client_payload" else (lambda c, p: b"answer")
+    )
+    return Pair.make(
+        server={"handshake": handshake_with(server_step)},
+        client={"handshake": handshake_with(client_step)},
+    )
+
+
 @pytest.mark.parametrize("hook", ["server_payload", "client_payload", "verify_client_payload"])
 def test_a_hook_that_closes_its_connection_ends_the_handshake(hook: str) -> None:
     """close() from a step's hook is final: the handshake stops there, no message
@@ -685,18 +703,7 @@ def test_a_hook_that_closes_its_connection_ends_the_handshake(hook: str) -> None
         getattr(closing["pair"], closer).close()
         return b"payload"
 
-    server_step = CustomProtocolStep(
-        sid,
-        server_payload=close_own if hook == "server_payload" else (lambda ctx: b"challenge"),
-        verify_client_payload=close_own if hook == "verify_client_payload" else None,
-    )
-    client_step = CustomProtocolStep(
-        sid, client_payload=close_own if hook == "client_payload" else (lambda c, p: b"answer")
-    )
-    pair = Pair.make(
-        server={"handshake": handshake_with(server_step)},
-        client={"handshake": handshake_with(client_step)},
-    )
+    pair = pair_with_a_step_hook(sid, hook, close_own)
     closing["pair"] = pair
     pair.start()
     conn = getattr(pair, closer)
@@ -848,18 +855,7 @@ def test_a_hook_raising_a_base_exception_fails_the_connection_then_it_propagates
     def interrupt(ctx: StepContext, *args: object) -> bytes:
         raise Interrupt(hook)
 
-    server_step = CustomProtocolStep(
-        sid,
-        server_payload=interrupt if hook == "server_payload" else (lambda ctx: b"challenge"),
-        verify_client_payload=interrupt if hook == "verify_client_payload" else None,
-    )
-    client_step = CustomProtocolStep(
-        sid, client_payload=interrupt if hook == "client_payload" else (lambda c, p: b"answer")
-    )
-    pair = Pair.make(
-        server={"handshake": handshake_with(server_step)},
-        client={"handshake": handshake_with(client_step)},
-    )
+    pair = pair_with_a_step_hook(sid, hook, interrupt)
     pair.start()
     with pytest.raises(Interrupt, match=hook):
         pump(pair.client, pair.server)

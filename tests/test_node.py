@@ -772,12 +772,7 @@ def test_listener_drops_a_dialler_that_sends_no_hello() -> None:
             assert 0.3 < time.monotonic() - started < 3.0
             await until(lambda: node.connection_count() == 0, "the connection is gone")
             assert node.peers == {}
-            # The node keeps serving.
-            link = await fake_dial(node, IDS[1], b"\x01" * 16, b"\x01" * 16)
-            channel = await asyncio.wait_for(node.accept(), 5)
-            link.frame(START, 0)
-            link.send(b"after the mute one")
-            assert await channel.recv_message() == b"after the mute one"
+            await still_serves(node)
 
     run(main())
 
@@ -901,6 +896,16 @@ class FakeLink(asyncio.Protocol):
         got, value, a, b = await asyncio.wait_for(self.frames.get(), 5)
         assert got == kind, (got, kind)
         return value, a, b
+
+
+async def still_serves(node: Node) -> None:
+    """The node (which has accept() callers, no on_peer) takes a new peer's channel
+    and its message: one bad peer did not stop it."""
+    link = await fake_dial(node, IDS[1], b"\x01" * 16, b"\x01" * 16)
+    channel = await asyncio.wait_for(node.accept(), 5)
+    link.frame(START, 0)
+    link.send(b"after the bad one")
+    assert await channel.recv_message() == b"after the bad one"
 
 
 async def fake_dial(node: Node, identity: Identity, nonce: bytes, sid: bytes) -> FakeLink:
@@ -1103,12 +1108,7 @@ def test_a_bad_hello_is_refused(hello: bytes) -> None:
             link.raw(hello)
             assert isinstance(await asyncio.wait_for(link.lost, 5), nautilus.ConnectionLost)
             assert node.peers == {}
-            # The node keeps serving.
-            good = await fake_dial(node, IDS[1], b"\x01" * 16, b"\x01" * 16)
-            channel = await asyncio.wait_for(node.accept(), 5)
-            good.frame(START, 0)
-            good.send(b"after the bad one")
-            assert await channel.recv_message() == b"after the bad one"
+            await still_serves(node)
 
     run(main())
 
