@@ -31,6 +31,7 @@ from nautilus.asyncio.node import Node, RetryPolicy
 from nautilus.context import Context
 from nautilus.identity import PeerKey
 from nautilus.protocol.connection import Connection
+from nautilus.sockets import _default_server_name as _server_name_of_address
 
 __all__ = [
     "Channel",
@@ -81,12 +82,8 @@ def _check_server_context(context: object) -> Context:
 
 
 def _default_server_name(host: object, port: object) -> str | None:
-    if not isinstance(host, str) or port is None:
-        return None
-    host = host.lower()  # host names are case-insensitive: one known-peers entry
-    if ":" in host and not host.startswith("["):  # IPv6 literal: [::1]:443
-        return f"[{host}]:{port}"
-    return f"{host}:{port}"
+    """The blocking sockets' default server name of ``(host, port)``."""
+    return _server_name_of_address((host, port))
 
 
 async def create_connection(
