@@ -443,6 +443,11 @@ class RecordOpener(_Direction):
         except _b.OpenFailure as failure:
             raise _open_error(failure) from None
 
+    def _failure(self, rc: int) -> Exception:
+        """The exception of a packed open of ours that returned ``rc`` (not
+        NT_OK), as :meth:`_open_fast` raises it (Connection._take_message)."""
+        return _open_error(_b.open_failure(rc, self._summary))
+
     def open_packed(
         self,
         data: bytes | bytearray | memoryview,

@@ -570,6 +570,74 @@ def test_tampered_record_after_good_records_in_one_segment(
     run(main())
 
 
+@pytest.mark.parametrize("direction", ["client-to-server", "server-to-client"])
+def test_tampered_message_on_a_channel(direction: str) -> None:
+    """Request/response on a channel takes the message lane (one record per
+    read); a forged record there fails both ends as on the general path."""
+    armed = False
+    tampered = 0
+
+    def tamper(record: bytes, _index: int) -> bytes:
+        nonlocal tampered
+        if armed and record[0] == SEALED_RECORD and not tampered:
+            tampered += 1
+            return flip_bit(record)
+        return record
+
+    async def main() -> None:
+        nonlocal armed
+        served: list[na.Channel] = []
+        server_errors: list[BaseException] = []
+
+        async def echo(channel: na.Channel) -> None:
+            served.append(channel)
+            try:
+                while True:
+                    channel.send_message(await channel.recv_message())
+                    await channel.drain()
+            except EOFError:
+                pass
+            except nautilus.NautilusError as exc:
+                server_errors.append(exc)
+
+        server = await na.start_channel_server(echo, HOST, 0, context=Context(SERVER_ID))
+        port = server.sockets[0].getsockname()[1]
+        hooks = {"c2s": tamper} if direction == "client-to-server" else {"s2c": tamper}
+        try:
+            async with Proxy(port, **hooks) as proxy:
+                channel = await na.open_channel(
+                    HOST, proxy.port, context=good_client_ctx(), server_name="proxied"
+                )
+                for i in range(20):
+                    channel.send_message(b"ping %d" % i)
+                    assert await channel.recv_message() == b"ping %d" % i
+                armed = True
+                channel.send_message(b"this record gets one bit flipped")
+                with pytest.raises(nautilus.IntegrityError):
+                    await asyncio.wait_for(channel.recv_message(), 5)
+                assert tampered == 1
+                for _ in range(300):
+                    if server_errors:
+                        break
+                    await asyncio.sleep(0.01)
+                # The server detected the forgery (client-to-server) or got the
+                # client's bad_record_mac alert: either way an IntegrityError.
+                assert [type(e) for e in server_errors] == [nautilus.IntegrityError]
+            # The server still serves a new channel.
+            again = await na.open_channel(HOST, port, context=good_client_ctx())
+            again.send_message(b"after the attack")
+            assert await asyncio.wait_for(again.recv_message(), 5) == b"after the attack"
+            again.close()
+            await again.wait_closed()
+        finally:
+            for channel in served:
+                channel.close()
+            server.close()
+            await server.wait_closed()
+
+    run(main())
+
+
 def _replace_server_share(record: bytes) -> bytes:
     """Decode a plaintext ServerHello record and replace its key share with
     random bytes of the same length."""

@@ -96,6 +96,37 @@ def test_ten_thousand_messages_in_order_both_ways() -> None:
     run(main())
 
 
+def test_request_response_takes_the_message_lane(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One message per record each way: after the first exchanges (the
+    receive buffers grow to the messages' size, session tickets arrive) both
+    sides open and seal each message in the lane, not the general path."""
+    general: list[str] = []
+    for name in ("receive_data", "send_messages"):
+        original = getattr(nautilus.Connection, name)
+
+        def counted(self: Any, *args: Any, _name: str = name, _f: Any = original) -> Any:
+            general.append(_name)
+            return _f(self, *args)
+
+        monkeypatch.setattr(nautilus.Connection, name, counted)
+
+    async def main() -> None:
+        async with pair() as (client, served):
+            for _ in range(5):  # warm-up, with messages larger than those below
+                client.send_message(bytes(300))
+                served.send_message(await served.recv_message())
+                assert await client.recv_message() == bytes(300)
+            general.clear()
+            for i in range(200):
+                message = bytes([i]) * (i + 1)
+                client.send_message(message)
+                served.send_message(await served.recv_message())
+                assert await client.recv_message() == message
+            assert general == []
+
+    run(main())
+
+
 def test_send_messages_batched() -> None:
     rng = random.Random(2)
     batches = [[numbered(i * 1000 + j, rng) for j in range(1000)] for i in range(5)]

@@ -377,6 +377,11 @@ NT_PARTIAL: int = lib.NT_PARTIAL
 NT_DUE: int = lib.NT_DUE
 nt_seal_send: Any = lib.nt_seal_send
 from_buffer: Any = ffi.from_buffer
+# The message lane of the asyncio adapter (Connection._take_message and
+# _seal_message) opens or seals one record with these directly, for the same
+# reason.
+nt_open_packed: Any = lib.nt_open_packed
+nt_seal_within: Any = lib.nt_seal_within
 
 
 def seal_chunk(
@@ -403,8 +408,13 @@ def seal_chunk(
     if rc != lib.NT_OK:
         if rc == lib.NT_DUE:
             return None
-        raise _fail(rc, "seal")
+        raise seal_failure(rc)
     return buf
+
+
+def seal_failure(rc: int) -> Exception:
+    """The exception for a seal that returned ``rc`` (neither NT_OK nor NT_DUE)."""
+    return _fail(rc, "seal")
 
 
 class Span(NamedTuple):
@@ -510,12 +520,19 @@ def open_packed(
         rc = lib.nt_open_packed(
             handle, src, len(src), dst, len(dst), batch_type, max_records, summary
         )
-    result = PackedOpen(  # cffi gives the fields as Python ints
+    if rc != lib.NT_OK:
+        raise open_failure(rc, summary)
+    return PackedOpen(  # cffi gives the fields as Python ints
         summary.records, summary.consumed, summary.written, summary.last_type, summary.last_length
     )
-    if rc != lib.NT_OK:
-        raise OpenFailure(_fail(rc, "open"), [result], result.consumed)  # type: ignore[list-item]
-    return result
+
+
+def open_failure(rc: int, summary: Any) -> OpenFailure:
+    """The OpenFailure of a packed open that returned ``rc`` (not NT_OK)."""
+    result = PackedOpen(
+        summary.records, summary.consumed, summary.written, summary.last_type, summary.last_length
+    )
+    return OpenFailure(_fail(rc, "open"), [result], result.consumed)  # type: ignore[list-item]
 
 
 def aead_oneshot(handle: Any, encrypt: bool, nonce: bytes, aad: bytes, data: bytes) -> bytes:

@@ -202,6 +202,17 @@ class NautilusTransport(asyncio.Transport):
                 return
         owner._send_and_cork()
 
+    def _message_lane(self, receive: Callable[[bytes], object]) -> Callable[[bytes], bool]:
+        """Open the message lane (nautilus.asyncio.channel): a received record
+        holding exactly one message goes to ``receive(message)`` rather than to
+        ``messages_received``; the function returned seals and writes one
+        message (bytes) at once, or returns False having done nothing (the
+        caller then uses :meth:`send_messages`). Request/response traffic
+        then takes a few steps per message instead of the general path."""
+        owner = self._owner
+        owner._lane = receive
+        return owner._send_message
+
     def writelines(self, list_of_data: Iterable[_Buffer]) -> None:
         """Write the buffers as one (they are joined, then sealed in one call).
 
@@ -407,6 +418,7 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         "_held",
         "_held_size",
         "_in_callback",
+        "_lane",
         "_linger_timer",
         "_loop",
         "_pending",
@@ -452,6 +464,7 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         self._app: asyncio.Protocol | None = None
         self._app_copies = False  # the app copies the data it gets (_set_app)
         self._app_messages: Callable[[tuple[bytes, ...]], object] | None = None  # (_set_app)
+        self._lane: Callable[[bytes], object] | None = None  # (NautilusTransport._message_lane)
         self._transport: NautilusTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -537,8 +550,21 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
             if (self._read_paused or self._held is not None) and not self._closing:
                 self._keep(data)  # (paused by a callback since get_buffer)
                 self._hold()
-            else:
-                self._process(data)
+                return
+            lane = self._lane
+            if lane is not None and not self._closing and not self._pending_size:
+                # One record holding one message: straight to the channel.
+                taken = self._conn._take_message(data, _now())
+                if type(taken) is bytes:
+                    try:
+                        lane(taken)
+                    except Exception as exc:
+                        self._app_failed(exc, "messages_received()")
+                    return
+                if taken:  # opened, something else: its events and answers
+                    self._after_receive()
+                    return
+            self._process(data)
             return
         self._rend += nbytes
         if (
@@ -628,6 +654,10 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
             self._rstart = self._rseen = self._rend = 0
         else:
             self._rstart = start + used
+        self._after_receive()
+
+    def _after_receive(self) -> None:
+        """The Connection took what was read: deliver its events, send its answers."""
         # Dispatch first, then send once: what the Connection queued (handshake
         # flight, key update, close_notify reply) and what the application
         # wrote from its callbacks leave in order, in one TCP write.
@@ -738,6 +768,26 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
                 # would never learn it: pause it, so drain() waits for the end
                 # and raises.
                 self.pause_writing()
+
+    def _send_message(self, message: bytes) -> bool:
+        """The message lane's sending half: seal ``message`` and write it now,
+        when it is the first write of this loop iteration and nothing waits
+        (as NautilusTransport.send_messages would, in fewer steps). False,
+        having done nothing, otherwise: the caller takes the general path."""
+        if (
+            self._corked
+            or self._in_callback
+            or self._pending_size
+            or self._closing
+            or self._tcp_lost
+        ):
+            return False
+        sealed = self._conn._seal_message(message)
+        if sealed is None:
+            return False
+        self._write_now(sealed)
+        self._corked = True
+        return True
 
     def _seal(self, data: _Buffer) -> None:
         """Seal application data (dropped if the Connection closed meanwhile:

@@ -234,6 +234,9 @@ class Channel:
         self._ended = False  # nothing more will be received
         self._eof_reason = ""
         self._error: BaseException | None = None
+        # The message lane of a channel over one connection (_ChannelLink):
+        # seals and writes one message at once, or returns False.
+        self._send_lane: Callable[[bytes], bool] | None = None
         # Kept: on CPython 3.11 each get_running_loop() costs a getpid() system call.
         self._loop = asyncio.get_running_loop()
         self._closed = self._loop.create_future()
@@ -279,6 +282,14 @@ class Channel:
             nautilus.ClosedError: the channel is closed or closing (by either
                 side); after a failure, the failure is its ``__cause__``.
         """
+        lane = self._send_lane
+        if (
+            lane is not None
+            and type(message) is bytes
+            and self._send_closed is None
+            and lane(message)
+        ):
+            return
         if not isinstance(message, (bytes, bytearray, memoryview)):
             raise TypeError(f"a message must be bytes-like, not {type(message).__name__}")
         self._check_sending()
@@ -475,6 +486,19 @@ class Channel:
         queue = self._queue
         queue.extend(messages)
         self._queued_bytes += sum(map(len, messages))
+        self._fed()
+
+    def _feed_one(self, message: bytes) -> None:
+        """:meth:`_feed` for one message (the message lane)."""
+        if self._ended:
+            return
+        self._queue.append(message)
+        self._queued_bytes += len(message)
+        self._fed()
+
+    def _fed(self) -> None:
+        """Wake the waiting reader; stop reading past the queue's limits."""
+        queue = self._queue
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -543,6 +567,7 @@ class _ChannelLink(_Link, _Route):
             max_queue_bytes=self._max_queue_bytes,
         )
         self.channel = channel
+        channel._send_lane = self.transport._message_lane(channel._feed_one)
         if self._on_channel is not None:
             self._on_channel(channel)
 

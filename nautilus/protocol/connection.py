@@ -119,6 +119,12 @@ _HANDSHAKE_RECORD = 16384
 _BUDGET_MARGIN = 64
 # Message API frames: a 4-byte big-endian length, then the message.
 _pack_length = struct.Struct(">I").pack
+_from_buffer = _b.from_buffer
+_nt_open_packed = _b.nt_open_packed
+_nt_seal_within = _b.nt_seal_within
+_NT_OK = _b.NT_OK
+_NT_DUE = _b.NT_DUE
+_RECORD_OVERHEAD = _b.RECORD_OVERHEAD
 _unpack_length = struct.Struct(">I").unpack_from
 _CONNECTED_CONTENT = CONTENT_ALLOWED[State.CONNECTED]
 # The handshake messages sent before any key exists; all others are sealed.
@@ -358,6 +364,7 @@ class Connection:
         "_retried",
         "_role",
         "_scratch",
+        "_scratch_ptr",
         "_sealer",
         "_send_fragment",
         "_sent_at_update",
@@ -419,6 +426,7 @@ class Connection:
         self._out: list[bytes | bytearray] = []  # joined once by data_to_send()
         self._in = bytearray()
         self._scratch = bytearray()
+        self._scratch_ptr: object = None  # its C pointer, kept by _take_message
         # Set by the asyncio adapter for an application that copies what it
         # gets (asyncio's StreamReaderProtocol): DataReceived.data is then a
         # memoryview of _scratch, not a copy; _lent says one is out, so that
@@ -680,19 +688,25 @@ class Connection:
                 # An incomplete record, the end of ``data``: the caller keeps it.
                 self._unread = len(buf)
                 buf.clear()
-        except _Abort as abort:
-            self._fail(abort.error, abort.alert)
-        except DecodeError as exc:
-            self._fail(exc, AlertCode.RECORD_OVERFLOW if exc.overflow else AlertCode.DECODE_ERROR)
-        except ProtocolViolation as exc:
-            self._fail(exc, AlertCode.UNEXPECTED_MESSAGE)
-        except NautilusError as exc:  # a local failure (OpenSSL...): the peer must not
-            self._fail(exc, AlertCode.INTERNAL_ERROR)  # take the end for a clean close
-        except Exception:
-            raise
+        except Exception as exc:
+            self._receive_failed(exc)
         except BaseException as exc:  # KeyboardInterrupt...: fail, then let it go on
             self._interrupted(exc, "receive_data")
             raise
+
+    def _receive_failed(self, exc: Exception) -> None:
+        """What received bytes raised: the connection fails with the alert that
+        names it; an exception that is not Nautilus's (a bug) propagates."""
+        if isinstance(exc, _Abort):
+            self._fail(exc.error, exc.alert)
+        elif isinstance(exc, DecodeError):
+            self._fail(exc, AlertCode.RECORD_OVERFLOW if exc.overflow else AlertCode.DECODE_ERROR)
+        elif isinstance(exc, ProtocolViolation):
+            self._fail(exc, AlertCode.UNEXPECTED_MESSAGE)
+        elif isinstance(exc, NautilusError):  # a local failure (OpenSSL...): the peer must
+            self._fail(exc, AlertCode.INTERNAL_ERROR)  # not take the end for a clean close
+        else:
+            raise exc
 
     def _interrupted(self, exc: BaseException, call: str) -> None:
         """``call`` was interrupted by ``exc``, not an Exception: a hook or a
@@ -1047,6 +1061,7 @@ class Connection:
         if not self._lent:
             _wipe(self._scratch)
         self._lent = False
+        self._scratch_ptr = None
 
     # -------------------------------------------------------------- record layer
 
@@ -1166,17 +1181,116 @@ class Connection:
         try:
             opened = opener._open_fast(src, self._scratch, self._batch_type)
         except (RecordLimitReached, IntegrityError) as exc:
-            limit = opener.max_fragment  # (read while the opener is still open)
-            pos = 0
-            if isinstance(exc, IntegrityError):
-                pos = exc.consumed
-                good = cast("PackedOpen | None", exc.records[0] if exc.records else None)
-                if good is not None and good.records:
-                    self._deliver(good)  # authentic records before the bad one
-            raise self._open_abort(exc, src, pos, limit) from None
+            self._open_failed(exc, src)
         if opened.records:
             self._deliver(opened)
         return opened.consumed
+
+    def _open_failed(
+        self, exc: RecordLimitReached | IntegrityError, src: bytes | bytearray | memoryview
+    ) -> NoReturn:
+        """The opener refused a record of ``src``: deliver the authentic
+        records before it, then raise the failure (an _Abort)."""
+        opener = self._opener
+        assert opener is not None
+        limit = opener.max_fragment  # (read while the opener is still open)
+        pos = 0
+        if isinstance(exc, IntegrityError):
+            pos = exc.consumed
+            good = cast("PackedOpen | None", exc.records[0] if exc.records else None)
+            if good is not None and good.records:
+                self._deliver(good)  # authentic records before the bad one
+        raise self._open_abort(exc, src, pos, limit) from None
+
+    # -- the message lane (asyncio channels) -----------------------------------------
+    # Request/response traffic over the message API is one record per read and
+    # per write. For it, the asyncio adapter skips the general path (events,
+    # output queue, the checks that arbitrary input needs): these two methods
+    # open or seal one record in one C call, and hand the message over or back
+    # directly. Both apply only in a state where the general path would do
+    # exactly the same; anywhere else they decline, having done nothing.
+
+    def _take_message(self, data: memoryview, now: float) -> bytes | bool:
+        """Act on ``data``, one read from the peer, when it is exactly one sealed
+        record and nothing is under way (connected; nothing buffered, nothing
+        waiting in next_event()). Returns the message when the record holds
+        exactly one whole message (no event is queued); True when it held
+        something else, handled as receive_data() would (its events wait in
+        next_event(), its answers in the output); False, having done nothing,
+        in any other case: the caller gives ``data`` to receive_data().
+        ``data`` is a 1-D view of bytes; ``now`` as for receive_data().
+        """
+        n = len(data)
+        scratch = self._scratch
+        if (
+            self._state is not State.CONNECTED
+            or self._in
+            or self._messages
+            or self._events
+            or self._lent
+            or n > len(scratch)
+            or n < PLAIN_HEADER_SIZE
+            or data[0] != RECORD_SEALED
+            or (data[1] << 16 | data[2] << 8 | data[3]) != n - PLAIN_HEADER_SIZE
+        ):
+            return False
+        self._now = now  # (the adapter's clock: valid, as receive_data() would check)
+        opener = self._opener
+        assert opener is not None
+        dst = self._scratch_ptr
+        if dst is None:  # (kept until _drop_scratch: scratch is never resized in place)
+            dst = self._scratch_ptr = _from_buffer(scratch, require_writable=True)
+        summary = opener._summary
+        try:
+            rc = _nt_open_packed(
+                opener._handle, _from_buffer(data), n, dst, len(scratch), ContentType.MESSAGE, 1,
+                summary,
+            )  # fmt: skip
+            if rc != _NT_OK:
+                exc = opener._failure(rc)
+                if isinstance(exc, (RecordLimitReached, IntegrityError)):
+                    self._open_failed(exc, data)
+                raise exc
+            written = summary.written
+            if summary.last_type == ContentType.MESSAGE and written >= 4:
+                size = scratch[0] << 24 | scratch[1] << 16 | scratch[2] << 8 | scratch[3]
+                if size == written - 4 and size <= self._cfg.max_message_size:
+                    self._bytes_received += written
+                    self._batch_type = ContentType.MESSAGE
+                    return bytes(memoryview(scratch)[4:written])
+            self._deliver(PackedOpen(1, n, written, summary.last_type, summary.last_length))
+        except Exception as exc:
+            self._receive_failed(exc)
+        except BaseException as exc:  # (a signal handler's KeyboardInterrupt...)
+            self._interrupted(exc, "receive_data")
+            raise
+        return True
+
+    def _seal_message(self, message: bytes) -> bytearray | None:
+        """One message framed and sealed, for the caller to write at once; None,
+        having done nothing, unless nothing is under way (connected, no output
+        waiting, no rekey_interval) and the message fits in one record, within
+        ``max_message_size`` and this key's budget: then send_message() does it."""
+        cfg = self._cfg
+        if self._state is not State.CONNECTED or self._out or cfg.rekey_interval is not None:
+            return None
+        size = len(message)
+        sealer = self._sealer
+        assert sealer is not None
+        if size > cfg.max_message_size or size + 4 > self._send_fragment:
+            return None
+        out = bytearray(size + 4 + _RECORD_OVERHEAD)
+        out_len = sealer._out_len
+        rc = _nt_seal_within(
+            sealer._handle, self._budget, ContentType.MESSAGE, _pack_length(size) + message,
+            size + 4, _from_buffer(out), len(out), out_len, out_len + 1,
+        )  # fmt: skip
+        if rc != _NT_OK:
+            if rc == _NT_DUE:  # a key update first: send_message() does it
+                return None
+            raise _b.seal_failure(rc)
+        self._bytes_sent += size + 4
+        return out
 
     def _open_abort(
         self,
