@@ -168,11 +168,13 @@ def _describe(info: SessionInfo | None) -> str:
 
 
 def _identity_new(args: argparse.Namespace, out: BinaryIO) -> None:
-    if os.path.lexists(args.path) and not args.force:
+    if os.path.lexists(args.path) and not args.force:  # (before the work of a new key)
         raise _Failure(f"{args.path} exists: give --force to replace it")
     identity = Identity.generate(args.kind)
     try:
-        identity.save(args.path)
+        identity.save(args.path, overwrite=args.force)  # (refuses what appeared meanwhile)
+    except FileExistsError:
+        raise _Failure(f"{args.path} exists: give --force to replace it") from None
     except (ValueError, OSError) as exc:
         raise _Failure(f"cannot write {args.path}: {exc}") from None
     out.write(f"{identity.peer_id}\n".encode())

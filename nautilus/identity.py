@@ -715,18 +715,26 @@ class Identity:
         lines.append(_IDENTITY_END)
         return "\n".join(lines) + "\n"
 
-    def save(self, path: str | os.PathLike[str]) -> None:
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = True) -> None:
         """Write the identity (and its certificate) to ``path``, atomically.
 
         The file is created with mode 0600 (it is never readable by others, even
         briefly) as a temporary file in the same directory, synced, then renamed
-        over ``path``, replacing any existing file.
+        over ``path``, replacing any existing file. With ``overwrite=False`` it
+        is linked to ``path`` instead, which fails if anything is there (a
+        dangling symbolic link included): whatever another process put there
+        meanwhile is never replaced.
 
         Raises:
-            TypeError: ``path`` is not a str or path-like of str.
+            TypeError: ``path`` is not a str or path-like of str, or
+                ``overwrite`` is not a bool.
             ValueError: ``path`` is empty or contains a NUL character.
-            OSError: the directory is missing or not writable, disk full, etc.
+            FileExistsError: ``overwrite`` is False and ``path`` exists.
+            OSError: the directory is missing or not writable, disk full, the
+                file system has no hard links (``overwrite=False``), etc.
         """
+        if not isinstance(overwrite, bool):
+            raise TypeError(f"overwrite must be a bool, not {type(overwrite).__name__}")
         target = _fspath("path", path)
         # The directory as the system resolves it: "link/../x" is in the
         # parent of link's target, not lexically next to "link".
@@ -751,7 +759,11 @@ class Identity:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(temp, target)
+            if overwrite:
+                os.replace(temp, target)
+            else:
+                os.link(temp, target)  # EEXIST if anything is there (never followed)
+                os.unlink(temp)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(temp)

@@ -52,6 +52,26 @@ def test_identity_new_never_replaces_a_file_without_force(tmp_path: Path) -> Non
     assert out.decode().strip() == Identity.load(path).peer_id != first
 
 
+def test_identity_new_never_replaces_a_file_that_appears_while_it_works(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file is made by another process after the existence check (here:
+    while the key is generated): it is still not replaced."""
+    path = tmp_path / "server.id"
+    generate = Identity.generate
+
+    def racing_generate(kind: str = "ed25519") -> Identity:
+        path.write_text("the other process's file\n")
+        return generate(kind)
+
+    monkeypatch.setattr(Identity, "generate", staticmethod(racing_generate))
+    status, out, err = run("identity", "new", str(path))
+    assert (status, out) == (1, b"")
+    assert err == f"nautilus: error: {path} exists: give --force to replace it\n"
+    assert path.read_text() == "the other process's file\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["server.id"]  # no temporary left
+
+
 def test_identity_show_of_a_file_that_is_no_identity_fails_cleanly(tmp_path: Path) -> None:
     path = tmp_path / "notes.txt"
     path.write_text("not an identity\n")

@@ -557,6 +557,24 @@ def test_save_replaces_atomically(ids: dict[str, Identity], tmp_path: Path) -> N
     assert sorted(p.name for p in tmp_path.iterdir()) == ["id.key"]
 
 
+def test_save_without_overwrite_never_replaces(ids: dict[str, Identity], tmp_path: Path) -> None:
+    path = tmp_path / "id.key"
+    ids["ed25519"].save(path, overwrite=False)  # a new file: written as usual
+    assert Identity.load(path).public == ids["ed25519"].public
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    with pytest.raises(FileExistsError):
+        ids["ml-dsa-65"].save(path, overwrite=False)
+    assert Identity.load(path).public == ids["ed25519"].public
+    dangling = tmp_path / "link.key"
+    dangling.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(FileExistsError):
+        ids["ml-dsa-65"].save(dangling, overwrite=False)
+    assert not (tmp_path / "nowhere").exists()  # the link was not followed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["id.key", "link.key"]
+    with pytest.raises(TypeError, match="overwrite must be a bool"):
+        ids["ed25519"].save(path, overwrite=None)  # type: ignore[arg-type]
+
+
 def test_save_failure_leaves_nothing(ids: dict[str, Identity], tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         ids["ed25519"].save(tmp_path / "missing-dir" / "id.key")
