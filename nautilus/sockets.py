@@ -928,20 +928,34 @@ class NautilusSocket(socket.socket):
         if locked:
             self._feed_locked(self._rview[start:end])
             return
-        with self._state_lock:
-            self._feed_locked(self._rview[start:end])
+        try:
+            with self._state_lock:
+                self._feed_locked(self._rview[start:end])
+        except BaseException:  # (see _feed_locked): its alert goes out now
+            self._flush_nowait()
+            raise
         if self._queued:
             self._flush_nowait()
         if self._error is not None and self._conn.session is not None:
             self._shutdown_tcp()
 
     def _feed_locked(self, data: memoryview) -> None:
-        conn = self._conn
-        conn.receive_data(data, time.time())
+        self._receive(data)
         self._drain()
-        out = conn.data_to_send()
-        if out:
-            self._queued.append(out)
+        self._take_output()
+
+    def _receive(self, data: memoryview) -> None:
+        """``conn.receive_data(data)`` (state lock held)."""
+        try:
+            self._conn.receive_data(data, time.time())
+        except BaseException:
+            # A hook's or trust rule's KeyboardInterrupt...: the Connection
+            # failed first (an internal_error alert queued, ConnectionClosed).
+            # Keep both, so that the next call fails at once rather than
+            # waiting for a peer that waits for us; the caller sends the alert.
+            self._drain()
+            self._take_output()
+            raise
 
     def _next_chunk(self) -> bytes:
         """Install the next buffered chunk of stream data, reading if needed (read lock held).
@@ -1041,18 +1055,19 @@ class NautilusSocket(socket.socket):
     def _feed(self, n: int) -> None:
         """Give the bytes held back and ``n`` bytes read after them (0: end of
         file) to the Connection; collect its events."""
-        with self._state_lock:
-            conn = self._conn
-            start, end = self._ipos, self._iend + n
-            self._ipos = self._iend = 0
-            if end > start:
-                conn.receive_data(self._rview[start:end], time.time())
-            if not n and not self._read_shut:  # (after our SHUT_RD: no end from the peer)
-                conn.receive_eof()
-            self._drain()
-            out = conn.data_to_send()
-            if out:
-                self._queued.append(out)
+        try:
+            with self._state_lock:
+                start, end = self._ipos, self._iend + n
+                self._ipos = self._iend = 0
+                if end > start:
+                    self._receive(self._rview[start:end])
+                if not n and not self._read_shut:  # (after our SHUT_RD: no end from the peer)
+                    self._conn.receive_eof()
+                self._drain()
+                self._take_output()
+        except BaseException:  # (see _receive): its alert goes out now
+            self._flush_nowait()
+            raise
         if self._queued:
             self._flush_nowait()
         if self._error is not None and self._conn.session is not None:

@@ -2111,3 +2111,49 @@ def test_a_reset_after_our_shut_rdwr_reads_as_the_end(monkeypatch: pytest.Monkey
         assert got == [b""]
         assert sock.recv(10) == b""
     assert peer.result() == b""
+
+
+# ------------------------------------------- a hook raising a BaseException
+
+
+class Interrupt(BaseException):
+    """Not an Exception, as KeyboardInterrupt or SystemExit."""
+
+
+def test_a_hook_raising_a_base_exception_fails_the_handshake_and_the_peer_learns_it() -> None:
+    """The exception propagates from the call that ran the hook; the connection
+    failed locally first (docs/protocol.md): its internal_error alert is sent,
+    so the peer is told, not just cut off, and later calls fail at once."""
+    step_id = "example.com/interrupted"
+
+    def interrupt(ctx: nautilus.StepContext, payload: bytes | None) -> bytes:
+        raise Interrupt("from the hook")
+
+    def handshake_with(step: nautilus.CustomProtocolStep) -> nautilus.Handshake:
+        hs = nautilus.Handshake()
+        hs.add(step)
+        return hs
+
+    def server_side(sock: NautilusSocket) -> None:
+        sock.recv(1)
+
+    server = server_ctx(handshake=handshake_with(nautilus.CustomProtocolStep(step_id)))
+    peer = Peer(server_side, server)
+    client = client_ctx(
+        handshake=handshake_with(nautilus.CustomProtocolStep(step_id, client_payload=interrupt))
+    )
+    raw = socket.create_connection(peer.address, timeout=PEER_TIMEOUT)
+    sock = client.wrap_socket(raw, do_handshake_on_connect=False)
+    with pytest.raises(Interrupt):
+        sock.do_handshake()
+    # The peer is told at once, and a later call fails at once (it used to
+    # read, waiting for a peer that waited for us, until a timeout).
+    with pytest.raises(nautilus.HandshakeError, match="internal_error"):
+        peer.result(timeout=5)
+    started = time.monotonic()
+    with pytest.raises(nautilus.ClosedError, match="interrupted by Interrupt") as info:
+        sock.sendall(b"x")
+    assert time.monotonic() - started < 2
+    assert isinstance(info.value.__cause__, nautilus.HandshakeError)
+    assert isinstance(info.value.__cause__.__cause__, Interrupt)
+    sock.close()
