@@ -496,20 +496,25 @@ def test_client_that_stalls_after_its_hello(caplog: pytest.LogCaptureFixture) ->
 # ------------------------------------------------------------ man in the middle
 
 
-@pytest.mark.parametrize("direction", ["client-to-server", "server-to-client"])
-def test_tampered_application_record(caplog: pytest.LogCaptureFixture, direction: str) -> None:
-    armed = False
-    tampered = 0
+class TamperOnce:
+    """A proxy hook: once armed, flip one bit of the next sealed record, once."""
 
-    def tamper(record: bytes, _index: int) -> bytes:
-        nonlocal tampered
-        if armed and record[0] == SEALED_RECORD and not tampered:
-            tampered += 1
+    def __init__(self) -> None:
+        self.armed = False
+        self.tampered = 0
+
+    def __call__(self, record: bytes, _index: int) -> bytes:
+        if self.armed and record[0] == SEALED_RECORD and not self.tampered:
+            self.tampered += 1
             return flip_bit(record)
         return record
 
+
+@pytest.mark.parametrize("direction", ["client-to-server", "server-to-client"])
+def test_tampered_application_record(caplog: pytest.LogCaptureFixture, direction: str) -> None:
+    tamper = TamperOnce()
+
     async def main() -> None:
-        nonlocal armed
         async with harness(caplog).running() as h:
             hooks = {"c2s": tamper} if direction == "client-to-server" else {"s2c": tamper}
             async with Proxy(h.port, **hooks) as proxy:
@@ -518,11 +523,11 @@ def test_tampered_application_record(caplog: pytest.LogCaptureFixture, direction
                 )
                 writer.write(b"ping")
                 assert await reader.readexactly(4) == b"ping"
-                armed = True
+                tamper.armed = True
                 writer.write(b"this record gets one bit flipped")
                 with pytest.raises(nautilus.IntegrityError):
                     await asyncio.wait_for(reader.read(), 5)
-                assert tampered == 1
+                assert tamper.tampered == 1
                 writer.close()
                 for _ in range(300):
                     if h.server_errors:
@@ -574,18 +579,9 @@ def test_tampered_record_after_good_records_in_one_segment(
 def test_tampered_message_on_a_channel(direction: str) -> None:
     """Request/response on a channel takes the message lane (one record per
     read); a forged record there fails both ends as on the general path."""
-    armed = False
-    tampered = 0
-
-    def tamper(record: bytes, _index: int) -> bytes:
-        nonlocal tampered
-        if armed and record[0] == SEALED_RECORD and not tampered:
-            tampered += 1
-            return flip_bit(record)
-        return record
+    tamper = TamperOnce()
 
     async def main() -> None:
-        nonlocal armed
         served: list[na.Channel] = []
         server_errors: list[BaseException] = []
 
@@ -611,11 +607,11 @@ def test_tampered_message_on_a_channel(direction: str) -> None:
                 for i in range(20):
                     channel.send_message(b"ping %d" % i)
                     assert await channel.recv_message() == b"ping %d" % i
-                armed = True
+                tamper.armed = True
                 channel.send_message(b"this record gets one bit flipped")
                 with pytest.raises(nautilus.IntegrityError):
                     await asyncio.wait_for(channel.recv_message(), 5)
-                assert tampered == 1
+                assert tamper.tampered == 1
                 for _ in range(300):
                     if server_errors:
                         break

@@ -119,13 +119,11 @@ _HANDSHAKE_RECORD = 16384
 _BUDGET_MARGIN = 64
 # Message API frames: a 4-byte big-endian length, then the message.
 _pack_length = struct.Struct(">I").pack
-_from_buffer = _b.from_buffer
-_nt_open_packed = _b.nt_open_packed
-_nt_seal_within = _b.nt_seal_within
-_NT_OK = _b.NT_OK
-_NT_DUE = _b.NT_DUE
-_RECORD_OVERHEAD = _b.RECORD_OVERHEAD
 _unpack_length = struct.Struct(">I").unpack_from
+# The message lane (_take_message, _seal_message) calls the C core directly.
+_from_buffer, _nt_open_packed, _nt_seal_within = (_b.from_buffer, _b.nt_open_packed,
+                                                  _b.nt_seal_within)  # fmt: skip
+_NT_OK, _NT_DUE, _RECORD_OVERHEAD = _b.NT_OK, _b.NT_DUE, _b.RECORD_OVERHEAD
 _CONNECTED_CONTENT = CONTENT_ALLOWED[State.CONNECTED]
 # The handshake messages sent before any key exists; all others are sealed.
 _PLAINTEXT_MESSAGES = frozenset({MsgType.CLIENT_HELLO, MsgType.HELLO_RETRY, MsgType.SERVER_HELLO})
