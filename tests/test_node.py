@@ -167,6 +167,40 @@ def test_connect_returns_the_live_channel_and_reuses_it() -> None:
     run(main())
 
 
+def test_request_response_between_nodes_takes_the_message_lane(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once connected, one message each way per round opens and seals in the
+    message lane (as on a channel over one connection), not the general path."""
+    general: list[str] = []
+    for name in ("receive_data", "send_messages"):
+        original = getattr(nautilus.Connection, name)
+
+        def counted(self: Any, *args: Any, _name: str = name, _f: Any = original) -> Any:
+            general.append(_name)
+            return _f(self, *args)
+
+        monkeypatch.setattr(nautilus.Connection, name, counted)
+
+    async def main() -> None:
+        async with nodes(2) as (a, b):
+            channel = await a.connect(b.address, b.peer_id)
+            served = await b.accept()
+            for _ in range(5):  # warm-up, with messages larger than those below
+                channel.send_message(bytes(300))
+                served.send_message(await served.recv_message())
+                assert await channel.recv_message() == bytes(300)
+            general.clear()
+            for i in range(200):
+                message = bytes([i]) * (i + 1)
+                channel.send_message(message)
+                served.send_message(await served.recv_message())
+                assert await channel.recv_message() == message
+            assert general == []
+
+    run(main())
+
+
 def test_three_nodes_connect_in_every_order() -> None:
     pairs = list(itertools.combinations(range(3), 2))
 

@@ -210,6 +210,9 @@ class _NodeLink(_Link):
         # What this side sends on it.
         self.sent = 0
         self.retired = False  # DONE sent
+        # The message lane (NautilusTransport._message_lane): seals and writes
+        # one message at once, or returns False.
+        self.send_lane: Callable[[bytes], bool] | None = None
 
     # ------------------------------------------------------- protocol calls
 
@@ -219,6 +222,7 @@ class _NodeLink(_Link):
         info = self.transport.get_extra_info("nautilus")
         peer_id = info.peer_id if isinstance(info, SessionInfo) else None
         self.peer_id = peer_id or ""
+        self.send_lane = self.transport._message_lane(self._message_received)
         self.node._link_made(self)
 
     def data_received(self, data: bytes) -> None:
@@ -231,6 +235,10 @@ class _NodeLink(_Link):
                 return
             self._on_frame(*_FRAME.unpack_from(buf, offset))
         del buf[:end]
+
+    def _message_received(self, message: bytes) -> None:
+        """One message from the message lane: as :meth:`messages_received`."""
+        self.messages_received((message,))
 
     def messages_received(self, messages: tuple[bytes, ...]) -> None:
         if self.ended:
@@ -522,9 +530,11 @@ class _Session(_Route):
         link = self.current
         if link is None or self.state != _OPEN:
             raise ClosedError("the channel is closed")
-        transport = link.transport
-        assert transport is not None
-        transport.send_messages(messages)  # raises before anything is counted
+        lane = link.send_lane
+        if not (len(messages) == 1 and type(messages[0]) is bytes and lane and lane(messages[0])):
+            transport = link.transport
+            assert transport is not None
+            transport.send_messages(messages)  # raises before anything is counted
         link.sent += len(messages)
         self.sent += len(messages)
 
