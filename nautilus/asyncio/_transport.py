@@ -203,7 +203,7 @@ class NautilusTransport(asyncio.Transport):
         owner._send_and_cork()
 
     def _message_lane(self, receive: Callable[[bytes], object]) -> Callable[[bytes], bool]:
-        """Open the message lane (nautilus.asyncio.channel): a received record
+        """Open the message lane (channels and nodes): a received record
         holding exactly one message goes to ``receive(message)`` rather than to
         ``messages_received``; the function returned seals and writes one
         message (bytes) at once, or returns False having done nothing (the
