@@ -324,3 +324,40 @@ def in_a_child_forked_with_locks_held(
             lock.release()
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+# ------------------------------------------------------------- the message lane
+
+
+def record_general_path(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """From now on (for the test), each call of ``Connection.receive_data`` or
+    ``send_messages``, the general path the message lane bypasses, is
+    recorded by name in the list returned."""
+    general: list[str] = []
+    for name in ("receive_data", "send_messages"):
+        original = getattr(Connection, name)
+
+        def counted(self: Connection, *args: Any, _name: str = name, _f: Any = original) -> Any:
+            general.append(_name)
+            return _f(self, *args)
+
+        monkeypatch.setattr(Connection, name, counted)
+    return general
+
+
+async def round_trips_in_the_lane(client: Any, served: Any, general: list[str]) -> None:
+    """Request/response between two asyncio channels: after a warm-up (the
+    receive buffers grow to the messages' size, session tickets arrive), 200
+    round trips of 1..200-byte messages, each echoed intact and none through
+    the general path (``general``: from :func:`record_general_path`)."""
+    for _ in range(5):  # warm-up, with messages larger than those below
+        client.send_message(bytes(300))
+        served.send_message(await served.recv_message())
+        assert await client.recv_message() == bytes(300)
+    general.clear()
+    for i in range(200):
+        message = bytes([i]) * (i + 1)
+        client.send_message(message)
+        served.send_message(await served.recv_message())
+        assert await client.recv_message() == message
+    assert general == []

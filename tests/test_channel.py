@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import pytest
+from protocol_helpers import record_general_path, round_trips_in_the_lane
 
 import nautilus
 import nautilus.asyncio as na
@@ -97,32 +98,13 @@ def test_ten_thousand_messages_in_order_both_ways() -> None:
 
 
 def test_request_response_takes_the_message_lane(monkeypatch: pytest.MonkeyPatch) -> None:
-    """One message per record each way: after the first exchanges (the
-    receive buffers grow to the messages' size, session tickets arrive) both
-    sides open and seal each message in the lane, not the general path."""
-    general: list[str] = []
-    for name in ("receive_data", "send_messages"):
-        original = getattr(nautilus.Connection, name)
-
-        def counted(self: Any, *args: Any, _name: str = name, _f: Any = original) -> Any:
-            general.append(_name)
-            return _f(self, *args)
-
-        monkeypatch.setattr(nautilus.Connection, name, counted)
+    """One message per record each way: both sides open and seal each message
+    in the lane, not the general path."""
+    general = record_general_path(monkeypatch)
 
     async def main() -> None:
         async with pair() as (client, served):
-            for _ in range(5):  # warm-up, with messages larger than those below
-                client.send_message(bytes(300))
-                served.send_message(await served.recv_message())
-                assert await client.recv_message() == bytes(300)
-            general.clear()
-            for i in range(200):
-                message = bytes([i]) * (i + 1)
-                client.send_message(message)
-                served.send_message(await served.recv_message())
-                assert await client.recv_message() == message
-            assert general == []
+            await round_trips_in_the_lane(client, served, general)
 
     run(main())
 

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import pytest
+from protocol_helpers import record_general_path, round_trips_in_the_lane
 
 import nautilus
 import nautilus.asyncio as na
@@ -172,31 +173,12 @@ def test_request_response_between_nodes_takes_the_message_lane(
 ) -> None:
     """Once connected, one message each way per round opens and seals in the
     message lane (as on a channel over one connection), not the general path."""
-    general: list[str] = []
-    for name in ("receive_data", "send_messages"):
-        original = getattr(nautilus.Connection, name)
-
-        def counted(self: Any, *args: Any, _name: str = name, _f: Any = original) -> Any:
-            general.append(_name)
-            return _f(self, *args)
-
-        monkeypatch.setattr(nautilus.Connection, name, counted)
+    general = record_general_path(monkeypatch)
 
     async def main() -> None:
         async with nodes(2) as (a, b):
             channel = await a.connect(b.address, b.peer_id)
-            served = await b.accept()
-            for _ in range(5):  # warm-up, with messages larger than those below
-                channel.send_message(bytes(300))
-                served.send_message(await served.recv_message())
-                assert await channel.recv_message() == bytes(300)
-            general.clear()
-            for i in range(200):
-                message = bytes([i]) * (i + 1)
-                channel.send_message(message)
-                served.send_message(await served.recv_message())
-                assert await channel.recv_message() == message
-            assert general == []
+            await round_trips_in_the_lane(channel, await b.accept(), general)
 
     run(main())
 
