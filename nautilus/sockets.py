@@ -223,6 +223,7 @@ class NautilusSocket(socket.socket):
         "_timed_rekey",
         "_unsent",
         "_wbuf",
+        "_wfit",
         "_wptr",
         "_write_lock",
         "_wview",
@@ -262,6 +263,7 @@ class NautilusSocket(socket.socket):
     _iend: int
     _wbuf: bytearray
     _wview: memoryview
+    _wfit: int
     _wptr: Any
     _out_len: Any
 
@@ -326,6 +328,7 @@ class NautilusSocket(socket.socket):
         self._wbuf = bytearray()
         self._wview = memoryview(self._wbuf)
         self._wptr = None
+        self._wfit = -1  # the largest content sealed into _wbuf as one record
         self._out_len = _b.new_out_len()
         self._connected = connected
         self._timed_rekey = getattr(context, "rekey_interval", None) is not None
@@ -1330,6 +1333,34 @@ class NautilusSocket(socket.socket):
             if self._unsent is not None or self._queued:  # an earlier timeout left output
                 self._write_out(None, nowait=False)
             pos = 0
+            if n <= self._wfit and type(data) is bytes:
+                # The common case, in short: one record that fits the buffer as
+                # it is, with nothing queued by a reader. Anything else (a key
+                # update due, a closed connection) goes to the loop below, with
+                # nothing sealed.
+                rc = _NT_DUE
+                state_lock.acquire()  # (not ``with``: twice as slow, ~2% of a 4 KiB sendall)
+                try:
+                    conn = self._conn
+                    sealer = conn._sealer
+                    if sealer is not None and n <= conn._send_fragment and not self._queued:
+                        handle = sealer._handle
+                        if handle is not None:
+                            rc = _nt_seal_send(handle, conn._budget, self.fileno(), _APP_DATA,
+                                               data, n, self._wptr, n + _OVERHEAD,
+                                               self._out_len)  # fmt: skip
+                            if rc != _NT_OK and rc != _NT_PARTIAL:
+                                if rc != _NT_DUE:
+                                    _b.check(rc, "seal")
+                            else:
+                                conn._bytes_sent += n
+                                pos = n
+                                if rc == _NT_PARTIAL:
+                                    out = self._wview[self._out_len[1] : self._out_len[0]]
+                finally:
+                    state_lock.release()
+                if rc == _NT_PARTIAL:  # the rest, with the state lock released
+                    _raw_sendall(self, out)
             while pos < n:
                 step = n - pos if n - pos <= _WRITE_PIECE else _WRITE_PIECE
                 state_lock.acquire()
@@ -1345,6 +1376,7 @@ class NautilusSocket(socket.socket):
                         wbuf = bytearray(need)
                         self._wbuf, self._wview = wbuf, memoryview(wbuf)
                         self._wptr = _from_buffer(wbuf, require_writable=True)
+                        self._wfit = need - _OVERHEAD
                     # Seal and send in one C call, which never waits (so the
                     # lock may be held); only seal if a reader queued output
                     # that must go first (fd -1).

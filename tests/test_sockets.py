@@ -1676,6 +1676,41 @@ def test_large_sends_from_any_buffer_are_accounted_and_intact() -> None:
     assert received == len(expected)
 
 
+def test_small_sendalls_into_a_full_socket_arrive_whole_and_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """4 KiB sendalls (one record each, the direct path's short branch) while
+    the peer does not read yet: the socket fills and takes part of a record;
+    its rest (or all of it) is written before the next record is sealed."""
+    payload = random.randbytes(1_000_000)
+    start_reading = threading.Event()
+
+    def handler(sock: NautilusSocket) -> bytes:
+        assert start_reading.wait(PEER_TIMEOUT)
+        return recv_into_exactly(sock, len(payload))
+
+    rests: list[int] = []
+    raw_sendall = nautilus.sockets._raw_sendall
+
+    def counted(sock: socket.socket, data: Any) -> None:
+        rests.append(len(data))
+        raw_sendall(sock, data)
+
+    peer = Peer(handler)
+    with connect(peer) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        monkeypatch.setattr(nautilus.sockets, "_raw_sendall", counted)
+        timer = threading.Timer(0.2, start_reading.set)
+        timer.start()
+        for i in range(0, len(payload), 4096):
+            sock.sendall(payload[i : i + 4096])
+        assert sock._conn.stats.bytes_sent == len(payload)
+        timer.join()
+    assert peer.result() == payload
+    assert rests, "the socket never took only part of a record"
+    assert all(0 < n <= 4096 + nautilus.sockets._OVERHEAD for n in rests), rests
+
+
 @pytest.mark.parametrize(
     ("ctx_kw", "write", "per_update"),
     [
