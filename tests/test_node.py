@@ -730,8 +730,10 @@ def test_connect_times_out_when_the_peer_sends_no_hello() -> None:
                 await asyncio.wait_for(a.connect((HOST, port), IDS[1].peer_id), 5)
             assert 0.4 < time.monotonic() - started < 3.0
             assert len(made) == 1
-            # The connection was dropped (aborted: the peer sees a truncation).
-            assert isinstance(await asyncio.wait_for(made[0].lost, 5), nautilus.ConnectionLost)
+            # The connection was closed with an alert: the peer learns why.
+            lost = await asyncio.wait_for(made[0].lost, 5)
+            assert isinstance(lost, nautilus.HandshakeTimeout), lost
+            assert str(lost) == "the peer sent alert handshake_timeout"
             await until(lambda: a.connection_count() == 0, "the connection is gone")
             assert a.peers == {}
             # A timeout is transient: with a policy, it is retried.
@@ -784,7 +786,8 @@ def test_listener_drops_a_dialler_that_sends_no_hello() -> None:
             )
             await mute.expect(HELLO)  # the node says HELLO; the dialler does not
             started = time.monotonic()
-            assert isinstance(await asyncio.wait_for(mute.lost, 5), nautilus.ConnectionLost)
+            lost = await asyncio.wait_for(mute.lost, 5)
+            assert isinstance(lost, nautilus.HandshakeTimeout), lost  # the alert, not a truncation
             assert 0.3 < time.monotonic() - started < 3.0
             await until(lambda: node.connection_count() == 0, "the connection is gone")
             assert node.peers == {}
@@ -1055,26 +1058,45 @@ def padded(frame: bytes) -> bytes:
 
 
 @pytest.mark.parametrize(
-    "script",
+    ("script", "alert"),
     [
-        pytest.param([("msg", b"early")], id="message before START"),
-        pytest.param([("frame", (START, 0)), ("frame", (START, 1))], id="START twice"),
+        pytest.param([("msg", b"early")], "unexpected_message", id="message before START"),
         pytest.param(
-            [("frame", (START, 0)), ("msg", b"x"), ("frame", (DONE, 5))], id="wrong DONE count"
+            [("frame", (START, 0)), ("frame", (START, 1))], "unexpected_message", id="START twice"
         ),
-        pytest.param([("frame", (9, 0))], id="unknown frame"),
-        pytest.param([("frame", (HELLO, 1))], id="second HELLO"),
-        pytest.param([("frame", (START, 3))], id="START skipping messages"),
-        pytest.param([("frame", (START, 3)), ("msg", b"x")], id="START skipping, then a message"),
-        pytest.param([("raw", padded(FRAME.pack(START, 0, bytes(16), bytes(16))))], id="padding"),
-        pytest.param([("frame", (START, 0, b"\x01" * 16))], id="START with a field set"),
+        pytest.param(
+            [("frame", (START, 0)), ("msg", b"x"), ("frame", (DONE, 5))],
+            "unexpected_message",
+            id="wrong DONE count",
+        ),
+        pytest.param([("frame", (9, 0))], "decode_error", id="unknown frame"),
+        pytest.param([("frame", (HELLO, 1))], "unexpected_message", id="second HELLO"),
+        pytest.param([("frame", (START, 3))], "unexpected_message", id="START skipping messages"),
+        pytest.param(
+            [("frame", (START, 3)), ("msg", b"x")],
+            "unexpected_message",
+            id="START skipping, then a message",
+        ),
+        pytest.param(
+            [("raw", padded(FRAME.pack(START, 0, bytes(16), bytes(16))))],
+            "decode_error",
+            id="padding",
+        ),
+        pytest.param(
+            [("frame", (START, 0, b"\x01" * 16))], "decode_error", id="START with a field set"
+        ),
         pytest.param(
             [("frame", (START, 0)), ("frame", (DONE, 0, bytes(16), b"\x01" * 16))],
+            "decode_error",
             id="DONE with a field set",
         ),
     ],
 )
-def test_node_protocol_violations_drop_the_connection(script: list[tuple[str, Any]]) -> None:
+def test_node_protocol_violations_drop_the_connection(
+    script: list[tuple[str, Any]], alert: str
+) -> None:
+    """Each is a protocol violation here, and the peer gets an alert that says so."""
+
     async def main() -> None:
         async with fake_node() as node:
             link = await fake_dial(node, IDS[1], b"\x01" * 16, b"\x01" * 16)
@@ -1095,22 +1117,40 @@ def test_node_protocol_violations_drop_the_connection(script: list[tuple[str, An
             with pytest.raises(nautilus.ProtocolViolation, match="node protocol"):
                 await read_all()
             assert received in ([], [b"x"])
-            assert isinstance(await asyncio.wait_for(link.lost, 5), nautilus.ConnectionLost)
+            lost = await asyncio.wait_for(link.lost, 5)
+            assert isinstance(lost, nautilus.ProtocolViolation), lost
+            assert str(lost) == f"the peer sent alert {alert}"
             assert node.peers == {}
 
     run(main())
 
 
 @pytest.mark.parametrize(
-    "hello",
+    ("hello", "error"),
     [
-        pytest.param(FRAME.pack(HELLO, 2, b"\x01" * 16, b"\x01" * 16), id="version 2"),
-        pytest.param(padded(FRAME.pack(HELLO, 1, b"\x01" * 16, b"\x01" * 16)), id="padding"),
-        pytest.param(FRAME.pack(HELLO, 1, bytes(16), b"\x01" * 16), id="all-zero session id"),
-        pytest.param(FRAME.pack(HELLO, 1, b"\x01" * 16, bytes(16)), id="all-zero nonce"),
+        pytest.param(
+            FRAME.pack(HELLO, 2, b"\x01" * 16, b"\x01" * 16),
+            nautilus.NegotiationFailed("the peer sent alert protocol_version"),
+            id="version 2",
+        ),
+        pytest.param(
+            padded(FRAME.pack(HELLO, 1, b"\x01" * 16, b"\x01" * 16)),
+            nautilus.ProtocolViolation("the peer sent alert decode_error"),
+            id="padding",
+        ),
+        pytest.param(
+            FRAME.pack(HELLO, 1, bytes(16), b"\x01" * 16),
+            nautilus.ProtocolViolation("the peer sent alert decode_error"),
+            id="all-zero session id",
+        ),
+        pytest.param(
+            FRAME.pack(HELLO, 1, b"\x01" * 16, bytes(16)),
+            nautilus.ProtocolViolation("the peer sent alert decode_error"),
+            id="all-zero nonce",
+        ),
     ],
 )
-def test_a_bad_hello_is_refused(hello: bytes) -> None:
+def test_a_bad_hello_is_refused(hello: bytes, error: nautilus.NautilusError) -> None:
     """Reserved bytes must be zero, and the random session id and nonce must
     not be all-zero (the "no id" value): such a HELLO used to be accepted."""
 
@@ -1122,7 +1162,9 @@ def test_a_bad_hello_is_refused(hello: bytes) -> None:
                 lambda: link, *node.address, context=ctx, expected_peer=node.peer_id
             )
             link.raw(hello)
-            assert isinstance(await asyncio.wait_for(link.lost, 5), nautilus.ConnectionLost)
+            lost = await asyncio.wait_for(link.lost, 5)
+            assert type(lost) is type(error), lost  # the alert, not a truncation
+            assert str(lost) == str(error)
             assert node.peers == {}
             await still_serves(node)
 
@@ -1157,7 +1199,9 @@ def test_a_start_past_messages_no_connection_carries_fails_the_channel() -> None
             with pytest.raises(nautilus.ProtocolViolation, match="node protocol: START"):
                 await asyncio.wait_for(read_all(), 5)
             assert received == [b"m0", b"m1"]
-            assert isinstance(await asyncio.wait_for(second.lost, 5), nautilus.ConnectionLost)
+            lost = await asyncio.wait_for(second.lost, 5)
+            assert isinstance(lost, nautilus.ProtocolViolation), lost
+            assert str(lost) == "the peer sent alert unexpected_message"
             assert node.peers == {}
 
     run(main())
@@ -1181,7 +1225,8 @@ def test_a_held_connection_is_dropped_after_the_handshake_timeout() -> None:
             await until(lambda: bool(node._held.get(IDS[1].peer_id)), "the node holds it")
             new.frame(START, 0)
             new.send(b"held")
-            assert isinstance(await asyncio.wait_for(new.lost, 5), nautilus.ConnectionLost)
+            lost = await asyncio.wait_for(new.lost, 5)
+            assert isinstance(lost, nautilus.HandshakeTimeout), lost  # the alert, not a truncation
             assert 0.3 < time.monotonic() - started < 3.0
             await until(lambda: node.connection_count(IDS[1].peer_id) == 1, "it is gone")
             assert not node._held.get(IDS[1].peer_id)

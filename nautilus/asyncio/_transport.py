@@ -32,6 +32,7 @@ from nautilus.protocol.events import (
     HandshakeCompleted,
     MessagesReceived,
 )
+from nautilus.protocol.messages import AlertCode
 
 __all__ = ["NautilusTransport"]
 
@@ -307,6 +308,20 @@ class NautilusTransport(asyncio.Transport):
         self._conn.close()
         owner._transmit()
         owner._close_after_peer()
+
+    def _refuse(self, alert: AlertCode) -> None:
+        """Close because the application found the peer at fault (a Node: a
+        broken node protocol, a stall): as :meth:`close`, but the peer gets
+        the fatal ``alert`` instead of close_notify, so that it learns why
+        rather than seeing a truncation. As after an error, a peer that is
+        not reading (the TCP buffer has not drained) is not waited for."""
+        owner = self._owner
+        if owner._closing:
+            return
+        if owner._pending_size:
+            owner._seal_pending()
+        self._conn._close_with_alert(alert)
+        owner._shutdown(clean=False)
 
     def abort(self) -> None:
         """Close at once: buffered data is lost and no close_notify is sent,

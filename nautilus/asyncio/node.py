@@ -61,6 +61,7 @@ from nautilus.exceptions import (
 )
 from nautilus.identity import PeerKey, parse_peer_id
 from nautilus.protocol.events import SessionInfo
+from nautilus.protocol.messages import AlertCode
 
 __all__ = ["Node", "RetryPolicy"]
 
@@ -244,7 +245,7 @@ class _NodeLink(_Link):
         if self.ended:
             return
         if not self.started or self.done_received:
-            self.violation("a message outside START .. DONE")
+            self.violation("a message outside START .. DONE", AlertCode.UNEXPECTED_MESSAGE)
             return
         self.received += len(messages)
         session = self.session
@@ -275,16 +276,19 @@ class _NodeLink(_Link):
 
     def _on_frame(self, kind: int, pad: bytes, value: int, a: bytes, b: bytes) -> None:
         if pad != _PAD:
-            self.violation(f"control frame {kind} with reserved bytes set")
+            self.violation(f"control frame {kind} with reserved bytes set", AlertCode.DECODE_ERROR)
         elif kind == _HELLO:
             if self.ready:
-                self.violation("a second HELLO")
+                self.violation("a second HELLO", AlertCode.UNEXPECTED_MESSAGE)
                 return
             if value != _VERSION:
-                self.violation(f"node protocol version {value}; this node speaks {_VERSION}")
+                self.violation(
+                    f"node protocol version {value}; this node speaks {_VERSION}",
+                    AlertCode.PROTOCOL_VERSION,
+                )
                 return
             if a == _ZERO_ID or b == _ZERO_ID:
-                self.violation("an all-zero session id or nonce in HELLO")
+                self.violation("an all-zero session id or nonce in HELLO", AlertCode.DECODE_ERROR)
                 return
             self.peer_sid = a
             self.ready = True
@@ -295,14 +299,16 @@ class _NodeLink(_Link):
                 self.key = (self.peer_id, b)
             self.node._link_ready(self)
         elif not self.ready:
-            self.violation(f"control frame {kind} before HELLO")
+            self.violation(f"control frame {kind} before HELLO", AlertCode.UNEXPECTED_MESSAGE)
         elif kind not in (_START, _DONE):
-            self.violation(f"unknown control frame type {kind}")
+            self.violation(f"unknown control frame type {kind}", AlertCode.DECODE_ERROR)
         elif a != _ZERO_ID or b != _ZERO_ID:
-            self.violation(f"control frame {kind} with its unused fields set")
+            self.violation(
+                f"control frame {kind} with its unused fields set", AlertCode.DECODE_ERROR
+            )
         elif kind == _START:
             if self.started or self.done_received:
-                self.violation("START twice, or after DONE")
+                self.violation("START twice, or after DONE", AlertCode.UNEXPECTED_MESSAGE)
                 return
             self.started = True
             self.base = value
@@ -310,10 +316,13 @@ class _NodeLink(_Link):
                 self.session.check_gap()
         else:
             if self.done_received:
-                self.violation("DONE twice")
+                self.violation("DONE twice", AlertCode.UNEXPECTED_MESSAGE)
                 return
             if value != self.received:
-                self.violation(f"DONE after {value} messages, but {self.received} arrived")
+                self.violation(
+                    f"DONE after {value} messages, but {self.received} arrived",
+                    AlertCode.UNEXPECTED_MESSAGE,
+                )
                 return
             self.done_received = True
             if self.session is not None:
@@ -325,11 +334,16 @@ class _NodeLink(_Link):
             return
         transport.write(_FRAME.pack(kind, _PAD, value, a, b))
 
-    def violation(self, message: str) -> None:
-        """The peer broke the node protocol: drop the connection."""
+    def violation(self, message: str, alert: AlertCode) -> None:
+        """The peer broke the node protocol: it gets ``alert``, and the connection closes."""
         logger.debug("nautilus: node protocol violation by %s: %s", self.peer_id, message)
-        self.abort()
+        self.refuse(alert)
         self._end(ProtocolViolation(f"node protocol: {message}"))
+
+    def refuse(self, alert: AlertCode) -> None:
+        """Close with the fatal ``alert`` rather than close_notify (the peer is at fault)."""
+        if self.transport is not None and not self.lost:
+            self.transport._refuse(alert)
 
     def wait_for_hello(self, timeout: float) -> None:
         """Drop the connection unless the peer's HELLO arrives within ``timeout`` seconds."""
@@ -350,7 +364,7 @@ class _NodeLink(_Link):
         if self.session is not None or self.ended:
             return
         logger.debug("nautilus: dropping a connection of %s: %s", self.peer_id, message)
-        self.abort()
+        self.refuse(AlertCode.HANDSHAKE_TIMEOUT)
         self._end(HandshakeTimeout(message))
 
     def _cancel_timer(self) -> None:
@@ -475,7 +489,7 @@ class _Session(_Route):
                     link.inbox_bytes = 0
                     progress = True
                 elif head < self.next_seq:
-                    link.violation(f"message {head} arrived twice")
+                    link.violation(f"message {head} arrived twice", AlertCode.UNEXPECTED_MESSAGE)
                     return
         self._update_reading()
         if any(link.inbox for link in self.links):
@@ -512,7 +526,8 @@ class _Session(_Route):
                     ProtocolViolation(
                         f"node protocol: START({link.base}) on a connection, but message "
                         f"{expected} was sent on none"
-                    )
+                    ),
+                    AlertCode.UNEXPECTED_MESSAGE,
                 )
                 return
 
@@ -624,13 +639,18 @@ class _Session(_Route):
             self._linger.cancel()
             self._linger = None
 
-    def _fail(self, exc: BaseException) -> None:
+    def _fail(self, exc: BaseException, alert: AlertCode | None = None) -> None:
+        """The session fails with ``exc``; its connections are dropped, or
+        closed with ``alert`` if the peer is at fault."""
         renew = self.state == _OPEN
         self.state = _FAILED
         self._cancel_linger()
         self.channel._finish(exc)
         for link in self.links:
-            link.abort()
+            if alert is None:
+                link.abort()
+            else:
+                link.refuse(alert)
         self._check_gone()
         self.node._session_over(self, renew=renew)
 

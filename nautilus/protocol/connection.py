@@ -951,6 +951,16 @@ class Connection:
             self._send_alert(AlertCode.CLOSE_NOTIFY)
         self._teardown()
 
+    def _close_with_alert(self, code: AlertCode) -> None:
+        """:meth:`close` with the fatal alert ``code`` instead of close_notify:
+        the application above the connection (a Node) found the peer at
+        fault. No event is queued, as for :meth:`close`, and ``error`` stays None."""
+        if self._state is State.CLOSED:
+            return
+        if self._state not in (State.CLIENT_START, State.SERVER_START):
+            self._send_alert(code)
+        self._teardown()
+
     def export_keying_material(self, label: bytes, context: bytes, length: int) -> bytes:
         """Keying material bound to this session, for channel binding.
 
