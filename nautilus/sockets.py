@@ -1139,10 +1139,14 @@ class NautilusSocket(socket.socket):
             _check_flags("send", flags)
         if not self._ready:
             self._prepare_write()
-        if n and not self._timed_rekey and self.gettimeout() is None:
-            self._send_direct(data, n)
-        else:
-            self._submit(_DATA, data)
+        if n and not self._timed_rekey:
+            timeout = self.gettimeout()
+            if timeout is None:
+                self._send_direct(data, n)
+                return n
+            if timeout and self._send_timed(data, n, timeout):
+                return n
+        self._submit(_DATA, data)
         return n
 
     def sendall(self, data: ReadableBuffer, flags: int = 0) -> None:
@@ -1163,10 +1167,14 @@ class NautilusSocket(socket.socket):
             _check_flags("sendall", flags)
         if not self._ready:
             self._prepare_write()
-        if n and not self._timed_rekey and self.gettimeout() is None:
-            self._send_direct(data, n)
-        else:
-            self._submit(_DATA, data)
+        if n and not self._timed_rekey:
+            timeout = self.gettimeout()
+            if timeout is None:
+                self._send_direct(data, n)
+                return
+            if timeout and self._send_timed(data, n, timeout):
+                return
+        self._submit(_DATA, data)
 
     def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
         """Send a binary file's contents (read and sealed in Python: no ``os.sendfile``).
@@ -1373,10 +1381,7 @@ class NautilusSocket(socket.socket):
                     frag = conn._send_fragment  # the sealer's record size
                     need = step + (step + frag - 1) // frag * _OVERHEAD  # checked by nt_seal
                     if need > len(self._wbuf):
-                        wbuf = bytearray(need)
-                        self._wbuf, self._wview = wbuf, memoryview(wbuf)
-                        self._wptr = _from_buffer(wbuf, require_writable=True)
-                        self._wfit = need - _OVERHEAD
+                        self._grow_wbuf(need)
                     # Seal and send in one C call, which never waits (so the
                     # lock may be held); only seal if a reader queued output
                     # that must go first (fd -1).
@@ -1422,6 +1427,97 @@ class NautilusSocket(socket.socket):
             write_lock.release()
         if self._queued:  # a reader queued output while we held the lock
             self._flush_nowait()
+
+    def _grow_wbuf(self, need: int) -> None:
+        """A larger reusable buffer for sealing (write lock held)."""
+        wbuf = bytearray(need)
+        self._wbuf, self._wview = wbuf, memoryview(wbuf)
+        self._wptr = _from_buffer(wbuf, require_writable=True)
+        self._wfit = need - _OVERHEAD
+
+    def _send_timed(self, data: bytes | bytearray | memoryview, n: int, timeout: float) -> bool:
+        """The bulk path of :meth:`send`/:meth:`sendall` with a timeout.
+
+        As in :meth:`_send_direct`, the content is sealed into a reusable
+        buffer at most ``_WRITE_PIECE`` bytes at a time, by one C call that
+        also sends each piece without waiting: no ``poll()`` before a write
+        that the socket can take at once (CPython's socket calls wait first
+        whenever a timeout is set) and no allocation. What the socket does not
+        take is copied out of the buffer and written with the timeout before
+        the next piece is sealed, as :meth:`_submit` writes. The timeout's
+        promise holds: on ``TimeoutError`` the rest of ``data`` is sealed too
+        and queued behind what is waiting (``data`` accepted, see :meth:`send`).
+
+        Returns False, with nothing sealed, where the general path must take
+        the call: earlier output still waiting, a key update due first, the
+        connection closed.
+        """
+        write_lock = self._write_lock
+        write_lock.acquire()
+        try:
+            if self._unsent is not None or self._queued:
+                return False
+            state_lock = self._state_lock
+            frag = self._conn._send_fragment
+            pos = 0
+            while pos < n:
+                step = n - pos if n - pos <= _WRITE_PIECE else _WRITE_PIECE
+                need = step + (step + frag - 1) // frag * _OVERHEAD  # checked by nt_seal
+                if need > len(self._wbuf):
+                    self._grow_wbuf(need)
+                rc = _NT_DUE
+                state_lock.acquire()
+                try:
+                    conn = self._conn
+                    sealer = conn._sealer  # None once closed
+                    handle = None if sealer is None else sealer._handle
+                    if handle is not None:
+                        # Output a reader queued goes first: seal only (fd -1).
+                        fd = -1 if self._queued else self.fileno()
+                        if pos == 0 and type(data) is bytes:
+                            rc = _nt_seal_send(handle, conn._budget, fd, _APP_DATA, data, step,
+                                               self._wptr, need, self._out_len)  # fmt: skip
+                        else:
+                            with _from_buffer(data) as src:
+                                rc = _nt_seal_send(handle, conn._budget, fd, _APP_DATA,
+                                                   src + pos, step, self._wptr, need,
+                                                   self._out_len)  # fmt: skip
+                        if rc != _NT_OK and rc != _NT_PARTIAL:
+                            if rc != _NT_DUE:
+                                _b.check(rc, "seal")
+                        else:
+                            conn._bytes_sent += step
+                            if rc == _NT_PARTIAL:  # the buffer is reused: the rest waits as a copy
+                                rest = self._wview[self._out_len[1] : self._out_len[0]]
+                                self._queued.append(rest.tobytes())
+                finally:
+                    state_lock.release()
+                if rc == _NT_DUE:  # a key update first (or closed): the Connection's path
+                    if pos == 0:
+                        return False
+                    break
+                pos += step
+                if self._queued:
+                    try:
+                        self._write_out(timeout, nowait=False)
+                    except TimeoutError:
+                        if pos < n:
+                            self._seal_rest(data, pos)
+                        raise
+            if pos < n:
+                self._seal_rest(data, pos)
+                self._write_out(timeout, nowait=False)
+        finally:
+            write_lock.release()
+        if self._queued:  # a reader queued output while we held the lock
+            self._flush_nowait()
+        return True
+
+    def _seal_rest(self, data: bytes | bytearray | memoryview, pos: int) -> None:
+        """Seal ``data[pos:]`` through the Connection and queue it (write lock held)."""
+        with self._state_lock:
+            self._conn.send_data(memoryview(data).cast("B")[pos:])
+            self._take_output()
 
     def _submit(self, kind: int, payload: Any) -> None:
         """Seal ``payload`` and write it after everything queued, in order (see :meth:`send`)."""

@@ -1648,9 +1648,11 @@ def recv_into_exactly(sock: NautilusSocket, size: int) -> bytes:
     return bytes(got)
 
 
-def test_large_sends_from_any_buffer_are_accounted_and_intact() -> None:
+@pytest.mark.parametrize("timeout", [None, PEER_TIMEOUT], ids=["blocking", "timeout"])
+def test_large_sends_from_any_buffer_are_accounted_and_intact(timeout: float | None) -> None:
     """Sends larger than one sealing step, from bytes, bytearray, memoryview
-    and a typed array; the Connection's byte counters follow the direct path."""
+    and a typed array; the Connection's byte counters follow the direct path
+    (blocking) or the timed one."""
     parts: list[Any] = [
         random.randbytes(1_000_001),
         bytearray(random.randbytes(600_000)),
@@ -1663,7 +1665,7 @@ def test_large_sends_from_any_buffer_are_accounted_and_intact() -> None:
         return recv_into_exactly(sock, len(expected)), sock._conn.stats.bytes_received
 
     peer = Peer(handler)
-    with connect(peer) as sock:
+    with connect(peer, timeout=timeout) as sock:
         for i, part in enumerate(parts):
             if i % 2:
                 assert sock.send(part) == memoryview(part).nbytes
@@ -1711,6 +1713,68 @@ def test_small_sendalls_into_a_full_socket_arrive_whole_and_in_order(
     assert all(0 < n <= 4096 + nautilus.sockets._OVERHEAD for n in rests), rests
 
 
+@pytest.mark.parametrize("size", [4096, 100_000, 600_000])
+def test_timed_sends_into_a_full_socket_arrive_whole_and_in_order(
+    monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    """With a timeout, sends (one record, several, more than one sealing step)
+    while the peer does not read yet: the socket takes part of what was
+    sealed; the rest is copied out of the reused buffer and written, with the
+    timeout, before anything else is sealed."""
+    payload = random.randbytes(1_500_000)
+    start_reading = threading.Event()
+
+    def handler(sock: NautilusSocket) -> bytes:
+        assert start_reading.wait(PEER_TIMEOUT)
+        return recv_into_exactly(sock, len(payload))
+
+    rests: list[int] = []
+    raw_send = nautilus.sockets._raw_send
+
+    def counted(sock: socket.socket, data: Any, *flags: int) -> int:
+        rests.append(len(data))
+        return raw_send(sock, data, *flags)
+
+    peer = Peer(handler)
+    with connect(peer, timeout=PEER_TIMEOUT) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        monkeypatch.setattr(nautilus.sockets, "_raw_send", counted)
+        timer = threading.Timer(0.2, start_reading.set)
+        timer.start()
+        for i in range(0, len(payload), size):
+            sock.sendall(payload[i : i + size])
+        assert sock._conn.stats.bytes_sent == len(payload)
+        timer.join()
+    assert peer.result() == payload
+    assert rests, "the socket never took only part of what was sealed"
+
+
+def test_a_timed_send_the_socket_takes_at_once_makes_no_python_socket_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With a timeout, CPython's socket send() and sendall() poll() before
+    writing; ssl tries first. A send that the socket takes at once is sealed
+    and written by one C call, without them."""
+
+    def handler(sock: NautilusSocket) -> bytes:
+        return recv_into_exactly(sock, 20 * 4096)
+
+    def refuse(*args: Any) -> int:
+        raise AssertionError("a Python socket write (which polls first)")
+
+    payload = random.randbytes(20 * 4096)
+    peer = Peer(handler)
+    with connect(peer, timeout=PEER_TIMEOUT) as sock:
+        monkeypatch.setattr(nautilus.sockets, "_raw_send", refuse)
+        monkeypatch.setattr(nautilus.sockets, "_raw_sendall", refuse)
+        for i in range(0, len(payload), 4096):
+            sock.sendall(payload[i : i + 4096])
+            assert sock.send(b"") == 0
+        monkeypatch.undo()
+        assert sock._conn.stats.bytes_sent == len(payload)
+    assert peer.result() == payload
+
+
 @pytest.mark.parametrize(
     ("ctx_kw", "write", "per_update"),
     [
@@ -1719,19 +1783,20 @@ def test_small_sendalls_into_a_full_socket_arrive_whole_and_in_order(
     ],
     ids=["records", "bytes"],
 )
+@pytest.mark.parametrize("timeout", [None, PEER_TIMEOUT], ids=["blocking", "timeout"])
 def test_key_updates_on_the_direct_paths(
-    ctx_kw: dict[str, int], write: int, per_update: int
+    ctx_kw: dict[str, int], write: int, per_update: int, timeout: float | None
 ) -> None:
-    """A small key-update budget (records, or bytes): the direct send path hands
-    the sealing near each update to the Connection, the direct open path hands
-    it the updates."""
+    """A small key-update budget (records, or bytes): the direct send path (or
+    the timed one) hands the sealing near each update to the Connection, the
+    direct open path hands it the updates."""
     payload = random.randbytes(2_000_000)
 
     def handler(sock: NautilusSocket) -> tuple[bytes, int]:
         return recv_into_exactly(sock, len(payload)), sock._conn.stats.key_updates
 
     peer = Peer(handler, server_ctx(**ctx_kw))
-    with connect(peer, context=client_ctx(**ctx_kw)) as sock:
+    with connect(peer, context=client_ctx(**ctx_kw), timeout=timeout) as sock:
         for i in range(0, len(payload), write):
             sock.sendall(payload[i : i + write])
         updates = sock._conn.stats.key_updates
