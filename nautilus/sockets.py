@@ -27,8 +27,8 @@ Locks are taken in the order read, handshake, write, state. Whoever holds
 the state lock takes the Connection's output before releasing it.
 
 Bulk transfer has two direct paths around the Connection's buffers, both
-under the same locks: in blocking mode ``send``/``sendall`` seal from the
-caller's buffer into a reusable one and write it at once, and ``recv_into``
+under the same locks: in blocking mode and with a timeout ``send``/``sendall``
+seal from the caller's buffer into a reusable one and write it at once, and ``recv_into``
 opens records straight into the caller's buffer, handing the Connection only
 what is not stream data (key updates, alerts, tickets, messages) and every
 case out of the ordinary (it then gets the bytes held back first, in order).
@@ -1378,28 +1378,9 @@ class NautilusSocket(socket.socket):
                     handle = None if sealer is None else sealer._handle
                     if handle is None:
                         break
-                    frag = conn._send_fragment  # the sealer's record size
-                    need = step + (step + frag - 1) // frag * _OVERHEAD  # checked by nt_seal
-                    if need > len(self._wbuf):
-                        self._grow_wbuf(need)
-                    # Seal and send in one C call, which never waits (so the
-                    # lock may be held); only seal if a reader queued output
-                    # that must go first (fd -1).
-                    # The key's budget is checked and counted in the same call:
-                    # NT_DUE (nothing sealed) when a key update is due first.
-                    fd = -1 if self._queued else self.fileno()
-                    if pos == 0 and type(data) is bytes:
-                        rc = _nt_seal_send(handle, conn._budget, fd, _APP_DATA, data, step,
-                                           self._wptr, need, self._out_len)  # fmt: skip
-                    else:
-                        with _from_buffer(data) as src:
-                            rc = _nt_seal_send(handle, conn._budget, fd, _APP_DATA, src + pos,
-                                               step, self._wptr, need, self._out_len)  # fmt: skip
-                    if rc != _NT_OK and rc != _NT_PARTIAL:
-                        if rc == _NT_DUE:
-                            break
-                        _b.check(rc, "seal")
-                    conn._bytes_sent += step
+                    rc = self._seal_piece(conn, handle, data, pos, step)
+                    if rc == _NT_DUE:
+                        break
                     earlier = self._queued
                     if earlier:
                         self._queued = []
@@ -1427,6 +1408,42 @@ class NautilusSocket(socket.socket):
             write_lock.release()
         if self._queued:  # a reader queued output while we held the lock
             self._flush_nowait()
+
+    def _seal_piece(
+        self,
+        conn: Connection,
+        handle: Any,
+        data: bytes | bytearray | memoryview,
+        pos: int,
+        step: int,
+    ) -> int:
+        """Seal ``data[pos:pos + step]`` into the reused buffer and send it (state
+        lock held): one C call, which never waits, so the lock may be held.
+
+        Only seals if a reader queued output that must go first (fd -1). The
+        key's budget is checked and counted in the same call: ``NT_DUE``
+        (nothing sealed) when a key update is due first. Returns ``NT_OK``
+        (all sent), ``NT_PARTIAL`` (the rest is ``_wview[_out_len[1]:
+        _out_len[0]]``) or ``NT_DUE``; raises on a sealing failure.
+        """
+        frag = conn._send_fragment  # the sealer's record size
+        need = step + (step + frag - 1) // frag * _OVERHEAD  # checked by nt_seal
+        if need > len(self._wbuf):
+            self._grow_wbuf(need)
+        fd = -1 if self._queued else self.fileno()
+        if pos == 0 and type(data) is bytes:
+            rc: int = _nt_seal_send(handle, conn._budget, fd, _APP_DATA, data, step,
+                                    self._wptr, need, self._out_len)  # fmt: skip
+        else:
+            with _from_buffer(data) as src:
+                rc = _nt_seal_send(handle, conn._budget, fd, _APP_DATA, src + pos, step,
+                                   self._wptr, need, self._out_len)  # fmt: skip
+        if rc != _NT_OK and rc != _NT_PARTIAL:
+            if rc != _NT_DUE:
+                _b.check(rc, "seal")
+        else:
+            conn._bytes_sent += step
+        return rc
 
     def _grow_wbuf(self, need: int) -> None:
         """A larger reusable buffer for sealing (write lock held)."""
@@ -1458,13 +1475,9 @@ class NautilusSocket(socket.socket):
             if self._unsent is not None or self._queued:
                 return False
             state_lock = self._state_lock
-            frag = self._conn._send_fragment
             pos = 0
             while pos < n:
                 step = n - pos if n - pos <= _WRITE_PIECE else _WRITE_PIECE
-                need = step + (step + frag - 1) // frag * _OVERHEAD  # checked by nt_seal
-                if need > len(self._wbuf):
-                    self._grow_wbuf(need)
                 rc = _NT_DUE
                 state_lock.acquire()
                 try:
@@ -1472,24 +1485,10 @@ class NautilusSocket(socket.socket):
                     sealer = conn._sealer  # None once closed
                     handle = None if sealer is None else sealer._handle
                     if handle is not None:
-                        # Output a reader queued goes first: seal only (fd -1).
-                        fd = -1 if self._queued else self.fileno()
-                        if pos == 0 and type(data) is bytes:
-                            rc = _nt_seal_send(handle, conn._budget, fd, _APP_DATA, data, step,
-                                               self._wptr, need, self._out_len)  # fmt: skip
-                        else:
-                            with _from_buffer(data) as src:
-                                rc = _nt_seal_send(handle, conn._budget, fd, _APP_DATA,
-                                                   src + pos, step, self._wptr, need,
-                                                   self._out_len)  # fmt: skip
-                        if rc != _NT_OK and rc != _NT_PARTIAL:
-                            if rc != _NT_DUE:
-                                _b.check(rc, "seal")
-                        else:
-                            conn._bytes_sent += step
-                            if rc == _NT_PARTIAL:  # the buffer is reused: the rest waits as a copy
-                                rest = self._wview[self._out_len[1] : self._out_len[0]]
-                                self._queued.append(rest.tobytes())
+                        rc = self._seal_piece(conn, handle, data, pos, step)
+                        if rc == _NT_PARTIAL:  # the buffer is reused: the rest waits as a copy
+                            rest = self._wview[self._out_len[1] : self._out_len[0]]
+                            self._queued.append(rest.tobytes())
                 finally:
                     state_lock.release()
                 if rc == _NT_DUE:  # a key update first (or closed): the Connection's path
