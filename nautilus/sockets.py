@@ -1394,16 +1394,8 @@ class NautilusSocket(socket.socket):
                     _raw_sendall(self, out)
                 pos += step
             if pos < n:
-                with state_lock:
-                    conn = self._conn
-                    conn.send_data(data if not pos else memoryview(data).cast("B")[pos:])
-                    rest = conn._take_output()
-                    earlier = self._queued
-                    self._queued = []
-                if earlier:
-                    _raw_sendall(self, earlier[0] if len(earlier) == 1 else b"".join(earlier))
-                if rest:
-                    _raw_sendall(self, rest)
+                self._seal_rest(data, pos)
+                self._write_out(None, nowait=False)
         finally:
             write_lock.release()
         if self._queued:  # a reader queued output while we held the lock
@@ -1515,7 +1507,7 @@ class NautilusSocket(socket.socket):
     def _seal_rest(self, data: bytes | bytearray | memoryview, pos: int) -> None:
         """Seal ``data[pos:]`` through the Connection and queue it (write lock held)."""
         with self._state_lock:
-            self._conn.send_data(memoryview(data).cast("B")[pos:])
+            self._conn.send_data(data if not pos else memoryview(data).cast("B")[pos:])
             self._take_output()
 
     def _submit(self, kind: int, payload: Any) -> None:
