@@ -20,6 +20,8 @@ import pytest
 import nautilus
 import nautilus.asyncio as na
 from nautilus import Context, Identity
+from nautilus.protocol.connection import Connection
+from nautilus.record import ContentType
 
 HOST = "127.0.0.1"
 SERVER_ID = Identity.generate()
@@ -260,6 +262,62 @@ def test_message_batches_in_one_iteration_arrive_whole_and_in_order() -> None:
         proto = await _first(servers)
         await _wait(lambda: proto.messages >= count, proto)
         assert _normal(proto.items) == _normal(expected)
+        transport.close()
+        assert await proto.lost is None
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_message_batches_of_one_iteration_are_sealed_together(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first batch of a loop iteration is sealed at once; the batches
+    that follow it are framed and sealed together in one call (full records,
+    rather than a short one per batch), at the end of the iteration or at 64
+    KiB; a write between batches seals those before it."""
+    sealed: list[tuple[int, int]] = []
+    real = Connection._seal_application
+
+    def spy(self: Connection, data: Any, ctype: int) -> None:
+        if self._client:
+            sealed.append((ctype, len(data)))
+        real(self, data, ctype)
+
+    monkeypatch.setattr(Connection, "_seal_application", spy)
+
+    async def main() -> None:
+        server, transport, servers = await _message_link()
+        batch = [bytes([i]) * 256 for i in range(64)]
+        framed = 64 * (4 + 256)
+        for _ in range(4):
+            transport.send_messages(batch)
+        assert [ctype for ctype, _ in sealed] == [ContentType.MESSAGE]  # the first, at once
+        assert transport.get_write_buffer_size() >= 3 * framed
+        await asyncio.sleep(0)  # the loop's next callbacks seal and send the others
+        assert sealed[1:] == [(ContentType.MESSAGE, 3 * framed)]
+        sealed.clear()
+        await asyncio.sleep(0)
+        transport.send_messages(batch)  # at once
+        for _ in range(2):
+            transport.send_messages(batch)
+        transport.write(b"data")  # seals the two batches first
+        for _ in range(300):  # 300 x 16,640 bytes: sealed every 64 KiB
+            transport.send_messages(batch)
+        await asyncio.sleep(0)
+        sizes = [size for ctype, size in sealed if ctype == ContentType.MESSAGE]
+        assert sizes[:2] == [framed, 2 * framed]
+        assert (ContentType.APPLICATION_DATA, 4) in sealed
+        assert all(size <= 5 * framed for size in sizes)
+        assert sum(sizes) == 303 * framed
+        assert len(sizes) < 80
+        proto = await _first(servers)
+        await _wait(lambda: proto.messages >= 307 * 64, proto)
+        assert (
+            proto.items
+            == [("m", m) for m in batch] * 7 + [("d", b"data")] + [("m", m) for m in batch] * 300
+        )
         transport.close()
         assert await proto.lost is None
         server.close()

@@ -132,6 +132,8 @@ class NautilusTransport(asyncio.Transport):
             return
         if owner._pending_size or owner._corked or owner._in_callback:
             if size < _COALESCE:
+                if owner._pending_messages:  # framed messages wait: they go first
+                    owner._seal_pending()
                 # Collected, to be sealed with the others (bytes are kept, not copied).
                 owner._pending.append(data if type(data) is bytes else bytes(data))
                 owner._pending_size += size
@@ -165,10 +167,11 @@ class NautilusTransport(asyncio.Transport):
         """Frame and seal ``messages`` in one call (``Connection.send_messages``).
 
         As with :meth:`write`, the first call of an event-loop iteration is
-        sent at once; the records of later ones in the same iteration wait
-        and are sent together, at the end of the iteration or as soon as
-        64 KiB are waiting (one TCP write for many batches). Unlike
-        :meth:`write`, sending on a closed connection raises.
+        sealed and sent at once; later ones in the same iteration are framed
+        and wait, and are sealed together (full records rather than a short
+        one per call) and sent in one TCP write, at the end of the iteration
+        or as soon as 64 KiB are waiting. Unlike :meth:`write`, sending on a
+        closed connection raises.
 
         Raises:
             TypeError: ``messages`` is not an iterable of bytes-like objects.
@@ -180,27 +183,28 @@ class NautilusTransport(asyncio.Transport):
         owner = self._owner
         if owner._closing:
             raise ClosedError("the connection is closed") from (owner._app_exc or self._conn.error)
-        if owner._pending_size:
-            owner._seal_pending()  # what was written before goes first
         conn = self._conn
-        out = conn._out
-        before = len(out)
-        conn.send_messages(messages)
         if owner._corked or owner._in_callback:
             # Not the first write of this loop iteration (or in a callback):
-            # the sealed records wait for the others (sent together by
-            # _uncork or when the callback returns, or at 64 KiB).
-            held = owner._held_size
-            for chunk in out[before:]:
-                held += len(chunk)
-            if held < _COALESCE:
-                owner._held_size = held
-                if not owner._in_callback:
-                    owner._uncork_soon()
+            # framed now (so that what is wrong raises here), sealed with the
+            # others by _uncork, when the callback returns, or at 64 KiB.
+            framed = conn._frame_messages(messages)
+            if not framed:
                 return
-            if owner._in_callback:
+            if owner._pending_size and not owner._pending_messages:
+                owner._seal_pending()  # what was written before goes first
+            owner._pending.append(framed)
+            owner._pending_messages = True
+            owner._pending_size += len(framed)
+            if owner._pending_size >= _COALESCE:
+                owner._seal_pending()
                 owner._send()
-                return
+            elif not owner._in_callback:
+                owner._uncork_soon()
+            return
+        if owner._pending_size:
+            owner._seal_pending()  # what was written before goes first
+        conn.send_messages(messages)
         owner._send_and_cork()
 
     def _message_lane(self, receive: Callable[[bytes], object]) -> Callable[[bytes], bool]:
@@ -236,11 +240,9 @@ class NautilusTransport(asyncio.Transport):
 
     def get_write_buffer_size(self) -> int:
         """Bytes waiting to be sent: written but not yet sealed (collected
-        small writes, at most 64 KiB), messages sealed and held until the
-        end of the loop iteration (at most 64 KiB), plus the sealed bytes in
-        the TCP transport's buffer."""
-        owner = self._owner
-        return self._tcp.get_write_buffer_size() + owner._pending_size + owner._held_size
+        small writes or framed message batches, at most 64 KiB), plus the
+        sealed bytes in the TCP transport's buffer."""
+        return self._tcp.get_write_buffer_size() + self._owner._pending_size
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
         """The TCP transport's ``(low, high)`` write-buffer water marks."""
@@ -431,12 +433,12 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         "_early_received",
         "_eof_held",
         "_held",
-        "_held_size",
         "_in_callback",
         "_lane",
         "_linger_timer",
         "_loop",
         "_pending",
+        "_pending_messages",
         "_pending_size",
         "_rbuf",
         "_read_paused",
@@ -491,8 +493,11 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         self._write_paused = False
         self._writes_after_close = 0
         self._linger_timer: asyncio.TimerHandle | None = None
-        # Writes collected until the end of the loop iteration (see NautilusTransport.write).
-        self._pending: list[bytes] = []
+        # Writes collected until the end of the loop iteration (see
+        # NautilusTransport.write), or framed message batches (_pending_messages:
+        # see NautilusTransport.send_messages); never both.
+        self._pending: list[bytes | bytearray] = []
+        self._pending_messages = False
         self._pending_size = 0
         # _corked: a write went out and (as far as we know) the loop iteration
         # has not ended, so further writes are collected; _uncork_due: the
@@ -502,7 +507,6 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         # collected write's _uncork, or by the next read: any later callback.
         self._corked = False
         self._uncork_due = False
-        self._held_size = 0  # sealed bytes held in the Connection's output until _uncork
         # What TCP delivered: _rbuf[_rstart:_rend]; the Connection has seen
         # it up to _rseen (what lies between _rstart and _rseen is an
         # incomplete record it waits to see completed; what follows _rseen
@@ -760,7 +764,6 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
 
     def _send(self) -> None:
         conn = self._conn
-        self._held_size = 0
         out = conn._take_output()  # no copy: the transport takes any buffer
         if out and not self._tcp_lost:
             self._write_now(out)
@@ -813,16 +816,24 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
             self._writes_after_close += 1
 
     def _seal_pending(self) -> None:
+        """Seal what was collected: data, or framed messages (in one call)."""
         pending = self._pending
         data = pending[0] if len(pending) == 1 else b"".join(pending)
         self._pending = []
         self._pending_size = 0
-        self._seal(data)
+        if not self._pending_messages:
+            self._seal(data)
+            return
+        self._pending_messages = False
+        try:
+            self._conn._seal_messages(data)
+        except ClosedError:  # (as _seal: the ConnectionClosed event says why)
+            self._writes_after_close += 1
 
     def _drop_pending(self) -> None:
         self._pending = []
+        self._pending_messages = False
         self._pending_size = 0
-        self._held_size = 0  # (the held records are dropped with the Connection's output)
 
     def _send_and_cork(self) -> None:
         """Send now; further writes and message batches of this loop iteration
@@ -840,7 +851,7 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         """The loop iteration of the collected writes is over: send them."""
         self._uncork_due = False
         self._corked = False
-        if (self._pending_size or self._held_size) and not self._closing:
+        if self._pending_size and not self._closing:
             self._transmit()
 
     def _dispatch(self) -> None:

@@ -801,6 +801,19 @@ class Connection:
         Raises:
             as :meth:`send_message`.
         """
+        self._seal_messages(self._frame_messages(messages))
+
+    def _frame_messages(
+        self, messages: Iterable[bytes | bytearray | memoryview]
+    ) -> bytes | bytearray:
+        """The first half of :meth:`send_messages`: check and frame ``messages``
+        (their 4-byte lengths and contents back to back), sealing nothing.
+        The asyncio transport collects what it frames in one loop iteration and
+        has :meth:`_seal_messages` seal it together (fewer, fuller records).
+
+        Raises:
+            as :meth:`send_message`.
+        """
         limit = self._cfg.max_message_size
         framed: bytes | bytearray | None = None
         if isinstance(messages, (list, tuple)):
@@ -816,6 +829,18 @@ class Connection:
                 framed = packed
         if framed is None:  # not a list or tuple of single-byte buffers: one at a time
             framed = _frame_each(messages, limit)
+        if self._state is State.CLOSED:
+            raise ClosedError("the connection is closed") from self._error
+        return framed
+
+    def _seal_messages(self, framed: bytes | bytearray) -> None:
+        """The second half of :meth:`send_messages`: seal framed messages (from
+        :meth:`_frame_messages`, one or more calls' joined), or queue them
+        until the handshake completes.
+
+        Raises:
+            ClosedError: the connection is closed.
+        """
         if self._state is State.CLOSED:
             raise ClosedError("the connection is closed") from self._error
         if not framed:
@@ -1408,41 +1433,47 @@ class Connection:
         4 bytes are in, before the message body is waited for.
         """
         limit = self._cfg.max_message_size
+        data = self._scratch
+        first: tuple[bytes, ...] = ()
         buf = self._messages
-        if buf:
-            buf += memoryview(self._scratch)[start:end]
+        if buf:  # a frame split across records: complete it (copying only its rest)
             have = len(buf)
             if have < 4:
-                return
+                take = min(4 - have, end - start)
+                buf += memoryview(data)[start : start + take]
+                start += take
+                have += take
+                if have < 4:
+                    return
             (n,) = _unpack_length(buf)
             if n > limit:
                 self._message_too_large(n, limit)
-            if have < 4 + n:
-                return  # the first message is still incomplete: nothing to cut yet
-            data: bytes | bytearray = buf  # what is cut is then dropped from it
-            start, end = 0, have
-        else:  # the common case: no partial frame waits
-            data = self._scratch
-            if end - start >= 4:
-                (n,) = _unpack_length(data, start)
-                if n == end - start - 4 and n <= limit:  # exactly one whole message: one copy
-                    message = bytes(memoryview(data)[start + 4 : end])
-                    self._events.append(MessagesReceived((message,)))
-                    return
+            take = min(4 + n - have, end - start)
+            buf += memoryview(data)[start : start + take]
+            start += take
+            if len(buf) < 4 + n:
+                return  # still incomplete
+            first = (bytes(memoryview(buf)[4:]),)
+            buf.clear()
+            if start == end:
+                self._events.append(MessagesReceived(first))
+                return
+        if end - start >= 4:
+            (n,) = _unpack_length(data, start)
+            if n == end - start - 4 and n <= limit and not first:
+                # Exactly one whole message: one copy.
+                message = bytes(memoryview(data)[start + 4 : end])
+                self._events.append(MessagesReceived((message,)))
+                return
         # The frames are found in C; one bytes object (one copy) per message.
         messages, pos = _b.frames_cut(data, start, end, limit)
-        if messages:  # delivered even if an oversized one follows: they are whole
-            self._events.append(MessagesReceived(tuple(messages)))
+        if first or messages:  # delivered even if an oversized one follows: they are whole
+            self._events.append(MessagesReceived(first + tuple(messages)))
         if end - pos >= 4:
             (n,) = _unpack_length(data, pos)
             if n > limit:
                 self._message_too_large(n, limit)
-        if data is buf:
-            if pos == end:
-                buf.clear()
-            else:
-                del buf[:pos]
-        elif pos < end:
+        if pos < end:
             buf += memoryview(data)[pos:end]
 
     def _message_too_large(self, n: int, limit: int) -> NoReturn:
