@@ -31,7 +31,7 @@ def reference_frame(messages: list[bytes]) -> bytes:
     return b"".join(struct.pack(">I", len(m)) + m for m in messages)
 
 
-def reference_cut(data: bytes, start: int, end: int, limit: int) -> tuple[list[bytes], int]:
+def reference_cut(data: bytes, start: int, end: int, limit: int) -> tuple[tuple[bytes, ...], int]:
     """The whole frames of data[start:end], read one length at a time."""
     found, pos = [], start
     while end - pos >= 4:
@@ -40,7 +40,7 @@ def reference_cut(data: bytes, start: int, end: int, limit: int) -> tuple[list[b
             break
         found.append(data[pos + 4 : pos + 4 + n])
         pos += 4 + n
-    return found, pos
+    return tuple(found), pos
 
 
 messages_st = st.lists(st.binary(max_size=300), max_size=40)
@@ -69,7 +69,7 @@ def test_cut_finds_the_whole_frames_wherever_the_stream_ends(
 def test_cut_stops_before_a_length_over_the_limit() -> None:
     stream = reference_frame([b"a" * 10, b"b" * 11, b"c"])
     messages, pos = _b.frames_cut(stream, 0, len(stream), 10)
-    assert messages == [b"a" * 10]
+    assert messages == (b"a" * 10,)
     assert pos == 14  # where the 11-byte frame starts: the caller reads and refuses it
 
 
@@ -80,7 +80,7 @@ def test_cut_takes_more_frames_than_one_format_buffer_holds() -> None:
     mixed = [bytes([i % 251]) * (i % 70) for i in range(3000)]
     for messages in (empties, mixed):
         stream = reference_frame(messages)
-        assert _b.frames_cut(stream, 0, len(stream), LIMIT) == (messages, len(stream))
+        assert _b.frames_cut(stream, 0, len(stream), LIMIT) == (tuple(messages), len(stream))
 
 
 def test_cut_keeps_a_bounded_number_of_compiled_layouts() -> None:
@@ -89,10 +89,10 @@ def test_cut_keeps_a_bounded_number_of_compiled_layouts() -> None:
     for count in range(1, 3 * _b._LAYOUTS_KEPT):
         messages = [bytes([count]) * 5] * count
         stream = reference_frame(messages)
-        assert _b.frames_cut(stream, 0, len(stream), LIMIT) == (messages, len(stream))
+        assert _b.frames_cut(stream, 0, len(stream), LIMIT) == (tuple(messages), len(stream))
         assert 1 <= len(_b._layouts) <= _b._LAYOUTS_KEPT
     again = reference_frame([b"x" * 5] * 7)  # a format seen before: cut the same
-    assert _b.frames_cut(again, 0, len(again), LIMIT) == ([b"x" * 5] * 7, len(again))
+    assert _b.frames_cut(again, 0, len(again), LIMIT) == ((b"x" * 5,) * 7, len(again))
 
 
 def test_pack_reports_the_first_message_over_the_limit() -> None:

@@ -49,7 +49,11 @@ def seal_message_stream(conn: Connection, pieces: list[bytes]) -> list[bytes]:
 
 
 def batches(events: list[Event]) -> list[tuple[bytes, ...]]:
-    return [e.messages for e in events if isinstance(e, MessagesReceived)]
+    """The messages of each MessagesReceived, whose byte count is checked."""
+    found = [e for e in events if isinstance(e, MessagesReceived)]
+    for event in found:
+        assert event.nbytes == sum(map(len, event.messages))
+    return [e.messages for e in found]
 
 
 def test_the_messages_of_one_send_come_in_one_event() -> None:

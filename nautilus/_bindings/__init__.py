@@ -9,6 +9,7 @@ these helpers and never see cffi objects except opaque handles.
 from __future__ import annotations
 
 from array import array
+from itertools import chain
 from struct import Struct
 from typing import Any, NamedTuple
 
@@ -602,7 +603,7 @@ def frames_pack(messages: list[Any] | tuple[Any, ...], limit: int) -> bytearray 
 
 def frames_cut(
     data: bytes | bytearray, start: int, end: int, limit: int
-) -> tuple[list[bytes], int]:
+) -> tuple[tuple[bytes, ...], int]:
     """Cut the whole frames at the start of ``data[start:end]``, stopping
     before an incomplete one or one whose length is over ``limit`` (the
     caller reads that length and refuses it): their contents (one bytes
@@ -616,7 +617,7 @@ def frames_cut(
     cap = min(_LAYOUT_CAP, 2 + 14 * ((end - start) // FRAME_PREFIX_BYTES))
     fmt = ffi.new("char[]", cap)
     result = ffi.new("size_t[4]")
-    messages: list[bytes] = []
+    cuts: list[tuple[bytes, ...]] = []  # one tuple per C call (usually one call)
     pos = start
     while True:
         rc = lib.nt_frames_layout(ffi.from_buffer(data), end, pos, limit, fmt, cap, end, result)
@@ -628,10 +629,12 @@ def frames_cut(
                 if len(_layouts) >= _LAYOUTS_KEPT:
                     _layouts.clear()
                 cutter = _layouts[layout] = Struct(layout)
-            messages += cutter.unpack_from(data, pos)
+            cuts.append(cutter.unpack_from(data, pos))
         pos = result[1]
         if not result[3]:
-            return messages, pos
+            if len(cuts) == 1:
+                return cuts[0], pos
+            return tuple(chain.from_iterable(cuts)), pos
 
 
 # --- key schedule (HKDF on HMAC-SHA-256) ---------------------------------------

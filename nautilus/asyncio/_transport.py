@@ -426,6 +426,7 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         "_app_factory",
         "_app_lost",
         "_app_messages",
+        "_app_sized",
         "_closing",
         "_conn",
         "_corked",
@@ -480,7 +481,8 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         self._tcp: asyncio.Transport | None = None
         self._app: asyncio.Protocol | None = None
         self._app_copies = False  # the app copies the data it gets (_set_app)
-        self._app_messages: Callable[[tuple[bytes, ...]], object] | None = None  # (_set_app)
+        self._app_messages: Callable[..., object] | None = None  # (_set_app)
+        self._app_sized = False  # (_set_app)
         self._lane: Callable[[bytes], object] | None = None  # (NautilusTransport._message_lane)
         self._transport: NautilusTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -882,7 +884,10 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
                 deliver = self._app_messages
                 if deliver is not None and self._app is not None and not self._closing:
                     try:
-                        deliver(event.messages)  # the whole batch in one call
+                        if self._app_sized:  # (this package's links: the byte count too)
+                            deliver(event.messages, event.nbytes)
+                        else:
+                            deliver(event.messages)  # the whole batch in one call
                     except Exception as exc:
                         self._app_failed(exc, "messages_received()")
                         return
@@ -996,6 +1001,9 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         """
         self._app = app
         self._app_messages = getattr(app, "messages_received", None)  # the message API hook
+        # The channels' and nodes' links also take the messages' byte count
+        # (MessagesReceived.nbytes), which they would otherwise add up.
+        self._app_sized = bool(getattr(app, "_messages_sized", False))
         reader = getattr(app, "_stream_reader", None)
         self._app_copies = (
             type(app) is asyncio.StreamReaderProtocol and type(reader) is asyncio.StreamReader

@@ -479,13 +479,13 @@ class Channel:
 
     # ------------------------------------------------------ called by routes
 
-    def _feed(self, messages: Sequence[bytes]) -> None:
-        """Queue received messages (one or more) and wake the waiting reader once."""
+    def _feed(self, messages: Sequence[bytes], nbytes: int = -1) -> None:
+        """Queue received messages (one or more; ``nbytes`` their total size,
+        if known) and wake the waiting reader once."""
         if self._ended:
             return
-        queue = self._queue
-        queue.extend(messages)
-        self._queued_bytes += sum(map(len, messages))
+        self._queue.extend(messages)
+        self._queued_bytes += nbytes if nbytes >= 0 else sum(map(len, messages))
         self._fed()
 
     def _feed_one(self, message: bytes) -> None:
@@ -571,10 +571,12 @@ class _ChannelLink(_Link, _Route):
         if self._on_channel is not None:
             self._on_channel(channel)
 
-    def messages_received(self, messages: tuple[bytes, ...]) -> None:
+    _messages_sized = True  # the transport gives messages_received their byte count
+
+    def messages_received(self, messages: tuple[bytes, ...], nbytes: int = -1) -> None:
         channel = self.channel
         assert channel is not None
-        channel._feed(messages)
+        channel._feed(messages, nbytes)
 
     def data_received(self, data: bytes) -> None:
         """Stream data (``send_data``) is not part of the channel API: it is dropped."""

@@ -241,19 +241,23 @@ class _NodeLink(_Link):
         """One message from the message lane: as :meth:`messages_received`."""
         self.messages_received((message,))
 
-    def messages_received(self, messages: tuple[bytes, ...]) -> None:
+    _messages_sized = True  # the transport gives messages_received their byte count
+
+    def messages_received(self, messages: tuple[bytes, ...], nbytes: int = -1) -> None:
         if self.ended:
             return
         if not self.started or self.done_received:
             self.violation("a message outside START .. DONE", AlertCode.UNEXPECTED_MESSAGE)
             return
         self.received += len(messages)
+        if nbytes < 0:
+            nbytes = sum(map(len, messages))
         session = self.session
         if session is not None:
-            session.messages(self, messages)
+            session.messages(self, messages, nbytes)
             return
         self.inbox.extend(messages)  # held: delivered when the connection joins a session
-        self.inbox_bytes += sum(map(len, messages))
+        self.inbox_bytes += nbytes
         if self.inbox_bytes > self.node._max_queue_bytes or len(self.inbox) > self.node._max_queue:
             self.set_reading(False)
 
@@ -458,17 +462,18 @@ class _Session(_Route):
 
     # --------------------------------------------------------- receiving
 
-    def messages(self, link: _NodeLink, messages: tuple[bytes, ...]) -> None:
-        """Messages that arrived on ``link`` (already counted in ``link.received``)."""
+    def messages(self, link: _NodeLink, messages: tuple[bytes, ...], nbytes: int) -> None:
+        """Messages that arrived on ``link`` (already counted in ``link.received``),
+        ``nbytes`` bytes in all."""
         count = len(messages)
         if not link.inbox and link.base + link.received - count == self.next_seq:
             self.next_seq += count
-            self.channel._feed(messages)
+            self.channel._feed(messages, nbytes)
             if len(self.links) > 1 and any(other.inbox for other in self.links):
                 self._merge()
             return
         link.inbox.extend(messages)
-        link.inbox_bytes += sum(map(len, messages))
+        link.inbox_bytes += nbytes
         self._merge()
         self._update_reading()
 

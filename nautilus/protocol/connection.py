@@ -1435,6 +1435,7 @@ class Connection:
         limit = self._cfg.max_message_size
         data = self._scratch
         first: tuple[bytes, ...] = ()
+        first_size = 0
         buf = self._messages
         if buf:  # a frame split across records: complete it (copying only its rest)
             have = len(buf)
@@ -1454,21 +1455,27 @@ class Connection:
             if len(buf) < 4 + n:
                 return  # still incomplete
             first = (bytes(memoryview(buf)[4:]),)
+            first_size = n
             buf.clear()
             if start == end:
-                self._events.append(MessagesReceived(first))
+                self._events.append(MessagesReceived(first, n))
                 return
         if end - start >= 4:
             (n,) = _unpack_length(data, start)
             if n == end - start - 4 and n <= limit and not first:
                 # Exactly one whole message: one copy.
                 message = bytes(memoryview(data)[start + 4 : end])
-                self._events.append(MessagesReceived((message,)))
+                self._events.append(MessagesReceived((message,), n))
                 return
         # The frames are found in C; one bytes object (one copy) per message.
         messages, pos = _b.frames_cut(data, start, end, limit)
-        if first or messages:  # delivered even if an oversized one follows: they are whole
-            self._events.append(MessagesReceived(first + tuple(messages)))
+        if messages:  # delivered even if an oversized one follows: they are whole
+            size = pos - start - 4 * len(messages)  # (the frames' bytes, less their lengths)
+            if first:
+                messages, size = first + messages, size + first_size
+            self._events.append(MessagesReceived(messages, size))
+        elif first:
+            self._events.append(MessagesReceived(first, first_size))
         if end - pos >= 4:
             (n,) = _unpack_length(data, pos)
             if n > limit:

@@ -5,7 +5,7 @@ Small frozen dataclasses, as in h11.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -66,6 +66,13 @@ class MessagesReceived(Event):
     """
 
     messages: tuple[bytes, ...]
+    nbytes: int = field(default=-1)
+    """The messages' total size in bytes (their framing not counted); the
+    Connection gives it, and it is counted here when not given."""
+
+    def __post_init__(self) -> None:
+        if self.nbytes < 0:
+            object.__setattr__(self, "nbytes", sum(map(len, self.messages)))
 
 
 @dataclass(frozen=True)
