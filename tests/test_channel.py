@@ -392,6 +392,26 @@ def test_recv_messages_takes_what_is_queued_up_to_max_count() -> None:
     run(main())
 
 
+def test_the_queued_byte_count_is_exact_when_frames_span_records() -> None:
+    """Batches sent in one loop iteration are sealed together in full 16 KiB
+    records, so frames are cut across records: the messages still arrive
+    whole and in order, and ``queued`` counts exactly their bytes."""
+    rng = random.Random(5)
+    sent = [numbered(i, rng) * rng.randrange(1, 12) for i in range(400)]
+
+    async def main() -> None:
+        async with pair() as (client, served):
+            for i in range(0, len(sent), 20):
+                served.send_messages(sent[i : i + 20])
+            await served.drain()
+            await queued_at_least(client, len(sent))
+            assert client.queued == (len(sent), sum(map(len, sent)))
+            assert await client.recv_messages() == sent
+            assert client.queued == (0, 0)
+
+    run(main())
+
+
 def test_recv_messages_waits_for_the_first_message() -> None:
     async def main() -> None:
         async with pair() as (client, served):
