@@ -412,6 +412,36 @@ def test_the_queued_byte_count_is_exact_when_frames_span_records() -> None:
     run(main())
 
 
+def test_taking_one_at_a_time_from_a_long_queue_then_the_rest() -> None:
+    """recv_message() from a queue of thousands, mixed with recv_messages()
+    with and without max_count: order and ``queued`` stay exact."""
+    rng = random.Random(11)
+    sent = [numbered(i, rng) for i in range(12_000)]
+
+    async def main() -> None:
+        async with pair(max_queue=20_000, max_queue_bytes=1 << 26) as (client, served):
+            served.send_messages(sent)
+            await served.drain()
+            await queued_at_least(client, len(sent))
+            got: list[bytes] = []
+            for i in range(9_000):
+                got.append(await client.recv_message())
+                if i % 1_000 == 0:
+                    assert client.queued == (len(sent) - len(got), sum(map(len, sent[len(got) :])))
+            got += await client.recv_messages(max_count=500)
+            assert client.queued == (len(sent) - len(got), sum(map(len, sent[len(got) :])))
+            got.append(await client.recv_message())
+            got += await client.recv_messages()
+            assert client.queued == (0, 0)
+            assert got == sent
+            served.send_messages(sent[:3])  # an emptied queue fills again
+            await queued_at_least(client, 3)
+            assert [await client.recv_message() for _ in range(3)] == sent[:3]
+            assert client.queued == (0, 0)
+
+    run(main())
+
+
 def test_recv_messages_waits_for_the_first_message() -> None:
     async def main() -> None:
         async with pair() as (client, served):
