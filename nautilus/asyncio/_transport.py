@@ -809,11 +809,14 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         self._corked = True
         return True
 
-    def _seal(self, data: _Buffer) -> None:
-        """Seal application data (dropped if the Connection closed meanwhile:
-        its ConnectionClosed event, dispatched next, says why)."""
+    def _seal(self, data: _Buffer, messages: bool = False) -> None:
+        """Seal application data, or framed messages (dropped if the Connection
+        closed meanwhile: its ConnectionClosed event, dispatched next, says why)."""
         try:
-            self._conn.send_data(data)
+            if messages:
+                self._conn._seal_messages(data)  # type: ignore[arg-type]  # (framed: bytes or bytearray)
+            else:
+                self._conn.send_data(data)
         except ClosedError:
             self._writes_after_close += 1
 
@@ -821,16 +824,11 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         """Seal what was collected: data, or framed messages (in one call)."""
         pending = self._pending
         data = pending[0] if len(pending) == 1 else b"".join(pending)
+        messages = self._pending_messages
         self._pending = []
-        self._pending_size = 0
-        if not self._pending_messages:
-            self._seal(data)
-            return
         self._pending_messages = False
-        try:
-            self._conn._seal_messages(data)
-        except ClosedError:  # (as _seal: the ConnectionClosed event says why)
-            self._writes_after_close += 1
+        self._pending_size = 0
+        self._seal(data, messages)
 
     def _drop_pending(self) -> None:
         self._pending = []
