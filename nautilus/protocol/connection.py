@@ -124,7 +124,13 @@ _unpack_length = struct.Struct(">I").unpack_from
 _from_buffer, _nt_open_packed, _nt_seal_within = (_b.from_buffer, _b.nt_open_packed,
                                                   _b.nt_seal_within)  # fmt: skip
 _NT_OK, _NT_DUE, _RECORD_OVERHEAD = _b.NT_OK, _b.NT_DUE, _b.RECORD_OVERHEAD
-_CONNECTED_CONTENT = CONTENT_ALLOWED[State.CONNECTED]
+# The members read on every record and every call, named once: before Python
+# 3.12, an enum class's __getattr__ makes reading a member from it cost about
+# 90 ns (some 800 instructions), ten times a module global.
+_CONNECTED, _CLOSED = State.CONNECTED, State.CLOSED
+_START_STATES = (State.CLIENT_START, State.SERVER_START)
+_APPLICATION_DATA, _MESSAGE = ContentType.APPLICATION_DATA, ContentType.MESSAGE
+_CONNECTED_CONTENT = CONTENT_ALLOWED[_CONNECTED]
 # The handshake messages sent before any key exists; all others are sealed.
 _PLAINTEXT_MESSAGES = frozenset({MsgType.CLIENT_HELLO, MsgType.HELLO_RETRY, MsgType.SERVER_HELLO})
 
@@ -452,7 +458,7 @@ class Connection:
         self._session: SessionInfo | None = None
         self._error: NautilusError | None = None
         self._pending: list[tuple[int, bytes | bytearray]] = []
-        self._batch_type: int = ContentType.APPLICATION_DATA
+        self._batch_type: int = _APPLICATION_DATA
         self._messages = bytearray()
         self._steps: tuple[HandshakeStep, ...] = cfg.handshake.custom_steps
         self._auth_step = cfg.handshake.authentication
@@ -528,11 +534,11 @@ class Connection:
     @property
     def handshake_complete(self) -> bool:
         """True once the handshake has completed (and until closed)."""
-        return self._state is State.CONNECTED
+        return self._state is _CONNECTED
 
     @property
     def is_closed(self) -> bool:
-        return self._state is State.CLOSED
+        return self._state is _CLOSED
 
     @property
     def session(self) -> SessionInfo | None:
@@ -594,7 +600,7 @@ class Connection:
         except BaseException as exc:  # KeyboardInterrupt...: fail, then let it go on
             self._interrupted(exc, "start")
             raise
-        if self._state is State.CLOSED:
+        if self._state is _CLOSED:
             return  # closed meanwhile (a trust rule called close()): it stays closed
         self._deadline = self._now + self._cfg.handshake_timeout
         self._set_state(nxt)
@@ -631,16 +637,16 @@ class Connection:
             data = _byte_view(data)  # below, len() and slices count bytes
         if now is not None:
             self._set_now(now)
-        if self._state in (State.CLIENT_START, State.SERVER_START):
+        if self._state in _START_STATES:
             raise ClosedError("call start(now) before receive_data()")
         self._unread = 0
-        if self._state is State.CLOSED:
+        if self._state is _CLOSED:
             return
         try:
             buf = self._in
             if (
                 buf
-                and self._state is State.CONNECTED
+                and self._state is _CONNECTED
                 and buf[0] == RECORD_SEALED
                 and len(buf) >= PLAIN_HEADER_SIZE
                 and type(data) in (bytes, memoryview)
@@ -659,7 +665,7 @@ class Connection:
                 and type(data) in (bytes, memoryview)
                 and data
                 and data[0] == RECORD_SEALED
-                and self._state is State.CONNECTED
+                and self._state is _CONNECTED
             ):
                 # Nothing buffered: open the records straight from ``data`` and
                 # keep only what is left (an incomplete record, or what follows
@@ -711,7 +717,7 @@ class Connection:
         trust rule raised KeyboardInterrupt, SystemExit, asyncio.CancelledError...
         Not the peer's doing, but what was under way (a flight, a record) is
         lost: fail the connection locally before ``exc`` propagates."""
-        if self._state is State.CLOSED:
+        if self._state is _CLOSED:
             return  # (a hook closed it before raising: it stays as it was closed)
         handshake = self._state in HANDSHAKE_STATES
         cls = HandshakeError if handshake else ConnectionLost
@@ -721,7 +727,7 @@ class Connection:
         )
         error.__cause__ = exc
         # Nothing was sent before start() queued the hello: no alert either.
-        said = self._out or self._state not in (State.CLIENT_START, State.SERVER_START)
+        said = self._out or self._state not in _START_STATES
         self._fail(error, AlertCode.INTERNAL_ERROR if said else None)
 
     def _incomplete(self, data: bytes | bytearray | memoryview, pos: int) -> bool:
@@ -730,7 +736,7 @@ class Connection:
         return (
             left > 0
             and data[pos] == RECORD_SEALED
-            and self._state is State.CONNECTED
+            and self._state is _CONNECTED
             and (
                 left < PLAIN_HEADER_SIZE
                 or left < PLAIN_HEADER_SIZE + int.from_bytes(data[pos + 1 : pos + 4], "big")
@@ -743,11 +749,11 @@ class Connection:
         Raises:
             ClosedError: ``start()`` was not called (as for receive_data).
         """
-        if self._state in (State.CLIENT_START, State.SERVER_START):
+        if self._state in _START_STATES:
             raise ClosedError("call start(now) before receive_eof()")
-        if self._state is State.CLOSED:
+        if self._state is _CLOSED:
             return
-        if self._state is State.CONNECTED:
+        if self._state is _CONNECTED:
             err: NautilusError = ConnectionLost(
                 "the peer closed the connection without close_notify: data may be truncated"
             )
@@ -770,14 +776,14 @@ class Connection:
             raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
         if isinstance(data, memoryview) and not data.c_contiguous:
             raise TypeError("data must be a contiguous buffer")
-        if self._state is State.CLOSED:
+        if self._state is _CLOSED:
             raise ClosedError("the connection is closed") from self._error
         if not data:
             return
-        if self._state is not State.CONNECTED:
-            self._pending.append((ContentType.APPLICATION_DATA, bytes(data)))
+        if self._state is not _CONNECTED:
+            self._pending.append((_APPLICATION_DATA, bytes(data)))
             return
-        self._seal_application(data, ContentType.APPLICATION_DATA)
+        self._seal_application(data, _APPLICATION_DATA)
 
     def send_message(self, message: bytes | bytearray | memoryview) -> None:
         """Send one message of the message API (delivered whole, in MessagesReceived).
@@ -829,7 +835,7 @@ class Connection:
                 framed = packed
         if framed is None:  # not a list or tuple of single-byte buffers: one at a time
             framed = _frame_each(messages, limit)
-        if self._state is State.CLOSED:
+        if self._state is _CLOSED:
             raise ClosedError("the connection is closed") from self._error
         return framed
 
@@ -841,14 +847,14 @@ class Connection:
         Raises:
             ClosedError: the connection is closed.
         """
-        if self._state is State.CLOSED:
+        if self._state is _CLOSED:
             raise ClosedError("the connection is closed") from self._error
         if not framed:
             return
-        if self._state is not State.CONNECTED:
-            self._pending.append((ContentType.MESSAGE, framed))
+        if self._state is not _CONNECTED:
+            self._pending.append((_MESSAGE, framed))
             return
-        self._seal_application(framed, ContentType.MESSAGE)
+        self._seal_application(framed, _MESSAGE)
 
     def _take_output(self) -> bytes | bytearray:
         """Like :meth:`data_to_send`, without copying a single sealed buffer
@@ -877,7 +883,7 @@ class Connection:
             return None if deadline is None else min(deadline, MAX_NOW)
         interval = self._cfg.rekey_interval
         last = self._last_update
-        if self._state is State.CONNECTED and interval is not None and last is not None:
+        if self._state is _CONNECTED and interval is not None and last is not None:
             # (0.0 is a time too: no truthiness test; never past what
             # handle_timer() accepts)
             return min(last + interval, MAX_NOW)
@@ -901,7 +907,7 @@ class Connection:
                 ),
                 AlertCode.HANDSHAKE_TIMEOUT,
             )
-        elif self._state is State.CONNECTED and self._rekey_due():
+        elif self._state is _CONNECTED and self._rekey_due():
             self._rekey()
 
     @property
@@ -941,7 +947,7 @@ class Connection:
         """
         if not isinstance(request_peer, bool):
             raise TypeError(f"request_peer must be a bool, not {type(request_peer).__name__}")
-        if self._state is not State.CONNECTED:
+        if self._state is not _CONNECTED:
             raise ClosedError("keys can only be updated on an established connection")
         self._send_key_update(request_peer)
 
@@ -963,7 +969,7 @@ class Connection:
         0.5-RTT data, which the client reads once its own handshake
         completes); otherwise it is dropped, as the handshake is.
         """
-        if self._state is State.CLOSED:
+        if self._state is _CLOSED:
             return
         if (
             self._pending
@@ -972,7 +978,7 @@ class Connection:
             and not self._in_hook
         ):
             self._flush_pending()  # the server's application key is in use since its Finished
-        if self._state not in (State.CLIENT_START, State.SERVER_START):
+        if self._state not in _START_STATES:
             self._send_alert(AlertCode.CLOSE_NOTIFY)
         self._teardown()
 
@@ -980,9 +986,9 @@ class Connection:
         """:meth:`close` with the fatal alert ``code`` instead of close_notify:
         the application above the connection (a Node) found the peer at
         fault. No event is queued, as for :meth:`close`, and ``error`` stays None."""
-        if self._state is State.CLOSED:
+        if self._state is _CLOSED:
             return
-        if self._state not in (State.CLIENT_START, State.SERVER_START):
+        if self._state not in _START_STATES:
             self._send_alert(code)
         self._teardown()
 
@@ -1007,7 +1013,7 @@ class Connection:
         if len(label) > ks.MAX_LABEL:
             raise ValueError(f"label must be at most {ks.MAX_LABEL} bytes, got {len(label)}")
         keys = self._keys
-        if self._state is not State.CONNECTED or keys is None or not keys.exporter:
+        if self._state is not _CONNECTED or keys is None or not keys.exporter:
             raise ClosedError(
                 "keying material is available once the handshake has completed, "
                 "until the connection closes"
@@ -1032,7 +1038,7 @@ class Connection:
         self._now = float(now)
 
     def _set_state(self, new: State) -> None:
-        if self._state is State.CLOSED:
+        if self._state is _CLOSED:
             return  # closed meanwhile (a hook called close()): it stays closed
         self._state = new
 
@@ -1040,11 +1046,11 @@ class Connection:
         """Called after code that is not this class's (a step's hook, a trust
         rule, an adapter's flush hook): if that closed the connection, stop
         here; nothing more is made or sent (the caller's _fail does nothing)."""
-        if self._state is State.CLOSED:
+        if self._state is _CLOSED:
             raise _Abort(ClosedError("the connection was closed during the handshake"), None)
 
     def _fail(self, error: NautilusError, alert: AlertCode | None) -> None:
-        if self._state is State.CLOSED:
+        if self._state is _CLOSED:
             return
         if alert is not None:
             self._send_alert(alert)
@@ -1053,9 +1059,9 @@ class Connection:
         self._teardown()
 
     def _teardown(self) -> None:
-        if self._state is State.CONNECTED and not self._client:
+        if self._state is _CONNECTED and not self._client:
             self._cfg.sessions._remove(self)
-        self._state = State.CLOSED
+        self._state = _CLOSED
         self._deadline = None
         for direction in (self._sealer, self._opener, self._early_opener):
             if direction is not None:
@@ -1100,7 +1106,7 @@ class Connection:
 
     def _process_input(self) -> None:
         buf = self._in
-        while buf and self._state is not State.CLOSED:
+        while buf and self._state is not _CLOSED:
             rtype = buf[0]
             if rtype == RECORD_SEALED and (self._early_skip or self._early_left):
                 if not self._early_record():
@@ -1146,7 +1152,7 @@ class Connection:
                     )
                 self._handshake_bytes(payload)
             else:
-                if self._state is State.CONNECTED:
+                if self._state is _CONNECTED:
                     _abort(
                         ProtocolViolation,
                         AlertCode.UNEXPECTED_MESSAGE,
@@ -1175,9 +1181,7 @@ class Connection:
             self._drop_scratch()
             self._scratch = bytearray(len(buf))
         try:
-            opened = opener._open_fast(
-                buf, self._scratch, ContentType.APPLICATION_DATA, self._early_left
-            )
+            opened = opener._open_fast(buf, self._scratch, _APPLICATION_DATA, self._early_left)
         except RecordFormatError as exc:  # a malformed record, not a forged one
             raise _format_abort(buf, exc.consumed, _HANDSHAKE_RECORD) from None
         except NautilusError:
@@ -1186,7 +1190,7 @@ class Connection:
         del buf[: opened.consumed]
         if not opened.records:
             return False
-        if opened.last_type != ContentType.APPLICATION_DATA:
+        if opened.last_type != _APPLICATION_DATA:
             _abort(ProtocolViolation, AlertCode.UNEXPECTED_MESSAGE,
                    "unexpected_message: early data must be application data")  # fmt: skip
         self._early_bytes += opened.written
@@ -1256,7 +1260,7 @@ class Connection:
         n = len(data)
         scratch = self._scratch
         if (
-            self._state is not State.CONNECTED
+            self._state is not _CONNECTED
             or self._in
             or self._messages
             or self._events
@@ -1276,7 +1280,7 @@ class Connection:
         summary = opener._summary
         try:
             rc = _nt_open_packed(
-                opener._handle, _from_buffer(data), n, dst, len(scratch), ContentType.MESSAGE, 1,
+                opener._handle, _from_buffer(data), n, dst, len(scratch), _MESSAGE, 1,
                 summary,
             )  # fmt: skip
             if rc != _NT_OK:
@@ -1285,11 +1289,11 @@ class Connection:
                     self._open_failed(exc, data)
                 raise exc
             written = summary.written
-            if summary.last_type == ContentType.MESSAGE and written >= 4:
+            if summary.last_type == _MESSAGE and written >= 4:
                 size = scratch[0] << 24 | scratch[1] << 16 | scratch[2] << 8 | scratch[3]
                 if size == written - 4 and size <= self._cfg.max_message_size:
                     self._bytes_received += written
-                    self._batch_type = ContentType.MESSAGE
+                    self._batch_type = _MESSAGE
                     return bytes(memoryview(scratch)[4:written])
             self._deliver(PackedOpen(1, n, written, summary.last_type, summary.last_length))
         except Exception as exc:
@@ -1305,7 +1309,7 @@ class Connection:
         waiting, no rekey_interval) and the message fits in one record, within
         ``max_message_size`` and this key's budget: then send_message() does it."""
         cfg = self._cfg
-        if self._state is not State.CONNECTED or self._out or cfg.rekey_interval is not None:
+        if self._state is not _CONNECTED or self._out or cfg.rekey_interval is not None:
             return None
         size = len(message)
         sealer = self._sealer
@@ -1315,7 +1319,7 @@ class Connection:
         out = bytearray(size + 4 + _RECORD_OVERHEAD)
         out_len = sealer._out_len
         rc = _nt_seal_within(
-            sealer._handle, self._budget, ContentType.MESSAGE, _pack_length(size) + message,
+            sealer._handle, self._budget, _MESSAGE, _pack_length(size) + message,
             size + 4, _from_buffer(out), len(out), out_len, out_len + 1,
         )  # fmt: skip
         if rc != _NT_OK:
@@ -1373,24 +1377,24 @@ class Connection:
         run_end = opened.written if last_in_run else opened.written - opened.last_length
         if opened.records > (0 if last_in_run else 1):
             self._content(batch, 0, run_end)
-        if last_in_run or self._state is State.CLOSED:
+        if last_in_run or self._state is _CLOSED:
             return
         ctype = opened.last_type
         self._content(ctype, run_end, opened.written)
-        if ctype in (ContentType.APPLICATION_DATA, ContentType.MESSAGE):
+        if ctype in (_APPLICATION_DATA, _MESSAGE):
             self._batch_type = ctype
 
     def _content(self, ctype: int, start: int, end: int) -> None:
         """Handle the content ``self._scratch[start:end]`` of type ``ctype``."""
         state = self._state  # (the connected state's row without hashing the enum)
-        allowed = _CONNECTED_CONTENT if state is State.CONNECTED else CONTENT_ALLOWED[state]
+        allowed = _CONNECTED_CONTENT if state is _CONNECTED else CONTENT_ALLOWED[state]
         if ctype not in allowed:
             _abort(
                 ProtocolViolation,
                 AlertCode.UNEXPECTED_MESSAGE,
                 f"unexpected_message: content type {ctype} in state {self._state.value}",
             )
-        if ctype == ContentType.APPLICATION_DATA:
+        if ctype == _APPLICATION_DATA:
             if end > start:
                 self._bytes_received += end - start
                 view = memoryview(self._scratch)[start:end]
@@ -1400,7 +1404,7 @@ class Connection:
                 else:
                     self._events.append(DataReceived(bytes(view)))
             return
-        if ctype == ContentType.MESSAGE:
+        if ctype == _MESSAGE:
             self._bytes_received += end - start
             self._feed_messages(start, end)
             return
@@ -1628,7 +1632,7 @@ class Connection:
         name = AlertCode.describe(code)
         self._events.append(AlertReceived(code, name))
         if code == AlertCode.CLOSE_NOTIFY:
-            if self._state is State.CONNECTED:
+            if self._state is _CONNECTED:
                 self._send_alert(AlertCode.CLOSE_NOTIFY)
                 self._events.append(ConnectionClosed(None))
                 self._teardown()
@@ -1651,7 +1655,7 @@ class Connection:
 
     def _handshake_bytes(self, payload: bytes) -> None:
         self._hs.feed(payload)
-        while self._state is not State.CLOSED:
+        while self._state is not _CLOSED:
             item = self._hs.next_message()
             if item is None:
                 return
@@ -1890,13 +1894,13 @@ class Connection:
             secret = self._psk_keys.early_traffic(self._hash())
             cipher = _CIPHER_BY_ID[ticket.cipher]
             with RecordSealer._from_secret(cipher, secret, _HANDSHAKE_RECORD) as sealer:
-                self._out.append(sealer._seal_chunk(early, ContentType.APPLICATION_DATA))
+                self._out.append(sealer._seal_chunk(early, _APPLICATION_DATA))
             self._early_sent = early
             self._bytes_sent += len(early)
         elif early_data:
             # First, as when it is sent as 0-RTT: before what send_data() queued
             # before start() (the order must not depend on a ticket's being there)
-            self._pending.insert(0, (ContentType.APPLICATION_DATA, early_data))
+            self._pending.insert(0, (_APPLICATION_DATA, early_data))
 
     def _send_hello(self, hello: ClientHello, early_records: int) -> None:
         """Send a ClientHello; with a ticket, add the resumption offer and its binder."""
@@ -2079,7 +2083,7 @@ class Connection:
                 # Not processed: sent again as ordinary data when the handshake
                 # completes, before what was written since (stream order).
                 self._bytes_sent -= len(self._early_sent)
-                self._pending.insert(0, (ContentType.APPLICATION_DATA, self._early_sent))
+                self._pending.insert(0, (_APPLICATION_DATA, self._early_sent))
                 self._events.append(EarlyDataRejected(self._early_sent))
             self._early_sent = b""
         if self._resumed:
@@ -2123,7 +2127,7 @@ class Connection:
             self._stop_if_closed()
         keys.resumption_secret(self._hash())
         self._connected()
-        return State.CONNECTED
+        return _CONNECTED
 
     # ---------------------------------------------------------------- server side
 
@@ -2451,7 +2455,7 @@ class Connection:
         if not self._expected_finished:  # else derived, and the tickets sent, with the flight
             keys.resumption_secret(self._hash())
         self._connected()
-        return State.CONNECTED
+        return _CONNECTED
 
     # -------------------------------------------------------------- both sides
 
@@ -2623,9 +2627,9 @@ class Connection:
         decoded, see state.RECEIVED_BY_CLIENT_ONLY.)"""
         keys, key = self._keys, self._cache_key()
         if self._cfg.resumption == "off" or keys is None or key is None:
-            return State.CONNECTED
+            return _CONNECTED
         if self._peer_key is None or not msg.lifetime:
-            return State.CONNECTED
+            return _CONNECTED
         self._cfg.session_cache.store(
             key,
             StoredTicket(
@@ -2641,7 +2645,7 @@ class Connection:
                 namespace=self._cfg.namespace.encode(),
             ),
         )
-        return State.CONNECTED
+        return _CONNECTED
 
     def _sealer_fragment(self) -> None:
         """Application records use the negotiated size (handshake ones were <= 16 KiB)."""
