@@ -539,6 +539,21 @@ def _sig(st: os.stat_result) -> _FileSig:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+# What the longest name made beside the cache file adds to the file's name
+# (".<name>." before and "XXXXXXXX.tmp" after it: tempfile.mkstemp's names).
+_TEMP_NAME_EXTRA = len("..XXXXXXXX.tmp")
+
+
+def _name_max(directory: Path) -> int:
+    """The longest file name (bytes) ``directory`` takes: its file system's
+    NAME_MAX, or 255 (Linux and macOS) where that cannot be asked."""
+    try:
+        limit = os.pathconf(directory, "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):  # (no pathconf on Windows)
+        return 255
+    return limit if limit > 0 else 255  # (-1: no limit it can tell)
+
+
 def _remove_leftovers(path: Path) -> None:
     """Delete the temporary files of compactions that never finished (the
     process was killed between writing one and renaming it): each holds
@@ -644,7 +659,9 @@ class SessionCache:
             operation raises because of it.
 
     Raises:
-        TypeError, ValueError: bad arguments.
+        TypeError, ValueError: bad arguments (ValueError too for a ``path``
+            whose file name, 14 bytes longer, would be too long for the
+            file system: the cache's temporary files are named so).
         nautilus.IdentityFileError: ``path`` is in a directory that does not
             exist, is a directory or a symbolic link, cannot be read, or is
             readable or writable by other users. A corrupt file is logged and
@@ -723,6 +740,13 @@ class SessionCache:
             raise IdentityFileError(
                 f"session cache {fspath!r}: its directory {str(self._path.parent)!r} "
                 "does not exist or is not a directory"
+            )
+        # Beside the file: "<name>.lock", and a compaction's ".<name>.XXXXXXXX.tmp".
+        name_max = _name_max(self._path.parent)
+        if len(os.fsencode(self._path.name)) + _TEMP_NAME_EXTRA > name_max:
+            raise ValueError(
+                f"session cache {fspath!r}: the file name is too long for the temporary "
+                f"files made beside it (at most {name_max - _TEMP_NAME_EXTRA} bytes here)"
             )
         self._lock_path = self._path.with_name(self._path.name + ".lock")
         # The lock file's state before the file (unlocked): a write in between

@@ -606,6 +606,32 @@ def test_cache_file_in_a_directory_that_does_not_exist_is_refused(tmp_path: Path
         SessionCache(path=not_a_dir / "tickets.json")
 
 
+def test_a_file_name_too_long_for_the_temporary_files_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The lock file and a compaction's temporary file are named after the
+    cache file, 14 bytes longer. A name too long for them used to be taken,
+    and then every write failed (a warning, the tickets in memory only)."""
+    limit = sessions._name_max(tmp_path) - sessions._TEMP_NAME_EXTRA
+    with pytest.raises(ValueError, match=f"too long.*at most {limit} bytes"):
+        SessionCache(path=tmp_path / ("t" * (limit + 1)))
+    assert list(tmp_path.iterdir()) == []
+    path = tmp_path / ("t" * limit)  # the longest name: stored, compacted, read back
+    cache = SessionCache(path=path)
+    inode, compactions = None, 0
+    for n in range(1, 300):
+        cache.store("a", ticket(n))
+        assert number(cache.take("a", NOW)) == n
+        if inode is not None and path.stat().st_ino != inode:
+            compactions += 1  # the file replaced by a compaction
+        inode = path.stat().st_ino
+    assert compactions >= 1
+    cache.store("a", ticket(300))
+    assert number(SessionCache(path=path).take("a", NOW)) == 300
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name, path.name + ".lock"]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
 def _warnings(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
     return [
         r.getMessage()
