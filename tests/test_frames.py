@@ -12,6 +12,7 @@ from __future__ import annotations
 import array
 import ctypes
 import struct
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -81,6 +82,24 @@ def test_cut_takes_more_frames_than_one_format_buffer_holds() -> None:
     for messages in (empties, mixed):
         stream = reference_frame(messages)
         assert _b.frames_cut(stream, 0, len(stream), LIMIT) == (tuple(messages), len(stream))
+
+
+def test_cut_joins_the_frames_of_two_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """700 frames of 256 bytes take two C calls: their cuts are joined in order."""
+    calls = []
+    real = _b.lib
+
+    class Counting:
+        def __getattr__(self, name: str) -> Any:
+            if name == "nt_frames_layout":
+                calls.append(name)
+            return getattr(real, name)
+
+    monkeypatch.setattr(_b, "lib", Counting())
+    messages = [bytes([i % 251]) * 256 for i in range(700)]
+    stream = reference_frame(messages) + b"\x00\x00"  # and an incomplete length
+    assert _b.frames_cut(stream, 0, len(stream), LIMIT) == (tuple(messages), len(stream) - 2)
+    assert len(calls) == 2
 
 
 def test_cut_keeps_a_bounded_number_of_compiled_layouts() -> None:

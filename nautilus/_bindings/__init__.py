@@ -634,6 +634,8 @@ def frames_cut(
         if not result[3]:
             if len(cuts) == 1:
                 return cuts[0], pos
+            if len(cuts) == 2:  # (a large read: tuple + tuple copies pointers, chain steps)
+                return cuts[0] + cuts[1], pos
             return tuple(chain.from_iterable(cuts)), pos
 
 
