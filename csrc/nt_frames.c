@@ -77,6 +77,7 @@ int nt_frames_layout(const uint8_t *buf, size_t len, size_t pos, size_t limit, c
                      size_t fmt_cap, size_t max_frames, size_t *result)
 {
     size_t found = 0, at = 1;
+    size_t last_n = SIZE_MAX, last_at = 0, last_len = 0; /* the previous item */
 
     if (result == NULL)
         return NT_ERR_ARG;
@@ -91,11 +92,28 @@ int nt_frames_layout(const uint8_t *buf, size_t len, size_t pos, size_t limit, c
         size_t n = get_length(buf + pos), next;
         if (n > limit || n > len - pos - NT_FRAME_PREFIX_BYTES)
             break; /* over the limit (the caller refuses it), or incomplete */
-        if (found == max_frames || (next = put_item(fmt, at, fmt_cap, n)) == 0) {
+        if (found == max_frames) {
             result[3] = 1;
             break;
         }
-        at = next;
+        if (n == last_n) { /* like-sized messages: the previous item again */
+            if (fmt_cap - at < last_len) {
+                result[3] = 1;
+                break;
+            }
+            memcpy(fmt + at, fmt + last_at, last_len);
+            last_at = at;
+            at += last_len;
+        } else {
+            if ((next = put_item(fmt, at, fmt_cap, n)) == 0) {
+                result[3] = 1;
+                break;
+            }
+            last_n = n;
+            last_at = at;
+            last_len = next - at;
+            at = next;
+        }
         pos += NT_FRAME_PREFIX_BYTES + n;
         found++;
     }
