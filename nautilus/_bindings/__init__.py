@@ -587,7 +587,7 @@ def frames_pack(messages: list[Any] | tuple[Any, ...], limit: int) -> bytearray 
     if not _BYTE_STRINGS.issuperset(map(type, messages)):
         return None
     body = b"".join(messages)
-    lens = array("Q", map(len, messages))
+    lens = array("Q", list(map(len, messages)))  # (from a list: faster than from map)
     n = len(lens)
     out = bytearray(len(body) + FRAME_PREFIX_BYTES * n)
     over = ffi.new("size_t *")
