@@ -539,9 +539,16 @@ def _sig(st: os.stat_result) -> _FileSig:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-# What the longest name made beside the cache file adds to the file's name
-# (".<name>." before and "XXXXXXXX.tmp" after it: tempfile.mkstemp's names).
-_TEMP_NAME_EXTRA = len("..XXXXXXXX.tmp")
+# A compaction's temporary file, beside the cache file: tempfile.mkstemp's
+# ".<name>.XXXXXXXX.tmp" (8 random characters). Its name is the longest made
+# there ("<name>.lock" is shorter): what it adds to the file's name.
+_TEMP_SUFFIX = ".tmp"
+_MKSTEMP_RANDOM = 8
+_TEMP_NAME_EXTRA = 2 + _MKSTEMP_RANDOM + len(_TEMP_SUFFIX)  # (the prefix's two dots)
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}."
 
 
 def _name_max(directory: Path) -> int:
@@ -560,7 +567,9 @@ def _remove_leftovers(path: Path) -> None:
     tickets, PSKs included. Called with the file's lock held, when no other
     cache is compacting, so every such file there is a leftover. Only names
     that ``tempfile.mkstemp`` gives for this file are touched."""
-    pattern = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}" + re.escape(".tmp"))
+    pattern = re.compile(
+        re.escape(_temp_prefix(path)) + f"[a-z0-9_]{{{_MKSTEMP_RANDOM}}}" + re.escape(_TEMP_SUFFIX)
+    )
     try:
         with os.scandir(path.parent) as entries:
             names = [e.name for e in entries if pattern.fullmatch(e.name)]
@@ -1390,7 +1399,9 @@ class SessionCache:
         tmp: Path | None = None
         try:
             # mkstemp: a new file (O_EXCL) with mode 0600, never one left by someone else.
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            fd, tmp_name = tempfile.mkstemp(
+                prefix=_temp_prefix(path), suffix=_TEMP_SUFFIX, dir=path.parent
+            )
             tmp = Path(tmp_name)
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
