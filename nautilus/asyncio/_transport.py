@@ -43,7 +43,7 @@ _WARN_WRITES_AFTER_CLOSE = 5
 _COALESCE = 1 << 16  # bytes of small writes collected before they are sealed together
 # ... and of framed message batches. Each seal and TCP write has a fixed
 # cost, and so has each read of a peer that keeps up, whose reads are then
-# about one such write: at 64 KiB, one-way 256-byte messages took about 15%
+# about one such write: at 64 KiB, one-way 256-byte messages took about 13%
 # more CPU per message on each side. Stream data stays at 64 KiB: for a
 # stream of 4 KiB writes, 192 KiB gave the writer about 10% less CPU per
 # byte but the reader none, with some rounds much slower (a StreamReader
