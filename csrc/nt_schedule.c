@@ -1,7 +1,10 @@
 /* HKDF on HMAC-SHA-256 for the handshake key schedule, and AEAD states keyed
  * from traffic secrets. HMAC (RFC 2104) is built on one EVP digest fetched
  * once: the key schedule makes dozens of short HMACs per handshake, and
- * fetching a MAC implementation for each costs more than the hashing. */
+ * fetching a MAC implementation for each costs more than the hashing. The
+ * schedule's stages (binder, handshake secrets, application secrets, Finished)
+ * are one call each, with one digest context: through Python, a call costs
+ * about as much again as the HMAC it makes. */
 #include "nt_schedule.h"
 
 #include <openssl/crypto.h>
@@ -85,47 +88,33 @@ static int fail(int code, uint8_t *out, size_t out_len)
     return code;
 }
 
-int nt_hkdf_extract(const uint8_t *salt, size_t salt_len, const uint8_t *ikm, size_t ikm_len,
-                    uint8_t *out, size_t out_len)
-{
-    static const uint8_t zeros[NT_KDF_HASH_BYTES] = {0};
-    parts msg = {ikm, NULL, NULL, ikm_len, 0, 0};
-    EVP_MD_CTX *ctx;
-    int ok;
+static const uint8_t ZEROS[NT_KDF_HASH_BYTES] = {0};
 
-    if (out == NULL || (salt == NULL && salt_len) || (ikm == NULL && ikm_len))
-        return NT_ERR_ARG;
-    if (out_len != NT_KDF_HASH_BYTES || salt_len > BLOCK)
-        return NT_ERR_LENGTH;
+/* HKDF-Extract with ``ctx``; an empty salt is 32 zero bytes. */
+static int extract_with(EVP_MD_CTX *ctx, const uint8_t *salt, size_t salt_len, const uint8_t *ikm,
+                        size_t ikm_len, uint8_t out[NT_KDF_HASH_BYTES])
+{
+    parts msg = {ikm, NULL, NULL, ikm_len, 0, 0};
+
     if (salt_len == 0) {
-        salt = zeros;
-        salt_len = sizeof(zeros);
+        salt = ZEROS;
+        salt_len = sizeof(ZEROS);
     }
-    if ((ctx = EVP_MD_CTX_new()) == NULL)
-        return NT_ERR_NOMEM;
-    ok = hmac(ctx, salt, salt_len, &msg, out);
-    EVP_MD_CTX_free(ctx);
-    return ok ? NT_OK : fail(NT_ERR_CRYPTO, out, out_len);
+    return hmac(ctx, salt, salt_len, &msg, out);
 }
 
-int nt_hkdf_expand_label(const uint8_t *secret, size_t secret_len, const uint8_t *label,
-                         size_t label_len, const uint8_t *context, size_t context_len,
-                         uint8_t *out, size_t out_len)
+/* HKDF-Expand-Label with ``ctx``; lengths checked by the caller. */
+static int expand_label_with(EVP_MD_CTX *ctx, const uint8_t *secret, const uint8_t *label,
+                             size_t label_len, const uint8_t *context, size_t context_len,
+                             uint8_t *out, size_t out_len)
 {
     /* HkdfLabel: length<2> | label<1> ("nautilus1 " + label) | context<1>. */
     uint8_t info[2 + 1 + LABEL_PREFIX_LEN + NT_KDF_MAX_LABEL + 1 + NT_KDF_MAX_CONTEXT];
     uint8_t block[NT_KDF_HASH_BYTES];
     uint8_t counter = 0;
     size_t info_len = 0, done = 0;
-    EVP_MD_CTX *ctx;
     int ok = 1;
 
-    if (secret == NULL || out == NULL || (label == NULL && label_len) ||
-        (context == NULL && context_len))
-        return NT_ERR_ARG;
-    if (secret_len != NT_KDF_HASH_BYTES || label_len > NT_KDF_MAX_LABEL ||
-        context_len > NT_KDF_MAX_CONTEXT || out_len == 0 || out_len > NT_KDF_MAX_OUTPUT)
-        return NT_ERR_LENGTH;
     info[info_len++] = (uint8_t)(out_len >> 8);
     info[info_len++] = (uint8_t)out_len;
     info[info_len++] = (uint8_t)(LABEL_PREFIX_LEN + label_len);
@@ -139,41 +128,213 @@ int nt_hkdf_expand_label(const uint8_t *secret, size_t secret_len, const uint8_t
         memcpy(info + info_len, context, context_len);
     info_len += context_len;
 
-    if ((ctx = EVP_MD_CTX_new()) == NULL)
-        return NT_ERR_NOMEM;
     /* T(i) = HMAC(secret, T(i-1) | info | i), T(0) empty (RFC 5869 section 2.3). */
     while (ok && done < out_len) {
         parts msg = {block, info, &counter, counter ? sizeof(block) : 0, info_len, 1};
         size_t take = out_len - done < sizeof(block) ? out_len - done : sizeof(block);
         counter++;
-        ok = hmac(ctx, secret, secret_len, &msg, block);
+        ok = hmac(ctx, secret, NT_KDF_HASH_BYTES, &msg, block);
         if (ok) {
             memcpy(out + done, block, take);
             done += take;
         }
     }
-    EVP_MD_CTX_free(ctx);
     OPENSSL_cleanse(block, sizeof(block));
+    return ok;
+}
+
+/* Frees the digest context of a call; its code, the output wiped on failure. */
+static int stage_end(EVP_MD_CTX *ctx, int ok, uint8_t *out, size_t out_len)
+{
+    EVP_MD_CTX_free(ctx);
     return ok ? NT_OK : fail(NT_ERR_CRYPTO, out, out_len);
+}
+
+int nt_hkdf_extract(const uint8_t *salt, size_t salt_len, const uint8_t *ikm, size_t ikm_len,
+                    uint8_t *out, size_t out_len)
+{
+    EVP_MD_CTX *ctx;
+
+    if (out == NULL || (salt == NULL && salt_len) || (ikm == NULL && ikm_len))
+        return NT_ERR_ARG;
+    if (out_len != NT_KDF_HASH_BYTES || salt_len > BLOCK)
+        return NT_ERR_LENGTH;
+    if ((ctx = EVP_MD_CTX_new()) == NULL)
+        return NT_ERR_NOMEM;
+    return stage_end(ctx, extract_with(ctx, salt, salt_len, ikm, ikm_len, out), out, out_len);
+}
+
+int nt_hkdf_expand_label(const uint8_t *secret, size_t secret_len, const uint8_t *label,
+                         size_t label_len, const uint8_t *context, size_t context_len,
+                         uint8_t *out, size_t out_len)
+{
+    EVP_MD_CTX *ctx;
+    int ok;
+
+    if (secret == NULL || out == NULL || (label == NULL && label_len) ||
+        (context == NULL && context_len))
+        return NT_ERR_ARG;
+    if (secret_len != NT_KDF_HASH_BYTES || label_len > NT_KDF_MAX_LABEL ||
+        context_len > NT_KDF_MAX_CONTEXT || out_len == 0 || out_len > NT_KDF_MAX_OUTPUT)
+        return NT_ERR_LENGTH;
+    if ((ctx = EVP_MD_CTX_new()) == NULL)
+        return NT_ERR_NOMEM;
+    ok = expand_label_with(ctx, secret, label, label_len, context, context_len, out, out_len);
+    return stage_end(ctx, ok, out, out_len);
+}
+
+/* --- stages of the key schedule, one call each ------------------------------------ */
+
+/* SHA-256 of the empty string: Derive-Secret(S, label, "") hashes no messages. */
+static const uint8_t EMPTY_HASH[NT_KDF_HASH_BYTES] = {
+    0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24,
+    0x27, 0xae, 0x41, 0xe4, 0x64, 0x9b, 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55,
+};
+
+#define LABEL(s) (const uint8_t *)(s), (sizeof(s) - 1)
+
+/* Derive-Secret(secret, label, hash): Expand-Label to 32 bytes. */
+static int derive_with(EVP_MD_CTX *ctx, const uint8_t *secret, const uint8_t *label,
+                       size_t label_len, const uint8_t *hash, uint8_t out[NT_KDF_HASH_BYTES])
+{
+    return expand_label_with(ctx, secret, label, label_len, hash, NT_KDF_HASH_BYTES, out,
+                             NT_KDF_HASH_BYTES);
+}
+
+/* HMAC(Expand-Label(base, "finished", "", 32), hash) into out. */
+static int finished_with(EVP_MD_CTX *ctx, const uint8_t *base, const uint8_t *hash,
+                         uint8_t out[NT_KDF_HASH_BYTES])
+{
+    uint8_t key[NT_KDF_HASH_BYTES];
+    int ok = expand_label_with(ctx, base, LABEL("finished"), NULL, 0, key, sizeof(key)) &&
+             extract_with(ctx, key, sizeof(key), hash, NT_KDF_HASH_BYTES, out);
+
+    OPENSSL_cleanse(key, sizeof(key));
+    return ok;
+}
+
+/* The checks every stage makes: 32-byte inputs, an output of ``want`` bytes. */
+static int stage_args(const uint8_t *a, size_t a_len, const uint8_t *b, size_t b_len,
+                      const uint8_t *out, size_t out_len, size_t want)
+{
+    if (a == NULL || b == NULL || out == NULL)
+        return NT_ERR_ARG;
+    if (a_len != NT_KDF_HASH_BYTES || b_len != NT_KDF_HASH_BYTES || out_len != want)
+        return NT_ERR_LENGTH;
+    return NT_OK;
+}
+
+int nt_ks_finished(const uint8_t *base, size_t base_len, const uint8_t *hash, size_t hash_len,
+                   uint8_t *out, size_t out_len)
+{
+    EVP_MD_CTX *ctx;
+    int rc = stage_args(base, base_len, hash, hash_len, out, out_len, NT_KDF_HASH_BYTES);
+
+    if (rc != NT_OK)
+        return rc;
+    if ((ctx = EVP_MD_CTX_new()) == NULL)
+        return NT_ERR_NOMEM;
+    return stage_end(ctx, finished_with(ctx, base, hash, out), out, out_len);
+}
+
+static int binder_with(EVP_MD_CTX *ctx, const uint8_t *early, const uint8_t *hash, uint8_t *out)
+{
+    uint8_t key[NT_KDF_HASH_BYTES];
+    int ok = derive_with(ctx, early, LABEL("res binder"), EMPTY_HASH, key) &&
+             finished_with(ctx, key, hash, out);
+
+    OPENSSL_cleanse(key, sizeof(key));
+    return ok;
+}
+
+int nt_ks_binder(const uint8_t *early, size_t early_len, const uint8_t *hash, size_t hash_len,
+                 uint8_t *out, size_t out_len)
+{
+    EVP_MD_CTX *ctx;
+    int rc = stage_args(early, early_len, hash, hash_len, out, out_len, NT_KDF_HASH_BYTES);
+
+    if (rc != NT_OK)
+        return rc;
+    if ((ctx = EVP_MD_CTX_new()) == NULL)
+        return NT_ERR_NOMEM;
+    return stage_end(ctx, binder_with(ctx, early, hash, out), out, out_len);
+}
+
+static int handshake_with(EVP_MD_CTX *ctx, const uint8_t *early, const uint8_t *shared,
+                          size_t shared_len, const uint8_t *hash, uint8_t *out)
+{
+    uint8_t salt[NT_KDF_HASH_BYTES];
+    uint8_t *hs = out, *client = out + NT_KDF_HASH_BYTES, *server = out + 2 * NT_KDF_HASH_BYTES;
+    uint8_t *master = out + 3 * NT_KDF_HASH_BYTES;
+    int ok = derive_with(ctx, early, LABEL("derived"), EMPTY_HASH, salt) &&
+             extract_with(ctx, salt, sizeof(salt), shared, shared_len, hs) &&
+             derive_with(ctx, hs, LABEL("c hs traffic"), hash, client) &&
+             derive_with(ctx, hs, LABEL("s hs traffic"), hash, server) &&
+             derive_with(ctx, hs, LABEL("derived"), EMPTY_HASH, salt) &&
+             extract_with(ctx, salt, sizeof(salt), ZEROS, sizeof(ZEROS), master);
+
+    OPENSSL_cleanse(salt, sizeof(salt));
+    return ok;
+}
+
+int nt_ks_handshake(const uint8_t *early, size_t early_len, const uint8_t *shared,
+                    size_t shared_len, const uint8_t *hash, size_t hash_len, uint8_t *out,
+                    size_t out_len)
+{
+    EVP_MD_CTX *ctx;
+    int rc = stage_args(early, early_len, hash, hash_len, out, out_len, 4 * NT_KDF_HASH_BYTES);
+
+    if (rc != NT_OK)
+        return rc;
+    if (shared == NULL || shared_len == 0)
+        return NT_ERR_ARG;
+    if (shared_len > NT_KDF_MAX_SHARED)
+        return NT_ERR_LENGTH;
+    if ((ctx = EVP_MD_CTX_new()) == NULL)
+        return NT_ERR_NOMEM;
+    return stage_end(ctx, handshake_with(ctx, early, shared, shared_len, hash, out), out, out_len);
+}
+
+static int application_with(EVP_MD_CTX *ctx, const uint8_t *master, const uint8_t *hash,
+                            uint8_t *out)
+{
+    return derive_with(ctx, master, LABEL("c ap traffic"), hash, out) &&
+           derive_with(ctx, master, LABEL("s ap traffic"), hash, out + NT_KDF_HASH_BYTES) &&
+           derive_with(ctx, master, LABEL("exp master"), hash, out + 2 * NT_KDF_HASH_BYTES);
+}
+
+int nt_ks_application(const uint8_t *master, size_t master_len, const uint8_t *hash,
+                      size_t hash_len, uint8_t *out, size_t out_len)
+{
+    EVP_MD_CTX *ctx;
+    int rc = stage_args(master, master_len, hash, hash_len, out, out_len, 3 * NT_KDF_HASH_BYTES);
+
+    if (rc != NT_OK)
+        return rc;
+    if ((ctx = EVP_MD_CTX_new()) == NULL)
+        return NT_ERR_NOMEM;
+    return stage_end(ctx, application_with(ctx, master, hash, out), out, out_len);
 }
 
 /* key and iv of a traffic secret, into key[NT_RECORD_MAX_KEY_BYTES] and iv. */
 static int traffic_keys(int cipher, const uint8_t *secret, size_t secret_len, uint8_t *key,
                         size_t *key_len, uint8_t iv[NT_RECORD_IV_BYTES])
 {
-    static const uint8_t key_label[] = "key", iv_label[] = "iv";
-    int rc = nt_aead_key_bytes(cipher, key_len);
+    EVP_MD_CTX *ctx;
+    int ok, rc = nt_aead_key_bytes(cipher, key_len);
 
     if (rc != NT_OK)
         return rc;
-    if (*key_len > NT_RECORD_MAX_KEY_BYTES)
+    if (secret == NULL)
+        return NT_ERR_ARG;
+    if (*key_len > NT_RECORD_MAX_KEY_BYTES || secret_len != NT_KDF_HASH_BYTES)
         return NT_ERR_LENGTH;
-    rc = nt_hkdf_expand_label(secret, secret_len, key_label, sizeof(key_label) - 1, NULL, 0, key,
-                              *key_len);
-    if (rc == NT_OK)
-        rc = nt_hkdf_expand_label(secret, secret_len, iv_label, sizeof(iv_label) - 1, NULL, 0,
-                                  iv, NT_RECORD_IV_BYTES);
-    return rc;
+    if ((ctx = EVP_MD_CTX_new()) == NULL)
+        return NT_ERR_NOMEM;
+    ok = expand_label_with(ctx, secret, LABEL("key"), NULL, 0, key, *key_len) &&
+         expand_label_with(ctx, secret, LABEL("iv"), NULL, 0, iv, NT_RECORD_IV_BYTES);
+    EVP_MD_CTX_free(ctx);
+    return ok ? NT_OK : fail(NT_ERR_CRYPTO, NULL, 0);
 }
 
 int nt_aead_new_from_secret(int cipher, int encrypt, const uint8_t *secret, size_t secret_len,

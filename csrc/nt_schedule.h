@@ -24,6 +24,26 @@ int nt_hkdf_expand_label(const uint8_t *secret, size_t secret_len, const uint8_t
                          size_t label_len, const uint8_t *context, size_t context_len,
                          uint8_t *out, size_t out_len);
 
+/* Longest key-exchange secret mixed in by nt_ks_handshake. */
+#define NT_KDF_MAX_SHARED 256
+
+/* Stages of the key schedule (docs/protocol.md, section 5), each one call with
+ * one digest context; every secret and transcript hash is 32 bytes.
+ * nt_ks_binder: out[32] = Finished-MAC(Derive-Secret(early, "res binder", ""), hash).
+ * nt_ks_finished: out[32] = HMAC(Expand-Label(base, "finished", "", 32), hash).
+ * nt_ks_handshake: out[128] = handshake secret | client hs traffic | server hs
+ *   traffic | master, from the early secret and the key exchange's secret.
+ * nt_ks_application: out[96] = client ap traffic | server ap traffic | exporter. */
+int nt_ks_binder(const uint8_t *early, size_t early_len, const uint8_t *hash, size_t hash_len,
+                 uint8_t *out, size_t out_len);
+int nt_ks_finished(const uint8_t *base, size_t base_len, const uint8_t *hash, size_t hash_len,
+                   uint8_t *out, size_t out_len);
+int nt_ks_handshake(const uint8_t *early, size_t early_len, const uint8_t *shared,
+                    size_t shared_len, const uint8_t *hash, size_t hash_len, uint8_t *out,
+                    size_t out_len);
+int nt_ks_application(const uint8_t *master, size_t master_len, const uint8_t *hash,
+                      size_t hash_len, uint8_t *out, size_t out_len);
+
 /* nt_aead_new / nt_aead_rekey with key = Expand-Label(secret, "key", "", key
  * length) and iv = Expand-Label(secret, "iv", "", 12). */
 int nt_aead_new_from_secret(int cipher, int encrypt, const uint8_t *secret, size_t secret_len,

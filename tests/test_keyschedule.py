@@ -11,6 +11,8 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
+import nautilus
+from nautilus import _bindings
 from nautilus.protocol import keyschedule as ks
 from nautilus.record import RecordOpener, RecordSealer, key_size
 
@@ -203,6 +205,39 @@ def test_key_schedule_with_psk_matches_hand_computation() -> None:
     sched = run_schedule(psk=psk)
     assert sched.client_app == hand_schedule(SHARED, psk)["client_app"]
     assert sched.client_app != run_schedule().client_app
+
+
+def test_key_schedule_with_a_hybrid_sized_secret_matches_hand_computation() -> None:
+    shared = bytes(range(64))  # x25519-mlkem768: 64 bytes
+    sched = run_schedule(shared=shared)
+    for name, value in hand_schedule(shared).items():
+        assert getattr(sched, name) == value, name
+
+
+def test_binder_matches_hand_computation() -> None:
+    psk = b"\x09" * 32
+    early = rfc5869_extract(ZEROS, psk)
+    finished_key = label_of(label_of(early, b"res binder", EMPTY_HASH), b"finished", b"")
+    assert ks.KeySchedule(psk).binder(TH1) == hmac.new(finished_key, TH1, hashlib.sha256).digest()
+
+
+def test_stage_calls_refuse_bad_lengths() -> None:
+    """The C stages check every length (the Python layer passes them unchecked)."""
+    with pytest.raises(ValueError, match="binder: an input has the wrong length"):
+        _bindings.ks_binder(SECRET[:31], TH1)
+    with pytest.raises(ValueError, match="Finished MAC: an input has the wrong length"):
+        _bindings.ks_finished(SECRET, TH1 + b"x")
+    with pytest.raises(ValueError, match="application secrets: an input has the wrong length"):
+        _bindings.ks_application(SECRET, TH1[:16])
+    with pytest.raises(ValueError, match="handshake secrets: an input has the wrong length"):
+        _bindings.ks_handshake(SECRET, bytes(_bindings.KDF_MAX_SHARED + 1), TH1)
+    with pytest.raises(ValueError, match="handshake secrets: invalid argument"):
+        _bindings.ks_handshake(SECRET, b"", TH1)
+    assert len(_bindings.ks_handshake(SECRET, bytes(_bindings.KDF_MAX_SHARED), TH1)) == 4 * 32
+    sched = ks.KeySchedule()
+    with pytest.raises(nautilus.SessionKeyDerivationFailed, match="handshake key derivation"):
+        sched.handshake(bytes(_bindings.KDF_MAX_SHARED + 1), TH1)
+    assert sched.client_hs == sched.master == b""  # nothing half-derived is kept
 
 
 def test_secrets_differ_per_direction_and_stage() -> None:

@@ -645,6 +645,7 @@ KDF_HASH_BYTES: int = lib.NT_KDF_HASH_BYTES
 KDF_MAX_LABEL: int = lib.NT_KDF_MAX_LABEL
 KDF_MAX_CONTEXT: int = lib.NT_KDF_MAX_CONTEXT
 KDF_MAX_OUTPUT: int = lib.NT_KDF_MAX_OUTPUT
+KDF_MAX_SHARED: int = lib.NT_KDF_MAX_SHARED
 
 
 def hkdf_extract(salt: bytes, ikm: bytes) -> bytes:
@@ -661,6 +662,43 @@ def expand_label(secret: bytes, label: bytes, context: bytes, length: int) -> by
         secret, len(secret), label, len(label), context, len(context), out, length
     )
     check(rc, "HKDF-Expand-Label")
+    return ffi.buffer(out)[:]
+
+
+def ks_binder(early: bytes, transcript_hash: bytes) -> bytes:
+    """The PSK binder: Finished-MAC(Derive-Secret(early, "res binder", ""), hash)."""
+    out = ffi.new("uint8_t[]", KDF_HASH_BYTES)
+    rc = lib.nt_ks_binder(early, len(early), transcript_hash, len(transcript_hash), out, len(out))
+    check(rc, "binder")
+    return ffi.buffer(out)[:]
+
+
+def ks_finished(base: bytes, transcript_hash: bytes) -> bytes:
+    """A Finished MAC: HMAC(Expand-Label(base, "finished", "", 32), hash)."""
+    out = ffi.new("uint8_t[]", KDF_HASH_BYTES)
+    rc = lib.nt_ks_finished(base, len(base), transcript_hash, len(transcript_hash), out, len(out))
+    check(rc, "Finished MAC")
+    return ffi.buffer(out)[:]
+
+
+def ks_handshake(early: bytes, shared: bytes, transcript_hash: bytes) -> bytes:
+    """Handshake secret, client and server handshake traffic secrets, master
+    secret (32 bytes each, in that order)."""
+    out = ffi.new("uint8_t[]", 4 * KDF_HASH_BYTES)
+    rc = lib.nt_ks_handshake(
+        early, len(early), shared, len(shared), transcript_hash, len(transcript_hash), out, len(out)
+    )
+    check(rc, "handshake secrets")
+    return ffi.buffer(out)[:]
+
+
+def ks_application(master: bytes, transcript_hash: bytes) -> bytes:
+    """Client and server application traffic secrets, exporter secret (32 bytes each)."""
+    out = ffi.new("uint8_t[]", 3 * KDF_HASH_BYTES)
+    rc = lib.nt_ks_application(
+        master, len(master), transcript_hash, len(transcript_hash), out, len(out)
+    )
+    check(rc, "application secrets")
     return ffi.buffer(out)[:]
 
 
