@@ -25,6 +25,7 @@ import os
 import re
 import secrets
 import stat
+import struct
 import tempfile
 import threading
 import weakref
@@ -63,6 +64,9 @@ log = logging.getLogger("nautilus.sessions")
 MAX_TICKET_LIFETIME = 7 * 24 * 3600.0
 """Hard maximum lifetime of a ticket: 7 days (as RFC 8446 section 4.6.1)."""
 _TICKET_VERSION = 1
+_TICKET_HEAD = struct.Struct(">BQIH")  # version, issued (ms), lifetime (s), cipher
+_TICKET_HEAD_REST = struct.Struct(">QIH")  # (read after the version)
+_TICKET_TAIL = struct.Struct(">II")  # max_early_data, age_add
 _TICKET_AAD = b"nautilus ticket v1"
 _KEY_ID_SIZE = 8
 _MAX_RETIRED_KEYS = 1024
@@ -98,24 +102,27 @@ class TicketContents:
     age_add: int
 
     def encode(self) -> bytes:
-        w = Writer().u8(_TICKET_VERSION).u64(int(self.issued * 1000)).u32(int(self.lifetime))
-        w.u16(self.cipher).vec8(self.psk).vec8(self.server_id_hash).vec8(self.namespace)
+        w = Writer().raw(
+            _TICKET_HEAD.pack(
+                _TICKET_VERSION, int(self.issued * 1000), int(self.lifetime), self.cipher
+            )
+        )
+        w.vec8(self.psk).vec8(self.server_id_hash).vec8(self.namespace)
         w.vec16(self.client_key).vec24(self.client_certificate)
-        return w.u32(self.max_early_data).u32(self.age_add).bytes()
+        return w.raw(_TICKET_TAIL.pack(self.max_early_data, self.age_add)).bytes()
 
     @classmethod
     def decode(cls, data: bytes) -> TicketContents:
         r = Reader(data)
         if r.u8() != _TICKET_VERSION:
             raise DecodeError("unknown ticket version")
-        issued, lifetime = r.u64() / 1000.0, float(r.u32())
-        cipher = r.u16()
+        issued_ms, lifetime, cipher = r.unpack(_TICKET_HEAD_REST)
         psk, server_hash, namespace = r.vec8(), r.vec8(), r.vec8()
         client_key, cert = r.vec16(), r.vec24()
-        max_early, age_add = r.u32(), r.u32()
+        max_early, age_add = r.unpack(_TICKET_TAIL)
         r.done()
-        return cls(issued, lifetime, cipher, psk, server_hash, namespace, client_key, cert,
-                   max_early, age_add)  # fmt: skip
+        return cls(issued_ms / 1000.0, float(lifetime), cipher, psk, server_hash, namespace,
+                   client_key, cert, max_early, age_add)  # fmt: skip
 
 
 def check_ticket_timing(

@@ -60,6 +60,7 @@ from nautilus.protocol.messages import (
     MsgType,
     NewSessionTicket,
     ServerHello,
+    StepOffer,
     frame,
 )
 from nautilus.record import AEAD, DEFAULT_RECORD_LIMIT, ContentType, RecordOpener, RecordSealer
@@ -1334,3 +1335,27 @@ def test_update_keys_with_half_a_session_ticket_received() -> None:
     key = pair.client._cache_key()
     assert key is not None
     assert pair.client_ctx.session_cache.take(key, NOW) is not None
+
+
+def test_with_psk_offer_changes_the_offer_and_nothing_else() -> None:
+    """ClientHello.with_psk_offer (the resuming client's copy of its hello) lists
+    every field: each one set to a value of its own is kept."""
+    hello = ClientHello(
+        random=bytes(range(32)),
+        timestamp_ms=123456789,
+        namespace=b"ns",
+        ciphers=(1, 2),
+        groups=(3,),
+        share_group=3,
+        share=b"share",
+        expected_peer=b"peer",
+        steps=(StepOffer("x.step", True),),
+        max_record_size=4096,
+        psk_offer=b"old",
+        version=7,
+    )
+    assert hello.with_psk_offer(b"new") == dataclasses.replace(hello, psk_offer=b"new")
+    other = hello.with_psk_offer(b"new")
+    fields = [f.name for f in dataclasses.fields(ClientHello)]
+    changed = [name for name in fields if getattr(hello, name) != getattr(other, name)]
+    assert changed == ["psk_offer"]

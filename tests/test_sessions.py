@@ -47,6 +47,7 @@ from nautilus import (
 from nautilus.context import _SETTINGS
 from nautilus.identity import TrustStore
 from nautilus.protocol import keyschedule as ks
+from nautilus.protocol.codec import DecodeError
 from nautilus.protocol.connection import Connection
 from nautilus.protocol.messages import (
     BINDER_SIZE,
@@ -1006,6 +1007,15 @@ def test_ticket_contents_round_trip() -> None:
         TicketContents.decode(b"\x02" + c.encode()[1:])
     with pytest.raises(Exception):  # noqa: B017,PT011 - any DecodeError
         TicketContents.decode(c.encode() + b"\x00")
+
+
+def test_truncated_ticket_contents_never_decode() -> None:
+    """Cut at every length (in the fixed fields, a length prefix, a vector): a
+    DecodeError each time, never a short field taken for a whole one."""
+    encoded = _contents().encode()
+    for n in range(len(encoded)):
+        with pytest.raises(DecodeError, match="truncated"):
+            TicketContents.decode(encoded[:n])
 
 
 def test_ticket_keys_seal_and_open() -> None:

@@ -7,6 +7,9 @@ either returns a well-formed value or fails with the protocol's own error.
 
 from __future__ import annotations
 
+from struct import Struct
+from typing import Any
+
 from nautilus.exceptions import ProtocolViolation
 
 
@@ -73,39 +76,76 @@ class Reader:
         self._data = data
         self._pos = 0
 
+    # Each read is written out in full rather than built on the others: a
+    # handshake decodes about sixty fields per side, and a Python call costs
+    # more than the read itself.
+
     def _take(self, n: int) -> bytes:
-        if n > len(self._data) - self._pos:
+        pos = self._pos
+        end = pos + n
+        if end > len(self._data):
             raise DecodeError("decode_error: message truncated")
-        out = self._data[self._pos : self._pos + n]
-        self._pos += n
-        return out
+        self._pos = end
+        return self._data[pos:end]
+
+    def _int(self, n: int) -> int:
+        pos = self._pos
+        end = pos + n
+        data = self._data
+        if end > len(data):
+            raise DecodeError("decode_error: message truncated")
+        self._pos = end
+        return int.from_bytes(data[pos:end], "big")
 
     def u8(self) -> int:
-        return self._take(1)[0]
+        pos = self._pos
+        data = self._data
+        if pos >= len(data):
+            raise DecodeError("decode_error: message truncated")
+        self._pos = pos + 1
+        return data[pos]
 
     def u16(self) -> int:
-        return int.from_bytes(self._take(2), "big")
+        return self._int(2)
 
     def u24(self) -> int:
-        return int.from_bytes(self._take(3), "big")
+        return self._int(3)
 
     def u32(self) -> int:
-        return int.from_bytes(self._take(4), "big")
+        return self._int(4)
 
     def u64(self) -> int:
-        return int.from_bytes(self._take(8), "big")
+        return self._int(8)
 
     def raw(self, n: int) -> bytes:
         return self._take(n)
 
+    def unpack(self, fields: Struct) -> tuple[Any, ...]:
+        """Fixed-size fields in one read (a ``struct.Struct``, big-endian)."""
+        pos = self._pos
+        end = pos + fields.size
+        if end > len(self._data):
+            raise DecodeError("decode_error: message truncated")
+        self._pos = end
+        return fields.unpack_from(self._data, pos)
+
     def vec8(self) -> bytes:
-        return self._take(self.u8())
+        pos = self._pos
+        data = self._data
+        if pos >= len(data):
+            raise DecodeError("decode_error: message truncated")
+        start = pos + 1
+        end = start + data[pos]
+        if end > len(data):
+            raise DecodeError("decode_error: message truncated")
+        self._pos = end
+        return data[start:end]
 
     def vec16(self) -> bytes:
-        return self._take(self.u16())
+        return self._take(self._int(2))
 
     def vec24(self) -> bytes:
-        return self._take(self.u24())
+        return self._take(self._int(3))
 
     def done(self) -> None:
         """Require that all input was consumed."""

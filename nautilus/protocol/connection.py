@@ -1915,7 +1915,7 @@ class Connection:
             mode, ticket.ticket, (age_ms + ticket.age_add) % (1 << 32), early_records,
             bytes(BINDER_SIZE),
         )  # fmt: skip
-        hello = replace(hello, psk_offer=offer.encode())
+        hello = hello.with_psk_offer(offer.encode())
         unbound = frame(hello)  # the binder is its last BINDER_SIZE bytes, still zero
         keys = self._psk_keys = ks.KeySchedule(ticket.psk)
         h = self._transcript.copy()
