@@ -14,6 +14,7 @@ import errno
 import gc
 import socket
 import time
+import weakref
 from collections.abc import Coroutine
 from typing import Any
 
@@ -425,3 +426,44 @@ def test_connection_update_keys_checks_its_argument() -> None:
     conn = Connection(client_ctx(), "client")
     with pytest.raises(TypeError, match="request_peer"):
         conn.update_keys(1)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------ nothing left behind
+
+
+def test_a_finished_server_connection_is_freed_without_the_garbage_collector() -> None:
+    """Once a server connection has ended and its handler has returned, its
+    Connection and protocol are freed by reference counting alone: they form no
+    reference cycle (which only the garbage collector could break, with all
+    they hold, after a while)."""
+    refs: list[weakref.ref[Connection]] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        refs.append(weakref.ref(writer.transport._conn))  # type: ignore[attr-defined]
+        writer.close()
+        await writer.wait_closed()
+
+    async def main() -> None:
+        server = await na.start_server(handle, HOST, 0, context=Context(SERVER_ID))
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await na.open_connection(HOST, port, context=client_ctx())
+        assert await reader.read() == b""
+        writer.close()
+        await writer.wait_closed()
+        for _ in range(20):  # the server's side ends within a few loop iterations
+            if refs and refs[0]() is None:
+                break
+            await asyncio.sleep(0.01)
+        server.close()
+        await server.wait_closed()
+
+    gc.collect()
+    gc.disable()
+    try:
+        run(main())
+        assert len(refs) == 1
+        assert refs[0]() is None
+        left = [o for o in gc.get_objects() if isinstance(o, _transport._NautilusProtocol)]
+        assert left == []
+    finally:
+        gc.enable()

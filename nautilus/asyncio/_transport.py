@@ -751,6 +751,11 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
             lost.__cause__ = exc
             waiter.set_exception(lost)
         self._lose_app()
+        # The application's NautilusTransport refers to this protocol (its
+        # owner): dropping the way back leaves no reference cycle, so that both
+        # go as soon as the application lets go of the transport, rather than
+        # at the next garbage collection (with the Connection and all they hold).
+        self._transport = None
 
     def pause_writing(self) -> None:
         self._write_paused = True
