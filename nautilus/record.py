@@ -251,6 +251,10 @@ class _Direction:
         (the next of the key schedule: never one used before)."""
         _b.aead_rekey_from_secret(self._rekeyable(), secret)
 
+    def _set_max_fragment(self, size: int) -> None:
+        """Internal: :meth:`set_max_fragment` without the argument checks."""
+        _b.aead_set_max_fragment(self._live(), size)
+
     def _rekeyable(self) -> Any:
         """The handle, unless closed or (an opener) failed for good."""
         handle = self._live()

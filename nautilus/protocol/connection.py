@@ -63,9 +63,11 @@ from nautilus.protocol.events import (
 )
 from nautilus.protocol.messages import (
     BINDER_SIZE,
+    CLIENT_AUTH_MODES,
     MAX_HANDSHAKE_MESSAGE,
     MAX_PLAIN_FRAGMENT,
     PLAIN_HEADER_SIZE,
+    PSK_MODES,
     RANDOM_SIZE,
     RECORD_ALERT_PLAIN,
     RECORD_HANDSHAKE_PLAIN,
@@ -1524,10 +1526,13 @@ class Connection:
             budget.records = max(0, self._cfg.key_update_records - _BUDGET_MARGIN)
             budget.bytes = self._cfg.key_update_bytes
         if recv_secret is not None:
-            if self._opener is not None:
-                self._opener.close()
             accept = _HANDSHAKE_RECORD if handshake else own_limit
-            self._opener = RecordOpener._from_secret(self._cipher, recv_secret, accept)
+            opener = self._opener
+            if opener is None:
+                self._opener = RecordOpener._from_secret(self._cipher, recv_secret, accept)
+            else:  # (its C state keyed again: cheaper than a new one)
+                opener._rekey_from_secret(recv_secret)
+                opener._set_max_fragment(accept)
 
     def _send_alert(self, code: AlertCode) -> None:
         payload = bytes([code])
@@ -2037,7 +2042,7 @@ class Connection:
                     f"the server's key share is invalid: {exc}",
                 )
         self._kem = None
-        self._psk_mode = PskMode(msg.psk_mode)
+        self._psk_mode = PSK_MODES[msg.psk_mode]  # (checked by the decoder)
         if msg.psk_mode != PskMode.NONE:
             assert self._psk_keys is not None
             keys, self._resumed = self._psk_keys, True
@@ -2073,7 +2078,7 @@ class Connection:
             _abort(ProtocolViolation, AlertCode.ILLEGAL_PARAMETER,
                    "a resumed session asked for client authentication")  # fmt: skip
         self._agreed = [offered[i] for i in msg.steps]
-        self._client_auth = ClientAuth(msg.client_auth)
+        self._client_auth = CLIENT_AUTH_MODES[msg.client_auth]  # (checked by the decoder)
         self._send_fragment = min(self._record_size, msg.max_record_size)
         self._absorb(full)
         if self._early_sent:
@@ -2219,7 +2224,7 @@ class Connection:
                 _abort(AuthenticationFailed, AlertCode.DECRYPT_ERROR,
                        "the resumption binder did not verify")  # fmt: skip
             allow_psk_only = cfg.resumption == "psk_only"
-            mode = PskMode(offer.mode) if allow_psk_only else PskMode.PSK_DHE
+            mode = PSK_MODES[offer.mode] if allow_psk_only else PskMode.PSK_DHE
         else:
             keys, mode = ks.KeySchedule(), PskMode.NONE
         # A retry when the share is for another group, or missing and needed.

@@ -41,6 +41,11 @@ class MsgType(enum.IntEnum):
     NEW_SESSION_TICKET = 9
 
 
+# Members by value: a dict lookup, where calling the class (``MsgType(1)``)
+# costs about a microsecond on the handshake's path.
+MSG_TYPES: dict[int, MsgType] = {int(m): m for m in MsgType}
+
+
 class AlertCode(enum.IntEnum):
     """Alert codes (one byte). Every alert but close_notify is fatal."""
 
@@ -68,10 +73,11 @@ class AlertCode(enum.IntEnum):
     @classmethod
     def describe(cls, code: int) -> str:
         """A readable name for ``code`` (unknown codes included)."""
-        try:
-            return cls(code).name.lower()
-        except ValueError:
-            return f"unknown_alert_{code}"
+        name = _ALERT_NAMES.get(code)
+        return f"unknown_alert_{code}" if name is None else name
+
+
+_ALERT_NAMES: dict[int, str] = {int(a): a.name.lower() for a in AlertCode}
 
 
 class PskMode(enum.IntEnum):
@@ -123,6 +129,10 @@ class ClientAuth(enum.IntEnum):
     OFF = 0
     OPTIONAL = 1
     REQUIRED = 2
+
+
+PSK_MODES: dict[int, PskMode] = {int(m): m for m in PskMode}
+CLIENT_AUTH_MODES: dict[int, ClientAuth] = {int(m): m for m in ClientAuth}
 
 
 @dataclass(frozen=True)
@@ -449,8 +459,8 @@ class HandshakeBuffer:
                 f"record_overflow: handshake message of {length} bytes", overflow=True
             )
         try:
-            mtype = MsgType(self._buf[0])
-        except ValueError:
+            mtype = MSG_TYPES[self._buf[0]]
+        except KeyError:
             # Not a decoding error: a type that no state accepts (section 4 of
             # docs/protocol.md), so the alert is unexpected_message.
             raise ProtocolViolation(

@@ -35,6 +35,12 @@ class State(enum.Enum):
     CONNECTED = "connected"
     CLOSED = "closed"
 
+    # Members are singletons compared by identity: hash them as objects, in C.
+    # (Enum's own __hash__ is a Python call, and the transition tables, the
+    # state sets and the handshake's dispatch hash a state about a dozen times
+    # per handshake on each side.)
+    __hash__ = object.__hash__
+
 
 S = State
 M = MsgType
