@@ -15,10 +15,10 @@ types, sending on a closed connection) raises at once. A local
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
-import secrets
 import struct
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -289,6 +289,14 @@ def _format_abort(src: bytes | bytearray | memoryview, pos: int, limit: int) -> 
         ProtocolViolation("decode_error: a sealed record without a content type"),
         AlertCode.DECODE_ERROR,
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _peer_id_hash(peer_id: str) -> bytes:
+    """SHA-256 of a peer id: what a ClientHello names as the server it
+    expects, and what a ticket names as the server that issued it. (Kept:
+    a server hashes its own id for every ticket it makes or opens.)"""
+    return hashlib.sha256(peer_id.encode()).digest()
 
 
 def _plain_record(rtype: int, payload: bytes) -> bytes:
@@ -1813,8 +1821,7 @@ class Connection:
         exp = self._expected_peer
         if exp is None:
             return b""
-        peer_id = exp.peer_id if isinstance(exp, PeerKey) else exp
-        return hashlib.sha256(peer_id.encode()).digest()
+        return _peer_id_hash(exp.peer_id if isinstance(exp, PeerKey) else exp)
 
     # ---------------------------------------------------------------- client side
 
@@ -2201,10 +2208,7 @@ class Connection:
         self._agreed = self._agree_steps(msg.steps)
         ident = cfg.identity
         assert ident is not None
-        if (
-            msg.expected_peer
-            and msg.expected_peer != hashlib.sha256(ident.peer_id.encode()).digest()
-        ):
+        if msg.expected_peer and msg.expected_peer != _peer_id_hash(ident.peer_id):
             _abort(
                 AuthenticationFailed,
                 AlertCode.WRONG_PEER,
@@ -2351,7 +2355,7 @@ class Connection:
             return None
         if contents.namespace != cfg.namespace.encode():
             return None
-        if contents.server_id_hash != hashlib.sha256(ident.peer_id.encode()).digest():
+        if contents.server_id_hash != _peer_id_hash(ident.peer_id):
             return None
         if not contents.client_key:
             return None if cfg.client_auth == "required" else contents
@@ -2611,13 +2615,14 @@ class Connection:
         assert ident is not None
         assert self._sealer is not None
         max_early = cfg.max_early_data if cfg.early_data else 0
-        server_hash = hashlib.sha256(ident.peer_id.encode()).digest()
+        server_hash = _peer_id_hash(ident.peer_id)
         client_key = self._peer_key.to_bytes() if self._peer_key is not None else b""
         client_cert = self._peer_cert.to_bytes() if self._peer_cert is not None else b""
         lifetime = cfg.ticket_lifetime
         namespace = cfg.namespace.encode()
         for _ in range(cfg.tickets_per_handshake):
-            nonce, age_add = os.urandom(8), secrets.randbits(32)
+            rand = os.urandom(12)
+            nonce, age_add = rand[:8], int.from_bytes(rand[8:], "big")
             contents = TicketContents(
                 self._now, lifetime, CIPHER_IDS[self._cipher], keys.ticket_psk(nonce),
                 server_hash, namespace, client_key, client_cert, max_early, age_add,
