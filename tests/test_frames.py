@@ -51,8 +51,25 @@ messages_st = st.lists(st.binary(max_size=300), max_size=40)
 @given(messages_st)
 def test_pack_writes_the_reference_framing(messages: list[bytes]) -> None:
     framed = _b.frames_pack(messages, LIMIT)
-    assert isinstance(framed, bytearray)
+    assert isinstance(framed, (bytes, bytearray))
     assert bytes(framed) == reference_frame(messages)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 300), st.integers(1, 70), st.data())
+def test_pack_frames_messages_all_of_one_size(size: int, count: int, data: st.DataObject) -> None:
+    """A batch of one size takes its own path (one join, the prefixes between
+    the messages): the same framing, and the limit still applies."""
+    messages = data.draw(st.lists(st.binary(min_size=size, max_size=size), min_size=count,
+                                  max_size=count))  # fmt: skip
+    if count > 1 and data.draw(st.booleans()):
+        messages[-1] = bytearray(messages[-1])  # bytes and bytearray may be mixed
+    assert bytes(_b.frames_pack(messages, LIMIT)) == reference_frame(messages)  # type: ignore[arg-type]
+    if size:
+        at_limit = _b.frames_pack(messages, size)  # every message exactly at the limit
+        assert isinstance(at_limit, (bytes, bytearray))
+        assert bytes(at_limit) == reference_frame(messages)
+        assert _b.frames_pack(messages, size - 1) == 0  # the first is over the limit
 
 
 @settings(max_examples=200, deadline=None)

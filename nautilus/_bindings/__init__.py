@@ -574,7 +574,9 @@ if array("Q").itemsize != 8:  # pragma: no cover - the lengths go to C as uint64
 _BYTE_STRINGS = frozenset((bytes, bytearray))
 
 
-def frames_pack(messages: list[Any] | tuple[Any, ...], limit: int) -> bytearray | int | None:
+def frames_pack(
+    messages: list[Any] | tuple[Any, ...], limit: int
+) -> bytes | bytearray | int | None:
     """The ``messages`` framed back to back (for each, its 4-byte length, then
     it), if none is over ``limit``; else the index of the first that is.
     None if they are not all bytes or bytearray objects (the caller's general
@@ -586,8 +588,15 @@ def frames_pack(messages: list[Any] | tuple[Any, ...], limit: int) -> bytearray 
     wrong lengths whose errors cancel out."""
     if not _BYTE_STRINGS.issuperset(map(type, messages)):
         return None
+    sizes = list(map(len, messages))
+    first = sizes[0] if sizes else 0
+    if sizes.count(first) == len(sizes) and 0 < first <= limit:
+        # All of one size (fixed-size records, say): each frame's length
+        # prefix is the same bytes, so one join puts them between the messages.
+        prefix = first.to_bytes(FRAME_PREFIX_BYTES, "big")
+        return prefix + prefix.join(messages)
     body = b"".join(messages)
-    lens = array("Q", list(map(len, messages)))  # (from a list: faster than from map)
+    lens = array("Q", sizes)
     n = len(lens)
     out = bytearray(len(body) + FRAME_PREFIX_BYTES * n)
     over = ffi.new("size_t *")
