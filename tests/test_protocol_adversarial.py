@@ -46,8 +46,10 @@ from nautilus import (
 from nautilus.context import CIPHER_IDS, GROUP_IDS
 from nautilus.kem import GROUPS
 from nautilus.protocol import keyschedule as ks
+from nautilus.protocol.codec import DecodeError
 from nautilus.protocol.connection import MAX_PEER_KEY_UPDATES, Connection
 from nautilus.protocol.messages import (
+    BINDER_SIZE,
     RECORD_ALERT_PLAIN,
     RECORD_HANDSHAKE_PLAIN,
     RECORD_SEALED,
@@ -57,8 +59,11 @@ from nautilus.protocol.messages import (
     Finished,
     HelloRetry,
     IdentityMsg,
+    Message,
     MsgType,
     NewSessionTicket,
+    PskMode,
+    PskOffer,
     ServerHello,
     StepOffer,
     frame,
@@ -1359,3 +1364,39 @@ def test_with_psk_offer_changes_the_offer_and_nothing_else() -> None:
     fields = [f.name for f in dataclasses.fields(ClientHello)]
     changed = [name for name in fields if getattr(hello, name) != getattr(other, name)]
     assert changed == ["psk_offer"]
+
+
+def _full_messages() -> list[Message]:
+    """One message of each kind that a handshake decodes on its path, every
+    optional field set (a PSK offer, cipher and group lists, a step)."""
+    offer = PskOffer(PskMode.PSK_ONLY, b"t" * 40, 123456, 2, b"b" * BINDER_SIZE)
+    return [
+        ClientHello(
+            bytes(range(32)), 1700000000123, b"ns", (1, 2, 3), (4, 5), 4, b"share" * 3,
+            b"p" * 32, (StepOffer("x.step", True),), 4096, offer.encode(),
+        ),
+        ServerHello(bytes(32), 4, 1, b"reply", PskMode.PSK_DHE),
+        EncryptedExtensions(ClientAuth.OPTIONAL, ("x.step",), 4096, True),
+        NewSessionTicket(7200, 99, b"n" * 8, b"ticket", 1024),
+        Finished(b"f" * 32),
+    ]  # fmt: skip
+
+
+def test_handshake_messages_refuse_every_truncation_and_trailing_bytes() -> None:
+    """Each decoder reads its fixed fields in runs (one struct call per run):
+    a body cut anywhere, or followed by one byte more, is a DecodeError, never
+    a shorter field taken for a whole one; the whole body decodes as sent."""
+    for msg in _full_messages():
+        body = msg.encode_body()  # type: ignore[union-attr]
+        assert type(msg).decode_body(body) == msg
+        for n in range(len(body)):
+            with pytest.raises(DecodeError):
+                type(msg).decode_body(body[:n])
+        with pytest.raises(DecodeError):
+            type(msg).decode_body(body + b"\x00")
+    offer = PskOffer.decode(_full_messages()[0].psk_offer)
+    encoded = offer.encode()
+    assert PskOffer.decode(encoded) == offer
+    for n in range(len(encoded)):
+        with pytest.raises(DecodeError):
+            PskOffer.decode(encoded[:n])

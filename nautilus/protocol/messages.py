@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from struct import Struct
 
 from nautilus.exceptions import ProtocolViolation
 from nautilus.protocol.codec import DecodeError, Reader, Writer
@@ -92,6 +93,20 @@ class PskMode(enum.IntEnum):
 
 BINDER_SIZE = 32
 
+# Fixed runs of fields read in one struct call each (``Reader.unpack``).
+_HELLO_HEAD = Struct(f">H{RANDOM_SIZE}sQ")  # version, random, timestamp_ms
+_SERVER_HELLO_HEAD = Struct(f">H{RANDOM_SIZE}sHH")  # version, random, group, cipher
+_OFFER_TAIL = Struct(f">II{BINDER_SIZE}s")  # obfuscated age, early records, binder
+_U16_LISTS: dict[int, Struct] = {}
+
+
+def _u16s(count: int) -> Struct:
+    """The format of ``count`` big-endian u16 (a cipher or group list; at most 255)."""
+    fmt = _U16_LISTS.get(count)
+    if fmt is None:
+        fmt = _U16_LISTS[count] = Struct(f">{count}H")
+    return fmt
+
 
 @dataclass(frozen=True)
 class PskOffer:
@@ -115,8 +130,7 @@ class PskOffer:
         if mode not in (PskMode.PSK_DHE, PskMode.PSK_ONLY):
             raise DecodeError("decode_error: unknown resumption mode")
         ticket = r.vec16()
-        age, early = r.u32(), r.u32()
-        binder = r.raw(BINDER_SIZE)
+        age, early, binder = r.unpack(_OFFER_TAIL)
         r.done()
         if not ticket:
             raise DecodeError("decode_error: empty ticket")
@@ -202,12 +216,10 @@ class ClientHello:
     @classmethod
     def decode_body(cls, body: bytes) -> ClientHello:
         r = Reader(body)
-        version = r.u16()
-        random = r.raw(RANDOM_SIZE)
-        ts = r.u64()
+        version, random, ts = r.unpack(_HELLO_HEAD)
         namespace = r.vec8()
-        ciphers = tuple(r.u16() for _ in range(r.u8()))
-        groups = tuple(r.u16() for _ in range(r.u8()))
+        ciphers = r.unpack(_u16s(r.u8()))
+        groups = r.unpack(_u16s(r.u8()))
         share_group = r.u16()
         share = r.vec16()
         expected = r.vec8()
@@ -269,9 +281,7 @@ class ServerHello:
     @classmethod
     def decode_body(cls, body: bytes) -> ServerHello:
         r = Reader(body)
-        version = r.u16()
-        random = r.raw(RANDOM_SIZE)
-        group, cipher = r.u16(), r.u16()
+        version, random, group, cipher = r.unpack(_SERVER_HELLO_HEAD)
         share = r.vec16()
         psk_mode = r.u8()
         r.done()
