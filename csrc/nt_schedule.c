@@ -224,17 +224,30 @@ static int stage_args(const uint8_t *a, size_t a_len, const uint8_t *b, size_t b
     return NT_OK;
 }
 
-int nt_ks_finished(const uint8_t *base, size_t base_len, const uint8_t *hash, size_t hash_len,
-                   uint8_t *out, size_t out_len)
+/* A stage from a secret and a transcript hash to ``want`` bytes: checks, one
+ * digest context for ``body``'s derivations, the output wiped on failure. */
+typedef int (*stage_body)(EVP_MD_CTX *ctx, const uint8_t *secret, const uint8_t *hash,
+                          uint8_t *out);
+
+static int run_stage(stage_body body, const uint8_t *secret, size_t secret_len,
+                     const uint8_t *hash, size_t hash_len, uint8_t *out, size_t out_len,
+                     size_t want)
 {
     EVP_MD_CTX *ctx;
-    int rc = stage_args(base, base_len, hash, hash_len, out, out_len, NT_KDF_HASH_BYTES);
+    int rc = stage_args(secret, secret_len, hash, hash_len, out, out_len, want);
 
     if (rc != NT_OK)
         return rc;
     if ((ctx = EVP_MD_CTX_new()) == NULL)
         return NT_ERR_NOMEM;
-    return stage_end(ctx, finished_with(ctx, base, hash, out), out, out_len);
+    return stage_end(ctx, body(ctx, secret, hash, out), out, out_len);
+}
+
+int nt_ks_finished(const uint8_t *base, size_t base_len, const uint8_t *hash, size_t hash_len,
+                   uint8_t *out, size_t out_len)
+{
+    return run_stage(finished_with, base, base_len, hash, hash_len, out, out_len,
+                     NT_KDF_HASH_BYTES);
 }
 
 static int binder_with(EVP_MD_CTX *ctx, const uint8_t *early, const uint8_t *hash, uint8_t *out)
@@ -250,14 +263,8 @@ static int binder_with(EVP_MD_CTX *ctx, const uint8_t *early, const uint8_t *has
 int nt_ks_binder(const uint8_t *early, size_t early_len, const uint8_t *hash, size_t hash_len,
                  uint8_t *out, size_t out_len)
 {
-    EVP_MD_CTX *ctx;
-    int rc = stage_args(early, early_len, hash, hash_len, out, out_len, NT_KDF_HASH_BYTES);
-
-    if (rc != NT_OK)
-        return rc;
-    if ((ctx = EVP_MD_CTX_new()) == NULL)
-        return NT_ERR_NOMEM;
-    return stage_end(ctx, binder_with(ctx, early, hash, out), out, out_len);
+    return run_stage(binder_with, early, early_len, hash, hash_len, out, out_len,
+                     NT_KDF_HASH_BYTES);
 }
 
 static int handshake_with(EVP_MD_CTX *ctx, const uint8_t *early, const uint8_t *shared,
@@ -306,14 +313,8 @@ static int application_with(EVP_MD_CTX *ctx, const uint8_t *master, const uint8_
 int nt_ks_application(const uint8_t *master, size_t master_len, const uint8_t *hash,
                       size_t hash_len, uint8_t *out, size_t out_len)
 {
-    EVP_MD_CTX *ctx;
-    int rc = stage_args(master, master_len, hash, hash_len, out, out_len, 3 * NT_KDF_HASH_BYTES);
-
-    if (rc != NT_OK)
-        return rc;
-    if ((ctx = EVP_MD_CTX_new()) == NULL)
-        return NT_ERR_NOMEM;
-    return stage_end(ctx, application_with(ctx, master, hash, out), out, out_len);
+    return run_stage(application_with, master, master_len, hash, hash_len, out, out_len,
+                     3 * NT_KDF_HASH_BYTES);
 }
 
 /* key and iv of a traffic secret, into key[NT_RECORD_MAX_KEY_BYTES] and iv. */
