@@ -64,8 +64,7 @@ log = logging.getLogger("nautilus.sessions")
 MAX_TICKET_LIFETIME = 7 * 24 * 3600.0
 """Hard maximum lifetime of a ticket: 7 days (as RFC 8446 section 4.6.1)."""
 _TICKET_VERSION = 1
-_TICKET_HEAD = struct.Struct(">BQIH")  # version, issued (ms), lifetime (s), cipher
-_TICKET_HEAD_REST = struct.Struct(">QIH")  # (read after the version)
+_TICKET_HEAD = struct.Struct(">QIH")  # after the version: issued (ms), lifetime (s), cipher
 _TICKET_TAIL = struct.Struct(">II")  # max_early_data, age_add
 _TICKET_AAD = b"nautilus ticket v1"
 _KEY_ID_SIZE = 8
@@ -102,11 +101,8 @@ class TicketContents:
     age_add: int
 
     def encode(self) -> bytes:
-        w = Writer().raw(
-            _TICKET_HEAD.pack(
-                _TICKET_VERSION, int(self.issued * 1000), int(self.lifetime), self.cipher
-            )
-        )
+        w = Writer().u8(_TICKET_VERSION)
+        w.raw(_TICKET_HEAD.pack(int(self.issued * 1000), int(self.lifetime), self.cipher))
         w.vec8(self.psk).vec8(self.server_id_hash).vec8(self.namespace)
         w.vec16(self.client_key).vec24(self.client_certificate)
         return w.raw(_TICKET_TAIL.pack(self.max_early_data, self.age_add)).bytes()
@@ -116,7 +112,7 @@ class TicketContents:
         r = Reader(data)
         if r.u8() != _TICKET_VERSION:
             raise DecodeError("unknown ticket version")
-        issued_ms, lifetime, cipher = r.unpack(_TICKET_HEAD_REST)
+        issued_ms, lifetime, cipher = r.unpack(_TICKET_HEAD)
         psk, server_hash, namespace = r.vec8(), r.vec8(), r.vec8()
         client_key, cert = r.vec16(), r.vec24()
         max_early, age_add = r.unpack(_TICKET_TAIL)
