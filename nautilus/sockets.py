@@ -137,6 +137,28 @@ def _wait(sock: socket.socket, write: bool, timeout: float | None) -> bool:
     return bool(select.select([sock], [], [sock], timeout)[0])  # pragma: no cover
 
 
+# On a socket with a timeout, Python polls before each send or recv, for as
+# long as the timeout, MSG_DONTWAIT or not; the descriptor itself is
+# non-blocking then. Where this module must not wait (or has just waited
+# itself), write(2) and readv(2) on the descriptor skip that poll.
+_POSIX_IO = os.name == "posix"
+
+
+def _send_nowait(sock: socket.socket, data: bytes | bytearray | memoryview) -> int:
+    """send(2) without waiting: the bytes the socket took (BlockingIOError: none)."""
+    if _POSIX_IO and sock.gettimeout():  # (a timeout: the descriptor is non-blocking)
+        return os.write(sock.fileno(), data)
+    return _raw_send(sock, data, _DONTWAIT)
+
+
+def _recv_nowait(sock: socket.socket, into: bytearray | memoryview) -> int:
+    """recv(2) into ``into`` without waiting: the bytes read, 0 at the end of
+    the stream (BlockingIOError: nothing has arrived)."""
+    if _POSIX_IO and sock.gettimeout():
+        return os.readv(sock.fileno(), (into,))
+    return _raw_recv_into(sock, into, 0, _DONTWAIT)
+
+
 def _check_flags(call: str, flags: object) -> None:
     if isinstance(flags, bool) or not isinstance(flags, int):
         raise TypeError(f"flags must be an int, not {type(flags).__name__}")
@@ -585,7 +607,7 @@ class NautilusSocket(socket.socket):
             self._queued.append(bytes(data))
             return
         try:
-            sent = _raw_send(self, data, _DONTWAIT)
+            sent = _send_nowait(self, data)
         except OSError:  # the socket is full or failed: the later write finds out
             sent = 0
         if sent < len(data):
@@ -618,10 +640,10 @@ class NautilusSocket(socket.socket):
             self._fire_timer()
             return
         try:
-            n = _raw_recv_into(self, self._rview)
+            n = _recv_nowait(self, self._rview)  # (readable: no second wait)
         except (BlockingIOError, InterruptedError):
             return  # a spurious wake-up: wait again
-        except TimeoutError:
+        except TimeoutError:  # (where Python's own poll still comes first)
             raise
         except OSError as exc:
             self._lost(exc)
@@ -1583,9 +1605,7 @@ class NautilusSocket(socket.socket):
                 view = memoryview(buf)
             self._unsent = view
             if nowait:
-                if timeout and not _wait(self, True, 0.0):
-                    raise BlockingIOError(errno.EAGAIN, "the socket is not writable")
-                sent = _raw_send(self, view, _DONTWAIT)
+                sent = _send_nowait(self, view)  # (BlockingIOError: not writable)
                 self._unsent = view[sent:] if sent < len(view) else None
                 if self._unsent is not None:
                     raise BlockingIOError(errno.EAGAIN, "the socket took part of the data")
@@ -1732,14 +1752,11 @@ class NautilusSocket(socket.socket):
         """Read into ``into``, without waiting, what is there: the size of each
         read (0: the end of the stream), up to 64 reads (read lock held)."""
         for _ in range(64):
-            # (_wait first: with a timeout set, a read waits for data even with
-            # MSG_DONTWAIT, as Python polls before it reads)
-            if not _wait(self, False, 0.0):
-                return
             try:
-                yield _raw_recv_into(self, into, 0, _DONTWAIT)
-            except OSError:
+                n = _recv_nowait(self, into)
+            except OSError:  # (BlockingIOError: nothing more has arrived)
                 return
+            yield n
 
     def _discard_arrived(self) -> None:
         """Just before the descriptor is closed: read and drop what arrived

@@ -2257,3 +2257,38 @@ def test_a_hook_raising_a_base_exception_fails_the_handshake_and_the_peer_learns
     assert isinstance(info.value.__cause__, nautilus.HandshakeError)
     assert isinstance(info.value.__cause__.__cause__, Interrupt)
     sock.close()
+
+
+@pytest.mark.parametrize("timeout", [None, 0.0, 2.0])
+def test_the_no_wait_socket_calls_never_wait(timeout: float | None) -> None:
+    """_send_nowait and _recv_nowait (a flight's early parts, reading what has
+    arrived before a close) return at once whatever the socket's timeout:
+    Python's own send and recv with MSG_DONTWAIT wait for the whole timeout on
+    a socket that has one (they poll first)."""
+    ns = nautilus.sockets
+    a, b = socket.socketpair()
+
+    def fill() -> None:  # until the socket buffers are full
+        while True:
+            assert ns._send_nowait(a, b"x" * 65536) > 0
+
+    with a, b:
+        a.settimeout(timeout)
+        buf = bytearray(16)
+        start = time.monotonic()
+        with pytest.raises(BlockingIOError):
+            ns._recv_nowait(a, buf)  # nothing has arrived
+        with pytest.raises(BlockingIOError):
+            fill()
+        assert time.monotonic() - start < 1.0  # (a 2 s timeout was not waited for)
+        b.sendall(b"hello")
+        for _ in range(100):  # (the bytes are there at once on a socketpair)
+            try:
+                assert ns._recv_nowait(a, buf) == 5
+                break
+            except BlockingIOError:
+                time.sleep(0.01)
+        assert bytes(buf[:5]) == b"hello"
+        b.shutdown(socket.SHUT_WR)
+        time.sleep(0.05)
+        assert ns._recv_nowait(a, buf) == 0  # the end of the stream
