@@ -1611,7 +1611,10 @@ class NautilusSocket(socket.socket):
                     raise BlockingIOError(errno.EAGAIN, "the socket took part of the data")
                 continue
             while view:
-                sent = _raw_send(self, view)
+                try:
+                    sent = _send_nowait(self, view)  # (usually writable: no poll first)
+                except BlockingIOError:
+                    sent = _raw_send(self, view)  # waits, for the socket's timeout at most
                 view = view[sent:]
                 self._unsent = view if view else None
 
