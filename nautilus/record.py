@@ -214,7 +214,7 @@ class _Direction:
             nautilus.ClosedError: closed.
         """
         _check_int("max_fragment", size, 1, MAX_FRAGMENT)
-        _b.aead_set_max_fragment(self._live(), size)
+        self._set_max_fragment(size)
 
     def rekey(self, key: bytes, iv: bytes) -> None:
         """Switch to a new key and IV; the sequence number restarts at 0.
