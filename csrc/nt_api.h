@@ -5,6 +5,7 @@
 #include "nt_ed25519.h"
 #include "nt_frames.h"
 #include "nt_kem.h"
+#include "nt_lane.h"
 #include "nt_record.h"
 #include "nt_schedule.h"
 #include "nt_sealsend.h"

@@ -81,7 +81,9 @@ typedef struct {
 size_t nt_seal_size(const nt_aead *st, size_t plaintext_len);
 /* Seal `in` as ceil(in_len / max_fragment) records (one empty record if
  * in_len == 0) of inner type `type` (non-zero) into `out`. All or nothing:
- * NT_ERR_LIMIT, with nothing written, if the records would pass the limit. */
+ * NT_ERR_LIMIT, with nothing written, if the records would pass the limit.
+ * `in` must not overlap `out`, except in place for one record: in_len <=
+ * max_fragment and in == out + NT_RECORD_HEADER_BYTES (nt_seal_message). */
 int nt_seal(nt_aead *st, uint8_t type, const uint8_t *in, size_t in_len, uint8_t *out,
             size_t out_cap, size_t *out_len, size_t *records);
 /* nt_seal() if its records fit in *budget, which then shrinks by the records

@@ -648,6 +648,36 @@ def test_one_reader_at_a_time() -> None:
     run(main())
 
 
+@pytest.mark.parametrize("batch", [False, True], ids=["recv_message", "recv_messages"])
+@pytest.mark.parametrize("cancel", [False, True], ids=["resumed", "cancelled"])
+def test_a_message_handed_to_the_waiting_reader_is_never_lost(batch: bool, cancel: bool) -> None:
+    """The message lane hands a message straight to the waiting reader, past
+    the queue. Messages that arrive before the reader runs again queue behind
+    it; and a reader cancelled before it ran again leaves the message it was
+    handed at the head of the queue."""
+
+    async def main() -> None:
+        async with pair() as (client, _served):
+            reader = asyncio.create_task(client.recv_messages() if batch else client.recv_message())
+            await asyncio.sleep(0.01)  # waiting, on an empty queue
+            client._feed_one(b"handed")  # what the lane does with a one-message record
+            client._feed((b"queued", b"after"))  # then a record of two (the general path)
+            if cancel:
+                reader.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await reader
+                assert client.queued == (3, 17)
+                assert await client.recv_messages() == [b"handed", b"queued", b"after"]
+            elif batch:
+                assert await reader == [b"handed", b"queued", b"after"]
+            else:
+                assert await reader == b"handed"
+                assert await client.recv_messages() == [b"queued", b"after"]
+            assert client.queued == (0, 0)
+
+    run(main())
+
+
 def test_callback_errors_close_the_channel(caplog: pytest.LogCaptureFixture) -> None:
     async def sync_fails(channel: na.Channel) -> None:
         raise RuntimeError("boom in a coroutine")

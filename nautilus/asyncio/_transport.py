@@ -71,8 +71,7 @@ _shared = _SharedReadBuffer()
 _LINGER = 5.0  # seconds a closing side waits for the peer's FIN (see _close_after_peer)
 
 
-def _now() -> float:
-    return time.time()
+_now = time.time  # the Connection's clock (a name of its own: one call, no Python frame)
 
 
 def _name(error: BaseException) -> str:
@@ -818,7 +817,11 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         sealed = self._conn._seal_message(message)
         if sealed is None:
             return False
-        self._write_now(sealed)
+        tcp = self._tcp  # (_write_now, inline)
+        assert tcp is not None
+        tcp.write(sealed)
+        if not self._write_paused and tcp.is_closing() and not self._closing:
+            self.pause_writing()  # the write failed: see _write_now
         self._corked = True
         return True
 

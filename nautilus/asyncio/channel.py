@@ -227,7 +227,10 @@ class Channel:
         self._queue: deque[bytes] = deque()
         self._queued_bytes = 0
         self._reading = True
-        self._waiter: asyncio.Future[None] | None = None
+        # The reader waiting in recv_message() or recv_messages(). Its result
+        # is None (look at the queue) or, from the message lane, the message
+        # itself, handed over without passing through the queue.
+        self._waiter: asyncio.Future[bytes | None] | None = None
         self._closing = False  # close() was called
         self._aborted = False  # abort() was called
         self._send_closed: str | None = None  # why sending is over, once it is
@@ -356,11 +359,17 @@ class Channel:
         queue = self._queue
         if not queue:
             if self._waiter is None and not self._ended:  # _wait(), inline: one coroutine less
-                waiter = self._waiter = self._loop.create_future()
+                waiter: asyncio.Future[bytes | None] = self._loop.create_future()
+                self._waiter = waiter
                 try:
-                    await waiter
-                finally:
+                    handed = await waiter
+                except BaseException:  # (cancelled: a message handed over is queued)
                     self._waiter = None
+                    self._reclaim(waiter)
+                    raise
+                self._waiter = None
+                if handed is not None:
+                    return handed
             if not queue:
                 await self._wait()
         data = queue.popleft()
@@ -417,6 +426,15 @@ class Channel:
                 await waiter
             finally:
                 self._waiter = None
+                self._reclaim(waiter)
+
+    def _reclaim(self, waiter: asyncio.Future[bytes | None]) -> None:
+        """Queue the message handed to ``waiter``, if any, that its reader did not take."""
+        if waiter.done() and not waiter.cancelled():
+            handed = waiter.result()
+            if handed is not None:
+                self._queue.appendleft(handed)
+                self._queued_bytes += len(handed)
 
     def _taken(self) -> None:
         """Messages were taken while reading was paused: resume it at half the limits."""
@@ -489,7 +507,12 @@ class Channel:
         self._fed()
 
     def _feed_one(self, message: bytes) -> None:
-        """:meth:`_feed` for one message (the message lane)."""
+        """:meth:`_feed` for one message (the message lane): handed straight to
+        the waiting reader when the queue is empty."""
+        waiter = self._waiter
+        if waiter is not None and not self._queue and not self._ended and not waiter.done():
+            waiter.set_result(message)
+            return
         if self._ended:
             return
         self._queue.append(message)

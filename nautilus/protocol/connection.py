@@ -123,9 +123,11 @@ _BUDGET_MARGIN = 64
 _pack_length = struct.Struct(">I").pack
 _unpack_length = struct.Struct(">I").unpack_from
 # The message lane (_take_message, _seal_message) calls the C core directly.
-_from_buffer, _nt_open_packed, _nt_seal_within = (_b.from_buffer, _b.nt_open_packed,
-                                                  _b.nt_seal_within)  # fmt: skip
+_from_buffer, _nt_open_message, _nt_seal_message = (_b.from_buffer, _b.nt_open_message,
+                                                    _b.nt_seal_message)  # fmt: skip
 _NT_OK, _NT_DUE, _RECORD_OVERHEAD = _b.NT_OK, _b.NT_DUE, _b.RECORD_OVERHEAD
+_NT_NOT_ONE_RECORD, _NT_NOT_ONE_MESSAGE = _b.NT_NOT_ONE_RECORD, _b.NT_NOT_ONE_MESSAGE
+_FRAMED_OVERHEAD = 4 + _RECORD_OVERHEAD  # a message's length prefix and its record's overhead
 # The members read on every record and every call, named once: before Python
 # 3.12, an enum class's __getattr__ makes reading a member from it cost about
 # 90 ns (some 800 instructions), ten times a module global.
@@ -1267,45 +1269,42 @@ class Connection:
         in any other case: the caller gives ``data`` to receive_data().
         ``data`` is a 1-D view of bytes; ``now`` as for receive_data().
         """
-        n = len(data)
-        scratch = self._scratch
         if (
             self._state is not _CONNECTED
             or self._in
             or self._messages
             or self._events
             or self._lent
-            or n > len(scratch)
-            or n < PLAIN_HEADER_SIZE
-            or data[0] != RECORD_SEALED
-            or (data[1] << 16 | data[2] << 8 | data[3]) != n - PLAIN_HEADER_SIZE
         ):
             return False
         self._now = now  # (the adapter's clock: valid, as receive_data() would check)
         opener = self._opener
         assert opener is not None
+        scratch = self._scratch
         dst = self._scratch_ptr
         if dst is None:  # (kept until _drop_scratch: scratch is never resized in place)
             dst = self._scratch_ptr = _from_buffer(scratch, require_writable=True)
         summary = opener._summary
         try:
-            rc = _nt_open_packed(
-                opener._handle, _from_buffer(data), n, dst, len(scratch), _MESSAGE, 1,
-                summary,
+            size = _nt_open_message(
+                opener._handle, _from_buffer(data), len(data), dst, len(scratch), _MESSAGE,
+                self._cfg.max_message_size, summary,
             )  # fmt: skip
-            if rc != _NT_OK:
-                exc = opener._failure(rc)
+            if size >= 0:  # one record, one message: out[4:4 + size]
+                self._bytes_received += size + 4
+                self._batch_type = _MESSAGE
+                return bytes(memoryview(scratch)[4 : size + 4])
+            if size == _NT_NOT_ONE_RECORD:
+                return False
+            if size != _NT_NOT_ONE_MESSAGE:
+                exc = opener._failure(size)
                 if isinstance(exc, (RecordLimitReached, IntegrityError)):
                     self._open_failed(exc, data)
                 raise exc
-            written = summary.written
-            if summary.last_type == _MESSAGE and written >= 4:
-                size = scratch[0] << 24 | scratch[1] << 16 | scratch[2] << 8 | scratch[3]
-                if size == written - 4 and size <= self._cfg.max_message_size:
-                    self._bytes_received += written
-                    self._batch_type = _MESSAGE
-                    return bytes(memoryview(scratch)[4:written])
-            self._deliver(PackedOpen(1, n, written, summary.last_type, summary.last_length))
+            self._deliver(
+                PackedOpen(1, summary.consumed, summary.written, summary.last_type,
+                           summary.last_length)
+            )  # fmt: skip
         except Exception as exc:
             self._receive_failed(exc)
         except BaseException as exc:  # (a signal handler's KeyboardInterrupt...)
@@ -1322,16 +1321,15 @@ class Connection:
         if self._state is not _CONNECTED or self._out or cfg.rekey_interval is not None:
             return None
         size = len(message)
-        sealer = self._sealer
-        assert sealer is not None
         if size > cfg.max_message_size or size + 4 > self._send_fragment:
             return None
-        out = bytearray(size + 4 + _RECORD_OVERHEAD)
-        out_len = sealer._out_len
-        rc = _nt_seal_within(
-            sealer._handle, self._budget, _MESSAGE, _pack_length(size) + message,
-            size + 4, _from_buffer(out), len(out), out_len, out_len + 1,
-        )  # fmt: skip
+        sealer = self._sealer
+        assert sealer is not None
+        need = size + _FRAMED_OVERHEAD
+        out = bytearray(need)
+        rc = _nt_seal_message(
+            sealer._handle, self._budget, _MESSAGE, message, size, _from_buffer(out), need
+        )
         if rc != _NT_OK:
             if rc == _NT_DUE:  # a key update first: send_message() does it
                 return None
