@@ -50,6 +50,7 @@ from nautilus.protocol.codec import DecodeError
 from nautilus.protocol.connection import MAX_PEER_KEY_UPDATES, Connection
 from nautilus.protocol.messages import (
     BINDER_SIZE,
+    MESSAGE_TYPES,
     RECORD_ALERT_PLAIN,
     RECORD_HANDSHAKE_PLAIN,
     RECORD_SEALED,
@@ -57,6 +58,7 @@ from nautilus.protocol.messages import (
     ClientHello,
     EncryptedExtensions,
     Finished,
+    HandshakeBuffer,
     HelloRetry,
     IdentityMsg,
     Message,
@@ -1400,3 +1402,20 @@ def test_handshake_messages_refuse_every_truncation_and_trailing_bytes() -> None
     for n in range(len(encoded)):
         with pytest.raises(DecodeError):
             PskOffer.decode(encoded[:n])
+
+
+def test_a_frame_is_the_type_the_body_length_and_the_body() -> None:
+    """frame() packs the 4-byte header in one struct call: the type byte, then
+    the body's length in 3 bytes; HandshakeBuffer reads back what it framed;
+    a body over 2^24 - 1 bytes cannot be framed."""
+    types = {cls: t for t, cls in MESSAGE_TYPES.items()}
+    buffer = HandshakeBuffer()
+    for msg in _full_messages():
+        body = msg.encode_body()  # type: ignore[union-attr]
+        framed = frame(msg)
+        assert framed == bytes([types[type(msg)]]) + len(body).to_bytes(3, "big") + body
+        buffer.feed(framed)
+        assert buffer.next_message() == (types[type(msg)], body, framed)
+    assert len(frame(Finished(bytes(0xFFFFFF)))) == 4 + 0xFFFFFF
+    with pytest.raises(OverflowError, match="at most 16777215 bytes"):
+        frame(Finished(bytes(0x1000000)))

@@ -434,10 +434,21 @@ MESSAGE_TYPES: dict[MsgType, type[Message]] = {
 _TYPE_OF = {cls: t for t, cls in MESSAGE_TYPES.items()}
 
 
+_FRAME_HEAD = Struct(">I")  # type (1 byte), then the body's length (3 bytes)
+_MAX_BODY = 0xFFFFFF
+
+
 def frame(msg: Message) -> bytes:
-    """The full handshake message: header + body."""
+    """The full handshake message: header + body.
+
+    Raises:
+        OverflowError: the body is over 2^24 - 1 bytes (its length field's bound).
+    """
     body = msg.encode_body()
-    return Writer().u8(_TYPE_OF[type(msg)]).vec24(body).bytes()
+    size = len(body)
+    if size > _MAX_BODY:
+        raise OverflowError(f"a handshake message body holds at most {_MAX_BODY} bytes, not {size}")
+    return _FRAME_HEAD.pack(_TYPE_OF[type(msg)] << 24 | size) + body
 
 
 class HandshakeBuffer:
