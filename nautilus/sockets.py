@@ -101,6 +101,8 @@ _raw_setsockopt = socket.socket.setsockopt
 _DONTWAIT: int = getattr(socket, "MSG_DONTWAIT", 0)
 _HAS_POLL = hasattr(select, "poll")
 _SHUT_MODES = (socket.SHUT_RD, socket.SHUT_WR, socket.SHUT_RDWR)
+# What the message lane did with a read (NautilusSocket._receive_message; 0: nothing).
+_HANDLED, _LONE_MESSAGE = 1, 2
 _DEFAULT_TIMEOUT: Any = getattr(socket, "_GLOBAL_DEFAULT_TIMEOUT", object())
 
 # (Server) 0-RTT data, when the context accepts it: delivered as stream data.
@@ -820,7 +822,7 @@ class NautilusSocket(socket.socket):
                 if self._eof:
                     self._end_of_stream()
                     raise EOFError("the peer closed the connection")
-                self._fill()
+                self._fill(lane=True)
             return msgs.popleft()
 
     def _recv_direct(self, view: memoryview, size: int) -> int:
@@ -974,6 +976,22 @@ class NautilusSocket(socket.socket):
         self._drain()
         self._take_output()
 
+    def _receive_message(self, data: memoryview) -> int:
+        """The message lane of :meth:`_receive` (state lock held), when ``data``
+        is exactly one record: ``_LONE_MESSAGE`` (its one message is queued),
+        ``_HANDLED`` (it held something else, taken as ``receive_data`` takes
+        it: collect the events), or 0, having done nothing."""
+        try:
+            taken = self._conn._take_message(data, time.time())
+        except BaseException:  # (as in _receive)
+            self._drain()
+            self._take_output()
+            raise
+        if type(taken) is bytes:
+            self._msgs.append(taken)
+            return _LONE_MESSAGE
+        return _HANDLED if taken else 0
+
     def _receive(self, data: memoryview) -> None:
         """``conn.receive_data(data)`` (state lock held)."""
         try:
@@ -1022,13 +1040,15 @@ class NautilusSocket(socket.socket):
             raise error
         raise ClosedError(f"the connection failed earlier: {error}") from error
 
-    def _fill(self, *, direct: bool = False) -> bool:
+    def _fill(self, *, direct: bool = False, lane: bool = False) -> bool:
         """Read from the socket once and feed the Connection (read lock held).
 
         Bytes held back by the direct path go to the Connection first (and
         nothing is read then). With ``direct``, the bytes read are held back
         too, after those; returns False if they went to the Connection
-        instead (the end of the stream, a failure).
+        instead (the end of the stream, a failure). With ``lane``
+        (:meth:`recv_message`), a read that is exactly one record holding one
+        message takes the message lane (see :meth:`_feed`).
         """
         if self._unsent is not None or self._queued:
             self._flush_nowait()
@@ -1068,7 +1088,7 @@ class NautilusSocket(socket.socket):
             if full:
                 self._grow_rbuf()
             return True
-        self._feed(n)
+        self._feed(n, lane)
         if full:
             self._grow_rbuf()
         return False
@@ -1082,19 +1102,30 @@ class NautilusSocket(socket.socket):
             rbuf[:iend] = self._rview[:iend]
         self._rbuf, self._rview = rbuf, memoryview(rbuf)
 
-    def _feed(self, n: int) -> None:
+    def _feed(self, n: int, lane: bool = False) -> None:
         """Give the bytes held back and ``n`` bytes read after them (0: end of
-        file) to the Connection; collect its events."""
+        file) to the Connection; collect its events.
+
+        ``lane``: when nothing was held back and the read is exactly one
+        record holding one message, ``Connection._take_message`` opens it
+        in one C call and the message goes straight to the queue
+        (request/response traffic over :meth:`send_message` and
+        :meth:`recv_message`); anything else it takes as ``receive_data``
+        would, or declines and the read takes the general path."""
         try:
             with self._state_lock:
                 start, end = self._ipos, self._iend + n
                 self._ipos = self._iend = 0
+                taken = self._receive_message(self._rview[:end]) if lane and n and not start else 0
+                if taken:
+                    start = end
                 if end > start:
                     self._receive(self._rview[start:end])
                 if not n and not self._read_shut:  # (after our SHUT_RD: no end from the peer)
                     self._conn.receive_eof()
-                self._drain()
-                self._take_output()
+                if taken != _LONE_MESSAGE:  # (a lone message leaves no event and no output)
+                    self._drain()
+                    self._take_output()
         except BaseException:  # (see _receive): its alert goes out now
             self._flush_nowait()
             raise
@@ -1280,7 +1311,40 @@ class NautilusSocket(socket.socket):
                 nothing was sent and the socket stays usable.
             as :meth:`send` otherwise.
         """
+        if type(message) is bytes and self._ready and self._send_lone(message):
+            return
         self.send_messages((message,))
+
+    def _send_lone(self, message: bytes) -> bool:
+        """The message lane of :meth:`send_message` (blocking mode, or a
+        timeout): one message framed and sealed as one record
+        (``Connection._seal_message``, one C call) and written at once, as
+        :meth:`_submit` writes. False, having done nothing, where the general
+        path must take it: non-blocking mode, earlier output still waiting, a
+        key update due or scheduled, a message too large for one record or
+        over ``max_message_size``, the connection closed."""
+        timeout = self.gettimeout()
+        if timeout == 0.0 or self._timed_rekey:
+            return False
+        write_lock = self._write_lock
+        write_lock.acquire()
+        try:
+            if self._unsent is not None or self._queued:
+                return False
+            with self._state_lock:
+                sealed = self._conn._seal_message(message)
+            if sealed is None:
+                return False
+            if timeout is None:
+                _raw_sendall(self, sealed)
+            else:  # accepted: what the socket does not take now waits in _unsent (see send)
+                self._unsent = memoryview(sealed)
+                self._write_out(timeout, nowait=False)
+        finally:
+            write_lock.release()
+        if self._queued:  # a reader queued output while we held the lock
+            self._flush_nowait()
+        return True
 
     def send_messages(self, messages: Iterable[ReadableBuffer]) -> None:
         """Send many messages, framed together and sealed in one call (all or nothing).

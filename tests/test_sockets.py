@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from protocol_helpers import in_a_child_forked_with_locks_held
+from protocol_helpers import in_a_child_forked_with_locks_held, record_general_path
 
 import nautilus
 import nautilus.sockets
@@ -979,6 +979,78 @@ def test_ten_thousand_messages_in_order() -> None:
         sock.send_messages(msgs)  # the same again, batched in one call
         assert sock.recv_message() == b"done"
     assert peer.result() == msgs + msgs
+
+
+@pytest.mark.parametrize("timeout", [None, 5.0], ids=["blocking", "timeout"])
+def test_request_response_takes_the_message_lane(
+    monkeypatch: pytest.MonkeyPatch, timeout: float | None
+) -> None:
+    """One message per record each way: send_message seals each in one call
+    (Connection._seal_message) and recv_message opens each read in one call
+    (Connection._take_message), on both sides, in blocking mode and with a
+    timeout; in non-blocking mode send_message takes the general path."""
+    general = record_general_path(monkeypatch)
+
+    def handler(sock: NautilusSocket) -> int:
+        count = 0
+        while True:
+            try:
+                message = sock.recv_message()
+            except EOFError:
+                return count
+            sock.send_message(message)
+            count += 1
+
+    peer = Peer(handler, timeout=timeout)
+    with connect(peer, timeout=timeout) as sock:
+        for _ in range(5):  # warm-up: the tickets arrive, the buffers settle
+            sock.send_message(bytes(300))
+            assert sock.recv_message() == bytes(300)
+        general.clear()
+        for i in range(200):
+            message = bytes([i]) * (i + 1)
+            sock.send_message(message)
+            assert sock.recv_message() == message
+        assert general == []
+        sock.settimeout(0.0)
+        sock.send_message(b"non-blocking")
+        assert general == ["send_messages"]
+        sock.settimeout(5.0)
+        assert sock.recv_message() == b"non-blocking"
+    assert peer.result() == 206
+
+
+def test_a_message_that_timed_out_stays_queued_and_arrives_whole() -> None:
+    """With a timeout, a message the socket could not take in time was
+    accepted (as send documents): what is left of it goes out before the
+    next message, and the peer gets every message whole, in order."""
+    release = threading.Event()
+    message = random.randbytes(16_000)  # one record each: the lane
+
+    def handler(sock: NautilusSocket) -> list[bytes]:
+        assert release.wait(10)  # read nothing until the client timed out
+        got = []
+        while (m := sock.recv_message()) != b"end":
+            got.append(m)
+        return got
+
+    peer = Peer(handler)
+    with connect(peer) as sock:
+        sock.settimeout(0.2)
+        accepted = 0
+        timed_out = False
+        while not timed_out and accepted < 10_000:  # more than the socket buffers hold
+            try:
+                sock.send_message(message)
+            except TimeoutError:
+                timed_out = True
+            accepted += 1  # (the one that timed out too)
+        assert timed_out
+        release.set()
+        sock.settimeout(10)
+        sock.send_message(b"end")  # writes the rest of the last one first
+        assert sock.recv(1) == b""
+    assert peer.result() == [message] * accepted
 
 
 def test_message_bounds_locally() -> None:
