@@ -115,6 +115,7 @@ _APP_DATA = int(ContentType.APPLICATION_DATA)
 _NT_OK = _b.NT_OK
 _OVERHEAD = _b.RECORD_OVERHEAD
 _nt_seal_send = _b.nt_seal_send
+_nt_open_packed = _b.nt_open_packed
 _NT_PARTIAL = _b.NT_PARTIAL
 _NT_DUE = _b.NT_DUE
 _from_buffer = _b.from_buffer
@@ -905,12 +906,14 @@ class NautilusSocket(socket.socket):
         ):
             return -1
         handle = opener._handle
-        ipos = self._ipos
-        try:
-            opened = _b.open_packed(
-                handle, self._rview[ipos : self._iend], view[:size], _APP_DATA, opener._summary
-            )
-        except _b.OpenFailure as failure:
+        ipos, iend = self._ipos, self._iend
+        summary = opener._summary
+        rc = _nt_open_packed(
+            handle, _from_buffer(self._rview[ipos:iend]), iend - ipos,
+            _from_buffer(view, require_writable=True), size, _APP_DATA, 0, summary,
+        )  # fmt: skip
+        if rc != _NT_OK:
+            failure = _b.open_failure(rc, summary)
             good = cast("_b.PackedOpen", failure.spans[0])
             error = failure.error
             if isinstance(error, (RecordLimitReached, IntegrityError)):  # as the Connection does
@@ -922,13 +925,13 @@ class NautilusSocket(socket.socket):
             self._ipos = self._iend = 0  # nothing after a bad record is read
             self._direct_failed(abort, good.written)
             return good.written
-        ipos += opened.consumed
+        ipos += summary.consumed
         self._ipos = ipos
-        written = opened.written
-        if opened.last_type != _APP_DATA:
+        written: int = summary.written  # (cffi gives the fields as ints)
+        if summary.last_type != _APP_DATA:
             # Not stream data: wipe its content from the caller's buffer, step the
             # opener back one record and let the Connection open it (and act on it).
-            length = opened.last_length
+            length: int = summary.last_length
             written -= length
             if length:
                 view[written : written + length] = bytes(length)
@@ -1432,34 +1435,12 @@ class NautilusSocket(socket.socket):
             if self._unsent is not None or self._queued:  # an earlier timeout left output
                 self._write_out(None, nowait=False)
             pos = 0
-            if n <= self._wfit and type(data) is bytes:
-                # The common case, in short: one record that fits the buffer as
-                # it is, with nothing queued by a reader. Anything else (a key
-                # update due, a closed connection) goes to the loop below, with
-                # nothing sealed.
-                rc = _NT_DUE
-                state_lock.acquire()  # (not ``with``: twice as slow, ~2% of a 4 KiB sendall)
-                try:
-                    conn = self._conn
-                    sealer = conn._sealer
-                    if sealer is not None and n <= conn._send_fragment and not self._queued:
-                        handle = sealer._handle
-                        if handle is not None:
-                            rc = _nt_seal_send(handle, conn._budget, self.fileno(), _APP_DATA,
-                                               data, n, self._wptr, n + _OVERHEAD,
-                                               self._out_len)  # fmt: skip
-                            if rc != _NT_OK and rc != _NT_PARTIAL:
-                                if rc != _NT_DUE:
-                                    _b.check(rc, "seal")
-                            else:
-                                conn._bytes_sent += n
-                                pos = n
-                                if rc == _NT_PARTIAL:
-                                    out = self._wview[self._out_len[1] : self._out_len[0]]
-                finally:
-                    state_lock.release()
-                if rc == _NT_PARTIAL:  # the rest, with the state lock released
-                    _raw_sendall(self, out)
+            if n <= self._wfit and type(data) is bytes:  # the common case, in short
+                rc = self._seal_send_one(data, n)
+                if rc != _NT_DUE:
+                    pos = n
+                    if rc == _NT_PARTIAL:  # the rest, with the state lock released
+                        _raw_sendall(self, self._wview[self._out_len[1] : self._out_len[0]])
             while pos < n:
                 step = n - pos if n - pos <= _WRITE_PIECE else _WRITE_PIECE
                 state_lock.acquire()
@@ -1491,6 +1472,34 @@ class NautilusSocket(socket.socket):
             write_lock.release()
         if self._queued:  # a reader queued output while we held the lock
             self._flush_nowait()
+
+    def _seal_send_one(self, data: bytes, n: int) -> int:
+        """The common case of the bulk writers, in short (write lock held): seal
+        ``data`` (``n`` bytes, at most ``_wfit``) as one record that fits the
+        buffer as it is, and send it, in one C call that never waits (under the
+        state lock, taken here). Returns NT_OK (all sent), NT_PARTIAL (the
+        rest is ``_wview[_out_len[1]:_out_len[0]]``) or NT_DUE, having sealed
+        nothing: a key update due, the connection closed, a smaller record
+        size, output a reader queued (anything for the writer's general loop)."""
+        rc = _NT_DUE
+        state_lock = self._state_lock
+        state_lock.acquire()  # (not ``with``: twice as slow, ~2% of a 4 KiB sendall)
+        try:
+            conn = self._conn
+            sealer = conn._sealer
+            if sealer is not None and n <= conn._send_fragment and not self._queued:
+                handle = sealer._handle
+                if handle is not None:
+                    rc = _nt_seal_send(handle, conn._budget, self.fileno(), _APP_DATA, data, n,
+                                       self._wptr, n + _OVERHEAD, self._out_len)  # fmt: skip
+                    if rc != _NT_OK and rc != _NT_PARTIAL:
+                        if rc != _NT_DUE:
+                            _b.check(rc, "seal")
+                    else:
+                        conn._bytes_sent += n
+        finally:
+            state_lock.release()
+        return rc
 
     def _seal_piece(
         self,
@@ -1559,6 +1568,14 @@ class NautilusSocket(socket.socket):
                 return False
             state_lock = self._state_lock
             pos = 0
+            if n <= self._wfit and type(data) is bytes:  # the common case, in short
+                rc = self._seal_send_one(data, n)
+                if rc != _NT_DUE:
+                    pos = n
+                    if rc == _NT_PARTIAL:  # the buffer is reused: the rest waits as a copy
+                        out_len = self._out_len
+                        self._unsent = memoryview(self._wview[out_len[1] : out_len[0]].tobytes())
+                        self._write_out(timeout, nowait=False)
             while pos < n:
                 step = n - pos if n - pos <= _WRITE_PIECE else _WRITE_PIECE
                 rc = _NT_DUE

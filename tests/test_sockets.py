@@ -545,6 +545,36 @@ def test_timed_out_send_stays_queued_and_is_flushed_later() -> None:
     assert peer.result() == hashlib.sha256(data + b"end").digest()
 
 
+def test_small_sends_that_time_out_stay_queued_in_order() -> None:
+    """sendall of one record at a time (the timed path's short branch) on a
+    socket the peer does not read: the one that times out was accepted, what
+    the socket did not take of it goes out first, and the peer reads every
+    byte of every accepted call, in order."""
+    release = threading.Event()
+    chunk = random.randbytes(4096)
+
+    def handler(sock: NautilusSocket) -> bytes:
+        assert release.wait(10)
+        return hashlib.sha256(read_until_eof(sock)).digest()
+
+    peer = Peer(handler)
+    with connect(peer) as sock:
+        sock.settimeout(0.2)
+        calls = 0
+        timed_out = False
+        while not timed_out and calls < 100_000:  # more than the socket buffers hold
+            try:
+                sock.sendall(bytes([calls % 251]) + chunk)
+            except TimeoutError:
+                timed_out = True
+            calls += 1  # (the one that timed out too: accepted)
+        assert timed_out
+        release.set()
+        sock.settimeout(10)
+    expected = b"".join(bytes([i % 251]) + chunk for i in range(calls))
+    assert peer.result() == hashlib.sha256(expected).digest()
+
+
 # -------------------------------------------------------------- non-blocking
 
 

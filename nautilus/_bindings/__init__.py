@@ -388,6 +388,9 @@ NT_NOT_ONE_RECORD: int = lib.NT_NOT_ONE_RECORD
 NT_NOT_ONE_MESSAGE: int = lib.NT_NOT_ONE_MESSAGE
 nt_open_message: Any = lib.nt_open_message
 nt_seal_message: Any = lib.nt_seal_message
+# NautilusSocket's recv_into opens the records it holds back straight into the
+# caller's buffer with this (result codes: NT_OK, else see :func:`open_failure`).
+nt_open_packed: Any = lib.nt_open_packed
 
 
 def seal_chunk(
