@@ -1329,9 +1329,7 @@ class NautilusSocket(socket.socket):
         timeout = self.gettimeout()
         if timeout == 0.0 or self._timed_rekey:
             return False
-        write_lock = self._write_lock
-        write_lock.acquire()
-        try:
+        with self._write_lock:
             if self._unsent is not None or self._queued:
                 return False
             with self._state_lock:
@@ -1343,8 +1341,6 @@ class NautilusSocket(socket.socket):
             else:  # accepted: what the socket does not take now waits in _unsent (see send)
                 self._unsent = memoryview(sealed)
                 self._write_out(timeout, nowait=False)
-        finally:
-            write_lock.release()
         if self._queued:  # a reader queued output while we held the lock
             self._flush_nowait()
         return True

@@ -545,6 +545,18 @@ def test_timed_out_send_stays_queued_and_is_flushed_later() -> None:
     assert peer.result() == hashlib.sha256(data + b"end").digest()
 
 
+def send_until_timeout(send: Callable[[int], object], limit: int) -> int:
+    """Call ``send(0)``, ``send(1)``... until one raises TimeoutError (more than
+    the socket buffers hold); the number of calls, that one included: it was
+    accepted (see NautilusSocket.send)."""
+    for i in range(limit):
+        try:
+            send(i)
+        except TimeoutError:
+            return i + 1
+    raise AssertionError(f"no send timed out in {limit} calls")
+
+
 def test_small_sends_that_time_out_stay_queued_in_order() -> None:
     """sendall of one record at a time (the timed path's short branch) on a
     socket the peer does not read: the one that times out was accepted, what
@@ -560,15 +572,7 @@ def test_small_sends_that_time_out_stay_queued_in_order() -> None:
     peer = Peer(handler)
     with connect(peer) as sock:
         sock.settimeout(0.2)
-        calls = 0
-        timed_out = False
-        while not timed_out and calls < 100_000:  # more than the socket buffers hold
-            try:
-                sock.sendall(bytes([calls % 251]) + chunk)
-            except TimeoutError:
-                timed_out = True
-            calls += 1  # (the one that timed out too: accepted)
-        assert timed_out
+        calls = send_until_timeout(lambda i: sock.sendall(bytes([i % 251]) + chunk), 100_000)
         release.set()
         sock.settimeout(10)
     expected = b"".join(bytes([i % 251]) + chunk for i in range(calls))
@@ -1067,15 +1071,7 @@ def test_a_message_that_timed_out_stays_queued_and_arrives_whole() -> None:
     peer = Peer(handler)
     with connect(peer) as sock:
         sock.settimeout(0.2)
-        accepted = 0
-        timed_out = False
-        while not timed_out and accepted < 10_000:  # more than the socket buffers hold
-            try:
-                sock.send_message(message)
-            except TimeoutError:
-                timed_out = True
-            accepted += 1  # (the one that timed out too)
-        assert timed_out
+        accepted = send_until_timeout(lambda _: sock.send_message(message), 10_000)
         release.set()
         sock.settimeout(10)
         sock.send_message(b"end")  # writes the rest of the last one first
