@@ -54,6 +54,7 @@ from nautilus.protocol.messages import (
     RECORD_ALERT_PLAIN,
     RECORD_HANDSHAKE_PLAIN,
     RECORD_SEALED,
+    AlertCode,
     ClientAuth,
     ClientHello,
     EncryptedExtensions,
@@ -1419,3 +1420,47 @@ def test_a_frame_is_the_type_the_body_length_and_the_body() -> None:
     assert len(frame(Finished(bytes(0xFFFFFF)))) == 4 + 0xFFFFFF
     with pytest.raises(OverflowError, match="at most 16777215 bytes"):
         frame(Finished(bytes(0x1000000)))
+
+
+def _low_order_x25519(share: bytes) -> bytes:
+    return share[:-32] + bytes(32)  # u = 0: every scalar gives the all-zero secret
+
+
+def _coefficients_not_reduced(share: bytes) -> bytes:
+    return b"\xff" * 384 + share[384:]  # ML-KEM's first polynomial: coefficients 4095 >= q
+
+
+@pytest.mark.parametrize(
+    ("group", "spoil"),
+    [
+        ("x25519-mlkem768", _low_order_x25519),
+        ("x25519", _low_order_x25519),
+        ("x25519-mlkem768", _coefficients_not_reduced),
+        ("mlkem768", _coefficients_not_reduced),
+        ("x25519-mlkem768", lambda share: share[:-1]),
+        ("mlkem1024", lambda share: share + b"\x00"),
+    ],
+    ids=[
+        "hybrid-low-order",
+        "x25519-low-order",
+        "hybrid-unreduced",
+        "mlkem-unreduced",
+        "hybrid-short",
+        "mlkem-long",
+    ],
+)
+def test_a_client_key_share_the_server_cannot_use_is_refused(
+    group: str, spoil: Callable[[bytes], bytes]
+) -> None:
+    """A share that is not a key of its group (the wrong length, an ML-KEM
+    key failing FIPS 203's modulus check, an X25519 point of small order whose
+    secret is all zeros): the server fails with KeyAgreementFailed and tells
+    the client illegal_parameter; no handshake completes."""
+    opts = {"groups": [group]}
+    pair = Pair.make(server=opts, client=opts)
+    pair.connect(client_hello_editor(lambda h: dataclasses.replace(h, share=spoil(h.share))))
+    assert_closed_with(pair.server, pair.server_events, KeyAgreementFailed)
+    assert f"client's {group} key share is invalid" in str(pair.server.error)
+    assert alert_codes(pair.client_events) == [AlertCode.ILLEGAL_PARAMETER]
+    assert pair.client.is_closed
+    assert "HandshakeCompleted" not in event_types(pair.client_events)
