@@ -1330,10 +1330,10 @@ class NautilusSocket(socket.socket):
         if timeout == 0.0 or self._timed_rekey:
             return False
         with self._write_lock:
-            if self._unsent is not None or self._queued:
+            if self._unsent is not None:
                 return False
-            with self._state_lock:
-                sealed = self._conn._seal_message(message)
+            with self._state_lock:  # (a reader queues output under it: checked with the seal)
+                sealed = None if self._queued else self._conn._seal_message(message)
             if sealed is None:
                 return False
             if timeout is None:

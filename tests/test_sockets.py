@@ -1054,6 +1054,53 @@ def test_request_response_takes_the_message_lane(
     assert peer.result() == 206
 
 
+class _ReaderQueuesFirst:
+    """A state lock that, the first time a writer takes it, first does what a
+    reader thread may do just before: seal a record of its own (a key update,
+    as when answering the peer's) and queue it for writing."""
+
+    def __init__(self, sock: NautilusSocket) -> None:
+        self.sock = sock
+        self.lock = sock._state_lock
+        self.done = False
+
+    def acquire(self, *args: Any) -> bool:
+        return self.lock.acquire(*args)
+
+    def release(self) -> None:
+        self.lock.release()
+
+    def __enter__(self) -> None:
+        self.lock.acquire()
+        if not self.done:
+            self.done = True
+            self.sock._conn.update_keys(request_peer=False)
+            self.sock._take_output()
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+
+def test_output_a_reader_queued_goes_out_before_a_lane_message() -> None:
+    """A record a reader sealed and queued while a writer waited for the state
+    lock must be written before the message the writer then seals: the lane
+    checks the queue under that lock, and leaves the message to the general
+    path, which writes the queue first. Out of order, the peer would read the
+    message under keys it does not have yet."""
+
+    def handler(sock: NautilusSocket) -> list[bytes]:
+        return [sock.recv_message() for _ in range(2)]
+
+    peer = Peer(handler)
+    with connect(peer) as sock:
+        sock.send_message(b"before")
+        sock._state_lock = _ReaderQueuesFirst(sock)  # type: ignore[assignment]
+        sock.send_message(b"after the key update")
+        assert sock._state_lock.done  # type: ignore[attr-defined]
+        assert sock.recv(1) == b""
+    assert peer.result() == [b"before", b"after the key update"]
+
+
 def test_a_message_that_timed_out_stays_queued_and_arrives_whole() -> None:
     """With a timeout, a message the socket could not take in time was
     accepted (as send documents): what is left of it goes out before the
