@@ -1,5 +1,6 @@
 /* The message lane: one framed message per record, opened or sealed in one
- * call (the asyncio channels' request/response path, nautilus/protocol/
+ * call (the request/response path of the asyncio channels and of the
+ * blocking sockets' send_message/recv_message, through nautilus/protocol/
  * connection.py, Connection._take_message and _seal_message). Built on the
  * record API of nt_record.h only.
  *

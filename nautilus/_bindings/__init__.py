@@ -378,12 +378,12 @@ NT_PARTIAL: int = lib.NT_PARTIAL
 NT_DUE: int = lib.NT_DUE
 nt_seal_send: Any = lib.nt_seal_send
 from_buffer: Any = ffi.from_buffer
-# The message lane of the asyncio adapter (Connection._take_message and
-# _seal_message) opens or seals one record with these directly, for the same
-# reason (csrc/nt_lane.h). nt_open_message returns the message's size (>= 0),
-# NT_NOT_ONE_RECORD (nothing done), NT_NOT_ONE_MESSAGE (opened: see the
-# summary) or an error code for :func:`open_failure`; nt_seal_message NT_OK,
-# NT_DUE, or an error code for :func:`seal_failure`.
+# The message lane (Connection._take_message and _seal_message, for the asyncio
+# channels and the blocking sockets' messages) opens or seals one record with
+# these directly, for the same reason (csrc/nt_lane.h). nt_open_message returns
+# the message's size (>= 0), NT_NOT_ONE_RECORD (nothing done), NT_NOT_ONE_MESSAGE
+# (opened: see the summary) or an error code for :func:`open_failure`;
+# nt_seal_message NT_OK, NT_DUE, or an error code for :func:`seal_failure`.
 NT_NOT_ONE_RECORD: int = lib.NT_NOT_ONE_RECORD
 NT_NOT_ONE_MESSAGE: int = lib.NT_NOT_ONE_MESSAGE
 nt_open_message: Any = lib.nt_open_message

@@ -1251,9 +1251,9 @@ class Connection:
                 self._deliver(good)  # authentic records before the bad one
         raise self._open_abort(exc, src, pos, limit) from None
 
-    # -- the message lane (asyncio channels) -----------------------------------------
+    # -- the message lane (asyncio channels, blocking sockets' messages) -------------
     # Request/response traffic over the message API is one record per read and
-    # per write. For it, the asyncio adapter skips the general path (events,
+    # per write. For it, the adapters skip the general path (events,
     # output queue, the checks that arbitrary input needs): these two methods
     # open or seal one record in one C call, and hand the message over or back
     # directly. Both apply only in a state where the general path would do
