@@ -82,9 +82,14 @@ _CACHE_FORMAT_V1 = "nautilus-session-cache-v1"
 """The format before the journal: one JSON object, read and then replaced by a journal."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class TicketContents:
-    """What a ticket carries (sealed: nothing of it travels in clear)."""
+    """What a ticket carries (sealed: nothing of it travels in clear).
+
+    Not frozen, for the reason given in nautilus.protocol.messages: the server
+    makes two per resumption (the ticket it opens, the one it seals); nothing
+    changes one once made.
+    """
 
     issued: float
     """Server time of issue (UNIX seconds)."""
