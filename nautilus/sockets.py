@@ -322,8 +322,7 @@ class NautilusSocket(socket.socket):
         timeout = sock.gettimeout()
         sock.detach()
         self.settimeout(timeout)
-        self._conn = conn
-        conn._flush_hook = self._send_now  # parts of its flights leave at once
+        self._use_connection(conn)
         self._context = context
         self._server_side = server_side
         self._server_name = server_name
@@ -361,8 +360,15 @@ class NautilusSocket(socket.socket):
         self._wfit = -1  # the largest content sealed into _wbuf as one record
         self._out_len = _b.new_out_len()
         self._connected = connected
-        self._timed_rekey = getattr(context, "rekey_interval", None) is not None
         return self
+
+    def _use_connection(self, conn: Connection) -> None:
+        """Drive ``conn`` (at wrapping, or the one connect() makes for the
+        address's server name): its flights leave as they are made, and a
+        ``rekey_interval`` in its settings takes the send path that runs timers."""
+        self._conn = conn
+        conn._flush_hook = self._send_now  # parts of its flights leave at once
+        self._timed_rekey = conn._cfg.rekey_interval is not None
 
     # ------------------------------------------------------------- attributes
 
@@ -443,8 +449,10 @@ class NautilusSocket(socket.socket):
         if self._server_name is None:
             name = _default_server_name(address)
             if name is not None:
-                self._conn = Connection(
-                    self._context, "client", server_name=name, expected_peer=self._expected_peer
+                self._use_connection(
+                    Connection(
+                        self._context, "client", server_name=name, expected_peer=self._expected_peer
+                    )
                 )
                 self._server_name = name
         if connect_ex:

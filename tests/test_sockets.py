@@ -1952,6 +1952,32 @@ def test_key_updates_on_the_direct_paths(
     assert peer_updates == updates
 
 
+@pytest.mark.parametrize("when", ["before wrapping", "after wrapping, before connect"])
+def test_rekey_interval_ratchets_the_keys_of_a_blocking_socket(when: str) -> None:
+    """A ``rekey_interval`` is honoured on the send path, also when it is set
+    on the context after wrap_socket(): connect() then makes the Connection
+    (for the address's server name) from the context as it is at that time."""
+
+    def handler(sock: NautilusSocket) -> bytes:
+        return recv_into_exactly(sock, 3)
+
+    peer = Peer(handler)
+    ctx = client_ctx(resumption="off")
+    if when == "before wrapping":
+        ctx.rekey_interval = 0.05
+    with ctx.wrap_socket(socket.socket()) as sock:
+        if when != "before wrapping":
+            ctx.rekey_interval = 0.05
+        sock.settimeout(PEER_TIMEOUT)
+        sock.connect(peer.address)
+        for piece in (b"a", b"b", b"c"):
+            time.sleep(0.1)
+            sock.sendall(piece)
+        updates = sock._conn.stats.key_updates
+    assert peer.result() == b"abc"
+    assert updates >= 2  # the keys were older than the interval at the last two sends
+
+
 def test_records_cut_into_many_reads_with_a_key_update_and_a_message_between() -> None:
     """The peer writes its records in small uneven pieces: every record is cut
     across reads; a key update (which asks for ours) and a message sit between
