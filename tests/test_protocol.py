@@ -854,6 +854,24 @@ def test_calls_before_start() -> None:
     assert conn.next_event() is None
 
 
+def test_a_refused_start_leaves_the_clock_alone() -> None:
+    """start() refused (already started) changes nothing, the time it was given
+    included: a later send_data(), which takes no time, must not see the keys
+    as older than rekey_interval."""
+    pair = Pair.make(client={"rekey_interval": 60.0}, server={"rekey_interval": 60.0})
+    pair.handshake()
+    pair.client.send_data(b"before")  # (a key that sealed nothing is not renewed)
+    pair.pump()
+    timer = pair.client.get_timer()
+    with pytest.raises(ClosedError):
+        pair.client.start(NOW + 1e6)
+    assert pair.client.get_timer() == timer
+    pair.client.send_data(b"after")
+    pair.pump()
+    assert pair.client.stats.key_updates == 0
+    assert pair.server_events[-1] == DataReceived(b"after")
+
+
 def test_bad_argument_types() -> None:
     pair = Pair.make()
     with pytest.raises(TypeError):

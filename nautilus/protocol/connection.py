@@ -592,7 +592,6 @@ class Connection:
         """
         if self._in_hook:
             _reentered("start")
-        self._set_now(now)
         if early_data is not None:
             if self._role != "client":
                 raise ValueError("early_data is for clients")
@@ -601,6 +600,8 @@ class Connection:
         nxt = LOCAL_TRANSITIONS.get((self._state, "start"))
         if nxt is None:
             raise ClosedError(f"start() called in state {self._state.value}")
+        previous = self._now
+        self._set_now(now)  # (checked after the rest: a refused call keeps the clock)
         try:
             if self._client:
                 self._send_client_hello(bytes(early_data) if early_data else b"")
@@ -608,6 +609,7 @@ class Connection:
             self._fail(abort.error, abort.alert)
             return
         except Exception:
+            self._now = previous  # (a hello that cannot be encoded: nothing changed)
             raise
         except BaseException as exc:  # KeyboardInterrupt...: fail, then let it go on
             self._interrupted(exc, "start")
