@@ -170,7 +170,8 @@ _SETTINGS: dict[str, _Check] = {
     "handshake_timeout": lambda v: _number("handshake_timeout", v, 0.001, 86400),
     "namespace": _namespace,
     "max_message_size": lambda v: _integer("max_message_size", v, 1, 1 << 31),
-    "max_clock_skew": lambda v: _number("max_clock_skew", v, 0.0, 86400),
+    # (1 s at least: a hello's timestamp is in milliseconds and takes time to arrive)
+    "max_clock_skew": lambda v: _number("max_clock_skew", v, 1.0, 86400),
     "max_record_size": lambda v: _integer("max_record_size", v, MIN_RECORD_SIZE, MAX_FRAGMENT),
     "key_update_records": lambda v: _integer("key_update_records", v, 1, 1 << 22),
     "key_update_bytes": lambda v: _integer("key_update_bytes", v, 1, 1 << 40),
@@ -258,7 +259,8 @@ class Context(_SettingFields):
         handshake_timeout: seconds a handshake may take, on both sides.
         namespace: application id; both sides must use the same one.
         max_message_size: bound of one message of the message API.
-        max_clock_skew: seconds a client hello's timestamp may differ from now.
+        max_clock_skew: seconds a client hello's timestamp may differ from now
+            (1 s to 1 day; default 120 s).
         max_record_size: largest record content this side sends and accepts
             (512 B to 256 KiB; default 16 KiB).
         key_update_records, key_update_bytes: keys are ratcheted automatically

@@ -1253,6 +1253,7 @@ _BAD_SETTINGS: list[tuple[str, object, type[Exception]]] = [
     ("namespace", b"app", TypeError),
     ("max_message_size", 0, ValueError),
     ("max_clock_skew", -1, ValueError),
+    ("max_clock_skew", 0.0, ValueError),  # no real hello arrives in no time
     ("max_record_size", 100, ValueError),
     ("key_update_records", 0, ValueError),
     ("key_update_bytes", 1.5, TypeError),

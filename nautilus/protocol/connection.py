@@ -2185,7 +2185,7 @@ class Connection:
                 _abort(
                     ProtocolViolation,
                     AlertCode.STALE_HELLO,
-                    f"client hello timestamp is {skew:.0f} s away from now "
+                    f"client hello timestamp is {skew:.3f} s away from now "
                     f"(max_clock_skew={cfg.max_clock_skew:g})",
                 )
             if ctx._hello_replayed(msg.random, self._now, cfg.max_clock_skew):
