@@ -700,8 +700,8 @@ class SessionCache:
                 raise TypeError(f"{name} must be an int, not {type(value).__name__}")
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
-        self.max_entries = max_entries
-        self.tickets_per_server = tickets_per_server
+        self._max_entries = max_entries
+        self._tickets_per_server = tickets_per_server
         self._lock = threading.Lock()
         _CACHES.add(self)  # (its locks are made again in a forked child)
         self._entries: OrderedDict[str, list[StoredTicket]] = OrderedDict()
@@ -753,6 +753,8 @@ class SessionCache:
         if not isinstance(fspath, str):
             raise TypeError(f"path must be a str or os.PathLike[str], not {type(path).__name__}")
         self._path = Path(fspath)
+        if not self._path.name or fspath.endswith(os.sep):  # "", ".", "/", "dir/"
+            raise IdentityFileError(f"session cache {fspath!r}: a directory, not a file")
         if not os.path.isdir(self._path.parent):
             raise IdentityFileError(
                 f"session cache {fspath!r}: its directory {str(self._path.parent)!r} "
@@ -772,6 +774,16 @@ class SessionCache:
         raw, sig = self._read_file()  # a directory (even ".") raises here
         if raw is not None:
             self._load(raw, sig)
+
+    @property
+    def max_entries(self) -> int:
+        """Most servers kept (read-only: the bound is set at construction)."""
+        return self._max_entries
+
+    @property
+    def tickets_per_server(self) -> int:
+        """Most tickets kept per server (read-only, as max_entries)."""
+        return self._tickets_per_server
 
     @staticmethod
     def key(server_id: str, address: str | None, client_id: str | None = None) -> str:
@@ -887,10 +899,10 @@ class SessionCache:
         tickets = entries.pop(key, [])
         live = self._live - len(tickets)
         tickets.append(ticket)
-        del tickets[: -self.tickets_per_server]
+        del tickets[: -self._tickets_per_server]
         entries[key] = tickets
         live += len(tickets)
-        while len(entries) > self.max_entries:
+        while len(entries) > self._max_entries:
             live -= len(entries.popitem(last=False)[1])
         self._live = live
 
@@ -1113,8 +1125,8 @@ class SessionCache:
                 raise TypeError("a server's tickets must be a JSON list")
             tickets = [StoredTicket.from_json(i) for i in items]
             if tickets:
-                entries[key] = tickets[-self.tickets_per_server :]
-        while len(entries) > self.max_entries:
+                entries[key] = tickets[-self._tickets_per_server :]
+        while len(entries) > self._max_entries:
             entries.popitem(last=False)
         return entries
 

@@ -125,6 +125,19 @@ def test_max_entries_evicts_the_least_recently_used_server() -> None:
     assert cache.take("d", NOW) is None
 
 
+def test_the_bounds_are_read_only() -> None:
+    """The bounds are checked at construction and cannot be changed after it:
+    an assignment that skipped the checks (0, a float) would break store()."""
+    cache = SessionCache(max_entries=3, tickets_per_server=2)
+    for name in ("max_entries", "tickets_per_server"):
+        with pytest.raises(AttributeError):
+            setattr(cache, name, 0)
+    assert (cache.max_entries, cache.tickets_per_server) == (3, 2)
+    for n in range(5):
+        cache.store("s", ticket(n))
+    assert len(cache) == 2
+
+
 def test_clear_forgets_everything() -> None:
     cache = SessionCache()
     cache.store("a", ticket(1))
@@ -604,6 +617,14 @@ def test_cache_file_in_a_directory_that_does_not_exist_is_refused(tmp_path: Path
     not_a_dir.write_bytes(b"")
     with pytest.raises(IdentityFileError, match="not a directory"):
         SessionCache(path=not_a_dir / "tickets.json")
+
+
+@pytest.mark.parametrize("path", ["", ".", "/", "..", "dir/"])
+def test_a_path_with_no_file_name_is_refused(path: str) -> None:
+    """A path that names a directory by its form (no file name) gets the
+    documented IdentityFileError, not pathlib's ValueError about an empty name."""
+    with pytest.raises(IdentityFileError, match="a directory"):
+        SessionCache(path=path)
 
 
 def test_a_file_name_too_long_for_the_temporary_files_is_refused(
