@@ -274,16 +274,25 @@ class TicketKeys:
         """An opaque ticket: key id || nonce || AES-256-GCM(contents).
 
         Raises:
-            TypeError, ValueError: ``contents`` is not a TicketContents, or
-                ``now`` is not a finite number.
+            TypeError, ValueError: ``contents`` is not a TicketContents, a field
+                of it is out of range for its encoding (or of the wrong type),
+                or ``now`` is not a finite number.
         """
         if not isinstance(contents, TicketContents):
             raise TypeError(f"contents must be a TicketContents, not {type(contents).__name__}")
         self._check_now(now)
+        try:
+            plain = contents.encode()
+        except (struct.error, OverflowError, ValueError, TypeError):
+            # (no detail: an error's message could show a field's value)
+            raise ValueError(
+                "the ticket contents cannot be encoded: a field is out of range for its "
+                "encoding or of the wrong type"
+            ) from None
         with self._lock:
             key = self._rotate_if_due(now)
         nonce = os.urandom(_NONCE_SIZE)
-        sealed = key.aead.encrypt(nonce, contents.encode(), _TICKET_AAD + key.key_id)
+        sealed = key.aead.encrypt(nonce, plain, _TICKET_AAD + key.key_id)
         return key.key_id + nonce + sealed
 
     def open(self, ticket: bytes, now: float) -> TicketContents | None:

@@ -1032,6 +1032,27 @@ def test_ticket_keys_seal_and_open() -> None:
 
 
 @pytest.mark.parametrize(
+    "field",
+    [
+        {"cipher": -1},
+        {"lifetime": 2.0**40},
+        {"age_add": "x"},
+        {"psk": b"p" * 300},
+        {"issued": math.nan},
+        {"issued": "x"},
+    ],
+    ids=["negative", "too-large", "wrong-type", "long-vector", "nan", "str"],
+)
+def test_ticket_keys_refuse_contents_that_cannot_be_encoded(field: dict[str, object]) -> None:
+    """A field out of range for the ticket's encoding (or of the wrong type)
+    is a ValueError from seal() (as documented) that shows no field's value,
+    not struct's or int's own errors."""
+    keys = TicketKeys(rotation=3600, lifetime=7200)
+    with pytest.raises(ValueError, match="cannot be encoded"):
+        keys.seal(replace(_contents(), **field), NOW)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
     "mangle",
     [
         lambda t: b"",
