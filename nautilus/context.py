@@ -443,9 +443,11 @@ class Context(_SettingFields):
         ``ssl.SSLContext.wrap_socket``; see :class:`nautilus.NautilusSocket`.
 
         Raises:
-            TypeError, ValueError: bad arguments.
-            nautilus.HandshakeError: (with ``do_handshake_on_connect``) the
-                handshake failed; the socket is closed.
+            as :func:`nautilus.sockets.wrap_socket`: TypeError, ValueError for
+                bad arguments (before any I/O); OSError: the socket is closed
+                or failed; nautilus.HandshakeError and subclasses, TimeoutError:
+                (with ``do_handshake_on_connect``) the handshake failed, and
+                the socket is closed.
         """
         from nautilus.sockets import wrap_socket
 

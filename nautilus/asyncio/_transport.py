@@ -375,6 +375,10 @@ class NautilusTransport(asyncio.Transport):
     def update_keys(self, request_peer: bool = True) -> None:
         """Ratchet the sending keys now (and ask the peer to ratchet its own).
 
+        The peer refuses more than 64 key updates in a row with no data
+        between them (within one second): it closes the connection with a
+        protocol violation. Send data between bursts of updates.
+
         Raises:
             TypeError: ``request_peer`` is not a bool.
             nautilus.ClosedError: the connection is closed.
