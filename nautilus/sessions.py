@@ -63,9 +63,9 @@ log = logging.getLogger("nautilus.sessions")
 
 MAX_TICKET_LIFETIME = 7 * 24 * 3600.0
 """Hard maximum lifetime of a ticket: 7 days (as RFC 8446 section 4.6.1)."""
-_TICKET_VERSION = 1
+_TICKET_VERSION = 2  # 2: with the time of the authentication (version 1 tickets do not open)
 _TICKET_HEAD = struct.Struct(">QIH")  # after the version: issued (ms), lifetime (s), cipher
-_TICKET_TAIL = struct.Struct(">II")  # max_early_data, age_add
+_TICKET_TAIL = struct.Struct(">IIQ")  # max_early_data, age_add, authenticated (ms)
 _TICKET_AAD = b"nautilus ticket v1"
 _KEY_ID_SIZE = 8
 _MAX_RETIRED_KEYS = 1024
@@ -104,13 +104,18 @@ class TicketContents:
     client_certificate: bytes
     max_early_data: int
     age_add: int
+    authenticated: float
+    """Server time of the full handshake that authenticated the session (a
+    ticket issued by a resumed session inherits it): no ticket outlives it by
+    more than MAX_TICKET_LIFETIME, however often the session is resumed."""
 
     def encode(self) -> bytes:
         w = Writer().u8(_TICKET_VERSION)
         w.raw(_TICKET_HEAD.pack(int(self.issued * 1000), int(self.lifetime), self.cipher))
         w.vec8(self.psk).vec8(self.server_id_hash).vec8(self.namespace)
         w.vec16(self.client_key).vec24(self.client_certificate)
-        return w.raw(_TICKET_TAIL.pack(self.max_early_data, self.age_add)).bytes()
+        tail = _TICKET_TAIL.pack(self.max_early_data, self.age_add, int(self.authenticated * 1000))
+        return w.raw(tail).bytes()
 
     @classmethod
     def decode(cls, data: bytes) -> TicketContents:
@@ -120,10 +125,10 @@ class TicketContents:
         issued_ms, lifetime, cipher = r.unpack(_TICKET_HEAD)
         psk, server_hash, namespace = r.vec8(), r.vec8(), r.vec8()
         client_key, cert = r.vec16(), r.vec24()
-        max_early, age_add = r.unpack(_TICKET_TAIL)
+        max_early, age_add, authenticated_ms = r.unpack(_TICKET_TAIL)
         r.done()
         return cls(issued_ms / 1000.0, float(lifetime), cipher, psk, server_hash, namespace,
-                   client_key, cert, max_early, age_add)  # fmt: skip
+                   client_key, cert, max_early, age_add, authenticated_ms / 1000.0)  # fmt: skip
 
 
 def check_ticket_timing(

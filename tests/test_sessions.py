@@ -772,6 +772,80 @@ def test_ticket_issued_by_a_resumed_session_keeps_the_identities() -> None:
     assert ticket.server_key == SERVER.public.to_bytes()
 
 
+def test_resuming_again_and_again_never_outlives_the_authentication() -> None:
+    """A ticket issued by a resumed session inherits the time of the full
+    handshake that authenticated the session: tickets get shorter as that
+    ages, and MAX_TICKET_LIFETIME after it the client must authenticate
+    again (a stolen ticket, resumed every few days, would otherwise carry
+    its client's identity for ever)."""
+    day = 86400.0
+    p = first_session(
+        server={
+            "client_auth": "required",
+            "trusted_peers": [CLIENT.public],
+            "ticket_lifetime": MAX_TICKET_LIFETIME,
+        },
+        client={"identity": CLIENT},
+    )
+    lifetimes = []
+    for now in (NOW + 6 * day, NOW + 6.9 * day):
+        q = resume(p, now=now)
+        assert completed(q) == (True, True)
+        assert q.server.session is not None
+        assert q.server.session.peer_id == CLIENT.peer_id
+        ticket = p.client_ctx.session_cache.take(CLIENT_CACHE_KEY, now)
+        assert ticket is not None
+        lifetimes.append(ticket.lifetime)
+        p.client_ctx.session_cache.store(CLIENT_CACHE_KEY, ticket)
+    assert lifetimes == [day, int(0.1 * day)]  # what is left of the 7 days, in whole seconds
+    # The client believes its last ticket is fresh: the server's own bound refuses it.
+    cache = p.client_ctx.session_cache
+    last = cache.take(CLIENT_CACHE_KEY, NOW + 6.9 * day)
+    assert last is not None
+    cache.store(CLIENT_CACHE_KEY, replace(last, received=NOW + 7 * day, lifetime=day))
+    later = NOW + 7 * day + 10
+    flights = Flights()
+    q = resume(p, now=later, intercept=flights)
+    assert client_hello(flights.first("client")).psk_offer  # offered, and refused:
+    assert completed(q) == (False, False)  # a full handshake, which authenticates anew
+    q = resume(p, now=later + day)
+    assert completed(q) == (True, True)
+
+
+def test_the_bound_on_the_authentication_is_checked_when_a_ticket_is_opened() -> None:
+    """A ticket whose own lifetime is not over, but whose authentication is
+    MAX_TICKET_LIFETIME old (as no server issues), is not honoured."""
+    p = first_session()
+    stored = p.client_ctx.session_cache.take(CACHE_KEY, NOW)
+    assert stored is not None
+    later = NOW + MAX_TICKET_LIFETIME + 10
+    server_hash = hashlib.sha256(SERVER.peer_id.encode()).digest()
+    contents = TicketContents(
+        later - 60, 3600.0, stored.cipher, stored.psk, server_hash, b"nautilus", b"", b"", 0,
+        stored.age_add, NOW,
+    )  # fmt: skip
+    for auth_time, resumed in ((NOW, False), (NOW + 86400, True)):  # a day later: honoured
+        forged = p.server_ctx.ticket_keys.seal(replace(contents, authenticated=auth_time), later)
+        p.client_ctx.session_cache.store(
+            CACHE_KEY, replace(stored, ticket=forged, received=later - 60, lifetime=3600.0)
+        )
+        q = resume(p, now=later)
+        assert completed(q) == (resumed, resumed)
+
+
+def test_a_resumed_server_without_trust_settings_reports_no_trust() -> None:
+    """A server with no trust settings takes any client key, and reports
+    ``trust`` None: a resumption of that session says the same, not
+    "resumed" (which would read as a key checked once)."""
+    p = first_session(server={"client_auth": "optional"}, client={"identity": CLIENT})
+    assert p.server.session is not None
+    assert (p.server.session.peer_id, p.server.session.trust) == (CLIENT.peer_id, None)
+    q = resume(p)
+    assert completed(q) == (True, True)
+    assert q.server.session is not None
+    assert (q.server.session.peer_id, q.server.session.trust) == (CLIENT.peer_id, None)
+
+
 def test_a_ticket_is_used_only_by_a_context_with_the_identity_it_was_obtained_with() -> None:
     """Contexts may share a SessionCache. A ticket resumes the session it came
     from, the client's authentication included: another identity (or none)
@@ -988,6 +1062,7 @@ def _contents(issued: float = NOW, lifetime: float = 7200.0) -> TicketContents:
         client_certificate=b"",
         max_early_data=1024,
         age_add=12345,
+        authenticated=issued,
     )
 
 
@@ -1003,8 +1078,9 @@ def test_ticket_contents_repr_hides_the_psk() -> None:
 def test_ticket_contents_round_trip() -> None:
     c = _contents()
     assert TicketContents.decode(c.encode()) == c
-    with pytest.raises(Exception, match="version"):
-        TicketContents.decode(b"\x02" + c.encode()[1:])
+    for version in (1, 3):  # 1: before the time of the authentication was carried
+        with pytest.raises(Exception, match="version"):
+            TicketContents.decode(bytes([version]) + c.encode()[1:])
     with pytest.raises(Exception):  # noqa: B017,PT011 - any DecodeError
         TicketContents.decode(c.encode() + b"\x00")
 

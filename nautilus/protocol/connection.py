@@ -327,6 +327,7 @@ class Connection:
         "__weakref__",
         "_agreed",
         "_auth_step",
+        "_authenticated",
         "_batch_type",
         "_budget",
         "_bytes_received",
@@ -480,6 +481,9 @@ class Connection:
         self._peer_key: PeerKey | None = None
         self._peer_cert: Certificate | None = None
         self._trust: str | None = None
+        # (server) When the session's full handshake authenticated it: tickets
+        # of a resumed session carry the one of the ticket it resumed.
+        self._authenticated: float | None = None
         self._kem: KEMPrivateKey | None = None
         # Took a key from the context's pool: the adapter calls
         # Context.prepare_key_shares() once this side's flight is sent.
@@ -2298,8 +2302,11 @@ class Connection:
         )
         if self._resumed:
             assert contents is not None
+            self._authenticated = contents.authenticated
             if contents.client_key:
-                self._trust = "resumed"
+                # As after a full handshake: a server with no trust settings
+                # (and no custom rule) checked the key against nothing.
+                self._trust = "resumed" if self._checks_client_keys() else None
                 self._peer_key = PeerKey.from_bytes(contents.client_key)
                 if contents.client_certificate:
                     self._peer_cert = Certificate.from_bytes(contents.client_certificate)
@@ -2344,6 +2351,12 @@ class Connection:
         self._expected_finished = expected
         self._send_tickets()
 
+    def _checks_client_keys(self) -> bool:
+        """(server) Whether a client's key is checked against trust: trust
+        settings, or a custom authentication step's rule. Otherwise any
+        client key is taken, and the session reports ``trust`` None."""
+        return self._cfg.trust.configured or type(self._auth_step) is not AuthenticationStep
+
     def _usable_ticket(self, offer: PskOffer) -> TicketContents | None:
         """(server) The ticket's contents if it can be honoured, else None (which
         means a full handshake: never an error)."""
@@ -2356,6 +2369,8 @@ class Connection:
         ident = cfg.identity
         assert ident is not None
         if not contents.issued - 60 <= now < contents.issued + contents.lifetime:
+            return None
+        if now >= contents.authenticated + MAX_TICKET_LIFETIME:  # (as issued: a bound kept)
             return None
         if contents.namespace != cfg.namespace.encode():
             return None
@@ -2371,7 +2386,7 @@ class Connection:
                 if contents.client_certificate
                 else None
             )
-            if cfg.trust.configured or type(self._auth_step) is not AuthenticationStep:
+            if self._checks_client_keys():
                 self._verify_peer(  # (a key not proved here: looked up, never recorded)
                     cfg.trust._lookup_only(), key, certificate=cert,
                     name=cert.subject_name if cert is not None else None,
@@ -2512,8 +2527,7 @@ class Connection:
                 AlertCode.WRONG_PEER,
                 f"wrong peer: expected {want}, got {key.peer_id}",
             )
-        custom_rule = type(self._auth_step) is not AuthenticationStep
-        if self._client or self._cfg.trust.configured or custom_rule:
+        if self._client or self._checks_client_keys():
             name = (
                 self._server_name
                 if self._client
@@ -2622,16 +2636,24 @@ class Connection:
         server_hash = _peer_id_hash(ident.peer_id)
         client_key = self._peer_key.to_bytes() if self._peer_key is not None else b""
         client_cert = self._peer_cert.to_bytes() if self._peer_cert is not None else b""
-        lifetime = cfg.ticket_lifetime
+        now = self._now
+        authenticated = self._authenticated
+        if authenticated is None:  # a full handshake: authenticated now
+            authenticated = now
+        # A resumed session's tickets end when the original authentication is
+        # MAX_TICKET_LIFETIME old: resuming again and again does not extend it.
+        lifetime = float(int(min(cfg.ticket_lifetime, authenticated + MAX_TICKET_LIFETIME - now)))
+        if lifetime < 1.0:
+            return
         namespace = cfg.namespace.encode()
         for _ in range(cfg.tickets_per_handshake):
             rand = os.urandom(12)
             nonce, age_add = rand[:8], int.from_bytes(rand[8:], "big")
             contents = TicketContents(
-                self._now, lifetime, CIPHER_IDS[self._cipher], keys.ticket_psk(nonce),
-                server_hash, namespace, client_key, client_cert, max_early, age_add,
+                now, lifetime, CIPHER_IDS[self._cipher], keys.ticket_psk(nonce), server_hash,
+                namespace, client_key, client_cert, max_early, age_add, authenticated,
             )  # fmt: skip
-            ticket = self._ctx.ticket_keys.seal(contents, self._now)
+            ticket = self._ctx.ticket_keys.seal(contents, now)
             msg = NewSessionTicket(int(lifetime), age_add, nonce, ticket, max_early)
             self._out.append(self._sealer._seal_chunk(frame(msg), ContentType.HANDSHAKE))
 

@@ -24,7 +24,10 @@ class SessionInfo:
     """The peer's identity key, or None for an unauthenticated client."""
     trust: str | None
     """How the peer was trusted: "expected", "pinned", "certificate",
-    "known-peers", "first-use", or None when it was not authenticated."""
+    "known-peers", "first-use", "resumed" (a resumed session whose peer was
+    trusted, and is still, under the context's trust settings), or None when
+    it was not authenticated or (a server without trust settings) any key
+    was taken."""
     namespace: str
     steps: tuple[str, ...]
     """Custom handshake steps that ran."""
