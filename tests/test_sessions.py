@@ -37,6 +37,7 @@ from nautilus import (
     ConnectionClosed,
     Context,
     CustomProtocolStep,
+    DataReceived,
     Handshake,
     HandshakeCompleted,
     IntegrityError,
@@ -1005,6 +1006,30 @@ def test_client_caps_the_lifetime_a_server_announces() -> None:
     _server_sends_ticket(p, NewSessionTicket(0, 7, b"n", b"opaque", 0))  # lifetime 0: drop it
     assert len(p.client_ctx.session_cache) == 0
     assert p.client.handshake_complete
+
+
+def test_a_connection_stores_no_more_tickets_than_the_cache_keeps_per_server() -> None:
+    """A server sending tickets without end (each one a locked write for a
+    cache with a file) gets no more stored than the cache keeps per server;
+    the rest are ignored, and the connection goes on."""
+    cache = SessionCache(tickets_per_server=3)
+    p = Pair.make(client={"session_cache": cache}, server_name=SERVER_NAME)
+    p.handshake()
+    stored: list[StoredTicket] = []
+    original_store = cache.store
+
+    def store(key: str, ticket: StoredTicket) -> None:
+        stored.append(ticket)
+        original_store(key, ticket)
+
+    cache.store = store  # type: ignore[method-assign]
+    for n in range(10):
+        _server_sends_ticket(p, NewSessionTicket(3600, n, b"n", b"opaque%d" % n, 0))
+    assert [t.ticket for t in stored] == [b"opaque0", b"opaque1", b"opaque2"]
+    assert len(cache) == 3
+    p.client.send_data(b"still connected")
+    p.pump()
+    assert p.server_events[-1] == DataReceived(b"still connected")
 
 
 def test_new_session_ticket_sent_by_a_client_is_a_protocol_violation() -> None:

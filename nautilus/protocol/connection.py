@@ -392,6 +392,7 @@ class Connection:
         "_step_state",
         "_steps",
         "_ticket",
+        "_tickets_kept",
         "_took_keys",
         "_transcript",
         "_trust",
@@ -509,6 +510,7 @@ class Connection:
         # Resumption and early data.
         self._resumed = False
         self._ticket: StoredTicket | None = None  # client: the ticket offered
+        self._tickets_kept = 0  # client: tickets of this connection stored in the cache
         self._psk_keys: ks.KeySchedule | None = None
         self._psk_mode = PskMode.NONE
         self._offered_mode = PskMode.NONE  # client: the mode its ClientHello offers
@@ -2666,7 +2668,13 @@ class Connection:
             return _CONNECTED
         if self._peer_key is None or not msg.lifetime:
             return _CONNECTED
-        self._cfg.session_cache.store(
+        cache = self._cfg.session_cache
+        if self._tickets_kept >= cache.tickets_per_server:
+            # The cache keeps no more for one server: a server sending more
+            # (a flood) costs no more stores, nor writes to a cache's file.
+            return _CONNECTED
+        self._tickets_kept += 1
+        cache.store(
             key,
             StoredTicket(
                 ticket=msg.ticket,
