@@ -16,6 +16,7 @@ from nautilus.protocol.keypool import KeyPool
 from nautilus.protocol.steps import Handshake
 from nautilus.record import CIPHERS, MAX_FRAGMENT
 from nautilus.sessions import (
+    MAX_EARLY_DATA,
     MAX_TICKET_LIFETIME,
     EarlyDataReplayCache,
     ReplayCache,
@@ -183,7 +184,7 @@ _SETTINGS: dict[str, _Check] = {
     "ticket_key_rotation": lambda v: _number("ticket_key_rotation", v, 1.0, 1e9),
     "tickets_per_handshake": lambda v: _integer("tickets_per_handshake", v, 0, 8),
     "early_data": _flag("early_data"),
-    "max_early_data": lambda v: _integer("max_early_data", v, 0, 1 << 20),
+    "max_early_data": lambda v: _integer("max_early_data", v, 0, MAX_EARLY_DATA),
     "early_data_window": lambda v: _number("early_data_window", v, 0.0, 3600.0),
     "sessions": _instance("sessions", SessionTable, "a nautilus.sessions.SessionTable"),
 }

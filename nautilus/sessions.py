@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from nautilus.protocol.connection import Connection
 
 __all__ = [
+    "MAX_EARLY_DATA",
     "MAX_TICKET_LIFETIME",
     "LiveSession",
     "SessionCache",
@@ -63,6 +64,8 @@ log = logging.getLogger("nautilus.sessions")
 
 MAX_TICKET_LIFETIME = 7 * 24 * 3600.0
 """Hard maximum lifetime of a ticket: 7 days (as RFC 8446 section 4.6.1)."""
+MAX_EARLY_DATA = 1 << 20
+"""Most 0-RTT early data a ticket may allow (the ``max_early_data`` setting's bound)."""
 _TICKET_VERSION = 2  # 2: with the time of the authentication (version 1 tickets do not open)
 _TICKET_HEAD = struct.Struct(">QIH")  # after the version: issued (ms), lifetime (s), cipher
 _TICKET_TAIL = struct.Struct(">IIQ")  # max_early_data, age_add, authenticated (ms)

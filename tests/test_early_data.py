@@ -29,7 +29,7 @@ from nautilus import (
 from nautilus.protocol.connection import Connection
 from nautilus.protocol.events import EarlyDataReceived, EarlyDataRejected
 from nautilus.protocol.messages import RECORD_SEALED, ClientHello, MsgType, PskOffer
-from nautilus.sessions import EarlyDataReplayCache, SessionCache
+from nautilus.sessions import MAX_EARLY_DATA, EarlyDataReplayCache, SessionCache
 
 SERVER_NAME = "srv:1"
 CACHE_KEY = SessionCache.key("*", SERVER_NAME)
@@ -463,6 +463,21 @@ def test_more_early_records_than_the_ticket_allows_are_skipped_unread() -> None:
     assert early_received(q) == b""
     assert q.client_events[0] == EarlyDataRejected(data)
     assert received_data(q.server_events) == data  # sent again, once
+
+
+def test_more_early_records_than_any_ticket_allows_is_a_protocol_violation() -> None:
+    """A refused offer's early records are skipped unread, but not however
+    many the client announces: more than MAX_EARLY_DATA fills (which no ticket
+    of a server allows) is refused at once."""
+    p = first_session(server={"max_early_data": 100})
+    ticket = p.client_ctx.session_cache.take(CACHE_KEY, NOW)
+    assert ticket is not None
+    p.client_ctx.session_cache.store(CACHE_KEY, replace(ticket, max_early_data=1 << 30))
+    q = with_early_data(p, b"w" * (MAX_EARLY_DATA + 1))
+    assert early_received(q) == b""
+    assert_closed_with(q.server, q.server_events, ProtocolViolation)
+    assert "early records" in str(q.server.error)
+    assert not q.client.handshake_complete
 
 
 def test_tampered_early_data_record_fails_the_handshake() -> None:

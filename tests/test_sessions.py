@@ -65,6 +65,7 @@ from nautilus.protocol.messages import (
 from nautilus.record import ContentType, RecordOpener, RecordSealer
 from nautilus.sessions import (
     _MAX_RETIRED_KEYS,
+    MAX_EARLY_DATA,
     MAX_TICKET_LIFETIME,
     LiveSession,
     SessionCache,
@@ -1006,6 +1007,10 @@ def test_client_caps_the_lifetime_a_server_announces() -> None:
     _server_sends_ticket(p, NewSessionTicket(0, 7, b"n", b"opaque", 0))  # lifetime 0: drop it
     assert len(p.client_ctx.session_cache) == 0
     assert p.client.handshake_complete
+    _server_sends_ticket(p, NewSessionTicket(3600, 7, b"n", b"opaque", 0xFFFFFFFF))
+    ticket = p.client_ctx.session_cache.take(CACHE_KEY, NOW)
+    assert ticket is not None
+    assert ticket.max_early_data == MAX_EARLY_DATA  # what a (Nautilus) server could take
 
 
 def test_a_connection_stores_no_more_tickets_than_the_cache_keeps_per_server() -> None:

@@ -102,7 +102,13 @@ from nautilus.protocol.state import (
 )
 from nautilus.protocol.steps import AuthenticationStep, HandshakeStep, StepContext
 from nautilus.record import TAG_SIZE, ContentType, PackedOpen, RecordOpener, RecordSealer, _wipe
-from nautilus.sessions import MAX_TICKET_LIFETIME, SessionCache, StoredTicket, TicketContents
+from nautilus.sessions import (
+    MAX_EARLY_DATA,
+    MAX_TICKET_LIFETIME,
+    SessionCache,
+    StoredTicket,
+    TicketContents,
+)
 
 __all__ = ["Connection", "ConnectionStats"]
 
@@ -118,6 +124,8 @@ _AUTH_MODE = {
 _SERVER_VERIFY = b"nautilus1 server verify\x00"
 _CLIENT_VERIFY = b"nautilus1 client verify\x00"
 _HANDSHAKE_RECORD = 16384
+# Most early records a client may announce: MAX_EARLY_DATA in full records.
+_MAX_EARLY_RECORDS = -(-MAX_EARLY_DATA // _HANDSHAKE_RECORD)
 _BUDGET_MARGIN = 64
 # Message API frames: a 4-byte big-endian length, then the message.
 _pack_length = struct.Struct(">I").pack
@@ -2408,6 +2416,13 @@ class Connection:
         """(server) Accept the announced early records, or arrange to skip them.
 
         Called with the ClientHello in the transcript."""
+        if offer.early_records > _MAX_EARLY_RECORDS:  # (else skipped, however many)
+            _abort(
+                ProtocolViolation,
+                AlertCode.ILLEGAL_PARAMETER,
+                f"the client announces {offer.early_records} early records; no ticket "
+                f"allows more than {_MAX_EARLY_RECORDS}",
+            )
         ctx, cfg = self._ctx, self._cfg
         accept = (
             contents is not None
@@ -2685,7 +2700,7 @@ class Connection:
                 received=self._now,
                 lifetime=min(float(msg.lifetime), MAX_TICKET_LIFETIME),
                 age_add=msg.age_add,
-                max_early_data=msg.max_early_data,
+                max_early_data=min(msg.max_early_data, MAX_EARLY_DATA),
                 namespace=self._cfg.namespace.encode(),
             ),
         )
