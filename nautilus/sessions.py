@@ -662,17 +662,56 @@ _CACHES: weakref.WeakSet[SessionCache] = weakref.WeakSet()
 
 def _after_fork_in_child() -> None:
     """In a child made by fork(): a thread of the parent may have been inside
-    an operation, holding a cache's lock and the flock of its lock file
-    (inherited: the parent would wait for the child's end, and the child for
-    a thread it does not have). Each cache gets a new lock, lets the
-    inherited descriptor go and reads its file whole at its next operation."""
+    an operation, holding a cache's lock and the flock of its lock file, or
+    about to take it (the child's copy of the descriptor shares the flock: the
+    parent would wait for the child's end, and the child for a thread it does
+    not have). Each cache gets a new lock and reads its file whole at its next
+    operation, and every descriptor of a cache's lock file is closed: the
+    child has no operation in progress, so any it has is an inherited one. They
+    are found among the open descriptors (where the system lists them), else
+    by the one an operation had recorded.
+
+    An in-memory cache starts empty: the parent and the child must not both
+    use one (single-use) ticket. A cache with a file shares its tickets
+    through the file, which hands each out once."""
+    idents: set[tuple[int, int]] = set()
+    recorded: list[int] = []
     for cache in list(_CACHES):
         cache._lock = threading.Lock()
-        if cache._lock_fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(cache._lock_fd)
-            cache._lock_fd = -1
-            cache._generation = cache._epoch = None
+        cache._lock_fd = -1
+        if cache._open_lock_fd >= 0:
+            recorded.append(cache._open_lock_fd)
+            cache._open_lock_fd = -1
+        if cache._path is None:
+            cache._entries.clear()
+            cache._live = 0
+            continue
+        cache._generation = cache._epoch = None
+        if cache._open_lock_ident is not None:
+            idents.add(cache._open_lock_ident)
+        with contextlib.suppress(OSError):
+            st = os.stat(cache._lock_path, follow_symlinks=False)
+            idents.add((st.st_dev, st.st_ino))
+    if not idents:
+        return
+    listed = _open_descriptors()
+    for fd in recorded if listed is None else listed:
+        with contextlib.suppress(OSError):
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) in idents:
+                os.close(fd)
+
+
+def _open_descriptors() -> list[int] | None:
+    """This process's open file descriptors, or None where the system does
+    not list them (/proc/self/fd, /dev/fd)."""
+    for directory in ("/proc/self/fd", "/dev/fd"):
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            continue
+        return [int(name) for name in names if name.isdigit()]
+    return None
 
 
 class SessionCache:
@@ -751,6 +790,11 @@ class SessionCache:
         file is replaced (compacted), which the other caches then read whole."""
         self._lock_fd = -1
         """The locked lock file during an operation (-1: none, or not locked)."""
+        self._open_lock_fd = -1
+        """The lock file's descriptor from its opening (before the flock) to its
+        closing, for the fork hook; -1: none open."""
+        self._open_lock_ident: tuple[int, int] | None = None
+        """(st_dev, st_ino) of that descriptor's file, once known."""
         self._lock_counters = (0, 0)
         """The lock file's generation and epoch, as read when it was locked
         for the operation in progress (and as this cache wrote them since)."""
@@ -769,8 +813,11 @@ class SessionCache:
         fspath = os.fspath(path) if isinstance(path, os.PathLike) else path
         if not isinstance(fspath, str):
             raise TypeError(f"path must be a str or os.PathLike[str], not {type(path).__name__}")
-        self._path = Path(fspath)
-        if not self._path.name or fspath.endswith(os.sep):  # "", ".", "/", "dir/"
+        if "\0" in fspath:
+            raise ValueError(f"session cache path {fspath!r} holds a NUL byte")
+        # Absolute: a later os.chdir() must not move the store (to a directory never checked).
+        self._path = Path(fspath).absolute()
+        if not self._path.name or fspath.endswith(os.sep) or fspath in ("", "."):
             raise IdentityFileError(f"session cache {fspath!r}: a directory, not a file")
         if not os.path.isdir(self._path.parent):
             raise IdentityFileError(
@@ -813,8 +860,9 @@ class SessionCache:
         Raises:
             TypeError: ``server_id`` is not a str, or ``address`` or
                 ``client_id`` neither a str nor None.
-            ValueError: ``server_id`` holds a newline, or ``client_id`` a
-                newline or a space (peer ids have neither).
+            ValueError: ``server_id`` is empty or holds a newline or a space,
+                or ``client_id`` holds a newline or a space (peer ids have
+                neither; ``server_id`` may be "*", any server at ``address``).
         """
         if not isinstance(server_id, str):
             raise TypeError(f"server_id must be a str, not {type(server_id).__name__}")
@@ -822,8 +870,15 @@ class SessionCache:
             raise TypeError(f"address must be a str or None, not {type(address).__name__}")
         if client_id is not None and not isinstance(client_id, str):
             raise TypeError(f"client_id must be a str or None, not {type(client_id).__name__}")
-        if "\n" in server_id or (client_id is not None and ("\n" in client_id or " " in client_id)):
-            raise ValueError("server_id and client_id must be peer ids (no newline or space)")
+        if (
+            not server_id
+            or "\n" in server_id
+            or " " in server_id
+            or (client_id is not None and ("\n" in client_id or " " in client_id))
+        ):
+            raise ValueError(
+                "server_id and client_id must be peer ids (not empty, no newline or space)"
+            )
         base = f"{server_id} {address or ''}"
         # The client's id first, before a newline: a peer id has neither a
         # space nor a newline, so no address makes one key equal another.
@@ -1197,18 +1252,20 @@ class SessionCache:
         assert _fcntl is not None
         flags = os.O_RDWR | os.O_CREAT | _OPEN_FLAGS
         for _ in range(8):
-            fd = os.open(self._lock_path, flags, 0o600)
+            fd = self._open_lock_fd = os.open(self._lock_path, flags, 0o600)
+            self._open_lock_ident = None
             try:
                 st = os.fstat(fd)
                 if not stat.S_ISREG(st.st_mode):
                     raise OSError(0, "not a regular file")
+                self._open_lock_ident = (st.st_dev, st.st_ino)  # (known before it is locked)
                 _fcntl.flock(fd, _fcntl.LOCK_EX)
                 try:
                     now = os.stat(self._lock_path, follow_symlinks=False)
                 except FileNotFoundError:
                     now = None
             except BaseException:
-                os.close(fd)
+                self._close_lock_file(fd)
                 raise
             if now is not None and (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
                 try:  # (read once: the counters are kept for the operation)
@@ -1217,7 +1274,7 @@ class SessionCache:
                         nonce = secrets.token_bytes(_NONCE_BYTES)
                         os.pwrite(fd, nonce, 16)
                 except BaseException:
-                    os.close(fd)
+                    self._close_lock_file(fd)
                     raise
                 self._lock_counters = (generation, epoch)
                 if nonce != self._lock_nonce:
@@ -1225,8 +1282,16 @@ class SessionCache:
                         self._generation = self._epoch = None  # its counters restarted
                     self._lock_nonce = nonce
                 return fd
-            os.close(fd)  # unlinked or replaced meanwhile: lock the one there now
+            self._close_lock_file(fd)  # unlinked or replaced meanwhile: lock the one there now
         raise OSError(0, "replaced again and again while being locked")
+
+    def _close_lock_file(self, fd: int) -> None:
+        """Close the lock file's descriptor (releasing its flock); forgotten by
+        the fork hook only once it is closed."""
+        try:
+            os.close(fd)
+        finally:
+            self._open_lock_fd = -1
 
     @contextlib.contextmanager
     def _file_locked(self) -> Iterator[int]:
@@ -1248,7 +1313,7 @@ class SessionCache:
             yield fd
         finally:
             if fd >= 0:
-                os.close(fd)  # releases the lock
+                self._close_lock_file(fd)  # releases the lock
 
     def _refresh_locked(self) -> None:
         """Apply what other caches changed in the file: nothing if the lock

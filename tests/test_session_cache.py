@@ -242,6 +242,12 @@ def test_store_take_and_key_check_their_arguments() -> None:
         SessionCache.key(None, None)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="address"):
         SessionCache.key("id", 443)  # type: ignore[arg-type]
+    # A space in a server id let two servers share a key: "a b" + "c" == "a" + "b c".
+    for server_id in ("a b", "", "a\nb"):
+        with pytest.raises(ValueError, match="server_id"):
+            SessionCache.key(server_id, "c")
+    with pytest.raises(ValueError, match="NUL"):
+        SessionCache(path="tickets\0.json")
 
 
 # ------------------------------------------------------------------- JSON form
@@ -1473,6 +1479,76 @@ def test_a_child_forked_during_an_operation_neither_blocks_nor_hangs(tmp_path: P
     assert number(cache.take("child", NOW)) == 2
     for end in (go_r, go_w, done_r, done_w):
         os.close(end)
+
+
+def test_a_child_forked_while_a_thread_opens_or_closes_the_lock_file_does_not_hang(
+    tmp_path: Path,
+) -> None:
+    """A thread of the parent loops over operations while the main thread
+    forks: a fork between the lock file's opening and its recording, or
+    between its closing and forgetting it, left the child a copy of the
+    flock'd descriptor it did not know of (its first operation then waited for
+    ever, and the parent's for the child's end). The child closes every
+    descriptor of a cache's lock file."""
+    import signal
+
+    path = tmp_path / "tickets.json"
+    cache = SessionCache(path=path)
+    cache.store("s", ticket(1))
+    stop = threading.Event()
+
+    def worker() -> None:
+        while not stop.is_set():
+            cache.take("nothing-here", NOW)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    codes = []
+    try:
+        for _ in range(40):
+            pid = os.fork()
+            if pid == 0:  # the child: one ordinary operation, or SIGALRM ends it
+                signal.alarm(2)
+                os._exit(0 if len(cache) == 1 else 1)
+            _, status = os.waitpid(pid, 0)
+            codes.append(os.waitstatus_to_exitcode(status))
+    finally:
+        stop.set()
+        thread.join()
+    assert codes == [0] * 40
+    assert number(cache.take("s", NOW)) == 1
+
+
+def test_an_in_memory_cache_starts_empty_in_a_forked_child() -> None:
+    """Tickets are single use: a child made by fork() must not resume with the
+    tickets its parent will use too (a cache with a file hands each out once)."""
+    cache = SessionCache()
+    cache.store("s", ticket(1))
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(w, bytes([len(cache)]))
+        os._exit(0)
+    os.close(w)
+    assert os.read(r, 1) == b"\x00"
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert number(cache.take("s", NOW)) == 1
+
+
+def test_a_relative_path_stays_the_file_it_named_after_a_chdir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The path is made absolute at construction: a daemon's later chdir()
+    does not make the cache forget its tickets and start a file elsewhere."""
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    monkeypatch.chdir(tmp_path / "one")
+    cache = SessionCache(path="tickets.json")
+    cache.store("s", ticket(1))
+    monkeypatch.chdir(tmp_path / "two")
+    assert number(cache.take("s", NOW)) == 1
+    assert list((tmp_path / "two").iterdir()) == []
 
 
 def test_a_fifo_at_the_path_is_refused_not_waited_on(tmp_path: Path) -> None:
