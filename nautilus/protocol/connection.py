@@ -2654,14 +2654,17 @@ class Connection:
         client_key = self._peer_key.to_bytes() if self._peer_key is not None else b""
         client_cert = self._peer_cert.to_bytes() if self._peer_cert is not None else b""
         now = self._now
+        lifetime = cfg.ticket_lifetime
         authenticated = self._authenticated
         if authenticated is None:  # a full handshake: authenticated now
             authenticated = now
-        # A resumed session's tickets end when the original authentication is
-        # MAX_TICKET_LIFETIME old: resuming again and again does not extend it.
-        lifetime = float(int(min(cfg.ticket_lifetime, authenticated + MAX_TICKET_LIFETIME - now)))
-        if lifetime < 1.0:
-            return
+        else:  # resumed: its tickets end when the original authentication is
+            # MAX_TICKET_LIFETIME old (resuming again and again does not extend it)
+            left = authenticated + MAX_TICKET_LIFETIME - now
+            if left < lifetime:
+                if left < 1.0:
+                    return
+                lifetime = float(int(left))
         namespace = cfg.namespace.encode()
         for _ in range(cfg.tickets_per_handshake):
             rand = os.urandom(12)
