@@ -225,6 +225,7 @@ class NautilusSocket(socket.socket):
         "_connecting",
         "_context",
         "_do_handshake_on_connect",
+        "_early",
         "_eof",
         "_error",
         "_error_raised",
@@ -286,6 +287,7 @@ class NautilusSocket(socket.socket):
     _rdview: memoryview | None
     _rpos: int
     _rmore: deque[bytes]
+    _early: list[bytes]
     _msgs: deque[bytes]
     _queued: list[bytes]
     _unsent: memoryview | None
@@ -351,6 +353,7 @@ class NautilusSocket(socket.socket):
         self._ipos = 0
         self._iend = 0
         self._rmore = deque()
+        self._early = []  # (server) accepted 0-RTT data, held until the handshake completes
         self._msgs = deque()
         self._queued = []
         self._unsent = None
@@ -549,6 +552,9 @@ class NautilusSocket(socket.socket):
         user_deadline = None if not timeout else time.monotonic() + timeout
         while True:
             if conn.session is not None:
+                if self._early:  # the 0-RTT data comes first in the stream
+                    self._rmore.extendleft(reversed(self._early))
+                    self._early = []
                 self._hs_done = True
                 self._ready = not self._fd_closed
                 if self._eof:  # the peer closed (or failed) at once: let reads report it
@@ -1158,8 +1164,11 @@ class NautilusSocket(socket.socket):
                 if event.error is not None and self._error is None:
                     self._error = event.error
             elif type(event) is _EarlyDataReceived:
+                # Held until the handshake completes (then read first), and
+                # dropped if it fails: data from a peer that never finished
+                # its handshake (a replayed first flight) is never read.
                 early: Any = event
-                self._rmore.append(early.data)
+                self._early.append(early.data)
             # HandshakeCompleted (conn.session tells), KeysUpdated, AlertReceived: nothing.
 
     def _lost(self, exc: OSError) -> None:
@@ -1888,6 +1897,7 @@ class NautilusSocket(socket.socket):
             # now raise EBADF, as on a closed plain socket).
             self._rdata, self._rdview, self._rpos = b"", None, 0
             self._rmore.clear()
+            self._early.clear()
             self._msgs.clear()
         super()._real_close()  # type: ignore[misc]
 

@@ -1582,7 +1582,13 @@ def test_early_data_reaches_the_server_as_stream_data() -> None:
     if "early_data" not in Context.__init__.__code__.co_varnames:
         pytest.skip("this build has no 0-RTT")
 
-    peer = Peer(lambda sock: sock.recv(100), server_ctx(early_data=True), count=2)
+    def handler(sock: NautilusSocket) -> bytes:
+        data = sock.recv(100)
+        assert sock.session is not None  # the handshake has completed when data is read
+        assert sock.session.early_data_accepted == (data == b"early!")
+        return data
+
+    peer = Peer(handler, server_ctx(early_data=True), count=2)
     ctx = client_ctx(early_data=True)
     with connect(peer, context=ctx) as sock:  # the first session: a ticket
         sock.sendall(b"first")
@@ -1600,6 +1606,62 @@ def test_early_data_reaches_the_server_as_stream_data() -> None:
         conn.close()
         raw.sendall(conn.data_to_send())
     assert peer.result() == [b"first", b"early!"]
+
+
+def _first_flight_with_early_data(
+    ctx: Context, name: str, port: int, early: bytes
+) -> socket.socket:
+    """A client's hello with 0-RTT data (a ticket of ``name``), and nothing
+    after it (a stalled client, or a replayed first flight); the raw socket
+    is returned open."""
+    conn = Connection(ctx, "client", server_name=name)
+    conn.start(time.time(), early_data=early)
+    assert conn._early_sent, "no ticket allowed the 0-RTT data"
+    raw = socket.create_connection((HOST, port), timeout=PEER_TIMEOUT)
+    raw.sendall(conn.data_to_send())
+    return raw
+
+
+@pytest.mark.parametrize("handshake_first", [False, True], ids=["recv", "do_handshake"])
+def test_early_data_is_read_only_once_the_handshake_completes(handshake_first: bool) -> None:
+    """A server socket wrapped with do_handshake_on_connect=False: recv()
+    returned accepted 0-RTT data while the handshake was still in progress
+    (``session`` None), and even after it had failed. The data is now held
+    until the handshake completes, read first then, and never read from a
+    client that does not finish (a replay of its first flight)."""
+    ctx = client_ctx(early_data=True)
+    sctx = server_ctx(early_data=True, handshake_timeout=1.0)
+    peer = Peer(lambda sock: sock.recv(100), sctx)
+    with connect(peer, context=ctx) as sock:  # the first session: a ticket
+        sock.sendall(b"first")
+        assert sock.recv(1) == b""
+    assert peer.result() == b"first"
+    listener = socket.create_server((HOST, 0))
+    with (
+        listener,
+        sctx.wrap_socket(listener, server_side=True, do_handshake_on_connect=False) as server,
+    ):
+        port = server.getsockname()[1]
+        raw = _first_flight_with_early_data(ctx, f"{HOST}:{peer.port}", port, b"POST /transfer")
+        with raw:
+            accepted, _ = server.accept()
+            with accepted:
+                accepted.settimeout(0.3)
+                got: list[object] = []
+                deadline = time.monotonic() + PEER_TIMEOUT
+                while time.monotonic() < deadline:
+                    try:
+                        if handshake_first:
+                            accepted.do_handshake()
+                        got.append(accepted.recv(100))
+                    except nautilus.HandshakeTimeout:
+                        break
+                    except TimeoutError:
+                        assert accepted.session is None
+                        continue
+                assert got == []  # never the early data of an unfinished handshake
+                with pytest.raises(nautilus.ClosedError):
+                    accepted.recv(100)
 
 
 # ------------------------------------------- the bulk paths: direct seal and open
