@@ -181,6 +181,42 @@ def _report_module(monkeypatch: pytest.MonkeyPatch) -> Any:
     return module
 
 
+def test_the_floor_sends_what_a_psk_only_resumption_sends(monkeypatch: pytest.MonkeyPatch) -> None:
+    """FLOOR_SIZES, the floor contender's messages, are the sizes of a real
+    psk_only resumption in the bench's settings (they went stale once when
+    tickets grew): the client's hello, the server's flight with its ticket,
+    the client's Finished, the server's close_notify."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import _peers
+
+    import nautilus
+    from nautilus.protocol.connection import Connection
+
+    server_id = nautilus.Identity.generate("ed25519")
+    sctx = _peers.nautilus_server_context(server_id, "", mutual=False, resumption="psk_only")
+    cctx = _peers.nautilus_client_context(server_id.peer_id, None, resumption="psk_only")
+    now = time.time()
+    sizes = []
+    for _ in range(2):  # a full handshake for the ticket, then the resumption
+        client = Connection(cctx, "client", server_name="127.0.0.1:1")
+        server = Connection(sctx, "server")
+        client.start(now)
+        server.start(now)
+        hello = client.data_to_send()
+        server.receive_data(hello, now)
+        flight = server.data_to_send()
+        client.receive_data(flight, now)
+        finished = client.data_to_send()
+        server.receive_data(finished, now)
+        server.data_to_send()  # (tickets after a full handshake)
+        server.close()
+        close = server.data_to_send()
+        client.receive_data(close, now)
+        assert client.session is not None
+        sizes.append((client.session.resumed, len(hello), len(flight), len(finished), len(close)))
+    assert sizes[1] == (True, *_peers.FLOOR_SIZES)
+
+
 def quiet_summary(targets: list[dict[str, Any]]) -> dict[str, Any]:
     """What notes_lines() reads of a run's summary: ``targets``, a quiet machine."""
     return {
