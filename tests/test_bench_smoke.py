@@ -279,7 +279,12 @@ def test_a_resumption_target_above_its_bound_is_reported_out_of_reach(
     }
     (target,) = [t for t in report.TARGETS if t.ratio == "psk_only_over_nautilus_full"]
     bound = report.resumption_bound(sc, target)
-    assert bound == pytest.approx({"extra_us": 200.0, "floor_us": 250.0, "bound": 1.8})
+    assert bound == {
+        "extra_us": pytest.approx(200.0),
+        "floor_us": pytest.approx(250.0),
+        "bound": pytest.approx(1.8),
+        "round_bounds": None,  # (no rounds given)
+    }
 
     def check() -> dict[str, Any]:
         (checked,) = [t for t in report.check_targets([sc], 2) if t["ratio"] == target.ratio]
@@ -291,6 +296,28 @@ def test_a_resumption_target_above_its_bound_is_reported_out_of_reach(
     assert "OUT OF REACH: at most 1.80x" in line
     assert "full handshakes take 200 us more" in line
     assert "messages alone take 250 us" in line
+    assert "unless the resumption's own work" in line
+    # Rounds whose own bounds reach the target: within the run's noise, no verdict.
+    rounds = {"nautilus": (1000.0, 1000.0), "nautilus-psk_only": (1250.0, 2000.0)}
+    rounds["floor"] = (4000.0, 4000.0)  # bounds 1.8x and 1 + 500/250 = 3.0x
+    for name, values in rounds.items():
+        sc["contenders"][name]["rounds"] = [
+            {"round": n, "value": v} for n, v in enumerate(values, 1)
+        ]
+    checked = check()
+    assert checked["resumption_bound"]["round_bounds"] == [pytest.approx(1.8), pytest.approx(3.0)]
+    line = next(x for x in report.notes_lines({**summary, "targets": [checked]}) if "NOT MET" in x)
+    assert "OUT OF REACH" not in line
+    assert "rounds range 1.80x-3.00x: within this run's noise" in line
+    for contender in sc["contenders"].values():
+        del contender["rounds"]
+    # A resumption no faster than a full handshake: no bound at all.
+    sc["contenders"]["nautilus-psk_only"] = {"median": 900.0}
+    checked = check()
+    line = next(x for x in report.notes_lines({**summary, "targets": [checked]}) if "NOT MET" in x)
+    assert "OUT OF REACH" not in line
+    assert "no bound from the floor" in line
+    sc["contenders"]["nautilus-psk_only"] = {"median": 1250.0}
     # A floor slow enough to leave room under the target: no such verdict.
     sc["contenders"]["floor"] = {"median": 10000.0}  # 100 us: 1 + 200/100 = 3.0x
     checked = check()
