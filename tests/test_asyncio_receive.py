@@ -106,7 +106,8 @@ def test_lent_views_are_not_overwritten() -> None:
     pair.client.send_data(b"2" * 3000)
     pair.server.receive_data(pair.client.data_to_send(), NOW)  # the first view is still out
     first, second = (e for e in drain_events(pair.server) if isinstance(e, DataReceived))
-    assert isinstance(first.data, memoryview)
+    assert isinstance(first.data, bytes)  # made a copy when the buffer was needed again
+    assert isinstance(second.data, memoryview)
     assert bytes(first.data) == b"1" * 3000
     assert bytes(second.data) == b"2" * 3000
     pair.server._lent = False  # as the adapter does once delivered: the buffer is reused
@@ -115,6 +116,34 @@ def test_lent_views_are_not_overwritten() -> None:
     assert [bytes(e.data) for e in drain_events(pair.server) if isinstance(e, DataReceived)] == [
         b"3" * 10
     ]
+
+
+def test_a_read_cut_into_many_runs_by_key_updates_needs_one_buffer() -> None:
+    """A peer that puts a key update after every byte of data (each update
+    ends a run of records): each run's view was kept, and each next run was
+    opened into a new buffer as large as the rest of the read, so one 64 KiB
+    read took about 100 MB (quadratic). The earlier views become copies
+    instead, and the one buffer is reused."""
+    import tracemalloc
+
+    pair = _connected_pair()
+    pair.server._data_views = True
+    wire = bytearray()
+    while len(wire) < 65536:
+        pair.client.send_data(b"x")
+        pair.client.update_keys(request_peer=False)
+        wire += pair.client.data_to_send()
+    runs = len(wire) // 44
+    tracemalloc.start()
+    try:
+        pair.server.receive_data(bytes(wire), NOW)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    data = [e.data for e in drain_events(pair.server) if isinstance(e, DataReceived)]
+    assert b"".join(bytes(d) for d in data) == b"x" * len(data)
+    assert len(data) >= runs - 1
+    assert peak < 16 * len(wire)  # (before: about 1,500 times the read)
 
 
 # ------------------------------------------------------------------ over TCP

@@ -372,6 +372,7 @@ class Connection:
         "_last_any_update",
         "_last_update",
         "_lent",
+        "_lent_events",
         "_messages",
         "_now",
         "_offered_mode",
@@ -460,6 +461,7 @@ class Connection:
         # (and cleared _lent).
         self._data_views = False
         self._lent = False
+        self._lent_events: list[DataReceived] = []  # those lent since _lent was set
         # Set by the asyncio adapter, which reads into a buffer of its own: an
         # incomplete record at the end of what receive_data() gets is left
         # there (its length in _unread) rather than copied to _in; the
@@ -1238,12 +1240,25 @@ class Connection:
             self._early_opener = None
         return True
 
+    def _reclaim_scratch(self) -> None:
+        """Turn the views of the scratch buffer lent since ``_lent`` was set
+        into copies (the events are changed in place, wherever they are), so
+        that the buffer can be written again. A read whose records a key
+        update cuts into many runs then costs copies of what it delivers,
+        not a new buffer as large as the rest of the read for each run."""
+        for event in self._lent_events:
+            object.__setattr__(event, "data", bytes(event.data))
+        self._lent_events.clear()
+        self._lent = False
+
     def _open_records(self, src: bytes | bytearray | memoryview) -> int:
         """Open and act on the complete records at the start of ``src``; return the
         bytes they took (0: more bytes are needed). The caller drops them."""
         opener = self._opener
         assert opener is not None
-        if len(self._scratch) < len(src) or self._lent:
+        if self._lent:
+            self._reclaim_scratch()
+        if len(self._scratch) < len(src):
             size = len(self._scratch)
             self._drop_scratch()
             self._scratch = bytearray(size if size >= len(src) else max(len(src), 2 * size))
@@ -1427,8 +1442,12 @@ class Connection:
                 self._bytes_received += end - start
                 view = memoryview(self._scratch)[start:end]
                 if self._data_views:
-                    self._lent = True
-                    self._events.append(DataReceived(cast("bytes", view)))
+                    if not self._lent:
+                        self._lent = True
+                        self._lent_events.clear()  # (the adapter delivered the last ones)
+                    event = DataReceived(cast("bytes", view))
+                    self._lent_events.append(event)
+                    self._events.append(event)
                 else:
                     self._events.append(DataReceived(bytes(view)))
             return
