@@ -1390,7 +1390,8 @@ class NautilusSocket(socket.socket):
         self._submit(_MESSAGES, batch)
 
     def update_keys(self, request_peer: bool = True) -> None:
-        """Ratchet the sending keys now (and ask the peer to ratchet its own).
+        """Ratchet the sending keys now; with ``request_peer``, ask the peer to
+        ratchet its own (it does so before it sends its next data).
 
         The peer refuses more than 64 key updates in a row with no data
         between them (within one second): it closes the connection with a

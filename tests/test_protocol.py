@@ -375,17 +375,42 @@ def test_update_keys_ratchets_both_directions() -> None:
     pair.client.update_keys()
     assert drain_events(pair.client) == [KeysUpdated("send")]
     pair.server.receive_data(pair.client.data_to_send(), NOW)
-    # The server follows the request: it ratchets its receiving and sending keys.
-    assert drain_events(pair.server) == [KeysUpdated("receive"), KeysUpdated("send")]
+    # The server follows the request: it ratchets its receiving key now, and
+    # its sending key before its next data (RFC 8446 section 4.6.3).
+    assert drain_events(pair.server) == [KeysUpdated("receive")]
+    assert pair.server.data_to_send() == b""
+    pair.server.send_data(b"and back")
+    assert drain_events(pair.server) == [KeysUpdated("send")]
     pair.client.receive_data(pair.server.data_to_send(), NOW)
-    assert drain_events(pair.client) == [KeysUpdated("receive")]
+    assert drain_events(pair.client) == [KeysUpdated("receive"), DataReceived(b"and back")]
     assert pair.client.data_to_send() == b""  # no ping-pong of updates
 
     pair.client.send_data(b"after update")
-    pair.server.send_data(b"and back")
+    pair.server.send_data(b"and again")
     pair.pump()
     assert received_data(pair.server_events) == b"after update"
-    assert received_data(pair.client_events) == b"and back"
+    assert received_data(pair.client_events) == b"and again"
+    assert pair.server.stats.key_updates == pair.client.stats.key_updates == 2
+
+
+def test_requests_that_arrive_while_this_side_is_silent_cost_one_update() -> None:
+    """A peer's requests are answered by one update before this side's next
+    data, however many came meanwhile: a peer that asks again and again and
+    never reads makes no output pile up (nothing is sent until data is)."""
+    pair = connected_pair()
+    pair.collect()
+    for _ in range(10):
+        pair.client.send_data(b"x")  # (data between: not a flood of updates)
+        pair.client.update_keys()
+    pair.server.receive_data(pair.client.data_to_send(), NOW)
+    assert pair.server.data_to_send() == b""
+    assert pair.server.stats.key_updates == 10  # its receiving key, ten times
+    pair.server.send_data(b"reply")
+    records = split_records(pair.server.data_to_send())
+    assert len(records) == 2  # one key update, then the data
+    assert pair.server.stats.key_updates == 11
+    pair.client.receive_data(b"".join(records), NOW)
+    assert drain_events(pair.client)[-2:] == [KeysUpdated("receive"), DataReceived(b"reply")]
 
 
 def test_update_keys_without_request_ratchets_one_direction() -> None:
@@ -407,17 +432,13 @@ def test_repeated_key_updates_keep_data_flowing() -> None:
         pair.pump()
     assert received_data(pair.server_events) == b"01234"
     assert received_data(pair.client_events) == b"01234"
+    # Each side's own update (a request) also answers the other's last request.
     assert [e.direction for e in pair.client_events if isinstance(e, KeysUpdated)] == [
         "receive",
         "send",
-        "send",
-        "receive",
         "receive",
         "send",
-        "send",
         "receive",
-        "receive",
-        "send",
     ]
 
 
@@ -959,13 +980,15 @@ def test_simultaneous_key_updates_cross_cleanly() -> None:
         (pair.server_events, b"from client"),
     ):
         directions = [e.direction for e in events if isinstance(e, KeysUpdated)]
-        assert sorted(directions) == ["receive", "receive", "send", "send"]
+        assert sorted(directions) == ["receive", "send"]  # each sent its data before the other's
         assert received_data(events) == data
-    pair.client.send_data(b"again")
+    pair.client.send_data(b"again")  # now the answers, before the data
     pair.server.send_data(b"again")
     pair.pump()
-    assert received_data(pair.server_events).endswith(b"again")
-    assert received_data(pair.client_events).endswith(b"again")
+    for events in (pair.client_events, pair.server_events):
+        directions = [e.direction for e in events if isinstance(e, KeysUpdated)]
+        assert sorted(directions) == ["receive", "receive", "send", "send"]
+        assert received_data(events).endswith(b"again")
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf])

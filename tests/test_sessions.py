@@ -1592,6 +1592,8 @@ def test_connection_stats_count_application_bytes_and_key_updates() -> None:
     assert (s.bytes_sent, s.bytes_received) == (20, 1000 + 4 + 10)
     p.client.update_keys(request_peer=True)
     p.pump(now=NOW + 7)
+    p.server.send_data(b"z")  # the server's answer goes before its next data
+    p.pump(now=NOW + 7)
     c, s = p.client.stats, p.server.stats
     assert c.key_updates == 2
     assert s.key_updates == 2

@@ -2261,10 +2261,11 @@ def test_close_pushes_held_output_before_a_reset_can_drop_it(
 
 
 def test_output_a_reader_queued_goes_before_the_next_piece_of_a_large_sendall() -> None:
-    """A reader answers the peer's key update request while a writer is in the
+    """A reader takes the peer's key update request while a writer is in the
     middle of a large sendall (blocked: the peer does not read yet). The
-    answer is queued; the writer sends it before its next piece, which it
-    seals under the new key: the peer opens everything, in order."""
+    answer is owed before the next data: the writer sends it before its next
+    piece, which it seals under the new key: the peer opens everything, in
+    order."""
     payload = random.randbytes(3_000_000)  # several pieces of the direct path
     start_reading = threading.Event()
 
@@ -2297,7 +2298,7 @@ def test_output_a_reader_queued_goes_before_the_next_piece_of_a_large_sendall() 
             assert time.monotonic() < deadline
             time.sleep(0.001)
         assert sock.recv(4) == b"ping"  # the key update request came first
-        assert sock._queued, "the answer to the key update waits for the writer"
+        assert not sock._queued  # (the answer is the writer's: before its next piece)
         start_reading.set()
         writer.join(PEER_TIMEOUT)
         assert not writer.is_alive()

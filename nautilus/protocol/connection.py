@@ -969,7 +969,8 @@ class Connection:
             self._last_update = self._now
 
     def update_keys(self, request_peer: bool = True) -> None:
-        """Ratchet the sending keys now, and ask the peer to ratchet its own.
+        """Ratchet the sending keys now; with ``request_peer``, ask the peer to
+        ratchet its own (it does so before it sends its next data).
 
         The peer refuses more than 64 key updates in a row with no data
         between them (within one second): it closes the connection with a
@@ -1665,7 +1666,12 @@ class Connection:
         self._key_updates += 1
         self._events.append(KeysUpdated("receive"))
         if payload[0] == 1:
-            self._send_key_update(False)
+            # Answered before this side's next data (RFC 8446 section 4.6.3):
+            # the sending key is made due, so that any seal updates it first.
+            # Requests that arrive while this side sends nothing cost one
+            # update, and no output that piles up for a peer that never reads.
+            budget = self._budget
+            budget.records = budget.bytes = 0
 
     def _count_peer_update(self) -> int:
         """Count a key update of the peer's; return how many in a row."""
