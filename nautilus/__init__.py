@@ -38,7 +38,7 @@ from nautilus.identity import (
     PeerKey,
     TrustStore,
 )
-from nautilus.protocol.connection import Connection
+from nautilus.protocol.connection import Connection, ConnectionStats
 from nautilus.protocol.events import (
     AlertReceived,
     ConnectionClosed,
@@ -72,6 +72,7 @@ __all__ = [
     "Connection",
     "ConnectionClosed",
     "ConnectionLost",
+    "ConnectionStats",
     "Context",
     "CryptoFailure",
     "CustomProtocolStep",

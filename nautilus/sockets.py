@@ -70,7 +70,7 @@ from nautilus.exceptions import (
 )
 from nautilus.identity import PeerKey
 from nautilus.protocol import events as _events
-from nautilus.protocol.connection import Connection, _Abort
+from nautilus.protocol.connection import Connection, ConnectionStats, _Abort
 from nautilus.protocol.events import ConnectionClosed, DataReceived, MessagesReceived, SessionInfo
 from nautilus.protocol.messages import RECORD_SEALED as _SEALED
 from nautilus.protocol.messages import AlertCode
@@ -395,6 +395,12 @@ class NautilusSocket(socket.socket):
         """The :class:`nautilus.SessionInfo` (``peer_id``, ``group``, ``cipher``,
         ``resumed``...), or None before the handshake has completed."""
         return self._conn.session
+
+    @property
+    def stats(self) -> ConnectionStats:
+        """The connection's counters now (:class:`nautilus.ConnectionStats`:
+        application bytes each way, key updates, the last one)."""
+        return self._conn.stats
 
     def pending(self) -> int:
         """Stream bytes already received and decrypted, ready for :meth:`recv`

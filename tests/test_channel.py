@@ -69,6 +69,27 @@ def numbered(i: int, rng: random.Random) -> bytes:
 # ------------------------------------------------------------------ ordering
 
 
+def test_counters_are_reachable_from_a_channel_and_its_stream_twin() -> None:
+    """Channel.stats and get_extra_info("nautilus_stats") give the connection's
+    counters (application bytes each way, with the messages' length prefixes,
+    key updates) on both sides."""
+
+    async def main() -> None:
+        async with pair() as (client, served):
+            client.send_message(b"x" * 100)
+            assert await served.recv_message() == b"x" * 100
+            served.send_message(b"y" * 10)
+            assert await client.recv_message() == b"y" * 10
+            for channel, sent, received in ((client, 104, 14), (served, 14, 104)):
+                stats = channel.stats
+                assert stats is not None
+                assert (stats.bytes_sent, stats.bytes_received) == (sent, received)
+                assert stats.key_updates == 0
+                assert channel.get_extra_info("nautilus_stats") == stats
+
+    run(main())
+
+
 def test_ten_thousand_messages_in_order_both_ways() -> None:
     count = 10_000
     rng = random.Random(1)

@@ -2040,6 +2040,23 @@ def test_rekey_interval_ratchets_the_keys_of_a_blocking_socket(when: str) -> Non
     assert updates >= 2  # the keys were older than the interval at the last two sends
 
 
+def test_counters_are_reachable_from_the_socket() -> None:
+    def handler(sock: NautilusSocket) -> tuple[int, int, int]:
+        data = recv_exactly(sock, 100)
+        sock.sendall(b"y" * len(data[:10]))
+        stats = sock.stats
+        return stats.bytes_sent, stats.bytes_received, stats.key_updates
+
+    peer = Peer(handler)
+    with connect(peer) as sock:
+        sock.sendall(b"x" * 100)
+        sock.update_keys(request_peer=True)
+        assert recv_exactly(sock, 10) == b"y" * 10
+        stats = sock.stats
+        assert (stats.bytes_sent, stats.bytes_received, stats.key_updates) == (100, 10, 2)
+    assert peer.result() == (10, 100, 2)
+
+
 def test_records_cut_into_many_reads_with_a_key_update_and_a_message_between() -> None:
     """The peer writes its records in small uneven pieces: every record is cut
     across reads; a key update (which asks for ours) and a message sit between

@@ -350,10 +350,15 @@ class NautilusTransport(asyncio.Transport):
     # ------------------------------------------------------------------ details
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        """``"nautilus"``: the :class:`nautilus.SessionInfo`; anything else:
-        the TCP transport's answer (``"peername"``, ``"sockname"``, ``"socket"``...)."""
+        """``"nautilus"``: the :class:`nautilus.SessionInfo`;
+        ``"nautilus_stats"``: the connection's counters now (a
+        :class:`nautilus.ConnectionStats`: application bytes each way, key
+        updates, the last one); anything else: the TCP transport's answer
+        (``"peername"``, ``"sockname"``, ``"socket"``...)."""
         if name == "nautilus":
             return self._conn.session
+        if name == "nautilus_stats":
+            return self._conn.stats
         return self._tcp.get_extra_info(name, default)
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:

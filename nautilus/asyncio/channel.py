@@ -33,6 +33,7 @@ from nautilus.asyncio._transport import NautilusTransport
 from nautilus.context import Context
 from nautilus.exceptions import ClosedError, ConnectionLost
 from nautilus.identity import PeerKey
+from nautilus.protocol.connection import ConnectionStats
 from nautilus.protocol.events import SessionInfo
 
 __all__ = [
@@ -261,9 +262,19 @@ class Channel:
                 self._session = info
         return self._session
 
+    @property
+    def stats(self) -> ConnectionStats | None:
+        """The counters of the connection in use now (:class:`nautilus.ConnectionStats`:
+        application bytes each way, key updates), or None without one."""
+        transport = self._route.route_transport()
+        if transport is None:
+            return None
+        stats: ConnectionStats | None = transport.get_extra_info("nautilus_stats")
+        return stats
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         """As ``transport.get_extra_info`` for the connection in use
-        (``"nautilus"``, ``"peername"``, ``"sockname"``...)."""
+        (``"nautilus"``, ``"nautilus_stats"``, ``"peername"``, ``"sockname"``...)."""
         transport = self._route.route_transport()
         if transport is None:
             return default
