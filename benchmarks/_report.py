@@ -576,7 +576,13 @@ def header_lines(summary: dict[str, Any]) -> list[str]:
         summary["machine"],
     )
     git = summary["git"]
-    commit = (git["commit"] or "unknown")[:12] + (" + local changes" if git["dirty"] else "")
+    commit = (git["commit"] or "unknown")[:12] + (
+        " + changes made during the run"
+        if git.get("changed_during_run")
+        else " + local changes"
+        if git["dirty"]
+        else ""
+    )
     cipher = tls["cipher"][0] if tls.get("cipher") else "?"
     group = tls["group"] or (
         f"{tls['group_setting']} (set on both sides; Python cannot report it"

@@ -1489,9 +1489,23 @@ def include_primitives(path: Path | None) -> dict[str, Any] | None:
     return {k: data[k] for k in keep if k in data}
 
 
+def run_commit(start: dict[str, Any], end: dict[str, Any]) -> dict[str, Any]:
+    """The commit a run measured: the one at its end, counted as having local
+    changes (``dirty``) if the tree was dirty at either end or the commit
+    changed during the run (``changed_during_run``): the servers started
+    later may have imported other code than the earlier ones."""
+    changed = start.get("commit") != end.get("commit")
+    return {
+        **end,
+        "dirty": bool(start.get("dirty") or end.get("dirty") or changed),
+        "changed_during_run": changed,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
+    git_start = git_commit()  # (again at the end: code changed meanwhile makes a mixed run)
     load_start = load_average()
     uv = uvloop_version()
     uvloop_note = None
@@ -1553,7 +1567,7 @@ def main(argv: list[str] | None = None) -> int:
     tls["group_setting_effective"] = group_forced
     summary: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "git": git_commit(),
+        "git": run_commit(git_start, git_commit()),
         "machine": machine(),
         "load_average": {"start": load_start, "end": load_average()},
         "versions": versions(),

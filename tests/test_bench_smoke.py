@@ -217,6 +217,19 @@ def test_the_floor_sends_what_a_psk_only_resumption_sends(monkeypatch: pytest.Mo
     assert sizes[1] == (True, *_peers.FLOOR_SIZES)
 
 
+def test_a_commit_made_during_a_run_marks_the_run_mixed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commit is read at the start and at the end of a run: servers started
+    after a change imported other code, so such a run is not a clean one."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import compare
+
+    clean = {"commit": "a" * 40, "dirty": False}
+    assert compare.run_commit(clean, clean) == {**clean, "changed_during_run": False}
+    later = {"commit": "b" * 40, "dirty": False}
+    assert compare.run_commit(clean, later) == {**later, "dirty": True, "changed_during_run": True}
+    assert compare.run_commit({**clean, "dirty": True}, clean)["dirty"] is True
+
+
 def quiet_summary(targets: list[dict[str, Any]]) -> dict[str, Any]:
     """What notes_lines() reads of a run's summary: ``targets``, a quiet machine."""
     return {
