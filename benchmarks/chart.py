@@ -125,14 +125,20 @@ def grouped(
     if not scenarios or not present:
         ax.set_visible(False)
         return
-    width = 0.8 / len(present)
-    for i, name in enumerate(present):
+    # Each scenario's bars are centred on its label, among the contenders it has
+    # (the handshake scenarios run two or three of the five).
+    shown = [
+        [c for c in present if (sc["contenders"].get(c) or {}).get("median") is not None]
+        for sc in scenarios
+    ]
+    width = 0.8 / max(len(names) for names in shown)
+    for name in present:
         xs, ys, lo, hi = [], [], [], []
         for j, sc in enumerate(scenarios):
-            entry = sc["contenders"].get(name)
-            if entry is None or entry["median"] is None:
+            if name not in shown[j]:
                 continue
-            xs.append(j + (i - (len(present) - 1) / 2) * width)
+            entry = sc["contenders"][name]
+            xs.append(j + (shown[j].index(name) - (len(shown[j]) - 1) / 2) * width)
             ys.append(entry["median"])
             lo.append(entry["median"] - entry["min"])
             hi.append(entry["max"] - entry["median"])
@@ -155,7 +161,8 @@ def grouped(
     ax.set_xticklabels([short_title(sc) for sc in scenarios], rotation=20, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, ncol=2)
+    # Outside the axes, on the right: inside, it covered bars.
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.005, 1.0), borderaxespad=0.0)
     ax.grid(axis="y", alpha=0.3)
 
 
