@@ -24,6 +24,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
@@ -68,6 +69,26 @@ def log(msg: str) -> None:
 def run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
     log("$ " + shlex.join(cmd))
     return subprocess.run(cmd, cwd=ROOT, text=True, check=False, **kwargs)
+
+
+_PASSED = re.compile(r"::(\S+) PASSED\s+\[\s*(\d+)%\]")
+
+
+def run_with_progress(cmd: list[str]) -> tuple[int, str]:
+    """Run pytest -v, printing a progress line per benchmark done (its output is
+    long and is kept, not shown, unless it fails); (return code, output)."""
+    log("$ " + shlex.join(cmd))
+    lines: list[str] = []
+    with subprocess.Popen(
+        cmd, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            m = _PASSED.search(line)
+            if m:
+                print(f"[primitives {int(m.group(2)):3d}%] {m.group(1)}", flush=True)
+    return proc.returncode, "".join(lines)
 
 
 # -- raw EVP driver ----------------------------------------------------------------------------
@@ -170,11 +191,15 @@ def run_pytest(args: argparse.Namespace) -> dict[str, Any]:
     ]  # fmt: skip
     if args.k:
         cmd += ["-k", args.k]
-    proc = run(cmd, capture_output=not args.verbose)
-    if proc.returncode:
-        if not args.verbose:
-            print(proc.stdout[-8000:], proc.stderr[-4000:], sep="\n")
-        raise BenchError(f"pytest failed ({proc.returncode})")
+    if args.verbose:
+        proc = run(cmd)
+        if proc.returncode:
+            raise BenchError(f"pytest failed ({proc.returncode})")
+    else:
+        returncode, output = run_with_progress(["-v" if c == "-q" else c for c in cmd])
+        if returncode:
+            print(output[-12000:])
+            raise BenchError(f"pytest failed ({returncode})")
     try:
         data: dict[str, Any] = json.loads(PYTEST_JSON.read_text())
     except (OSError, json.JSONDecodeError) as exc:
