@@ -842,6 +842,28 @@ def test_node_close_ends_a_connect_still_in_the_handshake() -> None:
     run(main())
 
 
+def test_node_close_ends_an_inbound_connection_still_in_the_handshake() -> None:
+    """A peer that sends its hello and then nothing: the node has no link for
+    that connection yet. close() used to leave it open until the handshake
+    timeout (or for good if the loop ended first); wait_closed() waits for it."""
+
+    async def main() -> None:
+        a = Node(node_ctx(IDS[0], handshake_timeout=30), HOST, 0)
+        await a.start()
+        hello = nautilus.Connection(node_ctx(IDS[1]), "client", expected_peer=IDS[0].peer_id)
+        hello.start(time.time())
+        reader, writer = await asyncio.open_connection(*a.address)
+        writer.write(hello.data_to_send())
+        assert await reader.read(65536)  # the node's flight: the handshake is under way
+        a.close()
+        await asyncio.wait_for(a.wait_closed(), 5)
+        while await asyncio.wait_for(reader.read(65536), 5):
+            pass  # the end of the stream, not the handshake timeout's 30 s
+        writer.close()
+
+    run(main())
+
+
 def test_backpressure_through_a_node_channel() -> None:
     size = 16 * 1024
 

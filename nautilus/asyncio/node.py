@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from nautilus.asyncio._transport import NautilusTransport
+from nautilus.asyncio._transport import NautilusTransport, _NautilusProtocol
 from nautilus.asyncio.channel import (
     DEFAULT_MAX_QUEUE,
     DEFAULT_MAX_QUEUE_BYTES,
@@ -177,6 +177,18 @@ def _retryable(exc: BaseException) -> bool:
 def _consume(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled():
         fut.exception()
+
+
+class _InboundProtocol(_NautilusProtocol):
+    """A node's inbound connection, which leaves the node's set when TCP ends."""
+
+    __slots__ = ("_inbound",)
+
+    _inbound: set[_InboundProtocol]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._inbound.discard(self)
 
 
 class _NodeLink(_Link):
@@ -787,6 +799,9 @@ class Node:
         self._accept_waiter: asyncio.Future[None] | None = None
         self._dials: set[asyncio.Future[Channel]] = set()  # dials in progress
         self._stopped: asyncio.Future[None] | None = None
+        # Inbound TCP connections until they end, the ones still in their
+        # handshake included (the node has no link for those yet).
+        self._inbound: set[_InboundProtocol] = set()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -797,15 +812,27 @@ class Node:
             RuntimeError: the node is already running.
             OSError: the address could not be bound.
         """
-        from nautilus.asyncio import create_server
+        from nautilus.asyncio import _check_server_context
+        from nautilus.protocol.connection import Connection
 
         if self._running:
             raise RuntimeError("the node is already running")
         self._reset()
         loop = asyncio.get_running_loop()
-        server = await create_server(
-            lambda: _NodeLink(self, dialled=False), self._host, self._port, context=self._context
-        )
+        ctx = _check_server_context(self._context)
+        inbound = self._inbound
+
+        def factory() -> _InboundProtocol:
+            # As nautilus.asyncio.create_server, keeping each connection from
+            # its first byte: close() drops those still in their handshake.
+            protocol = _InboundProtocol(
+                loop, Connection(ctx, "server"), lambda: _NodeLink(self, dialled=False), None
+            )
+            protocol._inbound = inbound
+            inbound.add(protocol)
+            return protocol
+
+        server = await loop.create_server(factory, self._host, self._port)
         self._server = server
         sockname = server.sockets[0].getsockname()
         self._address = (str(sockname[0]), int(sockname[1]))
@@ -832,6 +859,9 @@ class Node:
             session.channel.close()
         for link in list(self._links):
             link.close()
+        for protocol in list(self._inbound):
+            if protocol._app is None:  # still in its handshake: no link, no close_notify owed
+                protocol._abort()
         self._accepted.clear()
         waiter = self._accept_waiter
         if waiter is not None and not waiter.done():
@@ -858,10 +888,12 @@ class Node:
         tasks = self._tasks - {_current_task()}
         if tasks and not self._running:
             await asyncio.wait(tasks, timeout=_CLOSE_TIMEOUT)
-        while self._links and not self._running:
+        while (self._links or self._inbound) and not self._running:
             if loop.time() >= deadline:
                 for link in list(self._links):
                     link.abort()
+                for protocol in list(self._inbound):
+                    protocol._abort()
             await asyncio.sleep(0.01)
 
     async def __aenter__(self) -> Node:
