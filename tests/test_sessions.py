@@ -575,6 +575,31 @@ def test_resumption_after_a_hello_retry() -> None:
     assert len([f for f in flights.flights if f[0] == "client"]) == 3  # hello, hello, Finished
 
 
+def test_a_psk_only_resumption_needs_no_hello_retry_for_the_servers_first_group() -> None:
+    """A psk_only resumption has no key exchange: a hello whose group is not
+    the server's first choice (but one it allows) resumes at once, where it
+    used to get a HelloRetry (a round trip, and a key share made for nothing).
+    A group the server does not allow still gets the retry."""
+    groups = ["mlkem768", "x25519-mlkem768"]
+    p = first_session(
+        server={"groups": groups, "resumption": "psk_only"},
+        client={"groups": groups, "resumption": "psk_only"},
+    )
+    p.server_ctx.groups = ("x25519-mlkem768", "mlkem768")  # another first choice now
+    flights = Flights()
+    q = resume(p, intercept=flights)
+    assert completed(q) == (True, True)
+    assert q.client.session is not None
+    assert q.client.session.group == "mlkem768"  # the client's, allowed by the server
+    assert server_hello(flights.first("server")).psk_mode == PskMode.PSK_ONLY
+    assert len([f for f in flights.flights if f[0] == "client"]) == 2  # hello, Finished
+    p.server_ctx.groups = ("x25519-mlkem768",)  # the client's group is no longer allowed
+    flights = Flights()
+    q = resume(p, intercept=flights)
+    assert completed(q) == (True, True)
+    assert len([f for f in flights.flights if f[0] == "client"]) == 3  # hello, hello, Finished
+
+
 def test_garbage_resumption_offer_is_a_decode_error() -> None:
     p = first_session()
 

@@ -2261,7 +2261,23 @@ class Connection:
             _abort(ProtocolViolation, AlertCode.ILLEGAL_PARAMETER, "invalid max_record_size")
         offer = PskOffer.decode(msg.psk_offer) if msg.psk_offer else None
         group_mismatch = GROUP_IDS[group] != msg.share_group
-        contents = self._usable_ticket(offer) if offer is not None and not group_mismatch else None
+        contents = None
+        if offer is not None:
+            if (
+                group_mismatch
+                and PSK_MODES[offer.mode] == PskMode.PSK_ONLY
+                and cfg.resumption == "psk_only"
+                and msg.share_group in msg.groups
+                and _GROUP_BY_ID.get(msg.share_group) in cfg.groups
+            ):
+                # A psk_only resumption has no key exchange: the group of the
+                # client's hello (one this server allows) does, if the ticket
+                # is honoured, rather than a HelloRetry for a key share.
+                contents = self._usable_ticket(offer)
+                if contents is not None:
+                    group, group_mismatch = _GROUP_BY_ID[msg.share_group], False
+            elif not group_mismatch:
+                contents = self._usable_ticket(offer)
         self._stop_if_closed()  # (a trust rule ran)
         if offer is not None and contents is not None:
             keys = ks.KeySchedule(contents.psk)
