@@ -131,7 +131,11 @@ def grouped(
         [c for c in present if (sc["contenders"].get(c) or {}).get("median") is not None]
         for sc in scenarios
     ]
-    width = 0.8 / max(len(names) for names in shown)
+    most = max(map(len, shown), default=0)
+    if not most:  # every contender failed in every scenario of the panel
+        ax.set_visible(False)
+        return
+    width = 0.8 / most
     for name in present:
         xs, ys, lo, hi = [], [], [], []
         for j, sc in enumerate(scenarios):

@@ -230,6 +230,24 @@ def test_a_commit_made_during_a_run_marks_the_run_mixed(monkeypatch: pytest.Monk
     assert compare.run_commit({**clean, "dirty": True}, clean)["dirty"] is True
 
 
+def test_the_chart_is_drawn_when_every_contender_of_a_panel_failed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A panel whose scenarios all failed (no median: the memory scenario where
+    /proc/self/status cannot be read) is left out, not a ZeroDivisionError."""
+    pytest.importorskip("matplotlib")
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import chart
+
+    summary = json.loads((ROOT / "benchmarks" / "results" / "latest.json").read_text())
+    for sc in summary["scenarios"]:
+        if sc["kind"] == "memory":
+            for entry in sc["contenders"].values():
+                entry.update(median=None, min=None, max=None, error="failed")
+    assert chart.render(summary, tmp_path / "chart.png") is None
+    assert (tmp_path / "chart.png").stat().st_size > 0
+
+
 def quiet_summary(targets: list[dict[str, Any]]) -> dict[str, Any]:
     """What notes_lines() reads of a run's summary: ``targets``, a quiet machine."""
     return {
