@@ -395,12 +395,37 @@ def latency_summary(latencies: list[float]) -> dict[str, float]:
     }
 
 
+def irq_time_accounting() -> bool | None:
+    """Whether the kernel accounts interrupt time apart from the tasks it
+    interrupts (CONFIG_IRQ_TIME_ACCOUNTING), from /proc/config.gz or
+    /boot/config-<release>; None if neither says."""
+    import gzip
+
+    release = platform.release()
+    for path, opener in (
+        (Path("/proc/config.gz"), gzip.open),
+        (Path(f"/boot/config-{release}"), open),
+    ):
+        try:
+            with opener(path, "rt") as f:  # type: ignore[operator]
+                text = f.read()
+        except (OSError, EOFError, ValueError):
+            continue
+        return "CONFIG_IRQ_TIME_ACCOUNTING=y" in text
+    return None
+
+
+IRQ_TIME_ACCOUNTING = irq_time_accounting()
+
+
 def machine_cpu() -> tuple[float, float] | None:
-    """CPU seconds the whole machine spent (user + nice + system + irq + softirq;
-    steal), or None if unknown. Interrupt time counts: without the kernel's
-    IRQ time accounting, a tick that lands in a softirq (loopback TCP's work)
-    is charged to the running process's system time but to softirq here, so
-    leaving it out made other programs' share read as zero."""
+    """CPU seconds the whole machine spent (user + nice + system, and irq +
+    softirq where the processes' own times include them; steal), or None if
+    unknown. Without the kernel's IRQ time accounting, a tick that lands in a
+    softirq (loopback TCP's work) is charged to the running process's system
+    time but to softirq here, so leaving it out made other programs' share
+    read as zero; with it, interrupt time is in neither (and where the
+    kernel's configuration cannot be read, it is left out as well)."""
     try:
         fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
         ticks = float(os.sysconf("SC_CLK_TCK"))
@@ -409,7 +434,9 @@ def machine_cpu() -> tuple[float, float] | None:
         return None
     if fields[0] != "cpu" or len(values) < 8:
         return None
-    busy = values[0] + values[1] + values[2] + values[5] + values[6]
+    busy = values[0] + values[1] + values[2]
+    if IRQ_TIME_ACCOUNTING is False:
+        busy += values[5] + values[6]
     return busy / ticks, values[7] / ticks
 
 
@@ -1597,7 +1624,10 @@ def main(argv: list[str] | None = None) -> int:
         "tls": tls,
         "scenarios": scenarios,
         "targets": check_targets(scenarios, os.cpu_count() or 1),
-        "interference": interference(scenarios),
+        "interference": {
+            **interference(scenarios),
+            "irq_time_accounting": IRQ_TIME_ACCOUNTING,
+        },
     }
     summary["table"] = main_table(summary)
     summary["cpu_table"] = cpu_table(summary)
