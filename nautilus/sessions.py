@@ -817,7 +817,7 @@ class SessionCache:
             raise ValueError(f"session cache path {fspath!r} holds a NUL byte")
         # Absolute: a later os.chdir() must not move the store (to a directory never checked).
         self._path = Path(fspath).absolute()
-        if not self._path.name or fspath.endswith(os.sep) or fspath in ("", "."):
+        if os.path.basename(fspath) in ("", ".", ".."):  # "", "/", "dir/", "dir/.", ".."...
             raise IdentityFileError(f"session cache {fspath!r}: a directory, not a file")
         if not os.path.isdir(self._path.parent):
             raise IdentityFileError(

@@ -625,7 +625,7 @@ def test_cache_file_in_a_directory_that_does_not_exist_is_refused(tmp_path: Path
         SessionCache(path=not_a_dir / "tickets.json")
 
 
-@pytest.mark.parametrize("path", ["", ".", "/", "..", "dir/"])
+@pytest.mark.parametrize("path", ["", ".", "/", "..", "dir/", "name/.", "sub/.."])
 def test_a_path_with_no_file_name_is_refused(path: str) -> None:
     """A path that names a directory by its form (no file name) gets the
     documented IdentityFileError, not pathlib's ValueError about an empty name."""

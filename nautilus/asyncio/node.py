@@ -187,8 +187,10 @@ class _InboundProtocol(_NautilusProtocol):
     _inbound: set[_InboundProtocol]
 
     def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        self._inbound.discard(self)
+        try:
+            super().connection_lost(exc)
+        finally:
+            self._inbound.discard(self)  # (wait_closed() waits for the set to empty)
 
 
 class _NodeLink(_Link):
