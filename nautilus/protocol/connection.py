@@ -1212,9 +1212,7 @@ class Connection:
             return True
         opener = self._early_opener
         assert opener is not None
-        if len(self._scratch) < len(buf) or self._lent:
-            self._drop_scratch()
-            self._scratch = bytearray(len(buf))
+        self._writable_scratch(len(buf))
         try:
             opened = opener._open_fast(buf, self._scratch, _APPLICATION_DATA, self._early_left)
         except RecordFormatError as exc:  # a malformed record, not a forged one
@@ -1252,17 +1250,22 @@ class Connection:
         self._lent_events.clear()
         self._lent = False
 
+    def _writable_scratch(self, size: int) -> None:
+        """Make the scratch buffer writable (views lent out become copies) and
+        at least ``size`` bytes long (replaced by one twice as long, or ``size``)."""
+        if self._lent:
+            self._reclaim_scratch()
+        if len(self._scratch) < size:
+            old = len(self._scratch)
+            self._drop_scratch()
+            self._scratch = bytearray(max(size, 2 * old))
+
     def _open_records(self, src: bytes | bytearray | memoryview) -> int:
         """Open and act on the complete records at the start of ``src``; return the
         bytes they took (0: more bytes are needed). The caller drops them."""
         opener = self._opener
         assert opener is not None
-        if self._lent:
-            self._reclaim_scratch()
-        if len(self._scratch) < len(src):
-            size = len(self._scratch)
-            self._drop_scratch()
-            self._scratch = bytearray(size if size >= len(src) else max(len(src), 2 * size))
+        self._writable_scratch(len(src))
         try:
             opened = opener._open_fast(src, self._scratch, self._batch_type)
         except (RecordLimitReached, IntegrityError) as exc:
