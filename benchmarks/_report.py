@@ -219,19 +219,26 @@ def resumption_bound(sc: dict[str, Any], t: Target) -> dict[str, float] | None:
     rates = [(sc["contenders"].get(c) or {}).get("median") for c in ("nautilus", name, "floor")]
     if not all(rates):
         return None
-    full, mode, floor = (1e6 / rate for rate in rates)
-    extra = full - mode
+
+    def extra_and_floor(
+        full_rate: float, mode_rate: float, floor_rate: float
+    ) -> tuple[float, float]:
+        """(T(full) - T(mode), T(floor)) in us per handshake, from three rates."""
+        return 1e6 / full_rate - 1e6 / mode_rate, 1e6 / floor_rate
+
+    extra, floor = extra_and_floor(*rates)
     # The same bound round by round (each round runs every contender once):
     # the median's verdict stands only where every round's agrees.
     by_round = [
         {r.get("round"): r.get("value") for r in (sc["contenders"][c].get("rounds") or ())}
         for c in ("nautilus", name, "floor")
     ]
-    per_round = [
-        1.0 + (1e6 / by_round[0][n] - 1e6 / by_round[1][n]) / (1e6 / by_round[2][n])
-        for n in by_round[0]
-        if by_round[0][n] and by_round[1].get(n) and by_round[2].get(n)
-    ]
+    per_round = []
+    for n, full_rate in by_round[0].items():
+        mode_rate, floor_rate = by_round[1].get(n), by_round[2].get(n)
+        if full_rate and mode_rate and floor_rate:
+            round_extra, round_floor = extra_and_floor(full_rate, mode_rate, floor_rate)
+            per_round.append(1.0 + round_extra / round_floor)
     return {
         "extra_us": extra,
         "floor_us": floor,

@@ -47,6 +47,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
+import functools
 import json
 import math
 import os
@@ -395,6 +396,7 @@ def latency_summary(latencies: list[float]) -> dict[str, float]:
     }
 
 
+@functools.cache
 def irq_time_accounting() -> bool | None:
     """Whether the kernel accounts interrupt time apart from the tasks it
     interrupts (CONFIG_IRQ_TIME_ACCOUNTING), from /proc/config.gz or
@@ -415,9 +417,6 @@ def irq_time_accounting() -> bool | None:
     return None
 
 
-IRQ_TIME_ACCOUNTING = irq_time_accounting()
-
-
 def machine_cpu() -> tuple[float, float] | None:
     """CPU seconds the whole machine spent (user + nice + system, and irq +
     softirq where the processes' own times include them; steal), or None if
@@ -435,7 +434,7 @@ def machine_cpu() -> tuple[float, float] | None:
     if fields[0] != "cpu" or len(values) < 8:
         return None
     busy = values[0] + values[1] + values[2]
-    if IRQ_TIME_ACCOUNTING is False:
+    if irq_time_accounting() is False:  # (read once, at the first measurement)
         busy += values[5] + values[6]
     return busy / ticks, values[7] / ticks
 
@@ -1626,7 +1625,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets": check_targets(scenarios, os.cpu_count() or 1),
         "interference": {
             **interference(scenarios),
-            "irq_time_accounting": IRQ_TIME_ACCOUNTING,
+            "irq_time_accounting": irq_time_accounting(),
         },
     }
     summary["table"] = main_table(summary)
