@@ -1873,6 +1873,8 @@ class NautilusSocket(socket.socket):
         what was there before; a write of queued output can take long after
         it. Unread bytes make the kernel reset rather than close, and a reset
         destroys what the peer has not read yet. (If no reader holds the lock.)
+        A session ticket among them still goes to the session cache
+        (Connection.close: a client without one reads on for it).
         """
         if not self._read_lock.acquire(blocking=False):
             return
@@ -1881,8 +1883,12 @@ class NautilusSocket(socket.socket):
             for n in self._arrived(self._rview):
                 if not n:
                     return
+                with self._state_lock:  # closed: a client keeps a ticket from it
+                    self._conn.receive_data(self._rview[:n])
         finally:
             self._read_lock.release()
+            with self._state_lock:
+                self._conn.receive_eof()  # (closed: the keys kept for tickets go)
 
     def _real_close(self) -> None:
         """Close for good (the last ``makefile()`` object is closed): close_notify, then the fd."""

@@ -467,3 +467,38 @@ def test_a_finished_server_connection_is_freed_without_the_garbage_collector() -
         assert left == []
     finally:
         gc.enable()
+
+
+def test_a_client_that_writes_and_closes_at_once_keeps_its_ticket() -> None:
+    """The server asks for the client's identity, so its ticket follows the
+    client's flight: a client that writes and closes without reading gets it
+    during its lingering close, and its next connection resumes."""
+    client_id = Identity.generate()
+    requests: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        requests.append(await reader.read())
+        writer.close()
+
+    async def main() -> list[tuple[bool, int]]:
+        sctx = Context(SERVER_ID, client_auth="required", trusted_peers=[client_id.public])
+        server = await na.start_server(handle, HOST, 0, context=sctx)
+        port = server.sockets[0].getsockname()[1]
+        cctx = Context(client_id, trusted_peers=[SERVER_ID.public])
+        seen = []
+        for _ in range(3):
+            _reader, writer = await na.open_connection(HOST, port, context=cctx)
+            writer.write(b"request")
+            info = writer.get_extra_info("nautilus")
+            writer.close()
+            await writer.wait_closed()
+            seen.append((info.resumed, len(cctx.session_cache)))
+            conn = writer.transport._conn  # type: ignore[attr-defined]
+            assert conn._keys is None  # the last keys went at the end
+            assert conn._opener is None
+        server.close()
+        await server.wait_closed()
+        return seen
+
+    assert run(main()) == [(False, 1), (True, 1), (True, 1)]
+    assert requests == [b"request"] * 3

@@ -1102,6 +1102,129 @@ def test_tickets_carry_nothing_in_clear() -> None:
     assert contents.encode() not in remaining.ticket
 
 
+def _closed_before_its_ticket(**server: object) -> Pair:
+    """A client that requires client authentication: the server's ticket
+    follows the client's flight. The client completes, sends its Finished
+    and closes before anything more arrives; the server has read that
+    Finished (and sent its ticket), not yet the close_notify."""
+    p = Pair.make(
+        server={
+            "tickets_per_handshake": 1,
+            "client_auth": "required",
+            "trusted_peers": [CLIENT.public],
+            **server,
+        },
+        client={"identity": CLIENT},
+        server_name=SERVER_NAME,
+    )
+    p.start()
+    p.server.receive_data(p.client.data_to_send(), NOW)
+    p.client.receive_data(p.server.data_to_send(), NOW)
+    assert p.client.handshake_complete
+    p.server.receive_data(p.client.data_to_send(), NOW)  # the client's flight
+    assert p.server.handshake_complete
+    p.collect()  # (events queued before close() stay queued)
+    p.client.close()
+    assert len(p.client_ctx.session_cache) == 0
+    return p
+
+
+def test_a_client_that_closes_before_its_ticket_arrives_still_keeps_it() -> None:
+    """A client that sends and closes at once, as asyncio's write() then
+    close(): the ticket that follows its flight is read after the close."""
+    p = _closed_before_its_ticket()
+    keys = p.client._keys
+    assert keys is not None  # what reading the ticket needs, and nothing else
+    assert (keys.client_app, keys.exporter) == (b"", b"")
+    assert len(keys.server_app) == len(keys.resumption) == 32
+    p.server.send_data(b"late reply")  # data after the ticket: dropped unread
+    p.client.receive_data(p.server.data_to_send(), NOW)
+    assert len(p.client_ctx.session_cache) == 1
+    assert p.client.next_event() is None  # no event after close(), as before
+    assert p.client._keys is not None  # more tickets could come, up to the server's end
+    p.server.receive_data(p.client.data_to_send(), NOW)  # the close_notify
+    assert p.server.is_closed
+    p.client.receive_data(p.server.data_to_send(), NOW)  # the server's close_notify
+    assert p.client._keys is None
+    assert p.client._opener is None
+    assert (keys.server_app, keys.resumption) == (b"", b"")
+    assert p.client.next_event() is None
+    assert p.client.error is None
+    q = resume(p)
+    assert completed(q) == (True, True)
+    assert q.server.session is not None
+    assert q.server.session.peer_id == CLIENT.peer_id
+
+
+def test_a_closed_client_reads_its_ticket_across_a_key_update(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    send_tickets = Connection._send_tickets
+
+    def after_a_key_update(self: Connection) -> None:
+        """The server updates its sending key, then sends its ticket."""
+        assert self._sealer is not None
+        assert self._keys is not None
+        self._out.append(self._sealer._seal_chunk(b"\x00", ContentType.KEY_UPDATE))
+        self._install(self._keys.update_traffic(False), None)
+        send_tickets(self)
+
+    monkeypatch.setattr(Connection, "_send_tickets", after_a_key_update)
+    p = _closed_before_its_ticket()
+    assert len(split_records(p.client.data_to_send())) == 1  # its close_notify
+    wire = p.server.data_to_send()
+    assert len(split_records(wire)) == 2
+    p.client.receive_data(wire, NOW)
+    assert len(p.client_ctx.session_cache) == 1
+    assert p.client.data_to_send() == b""  # nothing answered: the client has closed
+    monkeypatch.undo()
+    assert completed(resume(p)) == (True, True)
+
+
+@pytest.mark.parametrize("ending", ["eof", "garbage", "forged record", "alert", "records"])
+def test_a_closed_client_stops_reading_for_tickets(ending: str) -> None:
+    """However the reading for a ticket ends, the last keys go, nothing is
+    raised and no event is queued."""
+    # (For "alert" and "records", a server that sends no ticket: the
+    # client's next record is the server's first.)
+    p = _closed_before_its_ticket(tickets_per_handshake=0 if ending in ("alert", "records") else 1)
+    ticket = p.server.data_to_send()
+    if ending == "eof":
+        p.client.receive_eof()
+    elif ending == "garbage":
+        p.client.receive_data(b"\x16\x00\x00\x01\x00", NOW)  # a plaintext record
+    elif ending == "forged record":
+        p.client.receive_data(b"\x17\x00\x00\x20" + bytes(32), NOW)
+    elif ending == "alert":
+        p.server.close()
+        p.client.receive_data(p.server.data_to_send(), NOW)
+    else:  # a server sending data and no ticket: 64 records are read at most
+        for i in range(70):
+            p.server.send_data(b"%d" % i)
+        wire = p.server.data_to_send()
+        assert len(split_records(wire)) == 70
+        p.client.receive_data(wire, NOW)
+    assert p.client._keys is None
+    assert p.client._opener is None
+    assert p.client.next_event() is None
+    assert p.client.error is None
+    if ticket:
+        p.client.receive_data(ticket, NOW)  # too late: nothing reads it any more
+    assert len(p.client_ctx.session_cache) == 0
+
+
+def test_a_closed_client_reads_no_ticket_it_could_not_find_again() -> None:
+    """Without a server name or expected peer, tickets are not cached: a
+    client's close() then drops every secret at once."""
+    p = Pair.make(server={"tickets_per_handshake": 1, "client_auth": "optional"})
+    p.start()
+    p.server.receive_data(p.client.data_to_send(), NOW)
+    p.client.receive_data(p.server.data_to_send(), NOW)
+    p.client.close()
+    assert p.client._keys is None
+    assert p.client._opener is None
+
+
 # ------------------------------------------------------------------ ticket keys
 
 

@@ -1528,6 +1528,30 @@ def test_session_resumption_with_a_ticket() -> None:
     assert peer.result() == [False, True]
 
 
+def test_a_client_closed_before_its_ticket_keeps_no_key() -> None:
+    """The server's ticket follows the client's flight (client identity
+    required); the client sends and closes at once. Whether or not the
+    ticket arrived in time to be kept, close() leaves no key behind (a
+    closed client reads on for its ticket only until the socket goes)."""
+
+    def handler(sock: NautilusSocket) -> bytes:
+        return sock.recv(100)
+
+    peer = Peer(
+        handler, server_ctx(client_auth="required", trusted_peers=[CLIENT_ID.public]), count=3
+    )
+    ctx = client_ctx(identity=CLIENT_ID)
+    for _ in range(3):
+        sock = connect(peer, context=ctx)
+        sock.sendall(b"request")
+        conn = sock._conn
+        sock.close()
+        assert conn.is_closed
+        assert conn._keys is None
+        assert conn._opener is None
+    assert peer.result() == [b"request"] * 3
+
+
 def test_mixed_partial_reads_of_one_chunk() -> None:
     payload = random.randbytes(200_000)
 

@@ -748,8 +748,9 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
             self._linger_timer.cancel()
             self._linger_timer = None
         conn = self._conn
-        if not conn.is_closed:
-            conn.receive_eof()
+        was_closed = conn.is_closed
+        conn.receive_eof()  # (if closed: a client reading its tickets stops, its keys go)
+        if not was_closed:
             err = conn.error
             if err is not None and exc is not None and err.__cause__ is None:
                 err.__cause__ = exc

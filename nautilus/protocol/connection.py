@@ -202,6 +202,8 @@ MAX_PEER_KEY_UPDATES = 64
 """Most key updates a peer may send in a row without application data or
 messages in between (within one second of ``now``): more is a protocol
 violation (unexpected_message), as in BoringSSL. Each costs two ratchets."""
+_TAIL_RECORDS = 64
+"""Most records a closed client reads for the server's tickets (Connection.close)."""
 MAX_NOW = 1e15
 """Latest ``now`` accepted (UNIX seconds, some 31 million years): a ClientHello
 carries the time in milliseconds as a u64. Earlier than 0 is refused too."""
@@ -402,6 +404,7 @@ class Connection:
         "_steps",
         "_ticket",
         "_tickets_kept",
+        "_tickets_tail",
         "_took_keys",
         "_transcript",
         "_trust",
@@ -521,6 +524,9 @@ class Connection:
         self._resumed = False
         self._ticket: StoredTicket | None = None  # client: the ticket offered
         self._tickets_kept = 0  # client: tickets of this connection stored in the cache
+        # client, closed: records it still reads for the server's tickets
+        # (_read_after_close); 0 once it reads nothing more
+        self._tickets_tail = 0
         self._psk_keys: ks.KeySchedule | None = None
         self._psk_mode = PskMode.NONE
         self._offered_mode = PskMode.NONE  # client: the mode its ClientHello offers
@@ -671,6 +677,8 @@ class Connection:
             raise ClosedError("call start(now) before receive_data()")
         self._unread = 0
         if self._state is _CLOSED:
+            if self._tickets_tail:
+                self._read_after_close(data)
             return
         try:
             buf = self._in
@@ -782,6 +790,7 @@ class Connection:
         if self._state in _START_STATES:
             raise ClosedError("call start(now) before receive_eof()")
         if self._state is _CLOSED:
+            self._end_after_close()
             return
         if self._state is _CONNECTED:
             err: NautilusError = ConnectionLost(
@@ -996,8 +1005,19 @@ class Connection:
         answering close_notify, if it is fed, is ignored, and ``error`` stays
         None.
 
-        Every secret of the connection is dropped (the record keys cleansed);
-        from a handshake step's hook, the handshake stops there and nothing
+        Every secret of the connection is dropped (the record keys
+        cleansed), with one exception: a connected client that has not yet
+        received a session ticket (resumption on, the server named: see
+        docs/sessions.md) keeps its receive key and the resumption secret,
+        and reads on. What :meth:`receive_data` gets then is read only for
+        the server's tickets, which go to the session cache as before; the
+        rest (application data included) is dropped unread, and no event is
+        queued. Those two secrets go too at the server's close_notify (or
+        any alert), at :meth:`receive_eof`, at anything that is not a valid
+        record, once the cache holds what it keeps of this connection's
+        tickets, or after 64 records.
+
+        From a handshake step's hook, the handshake stops there and nothing
         more is sent. Data written while the handshake was in progress is
         sent first by a server that has sent its Finished and awaits nothing
         but the client's Finished (no client identity, no agreed step: as
@@ -1015,7 +1035,7 @@ class Connection:
             self._flush_pending()  # the server's application key is in use since its Finished
         if self._state not in _START_STATES:
             self._send_alert(AlertCode.CLOSE_NOTIFY)
-        self._teardown()
+        self._teardown(tickets=self._awaits_tickets())
 
     def _close_with_alert(self, code: AlertCode) -> None:
         """:meth:`close` with the fatal alert ``code`` instead of close_notify:
@@ -1093,21 +1113,32 @@ class Connection:
         self._events.append(ConnectionClosed(error))
         self._teardown()
 
-    def _teardown(self) -> None:
+    def _teardown(self, *, tickets: bool = False) -> None:
+        """Close: drop every secret; with ``tickets`` (a client's close(), see
+        :meth:`_awaits_tickets`), all but what reading the server's tickets
+        still on their way needs (:meth:`_read_after_close`)."""
         if self._state is _CONNECTED and not self._client:
             self._cfg.sessions._remove(self)
         self._state = _CLOSED
         self._deadline = None
-        for direction in (self._sealer, self._opener, self._early_opener):
+        opener = self._opener
+        for direction in (self._sealer, None if tickets else opener, self._early_opener):
             if direction is not None:
                 direction.close()
         self._sealer = self._opener = self._early_opener = None
         # Every secret goes (docs/protocol.md, section 5): the key schedule's,
         # the offered ticket's PSK, and handshake messages still held unsealed.
-        for keys in (self._keys, self._psk_keys):
-            if keys is not None:
-                keys.wipe()
-        self._keys = self._psk_keys = None
+        keys = self._keys
+        if tickets and keys is not None:
+            keys.keep_for_tickets()
+            self._opener, self._tickets_tail = opener, _TAIL_RECORDS
+            keys = None
+        for k in (keys, self._psk_keys):
+            if k is not None:
+                k.wipe()
+        if not tickets:
+            self._keys = None
+        self._psk_keys = None
         self._ticket = None
         self._expected_finished = b""
         self._flight = None
@@ -2752,6 +2783,84 @@ class Connection:
             ),
         )
         return _CONNECTED
+
+    def _awaits_tickets(self) -> bool:
+        """(client, closing) Whether a session ticket of this server may still
+        arrive and be kept: connected, none kept yet, and a cache key."""
+        return (
+            self._state is _CONNECTED
+            and self._client
+            and not self._tickets_kept
+            and self._cfg.resumption != "off"
+            and self._opener is not None
+            and self._keys is not None
+            and bool(self._keys.resumption)
+            and self._cache_key() is not None
+        )
+
+    def _read_after_close(self, data: bytes | bytearray | memoryview) -> None:
+        """(client, closed: see :meth:`close`) Read what the server still sends
+        for its session tickets; drop the rest. Nothing is answered (this side
+        has sent its close_notify) and nothing fails: anything unexpected (a
+        forged record, a message that is not a ticket) ends the reading, as
+        the server's alert does."""
+        self._in += data
+        try:
+            more = self._tickets_in_tail()
+        except Exception:  # whatever it was, the reading ends here (the peer is not told)
+            more = False
+        if not more:
+            self._end_after_close()
+
+    def _tickets_in_tail(self) -> bool:
+        """Open the complete records received after close; False: stop reading."""
+        buf, opener, keys = self._in, self._opener, self._keys
+        assert opener is not None
+        assert keys is not None
+        while self._tickets_tail:
+            if not buf:
+                return True  # (more may come)
+            if buf[0] != RECORD_SEALED:
+                return False
+            # In place, up to the first record that is not a handshake one.
+            spans, used = opener.open_spans(buf, None, ContentType.HANDSHAKE)
+            if not used:
+                return True  # an incomplete record (at most the opener's bound)
+            for span in spans:
+                self._tickets_tail -= 1
+                ctype, start = span.content_type, span.offset
+                content = bytes(buf[start : start + span.length])
+                if ctype == ContentType.HANDSHAKE:
+                    self._hs.feed(content)
+                    while (item := self._hs.next_message()) is not None:
+                        mtype, body, full = item
+                        if mtype is not MsgType.NEW_SESSION_TICKET:
+                            return False
+                        msg = decode(mtype, body)
+                        assert isinstance(msg, NewSessionTicket)
+                        self._on_new_session_ticket(msg, full)
+                elif ctype == ContentType.KEY_UPDATE and content in (b"\x00", b"\x01"):
+                    opener._rekey_from_secret(keys.update_traffic(False))
+                elif ctype not in (ContentType.APPLICATION_DATA, ContentType.MESSAGE):
+                    return False  # an alert (the server's close_notify), or garbage
+            buf[:used] = bytes(used)  # (opened in place: wiped)
+            del buf[:used]
+            if self._tickets_kept >= self._cfg.session_cache.tickets_per_server:
+                return False
+        return False
+
+    def _end_after_close(self) -> None:
+        """Drop what a closed client kept to read its tickets (if it did)."""
+        self._tickets_tail = 0
+        if self._opener is not None:
+            self._opener.close()
+            self._opener = None
+        if self._keys is not None:
+            self._keys.wipe()
+            self._keys = None
+        _wipe(self._in)
+        self._in.clear()
+        self._hs = HandshakeBuffer()
 
     def _sealer_fragment(self) -> None:
         """Application records use the negotiated size (handshake ones were <= 16 KiB)."""

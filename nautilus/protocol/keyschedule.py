@@ -171,6 +171,13 @@ class KeySchedule:
         self._early = self.handshake_secret = self.master = b""
         self.client_hs = self.server_hs = b""
 
+    def keep_for_tickets(self) -> None:
+        """Drop every secret but the server's application traffic secret and
+        the resumption secret: what a closed client needs to read the
+        server's session tickets still on their way (and its key updates)."""
+        self.wipe_handshake()
+        self.client_app = self.exporter = b""
+
     def wipe(self) -> None:
         """Drop every secret (the connection is closed). Python bytes cannot be
         overwritten in place: the references go, the record layer's keys are

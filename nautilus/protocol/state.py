@@ -124,6 +124,10 @@ CONTENT_ALLOWED[S.CONNECTED] = frozenset(
         ContentType.HANDSHAKE,  # NewSessionTicket only (the table above)
     }
 )
+# Closed: nothing is accepted. (A client that closed before its first
+# session ticket arrived still reads the server's records for tickets alone,
+# and stops reading at anything else, without an answer or an error:
+# Connection._read_after_close, docs/sessions.md section 2.1.)
 CONTENT_ALLOWED[S.CLOSED] = frozenset()
 
 # Early data (0-RTT): a server that accepted it reads, right after the
