@@ -1768,7 +1768,10 @@ class NautilusSocket(socket.socket):
         if self._fd_closed:
             raise OSError(errno.EBADF, "the socket is closed")
         if how != socket.SHUT_RD:
-            self._goodbye(raise_errors=True, wait_for_writer=False)
+            try:
+                self._goodbye(raise_errors=True, wait_for_writer=False)
+            finally:
+                self._end_ticket_reading()  # (what arrives from now on is not read)
         before = self._eof, self._read_shut
         # Set first: a reader blocked in another thread wakes as soon as TCP
         # is shut down, and its empty read is then no truncation by the peer.
@@ -1887,8 +1890,13 @@ class NautilusSocket(socket.socket):
                     self._conn.receive_data(self._rview[:n])
         finally:
             self._read_lock.release()
+
+    def _end_ticket_reading(self) -> None:
+        """The closed Connection reads no more for a session ticket: the
+        keys it kept for that go (Connection.close)."""
+        if self._connected:
             with self._state_lock:
-                self._conn.receive_eof()  # (closed: the keys kept for tickets go)
+                self._conn.receive_eof()
 
     def _real_close(self) -> None:
         """Close for good (the last ``makefile()`` object is closed): close_notify, then the fd."""
@@ -1897,6 +1905,7 @@ class NautilusSocket(socket.socket):
                 self._goodbye(raise_errors=False)
             if self._connected:
                 self._discard_arrived()
+                self._end_ticket_reading()
                 # Push out what the kernel may still hold back (Nagle waiting
                 # for an ACK, or TCP_CORK): if bytes arrive between the last
                 # read and close(), the kernel resets the connection and

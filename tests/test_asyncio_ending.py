@@ -502,3 +502,50 @@ def test_a_client_that_writes_and_closes_at_once_keeps_its_ticket() -> None:
 
     assert run(main()) == [(False, 1), (True, 1), (True, 1)]
     assert requests == [b"request"] * 3
+
+
+def test_a_ticket_record_cut_by_the_close_is_completed() -> None:
+    """Half of the ticket's record has arrived (the adapter keeps it) when
+    the client writes and closes; the rest arrives during the lingering close."""
+    client_id = Identity.generate()
+    sctx = Context(SERVER_ID, client_auth="required", trusted_peers=[client_id.public])
+    listener = socket.create_server((HOST, 0))
+    listener.settimeout(10)
+    port = listener.getsockname()[1]
+    received = []
+
+    def serve() -> None:
+        """A server Connection driven by hand that sends its ticket's record in
+        two parts: the second once the client's request and close have come."""
+        raw, _ = listener.accept()
+        with raw:
+            raw.settimeout(10)
+            conn = Connection(sctx, "server")
+            conn.start(time.time())
+            while not conn.handshake_complete:
+                conn.receive_data(raw.recv(65536), time.time())
+                out = conn.data_to_send()
+                if not conn.handshake_complete:
+                    raw.sendall(out)
+            half = len(out) // 2  # (out: the ticket's record)
+            raw.sendall(out[:half])
+            while data := raw.recv(65536):
+                received.append(data)
+                if len(received) == 1:
+                    time.sleep(0.2)  # (the close_notify follows the request)
+                    raw.sendall(out[half:])
+
+    async def main() -> int:
+        cctx = Context(client_id, trusted_peers=[SERVER_ID.public])
+        task = asyncio.get_running_loop().run_in_executor(None, serve)
+        _reader, writer = await na.open_connection(HOST, port, context=cctx, server_name="srv")
+        await asyncio.sleep(0.2)  # the ticket's first half has arrived
+        writer.write(b"request")
+        writer.close()
+        await writer.wait_closed()
+        await task
+        return len(cctx.session_cache)
+
+    with listener:
+        assert run(main()) == 1
+    assert received

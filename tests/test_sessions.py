@@ -1181,13 +1181,41 @@ def test_a_closed_client_reads_its_ticket_across_a_key_update(
     assert completed(resume(p)) == (True, True)
 
 
-@pytest.mark.parametrize("ending", ["eof", "garbage", "forged record", "alert", "records"])
+def test_a_closed_client_completes_a_ticket_record_cut_by_its_close() -> None:
+    """Half of the ticket's record had arrived when the client closed: the
+    rest completes it."""
+    p = Pair.make(
+        server={
+            "tickets_per_handshake": 1,
+            "client_auth": "required",
+            "trusted_peers": [CLIENT.public],
+        },
+        client={"identity": CLIENT},
+        server_name=SERVER_NAME,
+    )
+    p.start()
+    p.server.receive_data(p.client.data_to_send(), NOW)
+    p.client.receive_data(p.server.data_to_send(), NOW)
+    p.server.receive_data(p.client.data_to_send(), NOW)
+    ticket = p.server.data_to_send()
+    assert len(split_records(ticket)) == 1
+    half = len(ticket) // 2
+    p.client.receive_data(ticket[:half], NOW)
+    p.client.close()
+    p.client.receive_data(ticket[half:], NOW)
+    assert len(p.client_ctx.session_cache) == 1
+
+
+@pytest.mark.parametrize(
+    "ending", ["eof", "garbage", "forged record", "alert", "records", "handshake records"]
+)
 def test_a_closed_client_stops_reading_for_tickets(ending: str) -> None:
     """However the reading for a ticket ends, the last keys go, nothing is
     raised and no event is queued."""
-    # (For "alert" and "records", a server that sends no ticket: the
-    # client's next record is the server's first.)
-    p = _closed_before_its_ticket(tickets_per_handshake=0 if ending in ("alert", "records") else 1)
+    # (Else a server that sends no ticket: the client's next record is the
+    # server's first.)
+    withheld = ending in ("eof", "garbage", "forged record")
+    p = _closed_before_its_ticket(tickets_per_handshake=1 if withheld else 0)
     ticket = p.server.data_to_send()
     if ending == "eof":
         p.client.receive_eof()
@@ -1198,11 +1226,17 @@ def test_a_closed_client_stops_reading_for_tickets(ending: str) -> None:
     elif ending == "alert":
         p.server.close()
         p.client.receive_data(p.server.data_to_send(), NOW)
-    else:  # a server sending data and no ticket: 64 records are read at most
+    elif ending == "records":  # a server sending data and no ticket: 64 records at most
         for i in range(70):
             p.server.send_data(b"%d" % i)
         wire = p.server.data_to_send()
         assert len(split_records(wire)) == 70
+        p.client.receive_data(wire, NOW)
+    else:  # tickets that are not kept (lifetime 0), in one read: 64 records at most
+        sealer = p.server._sealer
+        assert sealer is not None
+        unusable = frame(NewSessionTicket(0, 0, bytes(8), bytes(32), 0))
+        wire = b"".join(sealer._seal_chunk(unusable, ContentType.HANDSHAKE) for _ in range(70))
         p.client.receive_data(wire, NOW)
     assert p.client._keys is None
     assert p.client._opener is None

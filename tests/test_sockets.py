@@ -1552,6 +1552,47 @@ def test_a_client_closed_before_its_ticket_keeps_no_key() -> None:
     assert peer.result() == [b"request"] * 3
 
 
+@pytest.mark.parametrize("how", ["shutdown", "close with a reader blocked"])
+def test_a_client_awaiting_its_ticket_keeps_no_key_after_shutdown_or_close(how: str) -> None:
+    """A server that sends no ticket and waits: the client's shutdown(), or
+    its close() while another thread is blocked in recv(), leaves no key."""
+    done = threading.Event()
+
+    def handler(sock: NautilusSocket) -> None:
+        done.wait(PEER_TIMEOUT)
+
+    peer = Peer(handler, server_ctx(tickets_per_handshake=0))
+    sock = connect(peer)
+    conn = sock._conn
+    reader = None
+    try:
+        if how == "shutdown":
+            sock.shutdown(socket.SHUT_WR)
+        else:
+
+            def read() -> None:
+                with contextlib.suppress(OSError):  # (the socket closes under it)
+                    sock.recv(10)
+
+            reader = threading.Thread(target=read)
+            reader.start()
+            for _ in range(100):  # until the reader holds the read lock
+                if sock._read_lock.locked():
+                    break
+                time.sleep(0.01)
+            assert sock._read_lock.locked()
+            sock.close()
+        assert conn.is_closed
+        assert conn._keys is None
+        assert conn._opener is None
+    finally:
+        done.set()
+        sock.close()
+        if reader is not None:
+            reader.join(PEER_TIMEOUT)
+    peer.result()
+
+
 def test_mixed_partial_reads_of_one_chunk() -> None:
     payload = random.randbytes(200_000)
 

@@ -1142,7 +1142,12 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         if self._eof_held or not tcp.can_write_eof():  # the peer has closed already
             self._close_tcp()
             return
-        self._rstart = self._rseen = self._rend = 0  # what the application has not read is dropped
+        if self._rend > self._rstart and self._conn._tickets_tail:
+            # What the application has not read is dropped, but a closed
+            # client still lacking a session ticket reads it for one (a
+            # ticket's record cut by the close included): Connection.close.
+            self._conn.receive_data(self._rview[self._rstart : self._rend])
+        self._rstart = self._rseen = self._rend = 0
         if self._tcp_paused:  # the peer's FIN must be read even if the app paused reading
             self._tcp_paused = False
             tcp.resume_reading()

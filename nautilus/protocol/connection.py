@@ -1006,10 +1006,10 @@ class Connection:
         None.
 
         Every secret of the connection is dropped (the record keys
-        cleansed), with one exception: a connected client that has not yet
-        received a session ticket (resumption on, the server named: see
-        docs/sessions.md) keeps its receive key and the resumption secret,
-        and reads on. What :meth:`receive_data` gets then is read only for
+        cleansed), with one exception: a connected client that has not kept
+        a session ticket of this connection yet (resumption on, the server
+        named: see docs/sessions.md) keeps its receive key and the
+        resumption secret, and reads on. What :meth:`receive_data` gets then is read only for
         the server's tickets, which go to the session cache as before; the
         rest (application data included) is dropped unread, and no event is
         queued. Those two secrets go too at the server's close_notify (or
@@ -1128,24 +1128,24 @@ class Connection:
         self._sealer = self._opener = self._early_opener = None
         # Every secret goes (docs/protocol.md, section 5): the key schedule's,
         # the offered ticket's PSK, and handshake messages still held unsealed.
-        keys = self._keys
-        if tickets and keys is not None:
-            keys.keep_for_tickets()
+        if self._psk_keys is not None:
+            self._psk_keys.wipe()
+            self._psk_keys = None
+        if tickets:  # (what reading them needs is there: _awaits_tickets)
+            assert self._keys is not None
+            self._keys.keep_for_tickets()
             self._opener, self._tickets_tail = opener, _TAIL_RECORDS
-            keys = None
-        for k in (keys, self._psk_keys):
-            if k is not None:
-                k.wipe()
-        if not tickets:
-            self._keys = None
-        self._psk_keys = None
+        else:
+            if self._keys is not None:
+                self._keys.wipe()
+                self._keys = None
+            self._in.clear()
         self._ticket = None
         self._expected_finished = b""
         self._flight = None
         self._kem = None
         self._flush_hook = None
         self._pending.clear()
-        self._in.clear()
         self._drop_scratch()  # decrypted data
         self._scratch = bytearray()
         _wipe(self._messages)  # a partial message
@@ -2805,19 +2805,21 @@ class Connection:
         forged record, a message that is not a ticket) ends the reading, as
         the server's alert does."""
         self._in += data
+        more = False
         try:
             more = self._tickets_in_tail()
-        except Exception:  # whatever it was, the reading ends here (the peer is not told)
-            more = False
-        if not more:
-            self._end_after_close()
+        except Exception as exc:  # whatever it was, the reading ends (the peer is not told)
+            log.debug("a closed client stops reading for tickets: %s", type(exc).__name__)
+        finally:
+            if not more:  # (a BaseException too: what was opened in place is wiped)
+                self._end_after_close()
 
     def _tickets_in_tail(self) -> bool:
         """Open the complete records received after close; False: stop reading."""
         buf, opener, keys = self._in, self._opener, self._keys
         assert opener is not None
         assert keys is not None
-        while self._tickets_tail:
+        while self._tickets_tail > 0:
             if not buf:
                 return True  # (more may come)
             if buf[0] != RECORD_SEALED:
@@ -2827,11 +2829,12 @@ class Connection:
             if not used:
                 return True  # an incomplete record (at most the opener's bound)
             for span in spans:
+                if self._tickets_tail <= 0:
+                    return False
                 self._tickets_tail -= 1
-                ctype, start = span.content_type, span.offset
-                content = bytes(buf[start : start + span.length])
+                ctype, start, end = span.content_type, span.offset, span.offset + span.length
                 if ctype == ContentType.HANDSHAKE:
-                    self._hs.feed(content)
+                    self._hs.feed(bytes(memoryview(buf)[start:end]))
                     while (item := self._hs.next_message()) is not None:
                         mtype, body, full = item
                         if mtype is not MsgType.NEW_SESSION_TICKET:
@@ -2839,7 +2842,7 @@ class Connection:
                         msg = decode(mtype, body)
                         assert isinstance(msg, NewSessionTicket)
                         self._on_new_session_ticket(msg, full)
-                elif ctype == ContentType.KEY_UPDATE and content in (b"\x00", b"\x01"):
+                elif ctype == ContentType.KEY_UPDATE and end - start == 1 and buf[start] <= 1:
                     opener._rekey_from_secret(keys.update_traffic(False))
                 elif ctype not in (ContentType.APPLICATION_DATA, ContentType.MESSAGE):
                     return False  # an alert (the server's close_notify), or garbage
