@@ -16,6 +16,7 @@ from nautilus.protocol.keypool import KeyPool
 from nautilus.protocol.steps import Handshake
 from nautilus.record import CIPHERS, MAX_FRAGMENT
 from nautilus.sessions import (
+    _DEFAULT_NAMESPACE,
     MAX_EARLY_DATA,
     MAX_TICKET_LIFETIME,
     EarlyDataReplayCache,
@@ -314,7 +315,7 @@ class Context(_SettingFields):
         ciphers: Sequence[str] | None = None,
         client_auth: str = "off",
         handshake_timeout: float = 10.0,
-        namespace: str = "nautilus",
+        namespace: str = _DEFAULT_NAMESPACE,
         max_message_size: int = 16 * 1024 * 1024,
         max_clock_skew: float = 120.0,
         max_record_size: int = 16384,

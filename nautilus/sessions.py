@@ -7,7 +7,8 @@
 * :class:`SessionCache`: the client's tickets, in memory (bounded, least
   recently used out first) and optionally in a file readable only by its owner,
   which several caches (and processes) can share.
-  Keyed by the server's identity and address; each ticket is used once.
+  Keyed by the server's identity and address, and the client's identity and
+  namespace; each ticket is used once.
 * :class:`SessionTable`: a view of a server context's live sessions for operators.
 
 The wire formats are in docs/sessions.md.
@@ -83,6 +84,9 @@ _U32_MAX = 0xFFFFFFFF
 _CACHE_FORMAT = "nautilus-session-cache-v2"
 _CACHE_FORMAT_V1 = "nautilus-session-cache-v1"
 """The format before the journal: one JSON object, read and then replaced by a journal."""
+_DEFAULT_NAMESPACE = "nautilus"
+"""A Context's default namespace: its cache keys are those of the versions
+before the namespace was part of them."""
 
 
 @dataclass
@@ -850,19 +854,28 @@ class SessionCache:
         return self._tickets_per_server
 
     @staticmethod
-    def key(server_id: str, address: str | None, client_id: str | None = None) -> str:
-        """The cache key of a server: its peer id and the address dialled, and
-        the peer id of the client identity the tickets were obtained with
-        (None: a context without an identity). A ticket resumes the session it
-        came from, the client's authentication included: only a context with
-        the same identity may use it.
+    def key(
+        server_id: str,
+        address: str | None,
+        client_id: str | None = None,
+        *,
+        namespace: str = _DEFAULT_NAMESPACE,
+    ) -> str:
+        """The cache key of a server: its peer id and the address dialled, the
+        peer id of the client identity the tickets were obtained with (None: a
+        context without an identity), and the context's namespace. A ticket
+        resumes the session it came from, the client's authentication
+        included: only a context with the same identity may use it; and only
+        a server of its namespace opens it, so contexts of other namespaces
+        keep their tickets apart.
 
         Raises:
-            TypeError: ``server_id`` is not a str, or ``address`` or
-                ``client_id`` neither a str nor None.
+            TypeError: ``server_id`` or ``namespace`` is not a str, or
+                ``address`` or ``client_id`` neither a str nor None.
             ValueError: ``server_id`` is empty or holds a newline or a space,
-                or ``client_id`` holds a newline or a space (peer ids have
-                neither; ``server_id`` may be "*", any server at ``address``).
+                or ``client_id`` holds a newline or a space, or either starts
+                with a double quote (peer ids do none of these; ``server_id``
+                may be "*", any server at ``address``).
         """
         if not isinstance(server_id, str):
             raise TypeError(f"server_id must be a str, not {type(server_id).__name__}")
@@ -870,19 +883,32 @@ class SessionCache:
             raise TypeError(f"address must be a str or None, not {type(address).__name__}")
         if client_id is not None and not isinstance(client_id, str):
             raise TypeError(f"client_id must be a str or None, not {type(client_id).__name__}")
+        if not isinstance(namespace, str):
+            raise TypeError(f"namespace must be a str, not {type(namespace).__name__}")
         if (
             not server_id
             or "\n" in server_id
             or " " in server_id
-            or (client_id is not None and ("\n" in client_id or " " in client_id))
+            or server_id.startswith('"')
+            or (
+                client_id is not None
+                and ("\n" in client_id or " " in client_id or client_id.startswith('"'))
+            )
         ):
             raise ValueError(
-                "server_id and client_id must be peer ids (not empty, no newline or space)"
+                "server_id and client_id must be peer ids (not empty, no newline or "
+                "space, not starting with a double quote)"
             )
         base = f"{server_id} {address or ''}"
         # The client's id first, before a newline: a peer id has neither a
         # space nor a newline, so no address makes one key equal another.
-        return base if client_id is None else f"{client_id}\n{base}"
+        key = base if client_id is None else f"{client_id}\n{base}"
+        if namespace == _DEFAULT_NAMESPACE:
+            return key  # (the key of the versions before the namespace was in it)
+        # Another namespace first, as a JSON string on a line of its own: it
+        # ends at its closing quote (newlines and quotes in it are escaped),
+        # and no key of the default namespace starts with a quote.
+        return f"{json.dumps(namespace)}\n{key}"
 
     def __len__(self) -> int:
         with self._lock, self._file_op():

@@ -925,6 +925,61 @@ def test_cache_key_names_the_client_identity() -> None:
             SessionCache.key(server_id, "h:1", client_id)
 
 
+def test_a_context_takes_only_the_tickets_of_its_own_namespace() -> None:
+    """Contexts of two namespaces share a SessionCache and dial one server
+    name (one server identity, a server context per namespace): each keeps
+    and takes its own tickets, and never consumes the other's, which only a
+    server of the other namespace opens."""
+    shared = SessionCache()
+    servers = {
+        ns: Context(SERVER, namespace=ns, tickets_per_handshake=1) for ns in ("app-a", "app-b")
+    }
+    clients = {
+        ns: Context(trusted_peers=[SERVER.public], namespace=ns, session_cache=shared)
+        for ns in ("app-a", "app-b")
+    }
+
+    def connect(ns: str) -> Pair:
+        q = Pair(clients[ns], servers[ns], {"server_name": SERVER_NAME})
+        q.handshake()
+        return q
+
+    assert completed(connect("app-a")) == (False, False)  # app-a's ticket is kept
+    assert len(shared) == 1
+    assert completed(connect("app-b")) == (False, False)  # no ticket of its own: full
+    assert len(shared) == 2  # app-a's ticket is still there, with app-b's
+    assert completed(connect("app-a")) == (True, True)
+    assert completed(connect("app-b")) == (True, True)
+    assert len(shared) == 2  # each resumed session left a ticket for its namespace
+    a_key = SessionCache.key("*", SERVER_NAME, namespace="app-a")
+    ticket = shared.take(a_key, NOW)
+    assert ticket is not None
+    assert ticket.namespace == b"app-a"
+
+
+def test_cache_key_names_the_namespace() -> None:
+    # The default namespace's key is the key of the versions before it was named.
+    assert SessionCache.key("srv", "h:1", namespace="nautilus") == "srv h:1"
+    assert Context().namespace == "nautilus"
+    assert SessionCache.key("srv", "h:1", CLIENT.peer_id, namespace="app") == (
+        f'"app"\n{CLIENT.peer_id}\nsrv h:1'
+    )
+    # Namespaces are free text: quotes, spaces and newlines in them, or in the
+    # address, make no key equal another.
+    keys = [
+        SessionCache.key("srv", address, client, namespace=ns)
+        for ns in ("nautilus", "app", 'app"\nsrv h:1', "a b", "a\nb", "")
+        for client in (None, CLIENT.peer_id)
+        for address in ("h:1", '"app"\nsrv h:1', "h:1\nsrv")
+    ]
+    assert len(set(keys)) == len(keys)
+    with pytest.raises(TypeError, match="namespace"):
+        SessionCache.key("srv", "h:1", namespace=b"app")  # type: ignore[arg-type]
+    for server_id, client_id in (('"app"', None), ("srv", '"app"')):
+        with pytest.raises(ValueError, match="double quote"):
+            SessionCache.key(server_id, "h:1", client_id)
+
+
 def test_ticket_lifetime_is_bounded_to_seven_days() -> None:
     assert MAX_TICKET_LIFETIME == 7 * 24 * 3600
     Context(SERVER, ticket_lifetime=MAX_TICKET_LIFETIME)

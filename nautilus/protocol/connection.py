@@ -2021,9 +2021,13 @@ class Connection:
         if exp is None and self._server_name is None:
             return None  # nothing names the server: its tickets could not be found again
         peer_id = "*" if exp is None else (exp.peer_id if isinstance(exp, PeerKey) else exp)
-        ident = self._cfg.identity  # tickets of another identity are not this context's
-        return SessionCache.key(
-            peer_id, self._server_name, None if ident is None else ident.peer_id
+        cfg = self._cfg
+        ident = cfg.identity  # tickets of another identity are not this context's
+        return SessionCache.key(  # nor those of another namespace
+            peer_id,
+            self._server_name,
+            None if ident is None else ident.peer_id,
+            namespace=cfg.namespace,
         )
 
     def _pick_ticket(self, max_size: int) -> StoredTicket | None:
@@ -2034,6 +2038,8 @@ class Connection:
         if cfg.resumption == "off" or key is None:
             return None
         while (ticket := cfg.session_cache.take(key, self._now)) is not None:
+            # (The key names the namespace: one of another is a ticket stored
+            # so by store() or by a version whose keys did not name it.)
             if ticket.namespace != cfg.namespace.encode() or ticket.cipher not in _CIPHER_BY_ID:
                 continue
             if len(ticket.ticket) > max_size:  # its offer would not fit in the hello
