@@ -34,7 +34,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from nautilus._fork import renew_locks_after_fork
 from nautilus.exceptions import IdentityFileError
@@ -563,6 +563,12 @@ _COMPACT_SLACK = 128
 """The journal is compacted when it holds at least twice as many records as
 the cache writing to it holds tickets, plus this many."""
 
+_RECORD_ROOM = 32 * 1024
+"""The room each record has within the bound on the file's size (a cache
+reads no more): the largest store record a Nautilus client writes (hybrid
+keys and certificates on both sides, a 255-byte namespace, a 253-byte host
+name) takes about 27 KiB."""
+
 
 def _sig(st: os.stat_result) -> _FileSig:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
@@ -608,6 +614,26 @@ def _remove_leftovers(path: Path) -> None:
         with contextlib.suppress(OSError):
             os.unlink(path.parent / name)
             log.warning("nautilus: removed %s, left by an unfinished compaction", name)
+
+
+def _read_at_most(fh: BinaryIO, limit: int, size: int) -> bytes | None:
+    """What ``fh`` holds from where it is to its end, or None if that is over
+    ``limit`` bytes (no more than ``limit + 1`` are read). ``size``, its size
+    as last seen, is read at once; the rest (it grew since) in small reads,
+    so that no buffer of ``limit`` bytes is made for a small file.
+
+    Raises:
+        OSError: it cannot be read.
+    """
+    chunks = []
+    total, want = 0, size + 1  # (one more: the end is seen in the same read)
+    while chunk := fh.read(min(want, limit + 1 - total)):
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > limit:
+            return None
+        want = 1 << 16
+    return b"".join(chunks)
 
 
 def _lock_head(fd: int) -> tuple[int, int, bytes | None]:
@@ -741,7 +767,8 @@ class SessionCache:
             file system: the cache's temporary files are named so).
         nautilus.IdentityFileError: ``path`` is in a directory that does not
             exist, is a directory or a symbolic link, cannot be read, or is
-            readable or writable by other users. A corrupt file is logged and
+            readable or writable by other users. A corrupt file, or one over
+            the size the bounds allow (docs/sessions.md), is logged and
             replaced, not fatal.
     """
 
@@ -762,6 +789,12 @@ class SessionCache:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         self._max_entries = max_entries
         self._tickets_per_server = tickets_per_server
+        # The longest journal these bounds let a cache write (a compaction
+        # comes before 2 * tickets + 128 records), and a torn last line.
+        self._max_file_size = len(_JOURNAL_HEADER) + _RECORD_ROOM * (
+            2 * max_entries * tickets_per_server + _COMPACT_SLACK + 1
+        )
+        """The most of the file this cache reads: a larger one is corrupt."""
         self._lock = threading.Lock()
         _CACHES.add(self)  # (its locks are made again in a forked child)
         self._entries: OrderedDict[str, list[StoredTicket]] = OrderedDict()
@@ -840,7 +873,7 @@ class SessionCache:
         # makes the next operation read the file again, never miss it.
         self._generation, self._epoch, self._lock_nonce = self._peek_lock_state()
         raw, sig = self._read_file()  # a directory (even ".") raises here
-        if raw is not None:
+        if sig is not None:
             self._load(raw, sig)
 
     @property
@@ -1050,7 +1083,9 @@ class SessionCache:
     # ---------------------------------------------------------------- the file
 
     def _read_file(self) -> tuple[bytes | None, _FileSig | None]:
-        """The file's contents and signature; (None, None) if there is no file.
+        """The file's contents and signature; (None, None) if there is no file,
+        and None for the contents of a file over ``_max_file_size`` bytes
+        (read no further than that).
 
         Raises:
             nautilus.IdentityFileError: it cannot be read (a directory, a
@@ -1070,7 +1105,10 @@ class SessionCache:
                 if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
                     raise OSError(0, "not a regular file")
                 mode = stat.S_IMODE(st.st_mode)
-                raw = b"" if mode & 0o077 else fh.read()
+                limit = self._max_file_size
+                raw = None
+                if not mode & 0o077 and st.st_size <= limit:
+                    raw = _read_at_most(fh, limit, st.st_size)
         except OSError as exc:  # a directory, a FIFO or device, an I/O error
             raise IdentityFileError(f"session cache {str(path)!r} cannot be read: {exc}") from None
         if mode & 0o077:
@@ -1116,8 +1154,8 @@ class SessionCache:
         chunks = []
         try:
             st = os.fstat(fd)
-            if not self._follows(st):
-                return None
+            if not self._follows(st) or st.st_size > self._max_file_size:
+                return None  # (one too large is then refused as corrupt, unread)
             os.lseek(fd, offset - 1, os.SEEK_SET)
             want = st.st_size - offset + 1
             while want > 0:
@@ -1133,11 +1171,12 @@ class SessionCache:
             return None
         return data[1:], _sig(st)
 
-    def _load(self, raw: bytes, sig: _FileSig | None) -> None:
+    def _load(self, raw: bytes | None, sig: _FileSig | None) -> None:
         """Hold what the file ``raw`` holds, instead of what this cache held: a
         journal (a last line without its newline, torn or being written, is not
         applied), or a file of format v1 (replaced by a journal at the next
-        write). A corrupt file is logged, and the cache starts empty."""
+        write). A corrupt file, or one too large to be read (``raw`` None), is
+        logged, and the cache starts empty."""
         # The store lines read or written before, and what each holds: after a
         # compaction by another cache, most lines of the file are among them.
         known = {line: (key, t) for (key, _), (t, line) in self._lines.items()}
@@ -1145,6 +1184,9 @@ class SessionCache:
         self._entries = OrderedDict()
         self._lines = {}
         self._live = self._offset = self._records = 0
+        if raw is None:
+            self._too_large()
+            return
         try:
             start = _header_length(raw)
             if start:
@@ -1165,7 +1207,7 @@ class SessionCache:
                 self._live = sum(len(v) for v in self._entries.values())
                 self._rewrite = True
         except _CORRUPT as exc:
-            self._corrupt(exc)
+            self._corrupt(type(exc).__name__)
 
     def _apply_tail(self, tail: bytes, sig: _FileSig) -> None:
         """Apply the complete lines of ``tail`` (what follows the part this
@@ -1179,15 +1221,22 @@ class SessionCache:
             for line in lines:
                 self._apply_line(line)
         except _CORRUPT as exc:
-            self._corrupt(exc)
+            self._corrupt(type(exc).__name__)
             return
         self._offset += end
         self._records += len(lines)
 
-    def _corrupt(self, exc: BaseException) -> None:
-        log.warning(
-            "session cache %s is corrupt (%s); starting empty", self._path, type(exc).__name__
+    def _too_large(self) -> None:
+        """The file is over the size this cache reads: corrupt."""
+        self._corrupt(
+            f"over {self._max_file_size} bytes, more than a journal within the bounds "
+            "of this cache holds"
         )
+
+    def _corrupt(self, why: str) -> None:
+        """The file is corrupt (``why``: the error, never a ticket): logged,
+        the cache starts empty, and the next write replaces the file."""
+        log.warning("session cache %s is corrupt (%s); starting empty", self._path, why)
         self._entries = OrderedDict()
         self._lines = {}
         self._live = 0
@@ -1383,7 +1432,7 @@ class SessionCache:
                     self._rewrite = True
                     self._failed("read", f"cannot be read again: {exc}")
                     return
-                if raw is None:  # deleted since the stat
+                if sig is None:  # deleted since the stat
                     self._forget_file()
                 else:
                     self._load(raw, sig)
@@ -1489,12 +1538,15 @@ class SessionCache:
         drops it), or whole records that another cache wrote without holding
         the lock (the lock file was deleted or replaced while in use). Those
         are applied, and the lock's failure logged. False if they could not
-        be read or are corrupt (the file is then replaced by what memory
-        holds).
+        be read or are corrupt, or the file is over the size this cache reads
+        (corrupt too, unread): the file is then replaced by what memory holds.
 
         Raises:
             OSError: the file cannot be read.
         """
+        if st.st_size > self._max_file_size:
+            self._too_large()  # (not read)
+            return False
         rfd = os.open(path, os.O_RDONLY | _OPEN_FLAGS)
         try:
             extra = os.pread(rfd, st.st_size - offset, offset)

@@ -550,6 +550,90 @@ def test_deeply_nested_corrupt_file_is_not_fatal(tmp_path: Path) -> None:
     assert len(cache) == 0
 
 
+def _size_bound(max_entries: int, tickets_per_server: int) -> int:
+    """The most of its file a cache reads (docs/sessions.md): the header, and
+    32 KiB for each record of the longest journal its bounds allow (a
+    compaction comes before 2 * tickets + 128 records), a torn line included."""
+    header = b'{"format":"nautilus-session-cache-v2"}\n'
+    return len(header) + 32 * 1024 * (2 * max_entries * tickets_per_server + 128 + 1)
+
+
+def _journal_of_size(size: int, *records: dict[str, object]) -> bytes:
+    """A journal of ``records``, made exactly ``size`` bytes long by a torn
+    last line (one without its newline: not applied, not corrupt)."""
+    data = _journal_bytes(*records)
+    assert len(data) < size
+    return data + b"x" * (size - len(data))
+
+
+def test_a_file_over_the_size_bound_is_not_read_and_is_corrupt(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A huge (or hostile) file is not read into memory: one over the bound
+    is handled as a corrupt file, logged, and replaced at the next write."""
+    path = tmp_path / "tickets.json"
+    bound = _size_bound(1, 1)
+    store = {"op": "store", "key": "s", "ticket": ticket(1).to_json()}
+    _write(path, _journal_of_size(bound, store))
+    with caplog.at_level(logging.WARNING, logger="nautilus.sessions"):
+        assert len(SessionCache(1, tickets_per_server=1, path=path)) == 1  # at the bound: read
+        assert not caplog.records
+        _write(path, _journal_of_size(bound + 1, store))
+        cache = SessionCache(1, tickets_per_server=1, path=path)
+    assert len(cache) == 0
+    (record,) = [r for r in caplog.records if r.name == "nautilus.sessions"]
+    assert "corrupt" in record.getMessage()
+    assert f"over {bound} bytes" in record.getMessage()
+    assert str(path) in record.getMessage()
+    # The bound follows the cache's bounds: a larger cache reads that file.
+    assert len(SessionCache(2, tickets_per_server=1, path=path)) == 1
+    cache.store("t", ticket(2))  # the next write replaces it
+    assert path.stat().st_size < 1000
+    assert number(SessionCache(1, tickets_per_server=1, path=path).take("t", NOW)) == 2
+    # A file that fstat shows over the bound (here a sparse one of 1 GiB) is not read at all.
+    os.truncate(path, 1 << 30)
+
+    def no_read(*args: object) -> None:
+        raise AssertionError("a file over the bound was read")
+
+    monkeypatch.setattr(sessions, "_read_at_most", no_read)
+    assert len(SessionCache(1, tickets_per_server=1, path=path)) == 0
+
+
+@needs_fcntl  # (the second part: bytes past the last line under the lock)
+def test_a_file_grown_over_the_size_bound_is_not_read_and_is_corrupt(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Also when the file grows past the bound while a cache follows it: the
+    lines appended since it last looked, and the bytes past its last line
+    found just before it appends, are not read."""
+    path = tmp_path / "tickets.json"
+    bound = _size_bound(1, 1)
+    removal = json.dumps({"op": "remove", "key": "elsewhere", "ids": []}).encode() + b"\n"
+    small = SessionCache(1, tickets_per_server=1, path=path)
+    small.store("s", ticket(1))
+    with path.open("ab") as fh:  # another writer's (valid) records, then a torn line
+        fh.write(removal + b"x" * bound)
+    with caplog.at_level(logging.WARNING, logger="nautilus.sessions"):
+        assert small.take("s", NOW) is None
+    assert f"over {bound} bytes" in caplog.text
+    assert path.stat().st_size > bound  # a take of nothing writes nothing...
+    small.store("t", ticket(2))  # ...the next write replaces the file
+    assert path.stat().st_size < 1000
+    assert number(SessionCache(1, tickets_per_server=1, path=path).take("t", NOW)) == 2
+
+    caplog.clear()
+    small.store("u", ticket(3))
+    with small._lock, small._file_op():  # the cache holds the lock, has read the file...
+        with path.open("ab") as fh:  # ...and a writer without the lock appends
+            fh.write(removal + b"x" * bound)
+        with caplog.at_level(logging.WARNING, logger="nautilus.sessions"):
+            small._write_locked(sessions._store_line("v", ticket(4)))
+    assert f"over {bound} bytes" in caplog.text
+    assert path.stat().st_size < 1000  # replaced by what the cache holds: nothing
+    assert len(SessionCache(1, tickets_per_server=1, path=path)) == len(small) == 0
+
+
 def test_file_is_0600_even_if_its_temporary_path_already_exists(tmp_path: Path) -> None:
     path = tmp_path / "tickets.json"
     tmp = tmp_path / f".tickets.json.{os.getpid()}.{threading.get_ident()}.tmp"
