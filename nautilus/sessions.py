@@ -616,6 +616,24 @@ def _remove_leftovers(path: Path) -> None:
             log.warning("nautilus: removed %s, left by an unfinished compaction", name)
 
 
+def _sync_directory(directory: Path) -> None:
+    """Sync ``directory`` to the disk (after a rename in it), where a directory
+    can be opened (O_DIRECTORY: not on Windows). A failure is ignored: the
+    file was replaced whole, so a crash before the directory reaches the
+    disk leaves the previous file, whole, in its place."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return  # pragma: no cover - Windows
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):  # (a file system that cannot sync a directory)
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _read_at_most(fh: BinaryIO, limit: int, size: int) -> bytes | None:
     """What ``fh`` holds from where it is to its end, or None if that is over
     ``limit`` bytes (no more than ``limit + 1`` are read). ``size``, its size
@@ -1565,8 +1583,9 @@ class SessionCache:
 
     def _snapshot_locked(self) -> None:
         """Replace the file by what memory holds: a new 0600 file (the header,
-        then a store record per ticket, least recently used server first)
-        renamed over it. A failure is noted, and the tickets stay in memory."""
+        then a store record per ticket, least recently used server first),
+        synced to the disk, renamed over it, and the directory then synced. A
+        failure is noted, and the tickets stay in memory."""
         path = self._path
         assert path is not None
         self._lines = live = self._live_lines()
@@ -1586,6 +1605,9 @@ class SessionCache:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()
+                # On the disk before the rename: a crash after it must not
+                # leave an empty or partial file in place of the journal.
+                os.fsync(fh.fileno())
                 written = os.fstat(fh.fileno())
             os.replace(tmp, path)
         except BaseException as exc:
@@ -1601,6 +1623,7 @@ class SessionCache:
                 "its tickets are kept in memory only",
             )
             return
+        _sync_directory(path.parent)  # the rename on the disk too
         self._unsaved = self._rewrite = False
         self._file_sig = _sig(written)
         self._offset = len(data)

@@ -1649,6 +1649,71 @@ def test_a_fifo_at_the_path_is_refused_not_waited_on(tmp_path: Path) -> None:
     assert number(SessionCache(path=path).take("s", NOW)) == 1
 
 
+def test_a_compaction_syncs_the_new_file_before_the_rename_then_the_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash cannot be simulated: the test checks that each replacement of
+    the file syncs the new file's descriptor before renaming it over the
+    journal, and the directory's after (where a directory can be opened)."""
+    path = tmp_path / "tickets.json"
+    events: list[tuple[str, int]] = []
+    fsync, replace = os.fsync, os.replace
+
+    def spy_fsync(fd: int) -> None:
+        st = os.fstat(fd)
+        events.append(("fsync dir" if stat.S_ISDIR(st.st_mode) else "fsync file", st.st_ino))
+        fsync(fd)
+
+    def spy_replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        inode = os.stat(src).st_ino
+        replace(src, dst)
+        events.append(("replace", inode))
+
+    monkeypatch.setattr(os, "fsync", spy_fsync)
+    monkeypatch.setattr(os, "replace", spy_replace)
+    cache = SessionCache(path=path)
+    cache.store("s", ticket(1))  # the first write makes the file: a replacement
+    for n in range(2, 300):  # compactions
+        cache.store("s", ticket(n))
+        assert number(cache.take("s", NOW)) == n
+    cache.clear()  # a file of its header alone: a replacement too
+    replaced = [i for i, (what, _) in enumerate(events) if what == "replace"]
+    assert len(replaced) >= 3
+    directory = tmp_path.stat().st_ino
+    for i in replaced:
+        inode = events[i][1]
+        assert events[i - 1] == ("fsync file", inode)  # the new file, on the disk, then renamed
+        if hasattr(os, "O_DIRECTORY"):
+            assert events[i + 1] == ("fsync dir", directory)
+
+
+def test_a_compaction_that_cannot_be_synced_leaves_the_file_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failed fsync is a failed write: the journal is not replaced (nor the
+    temporary file left), the tickets stay in memory, and it is logged."""
+    path = tmp_path / "tickets.json"
+    cache = SessionCache(path=path)
+    cache.store("s", ticket(1))
+    before = path.read_bytes()
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with caplog.at_level(logging.WARNING, logger="nautilus.sessions"):
+        cache.clear()  # a replacement
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "tickets.json.lock") == [
+        "tickets.json"
+    ]
+    assert "cannot be written" in caplog.text
+    assert len(cache) == 0  # memory: authoritative while writes fail
+    monkeypatch.undo()
+    cache.store("t", ticket(2))  # the next write replaces the file with what memory holds
+    assert view(SessionCache(path=path)) == [("t", [2])]
+
+
 def test_a_compaction_removes_the_temporary_files_of_unfinished_ones(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
