@@ -474,6 +474,17 @@ class StoredTicket:
         object.__setattr__(self, "lifetime", lifetime)
 
     def expired(self, now: float) -> bool:
+        """Whether the ticket is of no use at ``now`` (UNIX seconds): its
+        lifetime is over, or it was "received" more than 60 s after ``now``
+        (a clock set back: its age cannot be known).
+
+        Raises:
+            TypeError, ValueError: ``now`` is not a finite number (a bool, a
+                NaN or an infinity, not a number at all), as for
+                :meth:`SessionCache.take`.
+        """
+        if type(now) is not float or not math.isfinite(now):
+            now = _seconds("now", now)
         return now >= self.received + self.lifetime or now < self.received - 60
 
     def to_json(self) -> dict[str, Any]:

@@ -87,6 +87,23 @@ def test_ticket_from_the_future_counts_as_expired() -> None:
     assert cache.take("s", NOW - 61) is None
 
 
+def test_expired_checks_now_as_take_does() -> None:
+    """A NaN ``now`` made every ticket unexpired, a bool or a string was
+    compared as it came: expired() refuses them with take()'s errors."""
+    t = ticket(1)
+    cache = SessionCache()
+    cache.store("s", t)
+    for bad in (True, False, "now", None, b"1", math.nan, math.inf, -math.inf, 10**400):
+        with pytest.raises((TypeError, ValueError)) as from_take:
+            cache.take("s", bad)  # type: ignore[arg-type]
+        with pytest.raises(from_take.type, match="now") as from_expired:
+            t.expired(bad)  # type: ignore[arg-type]
+        assert str(from_expired.value) == str(from_take.value)
+    assert len(cache) == 1
+    assert not t.expired(int(NOW))  # an int is a time, as for take()
+    assert t.expired(NOW + 3600)
+
+
 def test_servers_are_kept_apart() -> None:
     cache = SessionCache()
     a = SessionCache.key(SERVER.peer_id, "a:1")
