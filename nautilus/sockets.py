@@ -431,7 +431,9 @@ class NautilusSocket(socket.socket):
         ``"host:port"`` of ``address``.
 
         Raises:
-            ValueError: a server-side socket, or one already connected.
+            ValueError: a server-side socket, or one already connected; or
+                (no ``server_name`` given) a host that makes a server_name
+                with a control character (before anything connects).
             TypeError: a malformed address.
             OSError: the TCP connection failed (``BlockingIOError`` while a
                 non-blocking connect is in progress).

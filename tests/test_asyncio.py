@@ -591,6 +591,40 @@ def test_bad_arguments_raise_before_any_io() -> None:
     run(main())
 
 
+def test_a_server_name_with_control_characters_is_refused_before_any_io() -> None:
+    """Given, or made from the host (``host:port``): refused by the Connection
+    before anything connects."""
+
+    async def main() -> None:
+        accepted = 0
+
+        def count(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            nonlocal accepted
+            accepted += 1
+            w.close()
+
+        plain = await asyncio.start_server(count, HOST, 0)
+        port = plain.sockets[0].getsockname()[1]
+        ctx = client_ctx()
+        calls: list[Callable[[], Awaitable[Any]]] = [
+            lambda: na.open_connection(HOST, port, context=ctx, server_name="srv\n:1"),
+            lambda: na.create_connection(
+                asyncio.Protocol, HOST, port, context=ctx, server_name="srv\0:1"
+            ),
+            lambda: na.open_channel(HOST, port, context=ctx, server_name="a\tb"),
+            lambda: na.open_connection("bad\nhost", port, context=ctx),  # no DNS look-up either
+        ]
+        for call in calls:
+            with pytest.raises(ValueError, match=r"^server_name must not contain control"):
+                await call()
+        await asyncio.sleep(0.05)
+        assert accepted == 0
+        plain.close()
+        await plain.wait_closed()
+
+    run(main())
+
+
 def test_connection_refused_is_an_oserror() -> None:
     async def main() -> None:
         plain = await asyncio.start_server(lambda r, w: None, HOST, 0)

@@ -863,6 +863,21 @@ def test_constructor_argument_checks() -> None:
         Connection(Context(), "client", expected_peer="did:key:not-a-key")
 
 
+def test_a_server_name_with_control_characters_is_refused() -> None:
+    """A server_name is a name (the known-peers file's, a certificate's): a
+    control or format character in it (NUL, a newline, a tab, DEL, C1, a
+    bidirectional mark, a lone surrogate, a line separator) is refused when
+    the connection is made, naming the parameter and the character; spaces,
+    which a certificate's name may hold, are not."""
+    for name in ("srv\0:1", "srv\n:1", "srv:1\r", "a\tb", "a\x7fb", "a\x85b", "a\u200eb",
+                 "a\u2028b", "a\ud800b"):  # fmt: skip
+        char = next(c for c in name if not c.isprintable())
+        with pytest.raises(ValueError, match=rf"^server_name .* U\+{ord(char):04X} at index"):
+            Connection(Context(), "client", server_name=name)
+    for name in ("Acme Billing", "a\u00a0b", "ünïcode.example:443", "[::1]:443"):
+        Connection(Context(), "client", server_name=name)
+
+
 def test_calls_before_start() -> None:
     conn = Connection(Context(), "client")
     assert conn.state is State.CLIENT_START

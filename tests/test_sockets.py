@@ -1463,6 +1463,38 @@ def test_bad_flags_buffers_and_files_are_refused_naming_the_argument() -> None:
     assert seen == [b""]
 
 
+def test_a_server_name_with_control_characters_is_refused_before_any_io() -> None:
+    """Given, or made from the address dialled (``host:port``): refused by the
+    Connection before the socket connects, sends, or is taken over."""
+    ctx = client_ctx()
+    message = r"^server_name must not contain control"
+    with socket.create_server((HOST, 0)) as listener:
+        listener.setblocking(False)
+        address = listener.getsockname()[:2]
+        with pytest.raises(ValueError, match=message):
+            nautilus.create_connection(address, context=ctx, server_name="srv\n:1")
+        with pytest.raises(ValueError, match=message):  # no DNS look-up either
+            nautilus.create_connection(("bad\nhost", address[1]), context=ctx)
+        with socket.socket() as raw:
+            with pytest.raises(ValueError, match=message):
+                ctx.wrap_socket(raw, server_name="srv\0:1")
+            assert raw.fileno() != -1  # not taken over
+            sock = ctx.wrap_socket(raw)  # unconnected: its server_name comes from connect()
+            with sock, pytest.raises(ValueError, match=message):
+                sock.connect(("bad\thost", address[1]))
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nothing connected
+        with socket.create_connection(address) as raw:
+            accepted, _ = listener.accept()
+            with accepted:
+                with pytest.raises(ValueError, match=message):
+                    ctx.wrap_socket(raw, server_name="a\u2028b")
+                assert raw.fileno() != -1
+                accepted.setblocking(False)
+                with pytest.raises(BlockingIOError):
+                    accepted.recv(1)  # nothing sent
+
+
 def test_bad_arguments_to_the_constructors() -> None:
     ctx = client_ctx()
     with pytest.raises(TypeError):

@@ -20,6 +20,7 @@ import hashlib
 import logging
 import os
 import struct
+import unicodedata
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -311,6 +312,28 @@ def _peer_id_hash(peer_id: str) -> bytes:
     return hashlib.sha256(peer_id.encode()).digest()
 
 
+def _check_server_name(name: str) -> None:
+    """Refuse a server_name holding a control or format character (NUL, a
+    newline, a tab, DEL, a bidirectional override...) or a line or paragraph
+    separator: as a certificate's subject name may not, and as no name the
+    known-peers file records may. Spaces are allowed (a certificate's name may
+    have them: a server_name must be able to equal it).
+
+    Raises:
+        ValueError: naming the first such character and where it is.
+    """
+    if name.isprintable():  # (the common case: nothing refused, in one call)
+        return
+    for i, char in enumerate(name):
+        category = unicodedata.category(char)
+        if category[0] == "C" or category in ("Zl", "Zp"):
+            raise ValueError(
+                "server_name must not contain control or format characters (NUL, "
+                f"newlines, tabs...): it holds U+{ord(char):04X} at index {i} (the "
+                "adapters' default server_name is the address's 'host:port')"
+            )
+
+
 def _plain_record(rtype: int, payload: bytes) -> bytes:
     return bytes([rtype]) + len(payload).to_bytes(3, "big") + payload
 
@@ -322,13 +345,16 @@ class Connection:
         context: the shared :class:`nautilus.Context`.
         role: ``"client"`` or ``"server"``.
         server_name: (client) the name the known-peers file records the server
-            under, usually ``"host:port"``.
+            under, usually ``"host:port"``; not empty, and without control or
+            format characters (spaces are allowed: a certificate's name may
+            have them).
         expected_peer: (client) the peer the client means to reach; any other
             key fails the handshake.
 
     Raises:
         TypeError, ValueError: bad arguments (a server context without an
-            identity, ``expected_peer`` on a server, ...).
+            identity, ``expected_peer`` on a server, a ``server_name`` that
+            is empty or holds a control character, ...).
     """
 
     # Slots: CPython keeps no per-instance dict, and its attribute reads on the
@@ -438,6 +464,8 @@ class Connection:
             raise TypeError(f"server_name must be a str, not {type(server_name).__name__}")
         if server_name == "":
             raise ValueError("server_name must not be empty (None: no name)")
+        if server_name is not None:
+            _check_server_name(server_name)
         if expected_peer is not None and not isinstance(expected_peer, (PeerKey, str)):
             raise TypeError("expected_peer must be a PeerKey or a peer id string")
         if isinstance(expected_peer, str):
