@@ -39,8 +39,17 @@ $(NATIVE_STAMP): $(DEPS_STAMP) $(C_SOURCES)
 
 build: $(NATIVE_STAMP)
 
+# The asyncio adapter's tests run a second time on uvloop (the test extra installs it).
+UVLOOP_TESTS := tests/test_asyncio.py tests/test_asyncio_adversarial.py tests/test_asyncio_ending.py \
+	tests/test_asyncio_flow.py tests/test_asyncio_receive.py tests/test_channel.py tests/test_node.py \
+	tests/test_message_lane.py tests/test_early_data.py tests/test_server_flight.py
+
 test: build
 	$(PY) -m pytest $(PYTEST_ARGS)
+	@if $(PY) -c "import uvloop" 2>/dev/null; then \
+	  echo "The asyncio tests again, on uvloop:"; \
+	  NAUTILUS_TEST_LOOP=uvloop $(PY) -m pytest -q $(UVLOOP_TESTS); \
+	else echo "uvloop is not installed: the asyncio tests ran on asyncio's own loop only"; fi
 
 # QUICK=1 (or yes/true): short bounds everywhere.
 BENCH_QUICK = $(if $(filter-out 0 no false,$(QUICK)),--quick)

@@ -11,3 +11,10 @@ settings.register_profile(
 )
 settings.register_profile("ci", parent=settings.get_profile("default"), derandomize=True)
 settings.load_profile("ci" if os.environ.get("CI") else "default")
+
+if os.environ.get("NAUTILUS_TEST_LOOP") == "uvloop":  # (make test runs the asyncio tests again so)
+    import asyncio
+
+    import uvloop
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
