@@ -1157,11 +1157,10 @@ def test_tickets_carry_nothing_in_clear() -> None:
     assert contents.encode() not in remaining.ticket
 
 
-def _closed_before_its_ticket(**server: object) -> Pair:
-    """A client that requires client authentication: the server's ticket
-    follows the client's flight. The client completes, sends its Finished
-    and closes before anything more arrives; the server has read that
-    Finished (and sent its ticket), not yet the close_notify."""
+def _up_to_the_ticket(**server: object) -> Pair:
+    """A server that requires client authentication: its ticket follows the
+    client's flight. The client has completed and sent its Finished, which
+    the server has read (its ticket is in its output)."""
     p = Pair.make(
         server={
             "tickets_per_handshake": 1,
@@ -1178,6 +1177,13 @@ def _closed_before_its_ticket(**server: object) -> Pair:
     assert p.client.handshake_complete
     p.server.receive_data(p.client.data_to_send(), NOW)  # the client's flight
     assert p.server.handshake_complete
+    return p
+
+
+def _closed_before_its_ticket(**server: object) -> Pair:
+    """As _up_to_the_ticket, then the client closes before anything more
+    arrives; the server has not read its close_notify yet."""
+    p = _up_to_the_ticket(**server)
     p.collect()  # (events queued before close() stay queued)
     p.client.close()
     assert len(p.client_ctx.session_cache) == 0
@@ -1239,19 +1245,7 @@ def test_a_closed_client_reads_its_ticket_across_a_key_update(
 def test_a_closed_client_completes_a_ticket_record_cut_by_its_close() -> None:
     """Half of the ticket's record had arrived when the client closed: the
     rest completes it."""
-    p = Pair.make(
-        server={
-            "tickets_per_handshake": 1,
-            "client_auth": "required",
-            "trusted_peers": [CLIENT.public],
-        },
-        client={"identity": CLIENT},
-        server_name=SERVER_NAME,
-    )
-    p.start()
-    p.server.receive_data(p.client.data_to_send(), NOW)
-    p.client.receive_data(p.server.data_to_send(), NOW)
-    p.server.receive_data(p.client.data_to_send(), NOW)
+    p = _up_to_the_ticket()
     ticket = p.server.data_to_send()
     assert len(split_records(ticket)) == 1
     half = len(ticket) // 2
