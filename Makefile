@@ -25,7 +25,7 @@ all: build
 $(DEPS_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "setuptools>=69" wheel "cffi>=1.17"
+	$(PY) -m pip install -q "setuptools>=77" wheel "cffi>=1.17"
 	$(PY) -m pip install -q -e ".[test,dev]" --no-build-isolation --config-settings editable_mode=compat
 	mkdir -p build && touch $(NATIVE_STAMP) $@
 
