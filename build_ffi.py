@@ -9,6 +9,8 @@ The C core links libcrypto >= 3.5.  It is found, in this order:
 Step 3 runs ``apt-get source --download-only openssl`` against a private sources
 list under ``build/apt`` (the system's apt configuration is not touched, and no root
 is needed), unpacks the upstream tarball and builds ``libcrypto.a`` with ``-fPIC``.
+If the mirror lacks the files of the newest version its index lists, the next older
+version >= 3.5 in the same index is fetched instead.
 
 Run ``python build_ffi.py --openssl`` to do only the resolution (the Makefile does);
 setuptools imports ``ffibuilder`` from this file through ``cffi_modules``.
@@ -214,6 +216,69 @@ def _run(cmd: list[str], log: Path, cwd: Path | None = None) -> None:
         )
 
 
+def _version_key(version: str) -> list[tuple[int, int | str]]:
+    """A sort key that orders Debian versions by their runs of digits and letters.
+
+    Good enough for the versions of one source package in one suite (``3.5.7-1~deb13u2``
+    before ``3.5.7-1~deb13u10`` before ``3.5.9-1~deb13u1``); dpkg's full rules (``~``
+    sorting before everything) do not matter between such versions.
+    """
+    return [(0, int(p)) if p.isdigit() else (1, p) for p in re.findall(r"\d+|[^\d]+", version)]
+
+
+def _source_versions(opts: list[str], log: Path) -> list[str]:
+    """OpenSSL source versions >= 3.5 in the private index, newest first."""
+    with log.open("ab") as fh:
+        fh.write(b"\n$ apt-cache showsrc --only-source openssl\n")
+    proc = subprocess.run(
+        ["apt-cache", *opts, "showsrc", "--only-source", "openssl"],
+        capture_output=True,
+        text=True,
+    )
+    with log.open("ab") as fh:
+        fh.write((proc.stdout + proc.stderr).encode())
+    if proc.returncode != 0:
+        return []
+    versions = set()
+    for line in proc.stdout.splitlines():
+        if line.startswith("Version:"):
+            version = line.split(":", 1)[1].strip()
+            m = re.match(r"(\d+)\.(\d+)\.(\d+)", version)
+            if m and tuple(int(x) for x in m.groups()) >= MIN_OPENSSL:
+                versions.add(version)
+    return sorted(versions, key=_version_key, reverse=True)
+
+
+def _fetch_openssl_source(opts: list[str], src: Path, log: Path) -> list[Path]:
+    """Download OpenSSL's source package into ``src``; return its upstream tarballs.
+
+    The newest version in the index is tried first.  A mirror can list a version whose
+    files it does not (yet) hold, so on a failed download the next older version >= 3.5
+    that the same signed index lists is tried; apt checks every file against the index's
+    hashes either way.
+    """
+    versions = _source_versions(opts, log)
+    # Without a version list (apt-cache failed), let apt pick as it always did.
+    candidates = [f"openssl={v}" for v in versions] or ["openssl"]
+    failures: list[str] = []
+    for candidate in candidates:
+        for old in src.glob("openssl_*"):
+            old.unlink()
+        try:
+            _run(["apt-get", *opts, "-q", "source", "--download-only", candidate], log, cwd=src)
+        except OpenSSLNotFound as exc:
+            failures.append(str(exc))
+            _log(f"could not download {candidate}; trying an older version if the index has one")
+            continue
+        return sorted(src.glob("openssl_*.orig.tar.*"))
+    if len(failures) == 1:
+        raise OpenSSLNotFound(failures[0])
+    raise OpenSSLNotFound(
+        f"none of the {len(candidates)} OpenSSL source versions could be downloaded "
+        f"({', '.join(versions)}); the last attempt:\n{failures[-1]}"
+    )
+
+
 def build_openssl_from_debian() -> OpenSSLLocation:
     """Fetch Debian's OpenSSL source package and build a static libcrypto once."""
     if OPENSSL_STAMP.exists():
@@ -251,10 +316,7 @@ def build_openssl_from_debian() -> OpenSSLLocation:
     (apt / "status").touch()
     _log(f"building OpenSSL 3.5 from Debian's '{DEBIAN_SUITE}' source package (log: {log})")
     _run(["apt-get", *opts, "-q", "update"], log)
-    for old in src.glob("openssl_*"):
-        old.unlink()
-    _run(["apt-get", *opts, "-q", "source", "--download-only", "openssl"], log, cwd=src)
-    tarballs = sorted(src.glob("openssl_*.orig.tar.*"))
+    tarballs = _fetch_openssl_source(opts, src, log)
     tarballs = [t for t in tarballs if not t.name.endswith(".asc")]
     if len(tarballs) != 1:
         raise OpenSSLNotFound(f"expected one openssl_*.orig.tar.* in {src}, found {tarballs}")

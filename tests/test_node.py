@@ -430,7 +430,7 @@ def test_retry_is_bounded_and_raises_the_last_error() -> None:
     run(main())
 
 
-def test_retry_is_cancellable() -> None:
+def test_retry_is_cancellable(caplog: pytest.LogCaptureFixture) -> None:
     async def main() -> None:
         server, accepted = await counting_listener()
         port = server.sockets[0].getsockname()[1]
@@ -448,8 +448,12 @@ def test_retry_is_cancellable() -> None:
             assert a.connection_count() == 0
             # Closing the node ends a connect() that is waiting between attempts.
             slow = RetryPolicy(attempts=10, initial=5.0, maximum=5.0)
+            caplog.clear()
             pending = asyncio.create_task(a.connect((HOST, port), IDS[1].peer_id, retry=slow))
-            await until(lambda: len(accepted) > attempts, "the first attempt")
+            # The listener's accept comes before the client sees the hang-up: wait for the
+            # attempt to have failed (logged with its retry), not only to have arrived.
+            await until(lambda: "; retry 1 in " in caplog.text, "the first attempt failed")
+            assert len(accepted) == attempts + 1
             a.close()
             started = time.monotonic()
             with pytest.raises(nautilus.ClosedError) as info:
@@ -459,7 +463,8 @@ def test_retry_is_cancellable() -> None:
         server.close()
         await server.wait_closed()
 
-    run(main())
+    with caplog.at_level(logging.DEBUG, logger="nautilus.asyncio"):
+        run(main())
 
 
 def test_restart_and_reconnect_with_retry() -> None:
