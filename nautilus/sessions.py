@@ -404,7 +404,9 @@ class StoredTicket:
     Raises:
         TypeError: a field of the wrong type.
         ValueError: a field out of range: ``ticket`` must be 1 to 65535 bytes,
-            ``psk`` 1 to 255, ``namespace`` at most 255; ``cipher`` in
+            ``psk`` 1 to 255, ``namespace`` at most 255, ``server_key`` and
+            ``server_certificate`` at most 65535 (each came in a handshake
+            message of at most 64 KiB); ``cipher`` in
             0..65535; ``age_add`` and ``max_early_data`` in 0..2**32-1;
             ``received`` finite; ``lifetime`` finite, over 0 and at most 7 days.
     """
@@ -431,7 +433,9 @@ class StoredTicket:
             and type(self.psk) is bytes
             and 0 < len(self.psk) <= 0xFF
             and type(self.server_key) is bytes
+            and len(self.server_key) <= 0xFFFF
             and type(self.server_certificate) is bytes
+            and len(self.server_certificate) <= 0xFFFF
             and type(self.namespace) is bytes
             and len(self.namespace) <= 0xFF
             and type(self.cipher) is int
@@ -450,16 +454,15 @@ class StoredTicket:
         for name, lo, hi in (
             ("ticket", 1, 0xFFFF),
             ("psk", 1, 0xFF),
-            ("server_key", 0, None),
-            ("server_certificate", 0, None),
+            ("server_key", 0, 0xFFFF),
+            ("server_certificate", 0, 0xFFFF),
             ("namespace", 0, 0xFF),
         ):
             data = getattr(self, name)
             if not isinstance(data, bytes):
                 raise TypeError(f"StoredTicket {name} must be bytes, not {type(data).__name__}")
-            if len(data) < lo or (hi is not None and len(data) > hi):
-                limit = f"{lo} to {hi}" if hi is not None else f"at least {lo}"
-                raise ValueError(f"StoredTicket {name} must be {limit} bytes")
+            if not lo <= len(data) <= hi:
+                raise ValueError(f"StoredTicket {name} must be {lo} to {hi} bytes")
         for name, hi in (("cipher", 0xFFFF), ("age_add", _U32_MAX), ("max_early_data", _U32_MAX)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
