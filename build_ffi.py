@@ -249,6 +249,14 @@ def _source_versions(opts: list[str], log: Path) -> list[str]:
     return sorted(versions, key=_version_key, reverse=True)
 
 
+def _empty(directory: Path) -> None:
+    for entry in directory.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
 def _fetch_openssl_source(opts: list[str], src: Path, log: Path) -> list[Path]:
     """Download OpenSSL's source package into ``src``; return its upstream tarballs.
 
@@ -262,8 +270,7 @@ def _fetch_openssl_source(opts: list[str], src: Path, log: Path) -> list[Path]:
     candidates = [f"openssl={v}" for v in versions] or ["openssl"]
     failures: list[str] = []
     for candidate in candidates:
-        for old in src.glob("openssl_*"):
-            old.unlink()
+        _empty(src)  # (what an earlier attempt fetched before it failed)
         try:
             _run(["apt-get", *opts, "-q", "source", "--download-only", candidate], log, cwd=src)
         except OpenSSLNotFound as exc:
@@ -271,6 +278,7 @@ def _fetch_openssl_source(opts: list[str], src: Path, log: Path) -> list[Path]:
             _log(f"could not download {candidate}; trying an older version if the index has one")
             continue
         return sorted(src.glob("openssl_*.orig.tar.*"))
+    _empty(src)
     if len(failures) == 1:
         raise OpenSSLNotFound(failures[0])
     raise OpenSSLNotFound(
