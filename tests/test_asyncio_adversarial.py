@@ -346,6 +346,42 @@ def test_untrusted_client_learns_authentication_failed(caplog: pytest.LogCapture
     run(main())
 
 
+def test_a_verify_hook_that_answers_false_does_not_let_the_client_in(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Over loopback: a server whose verify_client_payload answers with a
+    comparison (False for a wrong token) instead of raising used to accept
+    the client, and hand its data to the application. It now fails the
+    handshake: the client learns it on its first read, nothing is echoed, and
+    the application never sees the connection."""
+    sid = "example.com/token"
+    server_hs = nautilus.Handshake()
+    server_hs.add(  # optional: the harness's background clients lack the step
+        nautilus.CustomProtocolStep(
+            sid,
+            verify_client_payload=lambda c, p: p == b"good token",  # type: ignore[arg-type,return-value]
+        )
+    )
+    client_hs = nautilus.Handshake()
+    client_hs.add(nautilus.CustomProtocolStep(sid, client_payload=lambda c, p: b"bad token"))
+
+    async def main() -> None:
+        hx = harness(caplog, handshake=server_hs)
+        async with hx.running() as h:
+            reader, writer = await na.open_connection(
+                HOST, h.port, context=good_client_ctx(handshake=client_hs)
+            )
+            writer.write(b"let me in")
+            with pytest.raises(nautilus.ConnectionLost, match="internal_error"):
+                await asyncio.wait_for(reader.read(100), 5)  # (no data: nothing echoed)
+            writer.close()
+            log = await h.wait_for_log("verify_client_payload must return None")
+            assert "not return bool" in log
+            assert writer.get_extra_info("sockname") not in h.handled
+
+    run(main())
+
+
 # ---------------------------------------------------------- negotiation failures
 
 

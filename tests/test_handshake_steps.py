@@ -251,6 +251,49 @@ def test_hook_returning_a_non_bytes_value(side: str) -> None:
     assert AlertReceived(80, "internal_error") in peer_events
 
 
+class _AsyncVerifyStep(CustomProtocolStep):
+    """A subclass whose verify hook was written as a coroutine by mistake."""
+
+    async def verify_client_payload(  # type: ignore[override]
+        self, ctx: StepContext, payload: bytes | None
+    ) -> None:
+        raise ValueError("never runs")
+
+
+@pytest.mark.parametrize("answer", ["false", "true", "zero", "coroutine"])
+def test_verify_client_payload_fails_closed_on_any_answer_but_none(answer: str) -> None:
+    """Only raising rejects the client: a verify hook written as a comparison
+    (False for a wrong token) or as a coroutine (its check never runs)
+    accepted every client before. Any answer but None now fails the
+    handshake as a local error (docs/protocol.md, section 3.2)."""
+    sid = "example.com/verify-answer"
+    server_step: CustomProtocolStep
+    if answer == "coroutine":
+        server_step = _AsyncVerifyStep(sid, required=True)
+    else:
+        value = {"false": False, "true": True, "zero": 0}[answer]
+        server_step = CustomProtocolStep(
+            sid,
+            required=True,
+            verify_client_payload=lambda ctx, p: value,  # type: ignore[arg-type,return-value]
+        )
+    client_step = CustomProtocolStep(sid, client_payload=lambda ctx, p: b"wrong token")
+    pair = run((server_step,), (client_step,))
+    assert_closed_with(pair.server, pair.server_events, HandshakeError)
+    assert "verify_client_payload must return None" in str(pair.server.error)
+    assert not any(isinstance(e, HandshakeCompleted) for e in pair.server_events)
+    assert AlertReceived(80, "internal_error") in pair.client_events
+
+
+def test_async_hooks_are_refused_when_the_step_is_made() -> None:
+    async def hook(ctx: StepContext, *args: object) -> None:
+        return None
+
+    for name in ("server_payload", "client_payload", "verify_client_payload"):
+        with pytest.raises(TypeError, match=f"{name} must be a plain function"):
+            CustomProtocolStep("a.example", **{name: hook})
+
+
 # -------------------------------------------------------------- negotiation
 
 

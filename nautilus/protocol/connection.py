@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import logging
 import os
 import struct
@@ -1895,7 +1896,22 @@ class Connection:
             )
         finally:
             self._in_hook = False
+        if inspect.iscoroutine(result):  # an async hook: it never runs (no warning either)
+            result.close()
         self._stop_if_closed()  # the hook closed this connection: it stays closed
+        if hook == "verify_client_payload":
+            # Only raising rejects the client: any answer but None (False from a
+            # comparison, the coroutine of an async hook that never ran) would
+            # otherwise accept it unchecked. Fail closed instead.
+            if result is not None:
+                _abort(
+                    HandshakeError,
+                    AlertCode.INTERNAL_ERROR,
+                    f"handshake step {step.protocol_id!r}: verify_client_payload must "
+                    f"return None and raise to reject the client, not return "
+                    f"{type(result).__name__}",
+                )
+            return None
         if result is not None and not isinstance(result, bytes):
             _abort(
                 HandshakeError,

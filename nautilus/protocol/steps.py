@@ -11,7 +11,12 @@ A custom step has up to three hooks, all optional:
 * ``client_payload(ctx, server_payload)``: bytes the client answers with (or
   None); it may raise to reject the server;
 * ``verify_client_payload(ctx, payload)``: the server's check of the answer;
-  it raises to reject the client.
+  it raises to reject the client. It must return None: any other answer
+  (``False``...) fails the handshake too, rather than accept the client.
+
+Hooks are plain functions, run synchronously inside the handshake:
+:class:`CustomProtocolStep` refuses an ``async def`` hook (``TypeError``), and
+a hook that returns a coroutine fails the handshake.
 
 A step runs only when both sides support its protocol id (the hellos carry the
 ids); a step marked ``required`` that the peer lacks fails the handshake with
@@ -22,6 +27,7 @@ it raised).
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -164,6 +170,11 @@ class CustomProtocolStep(HandshakeStep):
         ):
             if fn is not None and not callable(fn):
                 raise TypeError(f"{name} must be callable")
+            if inspect.iscoroutinefunction(fn):
+                raise TypeError(
+                    f"{name} must be a plain function: hooks run synchronously inside "
+                    "the handshake, so an async function would never run"
+                )
         self._server_payload = server_payload
         self._client_payload = client_payload
         self._verify = verify_client_payload
@@ -176,7 +187,8 @@ class CustomProtocolStep(HandshakeStep):
 
     def verify_client_payload(self, ctx: StepContext, payload: bytes | None) -> None:
         if self._verify is not None:
-            self._verify(ctx, payload)
+            return self._verify(ctx, payload)  # (anything but None fails the handshake)
+        return None
 
 
 def _check_id(protocol_id: object) -> str:
