@@ -722,6 +722,53 @@ def test_replayed_client_hello(caplog: pytest.LogCaptureFixture) -> None:
     run(main())
 
 
+def test_cheap_hellos_cost_no_more_when_the_hello_cache_is_full() -> None:
+    """A client hello is recorded in the server's replay cache before anything
+    costly (key agreement, signing), so a client can send hellos that fail
+    cheaply (here: another namespace), one per connection, about 272 a second
+    to keep the 65536-entry cache full. Every hello then made the cache scan
+    all its entries for expired ones (7 ms each for 65536): the server paid
+    tens of times what the hello cost to send. Per hello, a full cache must
+    cost about what an empty one does."""
+    from nautilus.context import REPLAY_CACHE_SIZE
+
+    ctx = Context(SERVER_ID)
+    conn = Connection(good_client_ctx(namespace="not-the-server's"))
+    conn.start(time.time())
+    template = conn.data_to_send()
+    assert template[:1] == bytes([HANDSHAKE_RECORD])
+    assert template[4] == 1  # a ClientHello
+    count = 150
+
+    def hellos() -> list[bytes]:  # each with its own random (bytes 10..42)
+        return [template[:10] + os.urandom(32) + template[42:] for _ in range(count)]
+
+    async def cost(flights: list[bytes], port: int) -> float:
+        start = time.process_time()
+        for flight in flights:
+            raw = await raw_exchange(port, flight)
+            assert raw.reply[:1] == bytes([ALERT_RECORD])  # refused: namespace
+        return time.process_time() - start
+
+    async def main() -> tuple[float, float]:
+        server = await na.start_server(lambda r, w: w.close(), HOST, 0, context=ctx)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            await cost(hellos()[:20], port)  # warm up
+            empty = await cost(hellos(), port)
+            now = time.time()
+            for _ in range(REPLAY_CACHE_SIZE):  # as a flood of hellos leaves it
+                ctx._seen_hellos.first_use(os.urandom(32), now + 241.0, now)
+            full = await cost(hellos(), port)
+            return empty, full
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    empty, full = run(main(), timeout=60)
+    assert full < 3 * empty + 0.05, (empty, full)
+
+
 def test_replay_while_the_original_is_still_connected(caplog: pytest.LogCaptureFixture) -> None:
     async def main() -> None:
         async with harness(caplog).running() as h, Proxy(h.port) as proxy:

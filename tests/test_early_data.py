@@ -745,6 +745,32 @@ def test_replay_cache_that_evicts_when_full() -> None:
     assert refusing.first_use(b"b", NOW + 200, NOW + 150)  # "a" expired
 
 
+def test_replay_cache_forgets_entries_expiring_out_of_order_and_stays_bounded() -> None:
+    """Expired entries are found by their expiry, not by a scan of the whole
+    cache (which a flood of hellos made the server pay on every call: see
+    test_asyncio_adversarial.py::test_cheap_hellos_cost_no_more_when_the_hello_cache_is_full):
+    one behind a longer-lived entry is forgotten as soon as it expires, and a
+    cache that evicts keeps its bookkeeping bounded."""
+    from nautilus.sessions import ReplayCache
+
+    cache = ReplayCache(3, evict_when_full=False)
+    assert cache.first_use(b"long", NOW + 1000, NOW)
+    assert cache.first_use(b"short", NOW + 10, NOW)
+    assert not cache.first_use(b"short", NOW + 10, NOW + 9)  # still live: a replay
+    assert cache.first_use(b"short", NOW + 30, NOW + 11)  # expired, behind "long"
+    assert cache.first_use(b"x", NOW + 1000, NOW + 11)
+    assert not cache.first_use(b"y", NOW + 1000, NOW + 12)  # full: refused
+    assert cache.first_use(b"y", NOW + 1000, NOW + 31)  # "short" expired: room
+    evicting = ReplayCache(100, evict_when_full=True)
+    for i in range(5000):
+        assert evicting.first_use(b"%d" % i, NOW + 1000 - i % 7, NOW + i / 100)
+    assert len(evicting._seen) == 100
+    assert len(evicting._expiries) <= 2 * 100 + 64
+    assert not evicting.first_use(b"4999", NOW + 1000, NOW + 50)  # the newest are kept
+    assert evicting.first_use(b"0", NOW + 1000, NOW + 50)  # the oldest were evicted
+    assert evicting.first_use(b"4999", NOW + 2000, NOW + 1000)  # all expired by now
+
+
 @pytest.mark.parametrize("case", ["no ticket", "accepted", "refused", "over the allowance"])
 def test_early_data_comes_first_whether_or_not_a_ticket_lets_it_go_as_0rtt(case: str) -> None:
     """send_data() before start(), start(early_data=...), send_data() after:
