@@ -241,7 +241,10 @@ def _connect(args: argparse.Namespace, inp: BinaryIO, out: BinaryIO, err: Binary
             try:
                 while data := read(_CHUNK):
                     sock.sendall(data)
-                while (left := last[0] + args.wait - time.monotonic()) > 0:
+                # Quiet for --wait seconds after the end of stdin: what came before
+                # it does not count (the answer to the last input is still wanted).
+                ended = time.monotonic()
+                while (left := max(last[0], ended) + args.wait - time.monotonic()) > 0:
                     time.sleep(left)
                 closing.set()
                 sock.shutdown(socket.SHUT_RDWR)

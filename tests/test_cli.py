@@ -9,11 +9,13 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import nautilus.cli
 from nautilus import Identity
 from nautilus.cli import main
 
@@ -154,6 +156,32 @@ def test_connect_echoes_stdin_through_the_server(server: EchoServer) -> None:
     assert status == 0, err
     assert out == data
     assert err == f"connected to {server.peer_id} (x25519-mlkem768, aes-256-gcm)\n"
+
+
+def test_connect_waits_for_the_answer_to_input_that_ended_late(
+    server: EchoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The --wait quiet is counted from the end of stdin: input that came
+    later than --wait seconds after the connection (or the last answer) is
+    still answered. The quiet used to be counted from the last data received,
+    or the connection: the client closed as soon as it had sent the input."""
+    clock = [0.0]  # seconds added to the CLI's monotonic clock
+
+    class LateInput(io.BytesIO):
+        def read1(self, size: int | None = -1, /) -> bytes:
+            if self.tell() == 0:
+                clock[0] += 10.0  # the input comes 10 s after the connection
+            return super().read1(size)
+
+    fake = type(
+        "FakeTime", (), {"monotonic": lambda: time.monotonic() + clock[0], "sleep": time.sleep}
+    )
+    monkeypatch.setattr(nautilus.cli, "time", fake)
+    out, err = io.BytesIO(), io.BytesIO()
+    argv = ["connect", server.address, "--trust", server.peer_id, "--wait", "1"]
+    status = main(argv, stdin=LateInput(b"late\n"), stdout=out, stderr=err)
+    assert status == 0, err.getvalue()
+    assert out.getvalue() == b"late\n"
 
 
 def test_connect_to_a_server_it_does_not_trust_fails_cleanly(
