@@ -9,9 +9,11 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,10 +24,55 @@ from nautilus.cli import main
 pytestmark = pytest.mark.native
 
 
+class _Output(io.BytesIO):
+    """stdout whose writes notify ``grown`` (for a reader waiting for the echo)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.grown = threading.Condition()
+
+    def write(self, data: Any) -> int:
+        with self.grown:
+            n = super().write(data)
+            self.grown.notify_all()
+        return n
+
+
+class _Input(io.BytesIO):
+    """stdin that ends only once ``out`` holds as many bytes as were read (the
+    echo of it all) or ``release()`` is called: ``connect`` closes after
+    --wait seconds of quiet from the end of stdin, and the echo must not race
+    that bound (a slow host may answer after it)."""
+
+    def __init__(self, data: bytes, out: _Output) -> None:
+        super().__init__(data)
+        self._out = out
+        self._released = False
+
+    def read1(self, size: int | None = -1, /) -> bytes:
+        data = super().read1(size)
+        if not data:
+            with self._out.grown:
+                self._out.grown.wait_for(
+                    lambda: self._released or self._out.tell() >= self.tell(), 30
+                )
+        return data
+
+    def release(self) -> None:
+        with self._out.grown:
+            self._released = True
+            self._out.grown.notify_all()
+
+
 def run(*argv: str, stdin: bytes = b"") -> tuple[int, bytes, str]:
-    """``main(argv)`` in this process: (exit status, stdout, stderr)."""
-    out, err = io.BytesIO(), io.BytesIO()
-    status = main(list(argv), stdin=io.BytesIO(stdin), stdout=out, stderr=err)
+    """``main(argv)`` in this process: (exit status, stdout, stderr). stdin
+    ends once its echo has arrived (or main() has returned)."""
+    out, err = _Output(), io.BytesIO()
+    inp = _Input(stdin, out)
+    try:
+        status = main(list(argv), stdin=inp, stdout=out, stderr=err)
+    finally:
+        inp.release()
     return status, out.getvalue(), err.getvalue().decode()
 
 
