@@ -786,11 +786,12 @@ def test_listener_drops_a_dialler_that_sends_no_hello() -> None:
         async with Node(node_ctx(IDS[0], trusted=[IDS[1]], handshake_timeout=0.5)) as node:
             mute = FakeLink()
             ctx = Context(IDS[1], trusted_peers=[IDS[0].public])
+            # (before the dial: the node's wait starts with its HELLO, before we see it)
+            started = time.monotonic()
             await na.create_connection(
                 lambda: mute, *node.address, context=ctx, expected_peer=node.peer_id
             )
             await mute.expect(HELLO)  # the node says HELLO; the dialler does not
-            started = time.monotonic()
             lost = await asyncio.wait_for(mute.lost, 5)
             assert isinstance(lost, nautilus.HandshakeTimeout), lost  # the alert, not a truncation
             assert 0.3 < time.monotonic() - started < 3.0
@@ -1247,8 +1248,9 @@ def test_a_held_connection_is_dropped_after_the_handshake_timeout() -> None:
             old = await fake_dial(node, IDS[1], b"\x01" * 16, b"\x0a" * 16)
             channel = await asyncio.wait_for(node.accept(), 5)
             await old.expect(START)
-            new = await fake_dial(node, IDS[1], b"\x02" * 16, b"\x0b" * 16)  # the next session
+            # (before the dial: the node holds it on our HELLO, before we see the node's)
             started = time.monotonic()
+            new = await fake_dial(node, IDS[1], b"\x02" * 16, b"\x0b" * 16)  # the next session
             await until(lambda: bool(node._held.get(IDS[1].peer_id)), "the node holds it")
             new.frame(START, 0)
             new.send(b"held")
