@@ -163,16 +163,18 @@ def raw_handshake(sock: socket.socket, conn: Connection) -> None:
 
 
 def wait_for_data(sock: socket.socket, conn: Connection) -> bytes:
-    """Feed ``conn`` until it delivers stream data; return that data."""
+    """Feed ``conn`` until it delivers stream data; return that data. Data
+    ``conn`` already holds comes first: the read that ended raw_handshake()
+    may have taken the peer's first data with its Finished (a slow reader)."""
     while True:
-        data = sock.recv(65536)
-        assert data, "the peer closed"
-        conn.receive_data(data, time.time())
         got = b"".join(
             e.data for e in iter(conn.next_event, None) if type(e) is nautilus.DataReceived
         )
         if got:
             return got
+        data = sock.recv(65536)
+        assert data, "the peer closed"
+        conn.receive_data(data, time.time())
 
 
 def read_until_eof(sock: socket.socket) -> bytes:
