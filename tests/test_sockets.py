@@ -498,8 +498,12 @@ def test_handshake_timeout_on_the_server_side() -> None:
 
 
 def test_socket_timeout_shorter_than_the_handshake_timeout_is_resumable() -> None:
+    timed_out_twice = threading.Event()
+
     def handler(raw: socket.socket) -> None:
-        time.sleep(0.4)  # answer late
+        # Answer late: once the client's handshake has timed out twice (a sleep
+        # here saw fewer timeouts when the client's thread was slow to run).
+        assert timed_out_twice.wait(PEER_TIMEOUT)
         with server_ctx().wrap_socket(raw, server_side=True) as sock:
             echo(sock)
 
@@ -518,6 +522,8 @@ def test_socket_timeout_shorter_than_the_handshake_timeout_is_resumable() -> Non
             except TimeoutError:
                 timeouts += 1
                 assert timeouts < 100
+                if timeouts == 2:
+                    timed_out_twice.set()
         assert timeouts >= 2
         assert sock.session is not None
         sock.settimeout(5)
