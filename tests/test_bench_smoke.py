@@ -9,6 +9,7 @@ the chart are written).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -430,6 +431,8 @@ def test_ctrl_c_stops_the_run_and_its_servers(tmp_path: Path) -> None:
          "--warmup=0", "--no-chart", "--no-uvloop", f"--output={output}"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,  # a process group of its own, as a terminal job has
+        # Ctrl-C as a terminal delivers it, even when this run ignores SIGINT
+        preexec_fn=functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     try:
         assert proc.stderr is not None

@@ -3,6 +3,7 @@ client over real loopback sockets."""
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import re
@@ -162,6 +163,9 @@ class EchoServer:
              *extra],
             stderr=subprocess.PIPE,
             cwd=Path(__file__).resolve().parent.parent,
+            # stop() sends SIGINT: Ctrl-C works there even when this run ignores it
+            # (started in the background or under nohup), as the server's would be
+            preexec_fn=functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL),
         )  # fmt: skip
         assert self.proc.stderr is not None
         line = self.proc.stderr.readline().decode()
