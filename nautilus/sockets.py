@@ -1929,6 +1929,33 @@ class NautilusSocket(socket.socket):
         with contextlib.suppress(OSError):
             _raw_shutdown(self, socket.SHUT_RDWR)
 
+    def detach(self) -> int:
+        """Close the socket object without closing its file descriptor, which
+        is returned (as ``socket.socket.detach``).
+
+        Nothing more is written to the descriptor (no close_notify: it is the
+        caller's now); the session's keys are dropped, and the object then
+        behaves as a closed socket: its calls raise ``OSError(EBADF)``.
+        """
+        fd = super().detach()
+        if not self._fd_closed:
+            self._fd_closed = True
+            self._ready = False
+            self._eof = True
+            with self._state_lock:  # (nothing of its output is written: dropped)
+                self._conn.close()
+                self._conn.receive_eof()  # the keys kept to read tickets go too
+                self._conn.data_to_send()
+                while self._conn.next_event() is not None:
+                    pass
+                self._queued = []
+                self._unsent = None
+            self._rdata, self._rdview, self._rpos = b"", None, 0
+            self._rmore.clear()
+            self._early.clear()
+            self._msgs.clear()
+        return fd
+
     # ---------------------------------------------------- not for this socket
 
     def dup(self) -> NoReturn:

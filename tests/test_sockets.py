@@ -1427,6 +1427,41 @@ def test_bad_arguments_are_refused_before_any_io() -> None:
     assert seen == [b""]
 
 
+def test_a_detached_socket_is_closed_and_writes_nothing_more() -> None:
+    """detach() hands the descriptor over, as socket.detach(): the object is then
+    a closed socket (EBADF, not a ConnectionLost it never had), it drops the
+    session's keys, and nothing more goes out on the descriptor (no close_notify
+    written after the fact by close() or the with block)."""
+    seen: list[bytes] = []
+
+    def handler(sock: NautilusSocket) -> None:
+        assert sock.recv(10) == b"ping"
+        sock.sendall(b"pong")
+        try:
+            seen.append(sock.recv(10))
+        except nautilus.ConnectionLost:
+            seen.append(b"lost")
+
+    peer = Peer(handler)
+    with nautilus.create_connection(peer.address, context=client_ctx(), timeout=5) as sock:
+        sock.sendall(b"ping")
+        assert recv_exactly(sock, 4) == b"pong"
+        conn = sock._conn
+        fd = sock.detach()
+        assert sock.fileno() == -1
+        assert conn.is_closed
+        for call in (lambda: sock.recv(10), lambda: sock.recv(0), lambda: sock.sendall(b"x"),
+                     lambda: sock.recv_message(), lambda: sock.send_message(b"x")):  # fmt: skip
+            with pytest.raises(OSError, match="closed") as info:
+                call()
+            assert info.value.errno == errno.EBADF, info.value
+    raw = socket.socket(fileno=fd)  # still open, and still the connection to the peer
+    assert raw.getpeername() == peer.address
+    raw.close()  # the peer sees no close_notify: only the TCP end
+    peer.result()
+    assert seen == [b"lost"]
+
+
 def test_bad_flags_buffers_and_files_are_refused_naming_the_argument() -> None:
     """Falsy flags that are not ints, strided buffers of signed bytes, objects
     that are not binary files: clear errors, before any I/O."""
