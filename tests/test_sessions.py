@@ -1737,6 +1737,42 @@ def test_rekey_interval_drives_key_updates_through_the_timer() -> None:
     assert p.server_events[-1].data == b"after"  # type: ignore[union-attr]
 
 
+def test_rekey_interval_renews_the_keys_when_the_clock_goes_back() -> None:
+    """A clock set back (by more than a second) leaves the sending keys' age
+    unknown: they are renewed at once, as ticket keys are. (The keys were
+    kept until the new clock reached the old time plus the interval: a clock
+    set back one day ratcheted nothing for a day.) Less than a second back
+    (the calls of a socket's reader and writer threads) changes nothing."""
+    p = Pair.make(client={"rekey_interval": 60.0})
+    p.handshake()
+    p.client.send_data(b"under the first keys")
+    p.pump()
+    p.client.handle_timer(NOW - 0.5)  # slightly out of order: nothing
+    assert p.client.data_to_send() == b""
+    assert p.client.get_timer() == NOW + 60
+    back = NOW - 86400.0
+    p.client.handle_timer(back)
+    assert p.client.stats.key_updates == 1
+    p.pump(now=back)
+    assert p.server_events[-1] == KeysUpdated("receive")
+    assert p.client.get_timer() == back + 60  # the new keys' age, by the new clock
+    # Told of the earlier time by a read, the next timer is due at once, and a
+    # send ratchets first.
+    q = Pair.make(client={"rekey_interval": 60.0})
+    q.handshake()
+    q.client.send_data(b"under the first keys")
+    q.pump()
+    q.server.send_data(b"hello")
+    q.pump(now=back)  # the client learns the time from the data it receives
+    assert q.client.get_timer() == back
+    q.client.send_data(b"under new keys")
+    q.pump(now=back)
+    assert q.client.stats.key_updates == 1
+    assert q.server_events[-2:] == [KeysUpdated("receive"), DataReceived(b"under new keys")]
+    assert q.client.error is None
+    assert q.server.error is None
+
+
 def test_rekey_interval_leaves_keys_that_sealed_nothing_and_restarts_their_age() -> None:
     """An interval that passes with nothing sent sends no KeyUpdate (the keys
     protect nothing yet): their age starts again. Idle connections used to

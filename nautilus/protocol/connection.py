@@ -206,6 +206,9 @@ messages in between (within one second of ``now``): more is a protocol
 violation (unexpected_message), as in BoringSSL. Each costs two ratchets."""
 _TAIL_RECORDS = 64
 """Most records a closed client reads for the server's tickets (Connection.close)."""
+_CLOCK_WENT_BACK = 1.0
+"""(rekey_interval) A ``now`` over this much before the sending keys last
+changed means the clock went back: they are renewed (as ticket keys are)."""
 MAX_NOW = 1e15
 """Latest ``now`` accepted (UNIX seconds, some 31 million years): a ClientHello
 carries the time in milliseconds as a u64. Earlier than 0 is refused too."""
@@ -952,6 +955,8 @@ class Connection:
         interval = self._cfg.rekey_interval
         last = self._last_update
         if self._state is _CONNECTED and interval is not None and last is not None:
+            if self._now < last - _CLOCK_WENT_BACK:
+                return self._now  # the clock went back: the keys' age is unknown, due now
             # (0.0 is a time too: no truthiness test; never past what
             # handle_timer() accepts)
             return min(last + interval, MAX_NOW)
@@ -991,10 +996,14 @@ class Connection:
 
     def _rekey_due(self) -> bool:
         interval = self._cfg.rekey_interval
+        last = self._last_update
+        # A clock set back (by more than the skew between the calls of a
+        # socket's reader and writer threads) would otherwise keep the keys
+        # for as long again: their age is unknown, they are renewed.
         return (
             interval is not None
-            and self._last_update is not None
-            and self._now - self._last_update >= interval
+            and last is not None
+            and (self._now - last >= interval or self._now < last - _CLOCK_WENT_BACK)
         )
 
     def _rekey(self) -> None:
