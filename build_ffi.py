@@ -424,5 +424,5 @@ if __name__ == "__main__":
             sys.exit(1)
     else:
         make_ffibuilder().compile(verbose=True)
-else:
+elif __name__ == "__cffi__":  # (setup.py's cffi_modules runs this file under that name)
     ffibuilder = make_ffibuilder()

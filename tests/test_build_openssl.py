@@ -24,7 +24,7 @@ def build_ffi() -> ModuleType:
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # (resolves the already built OpenSSL: quick)
+    spec.loader.exec_module(module)  # (only setup.py's cffi run resolves OpenSSL)
     return module
 
 
