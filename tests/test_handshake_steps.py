@@ -127,6 +127,40 @@ def test_access_token_rejected_fails_on_both_sides() -> None:
     assert_closed_with(pair.client, pair.client_events, AuthenticationFailed)
 
 
+@pytest.mark.parametrize("rejecting", ["server", "client"])
+def test_a_failed_handshake_drops_the_step_payloads_and_state(rejecting: str) -> None:
+    """A step payload may be a secret (an access token): a handshake that fails
+    drops the payloads received and the hooks' scratch state, as a completed
+    one does, on both sides."""
+    sid = "example.com/access-token/1"
+    token, challenge = b"bearer-token-" + os.urandom(16), b"challenge-" + os.urandom(16)
+
+    def server_payload(ctx: StepContext) -> bytes:
+        ctx.state["challenge"] = challenge
+        return challenge
+
+    def client_payload(ctx: StepContext, payload: bytes | None) -> bytes:
+        ctx.state["token"] = token
+        if rejecting == "client":
+            raise ValueError("the client rejects the server")
+        return token
+
+    def verify(ctx: StepContext, payload: bytes | None) -> None:
+        raise ValueError("the server rejects the client")
+
+    pair = run(
+        (CustomProtocolStep(sid, server_payload=server_payload, verify_client_payload=verify),),
+        (CustomProtocolStep(sid, client_payload=client_payload),),
+    )
+    assert_closed_with(pair.server, pair.server_events, AuthenticationFailed)
+    assert_closed_with(pair.client, pair.client_events, AuthenticationFailed)
+    failed = pair.server if rejecting == "server" else pair.client
+    assert f"{rejecting} rejects" in str(failed.error)
+    for conn in (pair.server, pair.client):
+        assert conn._peer_payloads == {}
+        assert conn._step_state == {}
+
+
 # ----------------------------------------------------------------- proof of work
 
 

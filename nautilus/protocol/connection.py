@@ -1184,6 +1184,10 @@ class Connection:
         self._kem = None
         self._flush_hook = None
         self._pending.clear()
+        # A failed handshake's step payloads (an access token...) and hooks' scratch
+        # state go too: only a completed handshake dropped them (_connected).
+        self._peer_payloads.clear()
+        self._step_state.clear()
         self._drop_scratch()  # decrypted data
         self._scratch = bytearray()
         _wipe(self._messages)  # a partial message
