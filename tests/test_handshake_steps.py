@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from protocol_helpers import (
@@ -261,6 +261,45 @@ def test_hook_raising_a_handshake_error_keeps_its_class() -> None:
     assert str(pair.server.error) == "no compatible policy"
     # The peer learns only "authentication_failed".
     assert_closed_with(pair.client, pair.client_events, AuthenticationFailed)
+
+
+@pytest.mark.parametrize("base", [ValueError, NegotiationFailed, AuthenticationFailed])
+@pytest.mark.parametrize("raiser", ["hook", "trust rule"])
+def test_an_exception_whose_str_fails_still_fails_the_handshake_cleanly(
+    raiser: str, base: type[Exception]
+) -> None:
+    """Outside code may raise an exception whose ``__str__`` raises: the
+    handshake fails with an alert and the connection closes all the same
+    (receive_data does not raise, nothing is left half-open)."""
+
+    class Unprintable(base):  # type: ignore[valid-type,misc]
+        def __str__(self) -> str:
+            raise RuntimeError("str() failed")
+
+    def refuse(*_args: object, **_kwargs: object) -> NoReturn:
+        raise Unprintable()
+
+    if raiser == "hook":
+        sid = "example.com/unprintable"
+        pair = Pair.make(
+            server={"handshake": handshake_with(CustomProtocolStep(sid, server_payload=refuse))},
+            client={"handshake": handshake_with(CustomProtocolStep(sid))},
+        )
+        failing, other = pair.server, pair.client
+    else:
+
+        class Refuse(AuthenticationStep):
+            def verify_peer(self, trust: Any, key: PeerKey, **kwargs: Any) -> str:
+                return refuse()
+
+        pair = Pair.make(client=_client_with_policy(Refuse()))
+        failing, other = pair.client, pair.server
+    pair.connect()
+    assert failing.is_closed
+    assert isinstance(failing.error, HandshakeError)
+    assert not failing._in_hook
+    assert failing._keys is None
+    assert other.is_closed
 
 
 @pytest.mark.parametrize("side", ["server", "client"])

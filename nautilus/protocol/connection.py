@@ -257,9 +257,19 @@ class _Abort(Exception):
     """Internal: stop processing, send ``alert``, close with ``error``."""
 
     def __init__(self, error: NautilusError, alert: AlertCode | None) -> None:
-        super().__init__(str(error))
+        super().__init__(_exception_text(error))
         self.error = error
         self.alert = alert
+
+
+def _exception_text(exc: BaseException) -> str:
+    """``str(exc)`` for a message, whatever ``exc`` is: an exception raised by
+    outside code (a step's hook, a trust rule) may have a ``__str__`` that
+    raises, which must not stop the connection from failing cleanly."""
+    try:
+        return str(exc)
+    except Exception:
+        return f"<{type(exc).__name__} whose str() failed>"
 
 
 def _reentered(call: str) -> NoReturn:
@@ -1905,7 +1915,7 @@ class Connection:
             _abort(
                 AuthenticationFailed,
                 AlertCode.AUTHENTICATION_FAILED,
-                f"handshake step {step.protocol_id!r} failed: {exc}",
+                f"handshake step {step.protocol_id!r} failed: {_exception_text(exc)}",
             )
         finally:
             self._in_hook = False
@@ -2705,7 +2715,8 @@ class Connection:
                 _abort(
                     AuthenticationFailed,
                     AlertCode.INTERNAL_ERROR,
-                    f"could not decide whether the peer is trusted: {type(exc).__name__}: {exc}",
+                    "could not decide whether the peer is trusted: "
+                    f"{type(exc).__name__}: {_exception_text(exc)}",
                 )
         else:
             self._trust = None  # server without trust settings: accepts any client key
