@@ -584,6 +584,26 @@ def test_editing_refusals_leave_the_handshake_unchanged() -> None:
     assert hs.steps == before
 
 
+@pytest.mark.parametrize(
+    "core", ["nautilus/key-exchange", "nautilus/authentication", "nautilus/finished"]
+)
+def test_editing_with_arguments_of_the_wrong_type_is_a_type_error(core: str) -> None:
+    """What is not a step, or not an id, is a TypeError for every editing call,
+    core steps included (as documented), not a ValueError about ids."""
+    hs = handshake_with(CustomProtocolStep("a.example"))
+    before = hs.steps
+    for target in (core, "a.example"):
+        for wrong in ("x.example", None, object()):
+            with pytest.raises(TypeError, match="must be HandshakeStep objects"):
+                hs.replace(target, wrong)  # type: ignore[arg-type]
+    for wrong_id in (5, None, b"a.example"):
+        with pytest.raises(TypeError, match="protocol_id must be a str"):
+            hs.remove(wrong_id)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="protocol_id must be a str"):
+            hs.replace(wrong_id, CustomProtocolStep("b.example"))  # type: ignore[arg-type]
+    assert hs.steps == before
+
+
 def test_handshake_constructor_validates() -> None:
     ke, auth, fin = KeyExchangeStep(), AuthenticationStep(), FinishedStep()
     custom = CustomProtocolStep("c.example")

@@ -208,7 +208,7 @@ class Handshake:
     """An ordered, editable list of handshake steps.
 
     Raises (every editing call):
-        TypeError: not a HandshakeStep.
+        TypeError: not a HandshakeStep, or a protocol id that is not a str.
         ValueError: a duplicate id, an unknown id, a custom step placed outside
             the authentication..Finished span, removal of a core step, or more
             custom steps than a hello carries (over :data:`MAX_CUSTOM_STEPS`
@@ -268,6 +268,8 @@ class Handshake:
 
         A core step may only be replaced by a subclass of its own class.
         """
+        if not isinstance(step, HandshakeStep):
+            raise TypeError(f"handshake steps must be HandshakeStep objects, not {step!r}")
         i = self._index(protocol_id)
         old = self._steps[i]
         if old.core:
@@ -281,6 +283,8 @@ class Handshake:
         return old
 
     def _index(self, protocol_id: str) -> int:
+        if not isinstance(protocol_id, str):
+            raise TypeError(f"protocol_id must be a str, not {type(protocol_id).__name__}")
         for i, s in enumerate(self._steps):
             if s.protocol_id == protocol_id:
                 return i
