@@ -22,7 +22,8 @@ the end of stdin, ``connect`` keeps reading until the peer closes or has sent
 nothing for ``--wait`` seconds (default 1), then closes.
 
 Exit status: 0 on success, 1 when the operation failed (the message on
-stderr says why, never a secret), 2 for bad usage, 130 after Ctrl-C.
+stderr says why, never a secret; output that cannot be written is a
+failure too), 2 for bad usage, 130 after Ctrl-C.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from nautilus._version import __version__
 from nautilus.context import Context
@@ -270,6 +271,24 @@ def _connect(args: argparse.Namespace, inp: BinaryIO, out: BinaryIO, err: Binary
             raise _Failure(f"sending failed: {failure[0]}")
 
 
+def _standard(stream: Any, mode: str, opened: list[BinaryIO]) -> BinaryIO:
+    """The binary buffer of a standard stream of the process; one that was
+    closed when Python started (``sys.stdout`` is None) is the null device
+    (added to ``opened``, for the caller to close)."""
+    if stream is None:
+        null = cast(BinaryIO, open(os.devnull, mode))  # noqa: SIM115 (closed by main)
+        opened.append(null)
+        return null
+    return cast(BinaryIO, stream.buffer)
+
+
+def _say(err: BinaryIO, text: str) -> None:
+    """Write ``text`` to stderr, if it can still be written."""
+    with contextlib.suppress(OSError):
+        err.write(text.encode())
+        err.flush()
+
+
 def main(
     argv: Sequence[str] | None = None,
     *,
@@ -280,12 +299,15 @@ def main(
     """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit status.
 
     ``stdin``, ``stdout`` and ``stderr`` (binary streams) default to the
-    process's. Usage errors exit through argparse (``SystemExit(2)``).
+    process's (one that is closed is taken as the null device). Usage errors
+    exit through argparse (``SystemExit(2)``). Output that cannot be written
+    (stdout a pipe whose reader has gone, a full disk) is a failure: status 1.
     """
     args = _parser().parse_args(argv)
-    inp = stdin if stdin is not None else sys.stdin.buffer
-    out = stdout if stdout is not None else sys.stdout.buffer
-    err = stderr if stderr is not None else sys.stderr.buffer
+    opened: list[BinaryIO] = []  # null devices standing for closed streams
+    inp = stdin if stdin is not None else _standard(sys.stdin, "rb", opened)
+    out = stdout if stdout is not None else _standard(sys.stdout, "wb", opened)
+    err = stderr if stderr is not None else _standard(sys.stderr, "wb", opened)
     try:
         if args.command == "identity":
             if args.identity_command == "new":
@@ -296,11 +318,18 @@ def main(
             _serve(args, err)
         else:
             _connect(args, inp, out, err)
+        out.flush()
     except _Failure as exc:
-        err.write(f"nautilus: error: {exc}\n".encode())
+        _say(err, f"nautilus: error: {exc}\n")
         return 1
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:  # (the commands' own OSErrors are _Failures)
+        _say(err, f"nautilus: error: cannot write the output: {exc.strerror or exc}\n")
+        return 1
     finally:
-        out.flush()
+        with contextlib.suppress(OSError):
+            out.flush()  # (what was written before a failure)
+        for null in opened:
+            null.close()
     return 0

@@ -135,6 +135,42 @@ def test_identity_show_of_a_file_that_is_no_identity_fails_cleanly(tmp_path: Pat
     assert err.startswith("nautilus: error: ")
 
 
+class _BrokenPipe(io.BytesIO):
+    """stdout whose reader has gone: writing (or flushing what was written) fails."""
+
+    def write(self, data: Any) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+@pytest.mark.parametrize("command", ["new", "show"])
+def test_output_that_cannot_be_written_fails_cleanly(tmp_path: Path, command: str) -> None:
+    """stdout a pipe whose reader has gone: status 1 and a message, no traceback."""
+    path = tmp_path / "server.id"
+    if command == "show":
+        run("identity", "new", str(path))
+    err = io.BytesIO()
+    status = main(["identity", command, str(path)], stdout=_BrokenPipe(), stderr=err)
+    assert status == 1
+    assert err.getvalue() == b"nautilus: error: cannot write the output: Broken pipe\n"
+    assert Identity.load(path).peer_id  # (new: the identity was saved all the same)
+
+
+def test_closed_standard_streams_are_the_null_device(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A standard stream closed when Python started is None in sys: taken as
+    the null device, not an AttributeError."""
+    path = tmp_path / "server.id"
+    run("identity", "new", str(path))
+    for name in ("stdin", "stdout", "stderr"):
+        monkeypatch.setattr(sys, name, None)
+    assert main(["identity", "show", str(path)]) == 0
+    assert main(["identity", "show", str(tmp_path / "missing")]) == 1
+
+
 @pytest.mark.parametrize(
     "argv",
     [
