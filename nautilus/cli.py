@@ -51,6 +51,7 @@ __all__ = ["main"]
 
 _CHUNK = 64 * 1024
 _CLIENT_AUTH = ("off", "optional", "required")
+_MIN_TIMEOUT = 0.001  # (Context's least handshake_timeout)
 
 
 class _Failure(Exception):
@@ -81,10 +82,13 @@ def _seconds(text: str) -> float:
 
 
 def _timeout(text: str) -> float:
-    """A handshake timeout for argparse: over 0, up to a day."""
+    """A handshake timeout for argparse: from a millisecond (the least a
+    Context takes) up to a day."""
     value = _seconds(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("the timeout must be over 0 seconds")
+    if value < _MIN_TIMEOUT:
+        raise argparse.ArgumentTypeError(
+            f"the timeout must be at least {_MIN_TIMEOUT:g} seconds, got {text!r}"
+        )
     return value
 
 
