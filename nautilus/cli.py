@@ -42,7 +42,7 @@ from typing import Any, BinaryIO, cast
 from nautilus._version import __version__
 from nautilus.context import Context
 from nautilus.exceptions import NautilusError
-from nautilus.identity import KINDS, Identity
+from nautilus.identity import KINDS, Identity, parse_peer_id
 from nautilus.protocol.events import SessionInfo
 from nautilus.server import NautilusServerMixin
 from nautilus.sockets import NautilusSocket, create_connection
@@ -92,6 +92,14 @@ def _timeout(text: str) -> float:
     return value
 
 
+def _peer(text: str) -> str:
+    """A peer id (``--trust``) for argparse: well formed, as Context wants it."""
+    try:
+        return parse_peer_id(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nautilus", description="Nautilus post-quantum secure transport."
@@ -112,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--trust",
             action="append",
+            type=_peer,
             default=[],
             metavar="PEER",
             help="a trusted peer id (repeat for more)",

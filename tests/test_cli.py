@@ -179,6 +179,9 @@ def test_closed_standard_streams_are_the_null_device(
         ["connect", "127.0.0.1:1", "--trust", "x", "--timeout", "0"],
         ["connect", "127.0.0.1:1", "--trust", "x", "--timeout", "0.0001"],  # under Context's least
         ["serve", "127.0.0.1:0", "--identity", "f", "--timeout", "1e-300"],
+        ["connect", "127.0.0.1:1", "--trust", "x"],  # not a peer id
+        ["connect", "127.0.0.1:1", "--trust", "did:key:z6Mk"],
+        ["serve", "127.0.0.1:0", "--identity", "f", "--trust", "nautilus:ml-dsa-65:z0"],
         ["connect", "127.0.0.1:1", "--trust", "x", "--wait", "-1"],
         ["identity", "new", "f", "--kind", "rsa"],
         ["serve", "127.0.0.1:0"],  # no --identity
