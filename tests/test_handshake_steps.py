@@ -1165,3 +1165,10 @@ def test_start_takes_nothing_when_its_hello_cannot_be_encoded() -> None:
     assert conn._kem is None
     assert not conn._took_keys
     assert cache.take(key, NOW) is not None  # the ticket is still there
+
+
+def test_a_step_context_repr_leaves_out_the_hooks_scratch_state() -> None:
+    ctx = StepContext("server", "default", bytes(32), None, state={"token": "s3cret-token"})
+    assert "s3cret-token" not in repr(ctx)
+    assert "server" in repr(ctx)  # (the rest is shown)
+    assert ctx.state == {"token": "s3cret-token"}

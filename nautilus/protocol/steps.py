@@ -57,8 +57,9 @@ class StepContext:
     """SHA-256 of the transcript so far (binds a payload to this handshake)."""
     peer_key: PeerKey | None
     """The peer's authenticated identity key, when known."""
-    state: dict[str, Any] = field(default_factory=dict)
-    """Scratch space kept for this step for the whole handshake."""
+    state: dict[str, Any] = field(default_factory=dict, repr=False)
+    """Scratch space kept for this step for the whole handshake (left out of
+    the repr: hooks may keep tokens there)."""
 
 
 class HandshakeStep:
