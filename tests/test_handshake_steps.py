@@ -38,11 +38,12 @@ from nautilus import (
     HandshakeStep,
     NegotiationFailed,
     PeerKey,
+    ProtocolViolation,
     State,
     StepContext,
 )
 from nautilus.protocol.connection import Connection
-from nautilus.protocol.messages import RECORD_SEALED, MsgType
+from nautilus.protocol.messages import RECORD_SEALED, Finished, MsgType, StepData
 from nautilus.protocol.steps import (
     MAX_CUSTOM_STEPS,
     MAX_CUSTOM_STEPS_SIZE,
@@ -1172,3 +1173,66 @@ def test_a_step_context_repr_leaves_out_the_hooks_scratch_state() -> None:
     assert "s3cret-token" not in repr(ctx)
     assert "server" in repr(ctx)  # (the rest is shown)
     assert ctx.state == {"token": "s3cret-token"}
+
+
+_SID = "example.com/a"
+
+
+@pytest.mark.parametrize(
+    ("liar", "protocol_id", "payload", "agreed"),
+    [
+        ("server", "other.example", b"x", True),  # a step not agreed
+        ("server", _SID, b"again", True),  # after the honest data: sent twice
+        ("server", _SID, b"x", False),  # no step agreed at all
+        ("server", "a\x00b", b"x", True),  # an id no step may have
+        ("client", "other.example", b"x", True),
+        ("client", _SID, b"again", True),
+        ("client", _SID, b"x", False),
+        ("client", _SID, b"x" * 65000, True),
+    ],
+)
+def test_step_data_the_handshake_did_not_agree_is_an_unexpected_message(
+    monkeypatch: pytest.MonkeyPatch, liar: str, protocol_id: str, payload: bytes, agreed: bool
+) -> None:
+    seen: list[tuple[str, bytes | None]] = []
+
+    def verify(ctx: StepContext, p: bytes | None) -> None:
+        seen.append(("server", p))
+
+    def answer(ctx: StepContext, p: bytes | None) -> bytes:
+        seen.append(("client", p))
+        return b"c"
+
+    def steps(step: HandshakeStep) -> Handshake:
+        h = Handshake()
+        if agreed:
+            h.add(step)
+        return h
+
+    server_step = CustomProtocolStep(
+        _SID, server_payload=lambda ctx: b"s", verify_client_payload=verify
+    )
+    client_step = CustomProtocolStep(_SID, client_payload=answer)
+    pair = Pair.make(
+        server={"handshake": steps(server_step)}, client={"handshake": steps(client_step)}
+    )
+    dishonest = pair.server if liar == "server" else pair.client
+    honest_send = Connection._send_handshake
+
+    def send(msg: Any) -> None:  # the lie goes just before the Finished, sealed
+        if isinstance(msg, Finished):
+            honest_send(dishonest, StepData(protocol_id, payload))
+        honest_send(dishonest, msg)
+
+    patch_method(monkeypatch, dishonest, "_send_handshake", send)
+    pair.connect()
+    victim, victim_events, liar_events = (
+        (pair.client, pair.client_events, pair.server_events)
+        if liar == "server"
+        else (pair.server, pair.server_events, pair.client_events)
+    )
+    assert_closed_with(victim, victim_events, ProtocolViolation)
+    assert "unexpected_message" in str(victim.error)
+    assert AlertReceived(10, "unexpected_message") in liar_events
+    assert dishonest.is_closed
+    assert all(p != payload for _, p in seen), seen  # no hook was shown the lie
