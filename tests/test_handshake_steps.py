@@ -602,6 +602,19 @@ def test_editing_with_arguments_of_the_wrong_type_is_a_type_error(core: str) -> 
             hs.remove(wrong_id)  # type: ignore[arg-type]
         with pytest.raises(TypeError, match="protocol_id must be a str"):
             hs.replace(wrong_id, CustomProtocolStep("b.example"))  # type: ignore[arg-type]
+    for wrong_index in (1.0, "1", True, None):
+        with pytest.raises(TypeError, match="index must be an int"):
+            hs.insert(wrong_index, CustomProtocolStep("b.example"))  # type: ignore[arg-type]
+    for far in (len(before) + 1, -len(before) - 1, 2**70):
+        with pytest.raises(ValueError, match="is outside"):
+            hs.insert(far, CustomProtocolStep("b.example"))
+
+    class Careless(HandshakeStep):
+        protocol_id = "c.example"
+        required = "yes"  # type: ignore[assignment]
+
+    with pytest.raises(TypeError, match="required must be a bool, not str"):
+        hs.add(Careless())
     assert hs.steps == before
 
 

@@ -209,8 +209,10 @@ class Handshake:
     """An ordered, editable list of handshake steps.
 
     Raises (every editing call):
-        TypeError: not a HandshakeStep, or a protocol id that is not a str.
-        ValueError: a duplicate id, an unknown id, a custom step placed outside
+        TypeError: not a HandshakeStep, a protocol id that is not a str, a
+            step whose ``required`` is not a bool, or an index that is not an int.
+        ValueError: a duplicate id, an unknown id, an index out of range, a
+            custom step placed outside
             the authentication..Finished span, removal of a core step, or more
             custom steps than a hello carries (over :data:`MAX_CUSTOM_STEPS`
             steps, or ids over :data:`MAX_CUSTOM_STEPS_SIZE` bytes in all).
@@ -249,7 +251,12 @@ class Handshake:
         self.insert(len(self._steps) - 1, step)
 
     def insert(self, index: int, step: HandshakeStep) -> None:
-        """Insert ``step`` at ``index`` of :attr:`steps`."""
+        """Insert ``step`` at ``index`` of :attr:`steps` (an int from
+        ``-len(steps)`` to ``len(steps)``, as for ``list.insert``)."""
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise TypeError(f"index must be an int, not {type(index).__name__}")
+        if not -len(self._steps) <= index <= len(self._steps):
+            raise ValueError(f"index {index} is outside -{len(self._steps)}..{len(self._steps)}")
         candidate = list(self._steps)
         candidate.insert(index, step)
         self._validate(candidate)
@@ -299,6 +306,11 @@ class Handshake:
             if not isinstance(s, HandshakeStep):
                 raise TypeError(f"handshake steps must be HandshakeStep objects, not {s!r}")
             _check_id(s.protocol_id)
+            if not isinstance(s.required, bool):
+                raise TypeError(
+                    f"step {s.protocol_id!r}: required must be a bool, "
+                    f"not {type(s.required).__name__}"
+                )
             if s.protocol_id in seen:
                 raise ValueError(f"duplicate handshake step id {s.protocol_id!r}")
             seen.add(s.protocol_id)
