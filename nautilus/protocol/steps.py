@@ -192,9 +192,20 @@ class CustomProtocolStep(HandshakeStep):
         return None
 
 
-def _check_id(protocol_id: object) -> str:
+def _check_id_type(protocol_id: object) -> str:
     if not isinstance(protocol_id, str):
         raise TypeError(f"protocol_id must be a str, not {type(protocol_id).__name__}")
+    return protocol_id
+
+
+def _check_step(step: object) -> HandshakeStep:
+    if not isinstance(step, HandshakeStep):
+        raise TypeError(f"handshake steps must be HandshakeStep objects, not {step!r}")
+    return step
+
+
+def _check_id(protocol_id: object) -> str:
+    protocol_id = _check_id_type(protocol_id)
     if not _ID_RE.fullmatch(protocol_id):
         raise ValueError(
             f"protocol_id must be 1-255 printable ASCII characters without spaces: {protocol_id!r}"
@@ -276,8 +287,7 @@ class Handshake:
 
         A core step may only be replaced by a subclass of its own class.
         """
-        if not isinstance(step, HandshakeStep):
-            raise TypeError(f"handshake steps must be HandshakeStep objects, not {step!r}")
+        _check_step(step)
         i = self._index(protocol_id)
         old = self._steps[i]
         if old.core:
@@ -291,8 +301,7 @@ class Handshake:
         return old
 
     def _index(self, protocol_id: str) -> int:
-        if not isinstance(protocol_id, str):
-            raise TypeError(f"protocol_id must be a str, not {type(protocol_id).__name__}")
+        _check_id_type(protocol_id)
         for i, s in enumerate(self._steps):
             if s.protocol_id == protocol_id:
                 return i
@@ -303,9 +312,7 @@ class Handshake:
         seen: set[str] = set()
         custom = size = 0
         for s in steps:
-            if not isinstance(s, HandshakeStep):
-                raise TypeError(f"handshake steps must be HandshakeStep objects, not {s!r}")
-            _check_id(s.protocol_id)
+            _check_id(_check_step(s).protocol_id)
             if not isinstance(s.required, bool):
                 raise TypeError(
                     f"step {s.protocol_id!r}: required must be a bool, "
