@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from nautilus._fork import renew_locks_after_fork
 from nautilus.exceptions import IdentityFileError
+from nautilus.identity import _MAX_PEER_ID
 from nautilus.identity import _check_time as _seconds
 from nautilus.protocol.codec import DecodeError, Reader, Writer
 from nautilus.record import AEAD
@@ -591,8 +592,13 @@ the cache writing to it holds tickets, plus this many."""
 _RECORD_ROOM = 32 * 1024
 """The room each record has within the bound on the file's size (a cache
 reads no more): the largest store record a Nautilus client writes (hybrid
-keys and certificates on both sides, a 255-byte namespace, a 253-byte host
-name) takes about 27 KiB."""
+keys and certificates on both sides, a 255-byte namespace, a 512-byte
+address) takes about 31 KiB."""
+
+_MAX_ADDRESS = 512
+"""Most bytes (UTF-8) of the address in a cache key, and so of a client's
+server_name: a host name has at most 253, "host:port" 259. Within it the
+largest store record stays within _RECORD_ROOM (key() bounds every part)."""
 
 
 def _sig(st: os.stat_result) -> _FileSig:
@@ -950,8 +956,10 @@ class SessionCache:
                 ``address`` or ``client_id`` neither a str nor None.
             ValueError: ``server_id`` is empty or holds a newline or a space,
                 or ``client_id`` holds a newline or a space, or either starts
-                with a double quote (peer ids do none of these; ``server_id``
-                may be "*", any server at ``address``).
+                with a double quote or is over 128 characters (peer ids do
+                none of these; ``server_id`` may be "*", any server at
+                ``address``); ``address`` is over 512 bytes of UTF-8 (a host
+                name has at most 253), or ``namespace`` over 255.
         """
         if not isinstance(server_id, str):
             raise TypeError(f"server_id must be a str, not {type(server_id).__name__}")
@@ -961,6 +969,18 @@ class SessionCache:
             raise TypeError(f"client_id must be a str or None, not {type(client_id).__name__}")
         if not isinstance(namespace, str):
             raise TypeError(f"namespace must be a str, not {type(namespace).__name__}")
+        for name, part, most in (
+            ("address", address, _MAX_ADDRESS),
+            ("namespace", namespace, 255),
+        ):
+            size = 0 if part is None else len(part.encode("utf-8", "surrogatepass"))
+            if size > most:  # (its size only: the value may be megabytes)
+                raise ValueError(f"{name} is {size} bytes of UTF-8; at most {most} are allowed")
+        for name, part in (("server_id", server_id), ("client_id", client_id)):
+            if part is not None and len(part) > _MAX_PEER_ID:
+                raise ValueError(
+                    f"{name} is {len(part)} characters; a peer id has at most {_MAX_PEER_ID}"
+                )
         if (
             not server_id
             or "\n" in server_id

@@ -23,6 +23,7 @@ import pytest
 from protocol_helpers import NOW, Pair, cached_identity
 
 from nautilus import Context, IdentityFileError, sessions
+from nautilus.protocol.connection import Connection
 from nautilus.sessions import MAX_TICKET_LIFETIME, SessionCache, StoredTicket
 
 SERVER = cached_identity()
@@ -265,6 +266,43 @@ def test_store_take_and_key_check_their_arguments() -> None:
             SessionCache.key(server_id, "c")
     with pytest.raises(ValueError, match="NUL"):
         SessionCache(path="tickets\0.json")
+
+
+def test_key_bounds_the_length_of_each_part() -> None:
+    """key() took parts of any length: one store record of a server_name of
+    megabytes put a shared file over the size a cache of small bounds reads,
+    which then dropped every ticket in it as corrupt. Each part is bounded
+    so that the largest record stays within the room the size bound gives it."""
+    peer = SERVER.peer_id
+    for address in ("h" * 253 + ":65535", "é" * 256, "\U0001f600" * 128):  # (up to 512 bytes)
+        SessionCache.key("*", address)
+    SessionCache.key("z" * 128, "a", "z" * 128, namespace="n" * 255)
+    for address in ("h" * 513, "é" * 256 + "h", "h" * (5 << 20)):
+        with pytest.raises(ValueError, match=r"^address is \d+ bytes .* at most 512") as err:
+            SessionCache.key(peer, address)
+        assert "hhhh" not in str(err.value)  # (its length, not the value)
+    with pytest.raises(ValueError, match=r"^server_id .* at most 128"):
+        SessionCache.key("z" * 129, "a")
+    with pytest.raises(ValueError, match=r"^client_id .* at most 128"):
+        SessionCache.key(peer, "a", "z" * 129)
+    with pytest.raises(ValueError, match=r"^namespace .* 255"):
+        SessionCache.key(peer, "a", namespace="n" * 256)
+
+
+def test_a_server_name_too_long_for_a_cache_key_is_refused(tmp_path: Path) -> None:
+    """A connection refuses, when it is made, a server_name that key() would
+    refuse, rather than fail in start() (or when its ticket arrives)."""
+    for name in ("h" * 513, "é" * 257):
+        with pytest.raises(ValueError, match=r"^server_name is \d+ bytes .* at most 512"):
+            Connection(Context(), "client", server_name=name)
+    longest = "h" * 253 + ":65535"
+    p = Pair.make(
+        server={"tickets_per_handshake": 1},
+        client={"session_cache": SessionCache(1, tickets_per_server=1, path=tmp_path / "c")},
+        server_name=longest,
+    )
+    p.handshake()
+    assert len(SessionCache(1, tickets_per_server=1, path=tmp_path / "c")) == 1
 
 
 # ------------------------------------------------------------------- JSON form

@@ -105,6 +105,7 @@ from nautilus.protocol.state import (
 from nautilus.protocol.steps import AuthenticationStep, HandshakeStep, StepContext
 from nautilus.record import TAG_SIZE, ContentType, PackedOpen, RecordOpener, RecordSealer, _wipe
 from nautilus.sessions import (
+    _MAX_ADDRESS,
     MAX_EARLY_DATA,
     MAX_TICKET_LIFETIME,
     SessionCache,
@@ -333,9 +334,19 @@ def _check_server_name(name: str) -> None:
     known-peers file records may. Spaces are allowed (a certificate's name may
     have them: a server_name must be able to equal it).
 
+    Also refuse one over 512 bytes of UTF-8, the most a session cache's key
+    takes (a host name has at most 253 bytes; "host:port" 259).
+
     Raises:
-        ValueError: naming the first such character and where it is.
+        ValueError: naming the first such character and where it is, or the
+            name's size (not the name: it may be megabytes).
     """
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size > _MAX_ADDRESS:
+        raise ValueError(
+            f"server_name is {size} bytes of UTF-8; at most {_MAX_ADDRESS} are allowed "
+            "(the session cache keys tickets by it)"
+        )
     if name.isprintable():  # (the common case: nothing refused, in one call)
         return
     for i, char in enumerate(name):
@@ -368,7 +379,8 @@ class Connection:
     Raises:
         TypeError, ValueError: bad arguments (a server context without an
             identity, ``expected_peer`` on a server, a ``server_name`` that
-            is empty or holds a control character, ...).
+            is empty, holds a control character or is over 512 bytes of
+            UTF-8, ...).
     """
 
     # Slots: CPython keeps no per-instance dict, and its attribute reads on the
