@@ -347,6 +347,10 @@ class ReplayCache:
     When full (after dropping what has expired), ``evict_when_full`` decides:
     forget the oldest entry (a weaker check for one old key), or refuse the new
     one (``first_use`` answers False).
+
+    A cache that refuses rather than forgets also refuses a key that expires
+    no later than an entry it has dropped as expired: such a key comes after
+    the clock went back, and may be one of those it forgot.
     """
 
     def __init__(self, max_entries: int, *, evict_when_full: bool) -> None:
@@ -363,6 +367,11 @@ class ReplayCache:
         self._expiries: list[tuple[float, bytes]] = []
         self._max = max_entries
         self._evict = evict_when_full
+        # The latest expiry of an entry dropped as expired. A key expiring no
+        # later may have been dropped: a clock that went forward past a
+        # ticket's expiry, then back within its lifetime, made the early-data
+        # cache forget the ticket, and its early data was accepted again.
+        self._forgot_until = -math.inf
 
     def first_use(self, key: bytes, expires: float, now: float) -> bool:
         """Record ``key`` until ``expires``; False if it is already there (a replay),
@@ -374,8 +383,11 @@ class ReplayCache:
                 exp, old = heapq.heappop(heap)
                 if seen.get(old) == exp:
                     del seen[old]
+                    self._forgot_until = max(self._forgot_until, exp)
             if key in seen:
                 return False
+            if not self._evict and expires <= self._forgot_until:
+                return False  # (only after the clock went back: then now < _forgot_until)
             if len(seen) >= self._max:
                 if not self._evict:
                     return False

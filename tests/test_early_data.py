@@ -269,6 +269,38 @@ def test_replay_to_another_context_sharing_the_ticket_keys_is_accepted() -> None
     assert not replayed.handshake_complete
 
 
+def test_replay_after_the_clock_went_forward_past_the_ticket_then_back_gets_no_early_data() -> None:
+    """The server's clock jumps forward past the ticket's expiry (a 0-RTT
+    resumption then makes the replay cache drop the expired entry), then back
+    to within the freshness window of the original: the recorded flight was
+    accepted as early data a second time. The cache now refuses early data
+    for a ticket expiring no later than an entry it forgot."""
+    p = first_session(server={"ticket_lifetime": 3600.0})
+    capture = Capture()
+    q = with_early_data(p, now=NOW + 100, capture=capture)
+    assert early_received(q) == REQUEST
+    ahead = NOW + 3700  # past the ticket's expiry (NOW + 3600)
+    other = Pair(
+        Context(trusted_peers=[SERVER.public], early_data=True),
+        p.server_ctx,
+        {"server_name": SERVER_NAME},
+        ahead,
+    )
+    other.handshake()
+    assert early_received(with_early_data(other, now=ahead + 1)) == REQUEST
+    replayed = replay(capture.first_flight, p.server_ctx, now=NOW + 101)  # the clock went back
+    assert not any(isinstance(e, EarlyDataReceived) for e in drain_events(replayed))
+    # A ticket issued after the clock went back (expiring later) still gets its early data.
+    later = Pair(
+        Context(trusted_peers=[SERVER.public], early_data=True),
+        p.server_ctx,
+        {"server_name": SERVER_NAME},
+        NOW + 102,
+    )
+    later.handshake()
+    assert early_received(with_early_data(later, now=NOW + 103)) == REQUEST
+
+
 def test_copied_ticket_gets_its_early_data_accepted_only_once() -> None:
     """A copied ticket resumes (tickets are bearer tokens), but the early-data
     cache refuses its early data the second time; the data is reported back."""
@@ -598,6 +630,15 @@ def test_replay_cache_forgets_a_ticket_once_it_expires() -> None:
     assert cache.first_use(b"t", NOW + 100, NOW)
     assert not cache.first_use(b"t", NOW + 100, NOW + 99.9)
     assert cache.first_use(b"t", NOW + 300, NOW + 100)  # the server refuses such a ticket anyway
+
+
+def test_replay_cache_refuses_what_it_may_have_forgotten_after_the_clock_went_back() -> None:
+    cache = EarlyDataReplayCache()
+    assert cache.first_use(b"t", NOW + 100, NOW)
+    assert cache.first_use(b"u", NOW + 300, NOW + 200)  # the clock went forward: t is dropped
+    assert not cache.first_use(b"t", NOW + 100, NOW + 50)  # and back: t may be a replay
+    assert not cache.first_use(b"v", NOW + 100, NOW + 50)  # as may any key expiring as early
+    assert cache.first_use(b"w", NOW + 101, NOW + 50)  # expiring later: never dropped
 
 
 def test_full_replay_cache_refuses_rather_than_forgets() -> None:
