@@ -183,7 +183,8 @@ class _Key:
 
 
 class TicketKeys:
-    """The server's rotating ticket keys (in memory; a restart voids all tickets).
+    """The server's rotating ticket keys (in memory; a restart voids all tickets,
+    and so does fork() in the child).
 
     Args:
         rotation: seconds between key rotations.
@@ -210,6 +211,7 @@ class TicketKeys:
         # Every key that opens tickets, current and retired, by key id; the
         # retirement time, None for the current key.
         self._by_id: dict[bytes, tuple[_Key, float | None]] = {}
+        _TICKET_KEYS.add(self)  # (a forked child forgets the keys)
 
     @property
     def rotation(self) -> float:
@@ -339,6 +341,27 @@ class TicketKeys:
             return TicketContents.decode(plain)
         except Exception:  # tampered, or not ours: fall back to a full handshake
             return None
+
+
+_TICKET_KEYS: weakref.WeakSet[TicketKeys] = weakref.WeakSet()
+"""Every TicketKeys of the process (for _forget_ticket_keys_in_child)."""
+
+
+def _forget_ticket_keys_in_child() -> None:
+    """In a child made by fork(): every TicketKeys forgets its keys, as
+    :meth:`TicketKeys.retire_all` does. Otherwise the parent and the child (or
+    two children) open the same tickets, each with its own copy of the
+    early-data replay cache, and each accepts the early data of one recorded
+    flight. The tickets issued before the fork resume in the parent only (a
+    full handshake in the child), as those of any other process."""
+    for keys in list(_TICKET_KEYS):
+        keys._current = None  # (no lock: the child has no other thread)
+        keys._retired.clear()
+        keys._by_id.clear()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_forget_ticket_keys_in_child)
 
 
 class ReplayCache:

@@ -4,6 +4,7 @@ anti-replay rules and their documented limit (docs/sessions.md)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
 import pytest
@@ -14,6 +15,7 @@ from protocol_helpers import (
     cached_identity,
     drain_events,
     event_types,
+    in_a_child_forked_with_locks_held,
     received_data,
     split_plain_handshake,
     split_records,
@@ -299,6 +301,27 @@ def test_replay_after_the_clock_went_forward_past_the_ticket_then_back_gets_no_e
     )
     later.handshake()
     assert early_received(with_early_data(later, now=NOW + 103)) == REQUEST
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_server_process_does_not_accept_early_data_its_parent_may_accept() -> None:
+    """A server process that forks after its ticket keys exist (a pre-fork
+    server): parent and child held the same keys, each with its own replay
+    cache, and each accepted one recorded flight's early data. The child now
+    forgets the keys: the parent's tickets resume in the parent only."""
+    p = first_session()
+    client = Connection(p.client_ctx, "client", server_name=SERVER_NAME)
+    client.start(NOW + 5, early_data=REQUEST)
+    flight = client.data_to_send()
+
+    def child() -> None:
+        replayed = replay(flight, p.server_ctx, now=NOW + 6)
+        assert not any(isinstance(e, EarlyDataReceived) for e in drain_events(replayed))
+        assert not replayed._resumed  # the ticket does not open: a full handshake
+
+    in_a_child_forked_with_locks_held([], child)
+    original = replay(flight, p.server_ctx, now=NOW + 5)
+    assert drain_events(original) == [EarlyDataReceived(REQUEST)]
 
 
 def test_copied_ticket_gets_its_early_data_accepted_only_once() -> None:
