@@ -251,7 +251,7 @@ async def race_round(a: Node, b: Node, rng: random.Random, count: int) -> tuple[
     assert got_b == [b"%s %d" % (a.peer_id[-4:].encode(), n) for n in range(count)]
     assert got_a == [b"%s %d" % (b.peer_id[-4:].encode(), n) for n in range(count)]
     await settled(a, b)
-    used = len(ca._route.links), len(cb._route.links)  # type: ignore[attr-defined]
+    used = ca._route.joins, cb._route.joins  # type: ignore[attr-defined]
     assert used[0] == used[1]  # both sides saw the same connections
     check_one_connection(a, b, raced=used[0] == 2)
     # Nothing more arrives: every message came exactly once.
@@ -1235,6 +1235,52 @@ def test_a_start_past_messages_no_connection_carries_fails_the_channel() -> None
             assert node.peers == {}
 
     run(main())
+
+
+def test_a_peer_dialling_again_and_again_leaves_nothing_behind() -> None:
+    """A trusted peer dials 30 more connections under the same session; each
+    loses the tie-break and closes after both DONEs. The session used to keep
+    every closed connection in its list for as long as it lived (memory, and
+    work per message, growing with each dial). A closed loser whose messages
+    still wait for an earlier one is kept until they are delivered."""
+
+    async def main() -> None:
+        async with fake_node() as node:
+            sid = b"\x03" * 16
+            winner = await fake_dial(node, IDS[1], LOW_NONCE, sid)
+            channel = await asyncio.wait_for(node.accept(), 5)
+            await winner.expect(START)
+            route = channel._route  # type: ignore[attr-defined]
+            for i in range(30):
+                loser = await fake_dial(node, IDS[1], b"\xff" * 15 + bytes([i]), sid)
+                await loser.expect(DONE)
+                loser.frame(DONE, 0)
+                assert await asyncio.wait_for(loser.lost, 5) is None
+                await until(lambda: node.connection_count() == 1, "the loser is closed here too")
+                assert route.links == [node._links.copy().pop()]  # type: ignore[attr-defined]
+            assert route.joins == 31
+            # A loser carrying messages 2 and 3 closes before 0 and 1 arrive.
+            late = await fake_dial(node, IDS[1], b"\xfe" * 16, sid)
+            await late.expect(DONE)
+            late.frame(START, 2)
+            late.send(b"m2", b"m3")
+            late.frame(DONE, 2)
+            assert await asyncio.wait_for(late.lost, 5) is None
+            await until(lambda: node.connection_count() == 1, "the late loser is closed here")
+            assert len(route.links) == 2  # kept: its messages wait
+            winner.frame(START, 0)
+            winner.send(b"m0", b"m1")
+            assert [await channel.recv_message() for _ in range(4)] == [
+                b"m0",
+                b"m1",
+                b"m2",
+                b"m3",
+            ]
+            assert len(route.links) == 1  # delivered: forgotten
+            channel.send_message(b"still here")
+            assert await asyncio.wait_for(winner.messages.get(), 5) == b"still here"
+
+    run(main(), timeout=30)
 
 
 def test_a_held_connection_is_dropped_after_the_handshake_timeout() -> None:

@@ -423,7 +423,8 @@ class _Session(_Route):
         self.peer_id = peer_id
         self.local_sid = local_sid
         self.peer_sid = peer_sid
-        self.links: list[_NodeLink] = []
+        self.links: list[_NodeLink] = []  # until each is gone with nothing left to deliver
+        self.joins = 0  # connections that ever joined
         self.current: _NodeLink | None = None
         self.state = _OPEN
         self.sent = 0
@@ -443,6 +444,7 @@ class _Session(_Route):
     def join(self, link: _NodeLink) -> None:
         link.session = self
         self.links.append(link)
+        self.joins += 1
         self._tie_break()
         if link.inbox:
             self._merge()
@@ -510,9 +512,17 @@ class _Session(_Route):
                 elif head < self.next_seq:
                     link.violation(f"message {head} arrived twice", AlertCode.UNEXPECTED_MESSAGE)
                     return
+        self._prune()
         self._update_reading()
         if any(link.inbox for link in self.links):
             self.check_gap()
+
+    def _prune(self) -> None:
+        """Forget the connections that are gone and hold no message to deliver
+        (tie-break losers, closed after both DONEs): a peer that dials again and
+        again under the same session must not grow the list without bound."""
+        if any(link.lost and not link.inbox for link in self.links):
+            self.links = [link for link in self.links if link.inbox or not link.lost]
 
     def check_gap(self) -> None:
         """Fail the session if a START skipped messages no connection can still carry.
@@ -678,6 +688,7 @@ class _Session(_Route):
             self.channel._closed_done()
 
     def link_gone(self, link: _NodeLink) -> None:
+        self._prune()
         if self.state in (_CLOSED, _FAILED, _ENDED):
             self._check_gone()
 
