@@ -24,6 +24,7 @@ import nautilus
 import nautilus.asyncio as na
 from nautilus import Context, Identity
 from nautilus.asyncio import Channel, Node, RetryPolicy
+from nautilus.asyncio import node as node_module
 
 HOST = "127.0.0.1"
 IDS = [Identity.generate() for _ in range(4)]
@@ -1281,6 +1282,44 @@ def test_a_peer_dialling_again_and_again_leaves_nothing_behind() -> None:
             assert await asyncio.wait_for(winner.messages.get(), 5) == b"still here"
 
     run(main(), timeout=30)
+
+
+def test_a_peer_that_never_answers_done_cannot_pile_up_connections() -> None:
+    """A trusted peer dials more connections under one session and never
+    answers the DONE that retires each: they stayed open for as long as the
+    session lived (a file descriptor each). From the 33rd such connection on,
+    a new one is refused with an alert; the channel goes on."""
+
+    async def main() -> None:
+        async with fake_node() as node:
+            sid = b"\x04" * 16
+            winner = await fake_dial(node, IDS[1], LOW_NONCE, sid)
+            channel = await asyncio.wait_for(node.accept(), 5)
+            await winner.expect(START)
+            route = channel._route  # type: ignore[attr-defined]
+            mute = []
+            for i in range(node_module._MAX_UNANSWERED):
+                loser = await fake_dial(node, IDS[1], b"\xff" * 15 + bytes([i]), sid)
+                await loser.expect(DONE)  # and never answers
+                mute.append(loser)
+            assert route.unanswered() == node_module._MAX_UNANSWERED
+            extra = await fake_dial(node, IDS[1], b"\xfe" * 16, sid)
+            lost = await asyncio.wait_for(extra.lost, 5)
+            assert isinstance(lost, nautilus.ProtocolViolation), lost
+            assert str(lost) == "the peer sent alert unexpected_message"
+            assert route.unanswered() == node_module._MAX_UNANSWERED
+            assert not any(link.lost.done() for link in mute)
+            # One answer makes room for one more connection.
+            mute[0].frame(DONE, 0)
+            assert await asyncio.wait_for(mute[0].lost, 5) is None
+            await until(lambda: route.unanswered() < node_module._MAX_UNANSWERED, "room")
+            again = await fake_dial(node, IDS[1], b"\xfd" * 16, sid)
+            await again.expect(DONE)
+            assert not again.lost.done()
+            channel.send_message(b"still here")
+            assert await asyncio.wait_for(winner.messages.get(), 5) == b"still here"
+
+    run(main(), timeout=60)
 
 
 def test_a_held_connection_is_dropped_after_the_handshake_timeout() -> None:

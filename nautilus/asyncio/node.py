@@ -75,6 +75,7 @@ _ID_SIZE = 16
 _ZERO_ID = bytes(_ID_SIZE)
 _PEER_CLOSE_LINGER = 10.0  # seconds a peer's close may take to reach all connections
 _CLOSE_TIMEOUT = 5.0  # seconds Node.wait_closed() waits for close_notify before aborting
+_MAX_UNANSWERED = 32  # a session's retired connections still waiting for the peer's DONE
 DEFAULT_MAX_PENDING = 100  # new channels waiting for Node.accept()
 _rng = random.SystemRandom()
 
@@ -469,6 +470,12 @@ class _Session(_Route):
         link.send_frame(_DONE, link.sent)
         if link.done_received:
             link.close()
+
+    def unanswered(self) -> int:
+        """The retired connections still open, waiting for the peer's DONE."""
+        return sum(
+            link.retired and not link.done_received and not link.ended for link in self.links
+        )
 
     def done(self, link: _NodeLink) -> None:
         """The peer sent DONE on ``link``: it sends nothing more there."""
@@ -1153,6 +1160,14 @@ class Node:
         if session is None and self._refuses_new_channel(link):
             link.abort()  # the peer may have its channel already: no clean end
             link._end(None)
+            return
+        if session is not None and session.unanswered() >= _MAX_UNANSWERED:
+            # Each connection more retires one, which stays open until the
+            # peer's DONE: a peer that never answers must not pile them up.
+            link.violation(
+                f"{_MAX_UNANSWERED} of its connections wait for its DONE; no more may join",
+                AlertCode.UNEXPECTED_MESSAGE,
+            )
             return
         new = session is None
         if session is None:
