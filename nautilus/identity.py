@@ -1493,11 +1493,17 @@ def _host_of(name: str) -> str | None:
     return head or None
 
 
+_ASCII_LOWER: Final = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
 def _names_host(subject: str, name: str) -> bool:
     """Whether a certificate for ``subject`` is for the host of ``name``
-    (``host:port``): host names compare without regard to ASCII case."""
+    (``host:port``): host names compare without regard to ASCII case, and
+    only ASCII case. (``str.lower()`` would map other letters too: KELVIN
+    SIGN U+212A to "k", so that a certificate for another name, "\u212aexample",
+    would be valid for "kexample:443".)"""
     host = _host_of(name)
-    return host is not None and subject.lower() == host.lower()
+    return host is not None and subject.translate(_ASCII_LOWER) == host.translate(_ASCII_LOWER)
 
 
 _NOTHING_CONFIGURED: Final = (

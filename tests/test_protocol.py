@@ -772,6 +772,47 @@ def test_bad_certificate_fails_on_both_sides(
     assert any(isinstance(e, AlertReceived) and e.code == alert for e in pair.server_events)
 
 
+@pytest.mark.parametrize(
+    ("subject", "server_name"),
+    [
+        ("\u212aexample.com", "kexample.com:443"),  # KELVIN SIGN, which str.lower() makes "k"
+        ("\u212aEXAMPLE.COM", "kexample.com:443"),
+        ("\u00c9xample.com", "\u00e9xample.com:443"),  # not ASCII: compared exactly
+    ],
+    ids=["kelvin-sign", "kelvin-sign-upper", "non-ascii-upper"],
+)
+def test_a_certificate_for_another_name_is_refused_even_if_unicode_lower_makes_it_the_host(
+    subject: str, server_name: str
+) -> None:
+    """A certificate for a host is valid for "host:port" in any ASCII case, and
+    in no other case mapping. The comparison used str.lower(), which also maps
+    KELVIN SIGN (U+212A) to "k": a server holding a certificate that a trusted
+    issuer made for the distinct name "\u212aexample.com" was accepted, as
+    "certificate", by a client dialling kexample.com:443."""
+    issuer = cached_identity("ed25519", 3)
+    server = _certified_server(issuer, subject, not_before=NOW - 60, not_after=NOW + 3600)
+    pair = Pair.make(
+        server, pin=False, client={"trusted_issuers": [issuer.public]}, server_name=server_name
+    )
+    pair.connect()
+    assert pair.client.session is None
+    assert_closed_with(pair.client, pair.client_events, AuthenticationFailed)
+    assert f"not for {server_name!r}" in str(pair.client.error)
+    assert_closed_with(pair.server, pair.server_events, AuthenticationFailed)
+    assert any(isinstance(e, AlertReceived) and e.code == 48 for e in pair.server_events)
+    # ASCII case still does not matter.
+    ascii_name = "KExample.COM:443"
+    ok = connected_pair(
+        server_identity=_certified_server(
+            issuer, "kexample.com", not_before=NOW - 60, not_after=NOW + 3600
+        ),
+        pin=False,
+        client={"trusted_issuers": [issuer.public]},
+        server_name=ascii_name,
+    )
+    assert completed(ok.client_events).session.trust == "certificate"
+
+
 def test_certificate_is_ignored_without_trusted_issuers() -> None:
     issuer = cached_identity("ed25519", 3)
     server = _certified_server(issuer, not_before=NOW - 60, not_after=NOW + 3600)
