@@ -18,6 +18,7 @@ from protocol_helpers import record_general_path, round_trips_in_the_lane
 import nautilus
 import nautilus.asyncio as na
 from nautilus import Context, Identity
+from nautilus.record import ContentType
 
 HOST = "127.0.0.1"
 SERVER_ID = Identity.generate()
@@ -359,6 +360,29 @@ def test_truncation_is_reported_after_the_messages_before_it() -> None:
                 await served.wait_closed()
             with pytest.raises(nautilus.ConnectionLost):
                 await served.drain()
+
+    run(main())
+
+
+def test_close_notify_in_the_middle_of_a_message_is_a_protocol_violation() -> None:
+    """A peer that sends part of a message frame, then close_notify, cut its
+    own message short: the channel reports a ProtocolViolation after the
+    whole messages before it, never a clean end (EOFError) that would hide
+    the lost message. The peer gets a decode_error alert."""
+
+    async def main() -> None:
+        async with pair() as (client, served):
+            client.send_message(b"whole")
+            transport = client._route.route_transport()
+            assert transport is not None
+            # Part of the next frame: its length (10) and 3 bytes of its body.
+            transport._conn._seal_application(b"\x00\x00\x00\x0aabc", ContentType.MESSAGE)
+            client.close()  # close_notify right behind it
+            assert await served.recv_message() == b"whole"
+            with pytest.raises(nautilus.ProtocolViolation, match="middle of a message"):
+                await served.recv_message()
+            with pytest.raises(nautilus.ProtocolViolation):
+                await served.wait_closed()
 
     run(main())
 

@@ -25,6 +25,7 @@ from nautilus import (
     ProtocolViolation,
 )
 from nautilus.protocol.connection import Connection
+from nautilus.protocol.messages import AlertCode
 from nautilus.record import ContentType
 
 NOW = 1_800_000_000.0
@@ -251,3 +252,37 @@ def test_an_oversized_message_is_reported_by_its_size_in_bytes() -> None:
     pair.client.send_messages((b"a", bytearray(b"bc"), memoryview(b"def")))  # a tuple, mixed
     pair.server.receive_data(pair.client.data_to_send())
     assert batches(drain_events(pair.server)) == [(b"a", b"bc", b"def")]
+
+
+@pytest.mark.parametrize("cut", [1, 3, 4, 9])
+def test_close_notify_in_the_middle_of_a_message_is_not_a_clean_end(cut: int) -> None:
+    """A peer's close_notify after part of a frame (some of its length, or the
+    length and part of the body) is a protocol violation (decode_error), not
+    a clean end: the application would never learn that a message sent to it
+    was lost. The whole messages before it are delivered first."""
+    pair = connected()
+    stream = framed([b"whole", b"cut short"])
+    records = seal_message_stream(pair.client, [stream[: 9 + cut]])  # "whole", part of the next
+    pair.client._send_alert(AlertCode.CLOSE_NOTIFY)  # (the client stays open to read the answer)
+    pair.server.receive_data(b"".join(records) + pair.client.data_to_send())
+    events = drain_events(pair.server)
+    assert batches(events) == [(b"whole",)]
+    assert_closed_with(pair.server, events, ProtocolViolation)
+    assert "close_notify in the middle of a message" in str(pair.server.error)
+    assert f"({cut} bytes of its frame received)" in str(pair.server.error)
+    # The peer is told why, rather than answered with a close_notify.
+    pair.client.receive_data(pair.server.data_to_send())
+    client_events = drain_events(pair.client)
+    assert [e.code for e in client_events if isinstance(e, AlertReceived)] == [
+        AlertCode.DECODE_ERROR
+    ]
+
+
+def test_close_notify_after_whole_messages_is_a_clean_end() -> None:
+    pair = connected()
+    pair.client.send_messages([b"one", b"two"])
+    pair.client.close()
+    pair.server.receive_data(pair.client.data_to_send())
+    events = drain_events(pair.server)
+    assert batches(events) == [(b"one", b"two")]
+    assert events[-1] == ConnectionClosed(None)

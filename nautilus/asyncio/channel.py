@@ -204,7 +204,8 @@ class Channel:
     * after a failure, it returns the messages already received (each whole
       and authenticated), then raises the failure: ``nautilus.ConnectionLost``
       (the connection ended without close_notify), ``nautilus.ProtocolViolation``
-      (for example an oversized message from the peer),
+      (for example an oversized message from the peer, or its close_notify
+      in the middle of a message),
       ``nautilus.IntegrityError``, the peer's alert...
 
     There is no half-close: after either side's :meth:`close`, messages still

@@ -1787,6 +1787,17 @@ class Connection:
         self._events.append(AlertReceived(code, name))
         if code == AlertCode.CLOSE_NOTIFY:
             if self._state is _CONNECTED:
+                if self._messages:
+                    # A clean end cannot fall inside a message frame (this
+                    # side's senders only seal whole frames): the peer cut
+                    # its own message short. Not an end of stream, or the
+                    # application would never learn of the lost message.
+                    _abort(
+                        ProtocolViolation,
+                        AlertCode.DECODE_ERROR,
+                        f"decode_error: close_notify in the middle of a message "
+                        f"({len(self._messages)} bytes of its frame received)",
+                    )
                 self._send_alert(AlertCode.CLOSE_NOTIFY)
                 self._events.append(ConnectionClosed(None))
                 self._teardown()
