@@ -32,6 +32,7 @@ import nautilus
 import nautilus.sockets
 from nautilus import Connection, Context, Identity, NautilusSocket
 from nautilus.protocol.messages import AlertCode
+from nautilus.record import ContentType
 from nautilus.sockets import wrap_socket
 
 GROUPS = ("x25519-mlkem768", "x25519-mlkem1024", "mlkem1024", "mlkem768", "x25519")
@@ -1173,6 +1174,31 @@ def test_oversized_message_from_the_peer_is_a_protocol_violation() -> None:
         sock.send_message(b"y" * 5000)  # fine by the client's bound, not the server's
         with pytest.raises(nautilus.ProtocolViolation):  # the server's alert
             sock.recv(10)
+    peer.result()
+
+
+def test_close_notify_in_the_middle_of_a_message_is_a_protocol_violation() -> None:
+    """A peer's close_notify after part of a message frame is not a clean end
+    (EOFError would hide the message cut short): recv_message raises
+    ProtocolViolation after the whole messages before it, and the peer is
+    told with a decode_error alert."""
+
+    def handler(sock: NautilusSocket) -> None:
+        assert sock.recv_message() == b"whole"
+        with pytest.raises(nautilus.ProtocolViolation, match="middle of a message"):
+            sock.recv_message()
+
+    peer = Peer(handler)
+    with connect(peer) as sock:
+        sock.send_message(b"whole")
+        with sock._state_lock:  # part of a frame: its length (10) and 3 bytes
+            sock._conn._seal_application(b"\x00\x00\x00\x0aabc", ContentType.MESSAGE)
+            sock._conn._send_alert(AlertCode.CLOSE_NOTIFY)  # (the socket stays open)
+            sock._take_output()
+        with sock._write_lock:
+            sock._write_out(None, nowait=False)
+        with pytest.raises(nautilus.ProtocolViolation, match="decode_error"):
+            sock.recv_message()
     peer.result()
 
 
