@@ -27,6 +27,7 @@ from nautilus.exceptions import (
     RecordFormatError,
     RecordLimitReached,
     SessionKeyDerivationFailed,
+    UnreadLimitReached,
     WantReadError,
     WantWriteError,
 )
@@ -108,6 +109,7 @@ __all__ = [
     "State",
     "StepContext",
     "TrustStore",
+    "UnreadLimitReached",
     "WantReadError",
     "WantWriteError",
     "__version__",

@@ -80,6 +80,13 @@ class MessageTooLarge(NautilusError, ValueError):
     """A message is larger than the context's ``max_message_size``; nothing was sent."""
 
 
+class UnreadLimitReached(NautilusError, BufferError):
+    """A blocking socket holds as much unread data of the *other* kind as it
+    may (messages while ``recv()`` waits for stream data, or stream data while
+    ``recv_message()`` waits for a message), so it reads no more from the
+    peer: read that kind first. Nothing was lost; the socket stays usable."""
+
+
 class WantReadError(NautilusError, BlockingIOError):
     """Non-blocking socket: the operation needs more data from the peer first
     (wait until the socket is readable and retry), like ``ssl.SSLWantReadError``."""

@@ -65,6 +65,7 @@ from nautilus.exceptions import (
     NautilusError,
     ProtocolViolation,
     RecordLimitReached,
+    UnreadLimitReached,
     WantReadError,
     WantWriteError,
 )
@@ -82,6 +83,13 @@ if TYPE_CHECKING:
 __all__ = ["NautilusSocket", "create_connection", "wrap_socket"]
 
 RECV_BUFFER_SIZE = 256 * 1024
+UNREAD_LIMIT = 16 * 1024 * 1024
+"""Most bytes of the kind not being read (stream data while recv_message()
+waits, messages while recv() waits) a socket holds before it stops reading
+(UnreadLimitReached); at least ``max_message_size``, so one message fits."""
+UNREAD_ITEMS = 65536
+"""Most records' worth of stream data, or messages, of that kind it holds
+(each costs memory beyond its bytes: empty messages cost nothing on the wire)."""
 """Bytes asked of the kernel per read once data flows in bulk: records are opened in
 large batches. A socket starts with _RECV_FIRST and grows to this once a read fills
 its buffer (as a record larger than the buffer does)."""
@@ -709,6 +717,9 @@ class NautilusSocket(socket.socket):
                 alert was sent). Later calls raise ``ClosedError``.
             TimeoutError: the socket's timeout expired; nothing was lost and
                 the call may be retried.
+            nautilus.UnreadLimitReached: messages the application has not
+                read fill what the socket holds (:data:`UNREAD_LIMIT`); read
+                them with :meth:`recv_message` first. Nothing was lost.
             nautilus.WantReadError, nautilus.WantWriteError: non-blocking mode.
             nautilus.HandshakeError and subclasses: the implicit handshake failed.
             OSError: the socket is closed (``EBADF``) or not connected.
@@ -831,7 +842,10 @@ class NautilusSocket(socket.socket):
             nautilus.ProtocolViolation: the peer sent a message larger than
                 this context's ``max_message_size`` (or another malformed
                 record); the connection is shut down.
-            as :meth:`recv` otherwise.
+            nautilus.UnreadLimitReached: stream data the application has not
+                read fills what the socket holds (:data:`UNREAD_LIMIT`); read
+                it with :meth:`recv` first. Nothing was lost.
+            as :meth:`recv` otherwise (but for its UnreadLimitReached).
         """
         with self._read_lock:
             msgs = self._msgs
@@ -1084,6 +1098,8 @@ class NautilusSocket(socket.socket):
                 return False
             if iend:
                 self._ipos = self._iend = iend = 0
+        if self._rmore if lane else self._msgs:
+            self._check_unread(lane)
         try:
             n = _raw_recv_into(self, self._rview[iend:])
         except BlockingIOError:
@@ -1117,6 +1133,29 @@ class NautilusSocket(socket.socket):
         if full:
             self._grow_rbuf()
         return False
+
+    def _check_unread(self, lane: bool) -> None:
+        """Before a read for messages (``lane``) or stream data: refuse to read
+        more while the other kind holds :data:`UNREAD_LIMIT` bytes or
+        :data:`UNREAD_ITEMS` items. A peer that sends only the kind the
+        application does not read must not grow the socket's memory without
+        bound; the socket stays usable (the other kind can be read)."""
+        with self._state_lock:
+            held = tuple(self._rmore if lane else self._msgs)
+        limit = max(UNREAD_LIMIT, self._conn._cfg.max_message_size)
+        count = len(held)
+        size = sum(map(len, held)) if count <= UNREAD_ITEMS else None
+        if size is not None and size <= limit:
+            return
+        if lane:
+            what, wanted, call = f"{count} records' worth of stream data", "a message", "recv()"
+        else:
+            what, wanted, call = f"{count} messages", "stream data", "recv_message()"
+        if size is not None:
+            what += f" ({size} bytes)"
+        raise UnreadLimitReached(
+            f"{what} wait unread while the socket waits for {wanted}: read them first with {call}"
+        )
 
     def _grow_rbuf(self) -> None:
         """Read RECV_BUFFER_SIZE at a time from now on (a read filled the buffer),

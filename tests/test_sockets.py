@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import errno
 import faulthandler
+import functools
 import hashlib
 import io
 import os
@@ -1223,6 +1224,62 @@ def test_messages_and_stream_data_interleaved() -> None:
     data, got = peer.result()
     assert data == b"".join(chunks)
     assert got == msgs
+
+
+@pytest.mark.parametrize("flood", ["stream", "messages", "empty messages"])
+def test_the_kind_not_read_cannot_grow_without_bound(
+    flood: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer that sends only the kind of data the application does not read
+    (stream data to recv_message(), messages to recv()) made the socket keep
+    all of it: hundreds of megabytes. Past the bound the socket reads no more
+    and says why; nothing is lost, and once the other kind is read it goes on."""
+    monkeypatch.setattr(nautilus.sockets, "UNREAD_LIMIT", 200_000)
+    monkeypatch.setattr(nautilus.sockets, "UNREAD_ITEMS", 300)
+    if flood == "stream":
+        pieces = [bytes([i]) * 10_000 for i in range(60)]  # 600 KB in 60 records
+    elif flood == "messages":
+        pieces = [bytes([i]) * 10_000 for i in range(60)]
+    else:
+        pieces = [b""] * 2000  # nothing on the wire but their framing
+
+    def handler(sock: NautilusSocket) -> tuple[int, list[bytes], bytes, bytes | list[bytes]]:
+        read = sock.recv_message if flood == "stream" else functools.partial(sock.recv, 100)
+        with pytest.raises(nautilus.UnreadLimitReached, match="read them first") as info:
+            read()
+        assert isinstance(info.value, BufferError)
+        if flood == "stream":
+            held = sock.pending()
+            assert held <= 200_000 + nautilus.sockets.RECV_BUFFER_SIZE
+            data = recv_exactly(sock, sum(map(len, pieces)))  # every byte, in order
+            return held, [sock.recv_message()], data, sock.recv(1)
+        held = sock.pending_messages()
+        assert held <= 300 + nautilus.sockets.RECV_BUFFER_SIZE // 21
+        got = [sock.recv_message() for _ in pieces]
+        return held, got, sock.recv(4), sock.recv(1)
+
+    peer = Peer(handler, server_ctx(max_message_size=20_000))
+    with connect(peer, context=client_ctx(max_message_size=20_000)) as sock:
+        for piece in pieces:
+            if flood == "stream":
+                sock.sendall(piece)
+            else:
+                sock.send_message(piece)
+        if flood == "stream":
+            sock.send_message(b"after")
+        else:
+            sock.sendall(b"last")
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(1) == b""
+    held, got, tail, end = peer.result()
+    assert held > 0
+    if flood == "stream":
+        assert got == [b"after"]
+        assert tail == b"".join(pieces)
+    else:
+        assert got == pieces
+        assert tail == b"last"
+    assert end == b""
 
 
 # ----------------------------------------------------------------- details
