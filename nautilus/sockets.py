@@ -71,7 +71,7 @@ from nautilus.exceptions import (
 )
 from nautilus.identity import PeerKey
 from nautilus.protocol import events as _events
-from nautilus.protocol.connection import Connection, ConnectionStats, _Abort
+from nautilus.protocol.connection import Connection, ConnectionStats, _Abort, _iter_messages
 from nautilus.protocol.events import ConnectionClosed, DataReceived, MessagesReceived, SessionInfo
 from nautilus.protocol.messages import RECORD_SEALED as _SEALED
 from nautilus.protocol.messages import AlertCode
@@ -1418,10 +1418,9 @@ class NautilusSocket(socket.socket):
             nautilus.MessageTooLarge: one is over ``max_message_size``; none was sent.
             as :meth:`send` otherwise.
         """
-        if isinstance(messages, (bytes, bytearray, memoryview, str)):
-            raise TypeError("messages must be an iterable of bytes-like objects, not one object")
+        items = _iter_messages(messages)
         try:
-            batch = [_as_buffer(m) for m in messages]
+            batch = [_as_buffer(m) for m in items]
         except TypeError as exc:
             raise TypeError(f"a message must be bytes-like: {exc}") from None
         conn = self._conn  # the limit its connection was made with

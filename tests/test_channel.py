@@ -160,8 +160,9 @@ def test_send_messages_argument_errors() -> None:
                     client.send_messages(bad)  # type: ignore[arg-type]
             with pytest.raises(TypeError):
                 client.send_messages([b"ok", "not bytes"])  # type: ignore[list-item]
-            with pytest.raises(TypeError):
-                client.send_messages(42)  # type: ignore[arg-type]
+            for bad in (42, None):  # named, not "'int' object is not iterable"
+                with pytest.raises(TypeError, match=r"^messages must be an iterable .* not "):
+                    client.send_messages(bad)  # type: ignore[arg-type]
             with pytest.raises(TypeError):
                 client.send_message("text")  # type: ignore[arg-type]
             client.send_message(b"still usable")

@@ -236,6 +236,10 @@ def test_sending_checks_every_message_first() -> None:
         pair.client.send_messages([b"ok", "text"])  # type: ignore[list-item]
     with pytest.raises(TypeError, match="not one object"):
         pair.client.send_messages(b"one object")
+    with pytest.raises(
+        TypeError, match=r"^messages must be an iterable of bytes-like objects, not int"
+    ):
+        pair.client.send_messages(42)  # type: ignore[arg-type]
     assert pair.client.data_to_send() == b""  # all or nothing
     pair.client.send_messages([])
     assert pair.client.data_to_send() == b""

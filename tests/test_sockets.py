@@ -1502,6 +1502,8 @@ def test_bad_arguments_are_refused_before_any_io() -> None:
         for exc, call in bad:
             with pytest.raises(exc):
                 call()
+        with pytest.raises(TypeError, match=r"^messages must be an iterable .* not NoneType$"):
+            sock.send_messages(None)  # type: ignore[arg-type]
         assert sock.session is None
         with pytest.raises(nautilus.ClosedError):  # keys exist only after the handshake
             sock.export_keying_material(b"a", b"", 32)

@@ -33,7 +33,7 @@ from nautilus.asyncio._transport import NautilusTransport
 from nautilus.context import Context
 from nautilus.exceptions import ClosedError, ConnectionLost
 from nautilus.identity import PeerKey
-from nautilus.protocol.connection import ConnectionStats
+from nautilus.protocol.connection import ConnectionStats, _iter_messages
 from nautilus.protocol.events import SessionInfo
 
 __all__ = [
@@ -322,9 +322,7 @@ class Channel:
                 nothing was sent, the channel is usable.
             nautilus.ClosedError: as :meth:`send_message`.
         """
-        if isinstance(messages, (bytes, bytearray, memoryview, str)):
-            raise TypeError("messages must be an iterable of bytes-like objects, not one object")
-        batch = list(messages)
+        batch = list(_iter_messages(messages))
         self._check_sending()
         if batch:
             self._route.route_send(batch)

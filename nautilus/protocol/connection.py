@@ -23,9 +23,9 @@ import os
 import struct
 import unicodedata
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
-from typing import NoReturn, cast
+from typing import NoReturn, TypeVar, cast
 
 from nautilus import _bindings as _b
 from nautilus.context import CIPHER_IDS, GROUP_IDS, Context
@@ -154,14 +154,32 @@ def _message_size(message: bytes | bytearray | memoryview) -> int:
     return message.nbytes if isinstance(message, memoryview) else len(message)
 
 
-def _frame_each(messages: Iterable[bytes | bytearray | memoryview], limit: int) -> bytes:
-    """Frame ``messages`` one by one (any iterable; the checks say what is wrong)."""
+_M = TypeVar("_M")
+
+
+def _iter_messages(messages: Iterable[_M]) -> Iterator[_M]:
+    """An iterator over ``messages``, the argument of a ``send_messages()``.
+
+    Raises:
+        TypeError: ``messages`` is one bytes-like object or a str, or not
+            iterable (naming the argument, not Python's own message).
+    """
     if isinstance(messages, (bytes, bytearray, memoryview, str)):
         raise TypeError("messages must be an iterable of bytes-like objects, not one object")
+    try:
+        return iter(messages)
+    except TypeError:
+        raise TypeError(
+            f"messages must be an iterable of bytes-like objects, not {type(messages).__name__}"
+        ) from None
+
+
+def _frame_each(messages: Iterable[bytes | bytearray | memoryview], limit: int) -> bytes:
+    """Frame ``messages`` one by one (any iterable; the checks say what is wrong)."""
     pack = _pack_length
     parts: list[bytes | bytearray | memoryview] = []
     add = parts.append
-    for m in messages:
+    for m in _iter_messages(messages):
         if type(m) is bytes or isinstance(m, (bytes, bytearray)):  # the common case first
             n = len(m)
         elif isinstance(m, memoryview):
