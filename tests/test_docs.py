@@ -1,5 +1,6 @@
-"""The documents stay true to the code: every test they cite exists, and the
-state table in docs/protocol.md is the one generated from nautilus/protocol/state.py."""
+"""The documents stay true to the code: every test they cite exists, the
+state table in docs/protocol.md is the one generated from nautilus/protocol/state.py,
+and its alert table names every alert code, each under its code's name."""
 
 from __future__ import annotations
 
@@ -8,17 +9,21 @@ from pathlib import Path
 
 import pytest
 
+from nautilus.protocol.messages import AlertCode
 from nautilus.protocol.state import diagram
 
 ROOT = Path(__file__).resolve().parent.parent
-CITED = re.compile(r"`(test_[a-z0-9_]+\.py)::(test_[a-z0-9_]+)`")
+CITED = re.compile(r"`(?:tests/)?(test_[a-z0-9_]+\.py)::(test_[a-z0-9_]+)`")
+DOCS = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
+ALERT_ROW = re.compile(r"^\| (\d+) \| ([a-z_]+) \|", re.MULTILINE)
 
 
-@pytest.mark.parametrize("doc", ["docs/protocol.md", "docs/sessions.md"])
+@pytest.mark.parametrize("doc", DOCS)
 def test_cited_tests_exist(doc: str) -> None:
     text = (ROOT / doc).read_text()
     cited = CITED.findall(text)
-    assert len(cited) >= 20, "the security properties should cite their tests"
+    if doc in ("docs/protocol.md", "docs/sessions.md"):
+        assert len(cited) >= 20, "the security properties should cite their tests"
     missing = []
     for file, name in cited:
         source = (ROOT / "tests" / file).read_text()
@@ -30,3 +35,10 @@ def test_cited_tests_exist(doc: str) -> None:
 def test_protocol_state_table_is_current() -> None:
     text = (ROOT / "docs/protocol.md").read_text()
     assert diagram() in text, "regenerate with: python -m nautilus.protocol.state"
+
+
+def test_protocol_alert_table_names_every_alert_code() -> None:
+    text = (ROOT / "docs/protocol.md").read_text()
+    section = text[text.index("## 6. Alerts") : text.index("## 7.")]
+    documented = {int(code): name for code, name in ALERT_ROW.findall(section)}
+    assert documented == {int(a): a.name.lower() for a in AlertCode}
