@@ -1773,6 +1773,45 @@ def test_rekey_interval_renews_the_keys_when_the_clock_goes_back() -> None:
     assert q.server.error is None
 
 
+@pytest.mark.parametrize(
+    ("start", "interval"),
+    [
+        (1713436424.41124, 0.1),  # today's clock: the sum rounds, the difference is short
+        (NOW + 0.000563, 1e9),  # the sum crosses 2**32: rounded to the coarser spacing
+        (1e15 - 5.0, 0.001),  # the interval is under the spacing of floats there
+        (1e15 - 5.0, 60.0),  # the renewal falls after MAX_NOW
+    ],
+)
+def test_handle_timer_at_the_time_get_timer_tells_always_fires(
+    start: float, interval: float
+) -> None:
+    """handle_timer(get_timer()) renews the keys, and the next timer is later
+    (or None). It compared ``now - last`` with the interval while get_timer()
+    told ``last + interval``: where the rounded sum made the difference fall
+    short (rekey_interval=0.1 at today's clock, nearly always), the timer
+    neither fired nor moved, and a caller driving a clock from get_timer()
+    looped for ever with the keys never renewed."""
+    p = Pair.make(
+        client={"rekey_interval": interval}, server={"rekey_interval": interval}, now=start
+    )
+    p.handshake()
+    for round_ in range(3):
+        p.client.send_data(b"under these keys")
+        p.pump()
+        due = p.client.get_timer()
+        if due is None:  # (only past MAX_NOW: no accepted now reaches it)
+            assert start + interval > 1e15
+            return
+        assert due > p.client._now or round_ == 0
+        p.client.handle_timer(due)
+        assert p.client.stats.key_updates == round_ + 1, (round_, due)
+        after = p.client.get_timer()
+        assert after is None or after > due
+        p.pump(now=due)
+    assert p.client.error is None
+    assert p.server.error is None
+
+
 def test_rekey_interval_leaves_keys_that_sealed_nothing_and_restarts_their_age() -> None:
     """An interval that passes with nothing sent sends no KeyUpdate (the keys
     protect nothing yet): their age starts again. Idle connections used to

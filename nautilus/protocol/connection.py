@@ -19,6 +19,7 @@ import functools
 import hashlib
 import inspect
 import logging
+import math
 import os
 import struct
 import unicodedata
@@ -207,6 +208,17 @@ def _byte_view(data: memoryview) -> memoryview:
         return data.cast("B")
     except (TypeError, ValueError):  # a format cast() does not take: copy the bytes
         return memoryview(data.tobytes())
+
+
+def _rekey_at(last: float, interval: float) -> float | None:
+    """When sending keys that last changed at ``last`` are due for renewal
+    (``rekey_interval``): a time after ``last`` even where ``interval`` is below
+    the spacing of floats there (around 10**15, a 0.001 s interval vanishes in
+    the sum), or None past MAX_NOW, which no accepted ``now`` reaches."""
+    at = last + interval
+    if at <= last:
+        at = math.nextafter(last, math.inf)
+    return at if at <= MAX_NOW else None
 
 
 _HELLO_SIZES: dict[tuple[object, ...], int] = {}
@@ -997,30 +1009,34 @@ class Connection:
         if self._state is _CONNECTED and interval is not None and last is not None:
             if self._now < last - _CLOCK_WENT_BACK:
                 return self._now  # the clock went back: the keys' age is unknown, due now
-            # (0.0 is a time too: no truthiness test; never past what
-            # handle_timer() accepts)
-            return min(last + interval, MAX_NOW)
+            return _rekey_at(last, interval)  # (0.0 is a time too: no truthiness test)
         return None
 
     def handle_timer(self, now: float) -> None:
-        """Fire the handshake timeout if ``now`` is past it.
+        """Fire the timer if ``now`` is at or past :meth:`get_timer`: the
+        handshake timeout, or (connected, with ``rekey_interval``) the renewal
+        of the sending keys. Called at the time ``get_timer()`` returned, it
+        fires: the next ``get_timer()`` is later, or None.
 
         Raises:
             TypeError: ``now`` is not a number.
             ValueError: ``now`` is out of range (see :meth:`start`).
         """
         self._set_now(now)
+        # Each fires at the time get_timer() told, compared as it was told: a
+        # timer that handle_timer(get_timer()) did not fire would stay due, a
+        # busy loop for the caller.
+        due = self.get_timer()  # (clamped to MAX_NOW; with the clock set by now)
+        if due is None or now < due:
+            return
         if self._state in HANDSHAKE_STATES:
-            deadline = self.get_timer()  # (as it was told: clamped to MAX_NOW)
-            if deadline is None or now < deadline:
-                return
             self._fail(
                 HandshakeTimeout(
                     f"the handshake did not complete within {self._cfg.handshake_timeout:g} s"
                 ),
                 AlertCode.HANDSHAKE_TIMEOUT,
             )
-        elif self._state is _CONNECTED and self._rekey_due():
+        else:  # (connected, with rekey_interval: get_timer() is None otherwise)
             self._rekey()
 
     @property
@@ -1040,10 +1056,13 @@ class Connection:
         # A clock set back (by more than the skew between the calls of a
         # socket's reader and writer threads) would otherwise keep the keys
         # for as long again: their age is unknown, they are renewed.
+        # (``last + interval``, not ``now - last``: the sum is the time
+        # get_timer() tells, and the difference of two rounded times can fall
+        # short of the interval at that very time.)
         return (
             interval is not None
             and last is not None
-            and (self._now - last >= interval or self._now < last - _CLOCK_WENT_BACK)
+            and (self._now >= last + interval or self._now < last - _CLOCK_WENT_BACK)
         )
 
     def _rekey(self) -> None:
