@@ -800,6 +800,38 @@ def test_handshake_timeout_on_both_sides() -> None:
     assert pair.server.get_timer() is None
 
 
+def test_a_clock_set_back_does_not_keep_a_stalled_handshake_for_as_long() -> None:
+    """A clock set back (over a second) during a handshake left the deadline
+    by the old clock: a peer that stalls kept the handshake, its buffers and
+    (with the adapters) a socket, for as long as the clock went back (a day
+    here). The handshake's age is then unknown: handle_timer() counts one
+    handshake_timeout again from the new time, and the stalled handshake ends
+    then. A clock set back under a second changes nothing."""
+    pair = Pair.make()
+    pair.start()
+    hello = pair.client.data_to_send()
+    pair.server.receive_data(hello[:10], NOW + 1.0)  # a peer that trickles, then stalls
+    pair.server.handle_timer(NOW - 0.5)  # slightly out of order: nothing
+    assert pair.server.get_timer() == NOW + 10.0
+    back = NOW - 86400.0
+    pair.server.handle_timer(back)
+    assert not pair.server.is_closed
+    assert pair.server.get_timer() == back + 10.0
+    pair.server.handle_timer(back + 9.999)
+    assert not pair.server.is_closed
+    pair.server.handle_timer(back + 10.0)
+    pair.collect()
+    assert_closed_with(pair.server, pair.server_events, HandshakeTimeout)
+    # Told the earlier time by a read, the timer is due at once, and counts again.
+    other = Pair.make()
+    other.start()
+    other.server.receive_data(other.client.data_to_send()[:10], back)
+    assert other.server.get_timer() == back
+    other.server.handle_timer(back)
+    assert other.server.get_timer() == back + 10.0
+    assert not other.server.is_closed
+
+
 def test_handshake_timeout_alert_reaches_the_peer() -> None:
     pair = Pair.make()
     pair.start()

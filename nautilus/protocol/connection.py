@@ -239,7 +239,9 @@ _TAIL_RECORDS = 64
 """Most records a closed client reads for the server's tickets (Connection.close)."""
 _CLOCK_WENT_BACK = 1.0
 """(rekey_interval) A ``now`` over this much before the sending keys last
-changed means the clock went back: they are renewed (as ticket keys are)."""
+changed means the clock went back: they are renewed (as ticket keys are).
+(handshake_timeout) One over this much before ``start()`` too: the timeout
+counts again from that ``now``."""
 MAX_NOW = 1e15
 """Latest ``now`` accepted (UNIX seconds, some 31 million years): a ClientHello
 carries the time in milliseconds as a u64. Earlier than 0 is refused too."""
@@ -1003,7 +1005,11 @@ class Connection:
         the handshake deadline, then (with ``rekey_interval``) the next key update."""
         if self._state in HANDSHAKE_STATES:
             deadline = self._deadline
-            return None if deadline is None else min(deadline, MAX_NOW)
+            if deadline is None:
+                return None
+            if self._now < deadline - self._cfg.handshake_timeout - _CLOCK_WENT_BACK:
+                return self._now  # the clock went back: handle_timer() counts again from now
+            return min(deadline, MAX_NOW)
         interval = self._cfg.rekey_interval
         last = self._last_update
         if self._state is _CONNECTED and interval is not None and last is not None:
@@ -1030,6 +1036,16 @@ class Connection:
         if due is None or now < due:
             return
         if self._state in HANDSHAKE_STATES:
+            timeout = self._cfg.handshake_timeout
+            deadline = self._deadline
+            assert deadline is not None  # (get_timer() is None otherwise)
+            if now < deadline - timeout - _CLOCK_WENT_BACK:
+                # The clock went back (over a second before start()): the
+                # deadline, by the old clock, would keep a stalled handshake
+                # for as long as the clock went back. Its age is unknown: it
+                # gets one handshake_timeout more, from now.
+                self._deadline = now + timeout
+                return
             self._fail(
                 HandshakeTimeout(
                     f"the handshake did not complete within {self._cfg.handshake_timeout:g} s"
