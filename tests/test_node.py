@@ -1238,6 +1238,15 @@ def test_a_start_past_messages_no_connection_carries_fails_the_channel() -> None
     run(main())
 
 
+async def one_session(node: Node, sid: bytes) -> tuple[FakeLink, Channel, Any]:
+    """A fake peer's session with ``node`` over one connection: that connection
+    (its START received), the channel accepted, and the channel's session."""
+    winner = await fake_dial(node, IDS[1], LOW_NONCE, sid)
+    channel = await asyncio.wait_for(node.accept(), 5)
+    await winner.expect(START)
+    return winner, channel, channel._route  # type: ignore[attr-defined]
+
+
 def test_a_peer_dialling_again_and_again_leaves_nothing_behind() -> None:
     """A trusted peer dials 30 more connections under the same session; each
     loses the tie-break and closes after both DONEs. The session used to keep
@@ -1248,10 +1257,7 @@ def test_a_peer_dialling_again_and_again_leaves_nothing_behind() -> None:
     async def main() -> None:
         async with fake_node() as node:
             sid = b"\x03" * 16
-            winner = await fake_dial(node, IDS[1], LOW_NONCE, sid)
-            channel = await asyncio.wait_for(node.accept(), 5)
-            await winner.expect(START)
-            route = channel._route  # type: ignore[attr-defined]
+            winner, channel, route = await one_session(node, sid)
             for i in range(30):
                 loser = await fake_dial(node, IDS[1], b"\xff" * 15 + bytes([i]), sid)
                 await loser.expect(DONE)
@@ -1293,10 +1299,7 @@ def test_a_peer_that_never_answers_done_cannot_pile_up_connections() -> None:
     async def main() -> None:
         async with fake_node() as node:
             sid = b"\x04" * 16
-            winner = await fake_dial(node, IDS[1], LOW_NONCE, sid)
-            channel = await asyncio.wait_for(node.accept(), 5)
-            await winner.expect(START)
-            route = channel._route  # type: ignore[attr-defined]
+            winner, channel, route = await one_session(node, sid)
             mute = []
             for i in range(node_module._MAX_UNANSWERED):
                 loser = await fake_dial(node, IDS[1], b"\xff" * 15 + bytes([i]), sid)
