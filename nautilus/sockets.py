@@ -103,7 +103,6 @@ _raw_recv_into = socket.socket.recv_into
 _raw_family = _socket.socket.family.__get__
 _raw_type = _socket.socket.type.__get__
 _raw_send = socket.socket.send
-_raw_sendall = socket.socket.sendall
 _raw_shutdown = socket.socket.shutdown
 _raw_setsockopt = socket.socket.setsockopt
 _DONTWAIT: int = getattr(socket, "MSG_DONTWAIT", 0)
@@ -1400,11 +1399,14 @@ class NautilusSocket(socket.socket):
                 sealed = None if self._queued else self._conn._seal_message(message)
             if sealed is None:
                 return False
-            if timeout is None:
-                _raw_sendall(self, sealed)
-            else:  # accepted: what the socket does not take now waits in _unsent (see send)
-                self._unsent = memoryview(sealed)
-                self._write_out(timeout, nowait=False)
+            try:
+                if timeout is None:
+                    self._write_all(sealed)
+                else:  # accepted: what the socket does not take now waits in _unsent (see send)
+                    self._unsent = memoryview(sealed)
+                    self._write_out(timeout, nowait=False)
+            except BlockingIOError:  # made non-blocking meanwhile: accepted, the rest queued
+                pass
         if self._queued:  # a reader queued output while we held the lock
             self._flush_nowait()
         return True
@@ -1495,16 +1497,16 @@ class NautilusSocket(socket.socket):
         state_lock = self._state_lock
         write_lock = self._write_lock
         write_lock.acquire()
+        pos = 0  # (sealed so far)
         try:
             if self._unsent is not None or self._queued:  # an earlier timeout left output
                 self._write_out(None, nowait=False)
-            pos = 0
             if n <= self._wfit and type(data) is bytes:  # the common case, in short
                 rc = self._seal_send_one(data, n)
                 if rc != _NT_DUE:
                     pos = n
                     if rc == _NT_PARTIAL:  # the rest, with the state lock released
-                        _raw_sendall(self, self._wview[self._out_len[1] : self._out_len[0]])
+                        self._write_all(self._wview[self._out_len[1] : self._out_len[0]])
             while pos < n:
                 step = n - pos if n - pos <= _WRITE_PIECE else _WRITE_PIECE
                 state_lock.acquire()
@@ -1520,18 +1522,31 @@ class NautilusSocket(socket.socket):
                     earlier = self._queued
                     if earlier:
                         self._queued = []
+                    pos += step
                     if rc == _NT_PARTIAL:  # the rest is written below, unlocked
                         out = self._wview[self._out_len[1] : self._out_len[0]]
                 finally:
                     state_lock.release()
                 if earlier:
-                    _raw_sendall(self, earlier[0] if len(earlier) == 1 else b"".join(earlier))
-                if rc == _NT_PARTIAL:
-                    _raw_sendall(self, out)
-                pos += step
+                    earlier_out = earlier[0] if len(earlier) == 1 else b"".join(earlier)
+                    self._write_all(earlier_out, out if rc == _NT_PARTIAL else None)
+                elif rc == _NT_PARTIAL:  # the rest of the piece, unlocked
+                    self._write_all(out)
             if pos < n:
                 self._seal_rest(data, pos)
+                pos = n
                 self._write_out(None, nowait=False)
+        except TimeoutError:
+            # Another thread gave the socket a timeout during this call: it
+            # ends as a timed-out write does, having accepted all of ``data``.
+            if pos < n:
+                self._seal_rest(data, pos)
+            raise
+        except BlockingIOError:
+            # Or made it non-blocking: it ends as a non-blocking send does,
+            # having accepted all of ``data``, what the socket did not take queued.
+            if pos < n:
+                self._seal_rest(data, pos)
         finally:
             write_lock.release()
         if self._queued:  # a reader queued output while we held the lock
@@ -1627,11 +1642,11 @@ class NautilusSocket(socket.socket):
         """
         write_lock = self._write_lock
         write_lock.acquire()
+        pos = 0  # (sealed so far)
         try:
             if self._unsent is not None or self._queued:
                 return False
             state_lock = self._state_lock
-            pos = 0
             if n <= self._wfit and type(data) is bytes:  # the common case, in short
                 rc = self._seal_send_one(data, n)
                 if rc != _NT_DUE:
@@ -1661,15 +1676,18 @@ class NautilusSocket(socket.socket):
                     break
                 pos += step
                 if self._queued:
-                    try:
-                        self._write_out(timeout, nowait=False)
-                    except TimeoutError:
-                        if pos < n:
-                            self._seal_rest(data, pos)
-                        raise
+                    self._write_out(timeout, nowait=False)
             if pos < n:
                 self._seal_rest(data, pos)
+                pos = n
                 self._write_out(timeout, nowait=False)
+        except TimeoutError:  # accepted: the rest of ``data`` is sealed and queued too
+            if pos < n:
+                self._seal_rest(data, pos)
+            raise
+        except BlockingIOError:  # made non-blocking by another thread meanwhile (see
+            if pos < n:  # _send_direct): accepted as a non-blocking send is
+                self._seal_rest(data, pos)
         finally:
             write_lock.release()
         if self._queued:  # a reader queued output while we held the lock
@@ -1709,15 +1727,14 @@ class NautilusSocket(socket.socket):
                     out = b""
             try:
                 if out:
-                    if timeout is None:  # the common case: one sendall, nothing queued
-                        _raw_sendall(self, out)
+                    if timeout is None:  # the common case: one write, nothing queued
+                        self._write_all(out)
                     else:
                         self._unsent = memoryview(out)
                 if self._unsent is not None or self._queued:
                     self._write_out(timeout, nowait=False)
-            except BlockingIOError:
-                if timeout != 0.0:  # pragma: no cover - only non-blocking sockets say so
-                    raise
+            except BlockingIOError:  # non-blocking (or made so by another thread meanwhile):
+                pass  # accepted, what the socket did not take is queued
         if self._queued:  # a reader queued output while we held the lock
             self._flush_nowait()
 
@@ -1745,7 +1762,7 @@ class NautilusSocket(socket.socket):
                     self._queued = []
                 buf = queued[0] if len(queued) == 1 else b"".join(queued)
                 if timeout is None and not nowait:
-                    _raw_sendall(self, buf)  # a failure here breaks the connection anyway
+                    self._write_all(buf)
                     continue
                 view = memoryview(buf)
             self._unsent = view
@@ -1762,6 +1779,36 @@ class NautilusSocket(socket.socket):
                     sent = _raw_send(self, view)  # waits, for the socket's timeout at most
                 view = view[sent:]
                 self._unsent = view if view else None
+
+    def _write_all(
+        self, buf: bytes | bytearray | memoryview, then: memoryview | None = None
+    ) -> None:
+        """Write all of ``buf``, then of ``then``, as socket ``sendall`` does (write
+        lock held, nothing unsent before them).
+
+        Unlike ``sendall``, a write that raises without breaking the connection
+        (another thread made the socket non-blocking or gave it a timeout
+        meanwhile, a signal handler raised) keeps what was not written in
+        ``_unsent``, first in line (copied: the seal buffer is reused). The
+        stream must go on with the rest of the record it cut: another record
+        behind half of one makes the peer fail, or wait for ever.
+        """
+        view = memoryview(buf)
+        try:
+            while True:
+                while view:
+                    view = view[_raw_send(self, view) :]
+                if then is None:
+                    return
+                view, then = then, None
+        except BaseException as exc:
+            broken = isinstance(exc, OSError) and not isinstance(
+                exc, (TimeoutError, BlockingIOError)
+            )  # (EPIPE, a reset...: nothing more can be written; later writes say so)
+            rest = b"" if broken else view.tobytes() + (b"" if then is None else then.tobytes())
+            if rest:
+                self._unsent = memoryview(rest)
+            raise
 
     def _flush_nowait(self) -> None:
         """Write queued output if that needs no waiting: neither for the write

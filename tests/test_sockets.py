@@ -2125,16 +2125,16 @@ def test_small_sendalls_into_a_full_socket_arrive_whole_and_in_order(
         return recv_into_exactly(sock, len(payload))
 
     rests: list[int] = []
-    raw_sendall = nautilus.sockets._raw_sendall
+    write_all = NautilusSocket._write_all
 
-    def counted(sock: socket.socket, data: Any) -> None:
+    def counted(sock: NautilusSocket, data: Any, then: Any = None) -> None:
         rests.append(len(data))
-        raw_sendall(sock, data)
+        write_all(sock, data, then)
 
     peer = Peer(handler)
     with connect(peer) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
-        monkeypatch.setattr(nautilus.sockets, "_raw_sendall", counted)
+        monkeypatch.setattr(NautilusSocket, "_write_all", counted)
         timer = threading.Timer(0.2, start_reading.set)
         timer.start()
         for i in range(0, len(payload), 4096):
@@ -2198,8 +2198,7 @@ def test_a_timed_send_the_socket_takes_at_once_makes_no_python_socket_call(
     payload = random.randbytes(20 * 4096)
     peer = Peer(handler)
     with connect(peer, timeout=PEER_TIMEOUT) as sock:
-        monkeypatch.setattr(nautilus.sockets, "_raw_send", refuse)
-        monkeypatch.setattr(nautilus.sockets, "_raw_sendall", refuse)
+        monkeypatch.setattr(nautilus.sockets, "_raw_send", refuse)  # (all writes but C's)
         for i in range(0, len(payload), 4096):
             sock.sendall(payload[i : i + 4096])
             assert sock.send(b"") == 0
@@ -2769,3 +2768,46 @@ def test_the_no_wait_socket_calls_never_wait(timeout: float | None) -> None:
         b.shutdown(socket.SHUT_WR)
         time.sleep(0.05)
         assert ns._recv_nowait(a, buf) == 0  # the end of the stream
+
+
+def test_a_mode_change_by_another_thread_during_a_write_never_cuts_a_record() -> None:
+    """A writer blocked in a large blocking sendall (the peer does not read yet);
+    another thread makes the socket non-blocking. The rest of the write meets a
+    full socket in non-blocking mode: the record it was writing must not be left
+    half-written with the next one behind it (the peer would fail or wait for
+    ever). The call accepts all of its data, as a non-blocking send does (the
+    rest is queued), and the next call writes it first: the peer reads it all."""
+    size = 4 * 1024 * 1024
+    data = random.randbytes(size)
+    release = threading.Event()
+
+    def handler(sock: NautilusSocket) -> bytes:
+        assert release.wait(PEER_TIMEOUT)
+        return hashlib.sha256(recv_exactly(sock, size + 3)).digest()
+
+    peer = Peer(handler)
+    outcome: list[BaseException | None] = []
+
+    def write() -> None:
+        try:
+            sock.sendall(data)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    with connect(peer) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        deadline = time.monotonic() + PEER_TIMEOUT
+        while not sock._write_lock.locked() or select.select([], [sock], [], 0)[1]:
+            assert time.monotonic() < deadline, "the writer did not block"
+            time.sleep(0.01)
+        sock.setblocking(False)  # the write in progress goes on as it was
+        release.set()
+        writer.join(PEER_TIMEOUT)
+        assert not writer.is_alive()
+        assert outcome == [None], outcome
+        sock.settimeout(PEER_TIMEOUT)
+        sock.sendall(b"end")  # writes what was queued first
+        assert peer.result() == hashlib.sha256(data + b"end").digest()
