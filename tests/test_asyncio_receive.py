@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
 import time
 from typing import Any
 
@@ -189,6 +190,49 @@ def test_largest_records_grow_the_receive_buffer() -> None:
     ctx = Context(SERVER_ID, max_record_size=big)
     got, _ = run(_transfer(payload, 700_000, ctx, max_record_size=big))
     assert got == payload
+
+
+def test_a_connection_quiet_again_after_a_burst_keeps_no_large_buffer() -> None:
+    """Large reads grow the adapter's buffer and the Connection's decryption
+    (scratch) buffer; the first small read after them gave back the first
+    but not the second, which stayed as large as the largest record for as
+    long as the connection lived: a server holding many connections that
+    each once took a burst held hundreds of KiB per connection, idle."""
+    big = 262144  # 256 KiB records: a whole one must fit the scratch buffer
+    ctx = Context(SERVER_ID, max_record_size=big)
+    sizes: dict[str, int] = {}
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        owner = writer.transport._owner  # type: ignore[attr-defined]
+        await reader.readexactly(4 * big)
+        scratch = owner._conn._scratch
+        sizes["burst"] = len(scratch)
+        writer.write(b"k")  # the client sends the small message only now
+        await reader.readexactly(10)
+        sizes["quiet"] = len(owner._conn._scratch) + len(owner._rbuf)
+        # Nothing else holds the large buffer (a view of it would keep it).
+        sizes["holders"] = sys.getrefcount(scratch) - 2  # (this name, the argument)
+        del scratch
+        writer.write(b"k")
+        await reader.read()
+        writer.close()
+
+    async def main() -> None:
+        async with serving(handler, ctx) as port:
+            reader, writer = await na.open_connection(
+                HOST, port, context=client_ctx(max_record_size=big)
+            )
+            writer.write(random.Random(9).randbytes(4 * big))
+            await reader.readexactly(1)
+            writer.write(b"0123456789")
+            await reader.readexactly(1)
+            writer.close()
+            await writer.wait_closed()
+
+    run(main())
+    assert sizes["burst"] >= big
+    assert sizes["quiet"] < 65536, sizes
+    assert sizes["holders"] == 0, sizes
 
 
 def test_a_plain_protocol_gets_bytes() -> None:

@@ -615,11 +615,13 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
             self._process()
             if self._rend == 0 and nbytes < _RECV_SMALL and self._rbuf:
                 # A small read, all of it taken: keep no buffer while the
-                # connection is quiet (idle connections cost no memory).
+                # connection is quiet (idle connections cost no memory), nor
+                # the Connection's decryption buffer grown by the large reads.
                 self._rbuf = bytearray()
                 self._rview = memoryview(self._rbuf)
                 self._rstart = self._rseen = self._rend = 0
                 self._rsize = _RECV_SMALL
+                self._conn._release_scratch()
 
     def data_received(self, data: bytes) -> None:
         """For transports that do not call get_buffer(): the bytes are copied in."""

@@ -1285,6 +1285,18 @@ class Connection:
         self._lent = False
         self._scratch_ptr = None
 
+    def _release_scratch(self) -> None:
+        """(the asyncio adapter) Reads have become small again: give back the
+        scratch buffer that larger reads grew (up to twice the largest, 512
+        KiB for 256 KiB reads), wiped. It never shrank: a connection that
+        once took a burst kept it for as long as it lived, quiet or not. The
+        next read makes one of its own size. Kept while a view of it is lent;
+        the events lent before, delivered, are let go (their views held it)."""
+        if not self._lent and self._scratch:
+            self._drop_scratch()
+            self._scratch = bytearray()
+            self._lent_events.clear()
+
     # -------------------------------------------------------------- record layer
 
     def _process_input(self) -> None:
