@@ -1536,17 +1536,12 @@ class NautilusSocket(socket.socket):
                 self._seal_rest(data, pos)
                 pos = n
                 self._write_out(None, nowait=False)
-        except TimeoutError:
-            # Another thread gave the socket a timeout during this call: it
-            # ends as a timed-out write does, having accepted all of ``data``.
-            if pos < n:
-                self._seal_rest(data, pos)
-            raise
-        except BlockingIOError:
-            # Or made it non-blocking: it ends as a non-blocking send does,
-            # having accepted all of ``data``, what the socket did not take queued.
-            if pos < n:
-                self._seal_rest(data, pos)
+        except (TimeoutError, BlockingIOError) as exc:
+            # Another thread gave the socket a timeout, or made it non-blocking,
+            # during this call: all of ``data`` is accepted (the rest sealed and
+            # queued), and the call ends as a timed-out write (raising) or a
+            # non-blocking send (returning) does.
+            self._accept_rest(data, pos, n, exc)
         finally:
             write_lock.release()
         if self._queued:  # a reader queued output while we held the lock
@@ -1681,13 +1676,8 @@ class NautilusSocket(socket.socket):
                 self._seal_rest(data, pos)
                 pos = n
                 self._write_out(timeout, nowait=False)
-        except TimeoutError:  # accepted: the rest of ``data`` is sealed and queued too
-            if pos < n:
-                self._seal_rest(data, pos)
-            raise
-        except BlockingIOError:  # made non-blocking by another thread meanwhile (see
-            if pos < n:  # _send_direct): accepted as a non-blocking send is
-                self._seal_rest(data, pos)
+        except (TimeoutError, BlockingIOError) as exc:  # (as in _send_direct)
+            self._accept_rest(data, pos, n, exc)
         finally:
             write_lock.release()
         if self._queued:  # a reader queued output while we held the lock
@@ -1779,6 +1769,18 @@ class NautilusSocket(socket.socket):
                     sent = _raw_send(self, view)  # waits, for the socket's timeout at most
                 view = view[sent:]
                 self._unsent = view if view else None
+
+    def _accept_rest(
+        self, data: bytes | bytearray | memoryview, pos: int, n: int, exc: OSError
+    ) -> None:
+        """A bulk write of ``n`` bytes stopped by ``exc`` after sealing
+        ``data[:pos]``: seal and queue the rest (all of ``data`` is accepted),
+        then raise ``exc`` if it is a timeout; a non-blocking write returns
+        (write lock held)."""
+        if pos < n:
+            self._seal_rest(data, pos)
+        if isinstance(exc, TimeoutError):
+            raise exc
 
     def _write_all(
         self, buf: bytes | bytearray | memoryview, then: memoryview | None = None
