@@ -1007,8 +1007,8 @@ class Connection:
             deadline = self._deadline
             if deadline is None:
                 return None
-            if self._now < deadline - self._cfg.handshake_timeout - _CLOCK_WENT_BACK:
-                return self._now  # the clock went back: handle_timer() counts again from now
+            if self._handshake_clock_went_back(deadline):
+                return self._now  # handle_timer() counts again from now
             return min(deadline, MAX_NOW)
         interval = self._cfg.rekey_interval
         last = self._last_update
@@ -1017,6 +1017,11 @@ class Connection:
                 return self._now  # the clock went back: the keys' age is unknown, due now
             return _rekey_at(last, interval)  # (0.0 is a time too: no truthiness test)
         return None
+
+    def _handshake_clock_went_back(self, deadline: float) -> bool:
+        """Whether ``now`` is over a second before :meth:`start` (the handshake
+        ``deadline`` less its timeout): the clock went back."""
+        return self._now < deadline - self._cfg.handshake_timeout - _CLOCK_WENT_BACK
 
     def handle_timer(self, now: float) -> None:
         """Fire the timer if ``now`` is at or past :meth:`get_timer`: the
@@ -1036,15 +1041,13 @@ class Connection:
         if due is None or now < due:
             return
         if self._state in HANDSHAKE_STATES:
-            timeout = self._cfg.handshake_timeout
             deadline = self._deadline
             assert deadline is not None  # (get_timer() is None otherwise)
-            if now < deadline - timeout - _CLOCK_WENT_BACK:
-                # The clock went back (over a second before start()): the
-                # deadline, by the old clock, would keep a stalled handshake
-                # for as long as the clock went back. Its age is unknown: it
-                # gets one handshake_timeout more, from now.
-                self._deadline = now + timeout
+            if self._handshake_clock_went_back(deadline):
+                # The deadline, by the old clock, would keep a stalled
+                # handshake for as long as the clock went back. Its age is
+                # unknown: it gets one handshake_timeout more, from now.
+                self._deadline = now + self._cfg.handshake_timeout
                 return
             self._fail(
                 HandshakeTimeout(
