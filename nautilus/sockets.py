@@ -1900,7 +1900,8 @@ class NautilusSocket(socket.socket):
         """
         if not self._connected:
             return
-        self._absorb_arrived()
+        if self._started:  # (before: nothing arrived is ours to read, see _real_close)
+            self._absorb_arrived()
         with self._state_lock:
             self._conn.close()
             self._take_output()
@@ -1992,7 +1993,10 @@ class NautilusSocket(socket.socket):
         if not self._fd_closed:
             with contextlib.suppress(NautilusError):  # Connection.close() does not raise
                 self._goodbye(raise_errors=False)
-            if self._connected:
+            # A handshake never started reads nothing: what arrived is the
+            # peer's first flight, for whoever shares the descriptor (the
+            # child a ForkingMixIn server forked before closing its copy).
+            if self._connected and self._started:
                 self._discard_arrived()
                 self._end_ticket_reading()
                 # Push out what the kernel may still hold back (Nagle waiting

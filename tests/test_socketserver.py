@@ -12,6 +12,7 @@ import faulthandler
 import hashlib
 import logging
 import random
+import select
 import socket
 import socketserver
 import struct
@@ -204,3 +205,25 @@ def test_mixin_checks_its_context() -> None:
         EchoServer((HOST, 0), HashEcho, context="ctx")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="identity"):
         EchoServer((HOST, 0), HashEcho, context=Context())
+
+
+def test_closing_a_socket_whose_handshake_never_started_leaves_what_arrived_unread() -> None:
+    """ForkingMixIn's parent closes its copy of each request right after the
+    fork, before any handshake: that close must not read (and drop) the
+    client's first flight from the connection it shares with the child, which
+    then waited for it until the handshake timed out."""
+    listener = socket.create_server((HOST, 0))
+    client = socket.create_connection(listener.getsockname(), timeout=10)
+    with listener, client:
+        raw, _ = listener.accept()
+        childs_copy = raw.dup()  # what a forked child holds
+        with childs_copy:
+            wrapped = Context(SERVER_ID).wrap_socket(
+                raw, server_side=True, do_handshake_on_connect=False
+            )
+            client.sendall(b"a client's first flight")
+            readable, _, _ = select.select([childs_copy], [], [], 10)
+            assert readable
+            wrapped.close()  # (the parent's close_request)
+            childs_copy.setblocking(False)
+            assert childs_copy.recv(100) == b"a client's first flight"
