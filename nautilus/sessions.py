@@ -636,6 +636,18 @@ server_name: a host name has at most 253, "host:port" 259. Within it the
 largest store record stays within _RECORD_ROOM (key() bounds every part)."""
 
 
+def _check_utf8_size(name: str, value: str | None, most: int) -> None:
+    """Refuse ``value`` if its UTF-8 takes over ``most`` bytes.
+
+    Raises:
+        ValueError: naming ``name`` and the size (not the value: it may be
+            megabytes).
+    """
+    size = 0 if value is None else len(value.encode("utf-8", "surrogatepass"))
+    if size > most:
+        raise ValueError(f"{name} is {size} bytes of UTF-8; at most {most} are allowed")
+
+
 def _sig(st: os.stat_result) -> _FileSig:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
@@ -1004,13 +1016,8 @@ class SessionCache:
             raise TypeError(f"client_id must be a str or None, not {type(client_id).__name__}")
         if not isinstance(namespace, str):
             raise TypeError(f"namespace must be a str, not {type(namespace).__name__}")
-        for name, part, most in (
-            ("address", address, _MAX_ADDRESS),
-            ("namespace", namespace, 255),
-        ):
-            size = 0 if part is None else len(part.encode("utf-8", "surrogatepass"))
-            if size > most:  # (its size only: the value may be megabytes)
-                raise ValueError(f"{name} is {size} bytes of UTF-8; at most {most} are allowed")
+        _check_utf8_size("address", address, _MAX_ADDRESS)
+        _check_utf8_size("namespace", namespace, 255)
         for name, part in (("server_id", server_id), ("client_id", client_id)):
             if part is not None and len(part) > _MAX_PEER_ID:
                 raise ValueError(

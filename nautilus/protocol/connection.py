@@ -112,6 +112,7 @@ from nautilus.sessions import (
     SessionCache,
     StoredTicket,
     TicketContents,
+    _check_utf8_size,
 )
 
 __all__ = ["Connection", "ConnectionStats"]
@@ -373,12 +374,7 @@ def _check_server_name(name: str) -> None:
         ValueError: naming the first such character and where it is, or the
             name's size (not the name: it may be megabytes).
     """
-    size = len(name.encode("utf-8", "surrogatepass"))
-    if size > _MAX_ADDRESS:
-        raise ValueError(
-            f"server_name is {size} bytes of UTF-8; at most {_MAX_ADDRESS} are allowed "
-            "(the session cache keys tickets by it)"
-        )
+    _check_utf8_size("server_name", name, _MAX_ADDRESS)  # (the session cache keys tickets by it)
     if name.isprintable():  # (the common case: nothing refused, in one call)
         return
     for i, char in enumerate(name):
