@@ -70,26 +70,21 @@ def _address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _seconds(text: str) -> float:
-    """A number of seconds, from 0 up to a day, for argparse."""
+def _seconds(text: str, least: float = 0.0) -> float:
+    """A number of seconds, from ``least`` up to a day, for argparse."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not 0 <= value <= 86400:
-        raise argparse.ArgumentTypeError(f"expected 0 to 86400 seconds, got {text!r}")
+    if not least <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"expected {least:g} to 86400 seconds, got {text!r}")
     return value
 
 
 def _timeout(text: str) -> float:
     """A handshake timeout for argparse: from a millisecond (the least a
     Context takes) up to a day."""
-    value = _seconds(text)
-    if value < _MIN_TIMEOUT:
-        raise argparse.ArgumentTypeError(
-            f"the timeout must be at least {_MIN_TIMEOUT:g} seconds, got {text!r}"
-        )
-    return value
+    return _seconds(text, _MIN_TIMEOUT)
 
 
 def _peer(text: str) -> str:

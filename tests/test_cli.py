@@ -195,6 +195,17 @@ def test_bad_usage_exits_with_status_2(argv: list[str], capsys: pytest.CaptureFi
     assert "usage: nautilus" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("value", ["0", "100000"])
+def test_timeout_out_of_range_says_the_range_it_takes(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The least timeout is Context's (a millisecond), not 0: the message says so."""
+    with pytest.raises(SystemExit) as exc:
+        main(["connect", "127.0.0.1:1", "--timeout", value, "--trust", "x"])
+    assert exc.value.code == 2
+    assert f"expected 0.001 to 86400 seconds, got '{value}'" in capsys.readouterr().err
+
+
 class EchoServer:
     """``python -m nautilus serve`` in a subprocess, on a free loopback port."""
 
