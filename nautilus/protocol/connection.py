@@ -1006,13 +1006,7 @@ class Connection:
             if self._handshake_clock_went_back(deadline):
                 return self._now  # handle_timer() counts again from now
             return min(deadline, MAX_NOW)
-        interval = self._cfg.rekey_interval
-        last = self._last_update
-        if self._state is _CONNECTED and interval is not None and last is not None:
-            if self._now < last - _CLOCK_WENT_BACK:
-                return self._now  # the clock went back: the keys' age is unknown, due now
-            return _rekey_at(last, interval)  # (0.0 is a time too: no truthiness test)
-        return None
+        return self._rekey_time() if self._state is _CONNECTED else None
 
     def _handshake_clock_went_back(self, deadline: float) -> bool:
         """Whether ``now`` is over a second before :meth:`start` (the handshake
@@ -1065,20 +1059,26 @@ class Connection:
             last_key_update=self._last_any_update,
         )
 
-    def _rekey_due(self) -> bool:
+    def _rekey_time(self) -> float | None:
+        """When the sending keys are due for renewal (with ``rekey_interval``,
+        once they changed), or None."""
         interval = self._cfg.rekey_interval
         last = self._last_update
+        if interval is None or last is None:
+            return None
         # A clock set back (by more than the skew between the calls of a
         # socket's reader and writer threads) would otherwise keep the keys
-        # for as long again: their age is unknown, they are renewed.
-        # (``last + interval``, not ``now - last``: the sum is the time
-        # get_timer() tells, and the difference of two rounded times can fall
-        # short of the interval at that very time.)
-        return (
-            interval is not None
-            and last is not None
-            and (self._now >= last + interval or self._now < last - _CLOCK_WENT_BACK)
-        )
+        # for as long again: their age is unknown, they are due now.
+        if self._now < last - _CLOCK_WENT_BACK:
+            return self._now
+        return _rekey_at(last, interval)
+
+    def _rekey_due(self) -> bool:
+        # (Compared with the time get_timer() tells, not as ``now - last``:
+        # the difference of two rounded times can fall short of the interval
+        # at that very time.)
+        due = self._rekey_time()
+        return due is not None and self._now >= due
 
     def _rekey(self) -> None:
         """(rekey_interval has passed) Ratchet the sending keys, if they sealed
