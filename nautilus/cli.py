@@ -145,6 +145,8 @@ def _parser() -> argparse.ArgumentParser:
         "(default 1 s)",
     )
     trust_options(connect)
+    # (--trust or --known-peers: checked once parsed, a usage error like the others)
+    connect.set_defaults(usage_error=connect.error)
     return parser
 
 
@@ -225,8 +227,6 @@ def _serve(args: argparse.Namespace, err: BinaryIO) -> None:
 
 
 def _connect(args: argparse.Namespace, inp: BinaryIO, out: BinaryIO, err: BinaryIO) -> None:
-    if not args.trust and args.known_peers is None:
-        raise _Failure("connect needs --trust PEER or --known-peers FILE to know the server")
     identity = _load(args.identity) if args.identity is not None else None
     ctx = _context(args, identity)
     try:
@@ -312,6 +312,8 @@ def main(
     (stdout a pipe whose reader has gone, a full disk) is a failure: status 1.
     """
     args = _parser().parse_args(argv)
+    if args.command == "connect" and not args.trust and args.known_peers is None:
+        args.usage_error("connect needs --trust PEER or --known-peers FILE to know the server")
     opened: list[BinaryIO] = []  # null devices standing for closed streams
     inp = stdin if stdin is not None else _standard(sys.stdin, "rb", opened)
     out = stdout if stdout is not None else _standard(sys.stdout, "wb", opened)
