@@ -235,6 +235,48 @@ def test_a_connection_quiet_again_after_a_burst_keeps_no_large_buffer() -> None:
     assert sizes["holders"] == 0, sizes
 
 
+def test_a_connection_silent_right_after_a_burst_gives_its_buffers_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A burst whose last read is large leaves the adapter's receive buffer and
+    the Connection's decryption buffer grown; with no later read (the peer
+    fell silent), they were kept for as long as the connection lived. Now
+    given back once _QUIET seconds pass without a read."""
+    monkeypatch.setattr(nautilus.asyncio._transport, "_QUIET", 0.2)
+    big = 262144
+    ctx = Context(SERVER_ID, max_record_size=big)
+    sizes: dict[str, int] = {}
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        owner = writer.transport._owner  # type: ignore[attr-defined]
+        await reader.readexactly(4 * big)
+        sizes["burst"] = len(owner._conn._scratch) + len(owner._rbuf)
+        await asyncio.sleep(1.0)  # the client sends nothing meanwhile
+        sizes["quiet"] = len(owner._conn._scratch) + len(owner._rbuf)
+        writer.write(b"k")  # and the connection still works, with small reads again
+        sizes["echo"] = len(await reader.readexactly(10))
+        writer.write(b"k")
+        await reader.read()
+        writer.close()
+
+    async def main() -> None:
+        async with serving(handler, ctx) as port:
+            reader, writer = await na.open_connection(
+                HOST, port, context=client_ctx(max_record_size=big)
+            )
+            writer.write(random.Random(9).randbytes(4 * big))
+            await reader.readexactly(1)
+            writer.write(b"0123456789")
+            await reader.readexactly(1)
+            writer.close()
+            await writer.wait_closed()
+
+    run(main())
+    assert sizes["burst"] >= big, sizes
+    assert sizes["quiet"] == 0, sizes
+    assert sizes["echo"] == 10
+
+
 def test_a_plain_protocol_gets_bytes() -> None:
     """Only asyncio's StreamReaderProtocol is lent views: other protocols get bytes."""
     received: list[Any] = []

@@ -52,6 +52,7 @@ _COALESCE_MESSAGES = 3 << 16
 _READ_BACKLOG = 1 << 18  # bytes held while reading is paused before TCP reading pauses too
 _RECV_SMALL = 1 << 14  # receive buffer space offered to TCP reads at first (handshake, chat)
 _RECV_LARGE = 1 << 18  # ... and once a read filled it (bulk transfers)
+_QUIET = 1.0  # seconds without a read after which large reads' buffers are given back
 
 
 class _SharedReadBuffer(threading.local):
@@ -458,8 +459,10 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         "_pending",
         "_pending_messages",
         "_pending_size",
+        "_quiet_timer",
         "_rbuf",
         "_read_paused",
+        "_reads",
         "_rend",
         "_resume_handle",
         "_rseen",
@@ -536,6 +539,10 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         self._rstart = self._rseen = self._rend = 0
         self._rsize = _RECV_SMALL
         self._shared_read = False  # the current read goes to _shared.view
+        # Reads into _rbuf (large ones), counted for _quiet_timer, which gives
+        # the large buffers back once _QUIET seconds passed without one.
+        self._reads = 0
+        self._quiet_timer: asyncio.TimerHandle | None = None
         # Reading paused by the application (NautilusTransport.pause_reading):
         # the event not delivered, whether the TCP transport is paused too
         # (past _READ_BACKLOG held bytes), and whether the peer's FIN came
@@ -605,6 +612,9 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
             self._process(data)
             return
         self._rend += nbytes
+        self._reads += 1
+        if self._quiet_timer is None:
+            self._quiet_timer = self._loop.call_later(_QUIET, self._on_quiet, self._reads)
         if (
             self._read_paused or self._held is not None or self._rseen < self._rend - nbytes
         ) and not self._closing:
@@ -617,11 +627,30 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
                 # A small read, all of it taken: keep no buffer while the
                 # connection is quiet (idle connections cost no memory), nor
                 # the Connection's decryption buffer grown by the large reads.
-                self._rbuf = bytearray()
-                self._rview = memoryview(self._rbuf)
-                self._rstart = self._rseen = self._rend = 0
-                self._rsize = _RECV_SMALL
-                self._conn._release_scratch()
+                self._release_buffers()
+
+    def _release_buffers(self) -> None:
+        """Give back our receive buffer and the Connection's decryption buffer
+        (nothing is kept in them: _rend is 0); the next read is small again."""
+        self._rbuf = bytearray()
+        self._rview = memoryview(self._rbuf)
+        self._rstart = self._rseen = self._rend = 0
+        self._rsize = _RECV_SMALL
+        self._conn._release_scratch()
+
+    def _on_quiet(self, reads: int) -> None:
+        """(_QUIET seconds after a read into our own buffer) A connection that
+        fell silent right after a burst would keep the large buffers until its
+        next read: they are given back if no read came since and nothing is
+        kept in them (an incomplete record, what a paused application has not
+        taken yet)."""
+        self._quiet_timer = None
+        if self._tcp_lost or not self._rbuf:
+            return
+        if reads != self._reads:  # still reading: look again later
+            self._quiet_timer = self._loop.call_later(_QUIET, self._on_quiet, self._reads)
+        elif self._rend == 0 and not self._read_paused and self._held is None:
+            self._release_buffers()
 
     def data_received(self, data: bytes) -> None:
         """For transports that do not call get_buffer(): the bytes are copied in."""
@@ -746,6 +775,9 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         self._closing = True
         self._drop_pending()
         self._cancel_timer()
+        if self._quiet_timer is not None:
+            self._quiet_timer.cancel()
+            self._quiet_timer = None
         if self._linger_timer is not None:
             self._linger_timer.cancel()
             self._linger_timer = None
