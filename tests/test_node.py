@@ -1294,7 +1294,8 @@ def test_a_peer_that_never_answers_done_cannot_pile_up_connections() -> None:
     """A trusted peer dials more connections under one session and never
     answers the DONE that retires each: they stayed open for as long as the
     session lived (a file descriptor each). From the 33rd such connection on,
-    a new one is refused with an alert; the channel goes on."""
+    a new one is closed before the node's HELLO (so that no peer ever joins
+    it); the channel goes on."""
 
     async def main() -> None:
         async with fake_node() as node:
@@ -1306,10 +1307,14 @@ def test_a_peer_that_never_answers_done_cannot_pile_up_connections() -> None:
                 await loser.expect(DONE)  # and never answers
                 mute.append(loser)
             assert route.unanswered() == node_module._MAX_UNANSWERED
-            extra = await fake_dial(node, IDS[1], b"\xfe" * 16, sid)
-            lost = await asyncio.wait_for(extra.lost, 5)
-            assert isinstance(lost, nautilus.ProtocolViolation), lost
-            assert str(lost) == "the peer sent alert unexpected_message"
+            extra = FakeLink()
+            ctx = Context(IDS[1], trusted_peers=[IDS[0].public])
+            await na.create_connection(
+                lambda: extra, *node.address, context=ctx, expected_peer=node.peer_id
+            )
+            extra.frame(HELLO, 1, sid, b"\xfe" * 16)
+            assert await asyncio.wait_for(extra.lost, 5) is None  # closed, no alert
+            assert extra.frames.empty()  # before the node's HELLO: nothing to join
             assert route.unanswered() == node_module._MAX_UNANSWERED
             assert not any(link.lost.done() for link in mute)
             # One answer makes room for one more connection.
@@ -1323,6 +1328,40 @@ def test_a_peer_that_never_answers_done_cannot_pile_up_connections() -> None:
             assert await asyncio.wait_for(winner.messages.get(), 5) == b"still here"
 
     run(main(), timeout=60)
+
+
+def test_a_burst_of_connects_between_honest_nodes_keeps_the_channel(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two nodes dial each other many times at once (an application sending
+    its first requests from many tasks, each with connect()). Every retired
+    connection waits for the peer's DONE, which is still on its way: more
+    than the bound on unanswered connections counted as a peer that never
+    answers, and the connection refused then had already been joined by the
+    peer (this node's HELLO had gone out), whose channel failed on its alert,
+    and ours with it: every connect() raised ProtocolViolation. A connection
+    over the bound is refused before this node's HELLO, which the peer
+    needs to join it: the channel survives."""
+    monkeypatch.setattr(node_module, "_MAX_UNANSWERED", 4)
+    count = 12
+
+    async def main() -> None:
+        async with nodes(2) as (a, b):
+            dials = [a.connect(b.address, b.peer_id) for _ in range(count)]
+            dials += [b.connect(a.address, a.peer_id) for _ in range(count)]
+            results = await asyncio.gather(*dials, return_exceptions=True)
+            for result in results:  # the channel, or a dial refused before any HELLO
+                assert isinstance(result, (Channel, nautilus.ConnectionLost)), repr(result)
+            ca, cb = a.peers[b.peer_id], b.peers[a.peer_id]
+            assert all(r is ca for r in results[:count] if isinstance(r, Channel))
+            assert all(r is cb for r in results[count:] if isinstance(r, Channel))
+            ca.send_message(b"ping")
+            assert await asyncio.wait_for(cb.recv_message(), 5) == b"ping"
+            cb.send_message(b"pong")
+            assert await asyncio.wait_for(ca.recv_message(), 5) == b"pong"
+            await settled(a, b)
+
+    run(main(), timeout=40)
 
 
 def test_a_held_connection_is_dropped_after_the_handshake_timeout() -> None:

@@ -75,7 +75,7 @@ _ID_SIZE = 16
 _ZERO_ID = bytes(_ID_SIZE)
 _PEER_CLOSE_LINGER = 10.0  # seconds a peer's close may take to reach all connections
 _CLOSE_TIMEOUT = 5.0  # seconds Node.wait_closed() waits for close_notify before aborting
-_MAX_UNANSWERED = 32  # a session's retired connections still waiting for the peer's DONE
+_MAX_UNANSWERED = 32  # a peer's unsettled connections (no session yet, or awaiting its DONE)
 DEFAULT_MAX_PENDING = 100  # new channels waiting for Node.accept()
 _rng = random.SystemRandom()
 
@@ -1135,6 +1135,20 @@ class Node:
             link.close()  # before our HELLO: the dialler's connect() raises ConnectionLost
             link._end(None)
             return
+        if not link.dialled and self._unsettled(link.peer_id) >= _MAX_UNANSWERED:
+            # Each connection more retires one, which stays open until the
+            # peer's DONE: a peer that never answers must not pile them up.
+            # Refused before our HELLO, which the peer needs to join it: its
+            # channel, if it has one, goes on (an alert on a connection it had
+            # joined would fail it, an honest peer's DONE being merely late).
+            logger.debug(
+                "nautilus: refusing a connection of %s: %d of its connections are unsettled",
+                link.peer_id,
+                _MAX_UNANSWERED,
+            )
+            link.close()  # the dialler's connect() raises ConnectionLost (or finds the channel)
+            link._end(None)
+            return
         self._links.add(link)
         link.local_sid = self._sid(link.peer_id)
         link.send_frame(_HELLO, _VERSION, link.local_sid, link.nonce)
@@ -1160,14 +1174,6 @@ class Node:
         if session is None and self._refuses_new_channel(link):
             link.abort()  # the peer may have its channel already: no clean end
             link._end(None)
-            return
-        if session is not None and session.unanswered() >= _MAX_UNANSWERED:
-            # Each connection more retires one, which stays open until the
-            # peer's DONE: a peer that never answers must not pile them up.
-            link.violation(
-                f"{_MAX_UNANSWERED} of its connections wait for its DONE; no more may join",
-                AlertCode.UNEXPECTED_MESSAGE,
-            )
             return
         new = session is None
         if session is None:
@@ -1196,6 +1202,23 @@ class Node:
         current = self._sessions.get(link.peer_id)
         if current is not None:
             current.check_gap()  # one connection fewer that could carry a missing message
+
+    def _unsettled(self, peer_id: str) -> int:
+        """The peer's connections open here that are not settled: those it
+        dialled that are in no session yet (waiting for its HELLO, or held),
+        and those retired and waiting for its DONE. Each one joining a session
+        retires at most one, so a bound on these, checked before our HELLO,
+        bounds those waiting for a DONE (but for this node's own dials, which
+        its application makes)."""
+        return sum(
+            link.peer_id == peer_id
+            and not link.ended
+            and (
+                (link.session is None and not link.dialled)
+                or (link.retired and not link.done_received)
+            )
+            for link in self._links
+        )
 
     def _refuses_new_channel(self, link: _NodeLink) -> bool:
         """Whether ``link`` may not start a channel: ``max_pending`` wait for accept()."""
