@@ -1756,19 +1756,24 @@ class NautilusSocket(socket.socket):
                     continue
                 view = memoryview(buf)
             self._unsent = view
-            if nowait:
-                sent = _send_nowait(self, view)  # (BlockingIOError: not writable)
-                self._unsent = view[sent:] if sent < len(view) else None
-                if self._unsent is not None:
-                    raise BlockingIOError(errno.EAGAIN, "the socket took part of the data")
-                continue
-            while view:
-                try:
-                    sent = _send_nowait(self, view)  # (usually writable: no poll first)
-                except BlockingIOError:
-                    sent = _raw_send(self, view)  # waits, for the socket's timeout at most
-                view = view[sent:]
-                self._unsent = view if view else None
+            try:
+                if nowait:
+                    sent = _send_nowait(self, view)  # (BlockingIOError: not writable)
+                    self._unsent = view[sent:] if sent < len(view) else None
+                    if self._unsent is not None:
+                        raise BlockingIOError(errno.EAGAIN, "the socket took part of the data")
+                    continue
+                while view:
+                    try:
+                        sent = _send_nowait(self, view)  # (usually writable: no poll first)
+                    except BlockingIOError:
+                        sent = _raw_send(self, view)  # waits, for the socket's timeout at most
+                    view = view[sent:]
+                    self._unsent = view if view else None
+            except BaseException as exc:
+                if self._count_lost(exc):
+                    self._write_interrupted(exc)
+                raise
 
     def _accept_rest(
         self, data: bytes | bytearray | memoryview, pos: int, n: int, exc: OSError
@@ -1790,10 +1795,11 @@ class NautilusSocket(socket.socket):
 
         Unlike ``sendall``, a write that raises without breaking the connection
         (another thread made the socket non-blocking or gave it a timeout
-        meanwhile, a signal handler raised) keeps what was not written in
-        ``_unsent``, first in line (copied: the seal buffer is reused). The
-        stream must go on with the rest of the record it cut: another record
-        behind half of one makes the peer fail, or wait for ever.
+        meanwhile) keeps what was not written in ``_unsent``, first in line
+        (copied: the seal buffer is reused). The stream must go on with the
+        rest of the record it cut: another record behind half of one makes the
+        peer fail, or wait for ever. A signal handler's exception leaves the
+        part written unknown: the connection fails (:meth:`_write_interrupted`).
         """
         view = memoryview(buf)
         try:
@@ -1804,6 +1810,9 @@ class NautilusSocket(socket.socket):
                     return
                 view, then = then, None
         except BaseException as exc:
+            if self._count_lost(exc):
+                self._write_interrupted(exc)
+                raise
             broken = isinstance(exc, OSError) and not isinstance(
                 exc, (TimeoutError, BlockingIOError)
             )  # (EPIPE, a reset...: nothing more can be written; later writes say so)
@@ -1811,6 +1820,38 @@ class NautilusSocket(socket.socket):
             if rest:
                 self._unsent = memoryview(rest)
             raise
+
+    def _count_lost(self, exc: BaseException) -> bool:
+        """Whether ``exc``, raised by a socket send, may hide how much of the
+        write the kernel took: it is not the socket's own error (a signal
+        handler's KeyboardInterrupt...: Python runs the handler when a
+        partial write returns too, and the count is dropped), or it is a
+        TimeoutError on a socket that has no timeout (a handler's as well)."""
+        if not isinstance(exc, OSError):
+            return True
+        return isinstance(exc, TimeoutError) and self.gettimeout() is None
+
+    def _write_interrupted(self, exc: BaseException) -> None:
+        """A write ended by ``exc`` after the kernel took an unknown part of it
+        (:meth:`_count_lost`; write lock held). The stream can go on neither
+        from where the write began (those bytes twice) nor after it (bytes
+        missing): either way the peer would take the next record for a forged
+        one. Nothing more is written: the connection fails with
+        ``ConnectionLost`` (later calls raise ``ClosedError``; no alert, which
+        could not follow a cut record) and TCP is shut down, so that the peer
+        sees the end without close_notify."""
+        error = ConnectionLost(
+            f"a write was interrupted ({type(exc).__name__}) after an unknown part of it "
+            "was written: nothing more can be written"
+        )
+        with self._state_lock:
+            self._queued = []
+            self._conn._fail(error, None)
+            self._drain()
+            self._conn.data_to_send()  # (nothing: no alert)
+        self._unsent = None
+        self._ready = False
+        self._shutdown_tcp()
 
     def _flush_nowait(self) -> None:
         """Write queued output if that needs no waiting: neither for the write

@@ -2770,6 +2770,59 @@ def test_the_no_wait_socket_calls_never_wait(timeout: float | None) -> None:
         assert ns._recv_nowait(a, buf) == 0  # the end of the stream
 
 
+class _HandlerRaised(Exception):
+    """What a signal handler raises (a KeyboardInterrupt, in real life)."""
+
+
+def test_a_signal_handler_raising_after_a_partial_write_never_breaks_a_record(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A signal arrives while a blocking sendall waits for a full socket and
+    its handler raises. The kernel's send() returns what it took so far, and
+    Python runs the handler before the count reaches the caller: the count is
+    dropped (a plain socketpair shows it: megabytes delivered of a send() that
+    raised). Keeping the whole piece as unsent wrote those bytes twice, and the
+    peer failed with IntegrityError, as for a forged record. The part written
+    is unknown, so nothing more is: the connection fails (ConnectionLost, then
+    ClosedError), and the peer sees an authentic prefix, then the end without
+    close_notify."""
+    size = 4 * 1024 * 1024
+    data = random.randbytes(size)
+    real_send = nautilus.sockets._raw_send
+    calls = [0]
+
+    def send_then_handler_raises(sock: socket.socket, view: Any) -> int:
+        sent = real_send(sock, view)
+        calls[0] += 1
+        if calls[0] == 3 and sent:  # (what CPython does when the handler raises)
+            raise _HandlerRaised("the signal handler raised")
+        return sent
+
+    def handler(sock: NautilusSocket) -> tuple[bytes, BaseException | None]:
+        received = bytearray()
+        try:
+            while chunk := sock.recv(1 << 16):
+                received += chunk
+        except nautilus.NautilusError as exc:
+            return bytes(received), exc
+        return bytes(received), None
+
+    peer = Peer(handler)
+    with connect(peer) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        monkeypatch.setattr(nautilus.sockets, "_raw_send", send_then_handler_raises)
+        with pytest.raises(_HandlerRaised):
+            sock.sendall(data)
+        monkeypatch.setattr(nautilus.sockets, "_raw_send", real_send)
+        with pytest.raises(nautilus.ClosedError) as info:
+            sock.sendall(b"more")
+        assert isinstance(info.value.__cause__, nautilus.ConnectionLost)
+    received, error = peer.result()
+    assert isinstance(error, nautilus.ConnectionLost), repr(error)  # not IntegrityError
+    assert 0 < len(received) < size
+    assert data.startswith(received)
+
+
 def test_a_mode_change_by_another_thread_during_a_write_never_cuts_a_record() -> None:
     """A writer blocked in a large blocking sendall (the peer does not read yet);
     another thread makes the socket non-blocking. The rest of the write meets a
