@@ -83,6 +83,9 @@ if TYPE_CHECKING:
 __all__ = ["NautilusSocket", "create_connection", "wrap_socket"]
 
 RECV_BUFFER_SIZE = 256 * 1024
+"""Bytes asked of the kernel per read once data flows in bulk: records are opened in
+large batches. A socket starts with _RECV_FIRST and grows to this once a read fills
+its buffer (as a record larger than the buffer does)."""
 UNREAD_LIMIT = 16 * 1024 * 1024
 """Most bytes of the kind not being read (stream data while recv_message()
 waits, messages while recv() waits) a socket holds before it stops reading
@@ -90,9 +93,6 @@ waits, messages while recv() waits) a socket holds before it stops reading
 UNREAD_ITEMS = 65536
 """Most records' worth of stream data, or messages, of that kind it holds
 (each costs memory beyond its bytes: empty messages cost nothing on the wire)."""
-"""Bytes asked of the kernel per read once data flows in bulk: records are opened in
-large batches. A socket starts with _RECV_FIRST and grows to this once a read fills
-its buffer (as a record larger than the buffer does)."""
 _RECV_FIRST = 16 * 1024
 """The receive buffer of a new socket: enough for a handshake's reads and small
 records, without touching (and evicting from the cache) 256 KiB per connection."""
