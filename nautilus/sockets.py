@@ -1781,7 +1781,10 @@ class NautilusSocket(socket.socket):
         """A bulk write of ``n`` bytes stopped by ``exc`` after sealing
         ``data[:pos]``: seal and queue the rest (all of ``data`` is accepted),
         then raise ``exc`` if it is a timeout; a non-blocking write returns
-        (write lock held)."""
+        (write lock held). A signal handler's TimeoutError failed the
+        connection (:meth:`_write_interrupted`): it is raised as it is."""
+        if self._count_lost(exc):
+            raise exc
         if pos < n:
             self._seal_rest(data, pos)
         if isinstance(exc, TimeoutError):
