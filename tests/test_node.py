@@ -1300,13 +1300,17 @@ def test_a_peer_that_never_answers_done_cannot_pile_up_connections() -> None:
     async def main() -> None:
         async with fake_node() as node:
             sid = b"\x04" * 16
-            winner, channel, route = await one_session(node, sid)
+            winner, channel, _ = await one_session(node, sid)
+
+            def unsettled() -> int:
+                return node._unsettled(IDS[1].peer_id)
+
             mute = []
             for i in range(node_module._MAX_UNANSWERED):
                 loser = await fake_dial(node, IDS[1], b"\xff" * 15 + bytes([i]), sid)
                 await loser.expect(DONE)  # and never answers
                 mute.append(loser)
-            assert route.unanswered() == node_module._MAX_UNANSWERED
+            assert unsettled() == node_module._MAX_UNANSWERED
             extra = FakeLink()
             ctx = Context(IDS[1], trusted_peers=[IDS[0].public])
             await na.create_connection(
@@ -1315,12 +1319,12 @@ def test_a_peer_that_never_answers_done_cannot_pile_up_connections() -> None:
             extra.frame(HELLO, 1, sid, b"\xfe" * 16)
             assert await asyncio.wait_for(extra.lost, 5) is None  # closed, no alert
             assert extra.frames.empty()  # before the node's HELLO: nothing to join
-            assert route.unanswered() == node_module._MAX_UNANSWERED
+            assert unsettled() == node_module._MAX_UNANSWERED
             assert not any(link.lost.done() for link in mute)
             # One answer makes room for one more connection.
             mute[0].frame(DONE, 0)
             assert await asyncio.wait_for(mute[0].lost, 5) is None
-            await until(lambda: route.unanswered() < node_module._MAX_UNANSWERED, "room")
+            await until(lambda: unsettled() < node_module._MAX_UNANSWERED, "room")
             again = await fake_dial(node, IDS[1], b"\xfd" * 16, sid)
             await again.expect(DONE)
             assert not again.lost.done()

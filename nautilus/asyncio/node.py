@@ -471,12 +471,6 @@ class _Session(_Route):
         if link.done_received:
             link.close()
 
-    def unanswered(self) -> int:
-        """The retired connections still open, waiting for the peer's DONE."""
-        return sum(
-            link.retired and not link.done_received and not link.ended for link in self.links
-        )
-
     def done(self, link: _NodeLink) -> None:
         """The peer sent DONE on ``link``: it sends nothing more there."""
         if link.retired:
