@@ -1395,11 +1395,11 @@ class NautilusSocket(socket.socket):
         with self._write_lock:
             if self._unsent is not None:
                 return False
-            with self._state_lock:  # (a reader queues output under it: checked with the seal)
-                sealed = None if self._queued else self._conn._seal_message(message)
-            if sealed is None:
-                return False
             try:
+                with self._state_lock:  # (a reader queues output under it: checked with the seal)
+                    sealed = None if self._queued else self._conn._seal_message(message)
+                if sealed is None:
+                    return False
                 if timeout is None:
                     self._write_all(sealed)
                 else:  # accepted: what the socket does not take now waits in _unsent (see send)
@@ -1407,6 +1407,9 @@ class NautilusSocket(socket.socket):
                     self._write_out(timeout, nowait=False)
             except BlockingIOError:  # made non-blocking meanwhile: accepted, the rest queued
                 pass
+            except BaseException as exc:  # (a record sealed and dropped: see _check_interrupted)
+                self._check_interrupted(exc)
+                raise
         if self._queued:  # a reader queued output while we held the lock
             self._flush_nowait()
         return True
@@ -1542,6 +1545,9 @@ class NautilusSocket(socket.socket):
             # queued), and the call ends as a timed-out write (raising) or a
             # non-blocking send (returning) does.
             self._accept_rest(data, pos, n, exc)
+        except BaseException as exc:
+            self._check_interrupted(exc)
+            raise
         finally:
             write_lock.release()
         if self._queued:  # a reader queued output while we held the lock
@@ -1678,6 +1684,9 @@ class NautilusSocket(socket.socket):
                 self._write_out(timeout, nowait=False)
         except (TimeoutError, BlockingIOError) as exc:  # (as in _send_direct)
             self._accept_rest(data, pos, n, exc)
+        except BaseException as exc:
+            self._check_interrupted(exc)
+            raise
         finally:
             write_lock.release()
         if self._queued:  # a reader queued output while we held the lock
@@ -1701,21 +1710,21 @@ class NautilusSocket(socket.socket):
                     raise WantWriteError(
                         errno.EAGAIN, "earlier output still waits for the socket"
                     ) from None
-            with self._state_lock:
-                conn = self._conn
-                if self._timed_rekey:  # keys that are due for renewal by age go first
-                    conn.handle_timer(time.time())
-                if kind == _DATA:
-                    conn.send_data(payload)
-                elif kind == _MESSAGES:
-                    conn.send_messages(payload)
-                else:
-                    conn.update_keys(payload)
-                out = conn.data_to_send()
-                if out and (self._unsent is not None or self._queued):
-                    self._queued.append(out)  # after older output, in order
-                    out = b""
             try:
+                with self._state_lock:
+                    conn = self._conn
+                    if self._timed_rekey:  # keys that are due for renewal by age go first
+                        conn.handle_timer(time.time())
+                    if kind == _DATA:
+                        conn.send_data(payload)
+                    elif kind == _MESSAGES:
+                        conn.send_messages(payload)
+                    else:
+                        conn.update_keys(payload)
+                    out = conn.data_to_send()
+                    if out and (self._unsent is not None or self._queued):
+                        self._queued.append(out)  # after older output, in order
+                        out = b""
                 if out:
                     if timeout is None:  # the common case: one write, nothing queued
                         self._write_all(out)
@@ -1725,6 +1734,9 @@ class NautilusSocket(socket.socket):
                     self._write_out(timeout, nowait=False)
             except BlockingIOError:  # non-blocking (or made so by another thread meanwhile):
                 pass  # accepted, what the socket did not take is queued
+            except BaseException as exc:  # (records sealed and dropped: see _check_interrupted)
+                self._check_interrupted(exc)
+                raise
         if self._queued:  # a reader queued output while we held the lock
             self._flush_nowait()
 
@@ -1781,9 +1793,9 @@ class NautilusSocket(socket.socket):
         """A bulk write of ``n`` bytes stopped by ``exc`` after sealing
         ``data[:pos]``: seal and queue the rest (all of ``data`` is accepted),
         then raise ``exc`` if it is a timeout; a non-blocking write returns
-        (write lock held). A signal handler's TimeoutError failed the
-        connection (:meth:`_write_interrupted`): it is raised as it is."""
-        if self._count_lost(exc):
+        (write lock held). A signal handler's TimeoutError fails the
+        connection (:meth:`_check_interrupted`): it is raised as it is."""
+        if self._check_interrupted(exc):
             raise exc
         if pos < n:
             self._seal_rest(data, pos)
@@ -1833,6 +1845,18 @@ class NautilusSocket(socket.socket):
         if not isinstance(exc, OSError):
             return True
         return isinstance(exc, TimeoutError) and self.gettimeout() is None
+
+    def _check_interrupted(self, exc: BaseException) -> bool:
+        """(a bulk writer raising ``exc``; write lock held) Whether ``exc`` may
+        hide how much was written (:meth:`_count_lost`): the connection fails
+        then, if :meth:`_write_interrupted` has not already failed it. A handler
+        can raise wherever a piece is sealed and sent too (one C call, whose
+        result it drops, the unsent rest of the record with it)."""
+        if isinstance(exc, (NautilusError, TypeError, ValueError)) or not self._count_lost(exc):
+            return False  # (ours: raised before anything of theirs was sealed, or it is not lost)
+        if self._ready:
+            self._write_interrupted(exc)
+        return True
 
     def _write_interrupted(self, exc: BaseException) -> None:
         """A write ended by ``exc`` after the kernel took an unknown part of it

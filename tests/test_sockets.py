@@ -2825,6 +2825,109 @@ def test_a_signal_handler_raising_after_a_partial_write_never_breaks_a_record(
     assert data.startswith(received)
 
 
+@pytest.mark.parametrize("timeout", [None, 30.0])
+def test_a_signal_handler_raising_right_after_a_piece_is_sealed_never_breaks_a_record(
+    timeout: float | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bulk writers seal and send each piece in one C call; when the socket
+    takes part of it, the rest is written next. A signal handler raising as
+    that call returns (Python runs it before the result reaches the caller)
+    dropped the rest of the record: the next write followed half a record
+    and the peer failed as for a forged one. The connection fails instead
+    (as for a handler raising during the wait, above): ConnectionLost, then
+    ClosedError, and the peer sees an authentic prefix, then the end."""
+    size = 4 * 1024 * 1024
+    data = random.randbytes(size)
+    real = nautilus.sockets._nt_seal_send
+    partial = [0]
+
+    def seal_send_then_handler_raises(*args: Any) -> int:
+        rc: int = real(*args)
+        if rc == nautilus.sockets._NT_PARTIAL:
+            partial[0] += 1
+            if partial[0] == 2:
+                raise _HandlerRaised("the signal handler raised")
+        return rc
+
+    def handler(sock: NautilusSocket) -> tuple[bytes, BaseException | None]:
+        received = bytearray()
+        try:
+            while chunk := sock.recv(1 << 16):
+                received += chunk
+        except nautilus.NautilusError as exc:
+            return bytes(received), exc
+        return bytes(received), None
+
+    peer = Peer(handler)
+    with connect(peer) as sock:
+        sock.settimeout(timeout)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        monkeypatch.setattr(nautilus.sockets, "_nt_seal_send", seal_send_then_handler_raises)
+        with pytest.raises(_HandlerRaised, match="the signal handler raised"):
+            sock.sendall(data)
+        monkeypatch.setattr(nautilus.sockets, "_nt_seal_send", real)
+        with pytest.raises(nautilus.ClosedError) as info:
+            sock.sendall(b"more")
+        assert isinstance(info.value.__cause__, nautilus.ConnectionLost)
+    received, error = peer.result()
+    assert partial[0] == 2
+    assert isinstance(error, nautilus.ConnectionLost), repr(error)  # not IntegrityError
+    assert 0 < len(received) < size
+    assert data.startswith(received)
+
+
+@pytest.mark.parametrize("path", ["message lane", "general path"])
+def test_a_signal_handler_raising_between_the_seal_and_the_write_never_skips_a_record(
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """send_message seals a message as one record, then writes it; the general
+    path (send_messages, small sends) takes the Connection's output, then writes
+    it. A signal handler raising in between dropped a sealed record: the next
+    one came with a sequence number the peer did not expect, and it failed as
+    for a forged record. The connection fails instead (ConnectionLost, then
+    ClosedError); the peer gets what came before, then the end."""
+    name = "_seal_message" if path == "message lane" else "data_to_send"
+    real = getattr(Connection, name)
+    armed = [False]
+
+    def then_handler_raises(self: Connection, *args: Any) -> Any:
+        out = real(self, *args)
+        if armed[0] and out:
+            armed[0] = False
+            raise _HandlerRaised("the signal handler raised")
+        return out
+
+    def handler(sock: NautilusSocket) -> tuple[list[bytes], BaseException | None]:
+        got = []
+        try:
+            while True:
+                got.append(sock.recv_message())
+        except EOFError:
+            return got, None
+        except nautilus.NautilusError as exc:
+            return got, exc
+
+    peer = Peer(handler)
+    with connect(peer) as sock:
+        sock.send_message(b"first")
+        monkeypatch.setattr(Connection, name, then_handler_raises)
+        armed[0] = True
+        write = (
+            (lambda: sock.send_message(b"dropped"))
+            if path == "message lane"
+            else (lambda: sock.send_messages([b"dropped", b"too"]))
+        )
+        with pytest.raises(_HandlerRaised):
+            write()
+        monkeypatch.setattr(Connection, name, real)
+        with pytest.raises(nautilus.ClosedError) as info:
+            sock.send_message(b"next")
+        assert isinstance(info.value.__cause__, nautilus.ConnectionLost)
+    got, error = peer.result()
+    assert got == [b"first"]
+    assert isinstance(error, nautilus.ConnectionLost), repr(error)  # not IntegrityError
+
+
 def test_a_mode_change_by_another_thread_during_a_write_never_cuts_a_record() -> None:
     """A writer blocked in a large blocking sendall (the peer does not read yet);
     another thread makes the socket non-blocking. The rest of the write meets a
