@@ -577,15 +577,31 @@ class NautilusSocket(socket.socket):
                 elif self._server_side:
                     self._write_tickets(timeout)
                 else:
-                    self._hs_write(timeout)
+                    self._hs_flight(timeout)  # our Finished: the handshake is not over before
                 return
             if self._eof:
                 self._fail_handshake()
-            self._hs_write(timeout)
+            self._hs_flight(timeout)
             if conn._took_keys:  # replace them while the peer works on this flight
                 conn._took_keys = False
                 conn._ctx._key_pool.prepare_quietly()
             self._hs_read(timeout, user_deadline)
+
+    def _hs_flight(self, timeout: float | None) -> None:
+        """Write a handshake flight. A peer that reset the connection (or has
+        gone: ``BrokenPipeError``) fails the handshake, as a reset read
+        does: a ``HandshakeError`` whose ``__cause__`` is the socket's error,
+        never the bare ``OSError``."""
+        try:
+            self._hs_write(timeout)
+        except ConnectionError as exc:
+            if isinstance(exc, NautilusError):
+                raise
+            self._lost(exc)
+            error = HandshakeError(f"the connection was lost during the handshake: {exc}")
+            error.__cause__ = exc
+            self._error = error
+            self._fail_handshake()
 
     def _write_tickets(self, timeout: float | None) -> None:
         """The server's write after the handshake (its session tickets).

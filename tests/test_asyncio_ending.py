@@ -554,3 +554,93 @@ def test_a_ticket_record_cut_by_the_close_is_completed() -> None:
     with listener:
         assert run(main()) == 1
     assert received
+
+
+# ------------------------------------------------------------- resets by the peer
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with a TCP reset (SO_LINGER 0): the peer's next call fails at once."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    sock.close()
+
+
+def _server_flight_then_reset(listener: socket.socket) -> None:
+    """A server that sends its whole flight, then resets the connection
+    without waiting for the client's (blocking, in a thread)."""
+    sock, _ = listener.accept()
+    listener.close()
+    with contextlib.closing(sock):
+        conn = Connection(Context(SERVER_ID), "server")
+        conn.start(time.time())
+        while not (out := conn.data_to_send()):
+            data = sock.recv(65536)
+            if not data:
+                return
+            conn.receive_data(data, time.time())
+        sock.sendall(out)
+        _reset(sock)
+
+
+def test_a_reset_right_behind_the_servers_flight_is_a_nautilus_error() -> None:
+    """The client completes its handshake from the server's flight, and its
+    write of its own flight already meets the reset: the connection is lost
+    before ``create_connection`` resumes. It raises a HandshakeError, or
+    returns streams whose first read raises ConnectionLost; never an
+    AssertionError (the transport was let go of with the lost connection)
+    or a bare OSError. (Found by a fuzzing campaign over loopback.)"""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        outcomes = set()
+        for _ in range(5):
+            listener = socket.create_server((HOST, 0))
+            port = listener.getsockname()[1]
+            evil = loop.run_in_executor(None, _server_flight_then_reset, listener)
+            try:
+                reader, writer = await na.open_connection(HOST, port, context=client_ctx())
+            except nautilus.HandshakeError:
+                outcomes.add("HandshakeError")
+            else:
+                with pytest.raises(nautilus.ConnectionLost):
+                    await asyncio.wait_for(reader.read(100), 5)
+                writer.close()
+                with pytest.raises(nautilus.ConnectionLost):
+                    await writer.wait_closed()
+                outcomes.add("ConnectionLost")
+            await evil
+        assert outcomes
+
+    run(main())
+
+
+def test_drain_after_the_tcp_transport_failed_raises_connection_lost() -> None:
+    """Between a TCP failure (a reset: the TCP transport is closing at once)
+    and its ``connection_lost()`` on the loop's next round, the connection is
+    not yet closing: a write then pauses the writer, and ``drain()`` waits
+    for the report and raises the connection's error, ``ConnectionLost``,
+    not asyncio's bare ``ConnectionResetError('Connection lost')``."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(nautilus.NautilusError, ConnectionError):
+            await reader.read()
+        writer.close()
+
+    async def main() -> None:
+        server = await na.start_server(handle, HOST, 0, context=Context(SERVER_ID))
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await na.open_connection(HOST, port, context=client_ctx())
+        transport = writer.transport
+        assert isinstance(transport, na.NautilusTransport)
+        transport._tcp.abort()  # as a reset does: TCP closes now, reports it next round
+        assert not transport.is_closing()
+        writer.write(b"into a connection that is gone")
+        with pytest.raises(nautilus.ConnectionLost):
+            await asyncio.wait_for(writer.drain(), 5)
+        assert transport.is_closing()
+        with pytest.raises(nautilus.ConnectionLost):
+            await reader.read(100)
+        server.close()
+        await server.wait_closed()
+
+    run(main())

@@ -1497,3 +1497,24 @@ def test_a_client_key_share_the_server_cannot_use_is_refused(
     assert alert_codes(pair.client_events) == [AlertCode.ILLEGAL_PARAMETER]
     assert pair.client.is_closed
     assert "HandshakeCompleted" not in event_types(pair.client_events)
+
+
+@pytest.mark.parametrize(
+    ("header", "what"),
+    [(b"\x16\x00\x40\x00", "plaintext handshake"), (b"\x15\x00\x40\x00", "plaintext alert")],
+)
+def test_a_plaintext_record_after_the_handshake_is_refused_from_its_header(
+    header: bytes, what: str
+) -> None:
+    """As a sealed record's header is, a plaintext record's is enough once
+    connected: it is refused at once, not after up to 16 KiB of its body."""
+    pair = Pair.make()
+    pair.handshake()
+    pair.collect()
+    pair.server.receive_data(header + b"partial body", NOW)
+    events = drain_events(pair.server)
+    assert_closed_with(pair.server, events, ProtocolViolation)
+    assert f"unexpected_message: {what}" in str(pair.server.error)
+    pair.client.receive_data(pair.server.data_to_send(), NOW)
+    pair.collect()
+    assert alert_codes(pair.client_events) == [10]  # unexpected_message

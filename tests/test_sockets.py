@@ -2969,3 +2969,72 @@ def test_a_mode_change_by_another_thread_during_a_write_never_cuts_a_record() ->
         sock.settimeout(PEER_TIMEOUT)
         sock.sendall(b"end")  # writes what was queued first
         assert peer.result() == hashlib.sha256(data + b"end").digest()
+
+
+# ------------------------------------------------------------- resets in the handshake
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with a TCP reset (SO_LINGER 0)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def test_a_reset_right_behind_the_servers_flight_is_a_handshake_error() -> None:
+    """The server sends its flight and resets the connection: the client's
+    write of its own flight fails (EPIPE, ECONNRESET). During the handshake
+    that is a HandshakeError (its ``__cause__`` the socket's error), as a
+    reset read is, never the bare OSError; if that write went out before the
+    reset came, the first read raises ConnectionLost. (Found by a fuzzing
+    campaign.)"""
+    for _ in range(5):
+        listener = socket.create_server((HOST, 0))
+        port = listener.getsockname()[1]
+
+        def serve(listener: socket.socket) -> None:
+            sock, _ = listener.accept()
+            listener.close()
+            conn = Connection(Context(SERVER_ID), "server")
+            conn.start(time.time())
+            while not (out := conn.data_to_send()):
+                conn.receive_data(sock.recv(65536), time.time())
+            sock.sendall(out)
+            _reset(sock)
+
+        t = threading.Thread(target=serve, args=(listener,))
+        t.start()
+        ctx = Context(trusted_peers=[SERVER_ID.public])
+        try:
+            sock = nautilus.create_connection((HOST, port), context=ctx, timeout=5)
+        except nautilus.HandshakeError:
+            pass
+        else:  # our flight left before the reset came: the first read meets it
+            with sock, pytest.raises(nautilus.ConnectionLost):
+                sock.recv(100)
+        t.join(5)
+
+
+def test_a_client_resetting_after_its_hello_is_a_handshake_error_on_the_server() -> None:
+    """The server's handshake has begun (it waits for the hello) when the
+    client sends its hello and resets: reading the hello, or writing the
+    flight that answers it, fails; either is a HandshakeError."""
+    for _ in range(5):
+        with socket.create_server((HOST, 0)) as listener:
+            client = socket.create_connection(listener.getsockname())
+            accepted, _ = listener.accept()
+            sock = server_ctx().wrap_socket(
+                accepted, server_side=True, do_handshake_on_connect=False
+            )
+            with sock:
+                sock.setblocking(False)
+                with pytest.raises(nautilus.WantReadError):
+                    sock.do_handshake()  # begun: connected, waiting for the hello
+                hello = Connection(Context(trusted_peers=[SERVER_ID.public]), "client")
+                hello.start(time.time())
+                client.sendall(hello.data_to_send())
+                _reset(client)
+                time.sleep(0.05)
+                sock.settimeout(5)
+                with pytest.raises(nautilus.HandshakeError) as caught:
+                    sock.do_handshake()
+                assert not isinstance(caught.value, nautilus.ClosedError)

@@ -138,7 +138,7 @@ async def create_connection(
         raise TypeError(f"early_data must be bytes-like, not {type(early_data).__name__}")
     conn = Connection(context, "client", server_name=server_name, expected_peer=expected_peer)
     loop = asyncio.get_running_loop()
-    waiter: asyncio.Future[None] = loop.create_future()
+    waiter: asyncio.Future[NautilusTransport] = loop.create_future()
     owner = _NautilusProtocol(
         loop, conn, protocol_factory, waiter, bytes(early_data) if early_data else None
     )
@@ -154,13 +154,18 @@ async def create_connection(
             waiter.exception()
         raise
     try:
-        await waiter
+        # The transport comes with the waiter's result: the connection may be
+        # lost between the handshake's completion and this coroutine's turn
+        # (a reset right behind the server's flight), and the owner then lets
+        # go of it. The application protocol has been told (connection_lost),
+        # and the stream's first read raises the error.
+        transport = await waiter
     except BaseException:  # a failed handshake is already closing (alert sent); not so a cancel
         if not owner._closing:
             owner._abort()
         raise
-    transport, app = owner._transport, owner._app
-    assert transport is not None
+    owner._waiter = None  # (it holds the transport: no cycle through the owner)
+    app = owner._app
     assert app is not None
     return transport, app  # type: ignore[return-value]  # app came from protocol_factory
 

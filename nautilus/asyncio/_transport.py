@@ -345,8 +345,17 @@ class NautilusTransport(asyncio.Transport):
         self._tcp.abort()
 
     def is_closing(self) -> bool:
-        """True once the connection is closing or closed (either side)."""
-        return self._owner._closing or self._tcp.is_closing()
+        """True once the connection is closing or closed (either side).
+
+        As for asyncio's TLS transport, this is the connection's own state:
+        a TCP transport that failed (a reset) is closing at once but reports
+        it with ``connection_lost()`` only on the loop's next round. Until
+        then this stays False, so that ``StreamWriter.drain()`` waits for
+        that report (the protocol is paused, see ``_write_now``) and raises
+        the connection's error (``ConnectionLost``) rather than asyncio's
+        bare ``ConnectionResetError('Connection lost')``.
+        """
+        return self._owner._closing
 
     # ------------------------------------------------------------------ details
 
@@ -431,8 +440,9 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
     incomplete record, or those held while reading is paused, stay in place
     until more arrive (no copy, and no new buffer per read).
 
-    ``waiter`` (clients) is resolved when the handshake completes, or set to
-    the handshake's error; servers pass None and log failed handshakes.
+    ``waiter`` (clients) is resolved with the NautilusTransport when the
+    handshake completes, or set to the handshake's error; servers pass None
+    and log failed handshakes.
     """
 
     # Slots: no per-instance dict, so the attribute reads on the per-read
@@ -487,7 +497,7 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         loop: asyncio.AbstractEventLoop,
         conn: Connection,
         app_factory: Callable[[], asyncio.BaseProtocol],
-        waiter: asyncio.Future[None] | None,
+        waiter: asyncio.Future[NautilusTransport] | None,
         early_data: bytes | None = None,
     ) -> None:
         self._loop = loop
@@ -1048,7 +1058,7 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
             app.pause_writing()
         self._arm_timer()  # (rekey_interval: the age of the sending keys)
         if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+            self._waiter.set_result(transport)
 
     def _set_app(self, app: asyncio.Protocol) -> None:
         """Deliver to ``app`` from now on.

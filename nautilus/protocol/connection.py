@@ -1324,6 +1324,22 @@ class Connection:
                     AlertCode.DECODE_ERROR,
                     f"decode_error: unknown record type 0x{rtype:02x}",
                 )
+            # A plaintext record this state never accepts is refused from its
+            # type, as a sealed one is from its header: not after waiting for
+            # up to 16 KiB of a body that cannot change the answer.
+            if rtype == RECORD_HANDSHAKE_PLAIN:
+                if self._opener is not None or self._state not in PLAINTEXT_HANDSHAKE_STATES:
+                    _abort(
+                        ProtocolViolation,
+                        AlertCode.UNEXPECTED_MESSAGE,
+                        "unexpected_message: plaintext handshake record after key agreement",
+                    )
+            elif self._state is _CONNECTED:
+                _abort(
+                    ProtocolViolation,
+                    AlertCode.UNEXPECTED_MESSAGE,
+                    "unexpected_message: plaintext alert on an encrypted connection",
+                )
             if len(buf) < PLAIN_HEADER_SIZE:
                 return
             length = int.from_bytes(buf[1:4], "big")
@@ -1338,20 +1354,8 @@ class Connection:
             payload = bytes(buf[PLAIN_HEADER_SIZE : PLAIN_HEADER_SIZE + length])
             del buf[: PLAIN_HEADER_SIZE + length]
             if rtype == RECORD_HANDSHAKE_PLAIN:
-                if self._opener is not None or self._state not in PLAINTEXT_HANDSHAKE_STATES:
-                    _abort(
-                        ProtocolViolation,
-                        AlertCode.UNEXPECTED_MESSAGE,
-                        "unexpected_message: plaintext handshake record after key agreement",
-                    )
                 self._handshake_bytes(payload)
             else:
-                if self._state is _CONNECTED:
-                    _abort(
-                        ProtocolViolation,
-                        AlertCode.UNEXPECTED_MESSAGE,
-                        "unexpected_message: plaintext alert on an encrypted connection",
-                    )
                 self._on_alert(payload)
 
     def _early_record(self) -> bool:
