@@ -192,6 +192,22 @@ def test_largest_records_grow_the_receive_buffer() -> None:
     assert got == payload
 
 
+async def _burst_then_ten_bytes(handler: Any, big: int) -> None:
+    """A client of ``handler``'s server (records of ``big`` bytes): four
+    records at once, then, after the server's first byte, ten bytes; it
+    closes after the server's second byte."""
+    async with serving(handler, Context(SERVER_ID, max_record_size=big)) as port:
+        reader, writer = await na.open_connection(
+            HOST, port, context=client_ctx(max_record_size=big)
+        )
+        writer.write(random.Random(9).randbytes(4 * big))
+        await reader.readexactly(1)
+        writer.write(b"0123456789")
+        await reader.readexactly(1)
+        writer.close()
+        await writer.wait_closed()
+
+
 def test_a_connection_quiet_again_after_a_burst_keeps_no_large_buffer() -> None:
     """Large reads grow the adapter's buffer and the Connection's decryption
     (scratch) buffer; the first small read after them gave back the first
@@ -199,7 +215,6 @@ def test_a_connection_quiet_again_after_a_burst_keeps_no_large_buffer() -> None:
     long as the connection lived: a server holding many connections that
     each once took a burst held hundreds of KiB per connection, idle."""
     big = 262144  # 256 KiB records: a whole one must fit the scratch buffer
-    ctx = Context(SERVER_ID, max_record_size=big)
     sizes: dict[str, int] = {}
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -217,19 +232,7 @@ def test_a_connection_quiet_again_after_a_burst_keeps_no_large_buffer() -> None:
         await reader.read()
         writer.close()
 
-    async def main() -> None:
-        async with serving(handler, ctx) as port:
-            reader, writer = await na.open_connection(
-                HOST, port, context=client_ctx(max_record_size=big)
-            )
-            writer.write(random.Random(9).randbytes(4 * big))
-            await reader.readexactly(1)
-            writer.write(b"0123456789")
-            await reader.readexactly(1)
-            writer.close()
-            await writer.wait_closed()
-
-    run(main())
+    run(_burst_then_ten_bytes(handler, big))
     assert sizes["burst"] >= big
     assert sizes["quiet"] < 65536, sizes
     assert sizes["holders"] == 0, sizes
@@ -244,7 +247,6 @@ def test_a_connection_silent_right_after_a_burst_gives_its_buffers_back(
     given back once _QUIET seconds pass without a read."""
     monkeypatch.setattr(nautilus.asyncio._transport, "_QUIET", 0.2)
     big = 262144
-    ctx = Context(SERVER_ID, max_record_size=big)
     sizes: dict[str, int] = {}
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -259,19 +261,7 @@ def test_a_connection_silent_right_after_a_burst_gives_its_buffers_back(
         await reader.read()
         writer.close()
 
-    async def main() -> None:
-        async with serving(handler, ctx) as port:
-            reader, writer = await na.open_connection(
-                HOST, port, context=client_ctx(max_record_size=big)
-            )
-            writer.write(random.Random(9).randbytes(4 * big))
-            await reader.readexactly(1)
-            writer.write(b"0123456789")
-            await reader.readexactly(1)
-            writer.close()
-            await writer.wait_closed()
-
-    run(main())
+    run(_burst_then_ten_bytes(handler, big))
     assert sizes["burst"] >= big, sizes
     assert sizes["quiet"] == 0, sizes
     assert sizes["echo"] == 10

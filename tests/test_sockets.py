@@ -2774,6 +2774,55 @@ class _HandlerRaised(Exception):
     """What a signal handler raises (a KeyboardInterrupt, in real life)."""
 
 
+def _read_until_the_end(sock: NautilusSocket) -> tuple[bytes, BaseException | None]:
+    """(a Peer's handler) What arrives until the end or a failure, and the failure."""
+    received = bytearray()
+    try:
+        while chunk := sock.recv(1 << 16):
+            received += chunk
+    except nautilus.NautilusError as exc:
+        return bytes(received), exc
+    return bytes(received), None
+
+
+def _a_bulk_write_interrupted(
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    interrupting: Callable[[Any], Any],
+    raised: type[Exception],
+    timeout: float | None,
+) -> None:
+    """A 4 MiB sendall through a small socket buffer, with
+    ``nautilus.sockets.<name>`` replaced by ``interrupting(<name>)``, which
+    raises ``raised`` as a signal handler would: the call raises it, the
+    connection fails, and the peer reads an authentic prefix, then the end."""
+    size = 4 * 1024 * 1024
+    data = random.randbytes(size)
+    real = getattr(nautilus.sockets, name)
+    peer = Peer(_read_until_the_end)
+    with connect(peer) as sock:
+        sock.settimeout(timeout)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        monkeypatch.setattr(nautilus.sockets, name, interrupting(real))
+        with pytest.raises(raised, match="the signal handler raised"):
+            sock.sendall(data)
+        monkeypatch.setattr(nautilus.sockets, name, real)
+        _writes_are_refused_after_the_loss(sock)
+    received, error = peer.result()
+    assert isinstance(error, nautilus.ConnectionLost), repr(error)  # not IntegrityError
+    assert 0 < len(received) < size
+    assert data.startswith(received)
+
+
+def _writes_are_refused_after_the_loss(sock: NautilusSocket) -> None:
+    """A write interrupted by a signal handler failed the connection: later
+    writes raise ClosedError, caused by ConnectionLost."""
+    for write in (lambda: sock.sendall(b"more"), lambda: sock.send_message(b"next")):
+        with pytest.raises(nautilus.ClosedError) as info:
+            write()
+        assert isinstance(info.value.__cause__, nautilus.ConnectionLost)
+
+
 @pytest.mark.parametrize("raised", [_HandlerRaised, TimeoutError])
 def test_a_signal_handler_raising_after_a_partial_write_never_breaks_a_record(
     raised: type[Exception], monkeypatch: pytest.MonkeyPatch
@@ -2788,41 +2837,19 @@ def test_a_signal_handler_raising_after_a_partial_write_never_breaks_a_record(
     ClosedError), and the peer sees an authentic prefix, then the end without
     close_notify. (A handler's TimeoutError, as alarm handlers raise, on a
     socket without a timeout: the same, and the call raises it as it is.)"""
-    size = 4 * 1024 * 1024
-    data = random.randbytes(size)
-    real_send = nautilus.sockets._raw_send
     calls = [0]
 
-    def send_then_handler_raises(sock: socket.socket, view: Any) -> int:
-        sent = real_send(sock, view)
-        calls[0] += 1
-        if calls[0] == 3 and sent:  # (what CPython does when the handler raises)
-            raise raised("the signal handler raised")
-        return sent
+    def interrupting(real_send: Any) -> Any:
+        def send_then_handler_raises(sock: socket.socket, view: Any) -> int:
+            sent: int = real_send(sock, view)
+            calls[0] += 1
+            if calls[0] == 3 and sent:  # (what CPython does when the handler raises)
+                raise raised("the signal handler raised")
+            return sent
 
-    def handler(sock: NautilusSocket) -> tuple[bytes, BaseException | None]:
-        received = bytearray()
-        try:
-            while chunk := sock.recv(1 << 16):
-                received += chunk
-        except nautilus.NautilusError as exc:
-            return bytes(received), exc
-        return bytes(received), None
+        return send_then_handler_raises
 
-    peer = Peer(handler)
-    with connect(peer) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
-        monkeypatch.setattr(nautilus.sockets, "_raw_send", send_then_handler_raises)
-        with pytest.raises(raised, match="the signal handler raised"):
-            sock.sendall(data)
-        monkeypatch.setattr(nautilus.sockets, "_raw_send", real_send)
-        with pytest.raises(nautilus.ClosedError) as info:
-            sock.sendall(b"more")
-        assert isinstance(info.value.__cause__, nautilus.ConnectionLost)
-    received, error = peer.result()
-    assert isinstance(error, nautilus.ConnectionLost), repr(error)  # not IntegrityError
-    assert 0 < len(received) < size
-    assert data.startswith(received)
+    _a_bulk_write_interrupted(monkeypatch, "_raw_send", interrupting, raised, None)
 
 
 @pytest.mark.parametrize("timeout", [None, 30.0])
@@ -2836,44 +2863,21 @@ def test_a_signal_handler_raising_right_after_a_piece_is_sealed_never_breaks_a_r
     and the peer failed as for a forged one. The connection fails instead
     (as for a handler raising during the wait, above): ConnectionLost, then
     ClosedError, and the peer sees an authentic prefix, then the end."""
-    size = 4 * 1024 * 1024
-    data = random.randbytes(size)
-    real = nautilus.sockets._nt_seal_send
     partial = [0]
 
-    def seal_send_then_handler_raises(*args: Any) -> int:
-        rc: int = real(*args)
-        if rc == nautilus.sockets._NT_PARTIAL:
-            partial[0] += 1
-            if partial[0] == 2:
-                raise _HandlerRaised("the signal handler raised")
-        return rc
+    def interrupting(real: Any) -> Any:
+        def seal_send_then_handler_raises(*args: Any) -> int:
+            rc: int = real(*args)
+            if rc == nautilus.sockets._NT_PARTIAL:
+                partial[0] += 1
+                if partial[0] == 2:
+                    raise _HandlerRaised("the signal handler raised")
+            return rc
 
-    def handler(sock: NautilusSocket) -> tuple[bytes, BaseException | None]:
-        received = bytearray()
-        try:
-            while chunk := sock.recv(1 << 16):
-                received += chunk
-        except nautilus.NautilusError as exc:
-            return bytes(received), exc
-        return bytes(received), None
+        return seal_send_then_handler_raises
 
-    peer = Peer(handler)
-    with connect(peer) as sock:
-        sock.settimeout(timeout)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
-        monkeypatch.setattr(nautilus.sockets, "_nt_seal_send", seal_send_then_handler_raises)
-        with pytest.raises(_HandlerRaised, match="the signal handler raised"):
-            sock.sendall(data)
-        monkeypatch.setattr(nautilus.sockets, "_nt_seal_send", real)
-        with pytest.raises(nautilus.ClosedError) as info:
-            sock.sendall(b"more")
-        assert isinstance(info.value.__cause__, nautilus.ConnectionLost)
-    received, error = peer.result()
+    _a_bulk_write_interrupted(monkeypatch, "_nt_seal_send", interrupting, _HandlerRaised, timeout)
     assert partial[0] == 2
-    assert isinstance(error, nautilus.ConnectionLost), repr(error)  # not IntegrityError
-    assert 0 < len(received) < size
-    assert data.startswith(received)
 
 
 @pytest.mark.parametrize("path", ["message lane", "general path"])
@@ -2920,9 +2924,7 @@ def test_a_signal_handler_raising_between_the_seal_and_the_write_never_skips_a_r
         with pytest.raises(_HandlerRaised):
             write()
         monkeypatch.setattr(Connection, name, real)
-        with pytest.raises(nautilus.ClosedError) as info:
-            sock.send_message(b"next")
-        assert isinstance(info.value.__cause__, nautilus.ConnectionLost)
+        _writes_are_refused_after_the_loss(sock)
     got, error = peer.result()
     assert got == [b"first"]
     assert isinstance(error, nautilus.ConnectionLost), repr(error)  # not IntegrityError
