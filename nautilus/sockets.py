@@ -1799,8 +1799,7 @@ class NautilusSocket(socket.socket):
                     view = view[sent:]
                     self._unsent = view if view else None
             except BaseException as exc:
-                if self._count_lost(exc):
-                    self._write_interrupted(exc)
+                self._check_interrupted(exc)
                 raise
 
     def _accept_rest(
@@ -1841,8 +1840,7 @@ class NautilusSocket(socket.socket):
                     return
                 view, then = then, None
         except BaseException as exc:
-            if self._count_lost(exc):
-                self._write_interrupted(exc)
+            if self._check_interrupted(exc):
                 raise
             broken = isinstance(exc, OSError) and not isinstance(
                 exc, (TimeoutError, BlockingIOError)
@@ -1852,31 +1850,29 @@ class NautilusSocket(socket.socket):
                 self._unsent = memoryview(rest)
             raise
 
-    def _count_lost(self, exc: BaseException) -> bool:
-        """Whether ``exc``, raised by a socket send, may hide how much of the
-        write the kernel took: it is not the socket's own error (a signal
-        handler's KeyboardInterrupt...: Python runs the handler when a
-        partial write returns too, and the count is dropped), or it is a
-        TimeoutError on a socket that has no timeout (a handler's as well)."""
-        if not isinstance(exc, OSError):
-            return True
-        return isinstance(exc, TimeoutError) and self.gettimeout() is None
-
     def _check_interrupted(self, exc: BaseException) -> bool:
-        """(a bulk writer raising ``exc``; write lock held) Whether ``exc`` may
-        hide how much was written (:meth:`_count_lost`): the connection fails
-        then, if :meth:`_write_interrupted` has not already failed it. A handler
-        can raise wherever a piece is sealed and sent too (one C call, whose
-        result it drops, the unsent rest of the record with it)."""
-        if isinstance(exc, (NautilusError, TypeError, ValueError)) or not self._count_lost(exc):
-            return False  # (ours: raised before anything of theirs was sealed, or it is not lost)
-        if self._ready:
+        """(a write raising ``exc``; write lock held) Whether ``exc`` may hide
+        how much of the write was done, which fails the connection
+        (:meth:`_write_interrupted`, once). So it may when it is not the
+        socket's own error nor one of ours about the write's input: a signal
+        handler's (KeyboardInterrupt...). Python runs the handler as a call
+        returns, and drops its result: the count of a partial send, or a
+        piece sealed and partly sent by one C call, or a record sealed and not
+        yet written. A TimeoutError on a socket without a timeout is a
+        handler's too."""
+        if isinstance(exc, (NautilusError, TypeError, ValueError)):
+            return False  # (ours: raised before anything of theirs was sealed)
+        if isinstance(exc, OSError) and not (
+            isinstance(exc, TimeoutError) and self.gettimeout() is None
+        ):
+            return False
+        if not self._conn.is_closed:  # (not failed yet)
             self._write_interrupted(exc)
         return True
 
     def _write_interrupted(self, exc: BaseException) -> None:
         """A write ended by ``exc`` after the kernel took an unknown part of it
-        (:meth:`_count_lost`; write lock held). The stream can go on neither
+        (:meth:`_check_interrupted`; write lock held). The stream can go on neither
         from where the write began (those bytes twice) nor after it (bytes
         missing): either way the peer would take the next record for a forged
         one. Nothing more is written: the connection fails with
