@@ -42,7 +42,6 @@ import _socket
 import contextlib
 import errno
 import io
-import math
 import operator
 import os
 import select
@@ -111,6 +110,9 @@ _SHUT_MODES = (socket.SHUT_RD, socket.SHUT_WR, socket.SHUT_RDWR)
 # What the message lane did with a read (NautilusSocket._receive_message; 0: nothing).
 _HANDLED, _LONE_MESSAGE = 1, 2
 _DEFAULT_TIMEOUT: Any = getattr(socket, "_GLOBAL_DEFAULT_TIMEOUT", object())
+_MAX_TIMEOUT = 1e9
+"""The longest ``timeout`` create_connection() takes (about 31 years): a socket's
+timeout beyond some billions of seconds overflows the C time types."""
 
 # (Server) 0-RTT data, when the context accepts it: delivered as stream data.
 _EarlyDataReceived: Any = getattr(_events, "EarlyDataReceived", None)
@@ -2259,8 +2261,9 @@ def create_connection(
         The connected :class:`NautilusSocket`, its handshake completed.
 
     Raises:
-        TypeError, ValueError: bad arguments (timeout 0 or infinite included:
-            the handshake needs to block, for a bounded time), before any I/O.
+        TypeError, ValueError: bad arguments (timeout 0, infinite or over
+            1e9 s included: the handshake needs to block, for a bounded
+            time), before any I/O.
         OSError: the TCP connection could not be made.
         TimeoutError: ``timeout`` expired (connecting or during the handshake).
         nautilus.NegotiationFailed, nautilus.AuthenticationFailed,
@@ -2284,9 +2287,10 @@ def create_connection(
     if timeout is not None and timeout is not _DEFAULT_TIMEOUT:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
             raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
-        if not 0 < timeout < math.inf:
+        if not 0 < timeout <= _MAX_TIMEOUT:
             raise ValueError(
-                f"timeout must be positive and finite (or None to block), got {timeout}"
+                f"timeout must be positive and at most {_MAX_TIMEOUT:g} seconds "
+                f"(or None to block), got {timeout}"
             )
     if source_address is not None and not isinstance(source_address, tuple):
         raise TypeError("source_address must be a (host, port) tuple or None")

@@ -1653,6 +1653,8 @@ def test_bad_arguments_to_the_constructors() -> None:
         ({"address": (HOST, 1), "timeout": 0}, ValueError),
         ({"address": (HOST, 1), "timeout": float("inf")}, ValueError),  # (not OverflowError)
         ({"address": (HOST, 1), "timeout": float("nan")}, ValueError),
+        ({"address": (HOST, 1), "timeout": 2**70}, ValueError),  # (not OverflowError)
+        ({"address": (HOST, 1), "timeout": 1e12}, ValueError),
         ({"address": (HOST, 1), "timeout": "1"}, TypeError),
         ({"address": (HOST, 1), "context": "ctx"}, TypeError),
         ({"address": (HOST, 1), "server_name": 5}, TypeError),
