@@ -169,6 +169,27 @@ def test_connect_returns_the_live_channel_and_reuses_it() -> None:
     run(main())
 
 
+def test_connection_count_takes_a_peer_key_and_refuses_other_types() -> None:
+    """connect() takes a PeerKey or a peer id: so does connection_count(), which
+    counted 0 for a PeerKey (and for any other object) without a word."""
+
+    async def main() -> None:
+        async with nodes(2) as (a, b):
+            await a.connect(b.address, b.peer_id)
+            assert a.connection_count(b.peer_id) == 1
+            assert a.connection_count(IDS[1].public) == 1
+            assert a.connection_count(OUTSIDER.public) == 0
+            with pytest.raises(
+                TypeError,
+                match="peer_id must be a PeerKey or a peer id, not bytes",
+            ):
+                a.connection_count(IDS[1].public.to_bytes())  # type: ignore[arg-type]
+            with pytest.raises(nautilus.InvalidKey):
+                a.connection_count("not a peer id")
+
+    run(main())
+
+
 def test_request_response_between_nodes_takes_the_message_lane(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -707,12 +707,12 @@ def _current_task() -> asyncio.Task[Any] | None:
         return None
 
 
-def _peer_id_of(peer: object) -> str:
+def _peer_id_of(peer: object, name: str = "expected_peer") -> str:
     if isinstance(peer, PeerKey):
         return peer.peer_id
     if isinstance(peer, str):
         return parse_peer_id(peer)
-    raise TypeError(f"expected_peer must be a PeerKey or a peer id, not {type(peer).__name__}")
+    raise TypeError(f"{name} must be a PeerKey or a peer id, not {type(peer).__name__}")
 
 
 def _check_host_port(host: object, port: object, *, lowest: int = 0) -> tuple[str, int]:
@@ -946,10 +946,16 @@ class Node:
         """The open channels, by peer id (a new dict each time)."""
         return {peer_id: s.channel for peer_id, s in self._sessions.items()}
 
-    def connection_count(self, peer_id: str | None = None) -> int:
+    def connection_count(self, peer_id: PeerKey | str | None = None) -> int:
         """Open connections (with ``peer_id``, or in all), including connections
-        that lost a tie-break and are being retired."""
-        return sum(1 for link in self._links if not link.lost and peer_id in (None, link.peer_id))
+        that lost a tie-break and are being retired.
+
+        Raises:
+            TypeError: ``peer_id`` is not a PeerKey, a str or None.
+            ValueError: ``peer_id`` is a malformed peer id.
+        """
+        wanted = None if peer_id is None else _peer_id_of(peer_id, "peer_id")
+        return sum(1 for link in self._links if not link.lost and wanted in (None, link.peer_id))
 
     # ------------------------------------------------------------ dialling
 
