@@ -65,7 +65,9 @@ def _address(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
+    # (ASCII digits only: str.isdigit() also takes "²", which int() refuses,
+    # and other scripts' digits, which a port in a command line is not.)
+    if not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         raise argparse.ArgumentTypeError(f"the port must be a number from 0 to 65535: {text!r}")
     return host, int(port)
 

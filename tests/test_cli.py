@@ -196,6 +196,18 @@ def test_bad_usage_exits_with_status_2(argv: list[str], capsys: pytest.CaptureFi
     assert "usage: nautilus" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("port", ["99999", "\u00b2", "\u0661", "-1", "1.0"])
+def test_a_bad_port_says_what_it_takes(port: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Only ASCII digits make a port: a superscript two was a bare "invalid
+    _address value", and an Arabic-Indic one was taken as port 1."""
+    with pytest.raises(SystemExit) as exc:
+        main(["connect", f"127.0.0.1:{port}", "--trust", "x"])
+    assert exc.value.code == 2
+    assert f"the port must be a number from 0 to 65535: '127.0.0.1:{port}'" in (
+        capsys.readouterr().err
+    )
+
+
 @pytest.mark.parametrize("value", ["0", "100000"])
 def test_timeout_out_of_range_says_the_range_it_takes(
     value: str, capsys: pytest.CaptureFixture[str]
