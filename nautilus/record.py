@@ -540,10 +540,14 @@ class RecordOpener(_Direction):
         :class:`Record`. Stops as :meth:`open_spans` does.
 
         Raises:
+            TypeError: ``merge`` is not a bool (checked before any record is
+                opened: a refused call consumes nothing).
             nautilus.IntegrityError: as :meth:`open_spans`; ``.records`` holds
                 the :class:`Record` objects that verified before the bad one.
             (and as :meth:`open_spans`)
         """
+        if not isinstance(merge, bool):
+            raise TypeError(f"merge must be a bool, not {type(merge).__name__}")
         n = _byte_len(data)
         self._live()
         work = bytearray(data)

@@ -777,6 +777,18 @@ def test_seal_non_bytes(bad: Any) -> None:
     assert sealer.sequence == 0
 
 
+@pytest.mark.parametrize("bad", [None, 1, "no", b""])
+def test_open_merge_must_be_a_bool(bad: Any) -> None:
+    """merge="no" merged and merge=None did not: any object was taken for its
+    truth value. A refused call opens nothing (the next record still opens)."""
+    sealer, opener = pair("aes-256-gcm")
+    wire = sealer.seal(b"one")
+    with pytest.raises(TypeError, match="merge must be a bool"):
+        opener.open(wire, merge=bad)
+    assert opener.sequence == 0
+    assert opener.open(wire).records == [Record(APP, b"one")]
+
+
 @pytest.mark.parametrize("bad", ["text", 5, None])
 def test_open_non_bytes(bad: Any) -> None:
     _, opener = pair("aes-256-gcm")
