@@ -443,7 +443,9 @@ class NautilusSocket(socket.socket):
             ValueError: a server-side socket, or one already connected; or
                 (no ``server_name`` given) a host that makes a server_name
                 with a control character (before anything connects).
-            TypeError: a malformed address.
+            TypeError, OverflowError (as ``socket.connect``: a port beyond
+                65535): a malformed address. A connect that fails so, or
+                with an ``OSError``, keeps no server name from ``address``.
             OSError: the TCP connection failed (``BlockingIOError`` while a
                 non-blocking connect is in progress).
             nautilus.HandshakeError: the handshake failed (subclasses name why).
@@ -466,24 +468,32 @@ class NautilusSocket(socket.socket):
             raise ValueError("attempt to connect an already-connected NautilusSocket")
         if self._fd_closed:
             raise OSError(errno.EBADF, "the socket is closed")
+        # The name (and the Connection carrying it) are made first, so that a
+        # bad one is refused before anything connects, and kept only once the
+        # TCP connect to that address is made or under way: a connect refused
+        # for its address (OverflowError, TypeError, a failed look-up or a
+        # refused connection) must leave no name for the next address tried,
+        # or the known-peers file would record that server under it.
+        named: tuple[str, Connection] | None = None
         if self._server_name is None:
             name = _default_server_name(address)
             if name is not None:
-                self._use_connection(
-                    Connection(
-                        self._context, "client", server_name=name, expected_peer=self._expected_peer
-                    )
+                conn = Connection(
+                    self._context, "client", server_name=name, expected_peer=self._expected_peer
                 )
-                self._server_name = name
+                named = (name, conn)
         if connect_ex:
             rc = super().connect_ex(address)
         else:
             try:
                 super().connect(address)
             except BlockingIOError:
+                self._take_name(named)
                 self._connecting = True
                 raise
             rc = 0
+        if rc in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
+            self._take_name(named)
         if rc in (errno.EINPROGRESS, errno.EWOULDBLOCK):
             self._connecting = True
         if rc == 0:
@@ -491,6 +501,12 @@ class NautilusSocket(socket.socket):
             if self._do_handshake_on_connect:
                 self.do_handshake()
         return rc
+
+    def _take_name(self, named: tuple[str, Connection] | None) -> None:
+        """Keep the server name connect() made from the address, and its Connection."""
+        if named is not None:
+            self._use_connection(named[1])
+            self._server_name = named[0]
 
     def accept(self) -> tuple[NautilusSocket, Any]:
         """(A wrapped listening socket, server side) accept a connection and wrap it.

@@ -1592,6 +1592,29 @@ def test_bad_flags_buffers_and_files_are_refused_naming_the_argument() -> None:
     assert seen == [b""]
 
 
+def test_a_refused_connect_keeps_no_server_name_from_its_address(tmp_path: Any) -> None:
+    """connect() made the server name from the address before the TCP connect:
+    a connect refused for its address kept it, and the next connect's server
+    was recorded in the known-peers file under the refused address's name."""
+    peer = Peer(echo)
+    known = tmp_path / "known"
+    sock = Context(known_peers_file=known).wrap_socket(socket.socket())
+    with sock:
+        with pytest.raises(OverflowError):
+            sock.connect((HOST, 70000))  # (as socket.connect: a port beyond 65535)
+        with pytest.raises(TypeError):
+            sock.connect((HOST, "1"))
+        assert sock.server_name is None
+        sock.settimeout(PEER_TIMEOUT)
+        sock.connect(peer.address)
+        assert sock.server_name == f"{HOST}:{peer.port}"
+        sock.sendall(b"x")
+        assert sock.recv(1) == b"x"
+    peer.result()
+    names = [line.split()[0] for line in known.read_text().splitlines()[1:]]
+    assert names == [f"{HOST}:{peer.port}"]
+
+
 def test_a_server_name_with_control_characters_is_refused_before_any_io() -> None:
     """Given, or made from the address dialled (``host:port``): refused by the
     Connection before the socket connects, sends, or is taken over."""
