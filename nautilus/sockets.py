@@ -2308,8 +2308,19 @@ def create_connection(
                 f"timeout must be positive and at most {_MAX_TIMEOUT:g} seconds "
                 f"(or None to block), got {timeout}"
             )
-    if source_address is not None and not isinstance(source_address, tuple):
-        raise TypeError("source_address must be a (host, port) tuple or None")
+    if source_address is not None:
+        # Checked here, as bind() would (a socket is made and the address
+        # looked up before socket.create_connection binds it, and it lets a
+        # bind()'s OverflowError or TypeError out with the socket unclosed).
+        if not isinstance(source_address, tuple) or len(source_address) != 2:
+            raise TypeError("source_address must be a (host, port) tuple or None")
+        source_host, source_port = source_address
+        if not isinstance(source_host, str):
+            raise TypeError(f"source_address host must be a str, not {type(source_host).__name__}")
+        if isinstance(source_port, bool) or not isinstance(source_port, int):
+            raise TypeError(f"source_address port must be an int, not {type(source_port).__name__}")
+        if not 0 <= source_port <= 65535:
+            raise ValueError(f"source_address port must be in 0..65535, got {source_port}")
     if server_name is None:
         server_name = _default_server_name(address)
     conn = Connection(context, "client", server_name=server_name, expected_peer=expected_peer)

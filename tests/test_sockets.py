@@ -1670,6 +1670,7 @@ def test_bad_arguments_to_the_constructors() -> None:
         with pytest.raises(TypeError):
             ctx.wrap_socket(s, expected_peer=42)  # type: ignore[arg-type]
         assert s.fileno() != -1  # none of these took the socket over
+    descriptors = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
     for kwargs, exc in [
         ({"address": "127.0.0.1:80"}, TypeError),
         ({"address": (HOST, 70000)}, ValueError),
@@ -1683,10 +1684,19 @@ def test_bad_arguments_to_the_constructors() -> None:
         ({"address": (HOST, 1), "server_name": 5}, TypeError),
         ({"address": (HOST, 1), "expected_peer": "not a peer id"}, ValueError),
         ({"address": (HOST, 1), "source_address": "x"}, TypeError),
+        # (the next five made a socket, looked the address up, and raised
+        # bind()'s OverflowError or TypeError with the socket left unclosed)
+        ({"address": (HOST, 1), "source_address": (HOST, 70000)}, ValueError),
+        ({"address": (HOST, 1), "source_address": (HOST, -1)}, ValueError),
+        ({"address": (HOST, 1), "source_address": (HOST, "0")}, TypeError),
+        ({"address": (HOST, 1), "source_address": (HOST, True)}, TypeError),
+        ({"address": (HOST, 1), "source_address": (HOST,)}, TypeError),
     ]:
         kwargs.setdefault("context", ctx)
         with pytest.raises(exc):
             nautilus.create_connection(**kwargs)  # type: ignore[arg-type]
+    if descriptors is not None:  # no socket made for a refused call
+        assert len(os.listdir("/proc/self/fd")) <= descriptors
     with client_ctx().wrap_socket(socket.socket(), server_side=False) as s:
         pass
     listener = server_ctx().wrap_socket(socket.socket(), server_side=True)
