@@ -1204,7 +1204,7 @@ class SessionCache:
             return None, None
         except OSError as exc:
             raise IdentityFileError(f"session cache {str(path)!r} cannot be read: {exc}") from None
-        try:
+        try:  # (errors below name the descriptor, not the path: strerror says why)
             with os.fdopen(fd, "rb") as fh:
                 st = os.fstat(fh.fileno())
                 if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
@@ -1215,7 +1215,9 @@ class SessionCache:
                 if not mode & 0o077 and st.st_size <= limit:
                     raw = _read_at_most(fh, limit, st.st_size)
         except OSError as exc:  # a directory, a FIFO or device, an I/O error
-            raise IdentityFileError(f"session cache {str(path)!r} cannot be read: {exc}") from None
+            raise IdentityFileError(
+                f"session cache {str(path)!r} cannot be read: {exc.strerror or type(exc).__name__}"
+            ) from None
         if mode & 0o077:
             raise IdentityFileError(
                 f"session cache {str(path)!r} is accessible to other users "

@@ -508,8 +508,12 @@ def test_unreadable_file_is_an_identity_file_error(tmp_path: Path) -> None:
 
 
 def test_directory_as_cache_path_is_an_identity_file_error(tmp_path: Path) -> None:
-    with pytest.raises(IdentityFileError):
+    # (the message said "[Errno 21] Is a directory: 3", the 3 a descriptor,
+    # and "[Errno 0] not a regular file" for a device)
+    with pytest.raises(IdentityFileError, match=r"cannot be read: Is a directory$"):
         SessionCache(path=tmp_path)
+    with pytest.raises(IdentityFileError, match=r"cannot be read: not a regular file$"):
+        SessionCache(path=os.devnull)
 
 
 def _write(path: Path, data: bytes) -> None:
