@@ -101,11 +101,11 @@ def _cipher_name(cipher: object) -> str:
     return cipher
 
 
-def _content_type(value: object) -> int:
+def _content_type(value: object, name: str = "content_type") -> int:
     if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"content_type must be an int, not {type(value).__name__}")
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
     if not 1 <= value <= 255:
-        raise ValueError(f"content_type must be in 1..255, got {value}")
+        raise ValueError(f"{name} must be in 1..255, got {value}")
     return int(value)
 
 
@@ -481,7 +481,7 @@ class RecordOpener(_Direction):
         src = _b.input_buffer("data", data)
         dst = _b.output_buffer("out", out)
         _check_int("max_records", max_records, 0, 1 << 62)
-        batch = _content_type(batch_type)
+        batch = _content_type(batch_type, "batch_type")
         handle = self._live()
         _b.check_disjoint("data", src, "out", dst)
         try:
@@ -521,7 +521,7 @@ class RecordOpener(_Direction):
         """
         src = _b.output_buffer("data", data)
         dst = None if out is None else _b.output_buffer("out", out)
-        batch = _content_type(batch_type)
+        batch = _content_type(batch_type, "batch_type")
         try:
             return _b.open_spans(self._live(), src, dst, batch)
         except _b.OpenFailure as failure:

@@ -777,6 +777,21 @@ def test_seal_non_bytes(bad: Any) -> None:
     assert sealer.sequence == 0
 
 
+@pytest.mark.parametrize(("bad", "error"), [(0, ValueError), (256, ValueError), (True, TypeError)])
+def test_a_bad_batch_type_is_named(bad: Any, error: type) -> None:
+    """The three open calls named a bad batch_type "content_type" (their
+    records' field), which none of them takes."""
+    sealer, opener = pair("aes-256-gcm")
+    wire = sealer.seal(b"one")
+    with pytest.raises(error, match=r"^batch_type must be"):
+        opener.open(wire, batch_type=bad)
+    with pytest.raises(error, match=r"^batch_type must be"):
+        opener.open_spans(bytearray(wire), None, bad)
+    with pytest.raises(error, match=r"^batch_type must be"):
+        opener.open_packed(wire, bytearray(100), bad)
+    assert opener.sequence == 0
+
+
 @pytest.mark.parametrize("bad", [None, 1, "no", b""])
 def test_open_merge_must_be_a_bool(bad: Any) -> None:
     """merge="no" merged and merge=None did not: any object was taken for its
@@ -818,7 +833,7 @@ def test_bad_content_type(value: Any, error: type) -> None:
     with pytest.raises(error, match="content_type"):
         sealer.seal_into(b"x", bytearray(64), value)
     assert sealer.sequence == 0
-    with pytest.raises(error, match="content_type"):
+    with pytest.raises(error, match="batch_type"):
         opener.open(b"", batch_type=value)
 
 

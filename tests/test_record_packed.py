@@ -109,7 +109,7 @@ def test_bad_arguments() -> None:
         opener.open_packed("text", bytearray(4))  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="out"):
         opener.open_packed(bytearray(4), b"immutable")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="content_type"):
+    with pytest.raises(ValueError, match="batch_type"):
         opener.open_packed(bytearray(4), bytearray(4), batch_type=0)
 
 
