@@ -2257,6 +2257,19 @@ def wrap_socket(
     return wrapped
 
 
+def _check_host_and_port(host: object, port: object, *, what: str, service_names: bool) -> None:
+    """Check an address's host and port before any I/O, as connect() and bind()
+    would after making a socket (``what`` prefixes the messages; with
+    ``service_names`` the port may be a str, a service's name)."""
+    if not isinstance(host, str):
+        raise TypeError(f"{what}host must be a str, not {type(host).__name__}")
+    if isinstance(port, bool) or not isinstance(port, (int, str) if service_names else int):
+        kinds = "an int or a str" if service_names else "an int"
+        raise TypeError(f"{what}port must be {kinds}, not {type(port).__name__}")
+    if isinstance(port, int) and not 0 <= port <= 65535:
+        raise ValueError(f"{what}port must be in 0..65535, got {port}")
+
+
 def create_connection(
     address: tuple[str, int],
     *,
@@ -2293,13 +2306,7 @@ def create_connection(
         raise TypeError(f"context must be a nautilus.Context, not {type(context).__name__}")
     if not isinstance(address, tuple) or len(address) != 2:
         raise TypeError("address must be a (host, port) tuple")
-    host, port = address
-    if not isinstance(host, str):
-        raise TypeError(f"host must be a str, not {type(host).__name__}")
-    if isinstance(port, bool) or not isinstance(port, (int, str)):
-        raise TypeError(f"port must be an int or a str, not {type(port).__name__}")
-    if isinstance(port, int) and not 0 <= port <= 65535:
-        raise ValueError(f"port must be in 0..65535, got {port}")
+    _check_host_and_port(*address, what="", service_names=True)
     if timeout is not None and timeout is not _DEFAULT_TIMEOUT:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
             raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
@@ -2314,13 +2321,7 @@ def create_connection(
         # bind()'s OverflowError or TypeError out with the socket unclosed).
         if not isinstance(source_address, tuple) or len(source_address) != 2:
             raise TypeError("source_address must be a (host, port) tuple or None")
-        source_host, source_port = source_address
-        if not isinstance(source_host, str):
-            raise TypeError(f"source_address host must be a str, not {type(source_host).__name__}")
-        if isinstance(source_port, bool) or not isinstance(source_port, int):
-            raise TypeError(f"source_address port must be an int, not {type(source_port).__name__}")
-        if not 0 <= source_port <= 65535:
-            raise ValueError(f"source_address port must be in 0..65535, got {source_port}")
+        _check_host_and_port(*source_address, what="source_address ", service_names=False)
     if server_name is None:
         server_name = _default_server_name(address)
     conn = Connection(context, "client", server_name=server_name, expected_peer=expected_peer)
