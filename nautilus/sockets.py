@@ -1573,15 +1573,8 @@ class NautilusSocket(socket.socket):
                 self._seal_rest(data, pos)
                 pos = n
                 self._write_out(None, nowait=False)
-        except (TimeoutError, BlockingIOError) as exc:
-            # Another thread gave the socket a timeout, or made it non-blocking,
-            # during this call: all of ``data`` is accepted (the rest sealed and
-            # queued), and the call ends as a timed-out write (raising) or a
-            # non-blocking send (returning) does.
-            self._accept_rest(data, pos, n, exc)
         except BaseException as exc:
-            self._check_interrupted(exc)
-            raise
+            self._end_bulk_write(data, pos, n, exc)
         finally:
             write_lock.release()
         if self._queued:  # a reader queued output while we held the lock
@@ -1716,11 +1709,8 @@ class NautilusSocket(socket.socket):
                 self._seal_rest(data, pos)
                 pos = n
                 self._write_out(timeout, nowait=False)
-        except (TimeoutError, BlockingIOError) as exc:  # (as in _send_direct)
-            self._accept_rest(data, pos, n, exc)
         except BaseException as exc:
-            self._check_interrupted(exc)
-            raise
+            self._end_bulk_write(data, pos, n, exc)
         finally:
             write_lock.release()
         if self._queued:  # a reader queued output while we held the lock
@@ -1820,15 +1810,18 @@ class NautilusSocket(socket.socket):
                 self._check_interrupted(exc)
                 raise
 
-    def _accept_rest(
-        self, data: bytes | bytearray | memoryview, pos: int, n: int, exc: OSError
+    def _end_bulk_write(
+        self, data: bytes | bytearray | memoryview, pos: int, n: int, exc: BaseException
     ) -> None:
         """A bulk write of ``n`` bytes stopped by ``exc`` after sealing
-        ``data[:pos]``: seal and queue the rest (all of ``data`` is accepted),
-        then raise ``exc`` if it is a timeout; a non-blocking write returns
-        (write lock held). A signal handler's TimeoutError fails the
-        connection (:meth:`_check_interrupted`): it is raised as it is."""
-        if self._check_interrupted(exc):
+        ``data[:pos]`` (write lock held). Another thread gave the socket a
+        timeout, or made it non-blocking, during the call (TimeoutError,
+        BlockingIOError): all of ``data`` is accepted (the rest sealed and
+        queued), and the call ends as a timed-out write (raising) or a
+        non-blocking send (returning) does. Anything else is raised as it is,
+        a signal handler's exception having failed the connection
+        (:meth:`_check_interrupted`, also for a handler's TimeoutError)."""
+        if self._check_interrupted(exc) or not isinstance(exc, (TimeoutError, BlockingIOError)):
             raise exc
         if pos < n:
             self._seal_rest(data, pos)
