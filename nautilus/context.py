@@ -6,6 +6,7 @@ import math
 import os
 import platform
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -17,8 +18,10 @@ from nautilus.protocol.steps import Handshake
 from nautilus.record import CIPHERS, MAX_FRAGMENT
 from nautilus.sessions import (
     _DEFAULT_NAMESPACE,
+    _FORK_LOCK_WAIT,
     MAX_EARLY_DATA,
     MAX_TICKET_LIFETIME,
+    ZONE_SIZE,
     EarlyDataReplayCache,
     ReplayCache,
     SessionCache,
@@ -374,6 +377,10 @@ class Context(_SettingFields):
         # A full hello cache forgets its oldest entry rather than refuse clients.
         self._seen_hellos = ReplayCache(REPLAY_CACHE_SIZE, evict_when_full=True)
         self._key_pool = KeyPool()
+        # Stamped in the tickets this context issues: only this context, in
+        # this process, accepts their early data (a forked child gets its own).
+        self._early_zone = os.urandom(ZONE_SIZE)
+        _CONTEXTS.add(self)
 
     def __setattr__(self, name: str, value: object) -> None:
         """Settings are checked when assigned, as by the constructor.
@@ -489,3 +496,32 @@ class Context(_SettingFields):
     def __repr__(self) -> str:
         who = self.identity.peer_id if self.identity is not None else "no identity"
         return f"<nautilus.Context {who} groups={list(self.groups)} ciphers={list(self.ciphers)}>"
+
+
+_CONTEXTS: weakref.WeakSet[Context] = weakref.WeakSet()
+"""Every Context of the process (for the fork hooks)."""
+
+
+def _before_fork() -> None:
+    """Before ``fork()``: a context that can serve makes its ticket keys now
+    (they are made on first use otherwise), so that the children share them
+    (see TicketKeys; a socketserver.ForkingMixIn parent never seals a ticket).
+    A context whose lock another thread holds is left as it is."""
+    for ctx in list(_CONTEXTS):
+        if ctx._ticket_keys is not None or ctx.identity is None or ctx.resumption == "off":
+            continue
+        if ctx._replay_lock.acquire(timeout=_FORK_LOCK_WAIT):
+            try:
+                if ctx._ticket_keys is None:
+                    ctx._ticket_keys = TicketKeys(ctx.ticket_key_rotation, ctx.ticket_lifetime)
+            finally:
+                ctx._replay_lock.release()
+
+
+def _after_fork_in_child() -> None:
+    for ctx in list(_CONTEXTS):
+        ctx._early_zone = os.urandom(ZONE_SIZE)
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)

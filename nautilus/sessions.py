@@ -20,6 +20,7 @@ import base64
 import contextlib
 import hashlib
 import heapq
+import hmac
 import json
 import logging
 import math
@@ -30,6 +31,7 @@ import stat
 import struct
 import tempfile
 import threading
+import time
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import Iterator
@@ -38,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from nautilus._fork import renew_locks_after_fork
-from nautilus.exceptions import IdentityFileError
+from nautilus.exceptions import IdentityFileError, NautilusError
 from nautilus.identity import _MAX_PEER_ID
 from nautilus.identity import _check_time as _seconds
 from nautilus.protocol.codec import DecodeError, Reader, Writer
@@ -55,6 +57,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_EARLY_DATA",
     "MAX_TICKET_LIFETIME",
+    "ZONE_SIZE",
     "LiveSession",
     "SessionCache",
     "SessionTable",
@@ -69,7 +72,7 @@ MAX_TICKET_LIFETIME = 7 * 24 * 3600.0
 """Hard maximum lifetime of a ticket: 7 days (as RFC 8446 section 4.6.1)."""
 MAX_EARLY_DATA = 1 << 20
 """Most 0-RTT early data a ticket may allow (the ``max_early_data`` setting's bound)."""
-_TICKET_VERSION = 2  # 2: with the time of the authentication (version 1 tickets do not open)
+_TICKET_VERSION = 3  # 3: with the early-data zone (tickets of older versions do not open)
 _TICKET_HEAD = struct.Struct(">QIH")  # after the version: issued (ms), lifetime (s), cipher
 _TICKET_TAIL = struct.Struct(">IIQ")  # max_early_data, age_add, authenticated (ms)
 _TICKET_AAD = b"nautilus ticket v1"
@@ -81,6 +84,15 @@ _CLOCK_WENT_BACK = 1.0
 """A ``now`` over this much before the current key's creation means the
 clock went back (a new key then); less is the ordinary skew between
 connections of several threads, each passing the time its data arrived."""
+_CHAIN_LABEL = b"nautilus ticket key chain"
+_KEY_LABEL = b"nautilus ticket key"
+_KEY_ID_LABEL = b"nautilus ticket key id"
+_MAX_ADVANCE = 1 << 16
+"""Most rotation intervals the key chain steps through at once (a hash each,
+about a tenth of a second in all); a longer jump of the clock starts a new
+chain, as a restart does."""
+ZONE_SIZE = 8
+"""Bytes of an early-data zone (see :attr:`TicketContents.zone`)."""
 _NONCE_SIZE = 12
 _U32_MAX = 0xFFFFFFFF
 _CACHE_FORMAT = "nautilus-session-cache-v2"
@@ -117,6 +129,12 @@ class TicketContents:
     """Server time of the full handshake that authenticated the session (a
     ticket issued by a resumed session inherits it): no ticket outlives it by
     more than MAX_TICKET_LIFETIME, however often the session is resumed."""
+    zone: bytes = b""
+    """The early-data zone of the issuing server: its Context in its process
+    (a child made by ``fork()`` has a zone of its own). Ticket keys are shared
+    with forked children, but each process has its own early-data replay
+    cache: only the zone that issued a ticket accepts its early data, so a
+    recorded first flight's early data is accepted once at most."""
 
     def encode(self) -> bytes:
         w = Writer().u8(_TICKET_VERSION)
@@ -124,7 +142,7 @@ class TicketContents:
         w.vec8(self.psk).vec8(self.server_id_hash).vec8(self.namespace)
         w.vec16(self.client_key).vec24(self.client_certificate)
         tail = _TICKET_TAIL.pack(self.max_early_data, self.age_add, int(self.authenticated * 1000))
-        return w.raw(tail).bytes()
+        return w.raw(tail).vec8(self.zone).bytes()
 
     @classmethod
     def decode(cls, data: bytes) -> TicketContents:
@@ -135,9 +153,11 @@ class TicketContents:
         psk, server_hash, namespace = r.vec8(), r.vec8(), r.vec8()
         client_key, cert = r.vec16(), r.vec24()
         max_early, age_add, authenticated_ms = r.unpack(_TICKET_TAIL)
+        zone = r.vec8()
         r.done()
         return cls(issued_ms / 1000.0, float(lifetime), cipher, psk, server_hash, namespace,
-                   client_key, cert, max_early, age_add, authenticated_ms / 1000.0)  # fmt: skip
+                   client_key, cert, max_early, age_add, authenticated_ms / 1000.0,
+                   zone)  # fmt: skip
 
 
 def check_ticket_timing(
@@ -174,17 +194,27 @@ def check_ticket_timing(
 
 
 class _Key:
-    __slots__ = ("aead", "created", "key_id")
+    __slots__ = ("aead", "key_id")
 
-    def __init__(self, now: float) -> None:
-        self.key_id = os.urandom(_KEY_ID_SIZE)
-        self.aead = AEAD("aes-256-gcm", os.urandom(32))
-        self.created = now
+    def __init__(self, chain: bytearray) -> None:
+        """The key of one link of a chain (its AES-256-GCM key and its id)."""
+        self.key_id = hmac.digest(chain, _KEY_ID_LABEL, "sha256")[:_KEY_ID_SIZE]
+        self.aead = AEAD("aes-256-gcm", hmac.digest(chain, _KEY_LABEL, "sha256"))
 
 
 class TicketKeys:
-    """The server's rotating ticket keys (in memory; a restart voids all tickets,
-    and so does fork() in the child).
+    """The server's rotating ticket keys (in memory: a restart voids all
+    tickets; a child made by ``fork()`` shares them).
+
+    The keys follow a chain: a random secret made at the first use (or
+    before a ``fork()``), then ``SHA-256(label || secret)`` at each rotation,
+    on a schedule that starts at the first use; each key and its id are
+    ``HMAC(secret, label)``. So a process forked from this one, which
+    inherits the chain, makes the same keys at the same times as its parent
+    and its siblings: each opens the tickets of the others, through every
+    rotation. The chain only goes forward, so a key once forgotten cannot be
+    made again from what the process keeps. (Each process accepts early data
+    only for the tickets it issued itself: :attr:`TicketContents.zone`.)
 
     Args:
         rotation: seconds between key rotations.
@@ -203,6 +233,12 @@ class TicketKeys:
         self._rotation, self._lifetime = check_ticket_timing(rotation, lifetime)
         self._lock = threading.Lock()
         renew_locks_after_fork(self, "_lock")
+        # The chain: the secret of the current key's link, the link's number,
+        # and the time link 0 started (link n is current from
+        # _anchor + n * rotation); None before the first use.
+        self._chain: bytearray | None = None
+        self._link = 0
+        self._anchor = 0.0
         self._current: _Key | None = None
         # Retired keys in retirement order, with the time each retired: each
         # still opens tickets for one lifetime (a ticket sealed just before
@@ -211,7 +247,8 @@ class TicketKeys:
         # Every key that opens tickets, current and retired, by key id; the
         # retirement time, None for the current key.
         self._by_id: dict[bytes, tuple[_Key, float | None]] = {}
-        _TICKET_KEYS.add(self)  # (a forked child forgets the keys)
+        self._held_for_fork = False  # (its lock is held across a fork: _keys_before_fork)
+        _TICKET_KEYS.add(self)
 
     @property
     def rotation(self) -> float:
@@ -226,43 +263,109 @@ class TicketKeys:
     def set_timing(self, rotation: float, lifetime: float) -> None:
         """Change the rotation interval and the lifetime, checked as by the
         constructor; they apply from the next :meth:`seal` or :meth:`open`.
+        The current key stays current for the new interval from its start.
 
         Raises:
             TypeError, ValueError: as the constructor.
         """
-        timing = check_ticket_timing(rotation, lifetime)
+        rot, life = check_ticket_timing(rotation, lifetime)
         with self._lock:
-            self._rotation, self._lifetime = timing
+            start = self._anchor + self._link * self._rotation
+            self._rotation, self._lifetime = rot, life
+            self._anchor = start - self._link * rot
 
-    def _retire_locked(self, now: float) -> _Key:
+    def _install(self, key: _Key, retired: float | None) -> None:
+        if retired is not None:
+            self._retired.append((key, retired))
+        self._by_id[key.key_id] = (key, retired)  # (a 64-bit id collision replaces a key)
+
+    def _new_chain_locked(self, now: float) -> None:
+        """A new random chain whose first key is current from ``now``."""
         cur = self._current
         if cur is not None:
-            self._retired.append((cur, now))
-            self._by_id[cur.key_id] = (cur, now)
-        key = _Key(now)
-        while key.key_id in self._by_id:  # never two keys under one id
-            key = _Key(now)  # pragma: no cover - a 64-bit collision
-        self._by_id[key.key_id] = (key, None)
-        self._current = key
-        return key
+            self._install(cur, now)
+        self._wipe_chain_locked()
+        self._chain = bytearray(secrets.token_bytes(32))
+        self._link, self._anchor = 0, now
+        self._current = _Key(self._chain)
+        self._install(self._current, None)
 
-    def _rotate_if_due(self, now: float) -> _Key:
+    def _wipe_chain_locked(self) -> None:
+        if self._chain is not None:
+            self._chain[:] = bytes(len(self._chain))
+            self._chain = None
+
+    def _step_locked(self) -> None:
+        """The next link: SHA-256(label || this link's secret), in place."""
+        chain = self._chain
+        assert chain is not None
+        step = hashlib.sha256(_CHAIN_LABEL)
+        step.update(chain)
+        chain[:] = step.digest()
+        self._link += 1
+
+    def _advance_locked(self, link: int, now: float) -> None:
+        """Step the chain to ``link`` (past the current one), as the schedule
+        says at ``now``; the keys of the links passed are kept as retired if
+        they may still open tickets (another process may have used them)."""
+        rot, start = self._rotation, self._anchor + (self._link + 1) * self._rotation
+        cur, chain = self._current, self._chain
+        assert cur is not None
+        assert chain is not None
+        self._install(cur, start)
+        while True:
+            self._step_locked()
+            if self._link == link:
+                break
+            start += rot  # this link's retirement: the next one's start
+            if now - start <= self._lifetime:
+                self._install(_Key(chain), start)
+        self._current = _Key(chain)
+        self._install(self._current, None)
+
+    def _rekey_now_locked(self, now: float) -> None:
+        """The next link's key is current from ``now`` (the schedule moves
+        with it): after the clock went back, or :meth:`rotate`."""
         cur = self._current
-        if (
-            cur is None
-            or now - cur.created >= self._rotation
-            or now < cur.created - _CLOCK_WENT_BACK
-        ):
-            cur = self._retire_locked(now)
-        retired = self._retired
-        # Older tickets than the cap allows fall back to full handshakes; the
-        # settings keep a lifetime's worth of keys within it.
-        while retired and (
-            now - retired[0][1] > self._lifetime or len(retired) > _MAX_RETIRED_KEYS
-        ):
-            key, _ = retired.popleft()
-            del self._by_id[key.key_id]
-        return cur
+        assert cur is not None
+        self._install(cur, now)
+        self._step_locked()
+        self._anchor = now - self._link * self._rotation
+        assert self._chain is not None
+        self._current = _Key(self._chain)
+        self._install(self._current, None)
+
+    def _rotate_if_due(self, now: float, *, for_fork: bool = False) -> _Key:
+        """The current key at ``now`` (made, or the chain stepped, as due);
+        retired keys past their lifetime are forgotten. ``for_fork``: only
+        make the chain or step it forward, forgetting nothing (the hook's
+        time may not be the one its connections pass)."""
+        cur = self._current
+        if cur is None or self._chain is None:
+            self._new_chain_locked(now)
+        else:
+            rot = self._rotation
+            if now < self._anchor + self._link * rot - _CLOCK_WENT_BACK:
+                if not for_fork:
+                    self._rekey_now_locked(now)  # the clock went back
+            else:
+                link = max(self._link, math.floor((now - self._anchor) / rot))
+                if link - self._link > _MAX_ADVANCE:
+                    self._new_chain_locked(now)  # (as after a restart)
+                elif link > self._link:
+                    self._advance_locked(link, now)
+        if not for_fork:
+            retired = self._retired
+            # Older tickets than the cap allows fall back to full handshakes;
+            # the settings keep a lifetime's worth of keys within it.
+            while retired and (
+                now - retired[0][1] > self._lifetime or len(retired) > _MAX_RETIRED_KEYS
+            ):
+                key, _ = retired.popleft()
+                if self._by_id.get(key.key_id, (None,))[0] is key:
+                    del self._by_id[key.key_id]
+        assert self._current is not None
+        return self._current
 
     @staticmethod
     def _check_now(now: object) -> None:
@@ -271,17 +374,26 @@ class TicketKeys:
     def rotate(self, now: float) -> None:
         """Start sealing with a new key now; tickets under the old ones stay valid.
         (To void every ticket, after a suspected leak: :meth:`retire_all`.)
+        The schedule then runs from ``now``: processes forked before this
+        call make other keys from now on, so that their new tickets open in
+        the process that issued them only (and in its later children).
 
         Raises:
             TypeError, ValueError: ``now`` is not a finite number.
         """
         self._check_now(now)
         with self._lock:
-            self._retire_locked(now)
+            if self._current is None or self._chain is None:
+                self._new_chain_locked(now)
+            else:
+                self._rekey_now_locked(now)
 
     def retire_all(self) -> None:
-        """Forget every key: every ticket issued so far stops opening."""
+        """Forget every key and the chain: every ticket issued so far stops
+        opening here, and the next key starts a new chain (so this process's
+        new tickets open in no process forked before)."""
         with self._lock:
+            self._wipe_chain_locked()
             self._current = None
             self._retired.clear()
             self._by_id.clear()
@@ -344,24 +456,57 @@ class TicketKeys:
 
 
 _TICKET_KEYS: weakref.WeakSet[TicketKeys] = weakref.WeakSet()
-"""Every TicketKeys of the process (for _forget_ticket_keys_in_child)."""
+"""Every TicketKeys of the process (for the fork hooks below)."""
 
 
-def _forget_ticket_keys_in_child() -> None:
-    """In a child made by fork(): every TicketKeys forgets its keys, as
-    :meth:`TicketKeys.retire_all` does. Otherwise the parent and the child (or
-    two children) open the same tickets, each with its own copy of the
-    early-data replay cache, and each accepts the early data of one recorded
-    flight. The tickets issued before the fork resume in the parent only (a
-    full handshake in the child), as those of any other process."""
+_FORK_LOCK_WAIT = 0.1
+"""Seconds the fork hook waits for a TicketKeys' lock (held by another thread)."""
+
+
+def _keys_before_fork() -> None:
+    """Before ``fork()``: every TicketKeys makes its chain, or brings it to
+    now, so that the children (which may have a parent that never seals a
+    ticket, as under socketserver.ForkingMixIn) share it. Each keeps its lock
+    across the fork, so that no other thread is changing it at the instant
+    of the fork; one whose lock stays held by another thread is forgotten in
+    the child (its state may be half-changed there)."""
+    now = time.time()
     for keys in list(_TICKET_KEYS):
-        keys._current = None  # (no lock: the child has no other thread)
-        keys._retired.clear()
-        keys._by_id.clear()
+        if not keys._lock.acquire(timeout=_FORK_LOCK_WAIT):
+            continue
+        keys._held_for_fork = True
+        try:
+            keys._rotate_if_due(now, for_fork=True)
+        except NautilusError as exc:  # pragma: no cover - OpenSSL failed to make a key
+            log.debug("ticket keys not made before fork: %s", type(exc).__name__)
+
+
+def _keys_after_fork_in_parent() -> None:
+    for keys in list(_TICKET_KEYS):
+        if keys._held_for_fork:
+            keys._held_for_fork = False
+            keys._lock.release()
+
+
+def _keys_after_fork_in_child() -> None:
+    for keys in list(_TICKET_KEYS):
+        if keys._held_for_fork:
+            keys._held_for_fork = False
+        else:  # (no lock: the child has no other thread)
+            keys._wipe_chain_locked()
+            keys._current = None
+            keys._retired.clear()
+            keys._by_id.clear()
+        if keys._lock.locked():  # held by the forking thread, or renewed already
+            keys._lock.release()
 
 
 if hasattr(os, "register_at_fork"):  # POSIX
-    os.register_at_fork(after_in_child=_forget_ticket_keys_in_child)
+    os.register_at_fork(
+        before=_keys_before_fork,
+        after_in_parent=_keys_after_fork_in_parent,
+        after_in_child=_keys_after_fork_in_child,
+    )
 
 
 class ReplayCache:

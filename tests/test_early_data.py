@@ -255,11 +255,11 @@ def test_replay_outside_the_freshness_window_gets_no_early_data() -> None:
     assert not any(isinstance(e, EarlyDataReceived) for e in events)
 
 
-def test_replay_to_another_context_sharing_the_ticket_keys_is_accepted() -> None:
-    """The documented limit: anti-replay state is per server Context. A server
-    that shares the ticket keys (not possible through the public API: keys live
-    in one Context) would accept a replay within the window. The replayer still
-    cannot complete the handshake."""
+def test_replay_to_another_context_sharing_the_ticket_keys_gets_no_early_data() -> None:
+    """Anti-replay state is per server Context (and process), so early data is
+    accepted only by the Context that issued the ticket (its zone): a Context
+    sharing the ticket keys (as a forked child does) resumes the ticket but
+    refuses the replayed early data. (It used to accept it a second time.)"""
     p = first_session()
     capture = Capture()
     q = with_early_data(p, capture=capture)
@@ -267,7 +267,8 @@ def test_replay_to_another_context_sharing_the_ticket_keys_is_accepted() -> None
     twin = Context(SERVER, early_data=True, tickets_per_handshake=0)
     twin._ticket_keys = p.server_ctx.ticket_keys
     replayed = replay(capture.first_flight, twin, now=NOW + 1)
-    assert drain_events(replayed) == [EarlyDataReceived(REQUEST)]  # a second delivery
+    assert drain_events(replayed) == []
+    assert replayed._resumed  # the ticket opens there: only its early data is refused
     assert not replayed.handshake_complete
 
 
@@ -304,11 +305,13 @@ def test_replay_after_the_clock_went_forward_past_the_ticket_then_back_gets_no_e
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_a_forked_server_process_does_not_accept_early_data_its_parent_may_accept() -> None:
+def test_a_forked_server_process_resumes_its_parents_tickets_but_refuses_their_early_data() -> None:
     """A server process that forks after its ticket keys exist (a pre-fork
-    server): parent and child held the same keys, each with its own replay
-    cache, and each accepted one recorded flight's early data. The child now
-    forgets the keys: the parent's tickets resume in the parent only."""
+    server): parent and child share the keys, each with its own replay cache.
+    Each used to accept one recorded flight's early data (then the child
+    forgot the keys, and never resumed the parent's tickets). The child now
+    resumes the parent's ticket, but only the parent, which issued it,
+    accepts its early data."""
     p = first_session()
     client = Connection(p.client_ctx, "client", server_name=SERVER_NAME)
     client.start(NOW + 5, early_data=REQUEST)
@@ -317,11 +320,12 @@ def test_a_forked_server_process_does_not_accept_early_data_its_parent_may_accep
     def child() -> None:
         replayed = replay(flight, p.server_ctx, now=NOW + 6)
         assert not any(isinstance(e, EarlyDataReceived) for e in drain_events(replayed))
-        assert not replayed._resumed  # the ticket does not open: a full handshake
+        assert replayed._resumed  # the ticket opens: only its early data is refused
 
     in_a_child_forked_with_locks_held([], child)
     original = replay(flight, p.server_ctx, now=NOW + 5)
     assert drain_events(original) == [EarlyDataReceived(REQUEST)]
+    assert original._resumed
 
 
 def test_copied_ticket_gets_its_early_data_accepted_only_once() -> None:

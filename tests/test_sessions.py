@@ -13,6 +13,8 @@ import hashlib
 import math
 import os
 import pickle
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -64,9 +66,11 @@ from nautilus.protocol.messages import (
 )
 from nautilus.record import ContentType, RecordOpener, RecordSealer
 from nautilus.sessions import (
+    _MAX_ADVANCE,
     _MAX_RETIRED_KEYS,
     MAX_EARLY_DATA,
     MAX_TICKET_LIFETIME,
+    ZONE_SIZE,
     LiveSession,
     SessionCache,
     SessionTable,
@@ -1339,7 +1343,10 @@ def test_ticket_contents_repr_hides_the_psk() -> None:
 def test_ticket_contents_round_trip() -> None:
     c = _contents()
     assert TicketContents.decode(c.encode()) == c
-    for version in (1, 3):  # 1: before the time of the authentication was carried
+    zoned = replace(c, zone=os.urandom(ZONE_SIZE))
+    assert TicketContents.decode(zoned.encode()) == zoned
+    # 1: before the time of the authentication was carried; 2: before the zone
+    for version in (1, 2, 4):
         with pytest.raises(Exception, match="version"):
             TicketContents.decode(bytes([version]) + c.encode()[1:])
     with pytest.raises(Exception):  # noqa: B017,PT011 - any DecodeError
@@ -1477,6 +1484,80 @@ def test_key_retired_over_a_lifetime_ago_opens_nothing_after_the_clock_went_back
     assert keys.open(ticket, NOW + 10 + 1000) is not None
     # retired a lifetime ago, though behind a key retired later (at NOW + 5000)
     assert keys.open(ticket, NOW + 10 + 1001) is None
+
+
+def test_a_huge_jump_of_the_clock_starts_a_new_chain_at_once() -> None:
+    """The chain steps once per rotation interval passed; past _MAX_ADVANCE of
+    them (a `now` far ahead) it starts anew, as a restart would, rather than
+    step for ever. Tickets of the old chain still open for a lifetime."""
+    keys = TicketKeys(rotation=1, lifetime=1000)
+    old = keys.seal(_contents(), NOW)
+    results: list[bytes] = []
+    far = NOW + 1e12  # about 10**12 steps
+    worker = threading.Thread(target=lambda: results.append(keys.seal(_contents(far), far)))
+    worker.daemon = True
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive(), "the chain stepped through every interval"
+    assert results[0][:8] != old[:8]
+    assert keys._link == 0  # a new chain
+    assert keys.open(results[0], far + 1) is not None
+    assert keys.open(old, far + 1000) is not None  # retired at `far`
+    assert keys._link == 1000  # (opening at far + 1000 stepped the chain)
+    # Within the bound the chain steps, and keeps its place in the schedule.
+    near = far + 1000 + _MAX_ADVANCE
+    assert keys.seal(_contents(near), near)[:8] != results[0][:8]
+    assert keys._link == 1000 + _MAX_ADVANCE
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_processes_make_the_same_ticket_keys_through_rotations() -> None:
+    """A child made by fork() shares the key chain: parent and child each
+    step it on their own, and open each other's tickets rotations later."""
+    keys = TicketKeys(rotation=100, lifetime=1000)
+    parent_ticket = keys.seal(_contents(), NOW)  # the chain starts at NOW
+    read_end, write_end = os.pipe()
+
+    def child() -> None:
+        os.close(read_end)
+        assert keys.open(parent_ticket, NOW + 350) is not None  # 3 rotations later
+        with os.fdopen(write_end, "wb") as pipe:
+            pipe.write(keys.seal(_contents(NOW + 420), NOW + 420))  # under link 4
+
+    in_a_child_forked_with_locks_held([], child)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        child_ticket = pipe.read()
+    assert keys.open(child_ticket, NOW + 430) is not None  # the parent steps to link 4 itself
+    assert keys.seal(_contents(NOW + 430), NOW + 430)[:8] == child_ticket[:8]  # the same key
+    assert keys.open(parent_ticket, NOW + 430) is not None
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_context_that_never_sealed_a_ticket_makes_its_keys_before_a_fork() -> None:
+    """A socketserver.ForkingMixIn parent never seals a ticket: its ticket
+    keys are made before the fork, so that every child (each serving one
+    connection) opens the tickets of the others."""
+    ctx = Context(SERVER)
+    assert ctx._ticket_keys is None  # made on first use otherwise
+    tickets = []
+    for _ in range(2):
+        read_end, write_end = os.pipe()
+
+        def child(read_end: int = read_end, write_end: int = write_end) -> None:
+            os.close(read_end)
+            now = time.time()
+            with os.fdopen(write_end, "wb") as pipe:
+                pipe.write(ctx.ticket_keys.seal(_contents(now), now))
+
+        in_a_child_forked_with_locks_held([], child)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            tickets.append(pipe.read())
+    assert ctx._ticket_keys is not None
+    for ticket in tickets:
+        assert ctx.ticket_keys.open(ticket, time.time()) is not None
+    assert Context(SERVER, resumption="off")._ticket_keys is None  # (one that issues none)
 
 
 def test_ticket_opens_for_its_whole_lifetime_under_the_default_rotation() -> None:
@@ -2018,8 +2099,9 @@ def test_a_child_forked_while_locks_were_held_can_use_the_context() -> None:
     """fork() while other threads hold a Context's locks (settings, ticket
     keys, replay caches, the session table, the ticket AEAD): the child, which
     has none of those threads, gets new locks and works, where it used to wait
-    for ever. (The child forgets the ticket keys: the parent's tickets do not
-    open there, the child's own do.)"""
+    for ever. (Ticket keys whose lock another thread held at the fork may be
+    half-changed: the child forgets them, so the parent's tickets do not open
+    there, the child's own do.)"""
     ctx = Context(SERVER, early_data=True)
     keys = ctx.ticket_keys
     contents_now = NOW

@@ -11,8 +11,10 @@ import contextlib
 import faulthandler
 import hashlib
 import logging
+import os
 import random
 import select
+import signal
 import socket
 import socketserver
 import struct
@@ -196,6 +198,54 @@ def test_plain_tcp_server_and_handle_request() -> None:
         exchange(port, 7)
         thread.join(10)
         assert not thread.is_alive()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_clients_of_a_forking_server_resume() -> None:
+    """socketserver.ForkingMixIn serves each connection in a new child: the
+    parent makes its ticket keys before the first fork, so that every child
+    opens the tickets of the others (each child used to make keys of its
+    own, so no client ever resumed). The server runs in a process of its own,
+    single-threaded as such servers are (a fork while another thread is inside
+    OpenSSL can leave the child waiting for one of its locks)."""
+
+    class Server(NautilusServerMixin, socketserver.ForkingTCPServer):
+        allow_reuse_address = True
+        timeout = 30
+        lock = threading.Lock()  # (for HashEcho, in each child)
+        handled = 0
+
+    connections = 4
+    server = Server((HOST, 0), HashEcho, context=Context(SERVER_ID))
+    pid = os.fork()
+    if pid == 0:  # the server process
+        code = 1
+        try:
+            signal.alarm(60)
+            for _ in range(connections):
+                server.handle_request()
+            server.server_close()  # (waits for the children)
+            code = 0
+        finally:
+            os._exit(code)
+    server.socket.close()  # (the server process has its own)
+    resumed = []
+    try:
+        ctx = Context(trusted_peers=[SERVER_ID.public])
+        for n in range(connections):
+            data = b"request %d" % n
+            with nautilus.create_connection(server.server_address, context=ctx, timeout=30) as sock:
+                sock.sendall(struct.pack(">Q", len(data)) + data)
+                with sock.makefile("rb") as f:
+                    assert f.read(32) == hashlib.sha256(data).digest()
+                    assert f.read(len(data)) == data
+                    assert f.read(1) == b""  # then a clean end (the ticket came before)
+                assert sock.session is not None
+                resumed.append(sock.session.resumed)
+    finally:
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert resumed == [False, True, True, True]
 
 
 def test_mixin_checks_its_context() -> None:

@@ -2668,6 +2668,7 @@ class Connection:
             and not retried
             and cfg.early_data
             and contents.max_early_data > 0
+            and contents.zone == ctx._early_zone  # (its replay cache is this one)
             and contents.cipher in _CIPHER_BY_ID
             and _CIPHER_BY_ID[contents.cipher] in cfg.ciphers
             and offer.early_records <= -(-contents.max_early_data // _HANDSHAKE_RECORD)
@@ -2912,6 +2913,7 @@ class Connection:
             contents = TicketContents(
                 now, lifetime, CIPHER_IDS[self._cipher], keys.ticket_psk(nonce), server_hash,
                 namespace, client_key, client_cert, max_early, age_add, authenticated,
+                self._ctx._early_zone,
             )  # fmt: skip
             ticket = self._ctx.ticket_keys.seal(contents, now)
             msg = NewSessionTicket(int(lifetime), age_add, nonce, ticket, max_early)
