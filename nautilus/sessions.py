@@ -325,7 +325,7 @@ class TicketKeys:
 
     def _rekey_now_locked(self, now: float) -> None:
         """The next link's key is current from ``now`` (the schedule moves
-        with it): after the clock went back, or :meth:`rotate`."""
+        with it): after the clock went back."""
         cur = self._current
         assert cur is not None
         self._install(cur, now)
@@ -374,19 +374,19 @@ class TicketKeys:
     def rotate(self, now: float) -> None:
         """Start sealing with a new key now; tickets under the old ones stay valid.
         (To void every ticket, after a suspected leak: :meth:`retire_all`.)
-        The schedule then runs from ``now``: processes forked before this
-        call make other keys from now on, so that their new tickets open in
-        the process that issued them only (and in its later children).
+        The new key starts a new chain, whose schedule runs from ``now``:
+        processes forked before this call make other keys from now on, so
+        that their new tickets open in the process that issued them only (and
+        in its later children).
 
         Raises:
             TypeError, ValueError: ``now`` is not a finite number.
         """
         self._check_now(now)
         with self._lock:
-            if self._current is None or self._chain is None:
-                self._new_chain_locked(now)
-            else:
-                self._rekey_now_locked(now)
+            # A new chain, not the next link: the processes forked before
+            # reach that link on their own schedule, and would open its tickets.
+            self._new_chain_locked(now)
 
     def retire_all(self) -> None:
         """Forget every key and the chain: every ticket issued so far stops

@@ -1534,6 +1534,32 @@ def test_forked_processes_make_the_same_ticket_keys_through_rotations() -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_after_rotate_the_new_tickets_open_in_no_process_forked_before() -> None:
+    """rotate() starts a new chain: a process forked before the call does not
+    make the new keys, not even when its own schedule reaches the next link
+    (it did, when rotate() only stepped the shared chain)."""
+    start = time.time()
+    keys = TicketKeys(rotation=100, lifetime=1000)
+    parent_ticket = keys.seal(_contents(start), start)  # the chain starts here
+    read_end, write_end = os.pipe()
+
+    def child() -> None:
+        os.close(read_end)
+        keys.rotate(start + 10)
+        assert keys.open(parent_ticket, start + 20) is not None  # the old keys stay valid
+        with os.fdopen(write_end, "wb") as pipe:
+            pipe.write(keys.seal(_contents(start + 20), start + 20))
+
+    in_a_child_forked_with_locks_held([], child)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        child_ticket = pipe.read()
+    for later in (20, 101, 201, 501):  # the parent steps its own chain meanwhile
+        assert keys.open(child_ticket, start + later) is None
+    assert keys.open(parent_ticket, start + 501) is not None
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_context_that_never_sealed_a_ticket_makes_its_keys_before_a_fork() -> None:
     """A socketserver.ForkingMixIn parent never seals a ticket: its ticket
     keys are made before the fork, so that every child (each serving one
