@@ -349,11 +349,13 @@ class TicketKeys:
                 if not for_fork:
                     self._rekey_now_locked(now)  # the clock went back
             else:
-                link = max(self._link, math.floor((now - self._anchor) / rot))
-                if link - self._link > _MAX_ADVANCE:
+                span = (now - self._anchor) / rot  # (infinite for far-apart finite times)
+                if span >= self._link + _MAX_ADVANCE + 1:
                     self._new_chain_locked(now)  # (as after a restart)
-                elif link > self._link:
-                    self._advance_locked(link, now)
+                else:
+                    link = max(self._link, math.floor(span))
+                    if link > self._link:
+                        self._advance_locked(link, now)
         if not for_fork:
             retired = self._retired
             # Older tickets than the cap allows fall back to full handshakes;

@@ -1510,6 +1510,25 @@ def test_a_huge_jump_of_the_clock_starts_a_new_chain_at_once() -> None:
     assert keys._link == 1000 + _MAX_ADVANCE
 
 
+@pytest.mark.parametrize(
+    ("rotation", "lifetime", "first", "then"),
+    [(1.0, 10.0, -1e308, 1e308), (1e-300, 1e-300, NOW, NOW + 1e9)],
+)
+def test_times_too_far_apart_for_a_float_start_a_new_chain(
+    rotation: float, lifetime: float, first: float, then: float
+) -> None:
+    """Finite times whose distance in rotation intervals overflows a float
+    (an OverflowError from seal and open, not among the errors they name)
+    start a new chain, as any jump over _MAX_ADVANCE intervals."""
+    keys = TicketKeys(rotation=rotation, lifetime=lifetime)
+    old = keys.seal(_contents(), first)
+    ticket = keys.seal(_contents(), then)
+    assert ticket[:8] != old[:8]
+    assert keys._link == 0  # a new chain
+    assert keys.open(ticket, then) is not None
+    assert keys.open(old, then) is not None  # retired at `then`, as after any jump
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_forked_processes_make_the_same_ticket_keys_through_rotations() -> None:
     """A child made by fork() shares the key chain: parent and child each
