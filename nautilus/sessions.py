@@ -338,8 +338,11 @@ class TicketKeys:
     def _rotate_if_due(self, now: float, *, for_fork: bool = False) -> _Key:
         """The current key at ``now`` (made, or the chain stepped, as due);
         retired keys past their lifetime are forgotten. ``for_fork``: only
-        make the chain or step it forward, forgetting nothing (the hook's
-        time may not be the one its connections pass)."""
+        make the chain or step it forward, and forget only the keys past
+        their lifetime by over _CLOCK_WENT_BACK too (the hook's time may be
+        a little later than the one its connections pass), and those over
+        the cap: a socketserver.ForkingMixIn parent, which never seals nor
+        opens a ticket, would keep every key its forks stepped through."""
         cur = self._current
         if cur is None or self._chain is None:
             self._new_chain_locked(now)
@@ -356,16 +359,13 @@ class TicketKeys:
                     link = max(self._link, math.floor(span))
                     if link > self._link:
                         self._advance_locked(link, now)
-        if not for_fork:
-            retired = self._retired
-            # Older tickets than the cap allows fall back to full handshakes;
-            # the settings keep a lifetime's worth of keys within it.
-            while retired and (
-                now - retired[0][1] > self._lifetime or len(retired) > _MAX_RETIRED_KEYS
-            ):
-                key, _ = retired.popleft()
-                if self._by_id.get(key.key_id, (None,))[0] is key:
-                    del self._by_id[key.key_id]
+        retired, kept = self._retired, self._lifetime + (_CLOCK_WENT_BACK if for_fork else 0.0)
+        # Older tickets than the cap allows fall back to full handshakes; the
+        # settings keep a lifetime's worth of keys within it.
+        while retired and (now - retired[0][1] > kept or len(retired) > _MAX_RETIRED_KEYS):
+            key, _ = retired.popleft()
+            if self._by_id.get(key.key_id, (None,))[0] is key:
+                del self._by_id[key.key_id]
         assert self._current is not None
         return self._current
 

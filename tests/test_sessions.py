@@ -15,8 +15,10 @@ import os
 import pickle
 import threading
 import time
+import weakref
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from protocol_helpers import (
@@ -34,6 +36,7 @@ from protocol_helpers import (
     split_records,
 )
 
+import nautilus.sessions
 from nautilus import (
     AuthenticationFailed,
     ConnectionClosed,
@@ -1527,6 +1530,37 @@ def test_times_too_far_apart_for_a_float_start_a_new_chain(
     assert keys._link == 0  # a new chain
     assert keys.open(ticket, then) is not None
     assert keys.open(old, then) is not None  # retired at `then`, as after any jump
+
+
+def test_the_before_fork_hook_forgets_keys_past_their_lifetime(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A socketserver.ForkingMixIn parent never seals nor opens a ticket: only
+    the before-fork hook steps its keys, at each fork. It forgets the keys
+    past their lifetime (by over a second, for the connections whose time is
+    a little earlier than its own), and keeps within the cap: it kept every
+    key it stepped through, one per rotation, for as long as the server ran."""
+    keys = TicketKeys(rotation=1, lifetime=10)
+    clock = [NOW]
+    monkeypatch.setattr(nautilus.sessions, "_TICKET_KEYS", weakref.WeakSet([keys]))
+    monkeypatch.setattr(nautilus.sessions, "time", SimpleNamespace(time=lambda: clock[0]))
+
+    def fork_at(now: float) -> None:  # (what os.fork() runs in the parent)
+        clock[0] = now
+        nautilus.sessions._keys_before_fork()
+        nautilus.sessions._keys_after_fork_in_parent()
+        assert not keys._lock.locked()
+
+    for interval in range(_MAX_RETIRED_KEYS + 100):  # a fork in each interval
+        fork_at(NOW + interval)
+    assert len(keys._retired) <= 10 + 2  # a lifetime's worth, and the second
+    assert set(keys._by_id) == {k.key_id for k, _ in keys._retired} | {keys._current.key_id}
+    start = NOW + _MAX_RETIRED_KEYS + 100
+    ticket = keys.seal(_contents(start), start)  # under the key retired at start + 1
+    fork_at(start + 1 + 10 + 0.5)  # a connection's time may be a second earlier
+    assert keys.open(ticket, start + 1 + 10) is not None
+    fork_at(start + 1 + 10 + 1.5)
+    assert ticket[:8] not in keys._by_id
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
