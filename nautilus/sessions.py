@@ -375,7 +375,8 @@ class TicketKeys:
 
     def rotate(self, now: float) -> None:
         """Start sealing with a new key now; tickets under the old ones stay valid.
-        (To void every ticket, after a suspected leak: :meth:`retire_all`.)
+        (To void every ticket, after a suspected leak: :meth:`retire_all`, in
+        every process that shares the keys: the chain makes every later key.)
         The new key starts a new chain, whose schedule runs from ``now``:
         processes forked before this call make other keys from now on, so
         that their new tickets open in the process that issued them only (and
