@@ -81,9 +81,13 @@ _MAX_RETIRED_KEYS = 1024
 """Most retired ticket keys kept (about 2 KiB of memory each: 2 MiB at most)."""
 _ROTATIONS_PER_LIFETIME = _MAX_RETIRED_KEYS - 1
 _CLOCK_WENT_BACK = 1.0
-"""A ``now`` over this much before the current key's creation means the
-clock went back (a new key then); less is the ordinary skew between
-connections of several threads, each passing the time its data arrived."""
+"""A ``now`` over this much, and over one rotation interval, before the
+current key's start means the clock went back (a new key then, the schedule
+running from that time); less is the ordinary skew between connections of
+several threads, each passing the time its data arrived, or a small step of
+the clock, after which the key seals at most one interval longer. (Each
+process of a forking family re-keys at its own time: a smaller threshold
+would split their schedules at every stale time a connection passes.)"""
 _CHAIN_LABEL = b"nautilus ticket key chain"
 _KEY_LABEL = b"nautilus ticket key"
 _KEY_ID_LABEL = b"nautilus ticket key id"
@@ -348,7 +352,7 @@ class TicketKeys:
             self._new_chain_locked(now)
         else:
             rot = self._rotation
-            if now < self._anchor + self._link * rot - _CLOCK_WENT_BACK:
+            if now < self._anchor + self._link * rot - max(_CLOCK_WENT_BACK, rot):
                 if not for_fork:
                     self._rekey_now_locked(now)  # the clock went back
             else:

@@ -1460,11 +1460,41 @@ def test_retired_key_is_honoured_for_one_lifetime_then_dropped() -> None:
     assert keys.open(keys.seal(_contents(), NOW + 600), NOW + 600) is not None
 
 
-def test_clock_going_back_rotates_the_key() -> None:
+def test_clock_going_back_over_an_interval_rotates_the_key() -> None:
+    """A clock that went back by over one rotation interval starts a new key
+    (the schedule runs from then); within one interval the key stays, sealing
+    at most one interval longer, so that the processes sharing its chain keep
+    one schedule."""
     keys = TicketKeys(rotation=3600, lifetime=7200)
     t = keys.seal(_contents(), NOW)
-    assert keys.seal(_contents(), NOW - 5)[:8] != t[:8]
-    assert keys.open(t, NOW - 5) is not None  # still opens: a retired key
+    assert keys.seal(_contents(), NOW - 5)[:8] == t[:8]
+    assert keys.seal(_contents(), NOW - 3599)[:8] == t[:8]
+    assert keys.seal(_contents(), NOW - 3601)[:8] != t[:8]
+    assert keys.open(t, NOW - 3601) is not None  # still opens: a retired key
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_stale_time_in_one_process_keeps_the_family_on_one_schedule() -> None:
+    """A connection that passes a time a little before the current key's start
+    (taken before another thread stepped the chain) used to count as the clock
+    going back: that process re-keyed from its own time, a link ahead of the
+    others for good, and its new tickets did not open in them."""
+    keys = TicketKeys(rotation=100, lifetime=1000)
+    keys.seal(_contents(), NOW)  # the chain starts at NOW
+    read_end, write_end = os.pipe()
+
+    def child() -> None:
+        os.close(read_end)
+        keys.seal(_contents(NOW + 100.5), NOW + 100.5)  # link 1, from NOW + 100
+        keys.seal(_contents(NOW + 98.5), NOW + 98.5)  # a stale time, 1.5 s before
+        with os.fdopen(write_end, "wb") as pipe:
+            pipe.write(keys.seal(_contents(NOW + 150), NOW + 150))
+
+    in_a_child_forked_with_locks_held([], child)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        child_ticket = pipe.read()
+    assert keys.open(child_ticket, NOW + 150) is not None
 
 
 def test_a_slightly_earlier_now_from_another_thread_does_not_rotate() -> None:
