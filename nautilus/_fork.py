@@ -16,6 +16,9 @@ from __future__ import annotations
 import os
 import threading
 import weakref
+from typing import TypeVar
+
+_T = TypeVar("_T")
 
 _OWNERS: weakref.WeakKeyDictionary[object, tuple[str, ...]] = weakref.WeakKeyDictionary()
 """Each registered object and the names of its lock attributes."""
@@ -24,6 +27,16 @@ _OWNERS: weakref.WeakKeyDictionary[object, tuple[str, ...]] = weakref.WeakKeyDic
 def renew_locks_after_fork(owner: object, *names: str) -> None:
     """Give ``owner`` new locks in its ``names`` attributes in a forked child."""
     _OWNERS[owner] = names
+
+
+def live_members(members: weakref.WeakSet[_T]) -> list[_T]:
+    """The objects in ``members`` now, copied in one step. Iterating a
+    WeakSet while another thread adds to it raises RuntimeError ("Set changed
+    size during iteration"), as a before-fork hook did when another thread
+    made a Context at that instant; copying its set of references is one call
+    into C, which no other thread interrupts."""
+    refs: set[weakref.ref[_T]] = members.data  # type: ignore[attr-defined]
+    return [obj for ref in list(refs) if (obj := ref()) is not None]
 
 
 def _after_fork_in_child() -> None:

@@ -10,7 +10,7 @@ import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from nautilus._fork import renew_locks_after_fork
+from nautilus._fork import live_members, renew_locks_after_fork
 from nautilus.identity import Identity, PeerKey, TrustStore
 from nautilus.kem import GROUPS
 from nautilus.protocol.keypool import KeyPool
@@ -507,7 +507,7 @@ def _before_fork() -> None:
     (they are made on first use otherwise), so that the children share them
     (see TicketKeys; a socketserver.ForkingMixIn parent never seals a ticket).
     A context whose lock another thread holds is left as it is."""
-    for ctx in list(_CONTEXTS):
+    for ctx in live_members(_CONTEXTS):
         if ctx._ticket_keys is not None or ctx.identity is None or ctx.resumption == "off":
             continue
         if ctx._replay_lock.acquire(timeout=_FORK_LOCK_WAIT):
@@ -519,7 +519,7 @@ def _before_fork() -> None:
 
 
 def _after_fork_in_child() -> None:
-    for ctx in list(_CONTEXTS):
+    for ctx in live_members(_CONTEXTS):
         ctx._early_zone = os.urandom(ZONE_SIZE)
 
 

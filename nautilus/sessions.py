@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
-from nautilus._fork import renew_locks_after_fork
+from nautilus._fork import live_members, renew_locks_after_fork
 from nautilus.exceptions import IdentityFileError, NautilusError
 from nautilus.identity import _MAX_PEER_ID
 from nautilus.identity import _check_time as _seconds
@@ -478,7 +478,7 @@ def _keys_before_fork() -> None:
     of the fork; one whose lock stays held by another thread is forgotten in
     the child (its state may be half-changed there)."""
     now = time.time()
-    for keys in list(_TICKET_KEYS):
+    for keys in live_members(_TICKET_KEYS):
         if not keys._lock.acquire(timeout=_FORK_LOCK_WAIT):
             continue
         keys._held_for_fork = True
@@ -489,14 +489,14 @@ def _keys_before_fork() -> None:
 
 
 def _keys_after_fork_in_parent() -> None:
-    for keys in list(_TICKET_KEYS):
+    for keys in live_members(_TICKET_KEYS):
         if keys._held_for_fork:
             keys._held_for_fork = False
             keys._lock.release()
 
 
 def _keys_after_fork_in_child() -> None:
-    for keys in list(_TICKET_KEYS):
+    for keys in live_members(_TICKET_KEYS):
         if keys._held_for_fork:
             keys._held_for_fork = False
         else:  # (no lock: the child has no other thread)

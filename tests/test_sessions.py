@@ -16,9 +16,11 @@ import pickle
 import threading
 import time
 import weakref
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from protocol_helpers import (
@@ -36,7 +38,9 @@ from protocol_helpers import (
     split_records,
 )
 
+import nautilus.context as context_module
 import nautilus.sessions
+import nautilus.sessions as sessions_module
 from nautilus import (
     AuthenticationFailed,
     ConnectionClosed,
@@ -1667,6 +1671,42 @@ def test_a_context_that_never_sealed_a_ticket_makes_its_keys_before_a_fork() -> 
     for ticket in tickets:
         assert ctx.ticket_keys.open(ticket, time.time()) is not None
     assert Context(SERVER, resumption="off")._ticket_keys is None  # (one that issues none)
+
+
+class _ChangingSet(weakref.WeakSet[Any]):
+    """A WeakSet that gains a member at each step of an iteration, as when
+    another thread adds one meanwhile."""
+
+    def __init__(self, members: list[Any], make: Any) -> None:
+        super().__init__(members)
+        self.made: list[Any] = list(members)  # (kept alive)
+        self.make = make
+
+    def __iter__(self) -> Iterator[Any]:
+        for member in super().__iter__():
+            self.made.append(self.make())
+            self.add(self.made[-1])
+            yield member
+
+
+def test_the_before_fork_hooks_copy_their_sets_in_one_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another thread making a TicketKeys or a Context while a thread forked
+    changed the set a before-fork hook was iterating: RuntimeError ("Set
+    changed size during iteration"; about one fork in 300 beside a thread
+    making TicketKeys), printed by fork(), and the keys after that point
+    forgotten in the child."""
+    keys = _ChangingSet([TicketKeys(60, 600) for _ in range(3)], lambda: TicketKeys(60, 600))
+    monkeypatch.setattr(sessions_module, "_TICKET_KEYS", keys)
+    sessions_module._keys_before_fork()
+    sessions_module._keys_after_fork_in_parent()
+    assert len(keys) >= 3
+    assert all(k._chain is not None and not k._lock.locked() for k in keys.made)
+    contexts = _ChangingSet([Context(SERVER) for _ in range(3)], lambda: Context(SERVER))
+    monkeypatch.setattr(context_module, "_CONTEXTS", contexts)
+    context_module._before_fork()
+    assert all(ctx._ticket_keys is not None for ctx in contexts.made[:3])
 
 
 def test_ticket_opens_for_its_whole_lifetime_under_the_default_rotation() -> None:
