@@ -85,9 +85,11 @@ _CLOCK_WENT_BACK = 1.0
 current key's start means the clock went back (a new key then, the schedule
 running from that time); less is the ordinary skew between connections of
 several threads, each passing the time its data arrived, or a small step of
-the clock, after which the key seals at most one interval longer. (Each
-process of a forking family re-keys at its own time: a smaller threshold
-would split their schedules at every stale time a connection passes.)"""
+the clock. (Each process of a forking family re-keys at its own time: a
+smaller threshold would split their schedules at every stale time a
+connection passes.) Counted from the key's start, which the family shares,
+not from the latest time seen: after a step back late in an interval, the key
+seals for up to two intervals and this threshold in all."""
 _CHAIN_LABEL = b"nautilus ticket key chain"
 _KEY_LABEL = b"nautilus ticket key"
 _KEY_ID_LABEL = b"nautilus ticket key id"

@@ -1466,15 +1466,31 @@ def test_retired_key_is_honoured_for_one_lifetime_then_dropped() -> None:
 
 def test_clock_going_back_over_an_interval_rotates_the_key() -> None:
     """A clock that went back by over one rotation interval starts a new key
-    (the schedule runs from then); within one interval the key stays, sealing
-    at most one interval longer, so that the processes sharing its chain keep
-    one schedule."""
+    (the schedule runs from then); within one interval of the key's start the
+    key stays, so that the processes sharing its chain keep one schedule."""
     keys = TicketKeys(rotation=3600, lifetime=7200)
     t = keys.seal(_contents(), NOW)
     assert keys.seal(_contents(), NOW - 5)[:8] == t[:8]
     assert keys.seal(_contents(), NOW - 3599)[:8] == t[:8]
     assert keys.seal(_contents(), NOW - 3601)[:8] != t[:8]
     assert keys.open(t, NOW - 3601) is not None  # still opens: a retired key
+
+
+def test_a_step_back_of_the_clock_counts_from_the_current_keys_start() -> None:
+    """The threshold counts from the current key's start (shared by every
+    process of a forking family), not from the latest time seen: a clock set
+    back by nearly two intervals late in one keeps the key, which then seals
+    for just under three intervals of real time, as docs/sessions.md says
+    (it said two at most, and that a step back over one interval rotated)."""
+    keys = TicketKeys(rotation=100, lifetime=1000)
+    first = keys.seal(_contents(), NOW)[:8]  # the key starts at NOW
+    assert keys.seal(_contents(), NOW + 99)[:8] == first  # 99 s later
+    assert keys.seal(_contents(), NOW - 99)[:8] == first  # set back by 198 s
+    assert keys.seal(_contents(), NOW + 99.9)[:8] == first  # 198.9 s later: 297.9 s in all
+    second = keys.seal(_contents(), NOW + 100)[:8]  # its interval ends, by the clock
+    assert second != first
+    assert keys.seal(_contents(), NOW + 0.5)[:8] == second  # set back by 99.5 s: kept
+    assert keys.seal(_contents(), NOW - 1.5)[:8] not in (first, second)  # by 101.5 s
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
