@@ -16,7 +16,7 @@ import pickle
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -1493,6 +1493,23 @@ def test_a_step_back_of_the_clock_counts_from_the_current_keys_start() -> None:
     assert keys.seal(_contents(), NOW - 1.5)[:8] not in (first, second)  # by 101.5 s
 
 
+def _sealed_in_a_child(work: Callable[[], bytes]) -> bytes:
+    """Fork; ``work()`` runs in the child (it may assert, and returns a
+    ticket it sealed there); the ticket, back in the parent."""
+    read_end, write_end = os.pipe()
+
+    def child() -> None:
+        os.close(read_end)
+        ticket = work()
+        with os.fdopen(write_end, "wb") as pipe:
+            pipe.write(ticket)
+
+    in_a_child_forked_with_locks_held([], child)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        return pipe.read()
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_stale_time_in_one_process_keeps_the_family_on_one_schedule() -> None:
     """A connection that passes a time a little before the current key's start
@@ -1501,20 +1518,13 @@ def test_a_stale_time_in_one_process_keeps_the_family_on_one_schedule() -> None:
     others for good, and its new tickets did not open in them."""
     keys = TicketKeys(rotation=100, lifetime=1000)
     keys.seal(_contents(), NOW)  # the chain starts at NOW
-    read_end, write_end = os.pipe()
 
-    def child() -> None:
-        os.close(read_end)
+    def child() -> bytes:
         keys.seal(_contents(NOW + 100.5), NOW + 100.5)  # link 1, from NOW + 100
         keys.seal(_contents(NOW + 98.5), NOW + 98.5)  # a stale time, 1.5 s before
-        with os.fdopen(write_end, "wb") as pipe:
-            pipe.write(keys.seal(_contents(NOW + 150), NOW + 150))
+        return keys.seal(_contents(NOW + 150), NOW + 150)
 
-    in_a_child_forked_with_locks_held([], child)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        child_ticket = pipe.read()
-    assert keys.open(child_ticket, NOW + 150) is not None
+    assert keys.open(_sealed_in_a_child(child), NOW + 150) is not None
 
 
 def test_a_slightly_earlier_now_from_another_thread_does_not_rotate() -> None:
@@ -1619,18 +1629,12 @@ def test_forked_processes_make_the_same_ticket_keys_through_rotations() -> None:
     step it on their own, and open each other's tickets rotations later."""
     keys = TicketKeys(rotation=100, lifetime=1000)
     parent_ticket = keys.seal(_contents(), NOW)  # the chain starts at NOW
-    read_end, write_end = os.pipe()
 
-    def child() -> None:
-        os.close(read_end)
+    def child() -> bytes:
         assert keys.open(parent_ticket, NOW + 350) is not None  # 3 rotations later
-        with os.fdopen(write_end, "wb") as pipe:
-            pipe.write(keys.seal(_contents(NOW + 420), NOW + 420))  # under link 4
+        return keys.seal(_contents(NOW + 420), NOW + 420)  # under link 4
 
-    in_a_child_forked_with_locks_held([], child)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        child_ticket = pipe.read()
+    child_ticket = _sealed_in_a_child(child)
     assert keys.open(child_ticket, NOW + 430) is not None  # the parent steps to link 4 itself
     assert keys.seal(_contents(NOW + 430), NOW + 430)[:8] == child_ticket[:8]  # the same key
     assert keys.open(parent_ticket, NOW + 430) is not None
@@ -1644,19 +1648,13 @@ def test_after_rotate_the_new_tickets_open_in_no_process_forked_before() -> None
     start = time.time()
     keys = TicketKeys(rotation=100, lifetime=1000)
     parent_ticket = keys.seal(_contents(start), start)  # the chain starts here
-    read_end, write_end = os.pipe()
 
-    def child() -> None:
-        os.close(read_end)
+    def child() -> bytes:
         keys.rotate(start + 10)
         assert keys.open(parent_ticket, start + 20) is not None  # the old keys stay valid
-        with os.fdopen(write_end, "wb") as pipe:
-            pipe.write(keys.seal(_contents(start + 20), start + 20))
+        return keys.seal(_contents(start + 20), start + 20)
 
-    in_a_child_forked_with_locks_held([], child)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        child_ticket = pipe.read()
+    child_ticket = _sealed_in_a_child(child)
     for later in (20, 101, 201, 501):  # the parent steps its own chain meanwhile
         assert keys.open(child_ticket, start + later) is None
     assert keys.open(parent_ticket, start + 501) is not None
@@ -1669,20 +1667,12 @@ def test_a_context_that_never_sealed_a_ticket_makes_its_keys_before_a_fork() -> 
     connection) opens the tickets of the others."""
     ctx = Context(SERVER)
     assert ctx._ticket_keys is None  # made on first use otherwise
-    tickets = []
-    for _ in range(2):
-        read_end, write_end = os.pipe()
 
-        def child(read_end: int = read_end, write_end: int = write_end) -> None:
-            os.close(read_end)
-            now = time.time()
-            with os.fdopen(write_end, "wb") as pipe:
-                pipe.write(ctx.ticket_keys.seal(_contents(now), now))
+    def child() -> bytes:
+        now = time.time()
+        return ctx.ticket_keys.seal(_contents(now), now)
 
-        in_a_child_forked_with_locks_held([], child)
-        os.close(write_end)
-        with os.fdopen(read_end, "rb") as pipe:
-            tickets.append(pipe.read())
+    tickets = [_sealed_in_a_child(child) for _ in range(2)]
     assert ctx._ticket_keys is not None
     for ticket in tickets:
         assert ctx.ticket_keys.open(ticket, time.time()) is not None
