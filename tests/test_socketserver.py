@@ -26,7 +26,8 @@ from typing import Any
 import pytest
 
 import nautilus
-from nautilus import Context, Identity
+from nautilus import Context, DataReceived, EarlyDataRejected, Identity
+from nautilus.protocol.connection import Connection
 from nautilus.server import NautilusServerMixin
 
 HOST = "127.0.0.1"
@@ -215,8 +216,8 @@ def test_clients_of_a_forking_server_resume() -> None:
         lock = threading.Lock()  # (for HashEcho, in each child)
         handled = 0
 
-    connections = 4
-    server = Server((HOST, 0), HashEcho, context=Context(SERVER_ID))
+    connections = 5  # the last one sends its request as 0-RTT data
+    server = Server((HOST, 0), HashEcho, context=Context(SERVER_ID, early_data=True))
     pid = os.fork()
     if pid == 0:  # the server process
         code = 1
@@ -231,8 +232,8 @@ def test_clients_of_a_forking_server_resume() -> None:
     server.socket.close()  # (the server process has its own)
     resumed = []
     try:
-        ctx = Context(trusted_peers=[SERVER_ID.public])
-        for n in range(connections):
+        ctx = Context(trusted_peers=[SERVER_ID.public], early_data=True)
+        for n in range(connections - 1):
             data = b"request %d" % n
             with nautilus.create_connection(server.server_address, context=ctx, timeout=30) as sock:
                 sock.sendall(struct.pack(">Q", len(data)) + data)
@@ -242,10 +243,30 @@ def test_clients_of_a_forking_server_resume() -> None:
                     assert f.read(1) == b""  # then a clean end (the ticket came before)
                 assert sock.session is not None
                 resumed.append(sock.session.resumed)
+        # Early data: another child than the one that issued the ticket
+        # refuses it (its zone); the client sends it again after the handshake.
+        data = b"early request"
+        events = []
+        host, port = server.server_address
+        with socket.create_connection((host, port), timeout=30) as raw:
+            conn = Connection(ctx, "client", server_name=f"{host}:{port}")
+            conn.start(time.time(), early_data=struct.pack(">Q", len(data)) + data)
+            raw.sendall(conn.data_to_send())
+            while chunk := raw.recv(65536):
+                conn.receive_data(chunk, time.time())
+                raw.sendall(conn.data_to_send())
+                while (event := conn.next_event()) is not None:
+                    events.append(event)
+        assert conn.session is not None
+        resumed.append(conn.session.resumed)
+        assert not conn.session.early_data_accepted
+        assert [type(e) for e in events if isinstance(e, EarlyDataRejected)] == [EarlyDataRejected]
+        received = b"".join(e.data for e in events if isinstance(e, DataReceived))
+        assert received == hashlib.sha256(data).digest() + data  # served once
     finally:
         _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    assert resumed == [False, True, True, True]
+    assert resumed == [False, True, True, True, True]
 
 
 def test_mixin_checks_its_context() -> None:
