@@ -473,9 +473,13 @@ class Context(_SettingFields):
     def ticket_keys(self) -> TicketKeys:
         """(server) The ticket keys, made on first use."""
         with self._replay_lock:
-            if self._ticket_keys is None:
-                self._ticket_keys = TicketKeys(self.ticket_key_rotation, self.ticket_lifetime)
-            return self._ticket_keys
+            return self._ticket_keys_locked()
+
+    def _ticket_keys_locked(self) -> TicketKeys:
+        """The ticket keys, made if there are none yet (``_replay_lock`` held)."""
+        if self._ticket_keys is None:
+            self._ticket_keys = TicketKeys(self.ticket_key_rotation, self.ticket_lifetime)
+        return self._ticket_keys
 
     def _hello_replayed(self, random: bytes, now: float, max_clock_skew: float) -> bool:
         """Record a client hello's random; True if it was seen within the window.
@@ -512,8 +516,7 @@ def _before_fork() -> None:
             continue
         if ctx._replay_lock.acquire(timeout=_FORK_LOCK_WAIT):
             try:
-                if ctx._ticket_keys is None:
-                    ctx._ticket_keys = TicketKeys(ctx.ticket_key_rotation, ctx.ticket_lifetime)
+                ctx._ticket_keys_locked()
             finally:
                 ctx._replay_lock.release()
 

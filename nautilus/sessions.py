@@ -293,8 +293,20 @@ class TicketKeys:
         self._wipe_chain_locked()
         self._chain = bytearray(secrets.token_bytes(32))
         self._link, self._anchor = 0, now
+        self._make_current_locked()
+
+    def _make_current_locked(self) -> None:
+        """The key of the chain's current link becomes the current key."""
+        assert self._chain is not None
         self._current = _Key(self._chain)
         self._install(self._current, None)
+
+    def _forget_locked(self) -> None:
+        """Forget the chain and every key (see :meth:`retire_all`)."""
+        self._wipe_chain_locked()
+        self._current = None
+        self._retired.clear()
+        self._by_id.clear()
 
     def _wipe_chain_locked(self) -> None:
         if self._chain is not None:
@@ -326,8 +338,7 @@ class TicketKeys:
             start += rot  # this link's retirement: the next one's start
             if now - start <= self._lifetime:
                 self._install(_Key(chain), start)
-        self._current = _Key(chain)
-        self._install(self._current, None)
+        self._make_current_locked()
 
     def _rekey_now_locked(self, now: float) -> None:
         """The next link's key is current from ``now`` (the schedule moves
@@ -337,9 +348,7 @@ class TicketKeys:
         self._install(cur, now)
         self._step_locked()
         self._anchor = now - self._link * self._rotation
-        assert self._chain is not None
-        self._current = _Key(self._chain)
-        self._install(self._current, None)
+        self._make_current_locked()
 
     def _rotate_if_due(self, now: float, *, for_fork: bool = False) -> _Key:
         """The current key at ``now`` (made, or the chain stepped, as due);
@@ -402,10 +411,7 @@ class TicketKeys:
         opening here, and the next key starts a new chain (so this process's
         new tickets open in no process forked before)."""
         with self._lock:
-            self._wipe_chain_locked()
-            self._current = None
-            self._retired.clear()
-            self._by_id.clear()
+            self._forget_locked()
 
     def seal(self, contents: TicketContents, now: float) -> bytes:
         """An opaque ticket: key id || nonce || AES-256-GCM(contents).
@@ -502,10 +508,7 @@ def _keys_after_fork_in_child() -> None:
         if keys._held_for_fork:
             keys._held_for_fork = False
         else:  # (no lock: the child has no other thread)
-            keys._wipe_chain_locked()
-            keys._current = None
-            keys._retired.clear()
-            keys._by_id.clear()
+            keys._forget_locked()
         if keys._lock.locked():  # held by the forking thread, or renewed already
             keys._lock.release()
 
