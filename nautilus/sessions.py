@@ -56,7 +56,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_EARLY_DATA",
+    "MAX_SHARED_SECRET",
     "MAX_TICKET_LIFETIME",
+    "MIN_SHARED_SECRET",
     "ZONE_SIZE",
     "LiveSession",
     "SessionCache",
@@ -97,6 +99,14 @@ _MAX_ADVANCE = 1 << 16
 """Most rotation intervals the key chain steps through at once (a hash each,
 about a tenth of a second in all); a longer jump of the clock starts a new
 chain, as a restart does."""
+_SHARED_SALT = b"nautilus shared ticket key secret v1"
+_SHARED_LINK_LABEL = b"nautilus shared ticket key link"
+MIN_SHARED_SECRET = 32
+"""Fewest bytes of a secret given to :meth:`TicketKeys.share_secret`."""
+MAX_SHARED_SECRET = 4096
+"""Most bytes of a secret given to :meth:`TicketKeys.share_secret`."""
+_MAX_SHARED_LINK = 1 << 62
+"""Most intervals from 1970 a shared key's link may be (its number is 8 bytes)."""
 ZONE_SIZE = 8
 """Bytes of an early-data zone (see :attr:`TicketContents.zone`)."""
 _NONCE_SIZE = 12
@@ -210,7 +220,8 @@ class _Key:
 
 class TicketKeys:
     """The server's rotating ticket keys (in memory: a restart voids all
-    tickets; a child made by ``fork()`` shares them).
+    tickets, unless the keys come from a shared secret; a child made by
+    ``fork()`` shares them).
 
     The keys follow a chain: a random secret made at the first use (or
     before a ``fork()``), then ``SHA-256(label || secret)`` at each rotation,
@@ -221,6 +232,12 @@ class TicketKeys:
     rotation. The chain only goes forward, so a key once forgotten cannot be
     made again from what the process keeps. (Each process accepts early data
     only for the tickets it issued itself: :attr:`TicketContents.zone`.)
+
+    Processes that are not forked from one another (several machines, or
+    workers started on their own) share the keys through :meth:`share_secret`:
+    each key is then derived from a secret they all hold, on a schedule
+    counted from 1970, so a restarted process also opens the tickets issued
+    before its restart.
 
     Args:
         rotation: seconds between key rotations.
@@ -253,6 +270,15 @@ class TicketKeys:
         # Every key that opens tickets, current and retired, by key id; the
         # retirement time, None for the current key.
         self._by_id: dict[bytes, tuple[_Key, float | None]] = {}
+        # With a secret shared with other processes (share_secret): the
+        # secret, as HMAC(salt, secret); the keys of the links that may open
+        # tickets, by link (link n is current from n * rotation); and the
+        # link, rotation and lifetime the window was made for.
+        self._shared: bytearray | None = None
+        self._window: dict[int, _Key] = {}
+        self._window_at: tuple[int, float, float] | None = None
+        # share_secret() was called: the keys made before retire at the next time passed.
+        self._switched = False
         self._held_for_fork = False  # (its lock is held across a fork: _keys_before_fork)
         _TICKET_KEYS.add(self)
 
@@ -266,10 +292,18 @@ class TicketKeys:
         """Ticket lifetime: how long a retired key keeps opening tickets."""
         return self._lifetime
 
+    @property
+    def shares_secret(self) -> bool:
+        """Whether the keys are derived from a secret given to :meth:`share_secret`."""
+        return self._shared is not None
+
     def set_timing(self, rotation: float, lifetime: float) -> None:
         """Change the rotation interval and the lifetime, checked as by the
         constructor; they apply from the next :meth:`seal` or :meth:`open`.
         The current key stays current for the new interval from its start.
+        (With a shared secret, a new rotation interval means new keys from
+        the next seal or open, the old ones retired then: the keys are
+        derived from the interval too.)
 
         Raises:
             TypeError, ValueError: as the constructor.
@@ -301,12 +335,21 @@ class TicketKeys:
         self._current = _Key(self._chain)
         self._install(self._current, None)
 
-    def _forget_locked(self) -> None:
-        """Forget the chain and every key (see :meth:`retire_all`)."""
+    def _forget_locked(self, *, keep_shared: bool = False) -> None:
+        """Forget the chain and every key (see :meth:`retire_all`), and the
+        shared secret unless ``keep_shared``."""
         self._wipe_chain_locked()
         self._current = None
         self._retired.clear()
         self._by_id.clear()
+        self._window, self._window_at, self._switched = {}, None, False
+        if not keep_shared:
+            self._wipe_shared_locked()
+
+    def _wipe_shared_locked(self) -> None:
+        shared, self._shared = self._shared, None
+        if shared is not None:
+            shared[:] = bytes(len(shared))
 
     def _wipe_chain_locked(self) -> None:
         if self._chain is not None:
@@ -350,16 +393,88 @@ class TicketKeys:
         self._anchor = now - self._link * self._rotation
         self._make_current_locked()
 
+    def _apply_switch_locked(self, now: float) -> None:
+        """After :meth:`share_secret`: the keys made before (the chain's
+        current key, or the window of the secret shared before) retire at ``now``."""
+        self._switched = False
+        cur, self._current = self._current, None
+        if cur is not None:
+            self._install(cur, now)
+        self._retire_window_locked(now)
+
+    def _retire_window_locked(self, now: float) -> None:
+        """The window's keys retire, each at its own retirement or ``now``."""
+        at = self._window_at
+        if at is None:
+            return
+        rot = at[1]
+        for link, key in sorted(self._window.items()):
+            self._install(key, min((link + 1) * rot, now))
+        self._window, self._window_at = {}, None
+
+    def _shared_key_locked(self, now: float) -> _Key:
+        """The key of the shared schedule's link at ``now``; the window of
+        keys is made again when ``now`` passes into the next link or is over
+        one link back (the clock went back), or when the timing changed."""
+        rot, life = self._rotation, self._lifetime
+        span = now / rot
+        if not -_MAX_SHARED_LINK < span < _MAX_SHARED_LINK:
+            raise ValueError(
+                f"now ({now:g} s) is too far from 1970 for ticket keys derived from a shared "
+                f"secret every {rot:g} s"
+            )
+        link = math.floor(span)
+        at = self._window_at
+        if at is None or at[1:] != (rot, life) or not at[0] - 1 <= link <= at[0]:
+            self._make_window_locked(link, now)
+        return self._window[link]
+
+    def _make_window_locked(self, link: int, now: float) -> None:
+        """The keys of the links that may open tickets at ``now``: from the
+        one retired a lifetime ago to the next one (which a process whose
+        clock is a little ahead seals with already). Each is current from
+        ``link * rotation`` and retires one interval later."""
+        rot, life = self._rotation, self._lifetime
+        if self._window_at is not None and self._window_at[1] != rot:
+            self._retire_window_locked(now)  # (made for another schedule)
+        old, window = self._window, {}
+        first = max(link - _MAX_RETIRED_KEYS, math.ceil((now - life) / rot) - 1)
+        for n in range(first, link + 2):
+            key = old.pop(n, None)
+            if key is None:
+                key = self._derive_locked(n, rot)
+            window[n] = key
+            self._by_id[key.key_id] = (key, None if n >= link else (n + 1) * rot)
+        for key in old.values():  # (out of the window: opens nothing now)
+            if self._by_id.get(key.key_id, (None,))[0] is key:
+                del self._by_id[key.key_id]
+        self._window, self._window_at = window, (link, rot, life)
+
+    def _derive_locked(self, link: int, rot: float) -> _Key:
+        """The key of one link of the shared schedule."""
+        assert self._shared is not None
+        info = _SHARED_LINK_LABEL + struct.pack(">dq", rot, link)
+        secret = bytearray(hmac.digest(self._shared, info, "sha256"))
+        try:
+            return _Key(secret)
+        finally:
+            secret[:] = bytes(len(secret))
+
     def _rotate_if_due(self, now: float, *, for_fork: bool = False) -> _Key:
-        """The current key at ``now`` (made, or the chain stepped, as due);
+        """The current key at ``now`` (made, or the chain stepped, or the
+        shared schedule followed, as due);
         retired keys past their lifetime are forgotten. ``for_fork``: only
         make the chain or step it forward, and forget only the keys past
         their lifetime by over _CLOCK_WENT_BACK too (the hook's time may be
         a little later than the one its connections pass), and those over
         the cap: a socketserver.ForkingMixIn parent, which never seals nor
         opens a ticket, would keep every key its forks stepped through."""
+        if self._switched:
+            self._apply_switch_locked(now)
         cur = self._current
-        if cur is None or self._chain is None:
+        if self._shared is not None:
+            cur = self._shared_key_locked(now)
+        elif cur is None or self._chain is None:
             self._new_chain_locked(now)
         else:
             rot = self._rotation
@@ -381,6 +496,9 @@ class TicketKeys:
             key, _ = retired.popleft()
             if self._by_id.get(key.key_id, (None,))[0] is key:
                 del self._by_id[key.key_id]
+        if self._shared is not None:
+            assert cur is not None
+            return cur
         assert self._current is not None
         return self._current
 
@@ -397,11 +515,24 @@ class TicketKeys:
         that their new tickets open in the process that issued them only (and
         in its later children).
 
+        With a shared secret the keys change on the shared schedule only
+        (every process must make the same key at the same time): to change
+        them at once, give every process a new secret.
+
         Raises:
             TypeError, ValueError: ``now`` is not a finite number.
+            RuntimeError: the keys follow a shared secret (:meth:`share_secret`).
         """
         self._check_now(now)
         with self._lock:
+            if self._shared is not None:
+                raise RuntimeError(
+                    "these ticket keys are derived from a shared secret and change on its "
+                    "schedule: to change them now, give every process a new secret "
+                    "(share_secret), or stop sharing (share_secret(None)) first"
+                )
+            if self._switched:
+                self._apply_switch_locked(now)
             # A new chain, not the next link: the processes forked before
             # reach that link on their own schedule, and would open its tickets.
             self._new_chain_locked(now)
@@ -409,9 +540,51 @@ class TicketKeys:
     def retire_all(self) -> None:
         """Forget every key and the chain: every ticket issued so far stops
         opening here, and the next key starts a new chain (so this process's
-        new tickets open in no process forked before)."""
+        new tickets open in no process forked before). A shared secret is
+        forgotten too (it makes the keys again): the keys are this process's
+        own from then on, until :meth:`share_secret` is given a new one."""
         with self._lock:
             self._forget_locked()
+
+    def share_secret(self, secret: bytes | bytearray | None) -> None:
+        """Derive the keys from ``secret``, which other processes share, from
+        the next :meth:`seal` or :meth:`open` (None: stop, and make keys of
+        this process's own again).
+
+        Every process (on any machine) given the same secret, with the same
+        rotation interval, makes the same keys at the same times without
+        talking to the others: key n, ``HMAC(secret, n)`` in effect, is
+        current from ``n * rotation`` seconds after 1970. So each opens the
+        tickets of the others, and a restarted process those issued before
+        its restart. The keys made before this call stop sealing then and
+        keep opening their tickets for one lifetime. Keep the secret as
+        secret as the server's identity key: it makes every key, past and
+        future, while it is in use (no forward secrecy for the tickets: see
+        docs/sessions.md 2.4); nothing here wipes the caller's copy.
+
+        Raises:
+            TypeError: ``secret`` is not bytes, bytearray or None.
+            ValueError: ``secret`` is shorter than 32 bytes or longer than 4096.
+        """
+        shared = None
+        if secret is not None:
+            if not isinstance(secret, (bytes, bytearray)):
+                raise TypeError(
+                    f"secret must be bytes, bytearray or None, not {type(secret).__name__}"
+                )
+            if not MIN_SHARED_SECRET <= len(secret) <= MAX_SHARED_SECRET:
+                raise ValueError(
+                    f"a shared ticket key secret must be {MIN_SHARED_SECRET} to "
+                    f"{MAX_SHARED_SECRET} bytes (random), got {len(secret)}"
+                )
+            shared = bytearray(hmac.digest(_SHARED_SALT, bytes(secret), "sha256"))
+        with self._lock:
+            if shared is None and self._shared is None and not self._switched:
+                return  # (nothing was shared: the keys stay)
+            self._wipe_shared_locked()
+            self._shared = shared
+            self._wipe_chain_locked()  # (a new chain when the sharing stops)
+            self._switched = True
 
     def seal(self, contents: TicketContents, now: float) -> bytes:
         """An opaque ticket: key id || nonce || AES-256-GCM(contents).
@@ -492,7 +665,7 @@ def _keys_before_fork() -> None:
         keys._held_for_fork = True
         try:
             keys._rotate_if_due(now, for_fork=True)
-        except NautilusError as exc:  # pragma: no cover - OpenSSL failed to make a key
+        except (NautilusError, ValueError) as exc:  # pragma: no cover - OpenSSL failed, far clock
             log.debug("ticket keys not made before fork: %s", type(exc).__name__)
 
 
@@ -508,7 +681,7 @@ def _keys_after_fork_in_child() -> None:
         if keys._held_for_fork:
             keys._held_for_fork = False
         else:  # (no lock: the child has no other thread)
-            keys._forget_locked()
+            keys._forget_locked(keep_shared=True)  # (the secret is swapped whole: never half-made)
         if keys._lock.locked():  # held by the forking thread, or renewed already
             keys._lock.release()
 
