@@ -433,12 +433,14 @@ class TicketKeys:
         """The keys of the links that may open tickets at ``now``: from the
         one retired a lifetime ago to the next one (which a process whose
         clock is a little ahead seals with already). Each is current from
-        ``link * rotation`` and retires one interval later."""
+        ``link * rotation`` and retires one interval later. The previous
+        link's key is kept even if it opens nothing (a lifetime shorter than
+        the interval): a time back in its interval seals with it."""
         rot, life = self._rotation, self._lifetime
         if self._window_at is not None and self._window_at[1] != rot:
             self._retire_window_locked(now)  # (made for another schedule)
         old, window = self._window, {}
-        first = max(link - _MAX_RETIRED_KEYS, math.ceil((now - life) / rot) - 1)
+        first = max(link - _MAX_RETIRED_KEYS, min(link - 1, math.ceil((now - life) / rot) - 1))
         for n in range(first, link + 2):
             key = old.pop(n, None)
             if key is None:

@@ -476,3 +476,20 @@ def test_a_server_restarted_as_a_new_process_resumes_with_the_shared_secret(
     assert len(client_ctx.session_cache) == 1
     second = _ServerProcess(identity, first.port, share=share)  # the restart
     assert second.exchange(client_ctx) == (share, share)
+
+
+def test_a_time_back_in_the_previous_interval_seals_when_the_lifetime_is_shorter() -> None:
+    """With a lifetime shorter than the interval (allowed: ticket_lifetime 600
+    under the default rotation), a window made over a lifetime into an
+    interval still has the previous interval's key: a time back in that
+    interval (a clock stepped back, a stale time) seals and opens under it,
+    and raises nothing."""
+    lifetime = 600.0
+    keys = _keys(lifetime=lifetime)
+    start = LINK * ROTATION
+    _seal(keys, start + lifetime + 100)  # first used after a lifetime in the interval
+    back = start - 100  # in the previous interval
+    ticket = keys.seal(_contents(back), back)
+    assert ticket[:8] == _seal(_keys(lifetime=lifetime), back)[:8]
+    assert _opens(keys, ticket, back + 1)
+    assert not _opens(keys, ticket, start + lifetime + 1)  # (its lifetime is over)
