@@ -395,11 +395,12 @@ class TicketKeys:
 
     def _apply_switch_locked(self, now: float) -> None:
         """After :meth:`share_secret`: the keys made before (the chain's
-        current key, or the window of the secret shared before) retire at ``now``."""
+        current key, or the window of the secret shared before) retire at
+        ``now``, or at the end of their interval if that came first."""
         self._switched = False
         cur, self._current = self._current, None
-        if cur is not None:
-            self._install(cur, now)
+        if cur is not None:  # (at the end of its interval if that came first: no use since)
+            self._install(cur, min(now, self._anchor + (self._link + 1) * self._rotation))
         self._retire_window_locked(now)
 
     def _retire_window_locked(self, now: float) -> None:

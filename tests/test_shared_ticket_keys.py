@@ -192,6 +192,22 @@ def test_keys_made_before_sharing_keep_opening_for_one_lifetime() -> None:
     assert not _opens(keys, own, NOW + 10 + LIFETIME + 1)
 
 
+def test_a_key_of_its_own_unused_since_its_interval_ended_opens_one_lifetime_after_it() -> None:
+    """The switch happens at the next time passed, maybe long after the last
+    one: the key of the process's own chain retires at the end of its
+    interval then, not at the switch (its tickets do not open for longer
+    than the schedule promises)."""
+    keys = TicketKeys(ROTATION, LIFETIME)
+    own = _seal(keys, NOW)  # current from NOW to NOW + ROTATION
+    keys.share_secret(SECRET)
+    assert _opens(keys, own, NOW + ROTATION + LIFETIME)  # the switch, within its lifetime
+    keys = TicketKeys(ROTATION, LIFETIME)
+    own = _seal(keys, NOW)
+    keys.share_secret(SECRET)
+    assert not _opens(keys, own, NOW + ROTATION + LIFETIME + 10)  # the switch, after it
+    assert not _opens(keys, own, NOW + ROTATION + 2 * LIFETIME)
+
+
 def test_a_new_secret_takes_over_and_the_old_ones_tickets_keep_opening() -> None:
     keys = _keys()
     old = _seal(keys, NOW)
