@@ -584,8 +584,11 @@ class TicketKeys:
         with self._lock:
             if shared is None and self._shared is None and not self._switched:
                 return  # (nothing was shared: the keys stay)
-            self._wipe_shared_locked()
-            self._shared = shared
+            # One assignment: a child forked meanwhile (this lock held) has
+            # the old secret or the new one, never none (see _keys_after_fork_in_child).
+            old, self._shared = self._shared, shared
+            if old is not None:
+                old[:] = bytes(len(old))
             self._wipe_chain_locked()  # (a new chain when the sharing stops)
             self._switched = True
 

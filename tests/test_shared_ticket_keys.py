@@ -358,6 +358,33 @@ def test_a_child_forked_while_another_thread_held_the_keys_keeps_the_secret() ->
     assert _opens(keys, sealed_in_child, NOW + 3)
 
 
+def test_a_new_secret_replaces_the_old_one_at_once_for_a_child_forked_meanwhile() -> None:
+    """A child forked while another thread is in share_secret() (its lock
+    held: the child keeps the secret, forgets the keys) must find the old
+    secret or the new one: at every line run under the lock, one is there."""
+    keys = _keys()
+    seen: list[bool] = []
+    watched = {TicketKeys.share_secret.__code__, TicketKeys._wipe_shared_locked.__code__}
+
+    def line(frame: Any, event: str, arg: Any) -> Any:
+        if event == "line" and keys._lock.locked():
+            seen.append(keys._shared is not None)
+        return line
+
+    def call(frame: Any, event: str, arg: Any) -> Any:
+        return line if frame.f_code in watched else None
+
+    previous = sys.gettrace()  # (a coverage tracer: put back after)
+    sys.settrace(call)
+    try:
+        keys.share_secret(bytes(range(32)))
+    finally:
+        sys.settrace(previous)
+    assert seen  # (the lines under the lock were seen)
+    assert all(seen)
+    assert _seal(keys, NOW)[:8] == _seal(_keys(bytes(range(32))), NOW)[:8]
+
+
 # ------------------------------------------------------------- through the protocol
 
 
