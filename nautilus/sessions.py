@@ -319,11 +319,17 @@ class TicketKeys:
             self._retired.append((key, retired))
         self._by_id[key.key_id] = (key, retired)  # (a 64-bit id collision replaces a key)
 
+    def _current_until_locked(self) -> float:
+        """When the chain's current key stops sealing, on its schedule."""
+        return self._anchor + (self._link + 1) * self._rotation
+
     def _new_chain_locked(self, now: float) -> None:
-        """A new random chain whose first key is current from ``now``."""
+        """A new random chain whose first key is current from ``now``; the
+        current key retires then, or at the end of its interval if that came
+        first (unused since: after a quiet spell, or a jump of the clock)."""
         cur = self._current
         if cur is not None:
-            self._install(cur, now)
+            self._install(cur, min(now, self._current_until_locked()))
         self._wipe_chain_locked()
         self._chain = bytearray(secrets.token_bytes(32))
         self._link, self._anchor = 0, now
@@ -400,7 +406,7 @@ class TicketKeys:
         self._switched = False
         cur, self._current = self._current, None
         if cur is not None:  # (at the end of its interval if that came first: no use since)
-            self._install(cur, min(now, self._anchor + (self._link + 1) * self._rotation))
+            self._install(cur, min(now, self._current_until_locked()))
         self._retire_window_locked(now)
 
     def _retire_window_locked(self, now: float) -> None:

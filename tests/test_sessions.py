@@ -1552,7 +1552,8 @@ def test_key_retired_over_a_lifetime_ago_opens_nothing_after_the_clock_went_back
 def test_a_huge_jump_of_the_clock_starts_a_new_chain_at_once() -> None:
     """The chain steps once per rotation interval passed; past _MAX_ADVANCE of
     them (a `now` far ahead) it starts anew, as a restart would, rather than
-    step for ever. Tickets of the old chain still open for a lifetime."""
+    step for ever. Tickets of the old chain open for a lifetime after their
+    key's interval ended (not after the jump: the key sealed nothing since)."""
     keys = TicketKeys(rotation=1, lifetime=1000)
     old = keys.seal(_contents(), NOW)
     results: list[bytes] = []
@@ -1565,7 +1566,7 @@ def test_a_huge_jump_of_the_clock_starts_a_new_chain_at_once() -> None:
     assert results[0][:8] != old[:8]
     assert keys._link == 0  # a new chain
     assert keys.open(results[0], far + 1) is not None
-    assert keys.open(old, far + 1000) is not None  # retired at `far`
+    assert keys.open(old, far + 1000) is None  # retired at NOW + 1, not at `far`
     assert keys._link == 1000  # (opening at far + 1000 stepped the chain)
     # Within the bound the chain steps, and keeps its place in the schedule.
     near = far + 1000 + _MAX_ADVANCE
@@ -1589,7 +1590,7 @@ def test_times_too_far_apart_for_a_float_start_a_new_chain(
     assert ticket[:8] != old[:8]
     assert keys._link == 0  # a new chain
     assert keys.open(ticket, then) is not None
-    assert keys.open(old, then) is not None  # retired at `then`, as after any jump
+    assert keys.open(old, then) is None  # retired at the end of its interval, long before
 
 
 def test_the_before_fork_hook_forgets_keys_past_their_lifetime(
@@ -1638,6 +1639,21 @@ def test_forked_processes_make_the_same_ticket_keys_through_rotations() -> None:
     assert keys.open(child_ticket, NOW + 430) is not None  # the parent steps to link 4 itself
     assert keys.seal(_contents(NOW + 430), NOW + 430)[:8] == child_ticket[:8]  # the same key
     assert keys.open(parent_ticket, NOW + 430) is not None
+
+
+def test_rotate_retires_the_key_at_the_end_of_its_interval_if_that_came_first() -> None:
+    """rotate() after a quiet spell retired the current key at the call, so
+    its tickets opened up to the spell's length longer than the schedule
+    allows (a retired key opens for one lifetime after its retirement)."""
+    keys = TicketKeys(rotation=10, lifetime=100)
+    ticket = keys.seal(_contents(), NOW)
+    keys.rotate(NOW + 1000)  # the key stopped sealing at NOW + 10
+    assert keys.open(ticket, NOW + 1000) is None
+    keys = TicketKeys(rotation=10, lifetime=100)
+    ticket = keys.seal(_contents(), NOW)
+    keys.rotate(NOW + 5)  # within the interval: retired now
+    assert keys.open(ticket, NOW + 105) is not None
+    assert keys.open(ticket, NOW + 105.5) is None
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
