@@ -586,7 +586,7 @@ class TicketKeys:
                     f"a shared ticket key secret must be {MIN_SHARED_SECRET} to "
                     f"{MAX_SHARED_SECRET} bytes (random), got {len(secret)}"
                 )
-            shared = bytearray(hmac.digest(_SHARED_SALT, bytes(secret), "sha256"))
+            shared = bytearray(hmac.digest(_SHARED_SALT, secret, "sha256"))  # (no copy of it)
         with self._lock:
             if shared is None and self._shared is None and not self._switched:
                 return  # (nothing was shared: the keys stay)
@@ -605,6 +605,8 @@ class TicketKeys:
             TypeError, ValueError: ``contents`` is not a TicketContents, a field
                 of it is out of range for its encoding (or of the wrong type),
                 or ``now`` is not a finite number.
+            ValueError: with a shared secret, ``now`` is 2**62 rotation
+                intervals or more from 1970.
         """
         if not isinstance(contents, TicketContents):
             raise TypeError(f"contents must be a TicketContents, not {type(contents).__name__}")
@@ -629,6 +631,8 @@ class TicketKeys:
         Raises:
             TypeError, ValueError: ``ticket`` is not bytes, or ``now`` is not a
                 finite number.
+            ValueError: with a shared secret, ``now`` is 2**62 rotation
+                intervals or more from 1970.
         """
         if not isinstance(ticket, bytes):
             raise TypeError(f"ticket must be bytes, not {type(ticket).__name__}")
