@@ -28,6 +28,7 @@ from nautilus.protocol.messages import (
     RECORD_SEALED,
     MsgType,
 )
+from nautilus.sessions import TicketContents
 
 NOW = 1_800_000_000.0
 """The fixed wall-clock time of every test (2027-01-15)."""
@@ -43,6 +44,25 @@ Intercept = Callable[[Connection, Connection, bytes], bytes]
 def cached_identity(kind: str = "ed25519", n: int = 0) -> Identity:
     """A process-wide identity per (kind, n): key generation is not what we test."""
     return Identity.generate(kind)
+
+
+def ticket_contents(
+    issued: float = NOW, lifetime: float = 7200.0, client_key: bytes = b""
+) -> TicketContents:
+    """What a server seals in a ticket (random secrets; for ticket-key tests)."""
+    return TicketContents(
+        issued=issued,
+        lifetime=lifetime,
+        cipher=0x1302,
+        psk=os.urandom(32),
+        server_id_hash=os.urandom(32),
+        namespace=b"nautilus",
+        client_key=client_key,
+        client_certificate=b"",
+        max_early_data=1024,
+        age_add=12345,
+        authenticated=issued,
+    )
 
 
 def make_identity(kind: str = "ed25519") -> Identity:

@@ -36,6 +36,7 @@ from protocol_helpers import (
     rewrite_plain_handshake,
     split_plain_handshake,
     split_records,
+    ticket_contents,
 )
 
 import nautilus.context as context_module
@@ -1323,19 +1324,7 @@ def test_a_closed_client_reads_no_ticket_it_could_not_find_again() -> None:
 
 
 def _contents(issued: float = NOW, lifetime: float = 7200.0) -> TicketContents:
-    return TicketContents(
-        issued=issued,
-        lifetime=lifetime,
-        cipher=0x1302,
-        psk=os.urandom(32),
-        server_id_hash=os.urandom(32),
-        namespace=b"nautilus",
-        client_key=CLIENT.public.to_bytes(),
-        client_certificate=b"",
-        max_early_data=1024,
-        age_add=12345,
-        authenticated=issued,
-    )
+    return ticket_contents(issued, lifetime, CLIENT.public.to_bytes())
 
 
 def test_ticket_contents_repr_hides_the_psk() -> None:

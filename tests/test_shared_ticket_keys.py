@@ -12,7 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from protocol_helpers import NOW, Pair, cached_identity, in_a_child_forked_with_locks_held
+from protocol_helpers import (
+    NOW,
+    Pair,
+    cached_identity,
+    in_a_child_forked_with_locks_held,
+    ticket_contents,
+)
 
 import nautilus
 from nautilus import Context, Identity
@@ -36,19 +42,7 @@ CACHE_KEY = SessionCache.key("*", SERVER_NAME)
 
 
 def _contents(issued: float = NOW) -> TicketContents:
-    return TicketContents(
-        issued=issued,
-        lifetime=LIFETIME,
-        cipher=0x1302,
-        psk=os.urandom(32),
-        server_id_hash=os.urandom(32),
-        namespace=b"nautilus",
-        client_key=b"",
-        client_certificate=b"",
-        max_early_data=0,
-        age_add=1,
-        authenticated=issued,
-    )
+    return ticket_contents(issued, LIFETIME)
 
 
 def _keys(
