@@ -352,10 +352,13 @@ class TicketKeys:
         if not keep_shared:
             self._wipe_shared_locked()
 
-    def _wipe_shared_locked(self) -> None:
-        shared, self._shared = self._shared, None
-        if shared is not None:
-            shared[:] = bytes(len(shared))
+    def _wipe_shared_locked(self, new: bytearray | None = None) -> None:
+        """Wipe the shared secret, replaced by ``new`` in one assignment (a
+        child forked meanwhile, this lock held, has the old or the new one,
+        never none: see _keys_after_fork_in_child)."""
+        old, self._shared = self._shared, new
+        if old is not None:
+            old[:] = bytes(len(old))
 
     def _wipe_chain_locked(self) -> None:
         if self._chain is not None:
@@ -505,11 +508,9 @@ class TicketKeys:
             key, _ = retired.popleft()
             if self._by_id.get(key.key_id, (None,))[0] is key:
                 del self._by_id[key.key_id]
-        if self._shared is not None:
-            assert cur is not None
-            return cur
-        assert self._current is not None
-        return self._current
+        due = cur if self._shared is not None else self._current
+        assert due is not None
+        return due
 
     @staticmethod
     def _check_now(now: object) -> None:
@@ -590,11 +591,7 @@ class TicketKeys:
         with self._lock:
             if shared is None and self._shared is None and not self._switched:
                 return  # (nothing was shared: the keys stay)
-            # One assignment: a child forked meanwhile (this lock held) has
-            # the old secret or the new one, never none (see _keys_after_fork_in_child).
-            old, self._shared = self._shared, shared
-            if old is not None:
-                old[:] = bytes(len(old))
+            self._wipe_shared_locked(shared)
             self._wipe_chain_locked()  # (a new chain when the sharing stops)
             self._switched = True
 
