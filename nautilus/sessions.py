@@ -44,7 +44,7 @@ from nautilus.exceptions import IdentityFileError, NautilusError
 from nautilus.identity import _MAX_PEER_ID
 from nautilus.identity import _check_time as _seconds
 from nautilus.protocol.codec import DecodeError, Reader, Writer
-from nautilus.record import AEAD
+from nautilus.record import AEAD, _wipe
 
 try:
     import fcntl as _fcntl
@@ -319,6 +319,11 @@ class TicketKeys:
             self._retired.append((key, retired))
         self._by_id[key.key_id] = (key, retired)  # (a 64-bit id collision replaces a key)
 
+    def _drop_locked(self, key: _Key) -> None:
+        """``key`` opens no more tickets (unless another key took its id)."""
+        if self._by_id.get(key.key_id, (None,))[0] is key:
+            del self._by_id[key.key_id]
+
     def _current_until_locked(self) -> float:
         """When the chain's current key stops sealing, on its schedule."""
         return self._anchor + (self._link + 1) * self._rotation
@@ -358,11 +363,11 @@ class TicketKeys:
         never none: see _keys_after_fork_in_child)."""
         old, self._shared = self._shared, new
         if old is not None:
-            old[:] = bytes(len(old))
+            _wipe(old)
 
     def _wipe_chain_locked(self) -> None:
         if self._chain is not None:
-            self._chain[:] = bytes(len(self._chain))
+            _wipe(self._chain)
             self._chain = None
 
     def _step_locked(self) -> None:
@@ -458,8 +463,7 @@ class TicketKeys:
             window[n] = key
             self._by_id[key.key_id] = (key, None if n >= link else (n + 1) * rot)
         for key in old.values():  # (out of the window: opens nothing now)
-            if self._by_id.get(key.key_id, (None,))[0] is key:
-                del self._by_id[key.key_id]
+            self._drop_locked(key)
         self._window, self._window_at = window, (link, rot, life)
 
     def _derive_locked(self, link: int, rot: float) -> _Key:
@@ -470,7 +474,7 @@ class TicketKeys:
         try:
             return _Key(secret)
         finally:
-            secret[:] = bytes(len(secret))
+            _wipe(secret)
 
     def _rotate_if_due(self, now: float, *, for_fork: bool = False) -> _Key:
         """The current key at ``now`` (made, or the chain stepped, or the
@@ -505,9 +509,7 @@ class TicketKeys:
         # Older tickets than the cap allows fall back to full handshakes; the
         # settings keep a lifetime's worth of keys within it.
         while retired and (now - retired[0][1] > kept or len(retired) > _MAX_RETIRED_KEYS):
-            key, _ = retired.popleft()
-            if self._by_id.get(key.key_id, (None,))[0] is key:
-                del self._by_id[key.key_id]
+            self._drop_locked(retired.popleft()[0])
         due = cur if self._shared is not None else self._current
         assert due is not None
         return due
