@@ -104,6 +104,7 @@ _raw_type = _socket.socket.type.__get__
 _raw_send = socket.socket.send
 _raw_shutdown = socket.socket.shutdown
 _raw_setsockopt = socket.socket.setsockopt
+_TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 _DONTWAIT: int = getattr(socket, "MSG_DONTWAIT", 0)
 _HAS_POLL = hasattr(select, "poll")
 _SHUT_MODES = (socket.SHUT_RD, socket.SHUT_WR, socket.SHUT_RDWR)
@@ -333,6 +334,15 @@ class NautilusSocket(socket.socket):
         timeout = sock.gettimeout()
         sock.detach()
         self.settimeout(timeout)
+        if _raw_family(self) in _TCP_FAMILIES:
+            # As asyncio's transports: Nagle off. The protocol writes on its own
+            # (a client's Finished, a server's tickets, key updates), and an
+            # application's small write right behind such a record would wait
+            # for its ACK, which the peer may delay (40 ms on Linux: a request
+            # after the handshake, or a server's greeting). setsockopt() after
+            # wrapping turns Nagle back on.
+            with contextlib.suppress(OSError):
+                _raw_setsockopt(self, socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._use_connection(conn)
         self._context = context
         self._server_side = server_side

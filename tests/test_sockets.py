@@ -285,6 +285,69 @@ def test_send_accepts_any_bytes_like_object() -> None:
     assert peer.result() == array.array("i", [1, 2, 3]).tobytes() + b"abcdefghxyz"
 
 
+def nagle_off(sock: socket.socket) -> bool:
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+def test_nagle_is_off_on_wrapped_sockets() -> None:
+    """A request right behind the client's Finished (or a greeting right behind
+    the server's tickets) is not held by Nagle's algorithm until the peer's
+    delayed ACK (40 ms on Linux): every way of wrapping turns it off."""
+
+    def serve(sock: NautilusSocket) -> bool:
+        request = sock.recv(100)
+        sock.sendall(request)
+        return nagle_off(sock)
+
+    peer = Peer(serve)
+    with connect(peer) as sock:
+        assert nagle_off(sock)
+        sock.sendall(b"request")
+        assert recv_exactly(sock, 7) == b"request"
+    assert peer.result() is True  # (the server side: Context.wrap_socket)
+
+    peer = Peer(serve)  # wrapped before connect(), then connected
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with client_ctx().wrap_socket(raw) as sock:
+        assert nagle_off(sock)
+        sock.settimeout(PEER_TIMEOUT)
+        sock.connect(peer.address)
+        sock.sendall(b"request")
+        assert recv_exactly(sock, 7) == b"request"
+    assert peer.result() is True
+
+    # NautilusSocket.accept()
+    listener = server_ctx().wrap_socket(socket.create_server((HOST, 0)), server_side=True)
+    with listener:
+        listener.settimeout(PEER_TIMEOUT)
+        client = threading.Thread(
+            target=lambda: connect_and_close(listener.getsockname()), daemon=True
+        )
+        client.start()
+        accepted, _ = listener.accept()
+        with accepted:
+            assert nagle_off(accepted)
+            assert accepted.recv(10) == b""
+        client.join(PEER_TIMEOUT)
+
+
+def connect_and_close(address: Any) -> None:
+    with nautilus.create_connection(address, context=client_ctx(), timeout=PEER_TIMEOUT):
+        pass
+
+
+def test_setsockopt_after_wrapping_turns_nagle_back_on() -> None:
+    peer = Peer(echo)
+    with connect(peer) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+        sock.sendall(b"x" * 1000)
+        assert recv_exactly(sock, 1000) == b"x" * 1000
+        assert not nagle_off(sock)  # (the application's choice stays)
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(10) == b""
+    assert peer.result() == 1000
+
+
 def test_makefile_readline_binary() -> None:
     lines = [f"line {i} {'x' * (i % 50)}\n".encode() for i in range(20_000)]
 
