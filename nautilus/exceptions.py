@@ -72,8 +72,9 @@ class CryptoFailure(NautilusError):
 
 
 class IdentityFileError(NautilusError, ValueError):
-    """An identity or known-peers file is unreadable, corrupt, of the wrong kind,
-    or has permissions that let other users read it."""
+    """An identity, known-peers, session cache or ticket secret file is
+    unreadable, corrupt, of the wrong kind, or has permissions that let other
+    users read it."""
 
 
 class MessageTooLarge(NautilusError, ValueError):

@@ -736,45 +736,8 @@ class Identity:
         if not isinstance(overwrite, bool):
             raise TypeError(f"overwrite must be a bool, not {type(overwrite).__name__}")
         target = _fspath("path", path)
-        # The directory as the system resolves it: "link/../x" is in the
-        # parent of link's target, not lexically next to "link".
-        directory = os.path.dirname(target) or os.curdir
         data = self._file_text().encode("ascii")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC
-        temp = os.path.join(directory, f".{os.path.basename(target)}.{secrets.token_hex(8)}.tmp")
-        try:
-            fd = os.open(temp, flags, 0o600)
-        except OSError as exc:
-            if exc.errno != errno.ENAMETOOLONG:
-                raise
-            # A name near the file system's limit leaves no room for the
-            # temporary name's prefix and suffix: a short one then.
-            temp = os.path.join(directory, f".nautilus-identity.{secrets.token_hex(8)}.tmp")
-            fd = os.open(temp, flags, 0o600)
-        try:
-            try:
-                if _POSIX:
-                    os.fchmod(fd, 0o600)  # whatever the umask: exactly owner read/write
-                _write_all(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            if overwrite:
-                os.replace(temp, target)
-            else:
-                os.link(temp, target)  # EEXIST if anything is there (never followed)
-                os.unlink(temp)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise
-        if _POSIX:
-            with contextlib.suppress(OSError):
-                dir_fd = os.open(directory, os.O_RDONLY | _O_CLOEXEC)
-                try:
-                    os.fsync(dir_fd)
-                finally:
-                    os.close(dir_fd)
+        _write_private_file(target, data, overwrite=overwrite, short_name="nautilus-identity")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Identity:
@@ -828,7 +791,62 @@ def _fspath(name: str, path: object) -> str:
     return result
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_private_file(
+    target: str, data: bytes | bytearray, *, overwrite: bool, short_name: str
+) -> None:
+    """Write ``data`` to ``target`` (a path checked by :func:`_fspath`) with
+    mode 0600, atomically: as a temporary file in the same directory, synced,
+    then renamed over ``target`` (``overwrite``), or linked to it, which fails
+    if anything is there, a dangling symbolic link included (never followed).
+    ``short_name`` names the temporary file when ``target``'s name leaves no
+    room for the usual prefix and suffix.
+
+    Raises:
+        FileExistsError: ``overwrite`` is False and ``target`` exists.
+        OSError: the directory is missing or not writable, disk full, the
+            file system has no hard links (``overwrite=False``), etc.
+    """
+    # The directory as the system resolves it: "link/../x" is in the
+    # parent of link's target, not lexically next to "link".
+    directory = os.path.dirname(target) or os.curdir
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC
+    temp = os.path.join(directory, f".{os.path.basename(target)}.{secrets.token_hex(8)}.tmp")
+    try:
+        fd = os.open(temp, flags, 0o600)
+    except OSError as exc:
+        if exc.errno != errno.ENAMETOOLONG:
+            raise
+        # A name near the file system's limit leaves no room for the
+        # temporary name's prefix and suffix: a short one then.
+        temp = os.path.join(directory, f".{short_name}.{secrets.token_hex(8)}.tmp")
+        fd = os.open(temp, flags, 0o600)
+    try:
+        try:
+            if _POSIX:
+                os.fchmod(fd, 0o600)  # whatever the umask: exactly owner read/write
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if overwrite:
+            os.replace(temp, target)
+        else:
+            os.link(temp, target)  # EEXIST if anything is there (never followed)
+            os.unlink(temp)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    if _POSIX:
+        with contextlib.suppress(OSError):
+            dir_fd = os.open(directory, os.O_RDONLY | _O_CLOEXEC)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+
+def _write_all(fd: int, data: bytes | bytearray) -> None:
     view = memoryview(data)
     while view:
         written = os.write(fd, view)

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from nautilus._fork import live_members, renew_locks_after_fork
 from nautilus.exceptions import IdentityFileError, NautilusError
-from nautilus.identity import _MAX_PEER_ID
+from nautilus.identity import _MAX_PEER_ID, _fspath, _open_checked, _write_private_file
 from nautilus.identity import _check_time as _seconds
 from nautilus.protocol.codec import DecodeError, Reader, Writer
 from nautilus.record import AEAD, _wipe
@@ -66,6 +66,7 @@ __all__ = [
     "StoredTicket",
     "TicketContents",
     "TicketKeys",
+    "write_ticket_secret",
 ]
 
 log = logging.getLogger("nautilus.sessions")
@@ -105,6 +106,8 @@ MIN_SHARED_SECRET = 32
 """Fewest bytes of a secret given to :meth:`TicketKeys.share_secret`."""
 MAX_SHARED_SECRET = 4096
 """Most bytes of a secret given to :meth:`TicketKeys.share_secret`."""
+_SECRET_FILE_SIZE = MIN_SHARED_SECRET
+"""Bytes of the random secret :func:`write_ticket_secret` writes."""
 _MAX_SHARED_LINK = 1 << 62
 """Most intervals from 1970 a shared key's link may be (its number is 8 bytes)."""
 ZONE_SIZE = 8
@@ -597,6 +600,49 @@ class TicketKeys:
             self._wipe_chain_locked()  # (a new chain when the sharing stops)
             self._switched = True
 
+    def share_secret_file(self, path: str | os.PathLike[str]) -> None:
+        """:meth:`share_secret` with the bytes of the file at ``path`` (all of
+        them: a raw binary file, as :func:`write_ticket_secret` writes).
+
+        The file is checked as an identity file is (``Identity.load``): a
+        symbolic link is followed, and what it leads to must be a regular file
+        that neither group nor others may access (``mode & 0o077`` zero; fix
+        with ``chmod 600``). At most ``MAX_SHARED_SECRET + 1`` bytes are read,
+        into memory that is wiped once the secret is derived (or refused).
+
+        Raises:
+            TypeError: ``path`` is not a str or path-like of str.
+            ValueError: ``path`` is empty or contains a NUL character.
+            nautilus.IdentityFileError (a ValueError): the file is missing or
+                cannot be opened or read; it is not a regular file; group or
+                others may access it; or it holds fewer than 32 or more than
+                4096 bytes. Messages name the file, never its content.
+        """
+        target = _fspath("path", path)
+        where = f"ticket secret file '{target}'"
+        buf = bytearray(MAX_SHARED_SECRET + 1)  # (one more: a larger file is seen)
+        secret: bytearray | None = None
+        try:
+            fd = _open_checked(target, os.O_RDONLY, where, 0o077, "chmod 600")
+            try:
+                size = _read_into(fd, buf, where)
+            finally:
+                os.close(fd)
+            if size > MAX_SHARED_SECRET:
+                raise IdentityFileError(f"{where} is too large (over {MAX_SHARED_SECRET} bytes)")
+            if size < MIN_SHARED_SECRET:
+                raise IdentityFileError(
+                    f"{where} is too short: {size} bytes, a shared ticket key secret "
+                    f"has {MIN_SHARED_SECRET} to {MAX_SHARED_SECRET}"
+                )
+            secret = bytearray(size)
+            secret[:] = memoryview(buf)[:size]  # (no bytes object made on the way)
+            self.share_secret(secret)
+        finally:
+            _wipe(buf)
+            if secret is not None:
+                _wipe(secret)
+
     def seal(self, contents: TicketContents, now: float) -> bytes:
         """An opaque ticket: key id || nonce || AES-256-GCM(contents).
 
@@ -656,6 +702,53 @@ class TicketKeys:
             return TicketContents.decode(plain)
         except Exception:  # tampered, or not ours: fall back to a full handshake
             return None
+
+
+def _read_into(fd: int, buf: bytearray, where: str) -> int:
+    """Read ``fd`` from its start into ``buf`` until its end or until ``buf``
+    is full; return the bytes read.
+
+    Raises:
+        nautilus.IdentityFileError: it cannot be read (named by ``where``).
+    """
+    size = 0
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        with open(fd, "rb", buffering=0, closefd=False) as fh, memoryview(buf) as view:
+            while size < len(buf) and (count := fh.readinto(view[size:])):
+                size += count
+    except OSError as exc:
+        raise IdentityFileError(f"{where} cannot be read: {exc.strerror}") from None
+    return size
+
+
+def write_ticket_secret(path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
+    """Write a new secret for :meth:`TicketKeys.share_secret_file` to ``path``:
+    32 random bytes (``os.urandom``), a raw binary file with mode 0600.
+
+    The file is written as ``Identity.save`` writes one: a temporary file in
+    the same directory (never readable by others, even briefly), synced, then
+    linked to ``path``, which fails if anything is there (a dangling symbolic
+    link included: none is followed); with ``overwrite=True`` renamed over
+    ``path`` instead (a symbolic link there is replaced, not followed). Copy
+    the file to every server that is to share the keys, keeping its mode.
+
+    Raises:
+        TypeError: ``path`` is not a str or path-like of str, or
+            ``overwrite`` is not a bool.
+        ValueError: ``path`` is empty or contains a NUL character.
+        FileExistsError: ``overwrite`` is False and ``path`` exists.
+        OSError: the directory is missing or not writable, disk full, the
+            file system has no hard links (``overwrite=False``), etc.
+    """
+    if not isinstance(overwrite, bool):
+        raise TypeError(f"overwrite must be a bool, not {type(overwrite).__name__}")
+    target = _fspath("path", path)
+    secret = bytearray(os.urandom(_SECRET_FILE_SIZE))
+    try:
+        _write_private_file(target, secret, overwrite=overwrite, short_name="nautilus-secret")
+    finally:
+        _wipe(secret)
 
 
 _TICKET_KEYS: weakref.WeakSet[TicketKeys] = weakref.WeakSet()

@@ -21,7 +21,7 @@ from protocol_helpers import (
 )
 
 import nautilus
-from nautilus import Context, Identity
+from nautilus import Context, Identity, IdentityFileError
 from nautilus.protocol.events import EarlyDataReceived
 from nautilus.sessions import (
     _MAX_RETIRED_KEYS,
@@ -30,6 +30,7 @@ from nautilus.sessions import (
     SessionCache,
     TicketContents,
     TicketKeys,
+    write_ticket_secret,
 )
 
 SECRET = bytes.fromhex("5f1c" * 16)  # (any 32 bytes will do in a test)
@@ -441,6 +442,180 @@ def test_another_server_with_the_secret_resumes_but_refuses_the_early_data() -> 
     assert q.server.session.early_data_accepted
     received = b"".join(e.data for e in q.server_events if isinstance(e, EarlyDataReceived))
     assert received == b"request"
+
+
+# ----------------------------------------------------------------- the secret in a file
+
+
+def _secret_file(path: Path, content: bytes, mode: int = 0o600) -> Path:
+    path.write_bytes(content)
+    path.chmod(mode)
+    return path
+
+
+def _from_file(path: Path) -> TicketKeys:
+    keys = TicketKeys(ROTATION, LIFETIME)
+    keys.share_secret_file(path)
+    return keys
+
+
+def test_a_written_secret_file_is_private_random_and_never_replaced_unasked(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "tickets.secret"
+    write_ticket_secret(path)
+    first = path.read_bytes()
+    assert len(first) == MIN_SHARED_SECRET == 32
+    assert path.stat().st_mode & 0o777 == 0o600
+    with pytest.raises(FileExistsError):
+        write_ticket_secret(path)
+    assert path.read_bytes() == first
+    write_ticket_secret(str(path), overwrite=True)
+    assert path.read_bytes() != first  # (32 fresh random bytes)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tickets.secret"]  # no temporary left
+
+
+def test_writing_a_secret_never_follows_a_symbolic_link(tmp_path: Path) -> None:
+    """As Identity.save: a dangling link is something there (nothing is made
+    where it points); overwrite replaces the link itself, not its target."""
+    target = tmp_path / "elsewhere"
+    link = tmp_path / "tickets.secret"
+    link.symlink_to(target)
+    with pytest.raises(FileExistsError):
+        write_ticket_secret(link)
+    assert not target.exists()
+    target.write_bytes(b"not to be touched")
+    write_ticket_secret(link, overwrite=True)
+    assert not link.is_symlink()
+    assert len(link.read_bytes()) == 32
+    assert target.read_bytes() == b"not to be touched"
+
+
+def test_a_secret_file_makes_the_keys_its_bytes_make(tmp_path: Path) -> None:
+    from_file = _from_file(_secret_file(tmp_path / "s", SECRET))
+    assert from_file.shares_secret
+    ticket = _seal(from_file, NOW + 10)
+    assert _opens(_keys(SECRET), ticket, NOW + 20)
+    assert _opens(from_file, _seal(_keys(SECRET), NOW + 30), NOW + 40)
+    # A written file: two servers given it open each other's tickets.
+    path = tmp_path / "written"
+    write_ticket_secret(path)
+    a, b = _from_file(path), _from_file(path)
+    assert _opens(b, _seal(a, NOW), NOW + 1)
+    assert not _opens(from_file, _seal(a, NOW), NOW + 1)
+
+
+def test_the_bytes_read_from_a_secret_file_are_wiped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    given: list[Any] = []
+    share = TicketKeys.share_secret
+
+    def spy(self: TicketKeys, secret: bytes | bytearray | None) -> None:
+        given.append(secret)
+        share(self, secret)
+
+    monkeypatch.setattr(TicketKeys, "share_secret", spy)
+    keys = _from_file(_secret_file(tmp_path / "s", SECRET))
+    assert keys.shares_secret
+    assert len(given) == 1
+    assert isinstance(given[0], bytearray)
+    assert given[0] == bytes(len(SECRET))  # zeros once the keys are derived
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660, 0o700 | 0o010])
+def test_a_secret_file_others_may_access_is_refused(tmp_path: Path, mode: int) -> None:
+    path = _secret_file(tmp_path / "s", SECRET, mode)
+    keys = TicketKeys(ROTATION, LIFETIME)
+    with pytest.raises(IdentityFileError) as exc:
+        keys.share_secret_file(path)
+    message = str(exc.value)
+    assert f"permissions {mode:04o}" in message
+    assert f"chmod 600 '{path}'" in message
+    assert not keys.shares_secret
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o400])
+def test_a_private_secret_file_is_accepted(tmp_path: Path, mode: int) -> None:
+    assert _from_file(_secret_file(tmp_path / "s", SECRET, mode)).shares_secret
+
+
+@pytest.mark.parametrize("size", [0, 1, MIN_SHARED_SECRET - 1, MAX_SHARED_SECRET + 1, 100_000])
+def test_a_secret_file_of_the_wrong_size_is_refused_without_showing_it(
+    tmp_path: Path, size: int
+) -> None:
+    content = (b"\xa7" + b"Q" * 64) * (size // 65 + 1)
+    path = _secret_file(tmp_path / "s", content[:size])
+    keys = TicketKeys(ROTATION, LIFETIME)
+    with pytest.raises(IdentityFileError) as exc:  # (a ValueError)
+        keys.share_secret_file(path)
+    message = str(exc.value)
+    assert str(path) in message
+    assert str(MAX_SHARED_SECRET if size > MAX_SHARED_SECRET else MIN_SHARED_SECRET) in message
+    assert "QQQQ" not in message
+    assert "\\xa7" not in message
+    assert not keys.shares_secret
+
+
+@pytest.mark.parametrize("size", [MIN_SHARED_SECRET, MAX_SHARED_SECRET])
+def test_a_secret_file_of_either_bound_is_accepted(tmp_path: Path, size: int) -> None:
+    content = os.urandom(size)
+    ticket = _seal(_from_file(_secret_file(tmp_path / "s", content)), NOW)
+    assert _opens(_keys(content), ticket, NOW + 1)
+
+
+def test_a_secret_path_that_is_no_regular_file_or_missing_is_refused(tmp_path: Path) -> None:
+    keys = TicketKeys(ROTATION, LIFETIME)
+    directory = tmp_path / "dir"
+    directory.mkdir(mode=0o700)
+    with pytest.raises(IdentityFileError, match="is not a regular file"):
+        keys.share_secret_file(directory)
+    with pytest.raises(IdentityFileError, match="does not exist"):
+        keys.share_secret_file(tmp_path / "missing")
+    with pytest.raises(TypeError):
+        keys.share_secret_file(b"/a/bytes/path")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        keys.share_secret_file(None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="NUL"):
+        keys.share_secret_file("a\0b")
+    assert not keys.shares_secret
+    with pytest.raises(TypeError):
+        write_ticket_secret(tmp_path / "x", overwrite=1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        write_ticket_secret(3)  # type: ignore[arg-type]
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_secret_file_behind_a_symbolic_link_is_checked_as_an_identity_file_is(
+    tmp_path: Path,
+) -> None:
+    """Identity.load follows a link and checks what it leads to: so here."""
+    real = _secret_file(tmp_path / "real", SECRET)
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    assert _opens(_from_file(link), _seal(_keys(SECRET), NOW), NOW + 1)
+    real.chmod(0o644)
+    with pytest.raises(IdentityFileError, match="chmod 600"):
+        _from_file(link)
+    identity = tmp_path / "id"
+    Identity.generate().save(identity)
+    identity.chmod(0o644)
+    (tmp_path / "id-link").symlink_to(identity)
+    with pytest.raises(IdentityFileError, match="chmod 600"):
+        Identity.load(tmp_path / "id-link")  # (the same policy)
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(IdentityFileError, match="does not exist"):
+        _from_file(dangling)
+
+
+def test_a_refused_secret_file_leaves_the_shared_secret_in_use(tmp_path: Path) -> None:
+    keys = _keys(SECRET)
+    with pytest.raises(IdentityFileError):
+        keys.share_secret_file(_secret_file(tmp_path / "short", b"x" * 8))
+    assert keys.shares_secret
+    assert _opens(keys, _seal(_keys(SECRET), NOW), NOW + 1)
 
 
 # ----------------------------------------------------------- separate processes, for real
