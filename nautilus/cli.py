@@ -4,22 +4,32 @@
 
     nautilus identity new PATH [--kind KIND] [--force]
     nautilus identity show PATH
+    nautilus ticket-secret new PATH [--force]
     nautilus serve HOST:PORT --identity PATH [--trust PEER ...] [--known-peers FILE]
                    [--client-auth off|optional|required] [--timeout SECONDS]
+                   [--ticket-secret PATH]
     nautilus connect HOST:PORT (--trust PEER ... | --known-peers FILE)
                      [--identity PATH] [--timeout SECONDS] [--wait SECONDS]
+                     [--session-file PATH]
 
 ``identity new`` writes a new identity file (mode 0600) and prints its peer
 id; it never replaces an existing file unless ``--force`` is given.
 ``identity show`` prints the peer id and kind of an identity file (nothing
-secret). ``serve`` runs an echo server (each connection in its own thread)
-until interrupted, and prints ``listening on HOST:PORT as PEER_ID`` on
-stderr once it accepts (port 0 picks a free port; the line names it).
-``connect`` makes one connection, prints the session (peer id, group,
-cipher) on stderr, then copies stdin to the peer and the peer's data to
-stdout, like ``openssl s_client -quiet``. Nautilus has no half-close: after
-the end of stdin, ``connect`` keeps reading until the peer closes or has sent
-nothing for ``--wait`` seconds (default 1), then closes.
+secret). ``ticket-secret new`` writes a new shared ticket-key secret (32
+random bytes, mode 0600) and prints nothing; it never replaces an existing
+file unless ``--force`` is given. ``serve`` runs an echo server (each
+connection in its own thread) until interrupted, and prints ``listening on
+HOST:PORT as PEER_ID`` on stderr once it accepts (port 0 picks a free port;
+the line names it); with ``--ticket-secret`` its ticket keys come from that
+file (``TicketKeys.share_secret_file``), so that its session tickets open in
+every server given the file, a restarted one included. ``connect`` makes one
+connection, prints the session (peer id, group, cipher, and "resumed" for a
+resumed session) on stderr, then copies stdin to the peer and the peer's data
+to stdout, like ``openssl s_client -quiet``; with ``--session-file`` it keeps
+its session tickets in that file (a ``SessionCache``, mode 0600), so that the
+next ``connect`` to the same HOST:PORT and server resumes. Nautilus has no
+half-close: after the end of stdin, ``connect`` keeps reading until the peer
+closes or has sent nothing for ``--wait`` seconds (default 1), then closes.
 
 Exit status: 0 on success, 1 when the operation failed (the message on
 stderr says why, never a secret; output that cannot be written is a
@@ -45,6 +55,7 @@ from nautilus.exceptions import NautilusError
 from nautilus.identity import KINDS, Identity, parse_peer_id
 from nautilus.protocol.events import SessionInfo
 from nautilus.server import NautilusServerMixin
+from nautilus.sessions import SessionCache, write_ticket_secret
 from nautilus.sockets import NautilusSocket, create_connection
 
 __all__ = ["main"]
@@ -113,6 +124,14 @@ def _parser() -> argparse.ArgumentParser:
     show = ident_commands.add_parser("show", help="print an identity file's peer id and kind")
     show.add_argument("path", metavar="PATH")
 
+    secret = commands.add_parser("ticket-secret", help="make shared ticket-key secret files")
+    secret_commands = secret.add_subparsers(dest="secret_command", required=True)
+    new_secret = secret_commands.add_parser(
+        "new", help="write a new shared ticket-key secret file (32 random bytes, mode 0600)"
+    )
+    new_secret.add_argument("path", metavar="PATH")
+    new_secret.add_argument("--force", action="store_true", help="replace an existing file")
+
     def trust_options(sub: argparse.ArgumentParser) -> None:
         sub.add_argument(
             "--trust",
@@ -133,11 +152,22 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("address", type=_address, metavar="HOST:PORT")
     serve.add_argument("--identity", required=True, metavar="PATH", help="the server's identity")
     serve.add_argument("--client-auth", choices=_CLIENT_AUTH, default="off")
+    serve.add_argument(
+        "--ticket-secret",
+        metavar="PATH",
+        help="derive the session ticket keys from this secret file (from 'ticket-secret new'), "
+        "shared with other servers or the next run of this one",
+    )
     trust_options(serve)
 
     connect = commands.add_parser("connect", help="connect, then copy stdin/stdout")
     connect.add_argument("address", type=_address, metavar="HOST:PORT")
     connect.add_argument("--identity", metavar="PATH", help="this client's identity")
+    connect.add_argument(
+        "--session-file",
+        metavar="PATH",
+        help="keep session tickets in this file (mode 0600), to resume the next connection",
+    )
     connect.add_argument(
         "--wait",
         type=_seconds,
@@ -193,6 +223,15 @@ def _identity_new(args: argparse.Namespace, out: BinaryIO) -> None:
     out.write(f"{identity.peer_id}\n".encode())
 
 
+def _ticket_secret_new(args: argparse.Namespace) -> None:
+    try:
+        write_ticket_secret(args.path, overwrite=args.force)
+    except FileExistsError:
+        raise _Failure(f"{args.path} exists: give --force to replace it") from None
+    except (ValueError, OSError) as exc:
+        raise _Failure(f"cannot write {args.path}: {exc}") from None
+
+
 def _identity_show(args: argparse.Namespace, out: BinaryIO) -> None:
     identity = _load(args.path)
     out.write(f"{identity.peer_id}\nkind: {identity.public.kind}\n".encode())
@@ -217,6 +256,11 @@ class _EchoServer(NautilusServerMixin, socketserver.ThreadingTCPServer):
 def _serve(args: argparse.Namespace, err: BinaryIO) -> None:
     identity = _load(args.identity)
     ctx = _context(args, identity, client_auth=args.client_auth)
+    if args.ticket_secret is not None:
+        try:
+            ctx.ticket_keys.share_secret_file(args.ticket_secret)
+        except (ValueError, OSError) as exc:
+            raise _Failure(str(exc)) from None
     try:
         server = _EchoServer(args.address, _EchoHandler, context=ctx)
     except OSError as exc:
@@ -230,7 +274,13 @@ def _serve(args: argparse.Namespace, err: BinaryIO) -> None:
 
 def _connect(args: argparse.Namespace, inp: BinaryIO, out: BinaryIO, err: BinaryIO) -> None:
     identity = _load(args.identity) if args.identity is not None else None
-    ctx = _context(args, identity)
+    extra: dict[str, Any] = {}
+    if args.session_file is not None:
+        try:
+            extra["session_cache"] = SessionCache(path=args.session_file)
+        except (ValueError, OSError) as exc:
+            raise _Failure(str(exc)) from None
+    ctx = _context(args, identity, **extra)
     try:
         sock = create_connection(args.address, context=ctx, timeout=args.timeout)
     except (NautilusError, OSError) as exc:
@@ -326,6 +376,8 @@ def main(
                 _identity_new(args, out)
             else:
                 _identity_show(args, out)
+        elif args.command == "ticket-secret":
+            _ticket_secret_new(args)
         elif args.command == "serve":
             _serve(args, err)
         else:

@@ -220,11 +220,12 @@ def test_timeout_out_of_range_says_the_range_it_takes(
 
 
 class EchoServer:
-    """``python -m nautilus serve`` in a subprocess, on a free loopback port."""
+    """``python -m nautilus serve`` in a subprocess, on a free loopback port
+    (or on ``address``)."""
 
-    def __init__(self, identity: Path, *extra: str) -> None:
+    def __init__(self, identity: Path, *extra: str, address: str = "127.0.0.1:0") -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nautilus", "serve", "127.0.0.1:0", "--identity", str(identity),
+            [sys.executable, "-m", "nautilus", "serve", address, "--identity", str(identity),
              *extra],
             stderr=subprocess.PIPE,
             cwd=Path(__file__).resolve().parent.parent,
@@ -338,3 +339,123 @@ def test_a_server_requiring_client_auth_serves_only_trusted_clients(
         assert err.startswith("nautilus: error: ")
     finally:
         assert srv.stop() == 130
+
+
+def test_ticket_secret_new_writes_a_private_secret_and_prints_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "tickets.secret"
+    assert run("ticket-secret", "new", str(path)) == (0, b"", "")
+    first = path.read_bytes()
+    assert len(first) == 32
+    assert path.stat().st_mode & 0o777 == 0o600
+    status, out, err = run("ticket-secret", "new", str(path))
+    assert (status, out) == (1, b"")
+    assert err == f"nautilus: error: {path} exists: give --force to replace it\n"
+    assert path.read_bytes() == first
+    assert run("ticket-secret", "new", str(path), "--force") == (0, b"", "")
+    assert path.read_bytes() != first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tickets.secret"]
+    status, out, err = run("ticket-secret", "new", str(tmp_path / "missing" / "s"))
+    assert (status, out) == (1, b"")
+    assert err.startswith(f"nautilus: error: cannot write {tmp_path / 'missing' / 's'}: ")
+
+
+def test_connect_with_a_session_file_resumes_across_a_restart_of_a_server_sharing_a_secret(
+    server_id: Path, tmp_path: Path
+) -> None:
+    """Two servers, one after the other on the same address (a restart), from
+    one --ticket-secret file: the second opens the ticket the first issued,
+    which the first connect kept in its --session-file."""
+    secret = tmp_path / "tickets.secret"
+    assert run("ticket-secret", "new", str(secret))[0] == 0
+    sessions = tmp_path / "sessions"
+    first = EchoServer(server_id, "--ticket-secret", str(secret))
+    try:
+        base = ("connect", first.address, "--trust", first.peer_id, "--wait", "0.2")
+        status, out, err = run(*base, "--session-file", str(sessions), stdin=b"one\n")
+        assert (status, out) == (0, b"one\n"), err
+        assert err == f"connected to {first.peer_id} (x25519-mlkem768, aes-256-gcm)\n"
+    finally:
+        assert first.stop() == 130
+    assert sessions.stat().st_mode & 0o777 == 0o600
+    second = EchoServer(server_id, "--ticket-secret", str(secret), address=first.address)
+    try:
+        status, out, err = run(*base, "--session-file", str(sessions), stdin=b"two\n")
+        assert (status, out) == (0, b"two\n"), err
+        assert err == f"connected to {first.peer_id} (x25519-mlkem768, aes-256-gcm, resumed)\n"
+        # Without the file, a full handshake.
+        status, out, err = run(*base, stdin=b"three\n")
+        assert (status, out) == (0, b"three\n"), err
+        assert "resumed" not in err
+    finally:
+        assert second.stop() == 130
+
+
+def test_a_restarted_server_without_the_shared_secret_does_not_resume(
+    server_id: Path, tmp_path: Path
+) -> None:
+    """The same, without --ticket-secret: the restarted server's ticket keys
+    are new, so the ticket kept does not open (a full handshake, no failure)."""
+    sessions = tmp_path / "sessions"
+    first = EchoServer(server_id)
+    try:
+        base = ("connect", first.address, "--trust", first.peer_id, "--wait", "0.2")
+        base += ("--session-file", str(sessions))
+        assert run(*base, stdin=b"one\n")[:2] == (0, b"one\n")
+    finally:
+        assert first.stop() == 130
+    second = EchoServer(server_id, address=first.address)
+    try:
+        status, out, err = run(*base, stdin=b"two\n")
+        assert (status, out) == (0, b"two\n"), err
+        assert err == f"connected to {first.peer_id} (x25519-mlkem768, aes-256-gcm)\n"
+    finally:
+        assert second.stop() == 130
+
+
+def _serve_fails(server_id: Path, *extra: str) -> tuple[int, str]:
+    """``serve`` in a subprocess that is to fail before listening: (status, stderr)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "nautilus", "serve", "127.0.0.1:0", "--identity", str(server_id),
+         *extra],
+        capture_output=True,
+        cwd=Path(__file__).resolve().parent.parent,
+        timeout=60,
+    )  # fmt: skip
+    return proc.returncode, proc.stderr.decode()
+
+
+def test_serve_with_a_bad_ticket_secret_file_fails_cleanly_before_listening(
+    server_id: Path, tmp_path: Path
+) -> None:
+    secret = tmp_path / "tickets.secret"
+    secret.write_bytes(b"S" * 32)
+    secret.chmod(0o644)
+    status, err = _serve_fails(server_id, "--ticket-secret", str(secret))
+    assert status == 1
+    assert err == (
+        f"nautilus: error: ticket secret file '{secret}' has permissions 0644, which allow "
+        f"group or others; run: chmod 600 '{secret}'\n"
+    )
+    secret.chmod(0o600)
+    secret.write_bytes(b"S" * 31)
+    status, err = _serve_fails(server_id, "--ticket-secret", str(secret))
+    assert status == 1
+    assert err.startswith(f"nautilus: error: ticket secret file '{secret}' is too short")
+    assert err.count("\n") == 1
+    assert "SSSS" not in err
+    status, err = _serve_fails(server_id, "--ticket-secret", str(tmp_path / "missing"))
+    assert status == 1
+    assert err == f"nautilus: error: ticket secret file '{tmp_path / 'missing'}' does not exist\n"
+
+
+def test_connect_with_a_bad_session_file_fails_cleanly(tmp_path: Path) -> None:
+    sessions = tmp_path / "sessions"
+    sessions.write_bytes(b"")
+    sessions.chmod(0o644)
+    peer = Identity.generate().peer_id
+    status, out, err = run(
+        "connect", "127.0.0.1:1", "--trust", peer, "--session-file", str(sessions)
+    )
+    assert (status, out) == (1, b"")
+    assert err.startswith("nautilus: error: session cache ")
+    assert err.count("\n") == 1
