@@ -733,11 +733,8 @@ class Identity:
             OSError: the directory is missing or not writable, disk full, the
                 file system has no hard links (``overwrite=False``), etc.
         """
-        if not isinstance(overwrite, bool):
-            raise TypeError(f"overwrite must be a bool, not {type(overwrite).__name__}")
-        target = _fspath("path", path)
         data = self._file_text().encode("ascii")
-        _write_private_file(target, data, overwrite=overwrite, short_name="nautilus-identity")
+        _write_private_file(path, data, overwrite=overwrite, short_name="nautilus-identity")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Identity:
@@ -792,20 +789,19 @@ def _fspath(name: str, path: object) -> str:
 
 
 def _write_private_file(
-    target: str, data: bytes | bytearray, *, overwrite: bool, short_name: str
+    path: object, data: bytes | bytearray, *, overwrite: object, short_name: str
 ) -> None:
-    """Write ``data`` to ``target`` (a path checked by :func:`_fspath`) with
-    mode 0600, atomically: as a temporary file in the same directory, synced,
-    then renamed over ``target`` (``overwrite``), or linked to it, which fails
-    if anything is there, a dangling symbolic link included (never followed).
-    ``short_name`` names the temporary file when ``target``'s name leaves no
-    room for the usual prefix and suffix.
-
-    Raises:
-        FileExistsError: ``overwrite`` is False and ``target`` exists.
-        OSError: the directory is missing or not writable, disk full, the
-            file system has no hard links (``overwrite=False``), etc.
+    """Write ``data`` to ``path`` with mode 0600, atomically: as a temporary
+    file in the same directory, synced, then renamed over ``path``
+    (``overwrite``), or linked to it, which fails if anything is there, a
+    dangling symbolic link included (never followed). ``short_name`` names
+    the temporary file when ``path``'s name leaves no room for the usual
+    prefix and suffix. The arguments are checked here (the public callers'
+    own, with their names). Raises what :meth:`Identity.save` says it does.
     """
+    if not isinstance(overwrite, bool):
+        raise TypeError(f"overwrite must be a bool, not {type(overwrite).__name__}")
+    target = _fspath("path", path)
     # The directory as the system resolves it: "link/../x" is in the
     # parent of link's target, not lexically next to "link".
     directory = os.path.dirname(target) or os.curdir

@@ -734,19 +734,13 @@ def write_ticket_secret(path: str | os.PathLike[str], *, overwrite: bool = False
     the file to every server that is to share the keys, keeping its mode.
 
     Raises:
-        TypeError: ``path`` is not a str or path-like of str, or
-            ``overwrite`` is not a bool.
-        ValueError: ``path`` is empty or contains a NUL character.
-        FileExistsError: ``overwrite`` is False and ``path`` exists.
-        OSError: the directory is missing or not writable, disk full, the
-            file system has no hard links (``overwrite=False``), etc.
+        TypeError, ValueError, FileExistsError, OSError: as
+            :meth:`nautilus.Identity.save` (a bad ``path`` or ``overwrite``,
+            ``path`` exists without ``overwrite``, the file system refused).
     """
-    if not isinstance(overwrite, bool):
-        raise TypeError(f"overwrite must be a bool, not {type(overwrite).__name__}")
-    target = _fspath("path", path)
     secret = bytearray(os.urandom(_SECRET_FILE_SIZE))
     try:
-        _write_private_file(target, secret, overwrite=overwrite, short_name="nautilus-secret")
+        _write_private_file(path, secret, overwrite=overwrite, short_name="nautilus-secret")
     finally:
         _wipe(secret)
 
