@@ -104,7 +104,11 @@ _raw_type = _socket.socket.type.__get__
 _raw_send = socket.socket.send
 _raw_shutdown = socket.socket.shutdown
 _raw_setsockopt = socket.socket.setsockopt
+_raw_getsockopt = socket.socket.getsockopt
 _TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
+# The first write after the handshake (NautilusSocket._push_write): nothing to
+# do, to be pushed (TCP_NODELAY), pushed (Nagle back on at the next write).
+_PUSH_NONE, _PUSH_NEXT, _PUSH_DONE = 0, 1, 2
 _DONTWAIT: int = getattr(socket, "MSG_DONTWAIT", 0)
 _HAS_POLL = hasattr(select, "poll")
 _SHUT_MODES = (socket.SHUT_RD, socket.SHUT_WR, socket.SHUT_RDWR)
@@ -247,6 +251,7 @@ class NautilusSocket(socket.socket):
         "_ipos",
         "_msgs",
         "_out_len",
+        "_push",
         "_queued",
         "_rbuf",
         "_rdata",
@@ -282,6 +287,7 @@ class NautilusSocket(socket.socket):
     _timed_rekey: bool
     _hs_done: bool
     _ready: bool
+    _push: int
     _eof: bool
     _error: BaseException | None
     _error_raised: bool
@@ -334,15 +340,6 @@ class NautilusSocket(socket.socket):
         timeout = sock.gettimeout()
         sock.detach()
         self.settimeout(timeout)
-        if _raw_family(self) in _TCP_FAMILIES:
-            # As asyncio's transports: Nagle off. The protocol writes on its own
-            # (a client's Finished, a server's tickets, key updates), and an
-            # application's small write right behind such a record would wait
-            # for its ACK, which the peer may delay (40 ms on Linux: a request
-            # after the handshake, or a server's greeting). setsockopt() after
-            # wrapping turns Nagle back on.
-            with contextlib.suppress(OSError):
-                _raw_setsockopt(self, socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._use_connection(conn)
         self._context = context
         self._server_side = server_side
@@ -353,6 +350,7 @@ class NautilusSocket(socket.socket):
         self._started = False
         self._hs_done = False
         self._ready = False
+        self._push = _PUSH_NONE
         self._eof = False
         self._error = None
         self._error_raised = False
@@ -602,10 +600,14 @@ class NautilusSocket(socket.socket):
                 self._ready = not self._fd_closed
                 if self._eof:  # the peer closed (or failed) at once: let reads report it
                     self._flush_nowait()
-                elif self._server_side:
+                    return
+                if self._server_side:
                     self._write_tickets(timeout)
                 else:
                     self._hs_flight(timeout)  # our Finished: the handshake is not over before
+                if self._ready and _raw_family(self) in _TCP_FAMILIES:
+                    self._push = _PUSH_NEXT
+                    self._ready = False  # (the next writer goes by _prepare_write)
                 return
             if self._eof:
                 self._fail_handshake()
@@ -1516,12 +1518,41 @@ class NautilusSocket(socket.socket):
             return self._conn.export_keying_material(label, context, length)
 
     def _prepare_write(self) -> None:
-        """Slow path of the writers: closed socket, implicit handshake."""
+        """Slow path of the writers: closed socket, implicit handshake, the
+        first writes after the handshake."""
         if self._fd_closed:
             raise OSError(errno.EBADF, "the socket is closed")
         if not self._hs_done:
             with self._hs_lock:
                 self._handshake_locked()
+        if self._push:
+            self._push_write()
+
+    def _push_write(self) -> None:
+        """Let the first write after the handshake leave at once.
+
+        The handshake ends with a small record of the protocol's own (the
+        client's Finished, the server's tickets), which the peer may not
+        acknowledge at once (delayed ACKs: 40 ms on Linux). With Nagle's
+        algorithm on, the application's first small write (a request, a
+        greeting) would wait for that ACK, which ``ssl`` does not make it
+        do. So that write goes with ``TCP_NODELAY``, and the next writer
+        turns Nagle back on, as the application had it; its own writes in a
+        row then behave as over ``ssl`` or a plain socket.
+        """
+        if self._push == _PUSH_NEXT:
+            self._push = _PUSH_DONE
+            try:
+                if not _raw_getsockopt(self, socket.IPPROTO_TCP, socket.TCP_NODELAY):
+                    _raw_setsockopt(self, socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    return  # (_ready stays False: the next writer comes back here)
+            except OSError:
+                pass
+        elif self._push == _PUSH_DONE:
+            with contextlib.suppress(OSError):
+                _raw_setsockopt(self, socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+        self._push = _PUSH_NONE
+        self._ready = not self._fd_closed
 
     def _send_direct(self, data: bytes | bytearray | memoryview, n: int) -> None:
         """The bulk path of :meth:`send`/:meth:`sendall` in blocking mode.
@@ -1911,6 +1942,7 @@ class NautilusSocket(socket.socket):
             self._conn.data_to_send()  # (nothing: no alert)
         self._unsent = None
         self._ready = False
+        self._push = _PUSH_NONE
         self._shutdown_tcp()
 
     def _flush_nowait(self) -> None:
@@ -2008,6 +2040,7 @@ class NautilusSocket(socket.socket):
             self._take_output()
         self._eof = True
         self._ready = False
+        self._push = _PUSH_NONE
         if self._unsent is None and not self._queued:
             return
         timeout = self.gettimeout()
@@ -2108,6 +2141,7 @@ class NautilusSocket(socket.socket):
                     _raw_setsockopt(self, socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._fd_closed = True
             self._ready = False
+            self._push = _PUSH_NONE
             self._eof = True
             # What was received and not read is gone with the socket (reads
             # now raise EBADF, as on a closed plain socket).
@@ -2133,6 +2167,7 @@ class NautilusSocket(socket.socket):
         if not self._fd_closed:
             self._fd_closed = True
             self._ready = False
+            self._push = _PUSH_NONE
             self._eof = True
             with self._state_lock:  # (nothing of its output is written: dropped)
                 self._conn.close()
