@@ -1535,8 +1535,8 @@ class NautilusSocket(socket.socket):
         client's Finished, the server's tickets), which the peer may not
         acknowledge at once (delayed ACKs: 40 ms on Linux). With Nagle's
         algorithm on, the application's first small write (a request, a
-        greeting) would wait for that ACK, which ``ssl`` does not make it
-        do. So that write goes with ``TCP_NODELAY``, and the next writer
+        greeting) would wait for that ACK, for a write it did not make. So
+        that write goes with ``TCP_NODELAY``, and the next writer
         turns Nagle back on, as the application had it; its own writes in a
         row then behave as over ``ssl`` or a plain socket.
         """
