@@ -106,9 +106,10 @@ _raw_shutdown = socket.socket.shutdown
 _raw_setsockopt = socket.socket.setsockopt
 _raw_getsockopt = socket.socket.getsockopt
 _TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
-# The first write after the handshake (NautilusSocket._push_write): nothing to
-# do, to be pushed (TCP_NODELAY), pushed (Nagle back on at the next write).
-_PUSH_NONE, _PUSH_NEXT, _PUSH_DONE = 0, 1, 2
+# The write after a record of the protocol's own (NautilusSocket._push_write):
+# nothing to do; to be pushed (TCP_NODELAY); pushed (Nagle back on at the next
+# write); to be pushed with TCP_NODELAY still set from the last one.
+_PUSH_NONE, _PUSH_NEXT, _PUSH_DONE, _PUSH_AGAIN = 0, 1, 2, 3
 _DONTWAIT: int = getattr(socket, "MSG_DONTWAIT", 0)
 _HAS_POLL = hasattr(select, "poll")
 _SHUT_MODES = (socket.SHUT_RD, socket.SHUT_WR, socket.SHUT_RDWR)
@@ -605,9 +606,7 @@ class NautilusSocket(socket.socket):
                     self._write_tickets(timeout)
                 else:
                     self._hs_flight(timeout)  # our Finished: the handshake is not over before
-                if self._ready and _raw_family(self) in _TCP_FAMILIES:
-                    self._push = _PUSH_NEXT
-                    self._ready = False  # (the next writer goes by _prepare_write)
+                self._push_next_write()
                 return
             if self._eof:
                 self._fail_handshake()
@@ -1504,6 +1503,7 @@ class NautilusSocket(socket.socket):
         if not self._ready:
             self._prepare_write()
         self._submit(_KEY_UPDATE, request_peer)
+        self._push_next_write()  # (a request right behind it would wait for its ACK)
 
     def export_keying_material(self, label: bytes, context: bytes, length: int) -> bytes:
         """Keying material bound to this session (channel binding), as in RFC 5705.
@@ -1528,27 +1528,39 @@ class NautilusSocket(socket.socket):
         if self._push:
             self._push_write()
 
-    def _push_write(self) -> None:
-        """Let the first write after the handshake leave at once.
+    def _push_next_write(self) -> None:
+        """A small record of the protocol's own has just been written (the
+        handshake's last, the client's Finished or the server's tickets; a
+        key update): the next write is to leave at once (:meth:`_push_write`)."""
+        if self._push == _PUSH_DONE:  # (TCP_NODELAY is still ours from the last one)
+            self._push = _PUSH_AGAIN
+        elif self._ready and _raw_family(self) in _TCP_FAMILIES:
+            self._push = _PUSH_NEXT
+            self._ready = False  # (the next writer goes by _prepare_write)
 
-        The handshake ends with a small record of the protocol's own (the
-        client's Finished, the server's tickets), which the peer may not
-        acknowledge at once (delayed ACKs: 40 ms on Linux). With Nagle's
-        algorithm on, the application's first small write (a request, a
-        greeting) would wait for that ACK, for a write it did not make. So
-        that write goes with ``TCP_NODELAY``, and the next writer
-        turns Nagle back on, as the application had it; its own writes in a
-        row then behave as over ``ssl`` or a plain socket.
+    def _push_write(self) -> None:
+        """Let the write after a record of the protocol's own leave at once.
+
+        The peer may not acknowledge that record at once (delayed ACKs: 40 ms
+        on Linux), and with Nagle's algorithm on, the application's next small
+        write (a request, a greeting) would wait for that ACK, for a write it
+        did not make. So that write goes with ``TCP_NODELAY``, and the next
+        writer turns Nagle back on, as the application had it; its own writes
+        in a row then behave as over ``ssl`` or a plain socket.
         """
-        if self._push == _PUSH_NEXT:
-            self._push = _PUSH_DONE
+        push = self._push
+        if push == _PUSH_NEXT:
             try:
                 if not _raw_getsockopt(self, socket.IPPROTO_TCP, socket.TCP_NODELAY):
                     _raw_setsockopt(self, socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    self._push = _PUSH_DONE
                     return  # (_ready stays False: the next writer comes back here)
             except OSError:
                 pass
-        elif self._push == _PUSH_DONE:
+        elif push == _PUSH_AGAIN:
+            self._push = _PUSH_DONE
+            return
+        elif push == _PUSH_DONE:
             with contextlib.suppress(OSError):
                 _raw_setsockopt(self, socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
         self._push = _PUSH_NONE

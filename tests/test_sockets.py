@@ -318,6 +318,28 @@ def test_the_first_write_after_the_handshake_is_pushed_then_nagle_is_back() -> N
     assert peer.result() == [False, True, False]
 
 
+def test_the_write_after_update_keys_is_pushed_too() -> None:
+    """A key update is also a record of the protocol's own, written alone: a
+    small request right behind it waited 44 ms for the peer's delayed ACK."""
+    peer = Peer(echo)
+    seen = []
+    with connect(peer, timeout=PEER_TIMEOUT) as sock:
+        for then in (b"b", b"c"):
+            # The first time right after the handshake (its push still on),
+            # the second time with Nagle back.
+            sock.update_keys(request_peer=True)
+            sock.sendall(b"request")
+            seen.append(nagle_off(sock))  # pushed
+            assert recv_exactly(sock, 7) == b"request"
+            sock.sendall(then)  # the next writer restores Nagle
+            seen.append(nagle_off(sock))
+            assert recv_exactly(sock, 1) == then
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(10) == b""
+    assert seen == [True, False, True, False]
+    assert peer.result() == 16
+
+
 def test_an_application_that_turned_nagle_off_keeps_it_off() -> None:
     peer = Peer(echo)
     with connect(peer, timeout=PEER_TIMEOUT) as sock:
