@@ -1,6 +1,7 @@
 """The documents stay true to the code: every test they cite exists, the
 state table in docs/protocol.md is the one generated from nautilus/protocol/state.py,
-and its alert table names every alert code, each under its code's name."""
+its alert table names every alert code, each under its code's name, and
+docs/nodes.md names every error a RetryPolicy never retries."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from nautilus.asyncio import node
 from nautilus.protocol.messages import AlertCode
 from nautilus.protocol.state import diagram
 
@@ -42,3 +44,12 @@ def test_protocol_alert_table_names_every_alert_code() -> None:
     section = text[text.index("## 6. Alerts") : text.index("## 7.")]
     documented = {int(code): name for code, name in ALERT_ROW.findall(section)}
     assert documented == {int(a): a.name.lower() for a in AlertCode}
+
+
+def test_nodes_doc_names_every_error_a_retry_raises_at_once() -> None:
+    text = (ROOT / "docs/nodes.md").read_text()
+    section = text[text.index("## Reconnecting: `RetryPolicy`") :]
+    named = re.search(r"\.\s+((?:`\w+`,?\s+)+)are raised at once", section)
+    assert named, "the RetryPolicy section should say which errors are raised at once"
+    documented = set(re.findall(r"`(\w+)`", named.group(1)))
+    assert documented == {error.__name__ for error in node._PERMANENT}
