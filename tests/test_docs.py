@@ -1,15 +1,18 @@
 """The documents stay true to the code: every test they cite exists, the
 state table in docs/protocol.md is the one generated from nautilus/protocol/state.py,
-its alert table names every alert code, each under its code's name, and
-docs/nodes.md names every error a RetryPolicy never retries."""
+its alert table names every alert code, each under its code's name,
+docs/nodes.md names every error a RetryPolicy never retries, and every
+`nautilus` command line shown exists, with its options."""
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 
 import pytest
 
+from nautilus import cli
 from nautilus.asyncio import node
 from nautilus.protocol.messages import AlertCode
 from nautilus.protocol.state import diagram
@@ -53,3 +56,44 @@ def test_nodes_doc_names_every_error_a_retry_raises_at_once() -> None:
     assert named, "the RetryPolicy section should say which errors are raised at once"
     documented = set(re.findall(r"`(\w+)`", named.group(1)))
     assert documented == {error.__name__ for error in node._PERMANENT}
+
+
+def _command_lines(text: str) -> list[str]:
+    """The `nautilus ...` lines of a document's shell blocks, a usage line's
+    indented continuations joined to it."""
+    lines: list[str] = []
+    for block in re.findall(r"^```sh\n(.*?)^```", text, re.MULTILINE | re.DOTALL):
+        for line in block.splitlines():
+            if line.startswith(" ") and lines and lines[-1].startswith("nautilus "):
+                lines[-1] += " " + line.strip()
+            elif "nautilus " in line:
+                lines.append(line[line.index("nautilus ") :].split("#")[0])
+    return lines
+
+
+def _subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser | None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found: argparse.ArgumentParser | None = action.choices.get(name)
+            return found
+    return None
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/cli.md"])
+def test_every_command_line_shown_exists_with_its_options(doc: str) -> None:
+    lines = _command_lines((ROOT / doc).read_text())
+    assert lines, f"{doc} should show nautilus command lines"
+    wrong = []
+    for line in lines:
+        parser = cli._parser()
+        words = line.split()[1:]
+        while words and (sub := _subcommand(parser, words[0])) is not None:
+            parser, words = sub, words[1:]
+        if any(isinstance(action, argparse._SubParsersAction) for action in parser._actions):
+            wrong.append(f"{line!r}: no such command")
+            continue
+        known = {option for action in parser._actions for option in action.option_strings}
+        for option in re.findall(r"(?<![\w-])--[a-z][a-z-]*", " ".join(words)):
+            if option not in known:
+                wrong.append(f"{line!r}: {option}")
+    assert not wrong, f"{doc} shows command lines the parser refuses: {wrong}"
