@@ -248,6 +248,7 @@ class NautilusSocket(socket.socket):
         "_fd_closed",
         "_hs_done",
         "_hs_lock",
+        "_hs_nodelay",
         "_iend",
         "_ipos",
         "_msgs",
@@ -287,6 +288,7 @@ class NautilusSocket(socket.socket):
     _started: bool
     _timed_rekey: bool
     _hs_done: bool
+    _hs_nodelay: bool
     _ready: bool
     _push: int
     _eof: bool
@@ -350,6 +352,7 @@ class NautilusSocket(socket.socket):
         self._connecting = False
         self._started = False
         self._hs_done = False
+        self._hs_nodelay = False  # TCP_NODELAY set for the handshake, to undo at its end
         self._ready = False
         self._push = _PUSH_NONE
         self._eof = False
@@ -587,6 +590,7 @@ class NautilusSocket(socket.socket):
             self._check_connected(timeout)
         conn = self._conn
         if not self._started:
+            self._handshake_nodelay()
             with self._state_lock:
                 conn.start(time.time())
                 self._started = True
@@ -601,11 +605,13 @@ class NautilusSocket(socket.socket):
                 self._ready = not self._fd_closed
                 if self._eof:  # the peer closed (or failed) at once: let reads report it
                     self._flush_nowait()
+                    self._nagle_back()
                     return
                 if self._server_side:
                     self._write_tickets(timeout)
                 else:
                     self._hs_flight(timeout)  # our Finished: the handshake is not over before
+                self._nagle_back()
                 self._push_next_write()
                 return
             if self._eof:
@@ -615,6 +621,31 @@ class NautilusSocket(socket.socket):
                 conn._took_keys = False
                 conn._ctx._key_pool.prepare_quietly()
             self._hs_read(timeout, user_deadline)
+
+    def _handshake_nodelay(self) -> None:
+        """Turn Nagle's algorithm off for the handshake (TCP, if the application
+        has not already): :meth:`_nagle_back` puts it back once it completes.
+
+        A flight leaves in parts (the server's ServerHello at once, then the
+        rest of its flight, then its tickets), and with Nagle on, each part
+        after the first waits for the ACK of the one before, which the peer
+        may delay (40 ms on Linux): after a HelloRetry, every psk_only
+        resumption against a psk_dhe server took 43 ms instead of 2.
+        """
+        if _raw_family(self) not in _TCP_FAMILIES:
+            return
+        with contextlib.suppress(OSError):  # (a reset socket: the handshake finds out)
+            if not _raw_getsockopt(self, socket.IPPROTO_TCP, socket.TCP_NODELAY):
+                _raw_setsockopt(self, socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self._hs_nodelay = True
+
+    def _nagle_back(self) -> None:
+        """The handshake is over: Nagle as the application had it (see
+        :meth:`_handshake_nodelay`)."""
+        if self._hs_nodelay:
+            self._hs_nodelay = False
+            with contextlib.suppress(OSError):
+                _raw_setsockopt(self, socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
 
     def _hs_flight(self, timeout: float | None) -> None:
         """Write a handshake flight. A peer that reset the connection (or has
