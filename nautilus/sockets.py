@@ -388,10 +388,10 @@ class NautilusSocket(socket.socket):
 
     def _use_connection(self, conn: Connection) -> None:
         """Drive ``conn`` (at wrapping, or the one connect() makes for the
-        address's server name): its flights leave as they are made, and a
-        ``rekey_interval`` in its settings takes the send path that runs timers."""
+        address's server name): a ``rekey_interval`` in its settings takes the
+        send path that runs timers. (Its flights leave as they are made from
+        the start of the handshake: see :meth:`_handshake_locked`.)"""
         self._conn = conn
-        conn._flush_hook = self._send_now  # parts of its flights leave at once
         self._timed_rekey = conn._cfg.rekey_interval is not None
 
     # ------------------------------------------------------------- attributes
@@ -591,6 +591,11 @@ class NautilusSocket(socket.socket):
         conn = self._conn
         if not self._started:
             self._handshake_nodelay()
+            # Parts of its flights leave at once. Set only now, as the
+            # Connection drops it once used (or failed): a socket dropped
+            # unclosed before its handshake was kept by this reference cycle,
+            # its descriptor open until the cycle collector ran.
+            conn._flush_hook = self._send_now
             with self._state_lock:
                 conn.start(time.time())
                 self._started = True

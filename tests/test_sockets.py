@@ -13,6 +13,7 @@ import ctypes
 import errno
 import faulthandler
 import functools
+import gc
 import hashlib
 import io
 import os
@@ -23,6 +24,8 @@ import socket
 import struct
 import threading
 import time
+import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -425,6 +428,32 @@ def test_the_handshake_flights_leave_with_nagle_off_then_nagle_is_back(
     assert peer.result() is False
     assert len(written) >= 2, written  # the ServerHello, the rest (and the HelloRetry)
     assert all(written), written
+
+
+def test_a_socket_dropped_before_its_handshake_is_freed_without_the_cycle_collector() -> None:
+    """As a plain socket (or ssl's): dropping it unclosed closes it at once.
+    The hook that sends parts of a flight was set when the socket was
+    wrapped, a reference cycle through the Connection: an accepted socket
+    whose peer had gone (or a wrapped one never used) kept its descriptor
+    until the cycle collector ran."""
+    listener = socket.create_server((HOST, 0))
+    raw = socket.create_connection(listener.getsockname())
+    accepted, _ = listener.accept()
+    socks = [
+        server_ctx().wrap_socket(accepted, server_side=True, do_handshake_on_connect=False),
+        client_ctx().wrap_socket(socket.socket()),  # unconnected: the handshake runs in connect()
+    ]
+    refs = [weakref.ref(s) for s in socks]
+    gc.disable()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)  # (dropped unclosed on purpose)
+            del socks
+            assert [r() for r in refs] == [None, None]
+    finally:
+        gc.enable()
+        raw.close()
+        listener.close()
 
 
 def test_makefile_readline_binary() -> None:
