@@ -637,20 +637,32 @@ class NautilusSocket(socket.socket):
         may delay (40 ms on Linux): after a HelloRetry, every psk_only
         resumption against a psk_dhe server took 43 ms instead of 2.
         """
-        if _raw_family(self) not in _TCP_FAMILIES:
-            return
-        with contextlib.suppress(OSError):  # (a reset socket: the handshake finds out)
-            if not _raw_getsockopt(self, socket.IPPROTO_TCP, socket.TCP_NODELAY):
-                _raw_setsockopt(self, socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                self._hs_nodelay = True
+        if _raw_family(self) in _TCP_FAMILIES:
+            self._hs_nodelay = self._nodelay_for_now()
 
     def _nagle_back(self) -> None:
         """The handshake is over: Nagle as the application had it (see
         :meth:`_handshake_nodelay`)."""
         if self._hs_nodelay:
             self._hs_nodelay = False
-            with contextlib.suppress(OSError):
-                _raw_setsockopt(self, socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+            self._nagle_on()
+
+    def _nodelay_for_now(self) -> bool:
+        """Turn ``TCP_NODELAY`` on if Nagle's algorithm is on; whether it was
+        (:meth:`_nagle_on` is then owed). False if the socket fails (a reset:
+        the caller's next read or write finds out)."""
+        try:
+            if not _raw_getsockopt(self, socket.IPPROTO_TCP, socket.TCP_NODELAY):
+                _raw_setsockopt(self, socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                return True
+        except OSError:
+            pass
+        return False
+
+    def _nagle_on(self) -> None:
+        """Nagle's algorithm back on, after :meth:`_nodelay_for_now`."""
+        with contextlib.suppress(OSError):
+            _raw_setsockopt(self, socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
 
     def _hs_flight(self, timeout: float | None) -> None:
         """Write a handshake flight. A peer that reset the connection (or has
@@ -1586,19 +1598,14 @@ class NautilusSocket(socket.socket):
         """
         push = self._push
         if push == _PUSH_NEXT:
-            try:
-                if not _raw_getsockopt(self, socket.IPPROTO_TCP, socket.TCP_NODELAY):
-                    _raw_setsockopt(self, socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    self._push = _PUSH_DONE
-                    return  # (_ready stays False: the next writer comes back here)
-            except OSError:
-                pass
+            if self._nodelay_for_now():
+                self._push = _PUSH_DONE
+                return  # (_ready stays False: the next writer comes back here)
         elif push == _PUSH_AGAIN:
             self._push = _PUSH_DONE
             return
         elif push == _PUSH_DONE:
-            with contextlib.suppress(OSError):
-                _raw_setsockopt(self, socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+            self._nagle_on()
         self._push = _PUSH_NONE
         self._ready = not self._fd_closed
 
