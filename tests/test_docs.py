@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,7 +41,18 @@ def test_cited_tests_exist(doc: str) -> None:
 
 def test_protocol_state_table_is_current() -> None:
     text = (ROOT / "docs/protocol.md").read_text()
-    assert diagram() in text, "regenerate with: python -m nautilus.protocol.state"
+    assert diagram() in text, "regenerate with: python -m nautilus.protocol"
+
+
+def test_the_command_the_docs_give_prints_the_state_table_without_a_warning() -> None:
+    text = (ROOT / "docs/protocol.md").read_text()
+    assert "(`python -m nautilus.protocol`)" in text
+    run = subprocess.run(
+        [sys.executable, "-W", "error", "-m", "nautilus.protocol"],
+        capture_output=True, text=True, cwd=ROOT, timeout=60, check=False,
+    )  # fmt: skip
+    assert (run.returncode, run.stderr) == (0, "")
+    assert run.stdout == diagram() + "\n"
 
 
 def test_protocol_alert_table_names_every_alert_code() -> None:

@@ -164,7 +164,3 @@ def diagram() -> str:
         who = " (client only)" if msg in RECEIVED_BY_CLIENT_ONLY else ""
         lines.append(f"| `{state.value}` | {msg.name}{who} | {goes} |")
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    print(diagram())
