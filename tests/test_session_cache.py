@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import errno
 import hashlib
+import io
 import json
 import logging
 import math
@@ -695,6 +696,17 @@ def test_a_file_grown_over_the_size_bound_is_not_read_and_is_corrupt(
     assert len(SessionCache(1, tickets_per_server=1, path=path)) == len(small) == 0
 
 
+def test_a_file_that_grows_past_the_size_bound_while_it_is_read_is_not_returned() -> None:
+    """The size fstat showed was within the bound, and the file grew before
+    the read: no more than the bound and one byte is read, and nothing is
+    returned if the bound was passed."""
+    bound = 100
+    grown = io.BytesIO(b"x" * (bound + 1))
+    assert sessions._read_at_most(grown, bound, 50) is None
+    assert grown.tell() == bound + 1  # (read no further)
+    assert sessions._read_at_most(io.BytesIO(b"x" * bound), bound, 50) == b"x" * bound
+
+
 def test_file_is_0600_even_if_its_temporary_path_already_exists(tmp_path: Path) -> None:
     path = tmp_path / "tickets.json"
     tmp = tmp_path / f".tickets.json.{os.getpid()}.{threading.get_ident()}.tmp"
@@ -1328,6 +1340,39 @@ def test_a_file_of_format_v1_is_read_and_rewritten_as_a_journal(tmp_path: Path) 
     assert other.take("b", NOW) is None
 
 
+def test_a_file_of_format_v1_is_read_within_the_cache_bounds(tmp_path: Path) -> None:
+    """A file of format v1 written by a cache with larger bounds: the newest
+    tickets of each server, and the most recently used servers, are kept."""
+    path = tmp_path / "tickets.json"
+    servers = {
+        "a": [ticket(n).to_json() for n in (1, 2, 3)],
+        "b": [ticket(4).to_json()],
+        "c": [ticket(5).to_json(), ticket(6).to_json()],
+    }
+    _write(path, _doc(servers))
+    few_tickets = SessionCache(tickets_per_server=2, path=path)
+    assert view(few_tickets) == [("a", [2, 3]), ("b", [4]), ("c", [5, 6])]
+    assert len(few_tickets) == 5
+    few_servers = SessionCache(max_entries=2, path=path)
+    assert view(few_servers) == [("b", [4]), ("c", [5, 6])]
+    assert len(few_servers) == 3
+
+
+def test_a_journal_header_of_another_format_makes_the_file_corrupt(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A first line that is a JSON object of another format (a later version,
+    another program's file) is not a journal header: its records are not applied."""
+    path = tmp_path / "tickets.json"
+    header = json.dumps({"format": "nautilus-session-cache-v3"}).encode() + b"\n"
+    _write(path, header + json.dumps(_store_record("s", 1)).encode() + b"\n")
+    with caplog.at_level(logging.WARNING, logger="nautilus.sessions"):
+        cache = SessionCache(path=path)
+    assert len(cache) == 0
+    assert "corrupt" in caplog.text
+    assert cache.take("s", NOW) is None
+
+
 def test_caches_with_other_bounds_apply_their_own(tmp_path: Path) -> None:
     """Each cache applies its own bounds to what it reads; a take through the
     smaller one removes only the ticket it took."""
@@ -1495,6 +1540,22 @@ def test_a_file_rewritten_in_place_is_read_whole(tmp_path: Path) -> None:
     with open(path, "r+b") as fh:  # the same inode, longer, by no cache
         fh.write(replacement)
     assert view(a) == [("other-server", [7]), ("t", [8])]
+
+
+def test_a_file_cut_short_in_place_is_read_whole(tmp_path: Path) -> None:
+    """The same inode, now shorter than what a cache has applied (cut by no
+    cache, so no counter of the lock file changed): the cache reads it whole
+    rather than keep the tickets the file no longer holds."""
+    path = tmp_path / "tickets.json"
+    a = SessionCache(path=path)
+    a.store("s", ticket(1))
+    first = path.stat().st_size
+    a.store("t", ticket(2))
+    inode = path.stat().st_ino
+    os.truncate(path, first)  # the last record gone
+    assert path.stat().st_ino == inode
+    assert view(a) == [("s", [1])]
+    assert a.take("t", NOW) is None
 
 
 def test_without_fcntl_changes_are_seen_by_stat(
