@@ -1563,6 +1563,19 @@ def test_a_huge_jump_of_the_clock_starts_a_new_chain_at_once() -> None:
     assert keys._link == 1000 + _MAX_ADVANCE
 
 
+def test_the_chain_steps_through_at_most_max_advance_intervals_at_once() -> None:
+    """A jump of _MAX_ADVANCE intervals is stepped through; one of a single
+    interval more starts a new chain."""
+    keys = TicketKeys(rotation=1, lifetime=10)
+    keys.seal(_contents(), NOW)
+    keys.seal(_contents(), NOW + _MAX_ADVANCE + 0.5)
+    assert keys._link == _MAX_ADVANCE
+    jumping = TicketKeys(rotation=1, lifetime=10)
+    jumping.seal(_contents(), NOW)
+    jumping.seal(_contents(), NOW + _MAX_ADVANCE + 1)
+    assert jumping._link == 0  # a new chain
+
+
 @pytest.mark.parametrize(
     ("rotation", "lifetime", "first", "then"),
     [(1.0, 10.0, -1e308, 1e308), (1e-300, 1e-300, NOW, NOW + 1e9)],
@@ -1628,6 +1641,22 @@ def test_forked_processes_make_the_same_ticket_keys_through_rotations() -> None:
     assert keys.open(child_ticket, NOW + 430) is not None  # the parent steps to link 4 itself
     assert keys.seal(_contents(NOW + 430), NOW + 430)[:8] == child_ticket[:8]  # the same key
     assert keys.open(parent_ticket, NOW + 430) is not None
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_process_that_skips_links_keeps_their_keys_for_the_tickets_of_its_siblings() -> None:
+    """The parent seals nothing while a child seals under link 2; when the
+    parent steps from link 0 to link 4 at once it keeps the keys of the links
+    it passed, and opens the child's ticket."""
+    keys = TicketKeys(rotation=100, lifetime=1000)
+    keys.seal(_contents(), NOW)  # the chain starts at NOW
+
+    def child() -> bytes:
+        return keys.seal(_contents(NOW + 250), NOW + 250)  # under link 2
+
+    child_ticket = _sealed_in_a_child(child)
+    assert keys.open(child_ticket, NOW + 430) is not None  # the parent steps to link 4
+    assert keys._link == 4
 
 
 def test_rotate_retires_the_key_at_the_end_of_its_interval_if_that_came_first() -> None:
@@ -1768,6 +1797,29 @@ def test_ticket_keys_bad_arguments() -> None:
         keys.open("ticket", NOW)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="contents"):
         keys.seal(b"contents", NOW)  # type: ignore[arg-type]
+
+
+def test_a_ticket_lifetime_of_seven_days_is_the_most_allowed() -> None:
+    """Seven days exactly is allowed; any more is refused for itself (with a
+    rotation interval that would keep the keys of a longer lifetime)."""
+    assert TicketKeys(rotation=3600, lifetime=MAX_TICKET_LIFETIME).lifetime == MAX_TICKET_LIFETIME
+    with pytest.raises(ValueError, match=r"^lifetime must be at most"):
+        TicketKeys(rotation=3600, lifetime=MAX_TICKET_LIFETIME + 0.5)
+
+
+def test_at_most_the_cap_of_retired_keys_is_kept() -> None:
+    """However the keys came to be retired (here rotate() again and again
+    within one lifetime), no more than _MAX_RETIRED_KEYS are kept: the
+    oldest goes first, and its tickets then fall back to full handshakes."""
+    keys = TicketKeys(rotation=3600, lifetime=7200)
+    ticket = keys.seal(_contents(), NOW)
+    for _ in range(_MAX_RETIRED_KEYS):
+        keys.rotate(NOW)
+    assert keys.open(ticket, NOW) is not None  # its key is the oldest of the cap's worth
+    assert len(keys._retired) == _MAX_RETIRED_KEYS
+    keys.rotate(NOW)
+    assert keys.open(ticket, NOW) is None
+    assert len(keys._retired) == _MAX_RETIRED_KEYS
 
 
 def test_ticket_opens_for_its_whole_lifetime_with_the_most_rotations_allowed() -> None:
