@@ -435,6 +435,29 @@ def test_replayed_client_hello_is_refused_by_the_same_context() -> None:
     assert elsewhere.state is State.SERVER_WAIT_FLIGHT
 
 
+def test_a_replayed_hello_is_refused_for_as_long_as_its_timestamp_passes() -> None:
+    """A hello whose timestamp is ahead of the server's clock by almost the
+    allowed skew passes the timestamp check until almost twice the skew after
+    it first arrived: the replay cache remembers it that long."""
+    skew = 120.0  # the default max_clock_skew
+    server_ctx = Context(cached_identity())
+    assert server_ctx.max_clock_skew == skew
+    client = Connection(Context(trusted_peers=[cached_identity().public]), "client")
+    client.start(NOW + skew - 1)  # a client clock ahead
+    hello = client.data_to_send()
+    first = Connection(server_ctx, "server")
+    first.start(NOW)
+    first.receive_data(hello, NOW)
+    assert first.state is State.SERVER_WAIT_FLIGHT
+
+    later = NOW + 2 * skew - 2  # the hello's timestamp is skew - 1 s old then
+    replay = Connection(server_ctx, "server")
+    replay.start(later)
+    replay.receive_data(hello, later)
+    assert_closed_with(replay, drain_events(replay), ProtocolViolation)
+    assert "replay" in str(replay.error)
+
+
 # ------------------------------------------------------- records after handshake
 
 
