@@ -308,6 +308,28 @@ def test_parse_peer_id_rejects(bad: str) -> None:
         PeerKey.from_peer_id(bad)
 
 
+def test_a_did_key_must_be_an_ed25519_key_of_32_bytes(ids: dict[str, Identity]) -> None:
+    """The multicodec and the length are each checked on their own: a did:key
+    of another key type with 32 bytes, or an Ed25519 one of 31 or 33 bytes,
+    is refused."""
+    raw = ids["ed25519"].public.to_bytes()[1:]
+    assert parse_peer_id("did:key:z" + b58encode(b"\xed\x01" + raw)) == ids["ed25519"].peer_id
+    x25519 = "did:key:z" + b58encode(b"\xec\x01" + raw)  # (multicodec x25519-pub)
+    with pytest.raises(InvalidKey, match="only Ed25519"):
+        parse_peer_id(x25519)
+    for payload in (raw[:31], raw + b"\x01"):
+        with pytest.raises(InvalidKey, match="32 bytes"):
+            parse_peer_id("did:key:z" + b58encode(b"\xed\x01" + payload))
+
+
+def test_a_peer_id_over_128_characters_is_refused_before_it_is_decoded() -> None:
+    longest = "did:key:z" + "1" * (128 - 9)
+    with pytest.raises(InvalidKey, match="only Ed25519"):
+        parse_peer_id(longest)  # decoded: 119 zero bytes
+    with pytest.raises(InvalidKey, match="longer than 128 characters"):
+        parse_peer_id(longest + "1")
+
+
 def test_parse_peer_id_type() -> None:
     with pytest.raises(TypeError):
         parse_peer_id(b"did:key:z6Mk")  # type: ignore[arg-type]
@@ -644,6 +666,21 @@ def test_load_corrupt_base64(saved: tuple[Path, list[str]]) -> None:
         assert "32 bytes" in load_error(path, [*secret_values, short])
 
 
+def test_load_refuses_base64_that_is_not_canonical(saved: tuple[Path, list[str]]) -> None:
+    """Base64 with an unused bit set decodes to the same bytes: it is refused,
+    so that one key has one spelling in a file."""
+    path, secret_values = saved
+    text = path.read_text()
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    for value in secret_values:
+        assert value.endswith("=")  # 32 bytes: 2 unused bits in the last character
+        assert not value.endswith("==")
+        twin = value[:-2] + alphabet[alphabet.index(value[-2]) ^ 1] + "="
+        assert base64.b64decode(twin) == base64.b64decode(value)
+        path.write_text(text.replace(value, twin))
+        assert "base64" in load_error(path, [*secret_values, twin])
+
+
 def test_load_swapped_seed_does_not_match_peer_id(
     saved: tuple[Path, list[str]], ids: dict[str, Identity], tmp_path: Path
 ) -> None:
@@ -710,6 +747,9 @@ def test_load_known_peers_file(
     lines = path.read_text().splitlines()
     path.write_text("\n".join(lines[1:]) + "\n")
     assert "known-peers file" in load_error(path, [])
+    # or with its header only (every entry deleted)
+    path.write_text(lines[0] + "\n")
+    assert "known-peers file, not an identity file" in load_error(path, [])
 
 
 @pytest.mark.parametrize(
@@ -750,6 +790,28 @@ def test_load_unknown_version(saved: tuple[Path, list[str]]) -> None:
     path, secret_values = saved
     path.write_text(path.read_text().replace(" v1 ", " v2 ", 1))
     assert "unsupported format version 'v2'" in load_error(path, secret_values)
+
+
+def test_load_refuses_a_header_with_more_than_three_fields(
+    saved: tuple[Path, list[str]],
+) -> None:
+    path, secret_values = saved
+    text = path.read_text()
+    header = text.split("\n", 1)[0]
+    assert len(header.split(" ")) == 3
+    path.write_text(text.replace(header, header + " extra", 1))
+    assert "malformed header line" in load_error(path, secret_values)
+
+
+def test_load_refuses_a_file_over_64_kib(saved: tuple[Path, list[str]]) -> None:
+    """Even one that would load (a valid identity, then a long comment)."""
+    path, secret_values = saved
+    text = path.read_text()
+    path.write_text(text + "#" * (65536 - len(text.encode()) - 1) + "\n")
+    assert path.stat().st_size == 65536
+    Identity.load(path)
+    path.write_text(text + "#" * (65536 - len(text.encode())) + "\n")
+    assert "too large" in load_error(path, secret_values)
 
 
 def test_load_kind_field_mismatch(ids: dict[str, Identity], tmp_path: Path) -> None:
@@ -1090,6 +1152,9 @@ def test_certificate_issue_errors(issuer: Identity, ids: dict[str, Identity]) ->
     assert issue(name="Alice Smith ünïcode").subject_name == "Alice Smith ünïcode"
     with pytest.raises(ValueError, match="control"):
         issue(name="a\nb")
+    for separator in ("\u2028", "\u2029"):  # (not control characters: Zl and Zp)
+        with pytest.raises(ValueError, match="control or format"):
+            issue(name=f"a{separator}b")
     with pytest.raises(ValueError, match="finite"):
         issue(na=float("inf"))
     with pytest.raises(TypeError):
@@ -1278,6 +1343,32 @@ def test_known_peers_corrupt_lines(ids: dict[str, Identity], tmp_path: Path) -> 
             "ivan" in known  # noqa: B015
     path.write_bytes(b"\xff\xfe\n")
     assert "not UTF-8" in corrupt_message(path)
+
+
+def test_known_peers_line_with_more_than_three_fields_is_corrupt(
+    ids: dict[str, Identity], tmp_path: Path
+) -> None:
+    path = tmp_path / "known_peers"
+    key = ids["ed25519"].public
+    KnownPeers(path).check("ivan", key)
+    good = path.read_text()
+    b64 = base64.b64encode(key.to_bytes()).decode()
+    path.write_text(good + f"judy {key.peer_id} {b64} trailing\n")
+    message = corrupt_message(path)
+    assert "line 3" in message
+    assert "expected 'name peer-id key'" in message
+
+
+def test_an_empty_known_peers_file_is_made_owner_only_by_its_first_entry(
+    ids: dict[str, Identity], tmp_path: Path
+) -> None:
+    """A new file is made with mode 0600; so is an empty one found in place
+    (its group may read it, but not write it: it is accepted)."""
+    path = tmp_path / "known_peers"
+    path.touch()
+    path.chmod(0o640)
+    assert KnownPeers(path).check("ivan", ids["ed25519"].public)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
 def test_known_peers_refuses_identity_file(ids: dict[str, Identity], tmp_path: Path) -> None:
@@ -1478,6 +1569,9 @@ def test_a_certificate_for_a_host_is_valid_for_any_port_of_it(
         verify(store, key, certificate=on_a_port, name="alice.example:8443")
     with pytest.raises(AuthenticationFailed, match=r"not for 'alice\.example'"):
         verify(store, key, certificate=on_a_port, name="alice.example")
+    # A name whose host part holds a colon outside brackets has no host.
+    with pytest.raises(AuthenticationFailed, match=r"not for 'alice\.example:443:1'"):
+        verify(store, key, certificate=on_a_port, name="alice.example:443:1")
 
 
 def test_host_names_compare_without_regard_to_case(
