@@ -1283,6 +1283,41 @@ def test_a_torn_last_line_is_ignored_and_dropped_by_the_next_write(
     assert not [r for r in caplog.records if r.name == "nautilus.sessions"]
 
 
+def test_a_torn_last_line_read_with_the_whole_file_is_dropped_by_the_next_write(
+    tmp_path: Path,
+) -> None:
+    """As above, for a cache that reads the file whole (a new one): the torn
+    bytes are not part of what it has applied, and its first append drops them."""
+    path = tmp_path / "tickets.json"
+    writer = SessionCache(path=path)
+    writer.store("s", ticket(1))
+    with open(path, "ab") as fh:
+        fh.write(json.dumps(_store_record("s", 2)).encode()[:-40])
+    late = SessionCache(path=path)
+    assert view(late) == [("s", [1])]
+    late.store("s", ticket(3))
+    assert path.read_bytes().endswith(b"\n")
+    assert [r for r in journal(path) if r.get("op") == "store"] == [
+        _store_record("s", n) for n in (1, 3)
+    ]
+    assert view(SessionCache(path=path)) == view(writer) == [("s", [1, 3])]
+
+
+def test_a_removal_of_a_ticket_no_longer_held_removes_nothing(tmp_path: Path) -> None:
+    """Two caches that took one ticket at once (the lock was not exclusive)
+    write two removals of it: the second removes no other ticket."""
+    path = tmp_path / "tickets.json"
+    twice = {"op": "remove", "key": "s", "ids": [_ticket_id(ticket(3))]}
+    _write(
+        path,
+        _journal_bytes(*(_store_record("s", n) for n in (1, 2, 3)), twice, twice),
+    )
+    assert view(SessionCache(path=path)) == [("s", [1, 2])]
+    other = {"op": "remove", "key": "s", "ids": [_ticket_id(ticket(9))]}
+    _write(path, _journal_bytes(_store_record("s", 1), _store_record("s", 2), other))
+    assert view(SessionCache(path=path)) == [("s", [1, 2])]
+
+
 @pytest.mark.parametrize(
     "bad",
     [
@@ -1556,6 +1591,19 @@ def test_a_file_cut_short_in_place_is_read_whole(tmp_path: Path) -> None:
     assert path.stat().st_ino == inode
     assert view(a) == [("s", [1])]
     assert a.take("t", NOW) is None
+
+
+def test_a_corrupt_file_rewritten_in_place_is_read_again(tmp_path: Path) -> None:
+    """A cache that found the file corrupt (so it replaces it at its next
+    write) still reads it again when it changes in place, by no cache."""
+    path = tmp_path / "tickets.json"
+    _write(path, b"{not json")
+    a = SessionCache(path=path)
+    assert view(a) == []
+    replacement = _journal_bytes(_store_record("s", 7))
+    with open(path, "r+b") as fh:  # the same inode, by no cache
+        fh.write(replacement)
+    assert view(a) == [("s", [7])]
 
 
 def test_without_fcntl_changes_are_seen_by_stat(

@@ -229,6 +229,16 @@ def test_to_stop_sharing_gives_the_process_keys_of_its_own() -> None:
     assert _seal(keys, NOW + 30)[:8] != own[:8]
 
 
+def test_to_stop_sharing_when_nothing_is_shared_changes_no_key() -> None:
+    """share_secret(None) on keys of the process's own is a no-op: the key in
+    use stays (the chain is not renewed, so forked processes keep it too)."""
+    keys = TicketKeys(ROTATION, LIFETIME)
+    own = _seal(keys, NOW)
+    keys.share_secret(None)
+    assert not keys.shares_secret
+    assert _seal(keys, NOW + 20)[:8] == own[:8]
+
+
 def test_rotate_is_refused_while_the_keys_follow_a_shared_secret() -> None:
     """rotate() in one process cannot change the others' keys: it says so,
     and changes nothing."""
