@@ -1371,6 +1371,23 @@ def test_an_empty_known_peers_file_is_made_owner_only_by_its_first_entry(
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
+def test_known_peers_name_with_two_keys_trusts_neither(
+    ids: dict[str, Identity], tmp_path: Path
+) -> None:
+    """A name recorded twice with different keys (a second line added by hand,
+    or by a tool): every line is checked, so neither key is taken as known."""
+    path = tmp_path / "known_peers"
+    known = KnownPeers(path)
+    first, second = ids["ed25519"].public, ids["ml-dsa-65"].public
+    known.check("ivan", first)
+    with path.open("a") as fh:
+        fh.write(f"ivan {second.peer_id} {base64.b64encode(second.to_bytes()).decode()}\n")
+    with pytest.raises(AuthenticationFailed, match="line 3"):
+        known.check("ivan", first)
+    with pytest.raises(AuthenticationFailed, match="line 2"):
+        known.check("ivan", second)
+
+
 def test_known_peers_refuses_identity_file(ids: dict[str, Identity], tmp_path: Path) -> None:
     path = tmp_path / "id.key"
     ids["ed25519"].save(path)

@@ -535,6 +535,23 @@ def test_a_cached_ticket_never_records_its_server_in_the_known_peers_file(tmp_pa
     assert OTHER.peer_id in known.read_text()
 
 
+def test_a_cached_ticket_is_not_used_once_its_known_peers_entry_is_deleted(
+    tmp_path: Path,
+) -> None:
+    """The same server, still able to open the ticket: its key is not in the
+    known-peers file any more, and a cached ticket's key is only looked up,
+    so the ticket is not used (a full handshake records the key anew)."""
+    known = tmp_path / "known_peers"
+    p = first_session(client={"known_peers_file": known, "trusted_peers": []})
+    assert len(p.client_ctx.session_cache) == 1
+    known.unlink()
+    q = resume(p)
+    assert q.client.session is not None, q.client_events
+    assert not q.client.session.resumed
+    assert q.client.session.trust == "first-use"
+    assert SERVER.peer_id in known.read_text()
+
+
 def test_server_no_longer_trusting_the_client_forces_a_full_handshake() -> None:
     p = first_session(
         server={"client_auth": "required", "trusted_peers": [CLIENT.public]},
