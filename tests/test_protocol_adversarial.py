@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from struct import Struct
 
 import pytest
 from protocol_helpers import (
@@ -46,8 +47,8 @@ from nautilus import (
 from nautilus.context import CIPHER_IDS, GROUP_IDS
 from nautilus.kem import GROUPS
 from nautilus.protocol import keyschedule as ks
-from nautilus.protocol.codec import DecodeError
-from nautilus.protocol.connection import MAX_PEER_KEY_UPDATES, Connection
+from nautilus.protocol.codec import DecodeError, Reader
+from nautilus.protocol.connection import _CLIENT_VERIFY, MAX_PEER_KEY_UPDATES, Connection
 from nautilus.protocol.messages import (
     BINDER_SIZE,
     MESSAGE_TYPES,
@@ -68,7 +69,9 @@ from nautilus.protocol.messages import (
     PskMode,
     PskOffer,
     ServerHello,
+    StepData,
     StepOffer,
+    Verify,
     frame,
 )
 from nautilus.record import AEAD, DEFAULT_RECORD_LIMIT, ContentType, RecordOpener, RecordSealer
@@ -1541,3 +1544,219 @@ def test_a_plaintext_record_after_the_handshake_is_refused_from_its_header(
     pair.client.receive_data(pair.server.data_to_send(), NOW)
     pair.collect()
     assert alert_codes(pair.client_events) == [10]  # unexpected_message
+
+
+# ------------------------------------------------ peers that skip or forge a step
+
+
+def _leave_out(monkeypatch: pytest.MonkeyPatch, conn: Connection, *dropped: type) -> None:
+    """Make ``conn`` leave out of its flights (and its transcript) the handshake
+    messages of the ``dropped`` classes: a peer that skips a step."""
+    honest = conn._send_handshake
+
+    def send(msg: Message) -> None:
+        if not isinstance(msg, dropped):
+            honest(msg)
+
+    patch_method(monkeypatch, conn, "_send_handshake", send)
+
+
+@pytest.mark.parametrize(
+    "dropped", [(IdentityMsg, Verify), (Verify,)], ids=["identity-and-verify", "verify"]
+)
+def test_client_refuses_a_server_finished_without_the_servers_proof_of_identity(
+    monkeypatch: pytest.MonkeyPatch, dropped: tuple[type, ...]
+) -> None:
+    """A full handshake's server must present its key and sign the transcript
+    before its Finished: a Finished in their place (a valid MAC over what was
+    sent) is out of order, not an unauthenticated session."""
+    pair = Pair.make()
+    _leave_out(monkeypatch, pair.server, *dropped)
+    pair.connect()
+    both_fail(pair, ProtocolViolation, ProtocolViolation)
+    assert "FINISHED in state" in str(pair.client.error)
+    assert alert_codes(pair.server_events) == [AlertCode.UNEXPECTED_MESSAGE]
+
+
+def test_server_refuses_a_client_identity_without_its_signature(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client's Identity binds nothing until its Verify signs the
+    transcript: a Finished right after the Identity is out of order."""
+    pair = Pair.make(
+        server={"client_auth": "required"}, client={"identity": cached_identity("ed25519", 1)}
+    )
+    _leave_out(monkeypatch, pair.client, Verify)
+    pair.connect()
+    assert_closed_with(pair.server, pair.server_events, ProtocolViolation)
+    assert "FINISHED in state server_wait_verify" in str(pair.server.error)
+    assert "HandshakeCompleted" not in event_types(pair.server_events)
+    assert alert_codes(pair.client_events) == [AlertCode.UNEXPECTED_MESSAGE]
+
+
+def test_server_finished_with_a_wrong_mac(monkeypatch: pytest.MonkeyPatch) -> None:
+    pair = Pair.make()
+    honest = pair.server._send_handshake
+
+    def forge(msg: Message) -> None:
+        honest(Finished(bytes(32)) if isinstance(msg, Finished) else msg)
+
+    patch_method(monkeypatch, pair.server, "_send_handshake", forge)
+    pair.connect()
+    both_fail(pair, AuthenticationFailed, AuthenticationFailed)
+    assert "server's Finished MAC did not verify" in str(pair.client.error)
+    assert alert_codes(pair.server_events) == [AlertCode.DECRYPT_ERROR]
+
+
+def test_a_server_signature_made_with_the_client_context_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The two roles sign under different context strings: the server's own
+    key signing the right transcript as a client would is not its Verify."""
+    pair = Pair.make()
+    honest = pair.server._sign_transcript
+    patch_method(monkeypatch, pair.server, "_sign_transcript", lambda _c: honest(_CLIENT_VERIFY))
+    pair.connect()
+    both_fail(pair, AuthenticationFailed, AuthenticationFailed)
+    assert "server's signature over the handshake did not verify" in str(pair.client.error)
+    assert alert_codes(pair.server_events) == [AlertCode.DECRYPT_ERROR]
+
+
+@pytest.mark.parametrize(
+    "mtype",
+    [MsgType.CLIENT_HELLO, MsgType.HELLO_RETRY, MsgType.SERVER_HELLO],
+    ids=lambda m: m.name.lower(),
+)
+def test_a_hello_of_another_protocol_version_is_refused(mtype: MsgType) -> None:
+    retry = mtype is MsgType.HELLO_RETRY
+    pair = Pair.make(
+        server={"groups": ["mlkem768"]} if retry else None,
+        client={"groups": ["x25519-mlkem768", "mlkem768"]},
+    )
+    cls = MESSAGE_TYPES[mtype]
+
+    def edit(src: Connection, dst: Connection, data: bytes) -> bytes:
+        if data[0] != RECORD_HANDSHAKE_PLAIN:
+            return data
+        return rewrite_plain_handshake(
+            data,
+            lambda _t, b: dataclasses.replace(cls.decode_body(b), version=2).encode_body(),
+            only=mtype,
+        )
+
+    pair.connect(edit)
+    both_fail(pair, NegotiationFailed, NegotiationFailed)
+    told = pair.client_events if mtype is MsgType.CLIENT_HELLO else pair.server_events
+    assert alert_codes(told) == [AlertCode.PROTOCOL_VERSION]
+
+
+def test_server_hello_with_a_cipher_the_client_did_not_offer() -> None:
+    pair = Pair.make(
+        server={"ciphers": ["aes-128-gcm", "chacha20-poly1305"]},
+        client={"ciphers": ["aes-128-gcm"]},
+    )
+
+    def swap(src: Connection, dst: Connection, data: bytes) -> bytes:
+        if src.role != "server" or data[0] != RECORD_HANDSHAKE_PLAIN:
+            return data
+        return rewrite_plain_handshake(
+            data,
+            lambda _t, b: dataclasses.replace(
+                ServerHello.decode_body(b), cipher=CIPHER_IDS["chacha20-poly1305"]
+            ).encode_body(),
+            only=MsgType.SERVER_HELLO,
+        )
+
+    pair.connect(swap)
+    both_fail(pair, NegotiationFailed, KeyAgreementFailed)
+    assert "cipher that was not offered" in str(pair.client.error)
+    assert alert_codes(pair.server_events) == [AlertCode.ILLEGAL_PARAMETER]
+
+
+# ------------------------------------------------------------ field ranges
+
+
+def _flag_byte(body: bytes, marker: bytes, value: int) -> bytes:
+    """``body`` with the byte that follows ``marker`` (once in it) set to ``value``."""
+    assert body.count(marker) == 1
+    at = body.index(marker) + len(marker)
+    return body[:at] + bytes([value]) + body[at + 1 :]
+
+
+def _hello(**fields: object) -> ClientHello:
+    return dataclasses.replace(_full_messages()[0], **fields)  # type: ignore[arg-type]
+
+
+_STEP = StepOffer("step-id", True)
+_EE = EncryptedExtensions(ClientAuth.OPTIONAL, ("step-id",), 4096, True)
+_FIELD_CASES: list[tuple[str, Callable[[bytes], object], bytes, bytes]] = [
+    ("offer mode none", PskOffer.decode,
+     PskOffer(PskMode.PSK_DHE, b"t", 0, 0, bytes(32)).encode(),
+     PskOffer(PskMode.NONE, b"t", 0, 0, bytes(32)).encode()),
+    ("offer empty ticket", PskOffer.decode,
+     PskOffer(PskMode.PSK_DHE, b"t", 0, 0, bytes(32)).encode(),
+     PskOffer(PskMode.PSK_DHE, b"", 0, 0, bytes(32)).encode()),
+    ("hello empty step id", ClientHello.decode_body,
+     _hello(steps=(_STEP,)).encode_body(),
+     _hello(steps=(StepOffer("", True),)).encode_body()),
+    ("hello step flags 2", ClientHello.decode_body,
+     _hello(steps=(_STEP,)).encode_body(),
+     _flag_byte(_hello(steps=(_STEP,)).encode_body(), b"\x07step-id", 2)),
+    ("server hello mode 3", ServerHello.decode_body,
+     ServerHello(bytes(32), 4, 1, b"s", PskMode.PSK_ONLY).encode_body(),
+     ServerHello(bytes(32), 4, 1, b"s", 3).encode_body()),
+    ("extensions client_auth 3", EncryptedExtensions.decode_body,
+     _EE.encode_body(), dataclasses.replace(_EE, client_auth=3).encode_body()),
+    ("extensions empty step id", EncryptedExtensions.decode_body,
+     _EE.encode_body(), dataclasses.replace(_EE, steps=("",)).encode_body()),
+    ("extensions early flag 2", EncryptedExtensions.decode_body,
+     _EE.encode_body(), _EE.encode_body()[:-1] + b"\x02"),
+    ("step data empty id", StepData.decode_body,
+     StepData("step-id", b"p").encode_body(), StepData("", b"p").encode_body()),
+    ("ticket empty", NewSessionTicket.decode_body,
+     NewSessionTicket(7200, 1, b"n", b"t", 0).encode_body(),
+     NewSessionTicket(7200, 1, b"n", b"", 0).encode_body()),
+    ("identity empty key", IdentityMsg.decode_body,
+     IdentityMsg(b"k", b"").encode_body(), IdentityMsg(b"", b"").encode_body()),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("decoder", "good", "bad"), [c[1:] for c in _FIELD_CASES], ids=[c[0] for c in _FIELD_CASES]
+)
+def test_decoders_refuse_a_field_out_of_its_range(
+    decoder: Callable[[bytes], object], good: bytes, bad: bytes
+) -> None:
+    """A well-formed encoding whose one field holds a value the protocol does
+    not define (or an empty value where one is required) is a DecodeError;
+    the same message with a defined value decodes."""
+    decoder(good)
+    with pytest.raises(DecodeError):
+        decoder(bad)
+
+
+_READS: list[tuple[str, Callable[[Reader], object], bytes]] = [
+    ("u8", Reader.u8, b"\x01"),
+    ("u16", Reader.u16, b"\x01\x02"),
+    ("u24", Reader.u24, b"\x01\x02\x03"),
+    ("u32", Reader.u32, b"\x01\x02\x03\x04"),
+    ("u64", Reader.u64, bytes(range(8))),
+    ("raw", lambda r: r.raw(3), b"abc"),
+    ("unpack", lambda r: r.unpack(Struct(">HB")), b"\x01\x02\x03"),
+    ("vec8", Reader.vec8, b"\x02ab"),
+    ("vec16", Reader.vec16, b"\x00\x02ab"),
+    ("vec24", Reader.vec24, b"\x00\x00\x02ab"),
+]
+
+
+@pytest.mark.parametrize(("read", "whole"), [r[1:] for r in _READS], ids=[r[0] for r in _READS])
+def test_every_reader_read_checks_what_is_left(
+    read: Callable[[Reader], object], whole: bytes
+) -> None:
+    """Each read refuses, at that read, input one byte short of what it takes
+    (not only done() at the end: a decoder may read on, or stop there)."""
+    r = Reader(whole)
+    read(r)
+    r.done()
+    with pytest.raises(DecodeError, match="truncated"):
+        read(Reader(whole[:-1]))
