@@ -1145,20 +1145,22 @@ def _ticket_message(size: int) -> bytes:
     return message
 
 
+@pytest.mark.parametrize("size", [16385, 20000])
 @pytest.mark.parametrize(
     "ctype", [ContentType.HANDSHAKE, ContentType.KEY_UPDATE], ids=["handshake", "key_update"]
 )
 def test_oversized_handshake_record_is_record_overflow_with_a_larger_max_record_size(
-    ctype: int,
+    ctype: int, size: int
 ) -> None:
     """docs/protocol.md, section 1: handshake records (and every other record
     that is not application data or messages) are at most 16 KiB, even when
     the receiver accepts application records of 64 KiB. A well-formed ticket
-    of 20000 bytes in one record was stored before."""
+    of 20000 bytes in one record was stored before; one byte over 16 KiB is
+    refused as well."""
     pair = _large_record_pair()
     sealer = pair.server._sealer
     assert sealer is not None
-    content = _ticket_message(20000) if ctype == ContentType.HANDSHAKE else bytes(20000)
+    content = _ticket_message(size) if ctype == ContentType.HANDSHAKE else bytes(size)
     pair.server._out.append(sealer.seal(content, ctype))
     pair.pump()
     assert_closed_with(pair.client, pair.client_events, ProtocolViolation)
@@ -1760,3 +1762,176 @@ def test_every_reader_read_checks_what_is_left(
     r.done()
     with pytest.raises(DecodeError, match="truncated"):
         read(Reader(whole[:-1]))
+
+
+# ------------------------------------------- what the hellos and extensions announce
+
+
+def _rewrite_sent(
+    monkeypatch: pytest.MonkeyPatch, conn: Connection, cls: type, edit: Callable[..., Message]
+) -> None:
+    """Make ``conn`` send ``edit(msg)`` for each handshake message of class ``cls``."""
+    honest = conn._send_handshake
+
+    def send(msg: Message) -> None:
+        honest(edit(msg) if isinstance(msg, cls) else msg)
+
+    patch_method(monkeypatch, conn, "_send_handshake", send)
+
+
+def test_client_refuses_extensions_agreeing_to_one_step_twice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hs = _with_step(CustomProtocolStep("example.com/x"))
+    pair = Pair.make(server={"handshake": hs}, client={"handshake": hs})
+    _rewrite_sent(
+        monkeypatch, pair.server, EncryptedExtensions,
+        lambda ee: dataclasses.replace(ee, steps=ee.steps * 2),
+    )  # fmt: skip
+    pair.connect()
+    both_fail(pair, NegotiationFailed, KeyAgreementFailed)
+    assert "not offered" in str(pair.client.error)
+    assert alert_codes(pair.server_events) == [AlertCode.ILLEGAL_PARAMETER]
+
+
+def test_client_refuses_extensions_leaving_out_its_required_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The client checks its required steps itself: a server that knows the
+    step but does not agree to it in its EncryptedExtensions is refused."""
+    hs = _with_step(CustomProtocolStep("example.com/token/1", required=True))
+    pair = Pair.make(server={"handshake": hs}, client={"handshake": hs})
+    _rewrite_sent(
+        monkeypatch, pair.server, EncryptedExtensions, lambda ee: dataclasses.replace(ee, steps=())
+    )
+    pair.connect()
+    both_fail(pair, NegotiationFailed, NegotiationFailed)
+    assert "required step 'example.com/token/1'" in str(pair.client.error)
+    assert alert_codes(pair.server_events) == [AlertCode.NEGOTIATION_FAILED]
+
+
+@pytest.mark.parametrize("size", [511, 512, 1 << 18, (1 << 18) + 1])
+def test_client_takes_a_max_record_size_from_the_server_only_in_512_to_256_kib(
+    monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    pair = Pair.make()
+    _rewrite_sent(
+        monkeypatch, pair.server, EncryptedExtensions,
+        lambda ee: dataclasses.replace(ee, max_record_size=size),
+    )  # fmt: skip
+    pair.connect()
+    if 512 <= size <= 1 << 18:
+        assert pair.client.handshake_complete, pair.client.error
+        assert pair.client.session is not None
+        assert pair.client.session.max_record_size == min(size, 16384)
+        return
+    assert_closed_with(pair.client, pair.client_events, ProtocolViolation)
+    assert "invalid max_record_size" in str(pair.client.error)
+    assert alert_codes(pair.server_events) == [AlertCode.ILLEGAL_PARAMETER]
+
+
+@pytest.mark.parametrize("size", [511, (1 << 18) + 1])
+def test_server_refuses_a_max_record_size_outside_512_to_256_kib(size: int) -> None:
+    pair = Pair.make()
+    pair.connect(client_hello_editor(lambda ch: dataclasses.replace(ch, max_record_size=size)))
+    assert_closed_with(pair.server, pair.server_events, ProtocolViolation)
+    assert "invalid max_record_size" in str(pair.server.error)
+    assert alert_codes(pair.client_events) == [AlertCode.ILLEGAL_PARAMETER]
+
+
+def test_server_refuses_a_hello_offering_one_step_twice() -> None:
+    step = StepOffer("example.com/x", False)
+    hs = _with_step(CustomProtocolStep("example.com/x"))
+    pair = Pair.make(server={"handshake": hs}, client={"handshake": hs})
+    pair.connect(client_hello_editor(lambda ch: dataclasses.replace(ch, steps=(step, step))))
+    assert_closed_with(pair.server, pair.server_events, ProtocolViolation)
+    assert "duplicate step ids" in str(pair.server.error)
+    assert alert_codes(pair.client_events) == [AlertCode.ILLEGAL_PARAMETER]
+
+
+def _retried_hello_editor(
+    edit: Callable[[ClientHello], ClientHello],
+) -> Callable[[Connection, Connection, bytes], bytes]:
+    """An intercept that rewrites the client's second ClientHello (after a HelloRetry)."""
+    hellos: list[bytes] = []
+
+    def intercept(src: Connection, dst: Connection, data: bytes) -> bytes:
+        if src.role != "client" or data[0] != RECORD_HANDSHAKE_PLAIN:
+            return data
+        hellos.append(data)
+        if len(hellos) != 2:
+            return data
+        return client_hello_editor(edit)(src, dst, data)
+
+    return intercept
+
+
+@pytest.mark.parametrize(
+    ("edit", "why"),
+    [
+        (
+            lambda ch: dataclasses.replace(
+                ch, share_group=GROUP_IDS["x25519"], share=GROUPS["x25519"].generate()
+                .public_key().public_bytes_raw(),
+            ),
+            "differs from the first",
+        ),
+        (lambda ch: dataclasses.replace(ch, share=b""), "wrong key share"),
+    ],
+    ids=["another-group", "no-share"],
+)  # fmt: skip
+def test_server_refuses_a_retried_hello_without_a_share_for_the_group_it_asked_for(
+    edit: Callable[[ClientHello], ClientHello], why: str
+) -> None:
+    pair = Pair.make(
+        server={"groups": ["mlkem768", "x25519"]},
+        client={"groups": ["x25519-mlkem768", "mlkem768", "x25519"]},
+    )
+    pair.connect(_retried_hello_editor(edit))
+    assert_closed_with(pair.server, pair.server_events, ProtocolViolation)
+    assert why in str(pair.server.error)
+    assert alert_codes(pair.client_events) == [AlertCode.ILLEGAL_PARAMETER]
+
+
+# --------------------------------------------------- key updates and record contents
+
+
+def test_key_update_bursts_a_second_apart_are_not_a_flood_within_one_they_are() -> None:
+    pair = Pair.make()
+    pair.handshake()
+    pair.client.receive_data(_key_updates(pair, MAX_PEER_KEY_UPDATES, False), NOW)
+    pair.client.receive_data(_key_updates(pair, MAX_PEER_KEY_UPDATES, False), NOW + 1.0)
+    assert pair.client.handshake_complete, pair.client.error
+    pair.client.receive_data(_key_updates(pair, 1, False), NOW + 1.999)
+    pair.collect()
+    assert_closed_with(pair.client, pair.client_events, ProtocolViolation)
+    assert "key updates" in str(pair.client.error)
+
+
+def test_a_peer_requesting_updates_while_we_await_answers_is_still_counted() -> None:
+    """Only an answer (no request of its own) to our update_keys(request_peer=True)
+    goes uncounted: updates that request ours in turn count, however many
+    answers are owed."""
+    pair = Pair.make()
+    pair.handshake()
+    pair.client.update_keys(request_peer=True)  # (never delivered: no answer comes)
+    pair.client.data_to_send()
+    pair.client.receive_data(_key_updates(pair, MAX_PEER_KEY_UPDATES + 1, True), NOW)
+    pair.collect()
+    assert_closed_with(pair.client, pair.client_events, ProtocolViolation)
+    assert "key updates" in str(pair.client.error)
+
+
+def test_an_empty_sealed_handshake_record_is_decode_error() -> None:
+    pair = Pair.make()
+    pair.handshake()
+    pair.collect()
+    sealer = pair.server._sealer
+    assert sealer is not None
+    pair.client.receive_data(sealer.seal(b"", ContentType.HANDSHAKE), NOW)
+    pair.collect()
+    assert_closed_with(pair.client, pair.client_events, ProtocolViolation)
+    assert "empty record" in str(pair.client.error)
+    pair.server.receive_data(pair.client.data_to_send(), NOW)
+    pair.collect()
+    assert alert_codes(pair.server_events) == [AlertCode.DECODE_ERROR]
