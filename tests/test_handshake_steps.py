@@ -42,7 +42,7 @@ from nautilus import (
     State,
     StepContext,
 )
-from nautilus.protocol.connection import Connection
+from nautilus.protocol.connection import _MAX_STEP_PAYLOAD, Connection
 from nautilus.protocol.messages import RECORD_SEALED, Finished, MsgType, StepData
 from nautilus.protocol.steps import (
     MAX_CUSTOM_STEPS,
@@ -780,7 +780,7 @@ def test_a_replaced_authentication_step_can_be_replaced_again() -> None:
     assert type(hs.authentication) is AuthenticationStep
 
 
-@pytest.mark.parametrize("size", [1, 20_000, 65_000])
+@pytest.mark.parametrize("size", [1, 20_000, 65_000, _MAX_STEP_PAYLOAD])
 def test_large_step_payloads_span_several_records(size: int) -> None:
     sid = "example.com/blob"
     received: list[bytes | None] = []
@@ -802,12 +802,14 @@ def test_large_step_payloads_span_several_records(size: int) -> None:
     assert received == [blob]
 
 
-def test_step_payload_over_the_message_limit_fails_the_handshake() -> None:
+@pytest.mark.parametrize("size", [_MAX_STEP_PAYLOAD + 1, 70_000])
+def test_step_payload_over_the_message_limit_fails_the_handshake(size: int) -> None:
     # Handshake messages are limited to 64 KiB: the sending side refuses an
     # oversized payload itself (its own step is at fault) and tells the peer.
+    # The bound leaves room for the longest step id, whatever this one's length.
     sid = "example.com/too-big"
     pair = run(
-        (CustomProtocolStep(sid, server_payload=lambda ctx: bytes(70_000)),),
+        (CustomProtocolStep(sid, server_payload=lambda ctx: bytes(size)),),
         (CustomProtocolStep(sid),),
     )
     assert_closed_with(pair.server, pair.server_events, HandshakeError)
