@@ -31,6 +31,7 @@ from protocol_helpers import (
     event_types,
     handshake_message,
     in_a_child_forked_with_locks_held,
+    patch_method,
     plain_record,
     received_data,
     rewrite_plain_handshake,
@@ -63,7 +64,9 @@ from nautilus.protocol.connection import Connection
 from nautilus.protocol.messages import (
     BINDER_SIZE,
     RECORD_HANDSHAKE_PLAIN,
+    ClientAuth,
     ClientHello,
+    EncryptedExtensions,
     Finished,
     MsgType,
     NewSessionTicket,
@@ -2367,3 +2370,151 @@ def test_a_child_forked_while_locks_were_held_can_use_the_context() -> None:
         assert len(ctx.sessions) == 0
 
     in_a_child_forked_with_locks_held(held, child)
+
+
+# ------------------------------------------- checks found untested by a mutation run
+
+
+def test_client_refuses_a_psk_dhe_answer_to_its_psk_only_offer_without_a_share() -> None:
+    """A psk_only offer sends no key share: a ServerHello that answers it with
+    a key exchange (psk_dhe and a share) has nothing to decapsulate with."""
+    p = first_session(server={"resumption": "psk_only"}, client={"resumption": "psk_only"})
+
+    def to_psk_dhe(src: Connection, dst: Connection, data: bytes) -> bytes:
+        if src.role != "server" or data[0] != RECORD_HANDSHAKE_PLAIN:
+            return data
+        return rewrite_plain_handshake(
+            data,
+            lambda _t, b: replace(
+                ServerHello.decode_body(b), psk_mode=PskMode.PSK_DHE, share=bytes(1120)
+            ).encode_body(),
+            only=MsgType.SERVER_HELLO,
+        )
+
+    q = resume(p, intercept=to_psk_dhe)
+    assert_closed_with(q.client, q.client_events, ProtocolViolation)
+    assert "key share that the client did not send" in str(q.client.error)
+
+
+def test_client_refuses_a_resumption_that_asks_for_its_identity(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A resumed session is authenticated by the ticket: EncryptedExtensions
+    asking for the client's identity there is refused, not answered."""
+    p = first_session()
+    q = Pair(p.client_ctx, p.server_ctx, {"server_name": SERVER_NAME})
+    honest = q.server._send_handshake
+
+    def ask(msg: object) -> None:
+        if isinstance(msg, EncryptedExtensions):
+            msg = replace(msg, client_auth=ClientAuth.OPTIONAL)
+        honest(msg)
+
+    patch_method(monkeypatch, q.server, "_send_handshake", ask)
+    q.connect()
+    assert_closed_with(q.client, q.client_events, ProtocolViolation)
+    assert "resumed session asked for client authentication" in str(q.client.error)
+    assert "HandshakeCompleted" not in event_types(q.client_events)
+
+
+def test_a_cached_ticket_of_another_namespace_is_not_offered() -> None:
+    p = first_session()
+    replace_ticket(p, namespace=b"another")
+    flights = Flights()
+    q = resume(p, intercept=flights)
+    assert client_hello(flights.first("client")).psk_offer == b""
+    assert completed(q) == (False, False)
+
+
+def test_ticket_of_another_namespace_is_not_honoured_under_shared_ticket_keys() -> None:
+    """Two contexts of one identity sharing ticket keys, in two namespaces:
+    a ticket of the first, offered in the second, opens but is not honoured."""
+    p = first_session()
+    other = Context(SERVER, tickets_per_handshake=0, namespace="another")
+    other._ticket_keys = p.server_ctx.ticket_keys
+    client = Context(trusted_peers=[SERVER.public], namespace="another")
+    ticket = p.client_ctx.session_cache.take(CACHE_KEY, NOW)
+    assert ticket is not None
+    key = SessionCache.key("*", SERVER_NAME, namespace="another")
+    client.session_cache.store(key, replace(ticket, namespace=b"another"))
+    flights = Flights()
+    q = resume(p, client_ctx=client, server_ctx=other, intercept=flights)
+    assert client_hello(flights.first("client")).psk_offer != b""  # offered...
+    assert completed(q) == (False, False)  # ...and not honoured
+
+
+@pytest.mark.parametrize(("behind", "resumed"), [(60.0, True), (61.0, False)])
+def test_a_ticket_issued_over_a_minute_ahead_of_the_servers_clock_is_not_honoured(
+    behind: float, resumed: bool
+) -> None:
+    p = first_session()
+    q = Pair(p.client_ctx, p.server_ctx, {"server_name": SERVER_NAME})
+    q.client.start(NOW)
+    q.server.start(NOW - behind)
+    q.pump(now=NOW - behind)
+    assert completed(q) == (resumed, resumed)
+
+
+@pytest.mark.parametrize(("left", "lifetimes"), [(1.5, [1]), (0.5, [])])
+def test_a_resumed_session_issues_no_ticket_with_under_a_second_of_authentication_left(
+    monkeypatch: pytest.MonkeyPatch, left: float, lifetimes: list[int]
+) -> None:
+    p = first_session(server={"ticket_lifetime": MAX_TICKET_LIFETIME})
+    now = NOW + MAX_TICKET_LIFETIME - left
+    q = Pair(p.client_ctx, p.server_ctx, {"server_name": SERVER_NAME}, now)
+    received: list[int] = []
+    honest = q.client._on_new_session_ticket
+
+    def spy(msg: NewSessionTicket, full: bytes) -> object:
+        received.append(msg.lifetime)
+        return honest(msg, full)
+
+    patch_method(monkeypatch, q.client, "_on_new_session_ticket", spy)
+    q.connect()
+    assert completed(q) == (True, True)
+    assert received == lifetimes  # (not even one of lifetime 0, which no client keeps)
+    assert len(p.client_ctx.session_cache) == len(lifetimes)
+
+
+def _forged_ticket(p: Pair) -> bytes:
+    """A sealed record with a NewSessionTicket from the server's keys (the
+    client keeps whatever ticket bytes it is given)."""
+    sealer = p.server._sealer
+    assert sealer is not None
+    return sealer._seal_chunk(
+        frame(NewSessionTicket(3600, 0, bytes(8), b"t" * 32, 0)), ContentType.HANDSHAKE
+    )
+
+
+@pytest.mark.parametrize(("records", "kept"), [(63, 1), (64, 0)])
+@pytest.mark.parametrize("kind", ["data", "unusable tickets"])
+def test_a_closed_client_keeps_no_ticket_past_its_64th_record(
+    kind: str, records: int, kept: int
+) -> None:
+    """Counted within one read too: a run of handshake records is opened in
+    one call, and the count stops it in the middle."""
+    p = _closed_before_its_ticket(tickets_per_handshake=0)
+    sealer = p.server._sealer
+    assert sealer is not None
+    if kind == "data":
+        for i in range(records):
+            p.server.send_data(b"%d" % i)
+        wire = p.server.data_to_send()
+    else:  # lifetime 0: read, and not kept
+        unusable = frame(NewSessionTicket(0, 0, bytes(8), bytes(32), 0))
+        wire = b"".join(sealer._seal_chunk(unusable, ContentType.HANDSHAKE) for _ in range(records))
+    p.client.receive_data(wire + _forged_ticket(p), NOW)
+    assert len(p.client_ctx.session_cache) == kept
+
+
+def test_a_closed_client_stops_at_a_handshake_message_that_is_not_a_ticket() -> None:
+    p = _closed_before_its_ticket(tickets_per_handshake=0)
+    sealer = p.server._sealer
+    assert sealer is not None
+    p.client.receive_data(
+        sealer._seal_chunk(frame(Finished(bytes(32))), ContentType.HANDSHAKE) + _forged_ticket(p),
+        NOW,
+    )
+    assert len(p.client_ctx.session_cache) == 0
+    assert p.client._keys is None
+    assert p.client.error is None
