@@ -16,6 +16,7 @@ from protocol_helpers import (
     drain_events,
     event_types,
     in_a_child_forked_with_locks_held,
+    patch_method,
     received_data,
     split_plain_handshake,
     split_records,
@@ -30,7 +31,14 @@ from nautilus import (
 )
 from nautilus.protocol.connection import Connection
 from nautilus.protocol.events import EarlyDataReceived, EarlyDataRejected
-from nautilus.protocol.messages import RECORD_SEALED, ClientHello, MsgType, PskOffer
+from nautilus.protocol.messages import (
+    RECORD_SEALED,
+    ClientHello,
+    EncryptedExtensions,
+    MsgType,
+    PskOffer,
+)
+from nautilus.record import ContentType, RecordSealer
 from nautilus.sessions import MAX_EARLY_DATA, EarlyDataReplayCache, SessionCache
 
 SERVER_NAME = "srv:1"
@@ -861,3 +869,115 @@ def test_early_data_comes_first_whether_or_not_a_ticket_lets_it_go_as_0rtt(case:
     assert early_received(q) + received_data(q.server_events) == b"E|A|B|"
     assert q.client.session is not None
     assert q.client.session.early_data_accepted == (case == "accepted")
+
+
+# ------------------------------------------- checks found untested by a mutation run
+
+
+@pytest.mark.parametrize("size", [100, 101])
+def test_early_data_of_exactly_the_tickets_allowance_is_accepted_one_byte_more_is_not(
+    size: int,
+) -> None:
+    p = first_session(server={"max_early_data": 100})
+    ticket = p.client_ctx.session_cache.take(CACHE_KEY, NOW)
+    assert ticket is not None
+    p.client_ctx.session_cache.store(CACHE_KEY, replace(ticket, max_early_data=1 << 20))
+    q = with_early_data(p, b"z" * size)
+    if size == 100:
+        assert early_received(q) == b"z" * 100
+        assert q.server.handshake_complete, q.server.error
+        return
+    assert early_received(q) == b""
+    assert_closed_with(q.server, q.server_events, ProtocolViolation)
+    assert "more early data than the ticket allows" in str(q.server.error)
+
+
+def test_a_refused_early_record_is_refused_from_an_oversized_header() -> None:
+    """Refused early records are skipped unread, each at most a 16 KiB record:
+    a larger header is record_overflow at once, not up to 16 MiB waited for."""
+    p = first_session()
+    p.server_ctx.early_data = False  # the ticket allows it; this server now refuses it
+
+    def inflate(src: Connection, dst: Connection, data: bytes) -> bytes:
+        if src.role != "client" or dst.state.value != "server_wait_hello":
+            return data
+        records = split_records(data)
+        assert records[-1][0] == RECORD_SEALED
+        header = bytes([RECORD_SEALED]) + (1 << 20).to_bytes(3, "big")
+        return b"".join(records[:-1]) + header + records[-1][4:]
+
+    q = Pair(p.client_ctx, p.server_ctx, {"server_name": SERVER_NAME})
+    q.client.start(NOW, early_data=REQUEST)
+    q.server.start(NOW)
+    q.pump(inflate)
+    assert_closed_with(q.server, q.server_events, ProtocolViolation)
+    assert "oversized early-data record" in str(q.server.error)
+
+
+def test_an_early_record_of_another_content_type_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    p = first_session()
+    honest = RecordSealer._seal_chunk
+
+    def as_handshake(self: RecordSealer, data: bytes, content_type: int) -> bytearray:
+        early = bytes(data) == REQUEST
+        return honest(self, data, ContentType.HANDSHAKE if early else content_type)
+
+    monkeypatch.setattr(RecordSealer, "_seal_chunk", as_handshake)
+    q = with_early_data(p)
+    assert early_received(q) == b""
+    assert_closed_with(q.server, q.server_events, ProtocolViolation)
+    assert "early data must be application data" in str(q.server.error)
+
+
+def test_early_data_under_a_cipher_the_server_no_longer_allows_is_refused() -> None:
+    """The client still allows the ticket's cipher and sends early data under
+    it; the server, which withdrew it, skips that data (sent again after)."""
+    p = first_session(client={"ciphers": ["aes-256-gcm", "chacha20-poly1305"]})
+    assert p.client.session is not None
+    assert p.client.session.cipher == "aes-256-gcm"
+    p.server_ctx.ciphers = ("chacha20-poly1305",)
+    q = with_early_data(p)
+    assert early_received(q) == b""
+    assert rejected(q) == REQUEST
+    assert received_data(q.server_events) == REQUEST
+
+
+def _claim_early_data_accepted(monkeypatch: pytest.MonkeyPatch, server: Connection) -> None:
+    honest = server._send_handshake
+
+    def claim(msg: object) -> None:
+        if isinstance(msg, EncryptedExtensions):
+            msg = replace(msg, early_data_accepted=True)
+        honest(msg)  # type: ignore[arg-type]
+
+    patch_method(monkeypatch, server, "_send_handshake", claim)
+
+
+def test_client_refuses_early_data_accepted_in_a_resumption_that_sent_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    p = first_session()
+    q = Pair(p.client_ctx, p.server_ctx, {"server_name": SERVER_NAME})
+    _claim_early_data_accepted(monkeypatch, q.server)
+    q.connect()
+    assert q.client.session is None
+    assert_closed_with(q.client, q.client_events, ProtocolViolation)
+    assert "accepted early data that was not sent" in str(q.client.error)
+
+
+def test_client_refuses_early_data_accepted_by_a_full_handshake(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The client sent early data, the server did not honour the ticket (a
+    full handshake) and claims it accepted the data: refused, not lost."""
+    p = first_session()
+    stranger = Context(SERVER, tickets_per_handshake=0, early_data=True)  # other ticket keys
+    q = Pair(p.client_ctx, stranger, {"server_name": SERVER_NAME})
+    _claim_early_data_accepted(monkeypatch, q.server)
+    q.client.start(NOW, early_data=REQUEST)
+    q.server.start(NOW)
+    q.pump()
+    assert_closed_with(q.client, q.client_events, ProtocolViolation)
+    assert "accepted early data that was not sent" in str(q.client.error)
