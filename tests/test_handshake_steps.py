@@ -918,6 +918,33 @@ def test_a_trust_rule_that_closes_its_connection_ends_the_handshake() -> None:
     assert drain_events(pair.client) == []
 
 
+def test_a_trust_rule_that_closes_its_connection_at_start_sends_no_hello() -> None:
+    """start() runs the trust rule on a cached ticket's server: a rule that
+    closes the connection there stops start(), before any hello is made."""
+    closing: dict[str, Connection] = {}
+
+    class CloseWhenAsked(AuthenticationStep):
+        def verify_peer(self, trust: Any, key: PeerKey, **kwargs: Any) -> str:
+            if "conn" in closing:
+                closing["conn"].close()
+            return "pinned"
+
+    pair = Pair.make(
+        server={"tickets_per_handshake": 1},
+        client=_client_with_policy(CloseWhenAsked()),
+        server_name="srv:1",
+    )
+    pair.handshake()
+    assert len(pair.client_ctx.session_cache) == 1
+    client = Connection(pair.client_ctx, "client", server_name="srv:1")
+    closing["conn"] = client
+    client.start(NOW)
+    assert client.is_closed
+    assert client.data_to_send() == b""
+    assert client.next_event() is None
+    assert client.error is None
+
+
 @pytest.mark.parametrize("call", ["receive_data", "start"])
 def test_a_hook_that_feeds_its_own_connection_fails_the_handshake(call: str) -> None:
     """A step hook runs inside its connection's receive_data(): calling it (or
