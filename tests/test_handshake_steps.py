@@ -31,6 +31,7 @@ from nautilus import (
     ClosedError,
     ConnectionClosed,
     ConnectionLost,
+    Context,
     CustomProtocolStep,
     Handshake,
     HandshakeCompleted,
@@ -43,7 +44,13 @@ from nautilus import (
     StepContext,
 )
 from nautilus.protocol.connection import _MAX_STEP_PAYLOAD, Connection
-from nautilus.protocol.messages import RECORD_SEALED, Finished, MsgType, StepData
+from nautilus.protocol.messages import (
+    MAX_HANDSHAKE_MESSAGE,
+    RECORD_SEALED,
+    Finished,
+    MsgType,
+    StepData,
+)
 from nautilus.protocol.steps import (
     MAX_CUSTOM_STEPS,
     MAX_CUSTOM_STEPS_SIZE,
@@ -1208,6 +1215,22 @@ def test_start_takes_nothing_when_its_hello_cannot_be_encoded() -> None:
     assert conn._kem is None
     assert not conn._took_keys
     assert cache.take(key, NOW) is not None  # the ticket is still there
+
+
+def test_start_refuses_a_hello_over_the_handshake_message_limit() -> None:
+    """Step ids lengthened after they were checked, each still encodable, so
+    that the hello and a key share would be over 64 KiB (which the server
+    refuses): start() raises ValueError and sends nothing."""
+    steps = [CustomProtocolStep(f"example.com/{i}") for i in range(255)]
+    ctx = Context(trusted_peers=[cached_identity().public])
+    ctx.handshake = handshake_with(*steps)
+    for i, step in enumerate(steps):
+        step.protocol_id = f"{i:03d}" + "x" * 252  # 255 bytes: the most an id holds
+    conn = Connection(ctx, "client")
+    with pytest.raises(ValueError, match=f"would exceed {MAX_HANDSHAKE_MESSAGE} bytes"):
+        conn.start(NOW)
+    assert conn.state is State.CLIENT_START
+    assert conn.data_to_send() == b""
 
 
 def test_a_step_context_repr_leaves_out_the_hooks_scratch_state() -> None:
