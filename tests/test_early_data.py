@@ -28,13 +28,16 @@ from nautilus import (
     HandshakeCompleted,
     KeyAgreementFailed,
     ProtocolViolation,
+    State,
 )
-from nautilus.protocol.connection import Connection
+from nautilus.kem import GROUPS
+from nautilus.protocol.connection import _CIPHER_BY_ID, Connection
 from nautilus.protocol.events import EarlyDataReceived, EarlyDataRejected
 from nautilus.protocol.messages import (
     RECORD_SEALED,
     ClientHello,
     EncryptedExtensions,
+    HelloRetry,
     MsgType,
     PskOffer,
 )
@@ -981,3 +984,39 @@ def test_client_refuses_early_data_accepted_by_a_full_handshake(
     q.pump()
     assert_closed_with(q.client, q.client_events, ProtocolViolation)
     assert "accepted early data that was not sent" in str(q.client.error)
+
+
+def test_early_data_offered_again_in_a_retried_hello_is_not_accepted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client that answers a HelloRetry with its ticket and early data again
+    (no Connection does: the retried hello drops its offer). The server
+    honours the ticket, and skips that early data unread."""
+    opts = {"groups": ["x25519-mlkem768", "mlkem768"]}
+    p = first_session(server={"groups": ["mlkem768"]}, client=opts)
+    q = Pair(p.client_ctx, p.server_ctx, {"server_name": SERVER_NAME})
+    c = q.client
+
+    def offer_again(msg: HelloRetry, full: bytes) -> State:
+        hello, ticket = c._hello, c._ticket
+        assert hello is not None
+        assert ticket is not None
+        c._absorb(full)
+        kem = GROUPS["mlkem768"].generate()
+        share = kem.public_key().public_bytes_raw()
+        c._kem = kem
+        c._send_hello(replace(hello, share_group=msg.group, share=share, psk_offer=b""), 1)
+        assert c._psk_keys is not None
+        secret = c._psk_keys.early_traffic(c._hash())
+        with RecordSealer._from_secret(_CIPHER_BY_ID[ticket.cipher], secret, 16384) as sealer:
+            c._out.append(sealer._seal_chunk(REQUEST, ContentType.APPLICATION_DATA))
+        return State.CLIENT_WAIT_RETRIED_HELLO
+
+    patch_method(monkeypatch, c, "_on_hello_retry", offer_again)
+    q.connect()
+    assert q.client.handshake_complete, q.client.error
+    assert q.server.handshake_complete, q.server.error
+    assert q.server.session is not None
+    assert q.server.session.resumed
+    assert not q.server.session.early_data_accepted
+    assert early_received(q) == b""
