@@ -2518,3 +2518,34 @@ def test_a_closed_client_stops_at_a_handshake_message_that_is_not_a_ticket() -> 
     assert len(p.client_ctx.session_cache) == 0
     assert p.client._keys is None
     assert p.client.error is None
+
+
+def test_a_psk_only_hello_whose_share_group_it_does_not_list_gets_a_retry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server takes a psk_only hello's share_group (no key exchange, so
+    no HelloRetry) only if the client lists it among its groups: else it asks
+    for a group of the list, and resumes with that one."""
+    opts = {"resumption": "psk_only"}
+    p = Pair.make(
+        server={"tickets_per_handshake": 1, "groups": ["mlkem768", "x25519-mlkem768"], **opts},
+        client={"groups": ["x25519-mlkem768", "mlkem768"], **opts},
+        server_name=SERVER_NAME,
+    )
+    p.handshake()
+    q = Pair(p.client_ctx, p.server_ctx, {"server_name": SERVER_NAME})
+    honest = q.client._send_hello
+    sent: list[ClientHello] = []
+
+    def unlisted(hello: ClientHello, early_records: int) -> None:
+        if not sent:  # the first hello: its share group left out of its list
+            hello = replace(hello, groups=tuple(g for g in hello.groups if g != hello.share_group))
+        sent.append(hello)
+        honest(hello, early_records)
+
+    patch_method(monkeypatch, q.client, "_send_hello", unlisted)
+    q.connect()
+    assert len(sent) == 2  # a HelloRetry came
+    assert completed(q) == (True, True)
+    assert q.server.session is not None
+    assert q.server.session.group == "mlkem768"
