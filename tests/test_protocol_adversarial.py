@@ -1935,3 +1935,23 @@ def test_an_empty_sealed_handshake_record_is_decode_error() -> None:
     pair.server.receive_data(pair.client.data_to_send(), NOW)
     pair.collect()
     assert alert_codes(pair.server_events) == [AlertCode.DECODE_ERROR]
+
+
+def test_server_refuses_step_data_at_once_from_a_client_that_skipped_its_identity(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under required client authentication a StepData in place of the
+    client's Identity is refused when it arrives, not when (or if) the
+    client's Finished follows: here it never does."""
+    step = CustomProtocolStep("example.com/s", client_payload=lambda ctx, p: b"answer")
+    hs = _with_step(step)
+    pair = Pair.make(
+        server={"client_auth": "required", "handshake": hs},
+        client={"identity": cached_identity("ed25519", 1), "handshake": hs},
+    )
+    _lie_about_client_auth(monkeypatch, pair.client, ClientAuth.OFF)
+    _leave_out(monkeypatch, pair.client, Finished)
+    pair.connect()
+    assert_closed_with(pair.server, pair.server_events, AuthenticationFailed)
+    assert "sent no identity" in str(pair.server.error)
+    assert alert_codes(pair.client_events) == [AlertCode.CERTIFICATE_REQUIRED]
