@@ -1020,3 +1020,15 @@ def test_early_data_offered_again_in_a_retried_hello_is_not_accepted(
     assert q.server.session.resumed
     assert not q.server.session.early_data_accepted
     assert early_received(q) == b""
+
+
+def test_the_early_data_key_is_dropped_once_its_records_are_read() -> None:
+    p = first_session()
+    q = Pair(p.client_ctx, p.server_ctx, {"server_name": SERVER_NAME})
+    q.client.start(NOW, early_data=REQUEST)
+    q.server.start(NOW)
+    q.server.receive_data(q.client.data_to_send(), NOW)
+    q.collect()
+    assert early_received(q) == REQUEST
+    assert q.server._early_opener is None
+    assert not q.server.handshake_complete  # (dropped as soon as read, not at the end)

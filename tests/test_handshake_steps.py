@@ -135,6 +135,31 @@ def test_access_token_rejected_fails_on_both_sides() -> None:
     assert_closed_with(pair.client, pair.client_events, AuthenticationFailed)
 
 
+def test_a_completed_handshake_drops_the_step_payloads_and_state() -> None:
+    """The payloads (an access token...) and the hooks' scratch state serve the
+    handshake only: once it completes, neither side keeps them."""
+    sid = "example.com/access-token/1"
+    token = b"bearer-token-" + os.urandom(16)
+
+    def server_payload(ctx: StepContext) -> bytes:
+        ctx.state["challenge"] = b"challenge"
+        return b"challenge"
+
+    def client_payload(ctx: StepContext, payload: bytes | None) -> bytes:
+        ctx.state["token"] = token
+        return token
+
+    pair = run(
+        (CustomProtocolStep(sid, server_payload=server_payload),),
+        (CustomProtocolStep(sid, client_payload=client_payload),),
+    )
+    assert pair.server.handshake_complete, pair.server.error
+    assert pair.client.handshake_complete, pair.client.error
+    for conn in (pair.server, pair.client):
+        assert conn._peer_payloads == {}
+        assert conn._step_state == {}
+
+
 @pytest.mark.parametrize("rejecting", ["server", "client"])
 def test_a_failed_handshake_drops_the_step_payloads_and_state(rejecting: str) -> None:
     """A step payload may be a secret (an access token): a handshake that fails

@@ -1955,3 +1955,12 @@ def test_server_refuses_step_data_at_once_from_a_client_that_skipped_its_identit
     assert_closed_with(pair.server, pair.server_events, AuthenticationFailed)
     assert "sent no identity" in str(pair.server.error)
     assert alert_codes(pair.client_events) == [AlertCode.CERTIFICATE_REQUIRED]
+
+
+def test_a_malformed_server_identity_is_decode_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    pair = Pair.make()
+    _rewrite_sent(monkeypatch, pair.server, IdentityMsg, lambda msg: IdentityMsg(b"not a key", b""))
+    pair.connect()
+    assert_closed_with(pair.client, pair.client_events, ProtocolViolation)
+    assert "malformed identity" in str(pair.client.error)
+    assert alert_codes(pair.server_events) == [AlertCode.DECODE_ERROR]

@@ -2549,3 +2549,42 @@ def test_a_psk_only_hello_whose_share_group_it_does_not_list_gets_a_retry(
     assert completed(q) == (True, True)
     assert q.server.session is not None
     assert q.server.session.group == "mlkem768"
+
+
+def test_a_cached_ticket_of_an_unknown_cipher_is_not_offered() -> None:
+    """A ticket whose cipher this version does not know (a cache file written
+    by another version): left unused, a full handshake instead."""
+    p = first_session()
+    replace_ticket(p, cipher=0x7F7F)
+    flights = Flights()
+    q = resume(p, intercept=flights)
+    assert client_hello(flights.first("client")).psk_offer == b""
+    assert completed(q) == (False, False)
+
+
+def test_a_client_with_resumption_off_keeps_no_ticket() -> None:
+    p = Pair.make(
+        server={"tickets_per_handshake": 2}, client={"resumption": "off"}, server_name=SERVER_NAME
+    )
+    p.handshake()
+    p.pump()
+    assert len(p.client_ctx.session_cache) == 0
+
+
+@pytest.mark.parametrize(
+    ("update", "kept"),
+    [(b"\x00", 1), (b"\x02", 0), (b"\x00\x00", 0)],
+    ids=["valid", "value", "length"],
+)
+def test_a_closed_client_stops_reading_at_a_malformed_key_update(update: bytes, kept: int) -> None:
+    """What follows a malformed key update (here a ticket under the next key)
+    is not read: the reading ends there, as at any record it cannot use. After
+    a valid one, the ticket is read and kept."""
+    p = _closed_before_its_ticket(tickets_per_handshake=0)
+    sealer, keys = p.server._sealer, p.server._keys
+    assert sealer is not None
+    assert keys is not None
+    wire = sealer._seal_chunk(update, ContentType.KEY_UPDATE)
+    p.server._install(keys.update_traffic(False), None)  # the next key, as a valid update
+    p.client.receive_data(wire + _forged_ticket(p), NOW)
+    assert len(p.client_ctx.session_cache) == kept
