@@ -459,6 +459,25 @@ def test_automatic_key_update_after_key_update_records() -> None:
     assert pair.server.data_to_send() == b""  # automatic updates do not ask the peer
 
 
+def test_no_key_seals_more_than_key_update_records_tickets_included() -> None:
+    """Records that are not data (session tickets, key updates) count too: a
+    server that sent two tickets under its application key updates it when
+    data brings the key's records to key_update_records, not 64 records later."""
+    limit = 70
+    pair = connected_pair(server={"key_update_records": limit, "tickets_per_handshake": 2})
+    sealer = pair.server._sealer
+    assert sealer is not None
+    assert sealer.sequence == 2  # the tickets
+    updates = 0
+    for i in range(2 * limit):
+        pair.server.send_data(b"%d" % i)
+        assert sealer.sequence <= limit
+        updates += drain_events(pair.server).count(KeysUpdated("send"))
+    assert updates == 2
+    pair.client.receive_data(pair.server.data_to_send(), NOW)
+    assert received_data(drain_events(pair.client)) == b"".join(b"%d" % i for i in range(2 * limit))
+
+
 def test_automatic_key_update_after_key_update_bytes() -> None:
     pair = connected_pair(server={"key_update_bytes": 1000})
     data = os.urandom(3500)
