@@ -111,6 +111,8 @@ def test_node_needs_a_context_for_peers() -> None:
         Node("context")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="port"):
         Node(node_ctx(me), HOST, 70000)
+    with pytest.raises(ValueError, match=r"port must be in 0\.\.65535, got 65536"):
+        Node(node_ctx(me), HOST, 65536)
     with pytest.raises(TypeError, match="on_peer"):
         Node(node_ctx(me), on_peer=42)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_queue"):
@@ -138,6 +140,12 @@ def test_connect_argument_checks() -> None:
                 await a.connect("127.0.0.1:1", IDS[1].peer_id)  # type: ignore[arg-type]
             with pytest.raises(ValueError, match=r"port must be in 1\.\.65535, got 0"):
                 await a.connect(("127.0.0.1", 0), IDS[1].peer_id)  # port 0: only to listen on
+            with pytest.raises(ValueError, match=r"port must be in 1\.\.65535, got 65536"):
+                await a.connect(("127.0.0.1", 65536), IDS[1].peer_id)
+            with pytest.raises(TypeError, match="address"):  # (an IPv6 4-tuple neither)
+                await a.connect(("127.0.0.1", 1, 0), IDS[1].peer_id)  # type: ignore[arg-type]
+            with pytest.raises(RuntimeError, match="already running"):
+                await a.start()
             assert a.connection_count() == 0
             with pytest.raises(nautilus.InvalidKey):
                 await a.connect(a.address, "not a peer id")
@@ -382,11 +390,15 @@ def test_retry_policy_delays() -> None:
         {"multiplier": 0.5},
         {"initial": 2.0, "maximum": 1.0},
         {"maximum": float("nan")},
+        {"maximum": float("inf")},  # a pause without end
+        {"jitter": -0.5},  # a pause longer than the delay
     ):
         with pytest.raises(ValueError, match=next(iter(bad))):
             RetryPolicy(**bad)
     with pytest.raises(TypeError):
         RetryPolicy(attempts=2.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="attempts must be an int, not bool"):
+        RetryPolicy(attempts=True)
     with pytest.raises(TypeError):
         RetryPolicy(initial="1")  # type: ignore[arg-type]
 
@@ -1110,6 +1122,37 @@ def test_a_new_session_waits_for_the_old_one_to_end() -> None:
     run(main())
 
 
+def test_a_held_connection_stops_reading_past_the_queue_bounds() -> None:
+    """What a held connection carries waits in its inbox, bounded as a
+    channel's queue: past max_queue messages the node stops reading it, so a
+    peer cannot fill this node's memory through its next session. Nothing is
+    lost: once the connection joins, every message is delivered."""
+
+    async def main() -> None:
+        async with fake_node(max_queue=2) as node:
+            old = await fake_dial(node, IDS[1], b"\x01" * 16, b"\x01" * 16)
+            old_channel = await node.accept()
+            old.frame(START, 0)
+            new = await fake_dial(node, IDS[1], b"\x02" * 16, b"\x02" * 16)
+            await until(lambda: bool(node._held.get(IDS[1].peer_id)), "the node holds it")
+            held = node._held[IDS[1].peer_id][0]
+            new.frame(START, 0)
+            reading = []
+            for count in (1, 2, 3):
+                new.send(b"new %d" % (count - 1))
+                while len(held.inbox) < count:
+                    await asyncio.sleep(0.002)
+                reading.append(held._reading)
+            assert reading == [True, True, False]  # 3 > max_queue
+            old.transport.close()  # type: ignore[union-attr]  # the old session ends
+            assert [m async for m in old_channel] == []
+            new_channel = await asyncio.wait_for(node.accept(), 5)
+            got = [await new_channel.recv_message() for _ in range(3)]
+            assert got == [b"new 0", b"new 1", b"new 2"]
+
+    run(main())
+
+
 def test_a_connection_announced_under_a_closed_session_is_closed() -> None:
     async def main() -> None:
         async with fake_node() as node:
@@ -1132,6 +1175,31 @@ def test_a_connection_announced_under_a_closed_session_is_closed() -> None:
     run(main())
 
 
+def test_a_connection_from_a_node_with_our_own_identity_is_closed() -> None:
+    """A node whose trust settings include its own key (a shared list) is
+    dialled by another node holding the same identity: that is not a peer.
+    The connection is closed before any HELLO, and no channel is made."""
+
+    async def main() -> None:
+        me = IDS[0]
+        async with contextlib.AsyncExitStack() as stack:
+            node = Node(node_ctx(me, trusted=[me, IDS[1]]), HOST, 0)
+            await node.start()
+            stack.push_async_callback(node.wait_closed)
+            stack.callback(node.close)
+            twin = FakeLink()
+            ctx = Context(me, trusted_peers=[me.public])
+            await na.create_connection(
+                lambda: twin, *node.address, context=ctx, expected_peer=node.peer_id
+            )
+            assert await asyncio.wait_for(twin.lost, 5) is None
+            assert twin.frames.empty()  # no HELLO: the node never took it for a peer
+            assert node.peers == {}
+            assert node.connection_count() == 0
+
+    run(main())
+
+
 def padded(frame: bytes) -> bytes:
     """``frame`` with its last reserved byte (after the type) set."""
     return frame[:7] + b"\x01" + frame[8:]
@@ -1148,6 +1216,26 @@ def padded(frame: bytes) -> bytes:
             [("frame", (START, 0)), ("msg", b"x"), ("frame", (DONE, 5))],
             "unexpected_message",
             id="wrong DONE count",
+        ),
+        pytest.param(
+            [("frame", (START, 0)), ("msg", b"x"), ("frame", (DONE, 0))],
+            "unexpected_message",
+            id="DONE short of the messages sent",
+        ),
+        pytest.param(
+            [("frame", (START, 0)), ("frame", (DONE, 0)), ("frame", (DONE, 0))],
+            "unexpected_message",
+            id="DONE twice",
+        ),
+        pytest.param(
+            [("frame", (START, 0)), ("msg", b"x"), ("frame", (DONE, 1)), ("msg", b"y")],
+            "unexpected_message",
+            id="message after DONE",
+        ),
+        pytest.param(
+            [("frame", (DONE, 0)), ("frame", (START, 0))],  # (DONE: nothing sent here)
+            "unexpected_message",
+            id="START after DONE",
         ),
         pytest.param([("frame", (9, 0))], "decode_error", id="unknown frame"),
         pytest.param([("frame", (HELLO, 1))], "unexpected_message", id="second HELLO"),
@@ -1227,6 +1315,11 @@ def test_node_protocol_violations_drop_the_connection(
             FRAME.pack(HELLO, 1, b"\x01" * 16, bytes(16)),
             nautilus.ProtocolViolation("the peer sent alert decode_error"),
             id="all-zero nonce",
+        ),
+        pytest.param(
+            FRAME.pack(START, 0, bytes(16), bytes(16)),
+            nautilus.ProtocolViolation("the peer sent alert unexpected_message"),
+            id="START before HELLO",
         ),
     ],
 )
