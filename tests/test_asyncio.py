@@ -583,6 +583,13 @@ def test_bad_arguments_raise_before_any_io() -> None:
             (TypeError, lambda: na.start_server(echo, HOST, 0, context=sctx, ssl=1)),
             (ValueError, lambda: na.start_server(echo, HOST, 0, context=sctx, limit=-1)),
             (TypeError, lambda: na.create_server(Recorder, HOST, 0, context=object())),  # type: ignore[arg-type]
+            (TypeError, lambda: na.create_server(None, HOST, 0, context=sctx)),  # type: ignore[arg-type]
+            (TypeError, lambda: na.start_server(echo, b"127.0.0.1", 0, context=sctx)),  # type: ignore[arg-type]
+            (TypeError, lambda: na.open_connection(HOST, True, context=ctx)),  # not port 1
+            (ValueError, lambda: na.open_connection(HOST, 65536, context=ctx)),
+            (TypeError, lambda: na.open_connection(HOST, port, context=ctx, limit=True)),
+            (ValueError, lambda: na.start_server(echo, HOST, 0, context=sctx, limit=0)),
+            (TypeError, lambda: na.create_connection(Recorder, HOST, port, context=ctx, early_data=5)),  # type: ignore[arg-type]  # noqa: E501
         ]  # fmt: skip
         for exc_type, call in cases:
             with pytest.raises(exc_type):
@@ -705,6 +712,8 @@ def test_set_protocol_and_closed_transport_methods() -> None:
             transport.close()  # idempotent
             with pytest.raises(nautilus.ClosedError):
                 transport.update_keys()
+            with pytest.raises(nautilus.ClosedError):  # messages are not dropped silently
+                transport.send_messages([b"after close"])
             assert await second.lost is None
             assert not first.lost.done()
             assert "closing" in repr(transport)

@@ -414,7 +414,9 @@ def test_stream_transport_argument_checks_and_a_bytes_subclass() -> None:
             transport.update_keys("no")  # type: ignore[arg-type]
         with pytest.raises(TypeError, match="high"):
             transport.set_write_buffer_limits("x")  # type: ignore[arg-type]
-        with pytest.raises(ValueError, match="low"):
+        with pytest.raises(TypeError, match="high must be None or an int, not bool"):
+            transport.set_write_buffer_limits(True)
+        with pytest.raises(ValueError, match="low must not be negative"):
             transport.set_write_buffer_limits(100, -1)
         writer.write(Data(b"subclass"))
         assert await asyncio.wait_for(got.get(), 5) == b"subclass"

@@ -542,6 +542,8 @@ def test_write_type_errors() -> None:
             transport.write(memoryview(b"abcdef")[::2])
         transport.write(b"")
         transport.write(b"ok")
+        with pytest.raises(TypeError):  # refused when collected too (the write above corks)
+            transport.write(memoryview(b"abcdef")[::2])
         with pytest.raises(TypeError):
             transport.write(123)  # type: ignore[arg-type]
         transport.close()
@@ -550,6 +552,30 @@ def test_write_type_errors() -> None:
             transport.write(123)  # type: ignore[arg-type]
         transport.write(b"dropped")
         assert servers[0].data == b"ok"
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_writes_after_close_are_dropped_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """As asyncio's own transports: writing to a closed transport does not
+    raise, the data goes nowhere, and a writer that keeps at it is warned once."""
+
+    async def main() -> None:
+        server, port, servers = await _server()
+        transport, proto = await na.create_connection(Recorder, HOST, port, context=client_ctx())
+        transport.write(b"before")
+        await _wait(lambda: bool(servers and servers[0].data), servers[0] if servers else proto)
+        transport.close()
+        with caplog.at_level(logging.WARNING, logger="nautilus"):
+            for _ in range(3 * _transport._WARN_WRITES_AFTER_CLOSE):
+                transport.write(b"dropped")
+        warnings = [r for r in caplog.records if "write() on a closed connection" in r.message]
+        assert len(warnings) == 1
+        await proto.lost
+        await _wait(lambda: "lost" in servers[0].events, servers[0])
+        assert servers[0].data == b"before"
         server.close()
         await server.wait_closed()
 

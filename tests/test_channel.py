@@ -260,7 +260,7 @@ def test_close_right_after_sending_delivers_everything_then_eof() -> None:
                 await served.recv_message()
             with pytest.raises(EOFError):
                 await served.recv_message()  # and stays at EOF
-            with pytest.raises(nautilus.ClosedError):
+            with pytest.raises(nautilus.ClosedError, match="cannot send: the peer closed"):
                 served.send_message(b"too late")
             with pytest.raises(nautilus.ClosedError):
                 await served.drain()
@@ -642,6 +642,44 @@ def test_slow_receiver_blocks_the_senders_drain() -> None:
     run(main(), timeout=20)
 
 
+async def queued_until(channel: na.Channel, count: int) -> None:
+    """Wait until ``channel`` holds ``count`` messages (the run() timeout bounds it)."""
+    while channel.queued[0] != count:
+        await asyncio.sleep(0.002)
+
+
+def test_reading_stops_just_past_the_queue_limits_and_resumes_at_half() -> None:
+    """The queue may reach its limits; one message more stops reading, and
+    taking messages resumes it once the queue is down to half the limits."""
+
+    async def main() -> None:
+        async with pair(max_queue=4, max_queue_bytes=1 << 20) as (client, served):
+            for i in range(4):
+                client.send_message(b"%d" % i)
+                await queued_until(served, i + 1)
+                assert served._reading, f"stopped reading at {i + 1} of 4 messages"
+            client.send_message(b"4")
+            await queued_until(served, 5)
+            assert not served._reading
+            assert [await served.recv_message() for _ in range(2)] == [b"0", b"1"]
+            assert not served._reading  # 3 queued: over half of 4
+            assert await served.recv_message() == b"2"
+            assert served._reading  # 2 queued: half
+        async with pair(max_queue=1000, max_queue_bytes=100) as (client, served):
+            client.send_message(bytes(60))
+            await queued_until(served, 1)
+            client.send_message(bytes(40))
+            await queued_until(served, 2)
+            assert served._reading  # 100 bytes: at the limit
+            client.send_message(b"x")
+            await queued_until(served, 3)
+            assert not served._reading  # 101 bytes
+            assert await served.recv_message() == bytes(60)
+            assert served._reading  # 41 bytes: below half
+
+    run(main())
+
+
 # ------------------------------------------------------------ misc behaviour
 
 
@@ -752,6 +790,10 @@ def test_argument_checks() -> None:
             await na.open_channel(HOST, 1, context=client_ctx(), max_queue=0)
         with pytest.raises(TypeError, match="max_queue_bytes"):
             await na.open_channel(HOST, 1, context=client_ctx(), max_queue_bytes=1.5)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="max_queue must be an int, not bool"):
+            await na.open_channel(HOST, 1, context=client_ctx(), max_queue=True)
+        with pytest.raises(TypeError, match="early_data"):
+            await na.open_channel(HOST, 1, context=client_ctx(), early_data=b"x")
         with pytest.raises(TypeError, match="callable"):
             await na.start_channel_server(None, HOST, 0, context=Context(SERVER_ID))  # type: ignore[arg-type]
         with pytest.raises(TypeError, match="ssl"):
