@@ -654,6 +654,48 @@ def test_handshake_timeout_against_a_silent_server() -> None:
         assert 0.25 < time.monotonic() - t0 < 3
 
 
+def test_handshake_timeout_against_a_silent_server_in_non_blocking_mode() -> None:
+    """A non-blocking handshake is bounded too: once handshake_timeout has
+    passed, do_handshake() raises HandshakeTimeout, not WantReadError for ever."""
+    listener = socket.create_server((HOST, 0))  # accepts (backlog) and never answers
+    with listener:
+        raw = socket.create_connection(listener.getsockname())
+        sock = client_ctx(handshake_timeout=0.2).wrap_socket(raw, do_handshake_on_connect=False)
+        sock.setblocking(False)
+
+        def handshake_until_it_ends() -> None:
+            give_up = time.monotonic() + 10  # (a bound for the loop, not a measurement)
+            while time.monotonic() < give_up:
+                try:
+                    sock.do_handshake()
+                except nautilus.WantReadError:
+                    select.select([sock], [], [], 0.05)
+                except nautilus.WantWriteError:
+                    select.select([], [sock], [], 0.05)
+
+        with sock, pytest.raises(nautilus.HandshakeTimeout):
+            handshake_until_it_ends()
+
+
+def test_a_handshake_resumed_after_its_deadline_times_out_without_waiting() -> None:
+    """The socket's own timeout interrupted the handshake; resumed only once
+    handshake_timeout has passed, it raises HandshakeTimeout at once: a
+    deadline already past is no wait without end for a silent server."""
+    done = threading.Event()
+    peer = Peer(lambda raw: done.wait(3), wrap=False)  # silent; hangs up after 3 s at most
+    raw = socket.create_connection(peer.address)
+    with client_ctx(handshake_timeout=0.2).wrap_socket(raw, do_handshake_on_connect=False) as sock:
+        sock.settimeout(0.05)
+        with pytest.raises(TimeoutError):
+            sock.do_handshake()
+        time.sleep(0.3)  # past the handshake's deadline (no measurement)
+        sock.settimeout(None)
+        with pytest.raises(nautilus.HandshakeTimeout):
+            sock.do_handshake()
+        done.set()
+    peer.result()
+
+
 def test_handshake_timeout_on_the_server_side() -> None:
     def handler(raw: socket.socket) -> None:
         ctx = server_ctx(handshake_timeout=0.3)
@@ -848,6 +890,8 @@ def test_non_blocking_connect_then_handshake() -> None:
     sock = client_ctx().wrap_socket(socket.socket(), do_handshake_on_connect=False)
     sock.setblocking(False)
     assert sock.connect_ex(peer.address) in (0, errno.EINPROGRESS)
+    with pytest.raises(ValueError, match="already-connected"):  # connecting or connected
+        sock.connect_ex(peer.address)
     sel = selectors.DefaultSelector()
     sel.register(sock, selectors.EVENT_WRITE)
 
@@ -913,6 +957,9 @@ def test_context_manager_closes_and_sends_close_notify() -> None:
     assert info.value.errno == errno.EBADF
     with pytest.raises(OSError, match="closed"):
         sock.sendall(b"x")
+    with pytest.raises(OSError, match="closed") as info:  # not "done": the socket is gone
+        sock.do_handshake()
+    assert info.value.errno == errno.EBADF
     sock.close()  # idempotent
 
 
@@ -944,6 +991,18 @@ def test_what_was_received_and_not_read_is_gone_after_close() -> None:
         with pytest.raises(OSError, match="closed") as info:
             read()
         assert info.value.errno == errno.EBADF
+
+
+def test_a_handshake_after_shutdown_is_refused_and_sends_nothing() -> None:
+    seen: list[bytes] = []
+    peer = Peer(lambda raw: seen.append(read_until_eof(raw)), wrap=False)
+    raw = socket.create_connection(peer.address, timeout=5)
+    with client_ctx().wrap_socket(raw, do_handshake_on_connect=False) as sock:
+        sock.shutdown(socket.SHUT_RDWR)
+        with pytest.raises(nautilus.ClosedError, match="shut down before the handshake"):
+            sock.do_handshake()
+    peer.result()
+    assert seen == [b""]  # no ClientHello on a socket shut down
 
 
 def test_shutdown_write_ends_the_session() -> None:
@@ -1081,6 +1140,7 @@ def test_forged_record_raises_integrity_error_and_sends_an_alert() -> None:
         (bytes([0x17]) + (70000).to_bytes(3, "big") + bytes(70000), "record_overflow", 22),
         (bytes([0x17, 0, 0, 3]) + bytes(3), "too short", 50),
         (b"\x7f\x00\x00\x20" + bytes(32), "unknown record type", 50),
+        (bytes([0x17]) + (300_000).to_bytes(3, "big") + bytes(300_000), "record_overflow", 22),
     ],
 )
 def test_malformed_record_on_the_direct_path_fails_as_in_the_connection(
@@ -1099,7 +1159,7 @@ def test_malformed_record_on_the_direct_path_fails_as_in_the_connection(
 
     peer = Peer(handler, wrap=False)
     with connect(peer) as sock, pytest.raises(nautilus.ProtocolViolation, match=message):
-        sock.recv_into(bytearray(100_000))
+        sock.recv_into(bytearray(max(100_000, len(record))))  # (room for the record it claims)
     assert peer.result() == f"the peer sent alert {AlertCode(alert).name.lower()}"
 
 
@@ -1454,6 +1514,62 @@ def test_the_kind_not_read_cannot_grow_without_bound(
     assert end == b""
 
 
+@pytest.mark.parametrize("count", [300, 301])
+def test_unread_messages_may_reach_unread_items_but_not_pass_it(
+    count: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Empty messages cost no bytes to hold, so their number is bounded too:
+    UNREAD_ITEMS of them may wait while recv() waits for stream data; one
+    more, and recv() refuses to read on."""
+    monkeypatch.setattr(nautilus.sockets, "UNREAD_ITEMS", 300)
+
+    def handler(sock: NautilusSocket) -> list[bytes]:
+        try:
+            answer = sock.recv(100)
+        except nautilus.UnreadLimitReached:
+            answer = b"refused"
+        got = [sock.recv_message() for _ in range(count)]
+        sock.sendall(answer)
+        return got
+
+    peer = Peer(handler)
+    with connect(peer) as sock:
+        sock.send_messages([b""] * count)  # sealed together: they arrive together
+        expected = b"refused" if count > 300 else b"data"
+        if count <= 300:
+            sock.sendall(b"data")
+        assert recv_exactly(sock, len(expected)) == expected
+    assert peer.result() == [b""] * count
+
+
+def test_stream_data_up_to_max_message_size_may_wait_unread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The bound on the kind not being read is at least max_message_size (one
+    message of the other kind must fit): stream data of that size waiting
+    while recv_message() waits is no reason to refuse."""
+    monkeypatch.setattr(nautilus.sockets, "UNREAD_LIMIT", 100_000)
+    size = 250_000
+
+    def handler(sock: NautilusSocket) -> tuple[bytes, bytes]:
+        sock.settimeout(0.05)
+        while sock.pending() < size:  # each call reads on (and keeps the stream data)
+            with contextlib.suppress(TimeoutError):
+                sock.recv_message()
+        sock.settimeout(PEER_TIMEOUT)
+        sock.sendall(b"go")
+        return sock.recv_message(), recv_exactly(sock, size)
+
+    peer = Peer(handler, server_ctx(max_message_size=300_000))
+    with connect(peer, context=client_ctx(max_message_size=300_000)) as sock:
+        data = random.Random(7).randbytes(size)
+        sock.sendall(data)
+        assert recv_exactly(sock, 2) == b"go"
+        sock.send_message(b"after")
+        result = peer.result()
+    assert result == (b"after", data)
+
+
 # ----------------------------------------------------------------- details
 
 
@@ -1751,6 +1867,12 @@ def test_bad_flags_buffers_and_files_are_refused_naming_the_argument() -> None:
             (ValueError, "offset", lambda: sock.sendfile(io.BytesIO(b"x"), -1)),
             (TypeError, "count", lambda: sock.sendfile(io.BytesIO(b"x"), 0, 1.5)),  # type: ignore[arg-type]
             (ValueError, "count", lambda: sock.sendfile(io.BytesIO(b"x"), 0, 0)),
+            (TypeError, "flags", lambda: sock.recv(10, True)),  # a bool is no flag
+            (TypeError, "how", lambda: sock.shutdown(True)),  # nor a SHUT_WR
+            (TypeError, "offset", lambda: sock.sendfile(io.BytesIO(b"xy"), True)),
+            (TypeError, "count", lambda: sock.sendfile(io.BytesIO(b"xy"), 0, True)),
+            (ValueError, "too small", lambda: sock.recv_into(bytearray(4), 5)),
+            (TypeError, "contiguous", lambda: sock.send_messages([memoryview(b"abcdef")[::2]])),
         ]
         for exc, name, call in bad:
             with pytest.raises(exc, match=name):
