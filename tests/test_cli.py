@@ -196,7 +196,7 @@ def test_bad_usage_exits_with_status_2(argv: list[str], capsys: pytest.CaptureFi
     assert "usage: nautilus" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("port", ["99999", "\u00b2", "\u0661", "-1", "1.0"])
+@pytest.mark.parametrize("port", ["99999", "65536", "\u00b2", "\u0661", "-1", "1.0"])
 def test_a_bad_port_says_what_it_takes(port: str, capsys: pytest.CaptureFixture[str]) -> None:
     """Only ASCII digits make a port: a superscript two was a bare "invalid
     _address value", and an Arabic-Indic one was taken as port 1."""
@@ -208,7 +208,17 @@ def test_a_bad_port_says_what_it_takes(port: str, capsys: pytest.CaptureFixture[
     )
 
 
-@pytest.mark.parametrize("value", ["0", "100000"])
+@pytest.mark.parametrize("address", [":443", "443", "localhost"])
+def test_an_address_without_a_host_or_port_says_what_it_takes(
+    address: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["connect", address, "--trust", "x"])
+    assert exc.value.code == 2
+    assert f"expected HOST:PORT, got '{address}'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["0", "100000", "86401", "nan"])
 def test_timeout_out_of_range_says_the_range_it_takes(
     value: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
