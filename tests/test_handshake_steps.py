@@ -712,6 +712,19 @@ def _client_with_policy(policy: AuthenticationStep) -> dict[str, Any]:
     return {"handshake": hs}
 
 
+def _second_client_with_a_ticket(policy: AuthenticationStep) -> Connection:
+    """A client Connection (not started) of a context with ``policy`` whose
+    cache holds a ticket from a first, full handshake with the server."""
+    pair = Pair.make(
+        server={"tickets_per_handshake": 1},
+        client=_client_with_policy(policy),
+        server_name="srv:1",
+    )
+    pair.handshake()
+    assert len(pair.client_ctx.session_cache) == 1
+    return Connection(pair.client_ctx, "client", server_name="srv:1")
+
+
 @pytest.mark.parametrize(("kind", "ok"), [("ed25519", False), ("ed25519+ml-dsa-65", True)])
 def test_replaced_authentication_step_adds_a_rule(kind: str, ok: bool) -> None:
     policy = HybridOnly()
@@ -961,14 +974,7 @@ def test_a_trust_rule_that_closes_its_connection_at_start_sends_no_hello() -> No
                 closing["conn"].close()
             return "pinned"
 
-    pair = Pair.make(
-        server={"tickets_per_handshake": 1},
-        client=_client_with_policy(CloseWhenAsked()),
-        server_name="srv:1",
-    )
-    pair.handshake()
-    assert len(pair.client_ctx.session_cache) == 1
-    client = Connection(pair.client_ctx, "client", server_name="srv:1")
+    client = _second_client_with_a_ticket(CloseWhenAsked())
     closing["conn"] = client
     client.start(NOW)
     assert client.is_closed
@@ -1109,15 +1115,8 @@ def test_a_trust_rule_raising_a_base_exception_in_start_fails_the_connection() -
                 raise Interrupt("trust rule")
             return super().verify_peer(trust, key, **kwargs)
 
-    pair = Pair.make(
-        server={"tickets_per_handshake": 1},
-        client=_client_with_policy(Interrupting()),
-        server_name="srv:1",
-    )
-    pair.handshake()
-    assert len(pair.client_ctx.session_cache) == 1
+    client = _second_client_with_a_ticket(Interrupting())
     armed.append(True)
-    client = Connection(pair.client_ctx, "client", server_name="srv:1")
     with pytest.raises(Interrupt):
         client.start(NOW)
     _failed_locally(client, "start")
