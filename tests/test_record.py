@@ -13,7 +13,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 import nautilus
 from nautilus import record
+from nautilus._bindings import ffi, lib
 from nautilus.record import (
+    AEAD,
     IV_SIZE,
     REKEY_HISTORY,
     ContentType,
@@ -1226,3 +1228,154 @@ def test_one_aead_used_by_several_threads_at_once() -> None:
     for thread in threads:
         thread.join(60)
     assert not failures, failures[:3]
+
+
+# --- the C calls' own checks ---------------------------------------------------------
+# RecordSealer and RecordOpener check their arguments before calling C, so the
+# checks of csrc/nt_record.c are asked here directly: each must hold by itself.
+
+
+def _c_seal(handle: Any, data: bytes, content_type: int = APP) -> tuple[int, bytearray]:
+    out = bytearray(b"\xaa" * lib.nt_seal_size(handle, len(data)))
+    lens = ffi.new("size_t[2]")
+    rc = lib.nt_seal(
+        handle, content_type, data, len(data), ffi.from_buffer(out), len(out), lens, lens + 1
+    )
+    return int(rc), out
+
+
+def _c_open(handle: Any, wire: bytes, max_spans: int = 8) -> tuple[int, int]:
+    buf = bytearray(wire)
+    spans = ffi.new("nt_span[]", max(max_spans, 1))
+    counts = ffi.new("size_t[2]")
+    rc = lib.nt_open(
+        handle, ffi.from_buffer(buf), len(buf), ffi.NULL, 0, APP, spans, max_spans, counts,
+        counts + 1,
+    )  # fmt: skip
+    return int(rc), int(counts[0])
+
+
+def test_c_refuses_an_unknown_cipher_a_zero_limit_and_a_zero_max_fragment() -> None:
+    key, iv = key_for("aes-256-gcm"), iv_for()
+    out = ffi.new("nt_aead **")
+    for cipher in (0, 4, -1):
+        assert lib.nt_aead_new(cipher, 1, key, len(key), iv, len(iv), out) == lib.NT_ERR_ARG
+        assert out[0] == ffi.NULL
+    sealer, _ = pair("aes-256-gcm", max_fragment=100, record_limit=10)
+    assert lib.nt_aead_set_limit(sealer._live(), 0) == lib.NT_ERR_ARG
+    assert lib.nt_aead_set_max_fragment(sealer._live(), 0) == lib.NT_ERR_ARG
+    assert (sealer.records_remaining, sealer.max_fragment) == (10, 100)
+    assert len(split_records(sealer.seal(bytes(250)))) == 3
+
+
+def test_c_seal_size_says_zero_when_the_size_would_overflow() -> None:
+    sealer, _ = pair("aes-256-gcm")
+    handle = sealer._live()
+    for n in (U64, U64 - 16384, U64 - (1 << 40)):  # n + 21 bytes per 16 KiB passes 2^64
+        assert lib.nt_seal_size(handle, n) == 0
+        with pytest.raises(ValueError, match="too much"):
+            record._b.seal_size(handle, n)
+    assert lib.nt_seal_size(handle, 1 << 62) == (1 << 62) + 21 * (1 << 48)
+
+
+def test_c_seal_refuses_content_type_zero_and_an_opening_state() -> None:
+    sealer, opener = pair("aes-256-gcm")
+    rc, out = _c_seal(sealer._live(), b"data", content_type=0)
+    assert rc == lib.NT_ERR_ARG
+    assert out == b"\xaa" * len(out)
+    rc, out = _c_seal(opener._live(), b"data")
+    assert rc == lib.NT_ERR_STATE
+    assert out == b"\xaa" * len(out)
+    assert sealer.sequence == opener.sequence == 0
+    assert opener.open(sealer.seal(b"still fine")).records == [Record(APP, b"still fine")]
+
+
+def test_c_open_refuses_a_sealing_state_and_no_room_for_spans() -> None:
+    sealer, opener = pair("aes-256-gcm")
+    wire = sealer.seal(b"first")
+    assert _c_open(sealer._live(), wire) == (lib.NT_ERR_STATE, 0)
+    assert _c_open(opener._live(), wire, max_spans=0) == (lib.NT_ERR_ARG, 0)
+    assert (sealer.sequence, opener.sequence) == (1, 0)
+    assert opener.open(wire).records == [Record(APP, b"first")]
+
+
+@pytest.mark.parametrize("cipher", CIPHERS)
+def test_a_sequence_set_past_the_limit_seals_and_opens_nothing(cipher: str) -> None:
+    sealer, opener = pair(cipher, record_limit=10)
+    wire = sealer.seal(b"record zero")
+    for holder in (sealer, opener):
+        holder._set_sequence(11)
+        assert holder.records_remaining == 0
+    with pytest.raises(nautilus.RecordLimitReached):
+        sealer.seal(b"")
+    assert sealer.sequence == 11
+    with pytest.raises(nautilus.RecordLimitReached):
+        opener.open(wire)
+    assert opener.sequence == 11
+
+
+def test_c_rekey_clears_a_failed_state() -> None:
+    """nt_aead_rekey's contract (csrc/nt_record.h): a failed state is cleared.
+    (RecordOpener.rekey refuses a failed opener before it gets there.)"""
+    sealer, opener = pair("aes-256-gcm")
+    bad = bytearray(sealer.seal(b"x"))
+    bad[-1] ^= 1
+    with pytest.raises(nautilus.IntegrityError):
+        opener.open(bad)
+    assert record._b.aead_failed(opener._live())
+    key, iv = key_for("aes-256-gcm", 9), iv_for(9)
+    assert lib.nt_aead_rekey(opener._live(), key, len(key), iv, len(iv)) == lib.NT_OK
+    assert not record._b.aead_failed(opener._live())
+    assert opener.records_remaining == record.DEFAULT_RECORD_LIMIT
+    sealer.rekey(key, iv)
+    assert opener.open(sealer.seal(b"again")).records == [Record(APP, b"again")]
+
+
+def _oneshot_c(fn: Any, handle: Any, data: bytes, in_len: int, out: bytearray) -> int:
+    nonce = bytes(12)
+    return int(fn(handle, nonce, 12, b"ad", 2, data, in_len, ffi.from_buffer(out), len(out)))
+
+
+def test_c_oneshot_refuses_short_buffers_and_lengths_without_touching_them() -> None:
+    key = key_for("aes-256-gcm")
+    aead = AEAD("aes-256-gcm", key)
+    handle = aead._handle
+    out = bytearray(b"\xaa" * 15)
+    assert _oneshot_c(lib.nt_aead_encrypt, handle, b"", 0, out) == lib.NT_ERR_BUFFER
+    out = bytearray(b"\xaa" * 20)
+    assert _oneshot_c(lib.nt_aead_encrypt, handle, b"12345", 5, out) == lib.NT_ERR_BUFFER
+    assert _oneshot_c(lib.nt_aead_decrypt, handle, bytes(15), 15, out) == lib.NT_ERR_LENGTH
+    # A length no AEAD call may take (over INT_MAX with the tag) is refused
+    # before the input is read: the buffer given is far shorter.
+    for fn in (lib.nt_aead_encrypt, lib.nt_aead_decrypt):
+        assert _oneshot_c(fn, handle, bytes(32), 1 << 31, out) == lib.NT_ERR_LENGTH
+    assert out == b"\xaa" * 20
+    assert aead.decrypt(bytes(12), aead.encrypt(bytes(12), b"ok", b"ad"), b"ad") == b"ok"
+
+
+def test_c_decrypt_that_fails_leaves_no_plaintext_in_out() -> None:
+    key = key_for("chacha20-poly1305")
+    aead = AEAD("chacha20-poly1305", key)
+    secret = b"attack at dawn, not before"
+    sealed = bytearray(aead.encrypt(bytes(12), secret, b"ad"))
+    sealed[-1] ^= 1
+    out = bytearray(len(secret))
+    rc = _oneshot_c(lib.nt_aead_decrypt, aead._handle, bytes(sealed), len(sealed), out)
+    assert rc == lib.NT_ERR_AUTH
+    assert out == bytes(len(secret))
+
+
+def test_c_oneshot_refuses_a_failed_state() -> None:
+    sealer, opener = pair("aes-256-gcm")
+    wire = sealer.seal(b"x")
+    bad = bytearray(wire)
+    bad[-1] ^= 1
+    with pytest.raises(nautilus.IntegrityError):
+        opener.open(bad)
+    sealed = reference_aead("aes-256-gcm", key_for("aes-256-gcm")).encrypt(
+        bytes(12), b"secret", b"ad"
+    )
+    out = bytearray(len(sealed))
+    for fn, data in ((lib.nt_aead_encrypt, b"secret"), (lib.nt_aead_decrypt, sealed)):
+        assert _oneshot_c(fn, opener._live(), data, len(data), out) == lib.NT_ERR_STATE
+    assert out == bytes(len(out))
