@@ -770,3 +770,114 @@ def test_the_base_classes_refuse_to_make_keys_naming_a_concrete_class(
 ) -> None:
     with pytest.raises(TypeError, match=r"KEM(Private|Public)Key is a base class .* MLKEM768"):
         call()
+
+
+# --- the C calls' own checks ---------------------------------------------------------
+# The key classes check lengths and kinds before calling C; the binding layer
+# is called here directly, so that each check of csrc/nt_kem.c holds by itself.
+
+
+@ALL
+def test_c_refuses_every_wrong_length_as_a_length_error(cls: type[KEMPrivateKey]) -> None:
+    from nautilus import _bindings as _b
+
+    group, sizes = cls.GROUP, _b.KEM_SIZES[cls.GROUP]
+    key = cls.generate()
+    public = key.public_key().public_bytes_raw()
+    shared, ciphertext = key.public_key().encapsulate()
+    for delta in (-1, 1):
+        with pytest.raises(ValueError, match="wrong length"):
+            _b.kem_from_public(group, public + b"\x00" if delta > 0 else public[:-1])
+        with pytest.raises(ValueError, match="wrong length"):
+            _b.kem_generate(group, bytes(sizes.seed + delta))
+        with pytest.raises(ValueError, match="wrong length"):
+            _b.kem_encapsulate(group, key.public_key()._live(), bytes(sizes.entropy + delta))
+        with pytest.raises(ValueError, match="wrong length"):
+            _b.kem_decapsulate(
+                group, key._handle, ciphertext + b"\x00" if delta > 0 else ciphertext[:-1]
+            )
+        if sizes.private:
+            dk = key.private_bytes_raw()
+            with pytest.raises(ValueError, match="wrong length"):
+                _b.kem_from_private(group, dk + b"\x00" if delta > 0 else dk[:-1])
+    assert key.decapsulate(ciphertext) == shared
+
+
+@pytest.mark.parametrize("group", ["x25519", "x25519-mlkem768", "x25519-mlkem1024"])
+def test_c_has_no_expanded_private_form_without_pure_mlkem(group: str) -> None:
+    from nautilus import _bindings as _b
+
+    out = _b.ffi.new("nt_key **")
+    for length in (0, 32, 2400, 3168):
+        rc = _b.lib.nt_key_from_private(_b.KEM_IDS[group], bytes(max(length, 1)), length, out)
+        assert rc == _b.lib.NT_ERR_ARG
+        assert out[0] == _b.ffi.NULL
+
+
+@ALL
+def test_c_public_bytes_refuses_a_short_buffer(cls: type[KEMPrivateKey]) -> None:
+    from nautilus._bindings import ffi, lib
+
+    key = cls.generate()
+    size = len(key.public_key().public_bytes_raw())
+    buf = bytearray(b"\xaa" * size)
+    written = ffi.new("size_t *")
+    rc = lib.nt_key_public_bytes(key._handle, ffi.from_buffer(buf), size - 1, written)
+    assert rc == lib.NT_ERR_BUFFER
+    assert written[0] == 0
+    assert buf == b"\xaa" * size
+    assert lib.nt_key_public_bytes(key._handle, ffi.from_buffer(buf), size, written) == lib.NT_OK
+    assert bytes(buf) == key.public_key().public_bytes_raw()
+
+
+@pytest.mark.parametrize("group", ["x25519-mlkem768", "x25519-mlkem1024"])
+def test_c_encapsulation_with_an_ephemeral_takes_only_an_x25519_private_key(group: str) -> None:
+    from nautilus import _bindings as _b
+
+    public = GROUPS[group].generate().public_key()
+    wrong = (
+        GROUPS[group].generate()._handle,  # an X25519 part, but a hybrid key
+        X25519KEMPrivateKey.generate().public_key()._live(),  # no private part
+    )
+    for ephemeral in wrong:
+        with pytest.raises(ClosedError, match="lacks the data"):
+            _b.kem_encapsulate(group, public._live(), None, ephemeral)
+
+
+@ALL
+def test_c_decapsulation_needs_a_private_key(cls: type[KEMPrivateKey]) -> None:
+    from nautilus import _bindings as _b
+
+    public = cls.generate().public_key()
+    _shared, ciphertext = public.encapsulate()
+    with pytest.raises(ClosedError, match="lacks the data"):
+        _b.kem_decapsulate(cls.GROUP, public._live(), ciphertext)
+
+
+@HYBRID
+def test_c_a_hybrid_failing_on_its_x25519_part_leaves_no_shared_secret(
+    cls: Any, mlkem_cls: Any
+) -> None:
+    """The ML-KEM part is computed first: when the X25519 part then fails, C
+    must wipe what the ML-KEM part wrote into the caller's buffer."""
+    from nautilus import _bindings as _b
+
+    sizes = _b.KEM_SIZES[cls.GROUP]
+    key = cls.generate()
+    _, ciphertext = key.public_key().encapsulate()
+    bad_public = _b.kem_from_public(
+        cls.GROUP, key.public_key().public_bytes_raw()[:-32] + bytes(32)
+    )
+    ct = _b.ffi.new("uint8_t[]", sizes.ciphertext)
+    shared = _b.ffi.new("uint8_t[]", sizes.shared)
+    for call in (
+        lambda: _b.lib.nt_kem_encapsulate(
+            bad_public, _b.ffi.NULL, 0, ct, sizes.ciphertext, shared, sizes.shared
+        ),
+        lambda: _b.lib.nt_kem_decapsulate(
+            key._handle, ciphertext[:-32] + bytes(32), sizes.ciphertext, shared, sizes.shared
+        ),
+    ):
+        _b.ffi.memmove(shared, b"\xaa" * sizes.shared, sizes.shared)
+        assert call() == _b.lib.NT_ERR_ZERO_SECRET
+        assert bytes(_b.ffi.buffer(shared)) == bytes(sizes.shared)
