@@ -201,3 +201,24 @@ def test_the_c_calls_refuse_bad_arguments() -> None:
     assert bytes(out[:14]) == reference_frame([b"ab", b"cdef"])
     assert pack([2, 4], limit=3) == lib.NT_OK
     assert over[0] == 1
+
+
+def test_pack_frames_a_message_of_exactly_the_limit_among_others() -> None:
+    # Mixed sizes go to C (all of one size are joined in Python).
+    messages = [b"", b"a" * 7, b"bc", b"d" * 7]
+    assert _b.frames_pack(messages, 7) == reference_frame(messages)
+    assert _b.frames_pack(messages, 6) == 1
+
+
+def test_layout_repeating_an_item_writes_nothing_past_the_format_buffer() -> None:
+    data = reference_frame([b"12345", b"67890"])  # two like-sized frames: "=4x5s4x5s"
+    fmt = ffi.new("char[]", 16)
+    ffi.memmove(fmt, b"#" * 16, 16)
+    result = ffi.new("size_t[4]")
+    # Room for "=4x5s" and three bytes of the repeated "4x5s": one frame, "call again".
+    assert lib.nt_frames_layout(data, len(data), 0, LIMIT, fmt, 8, 9, result) == lib.NT_OK
+    assert (result[0], result[1], result[2], result[3]) == (1, 9, 5, 1)
+    assert ffi.buffer(fmt, 16)[:] == b"=4x5s" + b"#" * 11
+    assert lib.nt_frames_layout(data, len(data), 0, LIMIT, fmt, 9, 9, result) == lib.NT_OK
+    assert (result[0], result[1], result[2], result[3]) == (2, 18, 9, 0)
+    assert ffi.buffer(fmt, 16)[:] == b"=4x5s4x5s" + b"#" * 7

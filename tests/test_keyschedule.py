@@ -375,3 +375,26 @@ def test_hash_size_and_constants() -> None:
     assert ks.HASH_SIZE == 32
     assert ks.EMPTY_HASH == EMPTY_HASH
     assert ks.ZEROS == ZEROS
+
+
+def test_c_kdf_calls_refuse_wrong_output_and_secret_lengths() -> None:
+    """Lengths the Python layer always gets right, asked of C directly: a wrong
+    one is refused before anything is written."""
+    ffi, lib = _bindings.ffi, _bindings.lib
+    out = ffi.new("uint8_t[]", 200)
+    for n in (31, 33):
+        ffi.memmove(out, b"\xaa" * 200, 200)
+        assert lib.nt_hkdf_extract(b"salt", 4, b"ikm", 3, out, n) == lib.NT_ERR_LENGTH
+        assert lib.nt_hkdf_expand_label(SECRET[:n] + bytes(max(0, n - 32)), n, b"key", 3,
+                                         ffi.NULL, 0, out, 16) == lib.NT_ERR_LENGTH  # fmt: skip
+        for stage, want in ((lib.nt_ks_binder, 32), (lib.nt_ks_finished, 32),
+                            (lib.nt_ks_application, 96)):  # fmt: skip
+            assert stage(SECRET, 32, TH1, 32, out, want - 32 + n) == lib.NT_ERR_LENGTH
+            assert stage(SECRET, 32, TH1 + b"x", n, out, want) == lib.NT_ERR_LENGTH
+            assert stage(SECRET + b"x", n, TH1, 32, out, want) == lib.NT_ERR_LENGTH
+        assert lib.nt_ks_handshake(SECRET, 32, b"s", 1, TH1, 32, out, 96 + n) == lib.NT_ERR_LENGTH
+        assert ffi.buffer(out, 200)[:] == b"\xaa" * 200
+        handle = ffi.new("nt_aead **")
+        rc = lib.nt_aead_new_from_secret(lib.NT_AEAD_AES_256_GCM, 1, SECRET + b"x", n, handle)
+        assert rc == lib.NT_ERR_LENGTH
+        assert handle[0] == ffi.NULL
