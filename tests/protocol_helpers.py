@@ -26,6 +26,7 @@ from nautilus.protocol.connection import Connection
 from nautilus.protocol.messages import (
     RECORD_HANDSHAKE_PLAIN,
     RECORD_SEALED,
+    Message,
     MsgType,
 )
 from nautilus.sessions import TicketContents
@@ -98,6 +99,28 @@ def patch_method(
         return honest(self, *args, **kwargs)
 
     monkeypatch.setattr(Connection, name, dispatch)
+
+
+def rewrite_sent(
+    monkeypatch: pytest.MonkeyPatch,
+    conn: Connection,
+    cls: type | tuple[type, ...],
+    edit: Callable[[Any], Message | None],
+) -> None:
+    """Make ``conn`` send ``edit(msg)`` in place of each handshake message of
+    class ``cls`` it sends, or leave the message out (of its flight and its
+    transcript) where ``edit`` returns None: a dishonest peer."""
+    honest = conn._send_handshake
+
+    def send(msg: Message) -> None:
+        if isinstance(msg, cls):
+            edited = edit(msg)
+            if edited is not None:
+                honest(edited)
+        else:
+            honest(msg)
+
+    patch_method(monkeypatch, conn, "_send_handshake", send)
 
 
 def pump(

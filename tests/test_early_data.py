@@ -18,6 +18,7 @@ from protocol_helpers import (
     in_a_child_forked_with_locks_held,
     patch_method,
     received_data,
+    rewrite_sent,
     split_plain_handshake,
     split_records,
 )
@@ -948,14 +949,9 @@ def test_early_data_under_a_cipher_the_server_no_longer_allows_is_refused() -> N
 
 
 def _claim_early_data_accepted(monkeypatch: pytest.MonkeyPatch, server: Connection) -> None:
-    honest = server._send_handshake
-
-    def claim(msg: object) -> None:
-        if isinstance(msg, EncryptedExtensions):
-            msg = replace(msg, early_data_accepted=True)
-        honest(msg)  # type: ignore[arg-type]
-
-    patch_method(monkeypatch, server, "_send_handshake", claim)
+    rewrite_sent(
+        monkeypatch, server, EncryptedExtensions, lambda ee: replace(ee, early_data_accepted=True)
+    )
 
 
 def test_client_refuses_early_data_accepted_in_a_resumption_that_sent_none(

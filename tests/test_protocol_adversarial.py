@@ -23,6 +23,7 @@ from protocol_helpers import (
     pump,
     received_data,
     rewrite_plain_handshake,
+    rewrite_sent,
     split_plain_handshake,
     split_records,
 )
@@ -1554,13 +1555,7 @@ def test_a_plaintext_record_after_the_handshake_is_refused_from_its_header(
 def _leave_out(monkeypatch: pytest.MonkeyPatch, conn: Connection, *dropped: type) -> None:
     """Make ``conn`` leave out of its flights (and its transcript) the handshake
     messages of the ``dropped`` classes: a peer that skips a step."""
-    honest = conn._send_handshake
-
-    def send(msg: Message) -> None:
-        if not isinstance(msg, dropped):
-            honest(msg)
-
-    patch_method(monkeypatch, conn, "_send_handshake", send)
+    rewrite_sent(monkeypatch, conn, dropped, lambda _msg: None)
 
 
 @pytest.mark.parametrize(
@@ -1598,12 +1593,7 @@ def test_server_refuses_a_client_identity_without_its_signature(
 
 def test_server_finished_with_a_wrong_mac(monkeypatch: pytest.MonkeyPatch) -> None:
     pair = Pair.make()
-    honest = pair.server._send_handshake
-
-    def forge(msg: Message) -> None:
-        honest(Finished(bytes(32)) if isinstance(msg, Finished) else msg)
-
-    patch_method(monkeypatch, pair.server, "_send_handshake", forge)
+    rewrite_sent(monkeypatch, pair.server, Finished, lambda _msg: Finished(bytes(32)))
     pair.connect()
     both_fail(pair, AuthenticationFailed, AuthenticationFailed)
     assert "server's Finished MAC did not verify" in str(pair.client.error)
@@ -1767,24 +1757,12 @@ def test_every_reader_read_checks_what_is_left(
 # ------------------------------------------- what the hellos and extensions announce
 
 
-def _rewrite_sent(
-    monkeypatch: pytest.MonkeyPatch, conn: Connection, cls: type, edit: Callable[..., Message]
-) -> None:
-    """Make ``conn`` send ``edit(msg)`` for each handshake message of class ``cls``."""
-    honest = conn._send_handshake
-
-    def send(msg: Message) -> None:
-        honest(edit(msg) if isinstance(msg, cls) else msg)
-
-    patch_method(monkeypatch, conn, "_send_handshake", send)
-
-
 def test_client_refuses_extensions_agreeing_to_one_step_twice(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     hs = _with_step(CustomProtocolStep("example.com/x"))
     pair = Pair.make(server={"handshake": hs}, client={"handshake": hs})
-    _rewrite_sent(
+    rewrite_sent(
         monkeypatch, pair.server, EncryptedExtensions,
         lambda ee: dataclasses.replace(ee, steps=ee.steps * 2),
     )  # fmt: skip
@@ -1801,7 +1779,7 @@ def test_client_refuses_extensions_leaving_out_its_required_step(
     step but does not agree to it in its EncryptedExtensions is refused."""
     hs = _with_step(CustomProtocolStep("example.com/token/1", required=True))
     pair = Pair.make(server={"handshake": hs}, client={"handshake": hs})
-    _rewrite_sent(
+    rewrite_sent(
         monkeypatch, pair.server, EncryptedExtensions, lambda ee: dataclasses.replace(ee, steps=())
     )
     pair.connect()
@@ -1815,7 +1793,7 @@ def test_client_takes_a_max_record_size_from_the_server_only_in_512_to_256_kib(
     monkeypatch: pytest.MonkeyPatch, size: int
 ) -> None:
     pair = Pair.make()
-    _rewrite_sent(
+    rewrite_sent(
         monkeypatch, pair.server, EncryptedExtensions,
         lambda ee: dataclasses.replace(ee, max_record_size=size),
     )  # fmt: skip
@@ -1959,7 +1937,7 @@ def test_server_refuses_step_data_at_once_from_a_client_that_skipped_its_identit
 
 def test_a_malformed_server_identity_is_decode_error(monkeypatch: pytest.MonkeyPatch) -> None:
     pair = Pair.make()
-    _rewrite_sent(monkeypatch, pair.server, IdentityMsg, lambda msg: IdentityMsg(b"not a key", b""))
+    rewrite_sent(monkeypatch, pair.server, IdentityMsg, lambda msg: IdentityMsg(b"not a key", b""))
     pair.connect()
     assert_closed_with(pair.client, pair.client_events, ProtocolViolation)
     assert "malformed identity" in str(pair.client.error)

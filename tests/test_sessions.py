@@ -35,6 +35,7 @@ from protocol_helpers import (
     plain_record,
     received_data,
     rewrite_plain_handshake,
+    rewrite_sent,
     split_plain_handshake,
     split_records,
     ticket_contents,
@@ -2403,14 +2404,10 @@ def test_client_refuses_a_resumption_that_asks_for_its_identity(
     asking for the client's identity there is refused, not answered."""
     p = first_session()
     q = Pair(p.client_ctx, p.server_ctx, {"server_name": SERVER_NAME})
-    honest = q.server._send_handshake
-
-    def ask(msg: object) -> None:
-        if isinstance(msg, EncryptedExtensions):
-            msg = replace(msg, client_auth=ClientAuth.OPTIONAL)
-        honest(msg)
-
-    patch_method(monkeypatch, q.server, "_send_handshake", ask)
+    rewrite_sent(
+        monkeypatch, q.server, EncryptedExtensions,
+        lambda ee: replace(ee, client_auth=ClientAuth.OPTIONAL),
+    )  # fmt: skip
     q.connect()
     assert_closed_with(q.client, q.client_events, ProtocolViolation)
     assert "resumed session asked for client authentication" in str(q.client.error)
