@@ -796,11 +796,39 @@ def test_c_refuses_every_wrong_length_as_a_length_error(cls: type[KEMPrivateKey]
             _b.kem_decapsulate(
                 group, key._handle, ciphertext + b"\x00" if delta > 0 else ciphertext[:-1]
             )
-        if sizes.private:
-            dk = key.private_bytes_raw()
+        if sizes.private:  # (pure ML-KEM: the expanded form, not the seed)
+            dk = key.private_bytes_expanded()
             with pytest.raises(ValueError, match="wrong length"):
                 _b.kem_from_private(group, dk + b"\x00" if delta > 0 else dk[:-1])
     assert key.decapsulate(ciphertext) == shared
+
+
+@ALL
+def test_c_refuses_ciphertext_and_shared_secret_buffers_one_byte_short(
+    cls: type[KEMPrivateKey],
+) -> None:
+    """The binding layer always passes buffers of the right size: C's own
+    checks of their capacities are asked here, and nothing is written."""
+    from nautilus._bindings import KEM_SIZES, ffi, lib
+
+    sizes = KEM_SIZES[cls.GROUP]
+    key = cls.generate()
+    public = key.public_key()
+    shared, ciphertext = public.encapsulate()
+    ct = bytearray(b"\xaa" * sizes.ciphertext)
+    ss = bytearray(b"\xaa" * sizes.shared)
+    ct_buf, ss_buf = ffi.from_buffer(ct), ffi.from_buffer(ss)
+    for ct_cap, ss_cap in (
+        (sizes.ciphertext - 1, sizes.shared),
+        (sizes.ciphertext, sizes.shared - 1),
+    ):
+        rc = lib.nt_kem_encapsulate(public._live(), ffi.NULL, 0, ct_buf, ct_cap, ss_buf, ss_cap)
+        assert rc == lib.NT_ERR_BUFFER
+    rc = lib.nt_kem_decapsulate(key._handle, ciphertext, len(ciphertext), ss_buf, sizes.shared - 1)
+    assert rc == lib.NT_ERR_BUFFER
+    assert (ct, ss) == (b"\xaa" * sizes.ciphertext, b"\xaa" * sizes.shared)
+    rc = lib.nt_kem_decapsulate(key._handle, ciphertext, len(ciphertext), ss_buf, sizes.shared)
+    assert (rc, bytes(ss)) == (lib.NT_OK, shared)
 
 
 @pytest.mark.parametrize("group", ["x25519", "x25519-mlkem768", "x25519-mlkem1024"])

@@ -1353,6 +1353,32 @@ def test_c_oneshot_refuses_short_buffers_and_lengths_without_touching_them() -> 
     assert aead.decrypt(bytes(12), aead.encrypt(bytes(12), b"ok", b"ad"), b"ad") == b"ok"
 
 
+@pytest.mark.parametrize("cipher", CIPHERS)
+def test_c_refuses_a_key_an_iv_or_a_nonce_one_byte_off(cipher: str) -> None:
+    """RecordSealer, RecordOpener and AEAD check the lengths before calling
+    C: C's own checks are asked here. A refused rekey leaves the keys as
+    they were."""
+    key, iv = key_for(cipher), iv_for()
+    cid = record._b.AEAD_IDS[cipher]
+    wrong = ((key + b"\x00", iv), (key[:-1], iv), (key, iv + b"\x00"), (key, iv[:-1]))
+    out = ffi.new("nt_aead **")
+    sealer, opener = pair(cipher)
+    for k, i in wrong:
+        assert lib.nt_aead_new(cid, 1, k, len(k), i, len(i), out) == lib.NT_ERR_LENGTH
+        assert out[0] == ffi.NULL
+        assert lib.nt_aead_rekey(sealer._live(), k, len(k), i, len(i)) == lib.NT_ERR_LENGTH
+    assert [bytes(r.data) for r in opener.open(sealer.seal(b"same keys")).records] == [b"same keys"]
+    aead = AEAD(cipher, key)
+    buf = bytearray(64)
+    for nonce in (bytes(11), bytes(13)):
+        for fn in (lib.nt_aead_encrypt, lib.nt_aead_decrypt):
+            rc = fn(
+                aead._handle, nonce, len(nonce), b"", 0, bytes(20), 20, ffi.from_buffer(buf), 64
+            )
+            assert rc == lib.NT_ERR_LENGTH
+    assert buf == bytes(64)
+
+
 def test_c_decrypt_that_fails_leaves_no_plaintext_in_out() -> None:
     key = key_for("chacha20-poly1305")
     aead = AEAD("chacha20-poly1305", key)
