@@ -1331,9 +1331,11 @@ def test_c_rekey_clears_a_failed_state() -> None:
     assert opener.open(sealer.seal(b"again")).records == [Record(APP, b"again")]
 
 
-def _oneshot_c(fn: Any, handle: Any, data: bytes, in_len: int, out: bytearray) -> int:
-    nonce = bytes(12)
-    return int(fn(handle, nonce, 12, b"ad", 2, data, in_len, ffi.from_buffer(out), len(out)))
+def _oneshot_c(
+    fn: Any, handle: Any, data: bytes, in_len: int, out: bytearray, nonce: bytes = bytes(12)
+) -> int:
+    n = len(nonce)
+    return int(fn(handle, nonce, n, b"ad", 2, data, in_len, ffi.from_buffer(out), len(out)))
 
 
 def test_c_oneshot_refuses_short_buffers_and_lengths_without_touching_them() -> None:
@@ -1372,10 +1374,7 @@ def test_c_refuses_a_key_an_iv_or_a_nonce_one_byte_off(cipher: str) -> None:
     buf = bytearray(64)
     for nonce in (bytes(11), bytes(13)):
         for fn in (lib.nt_aead_encrypt, lib.nt_aead_decrypt):
-            rc = fn(
-                aead._handle, nonce, len(nonce), b"", 0, bytes(20), 20, ffi.from_buffer(buf), 64
-            )
-            assert rc == lib.NT_ERR_LENGTH
+            assert _oneshot_c(fn, aead._handle, bytes(20), 20, buf, nonce) == lib.NT_ERR_LENGTH
     assert buf == bytes(64)
 
 
