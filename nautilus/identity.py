@@ -23,6 +23,7 @@ import errno
 import functools
 import hashlib
 import hmac
+import ipaddress
 import math
 import os
 import secrets
@@ -1502,9 +1503,19 @@ def _host_of(name: str) -> str | None:
         return None
     if head.startswith("[") and head.endswith("]"):
         head = head[1:-1]
+        if "[" in head or "]" in head or (":" in head and not _is_ipv6(head)):
+            return None  # ("[alice.example:443]:1" is not for "alice.example:443")
     elif ":" in head or "[" in head or "]" in head:
         return None
     return head or None
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 _ASCII_LOWER: Final = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")

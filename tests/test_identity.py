@@ -1589,6 +1589,15 @@ def test_a_certificate_for_a_host_is_valid_for_any_port_of_it(
     # A name whose host part holds a colon outside brackets has no host.
     with pytest.raises(AuthenticationFailed, match=r"not for 'alice\.example:443:1'"):
         verify(store, key, certificate=on_a_port, name="alice.example:443:1")
+    # Nor one whose brackets hold a colon but no IPv6 address: the certificate
+    # for "alice.example:443" is not for a server named "[alice.example:443]:1".
+    for name in ("[alice.example:443]:1", "[alice.example:443]:443", "[[alice.example]]:1"):
+        with pytest.raises(AuthenticationFailed, match="not for"):
+            verify(store, key, certificate=on_a_port, name=name)
+    # A certificate for an IPv6 address is for "[address]:port".
+    on_v6 = Certificate.issue(issuer, key, "fe80::1%eth0", not_before=1.0, not_after=2e3)
+    for name in ("[fe80::1%eth0]:443", "[FE80::1%eth0]:1"):
+        assert verify(store, key, certificate=on_v6, name=name) == "certificate"
 
 
 def test_host_names_compare_without_regard_to_case(
