@@ -1503,7 +1503,7 @@ def _host_of(name: str) -> str | None:
         return None
     if head.startswith("[") and head.endswith("]"):
         head = head[1:-1]
-        if "[" in head or "]" in head or (":" in head and not _is_ipv6(head)):
+        if ":" in head and not _is_ipv6(head):
             return None  # ("[alice.example:443]:1" is not for "alice.example:443")
     elif ":" in head or "[" in head or "]" in head:
         return None
