@@ -1286,9 +1286,9 @@ class Connection:
 
     def _release_scratch(self) -> None:
         """(the asyncio adapter) Reads have become small again: give back the
-        scratch buffer that larger reads grew (up to twice the largest, 512
-        KiB for 256 KiB reads), wiped. It never shrank: a connection that
-        once took a burst kept it for as long as it lived, quiet or not. The
+        scratch buffer that larger reads grew (up to twice the largest, 1 MiB
+        for the adapter's 512 KiB reads), wiped. It never shrank: a connection
+        that once took a burst kept it for as long as it lived, quiet or not. The
         next read makes one of its own size. Kept while a view of it is lent;
         the events lent before, delivered, are let go (their views held it)."""
         if not self._lent and self._scratch:
