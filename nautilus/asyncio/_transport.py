@@ -52,11 +52,8 @@ _COALESCE_MESSAGES = 3 << 16
 _READ_BACKLOG = 1 << 18  # bytes held while reading is paused before TCP reading pauses too
 _RECV_SMALL = 1 << 14  # receive buffer space offered to TCP reads at first (handshake, chat)
 _RECV_LARGE = 1 << 19  # ... and once a read filled it (bulk transfers)
-# (512 KiB rather than asyncio's own 256 KiB: each read has a fixed cost, and
-# with half as many reads a 64 KiB-write stream took about 17% less server CPU
-# per byte, 0.70-0.74 against 0.87-0.88 s/GiB, and one-way messages went 10%
-# faster; 1 MiB gained nothing more. A bulk connection's buffers, freed once it
-# is quiet, are up to 512 KiB here and twice that in the Connection.)
+# (512 KiB, twice asyncio's own read size: each read has a fixed cost. The
+# measurements are in docs/asyncio.md, "Performance notes".)
 _QUIET = 1.0  # seconds without a read after which large reads' buffers are given back
 
 
