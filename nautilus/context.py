@@ -173,6 +173,7 @@ _SETTINGS: dict[str, _Check] = {
     "ciphers": lambda v: _names("ciphers", v, CIPHER_IDS),
     "client_auth": _choice("client_auth", CLIENT_AUTH_MODES),
     "handshake_timeout": lambda v: _number("handshake_timeout", v, 0.001, 86400),
+    "record_timeout": lambda v: None if v is None else _number("record_timeout", v, 0.001, 86400),
     "namespace": _namespace,
     "max_message_size": lambda v: _integer("max_message_size", v, 1, 1 << 31),
     # (1 s at least: a hello's timestamp is in milliseconds and takes time to arrive)
@@ -207,6 +208,7 @@ class _SettingFields:
     ciphers: tuple[str, ...]
     client_auth: str
     handshake_timeout: float
+    record_timeout: float | None
     namespace: str
     max_message_size: int
     max_clock_skew: float
@@ -262,6 +264,10 @@ class Context(_SettingFields):
         ciphers: AEADs in preference order (default :func:`default_ciphers`).
         client_auth: ``"off"``, ``"optional"`` or ``"required"`` (servers).
         handshake_timeout: seconds a handshake may take, on both sides.
+        record_timeout: (asyncio adapter) seconds the peer may leave a record
+            incomplete without sending more of it, once connected; then the
+            connection fails with :class:`~nautilus.RecordTimeout` and a
+            record_timeout alert (None: no limit).
         namespace: application id; both sides must use the same one.
         max_message_size: bound of one message of the message API.
         max_clock_skew: seconds a client hello's timestamp may differ from now
@@ -318,6 +324,7 @@ class Context(_SettingFields):
         ciphers: Sequence[str] | None = None,
         client_auth: str = "off",
         handshake_timeout: float = 10.0,
+        record_timeout: float | None = 60.0,
         namespace: str = _DEFAULT_NAMESPACE,
         max_message_size: int = 16 * 1024 * 1024,
         max_clock_skew: float = 120.0,
@@ -351,6 +358,7 @@ class Context(_SettingFields):
             "ciphers": default_ciphers() if ciphers is None else ciphers,
             "client_auth": client_auth,
             "handshake_timeout": handshake_timeout,
+            "record_timeout": record_timeout,
             "namespace": namespace,
             "max_message_size": max_message_size,
             "max_clock_skew": max_clock_skew,

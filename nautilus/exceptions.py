@@ -103,6 +103,12 @@ class ConnectionLost(NautilusError, ConnectionError):
     received may have been truncated by an attacker."""
 
 
+class RecordTimeout(ConnectionLost, TimeoutError):
+    """The peer left a record incomplete for longer than the context's
+    ``record_timeout`` (asyncio adapter): the connection was closed with a
+    record_timeout alert. The side that stalled gets it too, from the alert."""
+
+
 class HandshakeError(NautilusError):
     """The handshake failed. Subclasses say what went wrong; the connection is
     closed, and an alert was sent to the peer where that was safe."""

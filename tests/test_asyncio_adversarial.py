@@ -529,6 +529,135 @@ def test_client_that_stalls_after_its_hello(caplog: pytest.LogCaptureFixture) ->
     run(main())
 
 
+async def _connected_by_hand(
+    port: int,
+) -> tuple[Connection, asyncio.StreamReader, asyncio.StreamWriter]:
+    """A client Connection driven by hand over plain TCP, its handshake done."""
+    hand = Connection(good_client_ctx(), "client")
+    hand.start(time.time())
+    reader, writer = await asyncio.open_connection(HOST, port)
+    writer.write(hand.data_to_send())
+    while not hand.handshake_complete:
+        data = await asyncio.wait_for(reader.read(1 << 16), 5)
+        assert data, "the server closed during the handshake"
+        hand.receive_data(data, time.time())
+        writer.write(hand.data_to_send())
+    return hand, reader, writer
+
+
+async def _echoed(hand: Connection, reader: asyncio.StreamReader, size: int) -> bytes:
+    """Read and open the server's records until ``size`` bytes of data came back."""
+    got = b""
+    while len(got) < size:
+        data = await asyncio.wait_for(reader.read(1 << 16), 5)
+        assert data, "the server closed before echoing"
+        hand.receive_data(data, time.time())
+        while (event := hand.next_event()) is not None:
+            if isinstance(event, nautilus.DataReceived):
+                got += event.data
+            else:
+                assert not isinstance(event, nautilus.ConnectionClosed), event.error
+    return got
+
+
+def test_a_client_that_stalls_in_the_middle_of_a_record(caplog: pytest.LogCaptureFixture) -> None:
+    """Once connected, a peer that leaves a record incomplete for
+    record_timeout is sent a record_timeout alert and disconnected; the
+    server's application gets RecordTimeout, and so does the stalled client."""
+
+    async def main() -> None:
+        async with harness(caplog, record_timeout=0.5).running() as h:
+            hand, reader, writer = await _connected_by_hand(h.port)
+            hand.send_data(b"first, a whole record")
+            writer.write(hand.data_to_send())
+            assert await _echoed(hand, reader, 21) == b"first, a whole record"
+            hand.send_data(b"then half of one")
+            record = hand.data_to_send()
+            writer.write(record[: len(record) // 2])
+            t0 = time.monotonic()
+            rest = await asyncio.wait_for(reader.read(), 5)  # until the server's FIN
+            elapsed = time.monotonic() - t0
+            writer.close()
+            assert 0.4 < elapsed < 3
+            # One sealed alert: header, 1-byte alert, type, 16-byte tag.
+            assert rest[:4] == bytes([SEALED_RECORD, 0, 0, 18])
+            assert len(rest) == 22
+            hand.receive_data(rest, time.time())
+            alert, closed = hand.next_event(), hand.next_event()
+            assert isinstance(alert, nautilus.AlertReceived)
+            assert alert.code == 95
+            assert isinstance(closed, nautilus.ConnectionClosed)
+            assert isinstance(closed.error, nautilus.RecordTimeout)
+            assert "record_timeout" in str(closed.error)
+            await asyncio.sleep(0.1)
+            assert [type(e) for e in h.server_errors] == [nautilus.RecordTimeout]
+            assert "incomplete for 0.5 s" in str(h.server_errors[0])
+
+    run(main())
+
+
+def test_a_client_that_sends_a_record_slowly_is_not_timed_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """record_timeout bounds the time without progress, not a record's whole
+    time: a record sent in pieces, each within the timeout, arrives."""
+
+    async def main() -> None:
+        async with harness(caplog, record_timeout=0.4).running() as h:
+            hand, reader, writer = await _connected_by_hand(h.port)
+            payload = os.urandom(3000)
+            hand.send_data(payload)
+            record = hand.data_to_send()
+            pieces = 8  # 8 x 0.2 s: four times the timeout in all
+            step = -(-len(record) // pieces)
+            for i in range(0, len(record), step):
+                writer.write(record[i : i + step])
+                await asyncio.sleep(0.2)
+            assert await _echoed(hand, reader, len(payload)) == payload
+            writer.close()
+            assert not h.server_errors
+
+    run(main())
+
+
+def test_a_record_left_incomplete_while_the_application_does_not_read(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Time during which the server's application has paused reading
+    (backpressure) does not count against the peer: a client whose writes
+    wait on the server for longer than record_timeout is not timed out."""
+
+    async def main() -> None:
+        received = bytearray()
+        done = asyncio.get_running_loop().create_future()
+
+        async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await asyncio.sleep(1.5)  # the reader's buffer fills: reading pauses
+                while data := await reader.read(1 << 16):
+                    received.extend(data)
+                done.set_result(None)
+            except Exception as exc:
+                done.set_exception(exc)
+            writer.close()
+
+        ctx = Context(SERVER_ID, record_timeout=0.3)
+        server = await na.start_server(slow, HOST, 0, context=ctx, limit=1 << 14)
+        port = server.sockets[0].getsockname()[1]
+        _reader, writer = await na.open_connection(HOST, port, context=good_client_ctx())
+        payload = os.urandom(8 << 20)
+        writer.write(payload)
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+        await asyncio.wait_for(done, 10)
+        assert received == payload
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
 # ------------------------------------------------------------ man in the middle
 
 

@@ -1924,6 +1924,9 @@ _BAD_SETTINGS: list[tuple[str, object, type[Exception]]] = [
     ("handshake_timeout", 0, ValueError),
     ("handshake_timeout", "10", TypeError),
     ("handshake_timeout", 86400.5, ValueError),
+    ("record_timeout", 0, ValueError),
+    ("record_timeout", math.inf, ValueError),
+    ("record_timeout", "60", TypeError),
     ("namespace", "", ValueError),
     ("namespace", b"app", TypeError),
     ("namespace", "\u00e9" * 128, ValueError),  # 128 characters, 256 bytes of UTF-8
@@ -1964,6 +1967,7 @@ _GOOD_SETTINGS: list[tuple[str, object, object]] = [
     ("ciphers", ["chacha20-poly1305"], ("chacha20-poly1305",)),
     ("client_auth", "required", "required"),
     ("handshake_timeout", 5, 5.0),
+    ("record_timeout", None, None),
     ("namespace", "other-app", "other-app"),
     ("max_message_size", 1024, 1024),
     ("max_clock_skew", 30, 30.0),

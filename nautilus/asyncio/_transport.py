@@ -22,7 +22,13 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
-from nautilus.exceptions import ClosedError, ConnectionLost, HandshakeError, NautilusError
+from nautilus.exceptions import (
+    ClosedError,
+    ConnectionLost,
+    HandshakeError,
+    NautilusError,
+    RecordTimeout,
+)
 from nautilus.protocol.connection import Connection
 from nautilus.protocol.events import (
     ConnectionClosed,
@@ -482,6 +488,8 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         "_rstart",
         "_rview",
         "_shared_read",
+        "_stall_from",
+        "_stall_timer",
         "_tcp",
         "_tcp_lost",
         "_tcp_paused",
@@ -555,6 +563,10 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         # the large buffers back once _QUIET seconds passed without one.
         self._reads = 0
         self._quiet_timer: asyncio.TimerHandle | None = None
+        # (record_timeout) When the peer last sent more of an incomplete
+        # record (loop time), and the timer that checks it did (_on_stall).
+        self._stall_from = 0.0
+        self._stall_timer: asyncio.TimerHandle | None = None
         # Reading paused by the application (NautilusTransport.pause_reading):
         # the event not delivered, whether the TCP transport is paused too
         # (past _READ_BACKLOG held bytes), and whether the peer's FIN came
@@ -731,11 +743,51 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
             if used < end:  # the shared buffer is reused: keep the incomplete record
                 self._keep(shared[used:])
                 self._rseen = self._rend
+                self._incomplete()
         elif start + used == end:
             self._rstart = self._rseen = self._rend = 0
         else:
             self._rstart = start + used
+            self._incomplete()
         self._after_receive()
+
+    def _incomplete(self) -> None:
+        """A read left a record incomplete (or sent more of one): once
+        connected, the peer has ``record_timeout`` seconds from now to send
+        more of it (:meth:`_on_stall`)."""
+        self._stall_from = self._loop.time()
+        if self._stall_timer is None and self._conn.handshake_complete:
+            timeout = self._conn._cfg.record_timeout
+            if timeout is not None:
+                self._stall_timer = self._loop.call_later(timeout, self._on_stall)
+
+    def _on_stall(self) -> None:
+        """(``record_timeout`` after a read left a record incomplete) Fail the
+        connection, with a record_timeout alert, if the peer has sent none of
+        the rest since. One timer per connection, armed again while the peer
+        sends more: nothing per read. Time spent with reading paused (the
+        application's backpressure) does not count against the peer."""
+        self._stall_timer = None
+        conn = self._conn
+        if self._tcp_lost or self._closing or conn.is_closed or self._rstart == self._rseen:
+            return  # (complete since: the next incomplete record arms it again)
+        timeout = conn._cfg.record_timeout
+        assert timeout is not None  # (else not armed)
+        now = self._loop.time()
+        if self._read_paused or self._held is not None or self._rseen < self._rend:
+            self._stall_from = now  # not reading what it sent: not its stall
+        left = self._stall_from + timeout - now
+        if left > 0:
+            self._stall_timer = self._loop.call_later(left, self._on_stall)
+            return
+        if self._pending_size:
+            self._seal_pending()
+        conn._fail(
+            RecordTimeout(f"the peer left a record incomplete for {timeout:g} s"),
+            AlertCode.RECORD_TIMEOUT,
+        )
+        self._transmit()
+        self._dispatch()
 
     def _after_receive(self) -> None:
         """The Connection took what was read: deliver its events, send its answers."""
@@ -790,6 +842,9 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         if self._quiet_timer is not None:
             self._quiet_timer.cancel()
             self._quiet_timer = None
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
         if self._linger_timer is not None:
             self._linger_timer.cancel()
             self._linger_timer = None

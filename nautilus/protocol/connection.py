@@ -46,6 +46,7 @@ from nautilus.exceptions import (
     ProtocolViolation,
     RecordFormatError,
     RecordLimitReached,
+    RecordTimeout,
     SessionKeyDerivationFailed,
 )
 from nautilus.identity import Certificate, PeerKey, TrustStore
@@ -265,6 +266,7 @@ _REMOTE_ALERT_ERRORS: dict[int, type[NautilusError]] = {
     AlertCode.ILLEGAL_PARAMETER: KeyAgreementFailed,
     AlertCode.KEY_DERIVATION_FAILED: SessionKeyDerivationFailed,
     AlertCode.HANDSHAKE_TIMEOUT: HandshakeTimeout,
+    AlertCode.RECORD_TIMEOUT: RecordTimeout,
     AlertCode.UNEXPECTED_MESSAGE: ProtocolViolation,
     AlertCode.DECODE_ERROR: ProtocolViolation,
     AlertCode.RECORD_OVERFLOW: ProtocolViolation,

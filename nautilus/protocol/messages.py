@@ -76,6 +76,7 @@ class AlertCode(enum.IntEnum):
     REPLAYED_HELLO = 92
     NAMESPACE_MISMATCH = 93
     KEY_DERIVATION_FAILED = 94
+    RECORD_TIMEOUT = 95
     CERTIFICATE_REQUIRED = 116
 
     @classmethod
