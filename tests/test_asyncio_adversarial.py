@@ -530,10 +530,10 @@ def test_client_that_stalls_after_its_hello(caplog: pytest.LogCaptureFixture) ->
 
 
 async def _connected_by_hand(
-    port: int,
+    port: int, **kw: Any
 ) -> tuple[Connection, asyncio.StreamReader, asyncio.StreamWriter]:
     """A client Connection driven by hand over plain TCP, its handshake done."""
-    hand = Connection(good_client_ctx(), "client")
+    hand = Connection(good_client_ctx(**kw), "client")
     hand.start(time.time())
     reader, writer = await asyncio.open_connection(HOST, port)
     writer.write(hand.data_to_send())
@@ -592,6 +592,35 @@ def test_a_client_that_stalls_in_the_middle_of_a_record(caplog: pytest.LogCaptur
             await asyncio.sleep(0.1)
             assert [type(e) for e in h.server_errors] == [nautilus.RecordTimeout]
             assert "incomplete for 0.5 s" in str(h.server_errors[0])
+
+    run(main())
+
+
+def test_a_client_that_stalls_in_the_middle_of_a_message(caplog: pytest.LogCaptureFixture) -> None:
+    """The same for a message of the message API cut at a record boundary:
+    every record is complete, the message is not."""
+
+    async def main() -> None:
+        async with harness(caplog, record_timeout=0.5).running() as h:
+            # Small records: the first arrives whole, in one read.
+            hand, reader, writer = await _connected_by_hand(h.port, max_record_size=512)
+            hand.send_message(os.urandom(2000))  # four records
+            out = hand.data_to_send()
+            first = 4 + int.from_bytes(out[1:4], "big")
+            assert out[0] == SEALED_RECORD
+            assert first < len(out)
+            writer.write(out[:first])
+            t0 = time.monotonic()
+            rest = await asyncio.wait_for(reader.read(), 5)
+            elapsed = time.monotonic() - t0
+            writer.close()
+            assert 0.4 < elapsed < 3
+            hand.receive_data(rest, time.time())
+            events = list(iter(hand.next_event, None))
+            assert isinstance(events[-1], nautilus.ConnectionClosed)
+            assert isinstance(events[-1].error, nautilus.RecordTimeout)
+            await asyncio.sleep(0.1)
+            assert [type(e) for e in h.server_errors] == [nautilus.RecordTimeout]
 
     run(main())
 

@@ -564,7 +564,7 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         self._reads = 0
         self._quiet_timer: asyncio.TimerHandle | None = None
         # (record_timeout) When the peer last sent more of an incomplete
-        # record (loop time), and the timer that checks it did (_on_stall).
+        # record or message (loop time), and the timer that checks it did (_on_stall).
         self._stall_from = 0.0
         self._stall_timer: asyncio.TimerHandle | None = None
         # Reading paused by the application (NautilusTransport.pause_reading):
@@ -743,18 +743,18 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
             if used < end:  # the shared buffer is reused: keep the incomplete record
                 self._keep(shared[used:])
                 self._rseen = self._rend
-                self._incomplete()
         elif start + used == end:
             self._rstart = self._rseen = self._rend = 0
         else:
             self._rstart = start + used
+        if self._rstart < self._rseen or conn._messages:
             self._incomplete()
         self._after_receive()
 
     def _incomplete(self) -> None:
-        """A read left a record incomplete (or sent more of one): once
-        connected, the peer has ``record_timeout`` seconds from now to send
-        more of it (:meth:`_on_stall`)."""
+        """A read left a record, or a message of the message API, incomplete
+        (or brought more of one): once connected, the peer has
+        ``record_timeout`` seconds from now to send more of it (:meth:`_on_stall`)."""
         self._stall_from = self._loop.time()
         if self._stall_timer is None and self._conn.handshake_complete:
             timeout = self._conn._cfg.record_timeout
@@ -762,15 +762,17 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
                 self._stall_timer = self._loop.call_later(timeout, self._on_stall)
 
     def _on_stall(self) -> None:
-        """(``record_timeout`` after a read left a record incomplete) Fail the
-        connection, with a record_timeout alert, if the peer has sent none of
-        the rest since. One timer per connection, armed again while the peer
+        """(``record_timeout`` after a read left a record or a message
+        incomplete) Fail the connection, with a record_timeout alert, if the
+        peer has sent none of the rest since. One timer per connection, armed again while the peer
         sends more: nothing per read. Time spent with reading paused (the
         application's backpressure) does not count against the peer."""
         self._stall_timer = None
         conn = self._conn
-        if self._tcp_lost or self._closing or conn.is_closed or self._rstart == self._rseen:
-            return  # (complete since: the next incomplete record arms it again)
+        if self._tcp_lost or self._closing or conn.is_closed:
+            return
+        if self._rstart == self._rseen and not conn._messages:
+            return  # (complete since: the next incomplete one arms it again)
         timeout = conn._cfg.record_timeout
         assert timeout is not None  # (else not armed)
         now = self._loop.time()
@@ -783,7 +785,7 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         if self._pending_size:
             self._seal_pending()
         conn._fail(
-            RecordTimeout(f"the peer left a record incomplete for {timeout:g} s"),
+            RecordTimeout(f"the peer left a record or a message incomplete for {timeout:g} s"),
             AlertCode.RECORD_TIMEOUT,
         )
         self._transmit()
