@@ -625,6 +625,53 @@ def test_a_client_that_stalls_in_the_middle_of_a_message(caplog: pytest.LogCaptu
     run(main())
 
 
+def test_a_channel_peer_that_stalls_after_one_record_of_a_message(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The same on a channel, whose reads of exactly one record take the
+    message lane: a record that starts a longer message, read alone, is
+    followed by nothing, and the channel is timed out all the same."""
+
+    async def main() -> None:
+        errors: list[BaseException] = []
+
+        async def on_channel(channel: na.Channel) -> None:
+            try:
+                async for _message in channel:
+                    pass
+            except Exception as exc:
+                errors.append(exc)
+
+        async with harness(caplog).running():
+            ctx = Context(SERVER_ID, record_timeout=0.5)
+            server = await na.start_channel_server(on_channel, HOST, 0, context=ctx)
+            port = server.sockets[0].getsockname()[1]
+            hand, reader, writer = await _connected_by_hand(port, max_record_size=512)
+            for _ in range(2):  # whole messages, one record each, read alone
+                hand.send_message(bytes(508))
+                writer.write(hand.data_to_send())
+                await asyncio.sleep(0.1)
+            hand.send_message(os.urandom(2000))  # four records
+            out = hand.data_to_send()
+            first = 4 + int.from_bytes(out[1:4], "big")
+            writer.write(out[:first])
+            t0 = time.monotonic()
+            rest = await asyncio.wait_for(reader.read(), 5)
+            elapsed = time.monotonic() - t0
+            writer.close()
+            assert 0.4 < elapsed < 3
+            hand.receive_data(rest, time.time())
+            events = list(iter(hand.next_event, None))
+            assert isinstance(events[-1], nautilus.ConnectionClosed)
+            assert isinstance(events[-1].error, nautilus.RecordTimeout)
+            await asyncio.sleep(0.1)
+            assert [type(e) for e in errors] == [nautilus.RecordTimeout]
+            server.close()
+            await server.wait_closed()
+
+    run(main())
+
+
 def test_a_client_that_sends_a_record_slowly_is_not_timed_out(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -631,6 +631,8 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
                         self._app_failed(exc, "messages_received()")
                     return
                 if taken:  # opened, something else: its events and answers
+                    if self._conn._messages:  # (the start of a longer message)
+                        self._incomplete()
                     self._after_receive()
                     return
             self._process(data)
