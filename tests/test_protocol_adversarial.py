@@ -43,6 +43,7 @@ from nautilus import (
     KeyAgreementFailed,
     NegotiationFailed,
     ProtocolViolation,
+    RecordTimeout,
     State,
 )
 from nautilus.context import CIPHER_IDS, GROUP_IDS
@@ -748,6 +749,10 @@ def test_malformed_alert_during_the_handshake() -> None:
         (20, True, KeyAgreementFailed),
         (20, False, IntegrityError),
         (45, False, CertificateExpired),
+        (95, False, RecordTimeout),
+        # record_timeout is sent once connected only: during the handshake,
+        # a failed handshake as any other (not a ConnectionLost)
+        (95, True, HandshakeError),
     ],
 )
 def test_alert_codes_map_to_named_errors(code: int, during: bool, cls: type) -> None:

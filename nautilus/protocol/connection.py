@@ -1881,6 +1881,8 @@ class Connection:
                 cls = HandshakeError if self._state in HANDSHAKE_STATES else ConnectionLost
             if code == AlertCode.BAD_RECORD_MAC:
                 cls = KeyAgreementFailed if self._state in HANDSHAKE_STATES else IntegrityError
+            elif code == AlertCode.RECORD_TIMEOUT and self._state in HANDSHAKE_STATES:
+                cls = HandshakeError  # (sent once connected only: not a ConnectionLost here)
             err = cls(f"the peer sent alert {name}")
         self._error = err
         self._events.append(ConnectionClosed(err))
