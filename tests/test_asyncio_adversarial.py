@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -728,6 +728,56 @@ def test_a_record_left_incomplete_while_the_application_does_not_read(
         await writer.wait_closed()
         await asyncio.wait_for(done, 10)
         assert received == payload
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_a_pause_of_the_application_right_after_part_of_a_record_does_not_count() -> None:
+    """The server's application pauses reading for most of record_timeout
+    just as part of a record arrives, then resumes: the peer has the whole
+    timeout again from the resume (it sends the rest after the timeout
+    counted from the partial record, but within it counted from the resume)."""
+
+    class Pausing(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = cast(asyncio.Transport, transport)
+            self.data = b""
+            self.lost: BaseException | str | None = "open"
+
+        def data_received(self, data: bytes) -> None:
+            self.data += data
+            if data == b"pause":
+                self.transport.pause_reading()
+                loop = asyncio.get_running_loop()
+                loop.call_later(0.9, self.transport.resume_reading)
+
+        def connection_lost(self, exc: BaseException | None) -> None:
+            self.lost = exc
+
+    async def main() -> None:
+        apps: list[Pausing] = []
+
+        def factory() -> Pausing:
+            apps.append(Pausing())
+            return apps[-1]
+
+        ctx = Context(SERVER_ID, record_timeout=1.0)
+        server = await na.create_server(factory, HOST, 0, context=ctx)
+        port = server.sockets[0].getsockname()[1]
+        hand, _reader, writer = await _connected_by_hand(port)
+        hand.send_data(b"pause")
+        first = hand.data_to_send()
+        hand.send_data(b"x" * 100)
+        second = hand.data_to_send()
+        writer.write(first + second[:50])  # the pause, and half of the next record
+        await asyncio.sleep(1.2)  # past the timeout from here, not from the resume
+        writer.write(second[50:])
+        await asyncio.sleep(0.3)
+        assert apps[0].lost == "open"
+        assert apps[0].data == b"pause" + b"x" * 100
+        writer.close()
         server.close()
         await server.wait_closed()
 

@@ -295,6 +295,8 @@ class NautilusTransport(asyncio.Transport):
         owner = self._owner
         if owner._read_paused:
             owner._read_paused = False
+            if owner._stall_timer is not None:  # (record_timeout: a pause does not count)
+                owner._stall_from = owner._loop.time()
             if (
                 owner._held is not None
                 or owner._rend > owner._rseen
@@ -768,7 +770,8 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         incomplete) Fail the connection, with a record_timeout alert, if the
         peer has sent none of the rest since. One timer per connection, armed again while the peer
         sends more: nothing per read. Time spent with reading paused (the
-        application's backpressure) does not count against the peer."""
+        application's backpressure) does not count against the peer: the
+        count restarts when reading resumes (resume_reading)."""
         self._stall_timer = None
         conn = self._conn
         if self._tcp_lost or self._closing or conn.is_closed:
