@@ -596,6 +596,28 @@ def test_a_client_that_stalls_in_the_middle_of_a_record(caplog: pytest.LogCaptur
     run(main())
 
 
+async def _stall_after_the_first_record_of_a_message(
+    hand: Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """Send the first of four records of a message, then nothing: the server
+    (record_timeout=0.5) must answer with its record_timeout alert and close."""
+    hand.send_message(os.urandom(2000))  # four records (of 512 bytes)
+    out = hand.data_to_send()
+    first = 4 + int.from_bytes(out[1:4], "big")
+    assert out[0] == SEALED_RECORD
+    assert first < len(out)
+    writer.write(out[:first])
+    t0 = time.monotonic()
+    rest = await asyncio.wait_for(reader.read(), 5)  # until the server's FIN
+    elapsed = time.monotonic() - t0
+    writer.close()
+    assert 0.4 < elapsed < 3
+    hand.receive_data(rest, time.time())
+    events = list(iter(hand.next_event, None))
+    assert isinstance(events[-1], nautilus.ConnectionClosed)
+    assert isinstance(events[-1].error, nautilus.RecordTimeout)
+
+
 def test_a_client_that_stalls_in_the_middle_of_a_message(caplog: pytest.LogCaptureFixture) -> None:
     """The same for a message of the message API cut at a record boundary:
     every record is complete, the message is not."""
@@ -604,21 +626,7 @@ def test_a_client_that_stalls_in_the_middle_of_a_message(caplog: pytest.LogCaptu
         async with harness(caplog, record_timeout=0.5).running() as h:
             # Small records: the first arrives whole, in one read.
             hand, reader, writer = await _connected_by_hand(h.port, max_record_size=512)
-            hand.send_message(os.urandom(2000))  # four records
-            out = hand.data_to_send()
-            first = 4 + int.from_bytes(out[1:4], "big")
-            assert out[0] == SEALED_RECORD
-            assert first < len(out)
-            writer.write(out[:first])
-            t0 = time.monotonic()
-            rest = await asyncio.wait_for(reader.read(), 5)
-            elapsed = time.monotonic() - t0
-            writer.close()
-            assert 0.4 < elapsed < 3
-            hand.receive_data(rest, time.time())
-            events = list(iter(hand.next_event, None))
-            assert isinstance(events[-1], nautilus.ConnectionClosed)
-            assert isinstance(events[-1].error, nautilus.RecordTimeout)
+            await _stall_after_the_first_record_of_a_message(hand, reader, writer)
             await asyncio.sleep(0.1)
             assert [type(e) for e in h.server_errors] == [nautilus.RecordTimeout]
 
@@ -651,19 +659,7 @@ def test_a_channel_peer_that_stalls_after_one_record_of_a_message(
                 hand.send_message(bytes(508))
                 writer.write(hand.data_to_send())
                 await asyncio.sleep(0.1)
-            hand.send_message(os.urandom(2000))  # four records
-            out = hand.data_to_send()
-            first = 4 + int.from_bytes(out[1:4], "big")
-            writer.write(out[:first])
-            t0 = time.monotonic()
-            rest = await asyncio.wait_for(reader.read(), 5)
-            elapsed = time.monotonic() - t0
-            writer.close()
-            assert 0.4 < elapsed < 3
-            hand.receive_data(rest, time.time())
-            events = list(iter(hand.next_event, None))
-            assert isinstance(events[-1], nautilus.ConnectionClosed)
-            assert isinstance(events[-1].error, nautilus.RecordTimeout)
+            await _stall_after_the_first_record_of_a_message(hand, reader, writer)
             await asyncio.sleep(0.1)
             assert [type(e) for e in errors] == [nautilus.RecordTimeout]
             server.close()
