@@ -266,9 +266,9 @@ class Context(_SettingFields):
         handshake_timeout: seconds a handshake may take, on both sides.
         record_timeout: (asyncio adapter) seconds the peer may leave a record,
             or a message of the message API, incomplete without sending more
-            of it, once connected; then the
-            connection fails with :class:`~nautilus.RecordTimeout` and a
-            record_timeout alert (None: no limit).
+            of it, once connected; then the connection fails with
+            :class:`~nautilus.RecordTimeout` and a record_timeout alert
+            (None: no limit).
         namespace: application id; both sides must use the same one.
         max_message_size: bound of one message of the message API.
         max_clock_skew: seconds a client hello's timestamp may differ from now

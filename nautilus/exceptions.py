@@ -104,9 +104,10 @@ class ConnectionLost(NautilusError, ConnectionError):
 
 
 class RecordTimeout(ConnectionLost, TimeoutError):
-    """The peer left a record (or a message) incomplete for longer than the context's
-    ``record_timeout`` (asyncio adapter): the connection was closed with a
-    record_timeout alert. The side that stalled gets it too, from the alert."""
+    """The peer left a record (or a message) incomplete for longer than the
+    context's ``record_timeout`` (asyncio adapter): the connection was closed
+    with a record_timeout alert. The side that stalled gets it too, from the
+    alert."""
 
 
 class HandshakeError(NautilusError):

@@ -566,7 +566,8 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
         self._reads = 0
         self._quiet_timer: asyncio.TimerHandle | None = None
         # (record_timeout) When the peer last sent more of an incomplete
-        # record or message (loop time), and the timer that checks it did (_on_stall).
+        # record or message (loop time), and the timer that checks that it
+        # did (_on_stall).
         self._stall_from = 0.0
         self._stall_timer: asyncio.TimerHandle | None = None
         # Reading paused by the application (NautilusTransport.pause_reading):
@@ -768,10 +769,11 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
     def _on_stall(self) -> None:
         """(``record_timeout`` after a read left a record or a message
         incomplete) Fail the connection, with a record_timeout alert, if the
-        peer has sent none of the rest since. One timer per connection, armed again while the peer
-        sends more: nothing per read. Time spent with reading paused (the
-        application's backpressure) does not count against the peer: the
-        count restarts when reading resumes (resume_reading)."""
+        peer has sent none of the rest since. One timer per connection, armed
+        again while the peer sends more: nothing per read. Time spent with
+        reading paused (the application's backpressure) does not count
+        against the peer: the count restarts when reading resumes
+        (resume_reading)."""
         self._stall_timer = None
         conn = self._conn
         if self._tcp_lost or self._closing or conn.is_closed:
