@@ -264,11 +264,11 @@ class Context(_SettingFields):
         ciphers: AEADs in preference order (default :func:`default_ciphers`).
         client_auth: ``"off"``, ``"optional"`` or ``"required"`` (servers).
         handshake_timeout: seconds a handshake may take, on both sides.
-        record_timeout: (asyncio adapter) seconds the peer may leave a record,
-            or a message of the message API, incomplete without sending more
-            of it, once connected; then the connection fails with
-            :class:`~nautilus.RecordTimeout` and a record_timeout alert
-            (None: no limit).
+        record_timeout: (asyncio and blocking sockets) seconds the peer may
+            leave a record, or a message of the message API, incomplete
+            without sending more of it, once connected; then the connection
+            fails with :class:`~nautilus.RecordTimeout` and a record_timeout
+            alert (None: no limit).
         namespace: application id; both sides must use the same one.
         max_message_size: bound of one message of the message API.
         max_clock_skew: seconds a client hello's timestamp may differ from now

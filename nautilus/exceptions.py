@@ -105,9 +105,9 @@ class ConnectionLost(NautilusError, ConnectionError):
 
 class RecordTimeout(ConnectionLost, TimeoutError):
     """The peer left a record (or a message) incomplete for longer than the
-    context's ``record_timeout`` (asyncio adapter): the connection was closed
-    with a record_timeout alert. The side that stalled gets it too, from the
-    alert."""
+    context's ``record_timeout`` (asyncio and blocking sockets): the
+    connection was closed with a record_timeout alert. The side that stalled
+    gets it too, from the alert."""
 
 
 class HandshakeError(NautilusError):

@@ -64,6 +64,7 @@ from nautilus.exceptions import (
     NautilusError,
     ProtocolViolation,
     RecordLimitReached,
+    RecordTimeout,
     UnreadLimitReached,
     WantReadError,
     WantWriteError,
@@ -804,6 +805,10 @@ class NautilusSocket(socket.socket):
             TypeError, ValueError: bad ``bufsize`` or non-zero ``flags``.
             nautilus.ConnectionLost: the connection ended without close_notify
                 (truncation), or was reset.
+            nautilus.RecordTimeout: (a ConnectionLost) the call waited the
+                context's ``record_timeout`` for the rest of a record or
+                message the peer had begun; the connection is shut down (a
+                record_timeout alert was sent).
             nautilus.IntegrityError, nautilus.ProtocolViolation: the peer sent
                 a forged or malformed record; the connection is shut down (an
                 alert was sent). Later calls raise ``ClosedError``.
@@ -1192,8 +1197,15 @@ class NautilusSocket(socket.socket):
                 self._ipos = self._iend = iend = 0
         if self._rmore if lane else self._msgs:
             self._check_unread(lane)
+        conn = self._conn
+        bound = (conn._in or conn._messages or iend > self._ipos) and self._record_bound()
         try:
-            n = _raw_recv_into(self, self._rview[iend:])
+            if bound:  # (record_timeout)
+                n = self._recv_within(self._rview[iend:], bound)
+                if n < 0:
+                    return False
+            else:
+                n = _raw_recv_into(self, self._rview[iend:])
         except BlockingIOError:
             if self._unsent is not None or self._queued:
                 raise WantWriteError(errno.EAGAIN, "output is waiting for the socket") from None
@@ -1225,6 +1237,43 @@ class NautilusSocket(socket.socket):
         if full:
             self._grow_rbuf()
         return False
+
+    def _record_bound(self) -> float | None:
+        """(Before a read, with a record or a message incomplete.) How long the
+        read may wait for more of it: the context's ``record_timeout``, or
+        None where the socket's own timeout is shorter (or it does not wait)
+        or there is no such bound."""
+        conn = self._conn
+        timeout = conn._cfg.record_timeout
+        own = self.gettimeout()
+        if timeout is None or (own is not None and own <= timeout) or conn.is_closed:
+            return None
+        return timeout if self._hs_done else None
+
+    def _recv_within(self, into: memoryview, timeout: float) -> int:
+        """Read into ``into``, waiting at most ``timeout`` for the peer to
+        send more of what it left incomplete. Time between the application's
+        calls does not count: each wait gets the whole timeout. Returns -1 if
+        nothing came: the connection has failed with RecordTimeout, a
+        record_timeout alert sent (and TCP shut down)."""
+        try:
+            return _recv_nowait(self, into)  # (what has arrived: no poll first)
+        except BlockingIOError:
+            pass
+        if _wait(self, False, timeout):
+            return _raw_recv_into(self, into)
+        conn = self._conn
+        with self._state_lock:
+            conn._fail(
+                RecordTimeout(f"the peer left a record or a message incomplete for {timeout:g} s"),
+                AlertCode.RECORD_TIMEOUT,
+            )
+            self._drain()
+            self._take_output()
+        if self._queued:
+            self._flush_nowait()
+        self._shutdown_tcp()
+        return -1
 
     def _check_unread(self, lane: bool) -> None:
         """Before a read for messages (``lane``) or stream data: refuse to read

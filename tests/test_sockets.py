@@ -802,6 +802,112 @@ def test_small_sends_that_time_out_stay_queued_in_order() -> None:
     assert peer.result() == hashlib.sha256(expected).digest()
 
 
+def _stalling_server(first: Callable[[Connection], bytes]) -> Peer:
+    """A hand-driven server that sends ``first(conn)`` (what it makes the
+    Connection seal, cut short) once connected, then waits for the end."""
+
+    def handler(raw: socket.socket) -> list[nautilus.Event]:
+        conn = Connection(server_ctx(), "server")
+        raw_handshake(raw, conn)
+        raw.sendall(first(conn))
+        conn.receive_data(read_until_eof(raw), time.time())
+        return list(iter(conn.next_event, None))
+
+    return Peer(handler, wrap=False)
+
+
+def _half_a_record(conn: Connection) -> bytes:
+    conn.send_data(b"the rest of this record never comes")
+    record = conn.data_to_send()
+    return record[: len(record) // 2]
+
+
+def _one_record_of_a_message(conn: Connection) -> bytes:
+    conn.send_message(os.urandom(40_000))  # three records of 16 KiB
+    out = conn.data_to_send()
+    return out[: 4 + int.from_bytes(out[1:4], "big")]  # its first record, whole
+
+
+@pytest.mark.parametrize("call", ["recv", "recv_into", "recv_message"])
+def test_a_peer_that_stalls_in_the_middle_of_a_record_or_message(call: str) -> None:
+    """record_timeout on blocking sockets: a read that waits for the rest of
+    a record (or of a message) waits that long at most; then the call raises
+    RecordTimeout and the peer gets a record_timeout alert."""
+    first = _one_record_of_a_message if call == "recv_message" else _half_a_record
+    peer = _stalling_server(first)
+    with connect(peer, context=client_ctx(record_timeout=0.5)) as sock:
+        read: Callable[[], object] = {
+            "recv": lambda: sock.recv(100),
+            "recv_into": lambda: sock.recv_into(bytearray(65536)),
+            "recv_message": sock.recv_message,
+        }[call]
+        t0 = time.monotonic()
+        with pytest.raises(nautilus.RecordTimeout, match=r"incomplete for 0\.5 s"):
+            read()
+        assert 0.4 < time.monotonic() - t0 < 3
+        with pytest.raises(nautilus.ClosedError):  # failed for good
+            sock.recv(100)
+    events = peer.result()
+    alerts = [e for e in events if isinstance(e, nautilus.AlertReceived)]
+    assert [a.code for a in alerts] == [AlertCode.RECORD_TIMEOUT]
+    closed = events[-1]
+    assert isinstance(closed, nautilus.ConnectionClosed)
+    assert isinstance(closed.error, nautilus.RecordTimeout)
+
+
+def test_record_timeout_counts_each_wait_and_restarts_with_each_byte() -> None:
+    """Time between the application's calls does not count, and any bytes of
+    the record restart the count: the record arrives whole."""
+
+    def handler(raw: socket.socket) -> None:
+        conn = Connection(server_ctx(), "server")
+        raw_handshake(raw, conn)
+        conn.send_data(b"first")
+        head = conn.data_to_send()
+        conn.send_data(b"x" * 3000)
+        record = conn.data_to_send()
+        raw.sendall(head + record[:100])
+        time.sleep(1.0)  # the client is away meanwhile (not in a call)
+        for i in range(100, len(record), 400):  # the rest, 0.2 s apart
+            raw.sendall(record[i : i + 400])
+            time.sleep(0.2)
+        read_until_eof(raw)
+
+    peer = Peer(handler, wrap=False)
+    with connect(peer, context=client_ctx(record_timeout=0.8)) as sock:
+        assert sock.recv(100) == b"first"
+        time.sleep(0.9)  # longer than the timeout, away from the socket
+        assert recv_exactly(sock, 3000) == b"x" * 3000  # 1.6 s in pieces
+    peer.result()
+
+
+def test_a_socket_timeout_shorter_than_record_timeout_applies_first() -> None:
+    """A socket timeout shorter than record_timeout bounds the wait as before:
+    TimeoutError, nothing lost, and the record arrives on a later call."""
+    rest = threading.Event()
+
+    def handler(raw: socket.socket) -> None:
+        conn = Connection(server_ctx(), "server")
+        raw_handshake(raw, conn)
+        conn.send_data(b"y" * 500)
+        record = conn.data_to_send()
+        raw.sendall(record[:50])
+        assert rest.wait(10)
+        raw.sendall(record[50:])
+        read_until_eof(raw)
+
+    peer = Peer(handler, wrap=False)
+    with connect(peer, context=client_ctx(record_timeout=5.0)) as sock:
+        sock.settimeout(0.2)
+        with pytest.raises(TimeoutError) as info:
+            sock.recv(1000)
+        assert not isinstance(info.value, nautilus.NautilusError)
+        rest.set()
+        sock.settimeout(5)
+        assert recv_exactly(sock, 500) == b"y" * 500
+    peer.result()
+
+
 # -------------------------------------------------------------- non-blocking
 
 
