@@ -144,16 +144,24 @@ writer blocked on the socket (and shuts TCP down without close_notify)."""
 
 
 def _wait(sock: socket.socket, write: bool, timeout: float | None) -> bool:
-    """Wait until ``sock`` is readable (or writable); False if ``timeout`` passed first."""
+    """Wait until ``sock`` is readable (or writable); False if ``timeout`` passed first.
+
+    Raises OSError (``EBADF``) if the socket is closed (by another thread,
+    since the caller's last look), as a read or write on it would, not the
+    ValueError that poll() and select() raise for a descriptor of -1.
+    """
     if timeout is not None and timeout < 0:
         timeout = 0.0
+    fd = sock.fileno()
+    if fd < 0:
+        raise OSError(errno.EBADF, "the socket is closed")
     if _HAS_POLL:
         poller = select.poll()
-        poller.register(sock, select.POLLOUT if write else select.POLLIN)
+        poller.register(fd, select.POLLOUT if write else select.POLLIN)
         return bool(poller.poll(None if timeout is None else timeout * 1000.0))
     if write:  # pragma: no cover - platforms without poll()
-        return bool(select.select([], [sock], [sock], timeout)[1])
-    return bool(select.select([sock], [], [sock], timeout)[0])  # pragma: no cover
+        return bool(select.select([], [fd], [fd], timeout)[1])
+    return bool(select.select([fd], [], [fd], timeout)[0])  # pragma: no cover
 
 
 # On a socket with a timeout, Python polls before each send or recv, for as

@@ -908,6 +908,36 @@ def test_a_socket_timeout_shorter_than_record_timeout_applies_first() -> None:
     peer.result()
 
 
+def test_a_close_by_another_thread_before_the_record_timeout_wait_is_ebadf(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A reader about to wait (record_timeout) for the rest of a record, and
+    the socket closed by another thread just then: OSError(EBADF), as for a
+    read on a closed socket, not poll()'s ValueError for a descriptor of -1."""
+    peer = _stalling_server(_half_a_record)
+    real = nautilus.sockets._recv_nowait
+
+    def closed_meanwhile(sock: socket.socket, into: memoryview) -> int:
+        try:
+            return real(sock, into)
+        except BlockingIOError:  # nothing more: close it from another thread first
+            closer = threading.Thread(target=sock.close)
+            closer.start()
+            closer.join(5)
+            raise
+
+    with connect(peer, context=client_ctx(record_timeout=5.0)) as sock:
+        monkeypatch.setattr(nautilus.sockets, "_recv_nowait", closed_meanwhile)
+        t0 = time.monotonic()
+        with pytest.raises(OSError, match="closed") as info:
+            sock.recv(100)
+        assert info.value.errno == errno.EBADF
+        assert not isinstance(info.value, nautilus.NautilusError)
+        assert time.monotonic() - t0 < 3  # (at once, not after the record_timeout)
+        monkeypatch.undo()
+    peer.result()
+
+
 # -------------------------------------------------------------- non-blocking
 
 
