@@ -1264,12 +1264,18 @@ class NautilusSocket(socket.socket):
         calls does not count: each wait gets the whole timeout. Returns -1 if
         nothing came: the connection has failed with RecordTimeout, a
         record_timeout alert sent (and TCP shut down)."""
-        try:
-            return _recv_nowait(self, into)  # (what has arrived: no poll first)
-        except BlockingIOError:
-            pass
-        if _wait(self, False, timeout):
-            return _raw_recv_into(self, into)
+        deadline = 0.0
+        while True:
+            try:
+                return _recv_nowait(self, into)  # (what has arrived: no poll first)
+            except BlockingIOError:
+                pass
+            now = time.monotonic()
+            if not deadline:
+                deadline = now + timeout
+            # (a wake-up with nothing to read waits again, for what is left)
+            if now >= deadline or not _wait(self, False, deadline - now):
+                break
         conn = self._conn
         with self._state_lock:
             conn._fail(
