@@ -64,7 +64,6 @@ from nautilus.exceptions import (
     NautilusError,
     ProtocolViolation,
     RecordLimitReached,
-    RecordTimeout,
     UnreadLimitReached,
     WantReadError,
     WantWriteError,
@@ -1278,10 +1277,7 @@ class NautilusSocket(socket.socket):
                 break
         conn = self._conn
         with self._state_lock:
-            conn._fail(
-                RecordTimeout(f"the peer left a record or a message incomplete for {timeout:g} s"),
-                AlertCode.RECORD_TIMEOUT,
-            )
+            conn._record_timed_out(timeout)
             self._drain()
             self._take_output()
         if self._queued:

@@ -27,7 +27,6 @@ from nautilus.exceptions import (
     ConnectionLost,
     HandshakeError,
     NautilusError,
-    RecordTimeout,
 )
 from nautilus.protocol.connection import Connection
 from nautilus.protocol.events import (
@@ -791,10 +790,7 @@ class _NautilusProtocol(asyncio.BufferedProtocol):
             return
         if self._pending_size:
             self._seal_pending()
-        conn._fail(
-            RecordTimeout(f"the peer left a record or a message incomplete for {timeout:g} s"),
-            AlertCode.RECORD_TIMEOUT,
-        )
+        conn._record_timed_out(timeout)
         self._transmit()
         self._dispatch()
 

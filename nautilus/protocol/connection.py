@@ -1151,6 +1151,15 @@ class Connection:
             self._send_alert(AlertCode.CLOSE_NOTIFY)
         self._teardown(tickets=self._awaits_tickets())
 
+    def _record_timed_out(self, timeout: float) -> None:
+        """(The adapters' ``record_timeout``) The peer left a record or a
+        message incomplete for ``timeout`` seconds while this side waited to
+        read it: fail with RecordTimeout, sending a record_timeout alert."""
+        self._fail(
+            RecordTimeout(f"the peer left a record or a message incomplete for {timeout:g} s"),
+            AlertCode.RECORD_TIMEOUT,
+        )
+
     def _close_with_alert(self, code: AlertCode) -> None:
         """:meth:`close` with the fatal alert ``code`` instead of close_notify:
         the application above the connection (a Node) found the peer at
