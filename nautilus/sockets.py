@@ -1205,7 +1205,8 @@ class NautilusSocket(socket.socket):
         if self._rmore if lane else self._msgs:
             self._check_unread(lane)
         conn = self._conn
-        bound = (conn._in or conn._messages or iend > self._ipos) and self._record_bound()
+        incomplete = conn._in or conn._messages or iend > self._ipos
+        bound = self._record_bound() if incomplete else None
         try:
             if bound:  # (record_timeout)
                 n = self._recv_within(self._rview[iend:], bound)

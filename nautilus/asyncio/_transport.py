@@ -22,12 +22,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
-from nautilus.exceptions import (
-    ClosedError,
-    ConnectionLost,
-    HandshakeError,
-    NautilusError,
-)
+from nautilus.exceptions import ClosedError, ConnectionLost, HandshakeError, NautilusError
 from nautilus.protocol.connection import Connection
 from nautilus.protocol.events import (
     ConnectionClosed,
