@@ -44,8 +44,17 @@ UVLOOP_TESTS := tests/test_asyncio.py tests/test_asyncio_adversarial.py tests/te
 	tests/test_asyncio_flow.py tests/test_asyncio_receive.py tests/test_channel.py tests/test_node.py \
 	tests/test_message_lane.py tests/test_early_data.py tests/test_server_flight.py
 
+# Where the CPU runs Nautilus's own AES-GCM (csrc/nt_gcm.c), the record tests run a
+# second time on OpenSSL's.
+RECORD_TESTS := tests/test_record.py tests/test_record_packed.py tests/test_record_properties.py \
+	tests/test_lane_native.py tests/test_seal_send.py
+
 test: build
 	$(PY) -m pytest $(PYTEST_ARGS)
+	@if [ "$$($(PY) -c 'import nautilus._bindings as b; print(b.aes_gcm_code())')" = vaes-avx2 ]; then \
+	  echo "The record tests again, on OpenSSL's AES-GCM (the run above used Nautilus's own):"; \
+	  NAUTILUS_AES_GCM=openssl $(PY) -m pytest -q $(RECORD_TESTS); \
+	else echo "AES-GCM ran on OpenSSL's code (this CPU cannot run Nautilus's own)"; fi
 	@if $(PY) -c "import uvloop" 2>/dev/null; then \
 	  echo "The asyncio tests again, on uvloop:"; \
 	  NAUTILUS_TEST_LOOP=uvloop $(PY) -m pytest -q $(UVLOOP_TESTS); \

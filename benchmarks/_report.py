@@ -609,8 +609,9 @@ def header_lines(summary: dict[str, Any]) -> list[str]:
     return [
         f"CPU: {machine['cpu_model']} ({machine['cpu_count']} CPUs; {flags}); "
         f"Linux {machine['kernel']}; Python {env['python']}; event loops: {loops}",
-        f"ssl: {env['ssl_openssl']}; Nautilus {env['nautilus']}: {env['nautilus_openssl']}; "
-        f"commit {commit}; {summary['date']}",
+        f"ssl: {env['ssl_openssl']}; Nautilus {env['nautilus']}: {env['nautilus_openssl']}, "
+        f"AES-GCM code {env.get('nautilus_aes_gcm', 'openssl')}; commit {commit}; "
+        f"{summary['date']}",
         f"ssl: {tls['version']} {cipher}, group {group}, ECDSA P-256 self-signed certificates, "
         "no session tickets except for resumption",
         f"Nautilus: {_peers.NAUTILUS_GROUP}, {_peers.NAUTILUS_CIPHER} (ChaCha20-Poly1305 where "

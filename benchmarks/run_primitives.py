@@ -423,11 +423,16 @@ def git_commit() -> dict[str, Any]:
 def versions() -> dict[str, Any]:
     try:
         from nautilus import __version__ as nautilus_version
-        from nautilus._bindings import OPENSSL_VERSION
+        from nautilus._bindings import OPENSSL_VERSION, aes_gcm_code
     except ImportError as exc:
         raise BenchError(f"cannot import nautilus (run `make build`): {exc}") from exc
 
-    out: dict[str, Any] = {"nautilus": nautilus_version, "nautilus_openssl": OPENSSL_VERSION}
+    out: dict[str, Any] = {
+        "nautilus": nautilus_version,
+        "nautilus_openssl": OPENSSL_VERSION,
+        # Nautilus's own AES-GCM (csrc/nt_gcm.c) or OpenSSL's: docs/record-layer.md
+        "nautilus_aes_gcm": aes_gcm_code(),
+    }
     try:
         import cryptography
         from cryptography.hazmat.backends.openssl.backend import backend
@@ -501,6 +506,12 @@ def main() -> int:
     )
     if driver_openssl != env["nautilus_openssl"]:
         print("WARNING: the EVP driver and Nautilus use different OpenSSL builds")
+    if env["nautilus_aes_gcm"] != "openssl":
+        print(
+            f"Nautilus's AES-GCM runs on its own code ({env['nautilus_aes_gcm']}, csrc/nt_gcm.c), "
+            "the EVP driver on OpenSSL's: the raw EVP figures are OpenSSL's speed, not a "
+            "ceiling (NAUTILUS_AES_GCM=openssl compares like with like)"
+        )
     print_record_table(rows, api)
     print_kem_table(kem_rows)
     print_targets(targets)

@@ -61,6 +61,11 @@ int nt_aead_set_limit(nt_aead *st, uint64_t records);
 int nt_aead_set_max_fragment(nt_aead *st, size_t max_fragment);
 int nt_aead_set_sequence(nt_aead *st, uint64_t sequence);
 int nt_aead_cipher(const nt_aead *st); /* its NT_AEAD_* id; 0 for NULL */
+/* 1 if st runs AES-GCM on nt_gcm.c (VAES, VPCLMULQDQ), 0 if on OpenSSL's EVP. */
+int nt_aead_uses_own_gcm(const nt_aead *st);
+/* Where AES-GCM keys set from now on run: choice 1 on nt_gcm.c if the CPU can,
+ * 0 on OpenSSL's EVP, -1 only asks. Returns 1 if on nt_gcm.c from now on. */
+int nt_aead_own_gcm(int choice);
 uint64_t nt_aead_sequence(const nt_aead *st);
 uint64_t nt_aead_remaining(const nt_aead *st);
 size_t nt_aead_max_fragment(const nt_aead *st);

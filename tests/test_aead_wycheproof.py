@@ -1,6 +1,7 @@
 """Wycheproof known-answer tests for the one-shot AEAD (record.AEAD).
 
-AES-GCM with 128- and 256-bit keys and ChaCha20-Poly1305. Nautilus only takes
+AES-GCM with 128- and 256-bit keys (on Nautilus's own AES-GCM code where the
+CPU can run it, and on OpenSSL's) and ChaCha20-Poly1305. Nautilus only takes
 96-bit nonces, so every case with another IV size must be refused with
 ValueError, valid or not; AES-192 is not offered at all.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+import gcm_codes
 import pytest
 from vectors_loader import cases, params, unhex
 
@@ -104,9 +106,11 @@ def _check_case(cipher: str, group: dict[str, Any], test: dict[str, Any]) -> Non
         pytest.fail(f"unexpected result {test['result']!r}")
 
 
+@pytest.mark.parametrize("code", gcm_codes.AVAILABLE)
 @pytest.mark.parametrize(("group", "test"), AES_PARAMS)
-def test_aes_gcm(group: dict[str, Any], test: dict[str, Any]) -> None:
-    _check_case(AES_NAMES[group["keySize"]], group, test)
+def test_aes_gcm(code: str, group: dict[str, Any], test: dict[str, Any]) -> None:
+    with gcm_codes.using(code):  # Nautilus's own AES-GCM (if this CPU can) and OpenSSL's
+        _check_case(AES_NAMES[group["keySize"]], group, test)
 
 
 @pytest.mark.parametrize(("group", "test"), CHACHA_PARAMS)

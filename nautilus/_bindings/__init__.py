@@ -8,6 +8,7 @@ these helpers and never see cffi objects except opaque handles.
 
 from __future__ import annotations
 
+import os
 from array import array
 from itertools import chain
 from struct import Struct
@@ -44,6 +45,27 @@ if lib.nt_openssl_version_num() < 0x30500000:  # pragma: no cover - depends on t
     )
 
 OPENSSL_VERSION = ffi.string(lib.nt_openssl_version_text()).decode()
+
+AES_GCM_CODES = ("vaes-avx2", "openssl")
+
+
+def aes_gcm_code(choice: str | None = None) -> str:
+    """Which code runs AES-GCM for keys set from now on: "vaes-avx2" (csrc/nt_gcm.c,
+    on CPUs with VAES and VPCLMULQDQ) or "openssl" (its EVP code). ``choice``
+    changes it; "vaes-avx2" applies only where the CPU can run it."""
+    if choice is None:
+        return AES_GCM_CODES[0] if lib.nt_aead_own_gcm(-1) else AES_GCM_CODES[1]
+    if choice not in AES_GCM_CODES:
+        raise ValueError(f"AES-GCM code must be one of {AES_GCM_CODES}, not {choice!r}")
+    lib.nt_aead_own_gcm(1 if choice == AES_GCM_CODES[0] else 0)
+    return aes_gcm_code()
+
+
+_env_choice = os.environ.get("NAUTILUS_AES_GCM", "auto")
+if _env_choice == "openssl":
+    aes_gcm_code("openssl")
+elif _env_choice != "auto":  # pragma: no cover - checked by a subprocess test
+    raise ImportError(f"NAUTILUS_AES_GCM must be 'auto' or 'openssl', not {_env_choice!r}")
 
 
 def _fail(rc: int, what: str) -> Exception:
