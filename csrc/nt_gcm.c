@@ -25,12 +25,17 @@
 #define LOAD256(p) _mm256_loadu_si256((const __m256i *)(const void *)(p))
 #define STORE256(p, v) _mm256_storeu_si256((__m256i *)(void *)(p), (v))
 
+/* Where OpenSSL 3.5 runs its VAES code on AVX-512 (its own test: VAES,
+ * VPCLMULQDQ, AVX512F, DQ, BW and VL), that code is left to it. */
 int nt_gcm_supported(void)
 {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("aes")
-           && __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("vaes")
-           && __builtin_cpu_supports("vpclmulqdq");
+    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("aes")
+          && __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("vaes")
+          && __builtin_cpu_supports("vpclmulqdq")))
+        return 0;
+    return !(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq")
+             && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"));
 }
 
 NT_TARGET static inline __m128i bswap128(__m128i x)

@@ -38,7 +38,8 @@ typedef struct {
     uint64_t aad_len, ct_len;   /* bytes */
 } nt_gcm_run;
 
-/* 1 if this CPU (and its OS) can run this code. */
+/* 1 if this CPU (and its OS) can run this code and OpenSSL would not run its
+ * AVX-512 VAES code there. */
 int nt_gcm_supported(void);
 /* Expand a 16- or 32-byte key; NT_ERR_LENGTH otherwise, NT_ERR_STATE when unsupported. */
 int nt_gcm_set_key(nt_gcm_key *k, const uint8_t *key, size_t key_len);
