@@ -101,26 +101,23 @@ static int set_key(nt_aead *st, const uint8_t *key, size_t key_len, const uint8_
     if (key_len != d->key_len || iv_len != NT_RECORD_IV_BYTES)
         return NT_ERR_LENGTH;
     OPENSSL_cleanse(&st->gcm, sizeof(st->gcm));
-    st->own_gcm = 0;
-    if (st->cipher != NT_AEAD_CHACHA20_POLY1305 && nt_aead_own_gcm(-1)) {
+    st->own_gcm = st->cipher != NT_AEAD_CHACHA20_POLY1305 && nt_aead_own_gcm(-1);
+    if (st->own_gcm) {
         if (nt_gcm_set_key(&st->gcm, key, key_len) != NT_OK) {
             OPENSSL_cleanse(&st->gcm, sizeof(st->gcm));
+            st->own_gcm = 0;
             st->failed = 1;
             return NT_ERR_CRYPTO;
         }
-        st->own_gcm = 1;
-        memcpy(st->iv, iv, NT_RECORD_IV_BYTES);
-        st->seq = 0;
-        st->failed = 0;
-        return NT_OK;
-    }
-    if ((c = cipher_of(d)) == NULL)
-        return NT_ERR_CRYPTO;
-    /* The IV is set per record; init here with the key only. */
-    if (EVP_CipherInit_ex(st->ctx, c, NULL, key, NULL, st->encrypt) <= 0) {
-        ERR_clear_error();
-        st->failed = 1;
-        return NT_ERR_CRYPTO;
+    } else {
+        if ((c = cipher_of(d)) == NULL)
+            return NT_ERR_CRYPTO;
+        /* The IV is set per record; init here with the key only. */
+        if (EVP_CipherInit_ex(st->ctx, c, NULL, key, NULL, st->encrypt) <= 0) {
+            ERR_clear_error();
+            st->failed = 1;
+            return NT_ERR_CRYPTO;
+        }
     }
     memcpy(st->iv, iv, NT_RECORD_IV_BYTES);
     st->seq = 0;
