@@ -82,11 +82,22 @@ static int own_gcm_choice = -1;
 
 int nt_aead_own_gcm(int choice)
 {
-    int now = __atomic_load_n(&own_gcm_choice, __ATOMIC_RELAXED);
-    if (choice == 0 || choice == 1 || now < 0) {
-        now = (choice < 0 ? 1 : choice) && nt_gcm_supported();
+    int now, unset = -1;
+
+    if (choice == 0 || choice == 1) {
+        now = choice && nt_gcm_supported();
         __atomic_store_n(&own_gcm_choice, now, __ATOMIC_RELAXED);
+        return now;
     }
+    now = __atomic_load_n(&own_gcm_choice, __ATOMIC_RELAXED);
+    if (now >= 0)
+        return now;
+    /* First use: the default, unless a choice made meanwhile by another thread
+     * got there first (a plain store could overwrite that choice). */
+    now = nt_gcm_supported();
+    if (!__atomic_compare_exchange_n(&own_gcm_choice, &unset, now, 0, __ATOMIC_RELAXED,
+                                     __ATOMIC_RELAXED))
+        now = unset;
     return now;
 }
 
@@ -103,6 +114,10 @@ static int set_key(nt_aead *st, const uint8_t *key, size_t key_len, const uint8_
     OPENSSL_cleanse(&st->gcm, sizeof(st->gcm));
     st->own_gcm = st->cipher != NT_AEAD_CHACHA20_POLY1305 && nt_aead_own_gcm(-1);
     if (st->own_gcm) {
+        /* An EVP key from before this rekey would stay in the context, unused
+         * but not wiped, until nt_aead_free: reset wipes it. */
+        if (EVP_CIPHER_CTX_reset(st->ctx) <= 0)
+            ERR_clear_error();
         if (nt_gcm_set_key(&st->gcm, key, key_len) != NT_OK) {
             OPENSSL_cleanse(&st->gcm, sizeof(st->gcm));
             st->own_gcm = 0;
