@@ -4,6 +4,7 @@
 #include "nt_common.h"
 #include "nt_ed25519.h"
 #include "nt_frames.h"
+#include "nt_gcm.h"
 #include "nt_kem.h"
 #include "nt_lane.h"
 #include "nt_record.h"

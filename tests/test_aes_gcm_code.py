@@ -13,11 +13,13 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from gcm_codes import NO_OWN, OPENSSL, OWN, OWN_AVAILABLE, using
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import nautilus
@@ -84,6 +86,109 @@ def test_both_codes_agree_on_large_and_edge_sizes(cipher: str, size: int) -> Non
         assert _uses_own(aead) == (code == OWN)
         assert aead.encrypt(nonce, message, aad) == expected, code
         assert aead.decrypt(nonce, expected, aad) == message, code
+
+
+def _pieces(sizes: list[int], total: int) -> list[int]:
+    """``total`` cut into pieces of the drawn sizes (the last one takes the rest)."""
+    cuts, done = [], 0
+    for size in sizes:
+        size = min(size, total - done)
+        cuts.append(size)
+        done += size
+    return [*cuts, total - done]
+
+
+def _stream(
+    key: Any, enc: int, nonce: bytes, aad: bytes, data: bytes, pieces: list[int], in_place: bool
+) -> tuple[bytes, Any]:
+    """nt_gcm_start, one nt_gcm_update per piece, in place or into an exact-size buffer."""
+    lib, ffi = _b.lib, _b.ffi
+    run = ffi.new("nt_gcm_run *")
+    src = ffi.new("uint8_t[]", data) if data else ffi.NULL
+    dst = src if in_place else (ffi.new("uint8_t[]", len(data)) if data else ffi.NULL)
+    lib.nt_gcm_start(key, run, nonce, aad, len(aad))
+    off = 0
+    for piece in pieces:
+        lib.nt_gcm_update(
+            key, run, enc, src + off if data else src, dst + off if data else dst, piece
+        )
+        off += piece
+    return (bytes(ffi.buffer(dst, len(data))) if data else b""), run
+
+
+@needs_own
+@settings(max_examples=300, deadline=None)
+@given(
+    key_size=st.sampled_from((16, 32)),
+    size=st.one_of(st.integers(0, 1200), st.integers(1200, 3000), st.sampled_from(EDGES)),
+    aad_size=st.one_of(st.integers(0, 70), st.sampled_from((255, 256, 257, 600))),
+    enc_cuts=st.lists(st.integers(0, 600), max_size=8),
+    dec_cuts=st.lists(st.integers(0, 600), max_size=8),
+    in_place=st.booleans(),
+)
+# A block finished by a later call, then a shorter last one (its padding); in place.
+@example(key_size=16, size=19, aad_size=0, enc_cuts=[5], dec_cuts=[5], in_place=True)
+# Whole blocks, then the 16-block steps resuming at counter 3.
+@example(key_size=32, size=16 + 256 + 7, aad_size=5, enc_cuts=[16], dec_cuts=[16], in_place=False)
+def test_the_streaming_calls_give_cryptographys_bytes_for_any_split(
+    key_size: int,
+    size: int,
+    aad_size: int,
+    enc_cuts: list[int],
+    dec_cuts: list[int],
+    in_place: bool,
+) -> None:
+    # Records make two calls (the content, then the type byte); nt_gcm.h promises
+    # any sequence of updates, in place or not: a block in progress carried from
+    # one call to the next, counters and GHASH resumed mid-message.
+    lib, ffi = _b.lib, _b.ffi
+    raw, nonce = os.urandom(key_size), os.urandom(12)
+    message, aad = os.urandom(size), os.urandom(aad_size)
+    expected = AESGCM(raw).encrypt(nonce, message, aad)
+    key = ffi.new("nt_gcm_key *")
+    assert lib.nt_gcm_set_key(key, raw, key_size) == lib.NT_OK
+    sealed, run = _stream(key, 1, nonce, aad, message, _pieces(enc_cuts, size), in_place)
+    tag = ffi.new("uint8_t[16]")
+    lib.nt_gcm_tag(key, run, tag)
+    assert sealed + bytes(tag) == expected
+    wiped = bytes(ffi.sizeof("nt_gcm_run"))
+    assert ffi.buffer(run)[:] == wiped  # the tag wipes the run (keystream of a partial block)
+    opened, run = _stream(key, 0, nonce, aad, sealed, _pieces(dec_cuts, size), in_place)
+    assert lib.nt_gcm_check(key, run, expected[-16:]) == lib.NT_OK
+    assert ffi.buffer(run)[:] == wiped
+    assert opened == message
+    bad = bytearray(expected[-16:])
+    bad[size % 16] ^= 0x80
+    _, run = _stream(key, 0, nonce, aad, sealed, _pieces(dec_cuts, size), in_place)
+    assert lib.nt_gcm_check(key, run, bytes(bad)) == lib.NT_ERR_AUTH
+
+
+@needs_own
+def test_bit_lengths_past_32_bits_in_the_lengths_block() -> None:
+    # GCM's last GHASH block holds len(A) and len(C) in bits, 64 each: past
+    # 2^29 bytes they no longer fit 32 bits. (About 3 s, 0.5 GiB.)
+    n, aad_len = (1 << 29) + 17, (1 << 29) + 5
+    key, nonce = os.urandom(16), os.urandom(12)
+    aad = bytes(aad_len)  # (zero pages: no memory until written)
+    reference = Cipher(algorithms.AES(key), modes.GCM(nonce)).encryptor()
+    reference.authenticate_additional_data(aad)
+    aead = _aead("aes-128-gcm", key, OWN)
+    assert _uses_own(aead)
+    buf = bytearray(n + 16)  # zeros: the ciphertext is the keystream
+    with _b.ffi.from_buffer(buf) as p:
+        rc = _b.lib.nt_aead_encrypt(aead._handle, nonce, 12, aad, aad_len, p, n, p, n + 16)
+    assert rc == _b.lib.NT_OK
+    view, chunk = memoryview(buf), 1 << 24
+    for off in range(0, n, chunk):
+        part = min(chunk, n - off)
+        assert view[off : off + part] == reference.update(bytes(part)), off
+    assert reference.finalize() == b""
+    assert bytes(view[n:]) == reference.tag
+    with _b.ffi.from_buffer(buf) as p:
+        rc = _b.lib.nt_aead_decrypt(aead._handle, nonce, 12, aad, aad_len, p, n + 16, p, n)
+    assert rc == _b.lib.NT_OK
+    assert buf.count(0, 0, n) == n
+    del view, buf
 
 
 @needs_own
