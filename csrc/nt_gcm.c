@@ -30,7 +30,8 @@
 int nt_gcm_supported(void)
 {
     __builtin_cpu_init();
-    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("aes")
+    if (!(__builtin_cpu_supports("ssse3") && __builtin_cpu_supports("sse4.1")
+          && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("aes")
           && __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("vaes")
           && __builtin_cpu_supports("vpclmulqdq")))
         return 0;

@@ -46,7 +46,10 @@ int nt_gcm_set_key(nt_gcm_key *k, const uint8_t *key, size_t key_len);
 /* Begin a message: nonce, then the whole associated data. */
 void nt_gcm_start(const nt_gcm_key *k, nt_gcm_run *r, const uint8_t nonce[NT_GCM_NONCE_BYTES],
                   const uint8_t *aad, size_t aad_len);
-/* Encrypt (enc = 1) or decrypt len bytes; in and out are the same or disjoint. */
+/* Encrypt (enc = 1) or decrypt len bytes; in and out are the same or disjoint.
+ * A message may hold at most 2^32 - 2 blocks (SP 800-38D: 2^36 - 32 bytes): the
+ * 32-bit counter would wrap past that. The caller bounds it (records are at most
+ * NT_RECORD_MAX_FRAGMENT, the one-shot AEAD INT_MAX bytes). */
 void nt_gcm_update(const nt_gcm_key *k, nt_gcm_run *r, int enc, const uint8_t *in,
                    uint8_t *out, size_t len);
 /* End the message: its tag. The run is wiped. */
