@@ -70,7 +70,13 @@ from nautilus.exceptions import (
 )
 from nautilus.identity import PeerKey
 from nautilus.protocol import events as _events
-from nautilus.protocol.connection import Connection, ConnectionStats, _Abort, _iter_messages
+from nautilus.protocol.connection import (
+    Connection,
+    ConnectionStats,
+    _Abort,
+    _check_client_arguments,
+    _iter_messages,
+)
 from nautilus.protocol.events import ConnectionClosed, DataReceived, MessagesReceived, SessionInfo
 from nautilus.protocol.messages import RECORD_SEALED as _SEALED
 from nautilus.protocol.messages import AlertCode
@@ -2477,9 +2483,12 @@ def create_connection(
         _check_host_and_port(*source_address, what="source_address ", service_names=False)
     if server_name is None:
         server_name = _default_server_name(address)
-    conn = Connection(context, "client", server_name=server_name, expected_peer=expected_peer)
+    _check_client_arguments(server_name, expected_peer)
+    # The Connection is made once TCP is connected: the SYN leaves sooner (a
+    # client reconnecting in a loop waits for the server's accept).
     sock = socket.create_connection(address, timeout, source_address)
     try:
+        conn = Connection(context, "client", server_name=server_name, expected_peer=expected_peer)
         wrapped = NautilusSocket._create(
             sock,
             context,

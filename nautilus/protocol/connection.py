@@ -362,6 +362,28 @@ def _peer_id_hash(peer_id: str) -> bytes:
     return hashlib.sha256(peer_id.encode()).digest()
 
 
+def _check_client_arguments(server_name: object, expected_peer: object) -> None:
+    """A client Connection's ``server_name`` and ``expected_peer``, checked as
+    its constructor does (an adapter checks them before it connects, and
+    makes the Connection once the TCP connection is made).
+
+    Raises:
+        TypeError, ValueError: as :class:`Connection` says.
+    """
+    if server_name is not None and not isinstance(server_name, str):
+        raise TypeError(f"server_name must be a str, not {type(server_name).__name__}")
+    if server_name == "":
+        raise ValueError("server_name must not be empty (None: no name)")
+    if server_name is not None:
+        _check_server_name(server_name)
+    if expected_peer is not None and not isinstance(expected_peer, (PeerKey, str)):
+        raise TypeError("expected_peer must be a PeerKey or a peer id string")
+    if isinstance(expected_peer, str):
+        from nautilus.identity import parse_peer_id
+
+        parse_peer_id(expected_peer)
+
+
 def _check_server_name(name: str) -> None:
     """Refuse a server_name holding a control or format character (NUL, a
     newline, a tab, DEL, a bidirectional override...) or a line or paragraph
@@ -516,18 +538,7 @@ class Connection:
             raise ValueError("a server needs a context with an identity")
         if role == "server" and (expected_peer is not None or server_name is not None):
             raise ValueError("expected_peer and server_name apply to clients only")
-        if server_name is not None and not isinstance(server_name, str):
-            raise TypeError(f"server_name must be a str, not {type(server_name).__name__}")
-        if server_name == "":
-            raise ValueError("server_name must not be empty (None: no name)")
-        if server_name is not None:
-            _check_server_name(server_name)
-        if expected_peer is not None and not isinstance(expected_peer, (PeerKey, str)):
-            raise TypeError("expected_peer must be a PeerKey or a peer id string")
-        if isinstance(expected_peer, str):
-            from nautilus.identity import parse_peer_id
-
-            parse_peer_id(expected_peer)
+        _check_client_arguments(server_name, expected_peer)
         self._ctx = context
         self._cfg = cfg
         self._in_hook = False  # outside code (a step hook, a trust rule) is running
