@@ -43,7 +43,7 @@ from nautilus._fork import live_members, renew_locks_after_fork
 from nautilus.exceptions import IdentityFileError, NautilusError
 from nautilus.identity import _MAX_PEER_ID, _fspath, _open_checked, _write_private_file
 from nautilus.identity import _check_time as _seconds
-from nautilus.protocol.codec import DecodeError, Reader, Writer
+from nautilus.protocol.codec import DecodeError
 from nautilus.record import AEAD, _wipe
 
 try:
@@ -76,7 +76,12 @@ MAX_TICKET_LIFETIME = 7 * 24 * 3600.0
 MAX_EARLY_DATA = 1 << 20
 """Most 0-RTT early data a ticket may allow (the ``max_early_data`` setting's bound)."""
 _TICKET_VERSION = 3  # 3: with the early-data zone (tickets of older versions do not open)
-_TICKET_HEAD = struct.Struct(">QIH")  # after the version: issued (ms), lifetime (s), cipher
+# The format: the version, issued (ms), lifetime (s), cipher, then vectors
+# with 1-, 1-, 1-, 2-, 3- and 1-byte length prefixes (PSK, server id hash,
+# namespace, client key, client certificate, zone), the fixed tail between
+# the last two. (_TICKET_START ends with the PSK's length.)
+_TICKET_START = struct.Struct(">BQIHB")
+_TRUNCATED = "decode_error: message truncated"
 _TICKET_TAIL = struct.Struct(">IIQ")  # max_early_data, age_add, authenticated (ms)
 _TICKET_AAD = b"nautilus ticket v1"
 _KEY_ID_SIZE = 8
@@ -156,24 +161,75 @@ class TicketContents:
     recorded first flight's early data is accepted once at most."""
 
     def encode(self) -> bytes:
-        w = Writer().u8(_TICKET_VERSION)
-        w.raw(_TICKET_HEAD.pack(int(self.issued * 1000), int(self.lifetime), self.cipher))
-        w.vec8(self.psk).vec8(self.server_id_hash).vec8(self.namespace)
-        w.vec16(self.client_key).vec24(self.client_certificate)
-        tail = _TICKET_TAIL.pack(self.max_early_data, self.age_add, int(self.authenticated * 1000))
-        return w.raw(tail).vec8(self.zone).bytes()
+        """The contents in the ticket's format (in one join: a server seals one
+        per handshake). Times are rounded to the millisecond, so that a time
+        decoded from a ticket encodes the same again (a resumed session's
+        tickets carry its ``authenticated``).
+
+        Raises:
+            OverflowError, struct.error, ValueError, TypeError: a field out of
+                range for its encoding, or of the wrong type.
+        """
+        psk, server_hash, namespace = self.psk, self.server_id_hash, self.namespace
+        key, cert, zone = self.client_key, self.client_certificate, self.zone
+        head = _TICKET_START.pack(
+            _TICKET_VERSION, round(self.issued * 1000), int(self.lifetime), self.cipher, len(psk)
+        )
+        tail = _TICKET_TAIL.pack(
+            self.max_early_data, self.age_add, round(self.authenticated * 1000)
+        )
+        return b"".join(
+            (
+                head, psk, len(server_hash).to_bytes(1, "big"), server_hash,
+                len(namespace).to_bytes(1, "big"), namespace, len(key).to_bytes(2, "big"), key,
+                len(cert).to_bytes(3, "big"), cert, tail, len(zone).to_bytes(1, "big"), zone,
+            )
+        )  # fmt: skip
 
     @classmethod
     def decode(cls, data: bytes) -> TicketContents:
-        r = Reader(data)
-        if r.u8() != _TICKET_VERSION:
+        """Read what :meth:`encode` wrote.
+
+        Raises:
+            nautilus.protocol.codec.DecodeError: another version, input cut
+                short anywhere, or bytes left over.
+        """
+        end = len(data)
+        start = _TICKET_START.size
+        if end < start:
+            raise DecodeError(_TRUNCATED)
+        version, issued_ms, lifetime, cipher, n = _TICKET_START.unpack_from(data)
+        if version != _TICKET_VERSION:
             raise DecodeError("unknown ticket version")
-        issued_ms, lifetime, cipher = r.unpack(_TICKET_HEAD)
-        psk, server_hash, namespace = r.vec8(), r.vec8(), r.vec8()
-        client_key, cert = r.vec16(), r.vec24()
-        max_early, age_add, authenticated_ms = r.unpack(_TICKET_TAIL)
-        zone = r.vec8()
-        r.done()
+        # The vectors are read without a check each: a slice past the end is
+        # short, and a length prefix past it reads as 0, but then the
+        # position has gone past the end (each step adds the width and the
+        # length that the input was cut inside), which the checks below catch.
+        pos = start + n
+        psk = data[start:pos]
+        n = data[pos] if pos < end else 0
+        server_hash = data[pos + 1 : pos + 1 + n]
+        pos += 1 + n
+        n = data[pos] if pos < end else 0
+        namespace = data[pos + 1 : pos + 1 + n]
+        pos += 1 + n
+        n = int.from_bytes(data[pos : pos + 2], "big")
+        client_key = data[pos + 2 : pos + 2 + n]
+        pos += 2 + n
+        n = int.from_bytes(data[pos : pos + 3], "big")
+        cert = data[pos + 3 : pos + 3 + n]
+        pos += 3 + n
+        if pos + _TICKET_TAIL.size + 1 > end:  # the fixed tail and the zone's length
+            raise DecodeError(_TRUNCATED)
+        max_early, age_add, authenticated_ms = _TICKET_TAIL.unpack_from(data, pos)
+        pos += _TICKET_TAIL.size
+        n = data[pos]
+        zone = data[pos + 1 : pos + 1 + n]
+        pos += 1 + n
+        if pos != end:
+            raise DecodeError(
+                _TRUNCATED if pos > end else "decode_error: trailing bytes after message"
+            )
         return cls(issued_ms / 1000.0, float(lifetime), cipher, psk, server_hash, namespace,
                    client_key, cert, max_early, age_add, authenticated_ms / 1000.0,
                    zone)  # fmt: skip

@@ -13,6 +13,7 @@ import hashlib
 import math
 import os
 import pickle
+import struct
 import threading
 import time
 import weakref
@@ -23,6 +24,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from protocol_helpers import (
     NOW,
     Pair,
@@ -1377,6 +1380,108 @@ def test_truncated_ticket_contents_never_decode() -> None:
     for n in range(len(encoded)):
         with pytest.raises(DecodeError, match="truncated"):
             TicketContents.decode(encoded[:n])
+
+
+def _reference_ticket_encoding(c: TicketContents) -> bytes:
+    """The ticket format written out field by field (docs: what a fleet's
+    processes sharing a ticket secret must agree on, whatever their version
+    of the encoder): version 3, issued (ms, u64), lifetime (s, u32), cipher
+    (u16), then vectors with 1-, 1-, 1-, 2- and 3-byte lengths (PSK, server id
+    hash, namespace, client key, certificate), max_early_data and age_add
+    (u32), authenticated (ms, u64), and the zone (1-byte length)."""
+
+    def vector(data: bytes, width: int) -> bytes:
+        return len(data).to_bytes(width, "big") + data
+
+    return b"".join(
+        [
+            bytes([3]),
+            round(c.issued * 1000).to_bytes(8, "big"),
+            int(c.lifetime).to_bytes(4, "big"),
+            c.cipher.to_bytes(2, "big"),
+            vector(c.psk, 1),
+            vector(c.server_id_hash, 1),
+            vector(c.namespace, 1),
+            vector(c.client_key, 2),
+            vector(c.client_certificate, 3),
+            c.max_early_data.to_bytes(4, "big"),
+            c.age_add.to_bytes(4, "big"),
+            round(c.authenticated * 1000).to_bytes(8, "big"),
+            vector(c.zone, 1),
+        ]
+    )
+
+
+def _lengths(limit: int) -> st.SearchStrategy[int]:
+    """Lengths of a vector: small ones, and those at its prefix's bound."""
+    return st.one_of(st.integers(0, 40), st.sampled_from([limit - 1, limit]))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    psk=_lengths(255),
+    server_hash=_lengths(255),
+    namespace=_lengths(255),
+    client_key=st.one_of(st.integers(0, 300), st.sampled_from([65535])),
+    cert=st.one_of(st.integers(0, 300), st.sampled_from([65536, 70000])),
+    zone=_lengths(255),
+    numbers=st.tuples(
+        st.integers(0, 2**52),  # issued and authenticated, in ms
+        st.integers(0, 2**32 - 1),
+        st.integers(0, 2**16 - 1),
+        st.integers(0, 2**32 - 1),
+        st.integers(0, 2**32 - 1),
+        st.integers(0, 2**52),
+    ),
+    cut=st.integers(1, 1 << 20),
+)
+def test_ticket_contents_format_for_any_field_sizes(
+    psk: int,
+    server_hash: int,
+    namespace: int,
+    client_key: int,
+    cert: int,
+    zone: int,
+    numbers: tuple[int, int, int, int, int, int],
+    cut: int,
+) -> None:
+    """The encoding is the documented format (so tickets open across versions
+    of the encoder), decodes to the same contents, and refuses the input cut
+    short (anywhere) or with a byte more."""
+    issued_ms, lifetime, cipher, max_early, age_add, authenticated_ms = numbers
+    c = TicketContents(
+        issued_ms / 1000.0, float(lifetime), cipher, os.urandom(psk), os.urandom(server_hash),
+        os.urandom(namespace), os.urandom(client_key), os.urandom(cert), max_early, age_add,
+        authenticated_ms / 1000.0, os.urandom(zone),
+    )  # fmt: skip
+    encoded = c.encode()
+    assert encoded == _reference_ticket_encoding(c)
+    assert TicketContents.decode(encoded) == c
+    with pytest.raises(DecodeError, match="truncated"):
+        TicketContents.decode(encoded[: len(encoded) - 1 - cut % len(encoded)])
+    with pytest.raises(DecodeError, match="trailing"):
+        TicketContents.decode(encoded + bytes([cut & 0xFF]))
+
+
+def test_ticket_contents_fields_out_of_range_are_not_encoded() -> None:
+    """A vector longer than its length prefix allows, or a number out of its
+    field's range, raises (TicketKeys.seal turns it into a ValueError that
+    names no value) rather than writing a ticket that decodes otherwise."""
+    c = _contents()
+    for bad in (
+        replace(c, psk=bytes(256)),
+        replace(c, namespace=bytes(256)),
+        replace(c, client_key=bytes(65536)),
+        replace(c, client_certificate=bytes(1 << 24)),
+        replace(c, zone=bytes(256)),
+        replace(c, cipher=1 << 16),
+        replace(c, age_add=-1),
+    ):
+        with pytest.raises((OverflowError, struct.error)):
+            bad.encode()
+    keys = TicketKeys(rotation=3600, lifetime=7200)
+    with pytest.raises(ValueError, match="cannot be encoded"):
+        keys.seal(replace(c, zone=bytes(256)), NOW)
 
 
 def test_ticket_keys_seal_and_open() -> None:
