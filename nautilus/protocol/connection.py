@@ -2378,7 +2378,7 @@ class Connection:
                 "the server's Finished MAC did not verify",
             )
         self._absorb(full)
-        keys.application(self._hash())
+        through_finished = self._hash()  # (the application secrets' transcript: derived below)
         # Our flight: identity (if asked for), step answers, Finished.
         self._hold_flight()
         if self._client_auth is not ClientAuth.OFF and self._cfg.identity is not None:
@@ -2399,9 +2399,10 @@ class Connection:
         self._send_handshake(Finished(ks.finished_mac(keys.client_hs, self._hash())))
         self._seal_flight()
         hook, self._flush_hook = self._flush_hook, None  # no cycle left behind
-        if hook is not None:  # the flight leaves before the keys are switched
+        if hook is not None:  # the flight leaves before the keys are derived and switched
             hook(self._take_output())
             self._stop_if_closed()
+        keys.application(through_finished)
         keys.resumption_secret(self._hash())
         self._connected()
         return _CONNECTED
